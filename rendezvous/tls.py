@@ -1,0 +1,58 @@
+"""TLS material: load the operator's certificate or make a self-signed one.
+
+A development run gets a self-signed certificate in the state directory so
+``twistd -n rendezvous`` works with no configuration (RFC 8489 §6.2.3 STUN
+over TLS). Production deployments pass ``--cert`` and ``--key``.
+"""
+
+import datetime
+import os
+import socket
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.logger import Logger
+
+log = Logger()
+
+SELF_SIGNED_DAYS = 365
+
+
+def self_signed(state_dir: Path) -> tuple[Path, Path]:
+    """Return (cert, key) paths in state_dir/tls, making them the first time."""
+    directory = state_dir / "tls"
+    cert_path, key_path = directory / "self-signed.pem", directory / "self-signed.key"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, socket.gethostname())])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(socket.gethostname()), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_bytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_bytes)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    log.info("generated a self-signed certificate in {path}", path=str(cert_path))
+    return cert_path, key_path
