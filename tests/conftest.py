@@ -1,0 +1,138 @@
+"""Shared fixtures: free ports and a real ``twistd rendezvous`` process on loopback."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PRIMARY_IP = "127.0.0.1"
+ALT_IP = "127.0.0.2"
+
+
+def free_port(ips=(PRIMARY_IP, ALT_IP), exclude=()) -> int:
+    """A port free for UDP and TCP on every one of ips."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind((ips[0], 0))
+            port = probe.getsockname()[1]
+        if port in exclude:
+            continue
+        held = []
+        try:
+            for ip in ips:
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    s = socket.socket(socket.AF_INET, kind)
+                    held.append(s)
+                    s.bind((ip, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError("no free port found")
+
+
+def binding_request() -> bytes:
+    """A minimal RFC 8489 Binding request, built by hand (no codec)."""
+    return b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)
+
+
+@dataclass
+class Node:
+    """A running ``twistd -n rendezvous`` and where it listens."""
+
+    process: subprocess.Popen
+    ip: str
+    port: int
+    alt_ip: str | None
+    alt_port: int | None
+    tls_port: int
+    state_dir: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def twistd() -> str:
+    return str(Path(sys.executable).with_name("twistd"))
+
+
+def start_node(tmp_path: Path, *extra: str, alternate: bool = True, wait: bool = True) -> Node:
+    """Start ``twistd -n rendezvous`` on free loopback ports and wait until it answers."""
+    port = free_port()
+    alt_port = free_port(exclude={port}) if alternate else None
+    tls_port = free_port(exclude={port, alt_port})
+    args = [
+        twistd(), "-n", "--pidfile=", "rendezvous",
+        "--ip", PRIMARY_IP, "--port", str(port), "--tls-port", str(tls_port),
+        "--state-dir", str(tmp_path / "state"),
+    ]
+    if alternate:
+        args += ["--alt-ip", ALT_IP, "--alt-port", str(alt_port)]
+    args += list(extra)
+    log_path = tmp_path / "twistd.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    node = Node(process, PRIMARY_IP, port, ALT_IP if alternate else None, alt_port, tls_port,
+                tmp_path / "state", log_path)
+    if wait:
+        _wait_until_answering(node)
+    return node
+
+
+def _wait_until_answering(node: Node, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while time.monotonic() < deadline:
+            if node.process.poll() is not None:
+                raise RuntimeError(f"twistd exited early:\n{node.log()}")
+            s.sendto(binding_request(), (node.ip, node.port))
+            try:
+                s.recvfrom(2048)
+            except OSError:
+                continue
+            try:
+                socket.create_connection((node.ip, node.tls_port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+    stop_node(node)
+    raise RuntimeError(f"twistd did not answer in {seconds} s:\n{node.log()}")
+
+
+def stop_node(node: Node) -> None:
+    """End the process we started, by its id."""
+    if node.process.poll() is None:
+        node.process.send_signal(signal.SIGTERM)
+        try:
+            node.process.wait(10)
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait(5)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """One ``twistd rendezvous`` with 127.0.0.2 as the RFC 5780 alternate IP."""
+    started = start_node(tmp_path_factory.mktemp("node"))
+    yield started
+    stop_node(started)
+
+
+@pytest.fixture(scope="module")
+def plain_node(tmp_path_factory):
+    """One ``twistd rendezvous`` without an alternate address."""
+    started = start_node(tmp_path_factory.mktemp("plain"), alternate=False)
+    yield started
+    stop_node(started)
