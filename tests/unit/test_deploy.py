@@ -1,0 +1,30 @@
+"""The shipped deploy files name options that exist and parse."""
+
+import re
+import shlex
+import tomllib
+
+from rendezvous.config import OPTIONS, build
+from tests.conftest import ROOT
+
+DEPLOY = ROOT / "deploy"
+
+
+def test_sample_config_parses_with_every_option_commented():
+    """deploy/rendezvous.toml parses and mentions every option."""
+    text = (DEPLOY / "rendezvous.toml").read_text()
+    build({}, DEPLOY / "rendezvous.toml")
+    uncommented = "\n".join(line.lstrip("# ") for line in text.splitlines() if "=" in line)
+    values = tomllib.loads(uncommented)
+    assert set(values) == {name for name, *_ in OPTIONS}
+    build({}, None)  # and the defaults alone are valid
+
+
+def test_systemd_unit_names_real_options():
+    """The systemd unit's ExecStart parses with our Options."""
+    unit = (DEPLOY / "txrendezvous.service").read_text()
+    command = shlex.split(re.search(r"^ExecStart=(.*)$", unit, re.M).group(1))
+    args = command[command.index("rendezvous") + 1 :]
+    flags = [a for a in args if a.startswith("--")]
+    known = {f"--{name}" for name, *_ in OPTIONS} | {"--config"}
+    assert set(flags) <= known
