@@ -3,6 +3,7 @@
 import socket
 import ssl
 import subprocess
+import sys
 
 import pytest
 
@@ -205,3 +206,14 @@ def test_bad_option_exits_with_a_message(tmp_path):
     )
     assert result.returncode != 0
     assert "--alt-ip needs a specific --ip" in result.stdout + result.stderr
+
+
+def test_embedding_example_runs(node):
+    """docs/examples/stun_client.py prints the mapping and gets its CHANGE-REQUEST answered."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "examples" / "stun_client.py"), node.ip, str(node.port)],
+        capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "mapped address: ('127.0.0.1'," in result.stdout
+    assert f"change request answered from: ('{node.alt_ip}', {node.alt_port})" in result.stdout
