@@ -1,53 +1,42 @@
 """``twistd rendezvous``: Options and makeService, the composition root.
 
-Builds the STUN server (RFC 8489 Binding, RFC 5780 behaviour discovery,
-RFC 3489 classic clients) on UDP, TCP and TLS from a ``RendezvousConfig``.
+A super node: the STUN server (RFC 8489 Binding, RFC 5780 behaviour
+discovery, RFC 3489 classic clients) and the TURN relay (RFC 8656) on UDP,
+TCP and TLS, built from a ``RendezvousConfig``.
 """
 
-from pathlib import Path
-
-from twisted.application import internet, service, strports
-from twisted.internet import ssl
-from twisted.logger import Logger
+from twisted.application import service
 from twisted.python import usage
 
-from . import config as cfg
-from .binding import Addresses, BindingServer
-from .listeners import StunStreamFactory, UdpEndpoints
-from .tls import self_signed
+from relay.config import TomlOptions, usage_options
+from relay.service import add_listeners, make_relay
+from rendezvous.stun.binding import Addresses, BindingServer
 
-log = Logger()
+from .config import RENDEZVOUS_OPTIONS, RendezvousConfig
+from .tls import tls_options
 
 
-class Options(usage.Options):
+class Options(TomlOptions):
     synopsis = "[options]"
     longdesc = (
         "Run a txrendezvous super node: a STUN server (RFC 8489) with RFC 5780 NAT "
-        "behaviour discovery on UDP, TCP and TLS. Every option can also be set in a "
-        "TOML file given with --config (keys are the option names)."
+        "behaviour discovery and a TURN relay (RFC 8656) on UDP, TCP and TLS. Every "
+        "option can also be set in a TOML file given with --config (keys are the "
+        "option names; repeatable options take a list)."
     )
-    optParameters = [["config", "c", None, "TOML config file."]] + [
-        [name, None, None, f"{text} [default: {default}]" if default is not None else text]
-        for name, _, default, text in cfg.OPTIONS
-    ]
+    options = RENDEZVOUS_OPTIONS
+    optParameters, optFlags = usage_options(RENDEZVOUS_OPTIONS)
+    optParameters = optParameters + [["config", "c", None, "TOML config file."]]
 
-    def postOptions(self) -> None:
-        try:
-            self.config = cfg.build(
-                {name: self[name] for name, *_ in cfg.OPTIONS},
-                Path(self["config"]) if self["config"] else None,
-            )
-        except cfg.ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-
-
-def _interface(ip: str) -> str:
-    return ip.replace(":", "\\:")
+    def validate(self) -> None:
+        self.config = RendezvousConfig.from_values(self.values)
 
 
 def makeService(options, reactor=None) -> service.MultiService:
     """Build the MultiService that ``twistd rendezvous`` runs."""
-    config: cfg.RendezvousConfig = options.config if isinstance(options, Options) else options
+    if reactor is None:
+        from twisted.internet import reactor
+    config: RendezvousConfig = options.config
     top = service.MultiService()
     addresses = Addresses(
         ip=config.ip,
@@ -57,33 +46,20 @@ def makeService(options, reactor=None) -> service.MultiService:
         advertise_ip=config.advertise_ip,
         advertise_alt_ip=config.advertise_alt_ip,
     )
-    server = BindingServer(addresses, software=config.software)
-    udp = UdpEndpoints(server)
-    for ip, port in addresses.endpoints():
-        internet.UDPServer(port, udp.protocol((ip, port)), interface=ip).setServiceParent(top)
-        strports.service(
-            f"tcp:{port}:interface={_interface(ip)}", StunStreamFactory(server, (ip, port))
-        ).setServiceParent(top)
+    software = config.software.encode("utf-8") if config.software else None
+    binding = BindingServer(addresses, software=config.software)
+    turn = None
+    if config.relay is not None:
+        listen_ips = [ip for ip in (config.ip, config.alt_ip, config.advertise_ip, config.advertise_alt_ip) if ip]
+        relay = make_relay(reactor, config.relay, listen_ips, software)
+        relay.setServiceParent(top)
+        turn = relay.turn
+    tls = None
     if config.tls_port:
-        cert, key = (config.cert, config.key) if config.cert else self_signed(config.state_dir)
-        tls = _tls_options(cert, key)
-        ips = [config.ip] + ([config.alt_ip] if config.alt_ip else [])
-        for ip in ips:
-            internet.SSLServer(
-                config.tls_port, StunStreamFactory(server, (ip, config.tls_port)), tls, interface=ip
-            ).setServiceParent(top)
-    log.info(
-        "STUN on {endpoints} (UDP, TCP), TLS port {tls}",
-        endpoints=addresses.endpoints(),
-        tls=config.tls_port or "off",
-    )
-    top.binding_server = server
+        try:
+            tls = tls_options(config.cert, config.key, config.state_dir)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+    add_listeners(top, addresses, binding, turn, config.tls_port, tls)
+    top.binding_server = binding
     return top
-
-
-def _tls_options(cert: Path, key: Path) -> ssl.CertificateOptions:
-    try:
-        pem = Path(cert).read_bytes() + b"\n" + Path(key).read_bytes()
-        return ssl.PrivateCertificate.loadPEM(pem).options()
-    except (OSError, ValueError) as e:
-        raise usage.UsageError(f"cannot load TLS certificate {cert} / key {key}: {e}") from None

@@ -14,9 +14,24 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from twisted.internet import ssl
 from twisted.logger import Logger
 
 log = Logger()
+
+
+def tls_options(cert: Path | None, key: Path | None, state_dir: Path) -> ssl.CertificateOptions:
+    """CertificateOptions for the operator's PEM files, or a self-signed pair.
+
+    Raises ValueError with a readable message when the files cannot be used.
+    """
+    if cert is None:
+        cert, key = self_signed(state_dir)
+    try:
+        pem = Path(cert).read_bytes() + b"\n" + Path(key).read_bytes()
+        return ssl.PrivateCertificate.loadPEM(pem).options()
+    except Exception as e:  # OSError, or OpenSSL's own errors for bad PEM
+        raise ValueError(f"cannot load TLS certificate {cert} / key {key}: {e}") from None
 
 SELF_SIGNED_DAYS = 365
 

@@ -9,8 +9,10 @@ import struct
 from .constants import HEADER_LENGTH
 from .errors import CodecError
 
+# RFC 8656 §12 allows 0x4000-0x4FFF; RFC 5766 allowed up to 0x7FFF and its
+# clients (coturn's among them) still pick numbers there, so we accept both.
 CHANNEL_MIN = 0x4000
-CHANNEL_MAX = 0x4FFF
+CHANNEL_MAX = 0x7FFF
 _CHANNEL_HEADER = struct.Struct("!HH")
 
 
@@ -68,8 +70,6 @@ class StreamFramer:
                     break
                 frames.append(bytes(buffer[start : start + size]))
             elif first == 1:
-                if buffer[start] > CHANNEL_MAX >> 8:
-                    raise CodecError("channel number out of range")
                 size = 4 + length + (-length % 4)
                 if end - start < size:
                     break

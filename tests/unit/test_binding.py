@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from rendezvous.binding import Addresses, BindingServer
+from rendezvous.stun.binding import Addresses, BindingServer
 from rendezvous.stun import Attr, Class, Error, Message, Method
 from rendezvous.stun.attributes import (
     decode_error_code,

@@ -1,27 +1,50 @@
 """Configuration: command line over TOML over defaults, and clear errors."""
 
-from pathlib import Path
-
 import pytest
 from twisted.python import usage
 
-from rendezvous.config import ConfigError, RendezvousConfig, build
+from relay.config import RELAY_OPTIONS
+from relay.tap import Options as RelayOptions
+from rendezvous.config import RENDEZVOUS_OPTIONS
 from rendezvous.tap import Options
 
 
+def parse(*args, options_class=Options):
+    options = options_class()
+    options.parseOptions(list(args))
+    return options
+
+
 def test_defaults():
-    """With nothing given, the embedded defaults apply."""
-    config = build({})
+    """With nothing given, the embedded defaults apply and the relay is on."""
+    config = parse().config
     assert (config.ip, config.port, config.tls_port, config.alt_ip) == ("0.0.0.0", 3478, 5349, None)
     assert config.software is None
+    assert config.relay.relay_ports == (49152, 65535) and config.relay.realm == "txrendezvous"
+    assert len(config.relay.relay_ips) == 1
 
 
 def test_toml_then_command_line(tmp_path):
-    """A TOML file sets options; the command line overrides it."""
+    """A TOML file sets options, lists for repeatable ones; the command line overrides it."""
     path = tmp_path / "node.toml"
-    path.write_text('ip = "127.0.0.1"\nalt-ip = "127.0.0.2"\nport = 4000\nsoftware = "x"\n')
-    config = build({"port": "4001"}, path)
+    path.write_text(
+        'ip = "127.0.0.1"\nalt-ip = "127.0.0.2"\nport = 4000\nsoftware = "x"\n'
+        'user = ["a:1", "b:2"]\nallow-peer = ["198.18.0.0/15"]\nno-relay = false\n'
+    )
+    config = parse("--config", str(path), "--port", "4001").config
     assert (config.ip, config.alt_ip, config.port, config.software) == ("127.0.0.1", "127.0.0.2", 4001, "x")
+    assert config.relay.users == {"a": "1", "b": "2"}
+    assert config.relay.allow_peers == ("198.18.0.0/15",)
+    assert config.relay.relay_ips == ("127.0.0.1",)
+
+
+def test_repeatable_options_on_the_command_line():
+    """--user and --auth-secret may be given several times."""
+    config = parse("--ip", "127.0.0.1", "--user", "a:1", "--user", "b:x:y", "--auth-secret", "s1",
+                   "--auth-secret", "s2", "--no-relay").config
+    assert config.relay is None
+    relay = parse("--ip", "127.0.0.1", "--user", "a:1", "--user", "b:x:y", options_class=RelayOptions).relay_config
+    assert relay.users == {"a": "1", "b": "x:y"}
 
 
 @pytest.mark.parametrize(
@@ -36,36 +59,42 @@ def test_toml_then_command_line(tmp_path):
         ('ip = "127.0.0.1"\nalt-ip = "127.0.0.1"\n', "must differ"),
         ('cert = "/x.pem"\n', "go together"),
         ('advertise-alt-ip = "198.18.0.1"\n', "needs --alt-ip"),
+        ('user = ["nopassword"]\n', "NAME:PASSWORD"),
+        ('relay-ports = "5-6"\n', "1024-65535"),
+        ('relay-ports = "x"\n', "LOW-HIGH"),
+        ('allow-peer = ["nonsense"]\n', "CIDR"),
+        ('relay-ip = ["127.0.0.1", "127.0.0.2"]\n', "one --relay-ip per address family"),
+        ('relay-ip = ["0.0.0.0"]\n', "specific --relay-ip"),
+        ('default-lifetime = 5000\n', "exceeds --max-lifetime"),
+        ('max-bps = -1\n', "negative"),
+        ('expire-with-credential = "yes"\n', "true or false"),
     ],
 )
 def test_bad_config_is_refused(tmp_path, text, message):
-    """A bad value or file is a ConfigError saying what is wrong."""
+    """A bad value or file is a UsageError saying what is wrong."""
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=message):
-        build({}, path)
+    with pytest.raises(usage.UsageError, match=message):
+        parse("--config", str(path))
 
 
 def test_missing_file():
-    """A config file that cannot be read is a ConfigError."""
-    with pytest.raises(ConfigError, match="cannot read"):
-        build({}, Path("/nonexistent/config.toml"))
+    """A config file that cannot be read is refused with its name."""
+    with pytest.raises(usage.UsageError, match="cannot read"):
+        parse("--config", "/nonexistent/config.toml")
 
 
 def test_options_turn_errors_into_usage_errors():
     """twistd's Options report bad values as UsageError (a message and non-zero exit)."""
-    options = Options()
     with pytest.raises(usage.UsageError, match="outside"):
-        options.parseOptions(["--port", "99999"])
-    options = Options()
-    options.parseOptions(["--ip", "127.0.0.1", "--alt-ip", "127.0.0.2"])
-    assert isinstance(options.config, RendezvousConfig)
-    assert options.config.alt_port == 3479
+        parse("--port", "99999")
+    assert parse("--ip", "127.0.0.1", "--alt-ip", "127.0.0.2").config.alt_port == 3479
 
 
-def test_help_documents_every_option():
+@pytest.mark.parametrize("options_class, table", [(Options, RENDEZVOUS_OPTIONS),
+                                                  (RelayOptions, RELAY_OPTIONS)])
+def test_help_documents_every_option(options_class, table):
     """--help names every option of the config."""
-    text = str(Options())
-    for name in ("ip", "port", "tls-port", "alt-ip", "alt-port", "advertise-ip", "advertise-alt-ip",
-                 "cert", "key", "state-dir", "software", "config"):
-        assert f"--{name}" in text
+    text = str(options_class())
+    for option in table + [type("O", (), {"name": "config"})]:
+        assert f"--{option.name}" in text

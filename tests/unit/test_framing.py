@@ -20,7 +20,7 @@ def test_channel_data_padding_only_on_streams():
     assert decode_channel_data(b"\x40\x00\x00\x05abcde\0\0\0") == (0x4000, b"abcde")
 
 
-@pytest.mark.parametrize("frame", [b"\x40\x00\x00", b"\x50\x00\x00\x00", b"\x40\x00\x00\x09abc"])
+@pytest.mark.parametrize("frame", [b"\x40\x00\x00", b"\x80\x00\x00\x00", b"\x40\x00\x00\x09abc"])
 def test_bad_channel_data(frame):
     """Short, out-of-range or overrunning ChannelData raises CodecError."""
     with pytest.raises(CodecError):
@@ -50,7 +50,7 @@ def test_partial_frame_is_held():
 
 
 @pytest.mark.parametrize(
-    "data", [b"\x80\x00\x00\x00", b"\x16\x03\x01\x02\x00", b"\x00\x01\x00\x03" + b"\0" * 16, b"\x50\x00\x00\x00"]
+    "data", [b"\x80\x00\x00\x00", b"\x16\x03\x01\x02\x00", b"\x00\x01\x00\x03" + b"\0" * 16, b"\xc0\x00\x00\x00"]
 )
 def test_garbage_stream_raises(data):
     """Bytes that are neither STUN nor ChannelData raise CodecError."""

@@ -5,7 +5,7 @@ import inspect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rendezvous.binding import Addresses, BindingServer
+from rendezvous.stun.binding import Addresses, BindingServer
 from rendezvous.stun import Attr, Class, CodecError, Message, Method
 from rendezvous.stun import attributes as attribute_codecs
 from rendezvous.stun.addresses import decode_address, decode_xor_address

@@ -15,14 +15,12 @@ destination; or None when nothing is to be sent.
 from collections import Counter
 from dataclasses import dataclass
 
-from twisted.logger import Logger
-
-from .stun import Attr, Class, CodecError, Error, Message, Method
-from .stun.addresses import Address
-from .stun.attributes import decode_change_request, decode_uint16
-from .stun.replies import error_response, success_response, unknown_required
-
-log = Logger()
+from .addresses import Address
+from .attributes import decode_change_request, decode_uint16
+from .constants import Attr, Class, Error, Method
+from .errors import CodecError
+from .message import Message
+from .replies import error_response, success_response, unknown_required
 
 # Comprehension-required attributes a Binding request may carry that this
 # server understands (integrity of ICE checks is the agent's business).
@@ -132,13 +130,11 @@ class BindingServer:
         """Decode a message, or count and drop it (RFC 8489 §6.3)."""
         try:
             msg = Message.decode(data)
-        except CodecError as e:
+        except CodecError:
             self.counters["malformed"] += 1
-            log.debug("dropped malformed message: {error}", error=e)
             return None
         if msg.check_fingerprint() is False:
             self.counters["malformed"] += 1
-            log.debug("dropped message with a bad FINGERPRINT")
             return None
         return msg
 
@@ -227,7 +223,6 @@ class BindingServer:
         unknown: list[int] | None = None,
     ) -> Reply:
         self.counters["errors"] += 1
-        log.debug("error {code} to {source}: {reason}", code=code, source=source, reason=reason)
         response = error_response(request, code, reason, unknown)
         return Reply(self._encode(request, response), local, source)
 

@@ -1,0 +1,211 @@
+"""Allocation state and the relay data path (RFC 8656 §2.2, §9, §11, §12).
+
+An ``Allocation`` belongs to one client five-tuple and owns one relayed
+transport address per address family. It holds permissions (peer IP ->
+expiry, RFC 8656 §9) and channel bindings (RFC 8656 §12). Expiry is swept
+once a second by ``TurnServer.expire``; the data path then only asks whether
+a key is present, which keeps per-packet work to a few dict lookups. No
+Message objects are built on the data path: ChannelData and Data
+indications are packed by hand.
+"""
+
+import os
+import struct
+from typing import Callable, Protocol
+
+from rendezvous.stun.addresses import Address, encode_xor_address
+from rendezvous.stun.constants import MAGIC_COOKIE_BYTES, Attr
+
+PERMISSION_LIFETIME_SECONDS = 300
+CHANNEL_LIFETIME_SECONDS = 600
+# RFC 8656 §12: after a channel binding expires, neither its number nor its
+# peer may be bound to anything else for 5 minutes.
+CHANNEL_COOLDOWN_SECONDS = 300
+
+_CHANNEL_HEADER = struct.Struct("!HH")
+_DATA_INDICATION_TYPE = b"\x00\x17"
+_TLV = struct.Struct("!HH")
+
+
+class RelayEndpoint(Protocol):
+    """A relayed transport address: a bound UDP socket towards peers."""
+
+    address: Address
+
+    def write(self, data: bytes, peer: Address) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def family_of(host: str) -> int:
+    """4 or 6."""
+    return 6 if ":" in host else 4
+
+
+def data_indication(peer: Address, data: bytes) -> bytes:
+    """A Data indication carrying data from peer (RFC 8656 §11.4)."""
+    tid = os.urandom(12)
+    peer_value = encode_xor_address(peer, tid)
+    n = len(data)
+    body = b"".join(
+        (
+            _TLV.pack(Attr.XOR_PEER_ADDRESS, len(peer_value)),
+            peer_value,
+            _TLV.pack(Attr.DATA, n),
+            data,
+            b"\0" * (-n % 4),
+        )
+    )
+    return _DATA_INDICATION_TYPE + struct.pack("!H", len(body)) + MAGIC_COOKIE_BYTES + tid + body
+
+
+class Allocation:
+    """One client's allocation: relayed addresses, permissions, channels."""
+
+    __slots__ = (
+        "five_tuple", "transaction_id", "response", "username", "keys", "algorithm",
+        "relays", "expires_at", "credential_expires_at", "permissions", "channels",
+        "channel_expiry", "peer_channels", "cooldown", "send", "stream",
+        "packets_in", "bytes_in", "packets_out", "bytes_out", "bucket",
+    )
+
+    def __init__(
+        self,
+        five_tuple: tuple,
+        transaction_id: bytes,
+        username: str,
+        keys,
+        algorithm: int,
+        relays: dict[int, RelayEndpoint],
+        expires_at: float,
+        send: Callable[[bytes], None],
+        credential_expires_at: float | None = None,
+        bucket: "TokenBucket | None" = None,
+    ) -> None:
+        self.five_tuple = five_tuple
+        self.transaction_id = transaction_id
+        self.response: bytes | None = None
+        self.username = username
+        self.keys = keys
+        self.algorithm = algorithm
+        self.relays = relays
+        self.expires_at = expires_at
+        self.credential_expires_at = credential_expires_at
+        self.permissions: dict[str, float] = {}
+        self.channels: dict[int, tuple[Address, RelayEndpoint]] = {}
+        self.channel_expiry: dict[int, float] = {}
+        self.peer_channels: dict[Address, int] = {}
+        self.cooldown: dict[object, float] = {}
+        self.send = send
+        self.stream = five_tuple[0] != "udp"
+        self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
+        self.bucket = bucket
+
+    # -- state ------------------------------------------------------------
+
+    def permit(self, host: str, now: float) -> None:
+        """Install or refresh a permission for host (RFC 8656 §9)."""
+        self.permissions[host] = now + PERMISSION_LIFETIME_SECONDS
+
+    def bind_channel(self, number: int, peer: Address, now: float) -> str | None:
+        """Bind or refresh a channel (RFC 8656 §12.1); an error reason, or None."""
+        bound = self.channels.get(number)
+        if bound is not None and bound[0] != peer:
+            return "channel already bound to another peer"
+        other = self.peer_channels.get(peer)
+        if other is not None and other != number:
+            return "peer already bound to another channel"
+        for key in (number, peer):
+            if bound is None and self.cooldown.get(key, 0) > now:
+                return "channel or peer was bound within the last 5 minutes"
+        self.channels[number] = (peer, self.relays[family_of(peer[0])])
+        self.peer_channels[peer] = number
+        self.channel_expiry[number] = now + CHANNEL_LIFETIME_SECONDS
+        self.permit(peer[0], now)
+        return None
+
+    def expire(self, now: float) -> None:
+        """Drop expired permissions and channels."""
+        for host in [h for h, t in self.permissions.items() if t <= now]:
+            del self.permissions[host]
+        for number in [n for n, t in self.channel_expiry.items() if t <= now]:
+            peer, _ = self.channels.pop(number)
+            del self.channel_expiry[number]
+            del self.peer_channels[peer]
+            self.cooldown[number] = self.cooldown[peer] = now + CHANNEL_COOLDOWN_SECONDS
+        for key in [k for k, t in self.cooldown.items() if t <= now]:
+            del self.cooldown[key]
+
+    def close(self) -> None:
+        for relay in self.relays.values():
+            relay.close()
+        self.relays = {}
+        self.channels.clear()
+        self.peer_channels.clear()
+        self.permissions.clear()
+
+    # -- data path --------------------------------------------------------
+
+    def channel_to_peer(self, frame: bytes) -> None:
+        """Relay a client's ChannelData frame to its peer (RFC 8656 §12.6)."""
+        number, length = _CHANNEL_HEADER.unpack_from(frame)
+        bound = self.channels.get(number)
+        if bound is None or length > len(frame) - 4:
+            return
+        peer, relay = bound
+        if peer[0] not in self.permissions:
+            return
+        if self.bucket is not None and not self.bucket.take(length):
+            return
+        self.packets_out += 1
+        self.bytes_out += length
+        relay.write(frame[4 : 4 + length], peer)
+
+    def send_to_peer(self, peer: Address, data: bytes) -> None:
+        """Relay the payload of a Send indication (RFC 8656 §11.3)."""
+        relay = self.relays.get(family_of(peer[0]))
+        if relay is None or peer[0] not in self.permissions:
+            return
+        if self.bucket is not None and not self.bucket.take(len(data)):
+            return
+        self.packets_out += 1
+        self.bytes_out += len(data)
+        relay.write(data, peer)
+
+    def from_peer(self, data: bytes, peer: Address) -> None:
+        """Relay a datagram from a peer to the client (RFC 8656 §11.4, §12.6)."""
+        if peer[0] not in self.permissions:
+            return
+        n = len(data)
+        if self.bucket is not None and not self.bucket.take(n):
+            return
+        self.packets_in += 1
+        self.bytes_in += n
+        number = self.peer_channels.get(peer)
+        if number is None:
+            self.send(data_indication(peer, data))
+        elif self.stream and n & 3:
+            self.send(_CHANNEL_HEADER.pack(number, n) + data + b"\0" * (4 - (n & 3)))
+        else:
+            self.send(_CHANNEL_HEADER.pack(number, n) + data)
+
+
+class TokenBucket:
+    """A bytes-per-second limit with one second of burst."""
+
+    __slots__ = ("rate", "tokens", "stamp", "clock")
+
+    def __init__(self, bytes_per_second: float, clock) -> None:
+        self.rate = bytes_per_second
+        self.tokens = bytes_per_second
+        self.clock = clock
+        self.stamp = clock.seconds()
+
+    def take(self, n: int) -> bool:
+        now = self.clock.seconds()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < n:
+            return False
+        self.tokens -= n
+        return True

@@ -1,0 +1,150 @@
+"""Twisted adapters for the client-facing STUN/TURN ports (UDP, TCP, TLS).
+
+Thin by design: the Binding core (``rendezvous.stun.binding``) and the TURN
+core (``relay.server``) decide; these classes move bytes. On every port the
+first byte tells ChannelData (first bits 01, RFC 8656 §12) from STUN; STUN
+Binding goes to the Binding core, every other method to TURN. UDP endpoints
+know each other so a reply can leave from the endpoint the Binding core names
+(RFC 5780 CHANGE-REQUEST). A malformed stream closes only its connection.
+"""
+
+from functools import partial
+
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+from rendezvous.stun import CodecError, Method
+from rendezvous.stun.addresses import Address
+from rendezvous.stun.binding import BindingServer
+from rendezvous.stun.framing import StreamFramer
+
+from .server import TurnServer
+
+log = Logger()
+
+IDLE_TIMEOUT_SECONDS = 300
+
+
+class UdpEndpoints:
+    """The server's client-facing UDP sockets by local address."""
+
+    def __init__(self, binding: BindingServer, turn: TurnServer | None) -> None:
+        self.binding = binding
+        self.turn = turn
+        self.by_address: dict[Address, "ServerDatagramProtocol"] = {}
+
+    def protocol(self, local: Address) -> "ServerDatagramProtocol":
+        protocol = ServerDatagramProtocol(self, local)
+        self.by_address[local] = protocol
+        return protocol
+
+
+class ServerDatagramProtocol(DatagramProtocol):
+    """One client-facing UDP socket."""
+
+    noisy = False
+
+    def __init__(self, endpoints: UdpEndpoints, local: Address) -> None:
+        self.endpoints = endpoints
+        self.local = local
+        self.turn = endpoints.turn
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        addr = addr[:2]
+        turn = self.turn
+        if turn is not None and data and data[0] >> 6 == 1:
+            turn.channel_data_from_client(("udp", addr, self.local), data)
+            return
+        binding = self.endpoints.binding
+        request = binding.decode(data)
+        if request is None:
+            return
+        if turn is not None and request.method != Method.BINDING:
+            response = turn.handle(
+                request, ("udp", addr, self.local), partial(self.transport.write, addr=addr)
+            )
+            if response is not None:
+                self._write(response, addr)
+            return
+        reply = binding.answer(request, addr, self.local, datagram=True)
+        if reply is None:
+            return
+        sender = self.endpoints.by_address.get(reply.source)
+        if sender is None or sender.transport is None:
+            log.warn("no socket bound for {source}", source=reply.source)
+            return
+        sender._write(reply.data, reply.destination)
+
+    def _write(self, data: bytes, destination: Address) -> None:
+        try:
+            self.transport.write(data, destination)
+        except OSError as e:
+            # An ICMP-induced error on a connectionless socket must not
+            # stop the server.
+            log.debug("send to {destination} failed: {error}", destination=destination, error=e)
+
+
+class ServerStreamProtocol(Protocol, TimeoutMixin):
+    """One TCP or TLS client connection carrying STUN, TURN and ChannelData."""
+
+    def __init__(self, factory: "ServerStreamFactory") -> None:
+        self.factory = factory
+        self.framer = StreamFramer()
+
+    def connectionMade(self) -> None:
+        self.setTimeout(IDLE_TIMEOUT_SECONDS)
+        peer = self.transport.getPeer()
+        self.five_tuple = (self.factory.transport_name, (peer.host, peer.port), self.factory.local)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        factory = self.factory
+        try:
+            frames = self.framer.feed(data)
+        except CodecError as e:
+            factory.binding.counters["malformed_streams"] += 1
+            log.debug("closing {peer}: {error}", peer=self.five_tuple[1], error=e)
+            self.transport.loseConnection()
+            return
+        turn = factory.turn
+        for frame in frames:
+            if frame[0] >= 0x40:
+                if turn is not None:
+                    turn.channel_data_from_client(self.five_tuple, frame)
+                continue
+            request = factory.binding.decode(frame)
+            if request is None:
+                continue
+            if turn is not None and request.method != Method.BINDING:
+                response = turn.handle(request, self.five_tuple, self.transport.write)
+            else:
+                reply = factory.binding.answer(request, self.five_tuple[1], factory.local, datagram=False)
+                response = reply.data if reply else None
+            if response is not None:
+                self.transport.write(response)
+
+    def connectionLost(self, reason=None) -> None:
+        self.setTimeout(None)
+        if self.factory.turn is not None and hasattr(self, "five_tuple"):
+            # RFC 8656 §3.1: an allocation over TCP/TLS lives as long as its
+            # connection.
+            self.factory.turn.connection_lost(self.five_tuple)
+
+    def timeoutConnection(self) -> None:
+        self.transport.abortConnection()
+
+
+class ServerStreamFactory(Factory):
+    """Makes a ServerStreamProtocol per connection on one local endpoint."""
+
+    noisy = False
+
+    def __init__(self, binding: BindingServer, turn: TurnServer | None, local: Address, transport_name: str) -> None:
+        self.binding = binding
+        self.turn = turn
+        self.local = local
+        self.transport_name = transport_name
+
+    def buildProtocol(self, addr) -> ServerStreamProtocol:
+        return ServerStreamProtocol(self)

@@ -1,0 +1,128 @@
+"""Relayed transport addresses: UDP sockets bound in the relay port range.
+
+RFC 8656 §7.2 (choosing a relayed transport address; EVEN-PORT and
+RESERVATION-TOKEN reserve the next port for 30 s) and §14 (DONT-FRAGMENT,
+honoured with IP_PMTUDISC_DO). Each relay socket hands datagrams from peers
+to its allocation's data path and sends with ``socket.sendto`` directly: the
+relay data path is the hot loop of the whole suite.
+"""
+
+import os
+import random
+import socket
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from rendezvous.stun.addresses import Address
+
+from .server import NoRelayPort
+
+log = Logger()
+
+RESERVATION_SECONDS = 30
+_ATTEMPTS = 64
+_IP_PMTUDISC_DO = 2
+
+
+class RelaySocket(DatagramProtocol):
+    """One relayed transport address."""
+
+    noisy = False
+
+    def __init__(self, address: Address, owner: "RelayPorts") -> None:
+        self.address = address
+        self.owner = owner
+        self.allocation = None
+        self.port = None
+
+    def startProtocol(self) -> None:
+        sendto = self.transport.socket.sendto
+
+        def write(data: bytes, peer: Address) -> None:
+            try:
+                sendto(data, peer)
+            except OSError:
+                pass  # an ICMP error or a full buffer: UDP may drop
+
+        self.write = write
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        allocation = self.allocation
+        if allocation is not None:
+            allocation.from_peer(data, addr[:2])
+
+    def close(self) -> None:
+        self.allocation = None
+        if self.port is not None:
+            self.port.stopListening()
+            self.port = None
+            self.owner.open_count -= 1
+
+
+class RelayPorts:
+    """Binds relay sockets on the relay IPs within [low, high]."""
+
+    def __init__(self, reactor, ips: dict[int, str], low: int, high: int,
+                 advertise: dict[int, str] | None = None, clock=None) -> None:
+        self.reactor = reactor
+        self.ips = ips
+        self.low, self.high = low, high
+        self.advertise = advertise or {}
+        self.clock = clock or reactor
+        self.reservations: dict[bytes, tuple[RelaySocket, float]] = {}
+        self.open_count = 0
+
+    def _bind(self, family: int, port: int, dont_fragment: bool) -> RelaySocket | None:
+        ip = self.ips[family]
+        relay = RelaySocket((self.advertise.get(family, ip), port), self)
+        try:
+            relay.port = self.reactor.listenUDP(port, relay, interface=ip)
+        except Exception:  # CannotListenError: the port is taken
+            return None
+        if dont_fragment:
+            level = socket.IPPROTO_IPV6 if family == 6 else socket.IPPROTO_IP
+            option = getattr(socket, "IPV6_MTU_DISCOVER", 23) if family == 6 else getattr(socket, "IP_MTU_DISCOVER", 10)
+            relay.port.socket.setsockopt(level, option, _IP_PMTUDISC_DO)
+        self.open_count += 1
+        return relay
+
+    def open(self, family: int, even: bool = False, reserve_next: bool = False,
+             dont_fragment: bool = False) -> tuple[RelaySocket, bytes | None]:
+        """Bind a relay socket; with reserve_next also hold port+1 (RFC 8656 §7.2)."""
+        if family not in self.ips:
+            raise NoRelayPort(f"no relay address of family {family}")
+        for _ in range(_ATTEMPTS):
+            port = random.randint(self.low, self.high - (1 if reserve_next else 0))
+            if even:
+                port &= ~1
+                if port < self.low:
+                    continue
+            relay = self._bind(family, port, dont_fragment)
+            if relay is None:
+                continue
+            if not reserve_next:
+                return relay, None
+            held = self._bind(family, port + 1, dont_fragment)
+            if held is None:
+                relay.close()
+                continue
+            token = os.urandom(8)
+            self.reservations[token] = (held, self.clock.seconds() + RESERVATION_SECONDS)
+            return relay, token
+        raise NoRelayPort("relay port range exhausted")
+
+    def take_reserved(self, token: bytes) -> RelaySocket | None:
+        """The socket held for a RESERVATION-TOKEN, once."""
+        held = self.reservations.pop(token, None)
+        return held[0] if held else None
+
+    def expire(self, now: float) -> None:
+        for token in [t for t, (_, until) in self.reservations.items() if until <= now]:
+            relay, _ = self.reservations.pop(token)
+            relay.close()
+
+    def stop(self) -> None:
+        for relay, _ in self.reservations.values():
+            relay.close()
+        self.reservations.clear()

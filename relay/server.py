@@ -1,0 +1,487 @@
+"""The TURN server core (RFC 8656), over an injected clock and relay ports.
+
+``TurnServer.handle`` takes a decoded request, the client's five-tuple and a
+callable that sends to the client, and returns the response bytes. Each
+handler walks the numbered steps of its RFC section. Long-term credential
+checks follow RFC 8489 §9.2.4; nonces are stateless (``relay.nonces``) and
+401 answers are rate limited per source so a spoofed flood costs neither
+memory nor much bandwidth.
+
+The relay sockets come from an injected ``RelayPorts``-like object (its
+``open`` binds a relayed transport address), so this module does no I/O of
+its own and runs on ``task.Clock`` in tests.
+"""
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+from rendezvous.stun import Attr, Class, CodecError, Error, Message, Method, PasswordAlgorithm
+from rendezvous.stun.addresses import Address
+from rendezvous.stun.attributes import (
+    decode_address_family,
+    decode_even_port,
+    decode_password_algorithm,
+    decode_password_algorithms,
+    decode_requested_transport,
+    decode_reservation_token,
+    decode_text,
+    decode_uint16,
+    decode_uint32,
+    encode_address_error_code,
+    encode_password_algorithms,
+    encode_uint32,
+    USERNAME_MAX_BYTES,
+)
+from rendezvous.stun.constants import AddressFamily
+from rendezvous.stun.framing import CHANNEL_MAX, CHANNEL_MIN
+from rendezvous.stun.replies import error_response, success_response, unknown_required
+
+from .allocation import Allocation, TokenBucket, family_of
+from .credentials import Credentials, Keys
+from .nonces import Nonces
+from .peer_policy import PeerPolicy
+
+UDP = 17
+TCP = 6
+PASSWORD_ALGORITHMS = [(PasswordAlgorithm.MD5, b""), (PasswordAlgorithm.SHA256, b"")]
+_PASSWORD_ALGORITHMS_VALUE = encode_password_algorithms(PASSWORD_ALGORITHMS)
+
+_AUTH_ATTRS = {
+    Attr.USERNAME, Attr.USERHASH, Attr.REALM, Attr.NONCE, Attr.MESSAGE_INTEGRITY,
+    Attr.MESSAGE_INTEGRITY_SHA256, Attr.PASSWORD_ALGORITHM,
+}
+_UNDERSTOOD = {
+    Method.ALLOCATE: _AUTH_ATTRS | {
+        Attr.REQUESTED_TRANSPORT, Attr.LIFETIME, Attr.REQUESTED_ADDRESS_FAMILY,
+        Attr.EVEN_PORT, Attr.RESERVATION_TOKEN, Attr.DONT_FRAGMENT,
+    },
+    Method.REFRESH: _AUTH_ATTRS | {Attr.LIFETIME, Attr.REQUESTED_ADDRESS_FAMILY},
+    Method.CREATE_PERMISSION: _AUTH_ATTRS | {Attr.XOR_PEER_ADDRESS},
+    Method.CHANNEL_BIND: _AUTH_ATTRS | {Attr.XOR_PEER_ADDRESS, Attr.CHANNEL_NUMBER},
+}
+
+
+class NoRelayPort(Exception):
+    """No relayed transport address could be bound (answered with 508)."""
+
+
+@dataclass
+class RelayPolicy:
+    """What the operator allows: lifetimes, quotas and limits."""
+
+    realm: str = "txrendezvous"
+    default_lifetime_seconds: int = 600
+    max_lifetime_seconds: int = 3600
+    nonce_lifetime_seconds: int = 600
+    user_quota: int = 0  # allocations per user; 0 = unlimited
+    total_quota: int = 0  # allocations in all; 0 = unlimited
+    max_permissions: int = 1000  # per allocation
+    max_channels: int = 1000  # per allocation (of 4096 numbers)
+    max_bps: int = 0  # bytes/s per allocation; 0 = unlimited
+    expire_with_credential: bool = False
+    unauthorized_burst: int = 20  # 401 answers per source before limiting
+    unauthorized_per_second: float = 2.0
+    families: frozenset = field(default_factory=lambda: frozenset({4}))
+
+
+@dataclass
+class _Auth:
+    username: str
+    keys: Keys
+    algorithm: int
+    sha256_mac: bool
+
+    def sign(self, response: Message) -> bytes:
+        key = self.keys.for_algorithm(self.algorithm)
+        if self.sha256_mac:
+            return response.encode(integrity_sha256_key=key)
+        return response.encode(integrity_key=key)
+
+
+class _SourceLimiter:
+    """A token bucket per source IP with a bounded table (oldest evicted)."""
+
+    def __init__(self, burst: int, per_second: float, max_sources: int = 10000) -> None:
+        self.burst, self.per_second, self.max_sources = burst, per_second, max_sources
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, ip: str, now: float) -> bool:
+        tokens, stamp = self._buckets.pop(ip, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.per_second)
+        allowed = tokens >= 1
+        self._buckets[ip] = (tokens - 1 if allowed else tokens, now)
+        if len(self._buckets) > self.max_sources:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+class TurnServer:
+    """Allocations of one relay process and the requests that change them."""
+
+    def __init__(
+        self,
+        policy: RelayPolicy,
+        credentials: Credentials,
+        peers: PeerPolicy,
+        ports,
+        clock,
+        nonces: Nonces | None = None,
+        software: bytes | None = None,
+    ) -> None:
+        self.policy = policy
+        self.credentials = credentials
+        self.peers = peers
+        self.ports = ports
+        self.clock = clock
+        self.nonces = nonces or Nonces(policy.nonce_lifetime_seconds)
+        self.software = software
+        self.allocations: dict[tuple, Allocation] = {}
+        self.per_user: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self._limiter = _SourceLimiter(policy.unauthorized_burst, policy.unauthorized_per_second)
+        self._handlers = {
+            Method.ALLOCATE: self._allocate,
+            Method.REFRESH: self._refresh,
+            Method.CREATE_PERMISSION: self._create_permission,
+            Method.CHANNEL_BIND: self._channel_bind,
+        }
+
+    # -- entry points ----------------------------------------------------
+
+    def handle(self, msg: Message, five_tuple: tuple, send) -> bytes | None:
+        """Process one STUN message from a client; the response bytes or None."""
+        if msg.cls == Class.INDICATION:
+            if msg.method == Method.SEND:
+                self._send_indication(msg, five_tuple)
+            return None
+        if msg.cls != Class.REQUEST:
+            return None
+        self.counters["requests"] += 1
+        handler = self._handlers.get(msg.method)
+        if handler is None:
+            return self._error(msg, Error.BAD_REQUEST, "Unsupported method")
+        unknown = unknown_required(msg, _UNDERSTOOD[msg.method])
+        if unknown:
+            return self._error(msg, Error.UNKNOWN_ATTRIBUTE, unknown=unknown)
+        now = self.clock.seconds()
+        auth = self._authenticate(msg, five_tuple, now)
+        if not isinstance(auth, _Auth):
+            return auth
+        try:
+            return handler(msg, five_tuple, send, auth, now)
+        except CodecError as e:
+            return self._error(msg, Error.BAD_REQUEST, str(e), auth)
+
+    def channel_data_from_client(self, five_tuple: tuple, frame: bytes) -> None:
+        """Relay a ChannelData frame; dropped silently without an allocation."""
+        allocation = self.allocations.get(five_tuple)
+        if allocation is not None and len(frame) >= 4:
+            allocation.channel_to_peer(frame)
+
+    def connection_lost(self, five_tuple: tuple) -> None:
+        """A TCP/TLS client connection closed: its allocation goes with it."""
+        allocation = self.allocations.get(five_tuple)
+        if allocation is not None:
+            self._delete(allocation)
+
+    def expire(self, now: float) -> None:
+        """Remove expired allocations, permissions and channels (call each second)."""
+        for allocation in list(self.allocations.values()):
+            if allocation.expires_at <= now:
+                self._delete(allocation)
+            else:
+                allocation.expire(now)
+        self.ports.expire(now)
+
+    def stop(self) -> None:
+        for allocation in list(self.allocations.values()):
+            self._delete(allocation)
+
+    # -- authentication (RFC 8489 §9.2.4) ---------------------------------
+
+    def _challenge(self, msg: Message, code: int, client_ip: str, now: float) -> bytes:
+        response = error_response(msg, code)
+        response.add(Attr.REALM, self.policy.realm.encode("utf-8"))
+        response.add(Attr.NONCE, self.nonces.issue(client_ip, now).encode("ascii"))
+        response.add(Attr.PASSWORD_ALGORITHMS, _PASSWORD_ALGORITHMS_VALUE)
+        return self._encode(response)
+
+    def _authenticate(self, msg: Message, five_tuple: tuple, now: float):
+        client_ip = five_tuple[1][0]
+        has_mac = Attr.MESSAGE_INTEGRITY in msg or Attr.MESSAGE_INTEGRITY_SHA256 in msg
+        if not has_mac:
+            return self._unauthorized(msg, client_ip, now)
+        username_value, userhash, realm, nonce = (
+            msg.get(Attr.USERNAME), msg.get(Attr.USERHASH), msg.get(Attr.REALM), msg.get(Attr.NONCE)
+        )
+        if (username_value is None and userhash is None) or realm is None or nonce is None:
+            return self._error(msg, Error.BAD_REQUEST, "USERNAME, REALM and NONCE are required")
+        try:
+            nonce_text = decode_text(nonce)
+            realm_text = decode_text(realm)
+            username = (
+                decode_text(username_value, USERNAME_MAX_BYTES)
+                if username_value is not None
+                else self.credentials.username_for_hash(userhash)
+            )
+            algorithm = self._algorithm(msg, nonce_text)
+        except CodecError as e:
+            return self._error(msg, Error.BAD_REQUEST, str(e))
+        if self.nonces.check(nonce_text, client_ip, now) != "valid":
+            self.counters["stale_nonce"] += 1
+            return self._challenge(msg, Error.STALE_NONCE, client_ip, now)
+        if algorithm is None:
+            return self._error(msg, Error.BAD_REQUEST, "PASSWORD-ALGORITHM does not match")
+        if username is None or realm_text != self.policy.realm:
+            return self._unauthorized(msg, client_ip, now)
+        for keys in self.credentials.candidates(username, realm_text, now):
+            if msg.check_integrity(keys.for_algorithm(algorithm)):
+                return _Auth(username, keys, algorithm, Attr.MESSAGE_INTEGRITY_SHA256 in msg)
+        return self._unauthorized(msg, client_ip, now)
+
+    def _algorithm(self, msg: Message, nonce: str) -> int | None:
+        """The password algorithm the request uses (RFC 8489 §9.2.4 downgrade checks)."""
+        offered, chosen = msg.get(Attr.PASSWORD_ALGORITHMS), msg.get(Attr.PASSWORD_ALGORITHM)
+        if offered is None and chosen is None:
+            return PasswordAlgorithm.MD5
+        if offered is None or chosen is None:
+            return None
+        if decode_password_algorithms(offered) != PASSWORD_ALGORITHMS:
+            return None
+        algorithm, _ = decode_password_algorithm(chosen)
+        return algorithm if (algorithm, b"") in PASSWORD_ALGORITHMS else None
+
+    def _unauthorized(self, msg: Message, client_ip: str, now: float) -> bytes | None:
+        if not self._limiter.allow(client_ip, now):
+            self.counters["unauthorized_limited"] += 1
+            return None
+        self.counters["unauthorized"] += 1
+        return self._challenge(msg, Error.UNAUTHENTICATED, client_ip, now)
+
+    # -- Allocate (RFC 8656 §7.2) -----------------------------------------
+
+    def _allocate(self, msg, five_tuple, send, auth: _Auth, now) -> bytes:
+        policy = self.policy
+        existing = self.allocations.get(five_tuple)
+        # 2. An existing allocation on this five-tuple: a retransmission
+        #    gets the cached success response, anything else 437.
+        if existing is not None:
+            if existing.transaction_id == msg.transaction_id and existing.response:
+                return existing.response
+            return self._error(msg, Error.ALLOCATION_MISMATCH, auth=auth)
+        # 3. REQUESTED-TRANSPORT must be present and UDP.
+        transport = msg.get(Attr.REQUESTED_TRANSPORT)
+        if transport is None:
+            return self._error(msg, Error.BAD_REQUEST, "REQUESTED-TRANSPORT missing", auth)
+        if decode_requested_transport(transport) != UDP:
+            return self._error(msg, Error.UNSUPPORTED_TRANSPORT_PROTOCOL, auth=auth)
+        # 4. DONT-FRAGMENT is honoured by the relay sockets (IP_PMTUDISC_DO).
+        dont_fragment = Attr.DONT_FRAGMENT in msg
+        # 5-7. RESERVATION-TOKEN, EVEN-PORT and the address families.
+        token = msg.get(Attr.RESERVATION_TOKEN)
+        even = msg.get(Attr.EVEN_PORT)
+        requested = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
+        additional = msg.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        if token is not None and (even is not None or requested is not None or additional is not None):
+            return self._error(msg, Error.BAD_REQUEST, "RESERVATION-TOKEN with EVEN-PORT or a family", auth)
+        if requested is not None and additional is not None:
+            return self._error(msg, Error.BAD_REQUEST, "both REQUESTED- and ADDITIONAL-ADDRESS-FAMILY", auth)
+        if even is not None and additional is not None:
+            return self._error(msg, Error.BAD_REQUEST, "EVEN-PORT with ADDITIONAL-ADDRESS-FAMILY", auth)
+        family = 6 if requested is not None and decode_address_family(requested) == AddressFamily.IPV6 else 4
+        want = [family]
+        if additional is not None:
+            if decode_address_family(additional) != AddressFamily.IPV6:
+                return self._error(msg, Error.BAD_REQUEST, "ADDITIONAL-ADDRESS-FAMILY must be IPv6", auth)
+            want = [4, 6]
+        if family not in policy.families:
+            return self._error(msg, Error.ADDRESS_FAMILY_NOT_SUPPORTED, auth=auth)
+        # 8. Quotas.
+        if policy.user_quota and self.per_user[auth.username] >= policy.user_quota:
+            return self._error(msg, Error.ALLOCATION_QUOTA_REACHED, auth=auth)
+        if policy.total_quota and len(self.allocations) >= policy.total_quota:
+            return self._error(msg, Error.INSUFFICIENT_CAPACITY, "Server at capacity", auth)
+        # 9. Relayed transport addresses.
+        relays = {}
+        reservation = None
+        try:
+            if token is not None:
+                relay = self.ports.take_reserved(decode_reservation_token(token))
+                if relay is None:
+                    return self._error(msg, Error.INSUFFICIENT_CAPACITY, "Unknown RESERVATION-TOKEN", auth)
+                relays[family_of(relay.address[0])] = relay
+            else:
+                reserve_next = decode_even_port(even) if even is not None else False
+                relay, reservation = self.ports.open(
+                    family, even=even is not None, reserve_next=reserve_next, dont_fragment=dont_fragment
+                )
+                relays[family] = relay
+            for extra in want[1:]:
+                if extra in policy.families:
+                    relays[extra], _ = self.ports.open(extra, dont_fragment=dont_fragment)
+        except NoRelayPort:
+            for relay in relays.values():
+                relay.close()
+            return self._error(msg, Error.INSUFFICIENT_CAPACITY, "No relay port available", auth)
+        lifetime = self._lifetime(msg, auth, now)
+        bucket = TokenBucket(policy.max_bps, self.clock) if policy.max_bps else None
+        allocation = Allocation(
+            five_tuple, msg.transaction_id, auth.username, auth.keys, auth.algorithm, relays,
+            now + lifetime, send, auth.keys.expires_at, bucket,
+        )
+        for relay in relays.values():
+            relay.allocation = allocation
+        self.allocations[five_tuple] = allocation
+        self.per_user[auth.username] += 1
+        self.counters["allocations"] += 1
+        response = success_response(msg)
+        for relay_family in want:
+            if relay_family in relays:
+                response.add_address(Attr.XOR_RELAYED_ADDRESS, relays[relay_family].address)
+            else:
+                response.add(
+                    Attr.ADDRESS_ERROR_CODE,
+                    encode_address_error_code(AddressFamily.IPV6, Error.ADDRESS_FAMILY_NOT_SUPPORTED,
+                                              "Address Family not Supported"),
+                )
+        response.add(Attr.LIFETIME, encode_uint32(lifetime))
+        if reservation is not None:
+            response.add(Attr.RESERVATION_TOKEN, reservation)
+        response.add_address(Attr.XOR_MAPPED_ADDRESS, five_tuple[1])
+        allocation.response = self._sign(response, auth)
+        return allocation.response
+
+    def _lifetime(self, msg: Message, auth: _Auth, now: float) -> int:
+        """RFC 8656 §7.2 step 10 / §8: requested, clamped to [default, max]."""
+        policy = self.policy
+        requested = msg.get(Attr.LIFETIME)
+        lifetime = policy.default_lifetime_seconds
+        if requested is not None:
+            lifetime = max(policy.default_lifetime_seconds, min(decode_uint32(requested), policy.max_lifetime_seconds))
+        if policy.expire_with_credential and auth.keys.expires_at is not None:
+            lifetime = min(lifetime, max(0, int(auth.keys.expires_at - now)))
+        return lifetime
+
+    # -- Refresh (RFC 8656 §8) --------------------------------------------
+
+    def _refresh(self, msg, five_tuple, send, auth: _Auth, now) -> bytes:
+        allocation = self._owned(msg, five_tuple, auth)
+        if isinstance(allocation, bytes):
+            return allocation
+        requested_family = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
+        if requested_family is not None:
+            family = 6 if decode_address_family(requested_family) == AddressFamily.IPV6 else 4
+            if family not in allocation.relays:
+                return self._error(msg, Error.PEER_ADDRESS_FAMILY_MISMATCH, auth=auth)
+        requested = msg.get(Attr.LIFETIME)
+        if requested is not None and decode_uint32(requested) == 0:
+            self._delete(allocation)
+            lifetime = 0
+        else:
+            lifetime = self._lifetime(msg, auth, now)
+            allocation.expires_at = now + lifetime
+        response = success_response(msg)
+        response.add(Attr.LIFETIME, encode_uint32(lifetime))
+        return self._sign(response, auth)
+
+    # -- CreatePermission (RFC 8656 §10) -----------------------------------
+
+    def _create_permission(self, msg, five_tuple, send, auth: _Auth, now) -> bytes:
+        allocation = self._owned(msg, five_tuple, auth)
+        if isinstance(allocation, bytes):
+            return allocation
+        peers = msg.addresses(Attr.XOR_PEER_ADDRESS)
+        if not peers:
+            return self._error(msg, Error.BAD_REQUEST, "XOR-PEER-ADDRESS missing", auth)
+        refused = self._check_peers(msg, allocation, peers, auth)
+        if refused:
+            return refused
+        new = {host for host, _ in peers if host not in allocation.permissions}
+        if len(allocation.permissions) + len(new) > self.policy.max_permissions:
+            return self._error(msg, Error.INSUFFICIENT_CAPACITY, "Too many permissions", auth)
+        for host, _ in peers:
+            allocation.permit(host, now)
+        return self._sign(success_response(msg), auth)
+
+    # -- ChannelBind (RFC 8656 §12.1) --------------------------------------
+
+    def _channel_bind(self, msg, five_tuple, send, auth: _Auth, now) -> bytes:
+        allocation = self._owned(msg, five_tuple, auth)
+        if isinstance(allocation, bytes):
+            return allocation
+        number_value, peers = msg.get(Attr.CHANNEL_NUMBER), msg.addresses(Attr.XOR_PEER_ADDRESS)
+        if number_value is None or len(peers) != 1:
+            return self._error(msg, Error.BAD_REQUEST, "CHANNEL-NUMBER and one XOR-PEER-ADDRESS required", auth)
+        number = decode_uint16(number_value)
+        if not CHANNEL_MIN <= number <= CHANNEL_MAX:
+            return self._error(msg, Error.BAD_REQUEST, "channel number out of range", auth)
+        refused = self._check_peers(msg, allocation, peers, auth)
+        if refused:
+            return refused
+        if number not in allocation.channels and len(allocation.channels) >= self.policy.max_channels:
+            return self._error(msg, Error.INSUFFICIENT_CAPACITY, "Too many channels", auth)
+        if peers[0][0] not in allocation.permissions and len(allocation.permissions) >= self.policy.max_permissions:
+            return self._error(msg, Error.INSUFFICIENT_CAPACITY, "Too many permissions", auth)
+        reason = allocation.bind_channel(number, peers[0], now)
+        if reason:
+            return self._error(msg, Error.BAD_REQUEST, reason, auth)
+        return self._sign(success_response(msg), auth)
+
+    # -- Send indication (RFC 8656 §11.2) ----------------------------------
+
+    def _send_indication(self, msg: Message, five_tuple: tuple) -> None:
+        allocation = self.allocations.get(five_tuple)
+        data = msg.get(Attr.DATA)
+        if allocation is None or data is None:
+            return
+        try:
+            peer = msg.address(Attr.XOR_PEER_ADDRESS)
+        except CodecError:
+            return
+        if peer is not None:
+            allocation.send_to_peer(peer, data)
+
+    # -- helpers ----------------------------------------------------------
+
+    def _owned(self, msg, five_tuple, auth: _Auth) -> Allocation | bytes:
+        """The five-tuple's allocation, or the 437/441 error response."""
+        allocation = self.allocations.get(five_tuple)
+        if allocation is None:
+            return self._error(msg, Error.ALLOCATION_MISMATCH, auth=auth)
+        if allocation.username != auth.username:
+            return self._error(msg, Error.WRONG_CREDENTIALS, auth=auth)
+        return allocation
+
+    def _check_peers(self, msg, allocation: Allocation, peers: list[Address], auth) -> bytes | None:
+        for host, _ in peers:
+            if family_of(host) not in allocation.relays:
+                return self._error(msg, Error.PEER_ADDRESS_FAMILY_MISMATCH, auth=auth)
+            if not self.peers.allowed(host):
+                self.counters["forbidden_peer"] += 1
+                return self._error(msg, Error.FORBIDDEN, f"Peer {host} not allowed", auth)
+        return None
+
+    def _delete(self, allocation: Allocation) -> None:
+        if self.allocations.pop(allocation.five_tuple, None) is None:
+            return
+        self.per_user[allocation.username] -= 1
+        if self.per_user[allocation.username] <= 0:
+            del self.per_user[allocation.username]
+        allocation.close()
+
+    def _error(self, msg: Message, code: int, reason: str | None = None, auth: _Auth | None = None,
+               unknown: list[int] | None = None) -> bytes:
+        self.counters[f"error_{code}"] += 1
+        response = error_response(msg, code, reason, unknown)
+        return self._sign(response, auth) if auth else self._encode(response)
+
+    def _sign(self, response: Message, auth: _Auth) -> bytes:
+        if self.software:
+            response.add(Attr.SOFTWARE, self.software)
+        return auth.sign(response)
+
+    def _encode(self, response: Message) -> bytes:
+        if self.software:
+            response.add(Attr.SOFTWARE, self.software)
+        return response.encode()
+

@@ -1,0 +1,101 @@
+"""Twisted services of the relay: the TURN core's clock and the listeners.
+
+``RelayService`` owns the TURN core, its relay ports and the once-a-second
+expiry sweep. ``add_listeners`` binds the client-facing UDP, TCP and TLS
+ports for a Binding core and (optionally) a TURN core; both ``twistd relay``
+and ``twistd rendezvous`` use it.
+"""
+
+from twisted.application import internet, service, strports
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from rendezvous.stun.binding import Addresses, BindingServer
+
+from .allocation import family_of
+from .config import RelayConfig
+from .credentials import Credentials, RestSecrets, StaticUsers
+from .listeners import ServerStreamFactory, UdpEndpoints
+from .peer_policy import PeerPolicy
+from .relay_ports import RelayPorts
+from .server import RelayPolicy, TurnServer
+
+log = Logger()
+
+
+class RelayService(service.Service):
+    """Runs the TURN core: expiry sweep on start, allocations freed on stop."""
+
+    def __init__(self, turn: TurnServer, ports: RelayPorts, clock) -> None:
+        self.turn = turn
+        self.ports = ports
+        self._sweep = LoopingCall(lambda: turn.expire(clock.seconds()))
+        self._sweep.clock = clock
+
+    def startService(self) -> None:
+        super().startService()
+        self._sweep.start(1.0, now=False)
+
+    def stopService(self):
+        if self._sweep.running:
+            self._sweep.stop()
+        self.turn.stop()
+        self.ports.stop()
+        return super().stopService()
+
+
+def credentials_for(config: RelayConfig, extra_sources=()) -> Credentials:
+    """The credential sources a RelayConfig names (plus e.g. the account store)."""
+    sources = [StaticUsers(config.users, config.realm)] if config.users else []
+    sources += list(extra_sources)
+    rest = RestSecrets(config.auth_secrets) if config.auth_secrets else None
+    return Credentials(sources, rest)
+
+
+def make_relay(reactor, config: RelayConfig, listen_ips=(), software: bytes | None = None,
+               extra_sources=()) -> RelayService:
+    """Build the TURN core and its relay ports from a RelayConfig."""
+    ips = {family_of(ip): ip for ip in config.relay_ips}
+    advertise = {family_of(ip): adv for ip, adv in zip(config.relay_ips, config.advertise_relay_ips)}
+    ports = RelayPorts(reactor, ips, *config.relay_ports, advertise=advertise)
+    policy = RelayPolicy(
+        realm=config.realm,
+        default_lifetime_seconds=config.default_lifetime,
+        max_lifetime_seconds=config.max_lifetime,
+        user_quota=config.user_quota,
+        total_quota=config.total_quota,
+        max_permissions=config.max_permissions,
+        max_channels=config.max_channels,
+        max_bps=config.max_bps,
+        expire_with_credential=config.expire_with_credential,
+        families=frozenset(ips),
+    )
+    peers = PeerPolicy(
+        config.allow_peers, config.deny_peers,
+        own_addresses=list(config.relay_ips) + list(config.advertise_relay_ips) + list(listen_ips),
+    )
+    turn = TurnServer(policy, credentials_for(config, extra_sources), peers, ports, reactor, software=software)
+    log.info("TURN relay for realm {realm} on {ips}, ports {low}-{high}", realm=config.realm,
+             ips=list(config.relay_ips), low=config.relay_ports[0], high=config.relay_ports[1])
+    return RelayService(turn, ports, reactor)
+
+
+def _interface(ip: str) -> str:
+    return ip.replace(":", "\\:")
+
+
+def add_listeners(parent: service.MultiService, addresses: Addresses, binding: BindingServer,
+                  turn: TurnServer | None, tls_port: int = 0, tls_options=None) -> None:
+    """UDP and TCP on every endpoint of addresses; TLS on each IP at tls_port."""
+    udp = UdpEndpoints(binding, turn)
+    for ip, port in addresses.endpoints():
+        internet.UDPServer(port, udp.protocol((ip, port)), interface=ip).setServiceParent(parent)
+        strports.service(
+            f"tcp:{port}:interface={_interface(ip)}", ServerStreamFactory(binding, turn, (ip, port), "tcp")
+        ).setServiceParent(parent)
+    if tls_port:
+        ips = [addresses.ip] + ([addresses.alt_ip] if addresses.alt_ip else [])
+        for ip in ips:
+            internet.SSLServer(
+                tls_port, ServerStreamFactory(binding, turn, (ip, tls_port), "tls"), tls_options, interface=ip
+            ).setServiceParent(parent)
