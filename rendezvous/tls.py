@@ -29,11 +29,26 @@ def tls_options(cert: Path | None, key: Path | None, state_dir: Path) -> ssl.Cer
         cert, key = self_signed(state_dir)
     try:
         pem = Path(cert).read_bytes() + b"\n" + Path(key).read_bytes()
-        return ssl.PrivateCertificate.loadPEM(pem).options()
+        private = ssl.PrivateCertificate.loadPEM(pem)
+        return ssl.CertificateOptions(
+            privateKey=private.privateKey.original,
+            certificate=private.original,
+            acceptableCiphers=_CIPHERS,
+            acceptableProtocols=ALPN_PROTOCOLS,
+        )
     except Exception as e:  # OSError, or OpenSSL's own errors for bad PEM
         raise ValueError(f"cannot load TLS certificate {cert} / key {key}: {e}") from None
 
 SELF_SIGNED_DAYS = 365
+# Forward-secret suites that need no Diffie-Hellman parameter file: a client
+# offering DHE first (coturn's turnutils do) must not meet an OpenSSL
+# internal error for want of one. TLS 1.3 suites are always on.
+# RFC 7443 ALPN identifiers. Offering none makes OpenSSL answer a client's
+# ALPN extension (coturn's clients send "stun.turn") with an internal error.
+ALPN_PROTOCOLS = [b"stun.turn", b"stun.nat-discovery"]
+_CIPHERS = ssl.AcceptableCiphers.fromOpenSSLCipherString(
+    "ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES256:ECDHE+AES128"
+)
 
 
 def self_signed(state_dir: Path) -> tuple[Path, Path]:
