@@ -1,0 +1,528 @@
+"""The TURN core on a fake clock: RFC 8656 allocations, permissions, channels, auth, quotas."""
+
+import struct
+
+import pytest
+from twisted.internet.task import Clock
+
+from relay.allocation import data_indication
+from relay.credentials import Credentials, RestSecrets, StaticUsers
+from relay.peer_policy import PeerPolicy
+from relay.server import NoRelayPort, RelayPolicy, TurnServer
+from rendezvous.stun import Attr, Class, Message, Method, PasswordAlgorithm
+from rendezvous.stun.attributes import (
+    decode_address_error_code,
+    decode_error_code,
+    decode_password_algorithms,
+    decode_uint32,
+    encode_address_family,
+    encode_even_port,
+    encode_password_algorithm,
+    encode_password_algorithms,
+    encode_requested_transport,
+    encode_uint16,
+    encode_uint32,
+)
+from rendezvous.stun.constants import AddressFamily
+from rendezvous.stun.integrity import long_term_key
+
+REALM = "example.org"
+CLIENT = ("203.0.113.10", 50000)
+SERVER = ("198.18.0.1", 3478)
+UDP_TUPLE = ("udp", CLIENT, SERVER)
+PEER = ("8.8.8.8", 9000)
+
+
+class FakeRelay:
+    """A relayed address that records what the core sends through it."""
+
+    def __init__(self, address):
+        self.address = address
+        self.sent = []
+        self.closed = False
+        self.allocation = None
+
+    def write(self, data, peer):
+        self.sent.append((data, peer))
+
+    def close(self):
+        self.closed = True
+
+
+class FakePorts:
+    """Hands out FakeRelays on successive ports; can run out."""
+
+    def __init__(self, families=(4,), limit=100):
+        self.next_port = 49152
+        self.families = families
+        self.limit = limit
+        self.opened = []
+        self.reservations = {}
+
+    def open(self, family, even=False, reserve_next=False, dont_fragment=False):
+        if len(self.opened) >= self.limit or family not in self.families:
+            raise NoRelayPort("exhausted")
+        port = self.next_port + (self.next_port & 1 if even else 0)
+        self.next_port = port + 2
+        relay = FakeRelay(("198.18.0.1" if family == 4 else "2001:db8::1", port))
+        self.opened.append(relay)
+        token = None
+        if reserve_next:
+            token = b"T" * 8
+            self.reservations[token] = FakeRelay(("198.18.0.1", port + 1))
+        return relay, token
+
+    def take_reserved(self, token):
+        return self.reservations.pop(token, None)
+
+    def expire(self, now):
+        pass
+
+
+class Client:
+    """Builds authenticated requests the way a TURN client would."""
+
+    def __init__(self, server, username="alice", password="secret", five_tuple=UDP_TUPLE):
+        self.server = server
+        self.username = username
+        self.password = password
+        self.five_tuple = five_tuple
+        self.nonce = None
+        self.received = []
+        self.retry_stale = True
+
+    def send(self, data):
+        self.received.append(data)
+
+    def raw(self, method, *attrs, sign=True, algorithm=None, tid=None):
+        msg = Message(method, Class.REQUEST, tid)
+        for attr_type, value in attrs:
+            msg.add(attr_type, value)
+        if not sign:
+            return msg
+        msg.add(Attr.USERNAME, self.username.encode())
+        msg.add(Attr.REALM, REALM.encode())
+        msg.add(Attr.NONCE, self.nonce.encode())
+        if algorithm == PasswordAlgorithm.SHA256:
+            msg.add(Attr.PASSWORD_ALGORITHMS, encode_password_algorithms([(1, b""), (2, b"")]))
+            msg.add(Attr.PASSWORD_ALGORITHM, encode_password_algorithm(2))
+            key = long_term_key(self.username, REALM, self.password, PasswordAlgorithm.SHA256)
+            return Message.decode(msg.encode(integrity_sha256_key=key))
+        return Message.decode(msg.encode(integrity_key=long_term_key(self.username, REALM, self.password)))
+
+    def request(self, method, *attrs, **kwargs):
+        if self.nonce is None and kwargs.get("sign", True):
+            challenge = self.ask(self.raw(Method.ALLOCATE, sign=False))
+            self.nonce = challenge.get(Attr.NONCE).decode()
+        response = self.ask(self.raw(method, *attrs, **kwargs))
+        if response is not None and response.cls == Class.ERROR and code(response) == 438 and self.retry_stale:
+            self.nonce = response.get(Attr.NONCE).decode()
+            response = self.ask(self.raw(method, *attrs, **kwargs))
+        return response
+
+    def ask(self, msg):
+        data = self.server.handle(msg, self.five_tuple, self.send)
+        return None if data is None else Message.decode(data)
+
+    def allocate(self, *attrs, **kwargs):
+        return self.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, encode_requested_transport(17)),
+                            *attrs, **kwargs)
+
+
+def code(response):
+    return decode_error_code(response.get(Attr.ERROR_CODE))[0]
+
+
+@pytest.fixture
+def clock():
+    c = Clock()
+    c.advance(1_000_000)
+    return c
+
+
+def make_server(clock, ports=None, **policy):
+    policy.setdefault("realm", REALM)
+    credentials = Credentials([StaticUsers({"alice": "secret", "bob": "hunter2"}, REALM)],
+                              RestSecrets(["rest-secret"]))
+    return TurnServer(RelayPolicy(**policy), credentials, PeerPolicy(), ports or FakePorts(), clock)
+
+
+@pytest.fixture
+def server(clock):
+    return make_server(clock)
+
+
+def test_unauthenticated_allocate_gets_401_and_no_state(server):
+    """An Allocate without credentials gets 401 with REALM, a cookie NONCE and PASSWORD-ALGORITHMS."""
+    response = Client(server).ask(Client(server).raw(Method.ALLOCATE, sign=False))
+    assert code(response) == 401
+    assert response.get(Attr.REALM) == REALM.encode()
+    assert response.get(Attr.NONCE).startswith(b"obMatJos2")
+    assert decode_password_algorithms(response.get(Attr.PASSWORD_ALGORITHMS)) == [(1, b""), (2, b"")]
+    assert not server.allocations
+
+
+def test_allocate_succeeds_and_is_signed(server):
+    """An authenticated Allocate returns relayed and mapped addresses, LIFETIME, and a valid MI."""
+    client = Client(server)
+    response = client.allocate()
+    assert response.cls == Class.SUCCESS
+    assert response.address(Attr.XOR_RELAYED_ADDRESS) == ("198.18.0.1", 49152)
+    assert response.address(Attr.XOR_MAPPED_ADDRESS) == CLIENT
+    assert decode_uint32(response.get(Attr.LIFETIME)) == 600
+    assert response.check_integrity(long_term_key("alice", REALM, "secret"))
+    assert UDP_TUPLE in server.allocations
+
+
+def test_sha256_password_algorithm(server):
+    """A client choosing SHA-256 (RFC 8489 §9.2.2) is verified and answered with MI-SHA256."""
+    response = Client(server).allocate(algorithm=PasswordAlgorithm.SHA256)
+    assert response.cls == Class.SUCCESS
+    assert Attr.MESSAGE_INTEGRITY_SHA256 in response
+    assert response.check_integrity(long_term_key("alice", REALM, "secret", PasswordAlgorithm.SHA256))
+
+
+def test_downgraded_password_algorithms_are_400(server):
+    """PASSWORD-ALGORITHMS differing from what the server offered is a 400 (downgrade check)."""
+    client = Client(server)
+    client.allocate()
+    msg = client.raw(Method.REFRESH, sign=False)
+    msg.add(Attr.USERNAME, b"alice").add(Attr.REALM, REALM.encode()).add(Attr.NONCE, client.nonce.encode())
+    msg.add(Attr.PASSWORD_ALGORITHMS, encode_password_algorithms([(1, b"")]))
+    msg.add(Attr.PASSWORD_ALGORITHM, encode_password_algorithm(1))
+    response = client.ask(Message.decode(msg.encode(integrity_key=long_term_key("alice", REALM, "secret"))))
+    assert code(response) == 400
+
+
+@pytest.mark.parametrize("username, password", [("alice", "wrong"), ("mallory", "secret")])
+def test_bad_credentials_get_401(server, username, password):
+    """A wrong password or unknown user gets 401 and no allocation."""
+    response = Client(server, username, password).allocate()
+    assert code(response) == 401 and not server.allocations
+
+
+def test_stale_nonce_gets_438_with_a_fresh_one(server, clock):
+    """A nonce older than its lifetime gets 438 and a new NONCE; the retry succeeds."""
+    client = Client(server)
+    client.retry_stale = False
+    client.request(Method.REFRESH)  # learns a nonce (437: no allocation yet)
+    clock.advance(601)
+    response = client.allocate()
+    assert code(response) == 438 and response.get(Attr.NONCE).decode() != client.nonce
+    client.nonce = response.get(Attr.NONCE).decode()
+    assert client.allocate().cls == Class.SUCCESS
+
+
+def test_nonce_is_bound_to_the_client_ip(server):
+    """A nonce issued to one IP is stale for another."""
+    first = Client(server)
+    first.allocate()
+    other = Client(server, five_tuple=("udp", ("203.0.113.99", 1), SERVER))
+    other.nonce = first.nonce
+    other.retry_stale = False
+    assert code(other.allocate()) == 438
+
+
+def test_missing_auth_attributes_are_400(server):
+    """MESSAGE-INTEGRITY without USERNAME, REALM or NONCE is a 400."""
+    msg = Message(Method.ALLOCATE, Class.REQUEST)
+    msg.add(Attr.REQUESTED_TRANSPORT, encode_requested_transport(17))
+    response = Client(server).ask(Message.decode(msg.encode(integrity_key=b"x" * 16)))
+    assert code(response) == 400
+
+
+def test_retransmitted_allocate_gets_the_same_response(server):
+    """The same transaction id gets the cached success; another Allocate gets 437."""
+    client = Client(server)
+    client.allocate()
+    msg = client.raw(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, encode_requested_transport(17)))
+    del server.allocations[UDP_TUPLE]
+    first = client.ask(msg)
+    again = client.ask(msg)
+    assert first.raw == again.raw
+    assert code(client.allocate()) == 437
+
+
+@pytest.mark.parametrize(
+    "attrs, expected",
+    [
+        ((), 400),
+        (((Attr.REQUESTED_TRANSPORT, encode_requested_transport(6)),), 442),
+        (((Attr.REQUESTED_TRANSPORT, b"\x11"),), 400),
+    ],
+)
+def test_requested_transport_checks(server, attrs, expected):
+    """REQUESTED-TRANSPORT missing or malformed is 400; not UDP is 442."""
+    assert code(Client(server).request(Method.ALLOCATE, *attrs)) == expected
+
+
+def test_unknown_required_attribute_is_420(server):
+    """An unknown comprehension-required attribute in Allocate is 420."""
+    response = Client(server).allocate((0x7FF0, b"x"))
+    assert code(response) == 420 and response.get(Attr.UNKNOWN_ATTRIBUTES) == b"\x7f\xf0"
+
+
+def test_lifetime_is_clamped(server):
+    """Requested lifetimes are raised to the default and capped at the maximum."""
+    client = Client(server)
+    response = client.allocate((Attr.LIFETIME, encode_uint32(99999)))
+    assert decode_uint32(response.get(Attr.LIFETIME)) == 3600
+    response = client.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(30)))
+    assert decode_uint32(response.get(Attr.LIFETIME)) == 600
+
+
+def test_refresh_zero_deletes(server):
+    """Refresh with LIFETIME 0 deletes the allocation and closes its relay."""
+    client = Client(server)
+    client.allocate()
+    relay = server.allocations[UDP_TUPLE].relays[4]
+    response = client.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(0)))
+    assert response.cls == Class.SUCCESS and decode_uint32(response.get(Attr.LIFETIME)) == 0
+    assert not server.allocations and relay.closed
+    assert code(client.request(Method.REFRESH)) == 437
+
+
+def test_other_user_on_the_allocation_is_441(server):
+    """A request on an allocation with another user's credentials is 441."""
+    Client(server).allocate()
+    bob = Client(server, "bob", "hunter2")
+    assert code(bob.request(Method.REFRESH)) == 441
+
+
+def test_allocation_expires(server, clock):
+    """An allocation not refreshed is gone after its lifetime."""
+    Client(server).allocate()
+    relay = server.allocations[UDP_TUPLE].relays[4]
+    clock.advance(599)
+    server.expire(clock.seconds())
+    assert server.allocations
+    clock.advance(1)
+    server.expire(clock.seconds())
+    assert not server.allocations and relay.closed
+
+
+def permit(client, *peers):
+    # XOR addresses depend on the transaction id, so build them on the real request.
+    signed = Message(Method.CREATE_PERMISSION, Class.REQUEST)
+    for peer in peers:
+        signed.add_address(Attr.XOR_PEER_ADDRESS, peer)
+    return client.request(Method.CREATE_PERMISSION, *signed.attributes, tid=signed.transaction_id)
+
+
+def bind(client, number, peer):
+    msg = Message(Method.CHANNEL_BIND, Class.REQUEST)
+    msg.add(Attr.CHANNEL_NUMBER, encode_uint16(number))
+    msg.add_address(Attr.XOR_PEER_ADDRESS, peer)
+    return client.request(Method.CHANNEL_BIND, *msg.attributes, tid=msg.transaction_id)
+
+
+def test_permission_and_data_indications(server, clock):
+    """With a permission, peer data reaches the client as a Data indication; without, it is dropped."""
+    client = Client(server)
+    client.allocate()
+    allocation = server.allocations[UDP_TUPLE]
+    allocation.from_peer(b"early", PEER)
+    assert client.received == []
+    assert permit(client, PEER, ("9.9.9.9", 1)).cls == Class.SUCCESS
+    allocation.from_peer(b"hello", PEER)
+    indication = Message.decode(client.received[-1])
+    assert (indication.method, indication.cls) == (Method.DATA, Class.INDICATION)
+    assert indication.address(Attr.XOR_PEER_ADDRESS) == PEER
+    assert indication.get(Attr.DATA) == b"hello"
+    clock.advance(300)
+    server.expire(clock.seconds())
+    allocation.from_peer(b"late", PEER)
+    assert len(client.received) == 1
+
+
+def test_send_indication_needs_a_permission(server):
+    """A Send indication is relayed only to a permitted peer."""
+    client = Client(server)
+    client.allocate()
+    relay = server.allocations[UDP_TUPLE].relays[4]
+    send = Message(Method.SEND, Class.INDICATION)
+    send.add_address(Attr.XOR_PEER_ADDRESS, PEER).add(Attr.DATA, b"payload")
+    client.ask(send)
+    assert relay.sent == []
+    permit(client, PEER)
+    client.ask(send)
+    assert relay.sent == [(b"payload", PEER)]
+
+
+@pytest.mark.parametrize(
+    "peer",
+    ["127.0.0.1", "10.1.2.3", "192.168.1.1", "172.16.0.1", "100.64.0.1", "169.254.1.1", "0.0.0.0",
+     "224.0.0.1", "255.255.255.255", "240.0.0.1", "198.18.0.1",
+     "::1", "::", "fe80::1", "fc00::1", "ff02::1", "::ffff:127.0.0.1", "::127.0.0.1", "::ffff:10.0.0.1",
+     "64:ff9b::a00:1", "2002:7f00:1::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2"],
+)
+def test_denied_peers_are_403(clock, peer):
+    """Permissions and channels to denied peers, in every address form, are 403."""
+    server = make_server(clock, ports=FakePorts(families=(4, 6)), families=frozenset({4, 6}))
+    client = Client(server)
+    client.allocate((Attr.ADDITIONAL_ADDRESS_FAMILY, encode_address_family(AddressFamily.IPV6)))
+    assert code(permit(client, (peer, 1))) == 403
+    assert code(bind(client, 0x4001, (peer, 1))) == 403
+    assert not server.allocations[UDP_TUPLE].permissions
+
+
+def test_relay_own_address_is_denied(clock):
+    """The relay's own addresses are refused as peers."""
+    server = make_server(clock)
+    server.peers = PeerPolicy(own_addresses=["8.8.8.8"])
+    client = Client(server)
+    client.allocate()
+    assert code(permit(client, PEER)) == 403
+
+
+def test_channel_data_both_ways(server):
+    """A bound channel carries ChannelData to the peer and back, padded only on streams."""
+    client = Client(server)
+    client.allocate()
+    allocation = server.allocations[UDP_TUPLE]
+    assert bind(client, 0x4001, PEER).cls == Class.SUCCESS
+    server.channel_data_from_client(UDP_TUPLE, b"\x40\x01\x00\x03abc")
+    assert allocation.relays[4].sent == [(b"abc", PEER)]
+    allocation.from_peer(b"xyz", PEER)
+    assert client.received[-1] == b"\x40\x01\x00\x03xyz"
+    server.channel_data_from_client(UDP_TUPLE, b"\x40\x02\x00\x03abc")  # unbound: dropped
+    server.channel_data_from_client(UDP_TUPLE, b"\x40\x01\x00\x09abc")  # overrun: dropped
+    assert len(allocation.relays[4].sent) == 1
+
+
+def test_channel_rebinding_rules(server, clock):
+    """Rebinding the same pair refreshes; a bound number or peer cannot move (RFC 8656 §12.1)."""
+    client = Client(server)
+    client.allocate((Attr.LIFETIME, encode_uint32(3600)))
+    assert bind(client, 0x4001, PEER).cls == Class.SUCCESS
+    assert bind(client, 0x4001, PEER).cls == Class.SUCCESS
+    assert code(bind(client, 0x4001, ("9.9.9.9", 1))) == 400
+    assert code(bind(client, 0x4002, PEER)) == 400
+    assert code(bind(client, 0x3FFF, ("9.9.9.9", 1))) == 400
+    assert code(bind(client, 0x8000, ("9.9.9.9", 1))) == 400
+    clock.advance(600)
+    server.expire(clock.seconds())
+    assert not server.allocations[UDP_TUPLE].channels
+    assert code(bind(client, 0x4001, ("9.9.9.9", 1))) == 400  # 5-minute cooldown
+    clock.advance(300)
+    server.expire(clock.seconds())
+    assert bind(client, 0x4001, ("9.9.9.9", 1)).cls == Class.SUCCESS
+
+
+def test_stream_channel_data_is_padded(server):
+    """Over TCP, ChannelData to the client is padded to 4 bytes (RFC 8656 §12.5)."""
+    tcp = ("tcp", CLIENT, SERVER)
+    client = Client(server, five_tuple=tcp)
+    client.allocate()
+    bind(client, 0x4001, PEER)
+    server.allocations[tcp].from_peer(b"xyz", PEER)
+    assert client.received[-1] == b"\x40\x01\x00\x03xyz\x00"
+    server.connection_lost(tcp)
+    assert not server.allocations
+
+
+def test_user_and_total_quotas(clock):
+    """Past the per-user quota Allocate gets 486; past the total, 508."""
+    server = make_server(clock, user_quota=1)
+    Client(server).allocate()
+    second = Client(server, five_tuple=("udp", ("203.0.113.10", 2), SERVER))
+    assert code(second.allocate()) == 486
+    assert Client(server, "bob", "hunter2", ("udp", ("203.0.113.11", 1), SERVER)).allocate().cls == Class.SUCCESS
+    full = make_server(clock, total_quota=1)
+    Client(full).allocate()
+    assert code(Client(full, "bob", "hunter2", ("udp", ("203.0.113.11", 2), SERVER)).allocate()) == 508
+
+
+def test_permission_and_channel_quotas(clock):
+    """Past max permissions or channels per allocation the request gets 508."""
+    server = make_server(clock, max_permissions=2, max_channels=1)
+    client = Client(server)
+    client.allocate()
+    assert code(permit(client, ("8.8.8.1", 1), ("8.8.8.2", 1), ("8.8.8.3", 1))) == 508
+    assert bind(client, 0x4001, ("8.8.8.1", 1)).cls == Class.SUCCESS
+    assert code(bind(client, 0x4002, ("8.8.8.2", 1))) == 508
+
+
+def test_no_relay_port_is_508(clock):
+    """When no relay port can be bound, Allocate gets 508."""
+    server = make_server(clock, ports=FakePorts(limit=0))
+    assert code(Client(server).allocate()) == 508
+
+
+def test_even_port_and_reservation(server):
+    """EVEN-PORT with R gives an even port and a RESERVATION-TOKEN another client can use."""
+    response = Client(server).allocate((Attr.EVEN_PORT, encode_even_port(True)))
+    assert response.address(Attr.XOR_RELAYED_ADDRESS)[1] % 2 == 0
+    token = response.get(Attr.RESERVATION_TOKEN)
+    other = Client(server, five_tuple=("udp", ("203.0.113.10", 2), SERVER))
+    reserved = other.allocate((Attr.RESERVATION_TOKEN, token))
+    assert reserved.address(Attr.XOR_RELAYED_ADDRESS)[1] == response.address(Attr.XOR_RELAYED_ADDRESS)[1] + 1
+    third = Client(server, five_tuple=("udp", ("203.0.113.10", 3), SERVER))
+    assert code(third.allocate((Attr.RESERVATION_TOKEN, token))) == 508
+    assert code(third.allocate((Attr.RESERVATION_TOKEN, token), (Attr.EVEN_PORT, b"\x00"))) == 400
+
+
+def test_address_families(server, clock):
+    """IPv6 without an IPv6 relay is 440; ADDITIONAL-ADDRESS-FAMILY falls back with ADDRESS-ERROR-CODE."""
+    client = Client(server)
+    v6 = (Attr.REQUESTED_ADDRESS_FAMILY, encode_address_family(AddressFamily.IPV6))
+    assert code(client.allocate(v6)) == 440
+    response = client.allocate((Attr.ADDITIONAL_ADDRESS_FAMILY, encode_address_family(AddressFamily.IPV6)))
+    assert response.cls == Class.SUCCESS
+    assert decode_address_error_code(response.get(Attr.ADDRESS_ERROR_CODE))[1] == 440
+    assert code(permit(client, ("2606:4700::1", 1))) == 443
+    dual = make_server(clock, ports=FakePorts(families=(4, 6)), families=frozenset({4, 6}))
+    response = Client(dual).allocate((Attr.ADDITIONAL_ADDRESS_FAMILY, encode_address_family(AddressFamily.IPV6)))
+    assert [a[0] for a in response.addresses(Attr.XOR_RELAYED_ADDRESS)] == ["198.18.0.1", "2001:db8::1"]
+
+
+def test_rest_credentials(clock):
+    """REST ephemeral credentials work until their expiry; with expire-with-credential they cap the lifetime."""
+    server = make_server(clock, expire_with_credential=True)
+    username = f"{int(clock.seconds()) + 120}:carol"
+    client = Client(server, username, RestSecrets.password("rest-secret", username))
+    response = client.allocate()
+    assert response.cls == Class.SUCCESS and decode_uint32(response.get(Attr.LIFETIME)) == 120
+    expired = f"{int(clock.seconds()) - 1}:carol"
+    assert code(Client(server, expired, RestSecrets.password("rest-secret", expired)).allocate()) == 401
+    forged = Client(server, username, RestSecrets.password("other-secret", username),
+                    ("udp", ("203.0.113.12", 1), SERVER))
+    assert code(forged.allocate()) == 401
+
+
+def test_401_rate_limit_and_bounded_memory(server, clock):
+    """A spoofed flood gets a bounded number of 401s per source and leaves no allocations."""
+    client = Client(server)
+    request = client.raw(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, encode_requested_transport(17)), sign=False)
+    answers = sum(client.ask(request) is not None for _ in range(100))
+    assert answers == 20
+    clock.advance(5)
+    assert client.ask(request) is not None
+    for i in range(30000):
+        spoofed = ("udp", (f"203.0.{i // 256 % 256}.{i % 256}", i), SERVER)
+        server.handle(request, spoofed, None)
+    assert not server.allocations
+    assert len(server._limiter._buckets) <= server._limiter.max_sources
+
+
+def test_data_indication_layout():
+    """A hand-packed Data indication decodes to the peer and data it was given."""
+    msg = Message.decode(data_indication(("2001:db8::5", 7), b"abcde"))
+    assert msg.method == Method.DATA and msg.cls == Class.INDICATION
+    assert msg.address(Attr.XOR_PEER_ADDRESS) == ("2001:db8::5", 7) and msg.get(Attr.DATA) == b"abcde"
+    assert struct.unpack("!H", data_indication(PEER, b"")[2:4])[0] % 4 == 0
+
+
+def test_bandwidth_limit(clock):
+    """With max-bps, relayed bytes beyond one second's budget are dropped."""
+    server = make_server(clock, max_bps=1000)
+    client = Client(server)
+    client.allocate()
+    permit(client, PEER)
+    allocation = server.allocations[UDP_TUPLE]
+    for _ in range(20):
+        allocation.send_to_peer(PEER, b"x" * 100)
+    assert len(allocation.relays[4].sent) == 10
+    clock.advance(1)
+    allocation.send_to_peer(PEER, b"x" * 100)
+    assert len(allocation.relays[4].sent) == 11
