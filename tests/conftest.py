@@ -66,13 +66,14 @@ def twistd() -> str:
     return str(Path(sys.executable).with_name("twistd"))
 
 
-def start_node(tmp_path: Path, *extra: str, alternate: bool = True, wait: bool = True) -> Node:
-    """Start ``twistd -n rendezvous`` on free loopback ports and wait until it answers."""
+def start_node(tmp_path: Path, *extra: str, alternate: bool = True, wait: bool = True,
+               command: str = "rendezvous") -> Node:
+    """Start ``twistd -n rendezvous`` (or ``relay``) on free loopback ports and wait until it answers."""
     port = free_port()
     alt_port = free_port(exclude={port}) if alternate else None
     tls_port = free_port(exclude={port, alt_port})
     args = [
-        twistd(), "-n", "--pidfile=", "rendezvous",
+        twistd(), "-n", "--pidfile=", command,
         "--ip", PRIMARY_IP, "--port", str(port), "--tls-port", str(tls_port),
         "--state-dir", str(tmp_path / "state"),
     ]
@@ -126,6 +127,27 @@ def stop_node(node: Node) -> None:
 def node(tmp_path_factory):
     """One ``twistd rendezvous`` with 127.0.0.2 as the RFC 5780 alternate IP."""
     started = start_node(tmp_path_factory.mktemp("node"))
+    yield started
+    stop_node(started)
+
+
+TURN_USER, TURN_PASSWORD, TURN_REALM = "alice", "wonderland-secret", "example.org"
+TURN_SECRET = "rest-api-secret"
+
+
+def start_relay(tmp_path: Path, *extra: str) -> Node:
+    """``twistd relay`` on loopback with a static user and a REST secret, loopback peers allowed."""
+    return start_node(
+        tmp_path, "--user", f"{TURN_USER}:{TURN_PASSWORD}", "--realm", TURN_REALM,
+        "--auth-secret", TURN_SECRET, "--allow-peer", "127.0.0.0/8", "--allow-peer", "::1/128",
+        *extra, alternate=False, command="relay",
+    )
+
+
+@pytest.fixture(scope="module")
+def relay_node(tmp_path_factory):
+    """One ``twistd relay`` whose peers may be on loopback (for tests only)."""
+    started = start_relay(tmp_path_factory.mktemp("relay"))
     yield started
     stop_node(started)
 
