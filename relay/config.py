@@ -10,6 +10,7 @@ help. The command line wins over the file, the file over the defaults.
 import ipaddress
 import os
 import socket
+import sys
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -200,6 +201,18 @@ class TomlOptions(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self.repeated: dict[str, list] = {o.name: [] for o in self.options if o.multi}
+        self.argv: list[str] = []
+
+    def parseOptions(self, options=None) -> None:
+        # Kept so SIGHUP can parse the same command line (and re-read --config).
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
+    def reparse(self) -> "TomlOptions":
+        """A fresh instance parsed from the same arguments; raises UsageError."""
+        again = type(self)()
+        again.parseOptions(self.argv)
+        return again
 
     def postOptions(self) -> None:
         command_line = {}

@@ -79,8 +79,8 @@ class RelayPolicy:
     max_channels: int = 1000  # per allocation (of 4096 numbers)
     max_bps: int = 0  # bytes/s per allocation; 0 = unlimited
     expire_with_credential: bool = False
-    unauthorized_burst: int = 20  # 401 answers per source before limiting
-    unauthorized_per_second: float = 2.0
+    unauthorized_burst: int = 100  # 401 answers per source before limiting
+    unauthorized_per_second: float = 20.0
     families: frozenset = field(default_factory=lambda: frozenset({4}))
 
 

@@ -6,14 +6,17 @@ ports for a Binding core and (optionally) a TURN core; both ``twistd relay``
 and ``twistd rendezvous`` use it.
 """
 
+import signal
+
 from twisted.application import internet, service, strports
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python import usage
 
 from rendezvous.stun.binding import Addresses, BindingServer
 
 from .allocation import family_of
-from .config import RelayConfig
+from .config import ConfigError, RelayConfig
 from .credentials import Credentials, RestSecrets, StaticUsers
 from .listeners import ServerStreamFactory, UdpEndpoints
 from .peer_policy import PeerPolicy
@@ -24,24 +27,58 @@ log = Logger()
 
 
 class RelayService(service.Service):
-    """Runs the TURN core: expiry sweep on start, allocations freed on stop."""
+    """Runs the TURN core: expiry sweep on start, allocations freed on stop.
 
-    def __init__(self, turn: TurnServer, ports: RelayPorts, clock) -> None:
+    With a ``reload`` callable (returning a fresh RelayConfig or raising
+    ConfigError), SIGHUP re-reads users, secrets, peer rules and quotas and
+    applies them without touching existing allocations.
+    """
+
+    def __init__(self, turn: TurnServer, ports: RelayPorts, clock, reload=None, extra_sources=()) -> None:
         self.turn = turn
         self.ports = ports
+        self.reload = reload
+        self.extra_sources = extra_sources
         self._sweep = LoopingCall(lambda: turn.expire(clock.seconds()))
         self._sweep.clock = clock
+        self._previous_handler = None
 
     def startService(self) -> None:
         super().startService()
         self._sweep.start(1.0, now=False)
+        if self.reload is not None:
+            from twisted.internet import reactor
+
+            self._previous_handler = signal.signal(
+                signal.SIGHUP, lambda signum, frame: reactor.callFromThread(self.reload_now)
+            )
 
     def stopService(self):
         if self._sweep.running:
             self._sweep.stop()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGHUP, self._previous_handler)
         self.turn.stop()
         self.ports.stop()
         return super().stopService()
+
+    def reload_now(self) -> None:
+        """Re-read the configuration; keep the old one if the new one is bad."""
+        try:
+            config = self.reload()
+        except (ConfigError, usage.UsageError) as e:
+            log.error("reload refused, keeping the running configuration: {error}", error=str(e))
+            return
+        self.apply(config)
+        log.info("reloaded users, secrets, peer rules and quotas; {count} allocations kept",
+                 count=len(self.turn.allocations))
+
+    def apply(self, config: RelayConfig) -> None:
+        """Use config's credentials, peer rules and quotas from now on."""
+        turn = self.turn
+        turn.credentials = credentials_for(config, self.extra_sources)
+        turn.peers = PeerPolicy(config.allow_peers, config.deny_peers, own_addresses=turn.peers.own)
+        turn.policy = _policy(config, turn.policy.families)
 
 
 def credentials_for(config: RelayConfig, extra_sources=()) -> Credentials:
@@ -52,13 +89,8 @@ def credentials_for(config: RelayConfig, extra_sources=()) -> Credentials:
     return Credentials(sources, rest)
 
 
-def make_relay(reactor, config: RelayConfig, listen_ips=(), software: bytes | None = None,
-               extra_sources=()) -> RelayService:
-    """Build the TURN core and its relay ports from a RelayConfig."""
-    ips = {family_of(ip): ip for ip in config.relay_ips}
-    advertise = {family_of(ip): adv for ip, adv in zip(config.relay_ips, config.advertise_relay_ips)}
-    ports = RelayPorts(reactor, ips, *config.relay_ports, advertise=advertise)
-    policy = RelayPolicy(
+def _policy(config: RelayConfig, families: frozenset) -> RelayPolicy:
+    return RelayPolicy(
         realm=config.realm,
         default_lifetime_seconds=config.default_lifetime,
         max_lifetime_seconds=config.max_lifetime,
@@ -68,8 +100,17 @@ def make_relay(reactor, config: RelayConfig, listen_ips=(), software: bytes | No
         max_channels=config.max_channels,
         max_bps=config.max_bps,
         expire_with_credential=config.expire_with_credential,
-        families=frozenset(ips),
+        families=families,
     )
+
+
+def make_relay(reactor, config: RelayConfig, listen_ips=(), software: bytes | None = None,
+               extra_sources=(), reload=None) -> RelayService:
+    """Build the TURN core and its relay ports from a RelayConfig."""
+    ips = {family_of(ip): ip for ip in config.relay_ips}
+    advertise = {family_of(ip): adv for ip, adv in zip(config.relay_ips, config.advertise_relay_ips)}
+    ports = RelayPorts(reactor, ips, *config.relay_ports, advertise=advertise)
+    policy = _policy(config, frozenset(ips))
     peers = PeerPolicy(
         config.allow_peers, config.deny_peers,
         own_addresses=list(config.relay_ips) + list(config.advertise_relay_ips) + list(listen_ips),
@@ -77,7 +118,7 @@ def make_relay(reactor, config: RelayConfig, listen_ips=(), software: bytes | No
     turn = TurnServer(policy, credentials_for(config, extra_sources), peers, ports, reactor, software=software)
     log.info("TURN relay for realm {realm} on {ips}, ports {low}-{high}", realm=config.realm,
              ips=list(config.relay_ips), low=config.relay_ports[0], high=config.relay_ports[1])
-    return RelayService(turn, ports, reactor)
+    return RelayService(turn, ports, reactor, reload, extra_sources)
 
 
 def _interface(ip: str) -> str:

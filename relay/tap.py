@@ -38,7 +38,8 @@ def makeService(options, reactor=None) -> service.MultiService:
     values = options.values
     top = service.MultiService()
     software = values["software"].encode("utf-8") if values["software"] else None
-    relay = make_relay(reactor, options.relay_config, [values["ip"]], software)
+    relay = make_relay(reactor, options.relay_config, [values["ip"]], software,
+                       reload=lambda: options.reparse().relay_config)
     relay.setServiceParent(top)
     addresses = Addresses(ip=values["ip"], port=values["port"])
     tls = None

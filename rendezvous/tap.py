@@ -32,6 +32,12 @@ class Options(TomlOptions):
         self.config = RendezvousConfig.from_values(self.values)
 
 
+def _relay_config(options: Options):
+    if options.config.relay is None:
+        raise usage.UsageError("--no-relay cannot be switched on by a reload")
+    return options.config.relay
+
+
 def makeService(options, reactor=None) -> service.MultiService:
     """Build the MultiService that ``twistd rendezvous`` runs."""
     if reactor is None:
@@ -51,7 +57,8 @@ def makeService(options, reactor=None) -> service.MultiService:
     turn = None
     if config.relay is not None:
         listen_ips = [ip for ip in (config.ip, config.alt_ip, config.advertise_ip, config.advertise_alt_ip) if ip]
-        relay = make_relay(reactor, config.relay, listen_ips, software)
+        relay = make_relay(reactor, config.relay, listen_ips, software,
+                           reload=lambda: _relay_config(options.reparse()))
         relay.setServiceParent(top)
         turn = relay.turn
     tls = None
