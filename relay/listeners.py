@@ -8,6 +8,7 @@ know each other so a reply can leave from the endpoint the Binding core names
 (RFC 5780 CHANGE-REQUEST). A malformed stream closes only its connection.
 """
 
+import socket
 from functools import partial
 
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
@@ -24,6 +25,19 @@ from .server import TurnServer
 log = Logger()
 
 IDLE_TIMEOUT_SECONDS = 300
+# Room for bursts on the client-facing UDP sockets (the kernel default of
+# ~208 KiB holds only a few hundred datagrams); capped by net.core.rmem_max
+# unless the process may force it.
+UDP_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def set_buffers(sock: socket.socket, size: int) -> None:
+    """Enlarge a UDP socket's buffers, forcing past rmem_max when privileged."""
+    for force, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # SO_*BUFFORCE
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
 class UdpEndpoints:
@@ -49,6 +63,9 @@ class ServerDatagramProtocol(DatagramProtocol):
         self.endpoints = endpoints
         self.local = local
         self.turn = endpoints.turn
+
+    def startProtocol(self) -> None:
+        set_buffers(self.transport.socket, UDP_BUFFER_BYTES)
 
     def datagramReceived(self, data: bytes, addr) -> None:
         addr = addr[:2]

@@ -209,7 +209,9 @@ class BindingServer:
                 response.add_address(Attr.RESPONSE_ORIGIN, origin)
             if other:
                 response.add_address(Attr.OTHER_ADDRESS, other)
-        if self.software:
+        if self.software and not request.classic:
+            # RFC 3489 has no SOFTWARE, and its clients walk attributes
+            # assuming whole 32-bit words, which an odd length breaks.
             response.add(Attr.SOFTWARE, self.software)
         return response
 
