@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet import error as internet_error
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -58,12 +58,12 @@ from rendezvous.stun.attributes import (
     encode_uint32,
 )
 from rendezvous.stun.constants import MAGIC_COOKIE, MAGIC_COOKIE_BYTES, Error
-from rendezvous.stun.framing import CHANNEL_MAX, CHANNEL_MIN, StreamFramer
+from rendezvous.stun.framing import StreamFramer
 from rendezvous.stun.integrity import long_term_key
 from rendezvous.stun.message import message_type
 from rendezvous.stun.transaction import RC, RM, RTO_SECONDS, ClientTransaction
 
-log = Logger()
+log = Logger()  # twisted.logger: .warn, not .warning (hence the G010 noqa marks)
 
 MINUTE = 60
 DEFAULT_LIFETIME_SECONDS = 10 * MINUTE  # RFC 8656 §7: the default allocation lifetime
@@ -76,6 +76,10 @@ HOUSEKEEPING_INTERVAL_SECONDS = 15
 CLOSE_TIMEOUT_SECONDS = 3.0
 MAX_CHALLENGES = 3  # 401/438 rounds per request before giving up
 
+# Channel numbers a client picks, RFC 8656 §12 (RFC 5766 allowed up to 0x7FFF;
+# the codec's framing accepts those, but a client sticks to the current range).
+CHANNEL_MIN = 0x4000
+CHANNEL_MAX = 0x4FFF
 UDP_PROTOCOL_NUMBER = 17  # REQUESTED-TRANSPORT value, RFC 8656 §18.7
 TRANSPORTS = ("udp", "tcp", "tls")
 ALPN_STUN_TURN = b"stun.turn"  # RFC 7443 §5
@@ -210,7 +214,7 @@ class LongTermCredentials:
 
 
 class _Pending:
-    __slots__ = ("transaction", "done", "timer", "key")
+    __slots__ = ("done", "key", "timer", "transaction")
 
     def __init__(self, transaction: ClientTransaction, done: Deferred, timer: Any, key: bytes | None):
         self.transaction = transaction
@@ -232,6 +236,9 @@ class TurnClient:
     - ``on_data``: called as ``on_data(peer, data)`` for every Data indication
       and ChannelData message (RFC 8656 §11.4, §12.6); set it any time
     - ``dropped``: count of malformed or unexpected packets dropped
+    - ``write_paused``: True while a TCP/TLS connection's send buffer is
+      full (Twisted paused this client as its producer). Data sent then is
+      still queued in memory; a bulk sender should wait until it is False.
 
     Work is a method returning a Deferred. ``send_indication`` and
     ``send_channel_data`` return nothing: indications and ChannelData have
@@ -271,12 +278,13 @@ class TurnClient:
         self.mapped_address: Address | None = None
         self.lifetime_seconds: int | None = None
         self.dropped = 0
-        self._timing = dict(rto_seconds=rto_seconds, rc=rc, rm=rm)
+        self.write_paused = False
+        self._timing = {"rto_seconds": rto_seconds, "rc": rc, "rm": rm}
         self._pending: dict[bytes, _Pending] = {}
-        self._write: Callable[[bytes], Any] | None = None
+        self._write: Callable[[bytes], Any] = _not_connected
         self._disconnect: Callable[[], Any] | None = None
-        self._closed = False
-        self._heard_from_server = False
+        self._closed = False  # close() called, or the connection is gone
+        self._gone = False  # the socket or connection is gone
         self._closed_waiters: list[Deferred] = []
         # Data path state.
         self._channel_peers: dict[int, Address] = {}
@@ -415,7 +423,7 @@ class TurnClient:
             attempt.addTimeout(timeout_seconds, self.clock)
             try:
                 await attempt
-            except Exception as e:  # best effort: the allocation times out by itself
+            except Exception as e:  # noqa: BLE001 (best effort: the allocation expires anyway)
                 log.debug("delete of {relayed} failed: {error}", relayed=self.relayed_address, error=e)
         self._forget_allocation()
         if not self._closed:
@@ -424,13 +432,11 @@ class TurnClient:
             if self._disconnect is not None:
                 self._disconnect()
             self._fail_pending(ConnectionClosed("client closed"))
-            if not self.reliable:
-                self._connection_lost()  # a UDP port has no connectionLost of its own
             await waiter
 
     def when_closed(self) -> Deferred:
         """A Deferred that fires with None when the socket or connection is gone."""
-        if self._closed and self._write is None:
+        if self._gone:
             return succeed(None)
         waiter: Deferred = Deferred()
         self._closed_waiters.append(waiter)
@@ -442,7 +448,8 @@ class TurnClient:
         """Send application data on a bound channel as ChannelData (RFC 8656 §12.5).
 
         Over TCP and TLS the frame is padded to 4 bytes (§12.5). Raises
-        KeyError for a channel this client has not bound.
+        KeyError for a channel this client has not bound; over UDP, OSError
+        (BlockingIOError) when the socket's send buffer is full.
         """
         head = self._channel_heads.get((channel, len(data)))
         if head is None:
@@ -457,7 +464,8 @@ class TurnClient:
 
         The server drops it unless a permission for the peer's IP exists.
         The transaction id is a random per-client prefix and a counter, so
-        no randomness is drawn per packet.
+        no randomness is drawn per packet. Over UDP, raises OSError
+        (BlockingIOError) when the socket's send buffer is full.
         """
         self._indications = (self._indications + 1) & 0xFFFFFFFFFFFFFFFF
         tlv = self._peer_tlvs.get(peer)
@@ -587,7 +595,7 @@ class TurnClient:
 
     def _transact(self, data: bytes, key: bytes | None) -> Deferred:
         """One transaction: fires with the first valid response to ``data``."""
-        if self._closed or self._write is None:
+        if self._closed:
             raise ConnectionClosed("client is closed")
         now = self.clock.seconds()
         transaction = ClientTransaction(data, now, reliable=self.reliable, **self._timing)
@@ -602,20 +610,19 @@ class TurnClient:
         pending = self._pending.get(response.transaction_id)
         if pending is None:
             return  # a late answer to a retransmission, or not ours
-        if pending.key is not None and not response.check_integrity(pending.key):
-            # RFC 8489 §9.2.5: an unverifiable response is discarded as if never
-            # received. Error responses without MESSAGE-INTEGRITY are accepted:
-            # a server cannot sign a 401/438, and accepting another error only
-            # ends a request early.
-            if response.cls is Class.SUCCESS or Attr.MESSAGE_INTEGRITY in response or (
-                Attr.MESSAGE_INTEGRITY_SHA256 in response
-            ):
-                self.dropped += 1
-                log.warn("dropped a response from {server} that fails MESSAGE-INTEGRITY", server=self.server)
-                return
+        # RFC 8489 §9.2.5: an unverifiable response is discarded as if never
+        # received. Error responses without MESSAGE-INTEGRITY are accepted: a
+        # server cannot sign a 401/438, and accepting another error only ends
+        # a request early.
+        must_verify = response.cls is Class.SUCCESS or Attr.MESSAGE_INTEGRITY in response or (
+            Attr.MESSAGE_INTEGRITY_SHA256 in response
+        )
+        if pending.key is not None and must_verify and not response.check_integrity(pending.key):
+            self.dropped += 1
+            log.warn("dropped a response from {server} that fails MESSAGE-INTEGRITY", server=self.server)  # noqa: G010
+            return
         if not pending.transaction.receive(response):
             return
-        self._heard_from_server = True
         del self._pending[response.transaction_id]
         pending.timer.cancel()
         pending.done.callback(response)
@@ -632,7 +639,7 @@ class TurnClient:
                 TransactionTimeout(f"no response from {self.server[0]}:{self.server[1]} ({self.transport})")
             )
             return
-        if again is not None and self._write is not None:
+        if again is not None and not self._gone:
             self._write(again)
         pending.timer = self.clock.callLater(transaction.deadline - self.clock.seconds(), self._expire, tid)
 
@@ -693,7 +700,7 @@ class TurnClient:
     def _keep_alive_failed(self, failure: Any, what: str) -> None:
         if failure.check(ConnectionClosed):
             return
-        log.warn("TURN {what} on {server} failed: {error}", what=what, server=self.server,
+        log.warn("TURN {what} on {server} failed: {error}", what=what, server=self.server,  # noqa: G010
                  error=failure.getErrorMessage())
 
     def _forget_allocation(self) -> None:
@@ -710,22 +717,18 @@ class TurnClient:
 
     def _connection_lost(self, reason: Exception | None = None) -> None:
         self._closed = True
-        self._write = None
+        self._gone = True
+        self._write = _not_connected
+        self._disconnect = None
         self._stop_housekeeping()
         self._fail_pending(ConnectionClosed(str(reason) if reason else "connection closed"))
         waiters, self._closed_waiters = self._closed_waiters, []
         for waiter in waiters:
             waiter.callback(None)
 
-    def _refused(self) -> None:
-        """ICMP port unreachable on the connected UDP socket.
 
-        Before the server has ever answered this means nobody listens there:
-        fail what is pending now instead of after the retransmission
-        schedule. Later it may be transient, and is ignored.
-        """
-        if not self._heard_from_server:
-            self._fail_pending(internet_error.ConnectionRefusedError(f"{self.server[0]}:{self.server[1]}"))
+def _not_connected(data: bytes) -> None:
+    raise ConnectionClosed("the client is not connected")
 
 
 def _error(response: Message) -> tuple[int, str]:
@@ -733,32 +736,51 @@ def _error(response: Message) -> tuple[int, str]:
     if value is None:
         return Error.BAD_REQUEST, "error response without ERROR-CODE"
     try:
-        return decode_error_code(value)
+        code, reason = decode_error_code(value)
+        return code, reason.strip(" \0")
     except CodecError:
         return Error.BAD_REQUEST, "malformed ERROR-CODE"
 
 
 class _DatagramAdapter(DatagramProtocol):
-    """Moves datagrams between a connected UDP socket and a TurnClient."""
+    """Moves datagrams between a UDP socket and a TurnClient; only the server's are read."""
 
     noisy = False
 
     def __init__(self, client: TurnClient) -> None:
         self.client = client
+        self.server = client.server
 
     def startProtocol(self) -> None:
-        self.client._attach(self.transport.write, self.transport.stopListening)
+        # The socket is deliberately not connect()ed: an ICMP error on a
+        # connected socket makes the epoll reactor close the port. Writes go
+        # straight to sendto, skipping the per-datagram address checks of
+        # Twisted's Port.write; a full socket buffer raises BlockingIOError.
+        sendto = self.transport.getHandle().sendto
+        server = self.server
+
+        def write(data: bytes) -> None:
+            sendto(data, server)
+
+        self.client._attach(write, self.transport.stopListening)
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
-        self.client._packet(data)
+        if addr == self.server:
+            self.client._packet(data)
+        else:
+            self.client.dropped += 1
 
-    def connectionRefused(self) -> None:
-        self.client._refused()
+    def stopProtocol(self) -> None:
+        self.client._connection_lost()
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IPushProducer)
 class _StreamAdapter(Protocol):
-    """Moves frames between a TCP/TLS connection and a TurnClient (RFC 8489 §6.2.2)."""
+    """Moves frames between a TCP/TLS connection and a TurnClient (RFC 8489 §6.2.2).
+
+    It registers itself as the connection's producer, so the client's
+    ``write_paused`` follows the transport's send buffer.
+    """
 
     def __init__(self, client: TurnClient, tls: bool = False) -> None:
         self.client = client
@@ -770,13 +792,23 @@ class _StreamAdapter(Protocol):
             self.handshake.callback(None)
 
     def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
         self.client._attach(self.transport.write, self.transport.loseConnection)
+
+    def pauseProducing(self) -> None:
+        self.client.write_paused = True
+
+    def resumeProducing(self) -> None:
+        self.client.write_paused = False
+
+    def stopProducing(self) -> None:
+        self.client.write_paused = True
 
     def dataReceived(self, data: bytes) -> None:
         try:
             frames = self.framer.feed(data)
         except CodecError as e:
-            log.warn("closing the stream to {server}: {error}", server=self.client.server, error=e)
+            log.warn("closing the stream to {server}: {error}", server=self.client.server, error=e)  # noqa: G010
             self.client.dropped += 1
             self.transport.loseConnection()
             return
@@ -828,6 +860,7 @@ def connect(
     endpoint: Any = None,
     bind_ip: str | None = None,
     connect_timeout_seconds: float = 10.0,
+    socket_buffer_bytes: int | None = None,
     **options: Any,
 ) -> Deferred:
     """Open a socket or connection to a TURN server; fires with a TurnClient.
@@ -838,6 +871,8 @@ def connect(
     family, port 0) and connected to the server, so only its datagrams are
     read. For TCP and TLS an ``endpoint`` may be passed instead of letting
     this build one; TLS verification is described in :func:`tls_options`.
+    ``socket_buffer_bytes`` sets SO_RCVBUF and SO_SNDBUF of the UDP socket
+    (the kernel caps it at net.core.rmem_max / wmem_max), for high rates.
     ``realm``, when given, pins the realm: a different one in the server's
     401 fails the first request with RealmMismatch. Other keyword
     ``options`` go to :class:`TurnClient` (software, rto_seconds, rc, rm,
@@ -850,21 +885,23 @@ def connect(
         raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
     return Deferred.fromCoroutine(
         _connect(reactor, tuple(server), transport, username, password, realm, tls_verify, tls_ca_file,
-                 tls_hostname, endpoint, bind_ip, connect_timeout_seconds, options)
+                 tls_hostname, endpoint, bind_ip, connect_timeout_seconds, socket_buffer_bytes, options)
     )
 
 
 async def _connect(reactor, server, transport, username, password, realm, tls_verify, tls_ca_file,
-                   tls_hostname, endpoint, bind_ip, connect_timeout_seconds, options) -> TurnClient:
+                   tls_hostname, endpoint, bind_ip, connect_timeout_seconds, socket_buffer_bytes,
+                   options) -> TurnClient:
     host, port = server
     if transport == "udp":
-        ip = host if _is_ip(host) else await reactor.resolve(host)
+        ip = str(ipaddress.ip_address(host if _is_ip(host) else await reactor.resolve(host)))
         client = TurnClient(reactor, (ip, port), transport, username, password, realm, **options)
         adapter = _DatagramAdapter(client)
         if bind_ip is None:
             bind_ip = "::" if ipaddress.ip_address(ip).version == 6 else "0.0.0.0"
-        udp = reactor.listenUDP(0, adapter, interface=bind_ip, maxPacketSize=65536)
-        udp.connect(ip, port)
+        port = reactor.listenUDP(0, adapter, interface=bind_ip, maxPacketSize=65536)
+        if socket_buffer_bytes:
+            set_socket_buffers(port.getHandle(), socket_buffer_bytes)
         return client
     client = TurnClient(reactor, (host, port), transport, username, password, realm, **options)
     if endpoint is None:
@@ -879,6 +916,15 @@ async def _connect(reactor, server, transport, username, password, realm, tls_ve
         # fails connect() rather than the first request.
         await adapter.handshake
     return client
+
+
+def set_socket_buffers(sock: socket.socket, size_bytes: int) -> None:
+    """Ask for SO_RCVBUF and SO_SNDBUF of size_bytes; the kernel may grant less."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size_bytes)
+        except OSError as e:
+            log.debug("could not set socket buffer: {error}", error=e)
 
 
 def _is_ip(host: str) -> bool:

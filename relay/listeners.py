@@ -135,6 +135,9 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
                 continue
             if turn is not None and request.method != Method.BINDING:
                 response = turn.handle(request, self.five_tuple, self.transport.write)
+                # An allocation's lifetime, not the idle timer, governs a
+                # connection that carries one (RFC 8656 §3.1).
+                self.setTimeout(None if self.five_tuple in turn.allocations else IDLE_TIMEOUT_SECONDS)
             else:
                 reply = factory.binding.answer(request, self.five_tuple[1], factory.local, datagram=False)
                 response = reply.data if reply else None
