@@ -134,7 +134,8 @@ RELAY_OPTIONS = [
     Option("auth-secret", parse_text, (),
            "Shared secret for REST-API ephemeral credentials (repeatable, for rotation).", multi=True),
     Option("accounts", parse_path, None,
-           "SQLite account store to take TURN users from (see `txrendezvous accounts`)."),
+           "SQLite account store to take TURN users from (see `txrendezvous accounts`); "
+           "twistd rendezvous uses STATE_DIR/accounts.sqlite when not given."),
     Option("relay-ip", parse_ip, (),
            "Address to bind relayed ports on, one per family (repeatable; default: --ip, or "
            "the address of the default route when --ip is a wildcard).", multi=True),

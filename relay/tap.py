@@ -8,6 +8,7 @@ server is a STUN server).
 from twisted.application import service
 from twisted.python import usage
 
+from rendezvous.accounts import AccountStore
 from rendezvous.stun.binding import Addresses, BindingServer
 from rendezvous.tls import tls_options
 
@@ -38,7 +39,8 @@ def makeService(options, reactor=None) -> service.MultiService:
     values = options.values
     top = service.MultiService()
     software = values["software"].encode("utf-8") if values["software"] else None
-    relay = make_relay(reactor, options.relay_config, [values["ip"]], software,
+    accounts = [AccountStore(options.relay_config.accounts)] if options.relay_config.accounts else []
+    relay = make_relay(reactor, options.relay_config, [values["ip"]], software, extra_sources=accounts,
                        reload=lambda: options.reparse().relay_config)
     relay.setServiceParent(top)
     addresses = Addresses(ip=values["ip"], port=values["port"])

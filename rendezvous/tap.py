@@ -12,8 +12,12 @@ from relay.config import TomlOptions, usage_options
 from relay.service import add_listeners, make_relay
 from rendezvous.stun.binding import Addresses, BindingServer
 
+from .accounts import AccountStore
 from .config import RENDEZVOUS_OPTIONS, RendezvousConfig
 from .tls import tls_options
+
+
+ACCOUNTS_FILE = "accounts.sqlite"
 
 
 class Options(TomlOptions):
@@ -57,7 +61,8 @@ def makeService(options, reactor=None) -> service.MultiService:
     turn = None
     if config.relay is not None:
         listen_ips = [ip for ip in (config.ip, config.alt_ip, config.advertise_ip, config.advertise_alt_ip) if ip]
-        relay = make_relay(reactor, config.relay, listen_ips, software,
+        accounts = AccountStore(config.relay.accounts or config.state_dir / ACCOUNTS_FILE)
+        relay = make_relay(reactor, config.relay, listen_ips, software, extra_sources=[accounts],
                            reload=lambda: _relay_config(options.reparse()))
         relay.setServiceParent(top)
         turn = relay.turn

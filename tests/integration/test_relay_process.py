@@ -128,3 +128,23 @@ def test_sighup_reloads_users_and_keeps_allocations(tmp_path):
     finally:
         c.close()
         stop_node(node)
+
+
+def test_users_from_the_account_store(tmp_path):
+    """A relay started with --accounts authenticates users from the SQLite store."""
+    from rendezvous.accounts import AccountStore
+
+    path = tmp_path / "accounts.sqlite"
+    store = AccountStore(path)
+    store.add("dora", "explorer-pw", TURN_REALM)
+    store.close()
+    node = start_node(tmp_path, "--accounts", str(path), "--realm", TURN_REALM, alternate=False, command="relay")
+    try:
+        good = UdpTurnClient((node.ip, node.port), "dora", "explorer-pw", TURN_REALM)
+        bad = UdpTurnClient((node.ip, node.port), "dora", "wrong", TURN_REALM)
+        assert good.allocate().cls == Class.SUCCESS
+        assert code(bad.allocate()) == 401
+        good.close()
+        bad.close()
+    finally:
+        stop_node(node)

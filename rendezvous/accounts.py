@@ -1,0 +1,142 @@
+"""The account store: users in an SQLite file, passwords hashed with scrypt.
+
+Schemas are versioned SQL files in ``rendezvous/schema``: ``vN.sql`` makes a
+fresh database at version N and ``upgrade-to-vN.sql`` takes version N-1 to
+N, so a store opened by newer code is upgraded in place.
+
+A TURN server cannot verify a long-term credential from a password hash:
+it needs the RFC 8489 §9.2.2 key, MD5 or SHA-256 of "user:realm:password".
+So each account also keeps those two keys for the realm they were made for
+(as coturn's database does); they are derived from the password, so a
+password change or a realm change must go through ``set_password``.
+"""
+
+import hashlib
+import hmac
+import os
+import sqlite3
+import time
+from importlib import resources
+from pathlib import Path
+
+from relay.credentials import Keys
+from rendezvous.stun import CodecError
+from rendezvous.stun.integrity import opaque_string
+
+SCHEMA_VERSION = 1
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+MAX_NAME_BYTES = 128
+
+
+class AccountError(ValueError):
+    """A refused account operation; the message says why."""
+
+
+def _schema(name: str) -> str:
+    return resources.files("rendezvous").joinpath("schema", name).read_text()
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=64 * 1024 * 1024, dklen=32)
+
+
+class AccountStore:
+    """Accounts in one SQLite file; also a TURN credential source."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "version" not in tables:
+            self.db.executescript(_schema(f"v{SCHEMA_VERSION}.sql"))
+            self.db.execute("INSERT INTO version VALUES (?)", (SCHEMA_VERSION,))
+            return
+        version = self.db.execute("SELECT version FROM version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise AccountError(f"{self.path} has schema v{version}, newer than this code (v{SCHEMA_VERSION})")
+        while version < SCHEMA_VERSION:
+            version += 1
+            self.db.executescript(_schema(f"upgrade-to-v{version}.sql"))
+            self.db.execute("UPDATE version SET version = ?", (version,))
+
+    def close(self) -> None:
+        self.db.close()
+
+    @staticmethod
+    def _name(name: str) -> str:
+        try:
+            prepared = opaque_string(name)
+        except CodecError:
+            raise AccountError(f"{name!r} is not a valid user name") from None
+        if len(prepared.encode("utf-8")) > MAX_NAME_BYTES or ":" in prepared:
+            raise AccountError(f"user name {name!r} is too long or contains ':'")
+        return prepared
+
+    def _row(self, name: str, password: str, realm: str) -> tuple:
+        if not password:
+            raise AccountError("the password is empty")
+        salt = os.urandom(16)
+        try:
+            keys = Keys.from_password(name, realm, password)
+        except CodecError:
+            raise AccountError("the password contains characters a TURN key cannot use") from None
+        return (_scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P), salt, SCRYPT_N, SCRYPT_R, SCRYPT_P,
+                realm, keys.md5, keys.sha256)
+
+    def add(self, name: str, password: str, realm: str) -> None:
+        """Create an account; AccountError if the name is taken or invalid."""
+        name = self._name(name)
+        try:
+            self.db.execute(
+                "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, *self._row(name, password, realm), time.time()),
+            )
+        except sqlite3.IntegrityError:
+            raise AccountError(f"user {name!r} already exists") from None
+
+    def set_password(self, name: str, password: str, realm: str) -> None:
+        """Reset a password (and the TURN keys, for realm)."""
+        name = self._name(name)
+        cursor = self.db.execute(
+            "UPDATE accounts SET password_hash=?, salt=?, scrypt_n=?, scrypt_r=?, scrypt_p=?, "
+            "turn_realm=?, turn_key_md5=?, turn_key_sha256=? WHERE name=?",
+            (*self._row(name, password, realm), name),
+        )
+        if cursor.rowcount == 0:
+            raise AccountError(f"no user {name!r}")
+
+    def remove(self, name: str) -> None:
+        if self.db.execute("DELETE FROM accounts WHERE name=?", (self._name(name),)).rowcount == 0:
+            raise AccountError(f"no user {name!r}")
+
+    def names(self) -> list[tuple[str, str, float]]:
+        """(name, TURN realm, created_at) of every account, by name."""
+        return list(self.db.execute("SELECT name, turn_realm, created_at FROM accounts ORDER BY name"))
+
+    def check_password(self, name: str, password: str) -> bool:
+        """Whether password is the account's, compared in constant time."""
+        try:
+            name = self._name(name)
+        except AccountError:
+            return False
+        row = self.db.execute(
+            "SELECT password_hash, salt, scrypt_n, scrypt_r, scrypt_p FROM accounts WHERE name=?", (name,)
+        ).fetchone()
+        if row is None:
+            # Spend the same work for unknown users, so timing does not tell.
+            _scrypt(password, b"\0" * 16, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+            return False
+        stored, salt, n, r, p = row
+        return hmac.compare_digest(stored, _scrypt(password, salt, n, r, p))
+
+    def keys(self, username: str, realm: str, now: float) -> Keys | None:
+        """The TURN keys of username, if they were made for realm."""
+        row = self.db.execute(
+            "SELECT turn_key_md5, turn_key_sha256 FROM accounts WHERE name=? AND turn_realm=?", (username, realm)
+        ).fetchone()
+        return Keys(row[0], row[1]) if row else None

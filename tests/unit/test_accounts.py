@@ -1,0 +1,82 @@
+"""The SQLite account store: scrypt passwords, TURN keys, schema versions (a real file)."""
+
+import sqlite3
+
+import pytest
+
+from relay.credentials import Keys
+from rendezvous.accounts import AccountError, AccountStore
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = AccountStore(tmp_path / "state" / "accounts.sqlite")
+    yield s
+    s.close()
+
+
+def test_add_check_and_list(store):
+    """An added account checks its password, refuses others, and is listed."""
+    store.add("alice", "correct horse", "example.org")
+    assert store.check_password("alice", "correct horse")
+    assert not store.check_password("alice", "wrong")
+    assert not store.check_password("nobody", "correct horse")
+    assert [(n, r) for n, r, _ in store.names()] == [("alice", "example.org")]
+
+
+def test_password_is_not_stored_in_clear(store, tmp_path):
+    """The file holds an scrypt hash, not the password."""
+    store.add("alice", "correct horse", "example.org")
+    assert b"correct horse" not in (tmp_path / "state" / "accounts.sqlite").read_bytes()
+
+
+def test_turn_keys_for_the_realm(store):
+    """keys() gives the RFC 8489 keys for the account's realm only."""
+    store.add("alice", "pw", "example.org")
+    assert store.keys("alice", "example.org", 0) == Keys.from_password("alice", "example.org", "pw")
+    assert store.keys("alice", "other.realm", 0) is None
+    assert store.keys("bob", "example.org", 0) is None
+
+
+def test_reset_password_and_remove(store):
+    """A reset changes password and keys; remove deletes; unknown users are errors."""
+    store.add("alice", "old", "example.org")
+    store.set_password("alice", "new", "example.org")
+    assert store.check_password("alice", "new") and not store.check_password("alice", "old")
+    assert store.keys("alice", "example.org", 0) == Keys.from_password("alice", "example.org", "new")
+    store.remove("alice")
+    assert store.names() == []
+    with pytest.raises(AccountError, match="no user"):
+        store.remove("alice")
+    with pytest.raises(AccountError, match="no user"):
+        store.set_password("alice", "x", "example.org")
+
+
+@pytest.mark.parametrize("name, password, message", [
+    ("alice", "", "empty"), ("", "pw", "not a valid"), ("a:b", "pw", "':'"), ("x" * 200, "pw", "too long"),
+    ("bad\x00name", "pw", "not a valid"), ("alice", "pass\x07word", "cannot use"),
+])
+def test_bad_accounts_are_refused(store, name, password, message):
+    """Empty, overlong, control-character and colon names or passwords are refused with a reason."""
+    with pytest.raises(AccountError, match=message):
+        store.add(name, password, "example.org")
+
+
+def test_duplicate_is_refused(store):
+    """A name can be taken once."""
+    store.add("alice", "pw", "example.org")
+    with pytest.raises(AccountError, match="already exists"):
+        store.add("alice", "pw2", "example.org")
+
+
+def test_reopen_keeps_accounts_and_refuses_newer_schemas(tmp_path):
+    """Reopening keeps the data; a file from a newer schema is refused, not damaged."""
+    path = tmp_path / "accounts.sqlite"
+    AccountStore(path).add("alice", "pw", "example.org")
+    assert AccountStore(path).check_password("alice", "pw")
+    db = sqlite3.connect(path)
+    db.execute("UPDATE version SET version = 99")
+    db.commit()
+    db.close()
+    with pytest.raises(AccountError, match="newer than this code"):
+        AccountStore(path)
