@@ -66,7 +66,7 @@ class Allocation:
         "five_tuple", "transaction_id", "response", "username", "keys", "algorithm",
         "relays", "expires_at", "credential_expires_at", "permissions", "channels",
         "channel_expiry", "peer_channels", "cooldown", "send", "stream",
-        "packets_in", "bytes_in", "packets_out", "bytes_out", "bucket",
+        "packets_in", "bytes_in", "packets_out", "bytes_out", "bucket", "tcp",
     )
 
     def __init__(
@@ -100,6 +100,7 @@ class Allocation:
         self.stream = five_tuple[0] != "udp"
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
         self.bucket = bucket
+        self.tcp = False  # an RFC 6062 TCP allocation
 
     # -- state ------------------------------------------------------------
 

@@ -108,6 +108,7 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
     def __init__(self, factory: "ServerStreamFactory") -> None:
         self.factory = factory
         self.framer = StreamFramer()
+        self.pipe = None  # the peer connection this data connection is spliced to (RFC 6062)
 
     def connectionMade(self) -> None:
         self.setTimeout(IDLE_TIMEOUT_SECONDS)
@@ -115,6 +116,9 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
         self.five_tuple = (self.factory.transport_name, (peer.host, peer.port), self.factory.local)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.pipe is not None:
+            self.pipe.transport.write(data)
+            return
         self.resetTimeout()
         factory = self.factory
         try:
@@ -125,7 +129,11 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
             self.transport.loseConnection()
             return
         turn = factory.turn
-        for frame in frames:
+        for index, frame in enumerate(frames):
+            if self.pipe is not None:
+                # Spliced by ConnectionBind: what follows is the client's data.
+                self.pipe.transport.write(b"".join(frames[index:]) + self.framer.take())
+                return
             if frame[0] >= 0x40:
                 if turn is not None:
                     turn.channel_data_from_client(self.five_tuple, frame)
@@ -134,7 +142,7 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
             if request is None:
                 continue
             if turn is not None and request.method != Method.BINDING:
-                response = turn.handle(request, self.five_tuple, self.transport.write)
+                response = turn.handle(request, self.five_tuple, self.transport.write, self)
                 # An allocation's lifetime, not the idle timer, governs a
                 # connection that carries one (RFC 8656 §3.1).
                 self.setTimeout(None if self.five_tuple in turn.allocations else IDLE_TIMEOUT_SECONDS)
@@ -144,8 +152,22 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
             if response is not None:
                 self.transport.write(response)
 
+    def splice(self, connection, response: bytes) -> None:
+        """Answer ConnectionBind, then relay raw bytes with connection (RFC 6062 §5.4)."""
+        self.transport.write(response)
+        self.setTimeout(None)
+        self.pipe = connection
+        self.transport.registerProducer(connection.transport, True)
+        connection.transport.registerProducer(self.transport, True)
+        connection.bind(self)
+        rest = self.framer.take()
+        if rest:
+            connection.transport.write(rest)
+
     def connectionLost(self, reason=None) -> None:
         self.setTimeout(None)
+        if self.pipe is not None:
+            self.pipe.transport.loseConnection()
         if self.factory.turn is not None and hasattr(self, "five_tuple"):
             # RFC 8656 §3.1: an allocation over TCP/TLS lives as long as its
             # connection.

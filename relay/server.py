@@ -58,6 +58,8 @@ _UNDERSTOOD = {
     Method.REFRESH: _AUTH_ATTRS | {Attr.LIFETIME, Attr.REQUESTED_ADDRESS_FAMILY},
     Method.CREATE_PERMISSION: _AUTH_ATTRS | {Attr.XOR_PEER_ADDRESS},
     Method.CHANNEL_BIND: _AUTH_ATTRS | {Attr.XOR_PEER_ADDRESS, Attr.CHANNEL_NUMBER},
+    Method.CONNECT: _AUTH_ATTRS | {Attr.XOR_PEER_ADDRESS},
+    Method.CONNECTION_BIND: _AUTH_ATTRS | {Attr.CONNECTION_ID},
 }
 
 
@@ -127,6 +129,7 @@ class TurnServer:
         clock,
         nonces: Nonces | None = None,
         software: bytes | None = None,
+        tcp=None,
     ) -> None:
         self.policy = policy
         self.credentials = credentials
@@ -135,6 +138,7 @@ class TurnServer:
         self.clock = clock
         self.nonces = nonces or Nonces(policy.nonce_lifetime_seconds)
         self.software = software
+        self.tcp = tcp  # a relay.tcp_relay.TcpRelay for RFC 6062, or None
         self.allocations: dict[tuple, Allocation] = {}
         self.per_user: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
@@ -144,12 +148,18 @@ class TurnServer:
             Method.REFRESH: self._refresh,
             Method.CREATE_PERMISSION: self._create_permission,
             Method.CHANNEL_BIND: self._channel_bind,
+            Method.CONNECT: self._connect,
+            Method.CONNECTION_BIND: self._connection_bind,
         }
 
     # -- entry points ----------------------------------------------------
 
-    def handle(self, msg: Message, five_tuple: tuple, send) -> bytes | None:
-        """Process one STUN message from a client; the response bytes or None."""
+    def handle(self, msg: Message, five_tuple: tuple, send, leg=None) -> bytes | None:
+        """Process one STUN message from a client; the response bytes or None.
+
+        send writes to the client; leg is the TCP/TLS connection object (for
+        RFC 6062 ConnectionBind, which turns it into a data connection).
+        """
         if msg.cls == Class.INDICATION:
             if msg.method == Method.SEND:
                 self._send_indication(msg, five_tuple)
@@ -168,6 +178,8 @@ class TurnServer:
         if not isinstance(auth, _Auth):
             return auth
         try:
+            if handler == self._connection_bind:
+                return handler(msg, five_tuple, leg, auth, now)
             return handler(msg, five_tuple, send, auth, now)
         except CodecError as e:
             return self._error(msg, Error.BAD_REQUEST, str(e), auth)
@@ -273,7 +285,10 @@ class TurnServer:
         transport = msg.get(Attr.REQUESTED_TRANSPORT)
         if transport is None:
             return self._error(msg, Error.BAD_REQUEST, "REQUESTED-TRANSPORT missing", auth)
-        if decode_requested_transport(transport) != UDP:
+        protocol = decode_requested_transport(transport)
+        if protocol == TCP and self.tcp is not None and five_tuple[0] != "udp":
+            return self._allocate_tcp(msg, five_tuple, send, auth, now)
+        if protocol != UDP:
             return self._error(msg, Error.UNSUPPORTED_TRANSPORT_PROTOCOL, auth=auth)
         # 4. DONT-FRAGMENT is honoured by the relay sockets (IP_PMTUDISC_DO).
         dont_fragment = Attr.DONT_FRAGMENT in msg
@@ -297,10 +312,9 @@ class TurnServer:
         if family not in policy.families:
             return self._error(msg, Error.ADDRESS_FAMILY_NOT_SUPPORTED, auth=auth)
         # 8. Quotas.
-        if policy.user_quota and self.per_user[auth.username] >= policy.user_quota:
-            return self._error(msg, Error.ALLOCATION_QUOTA_REACHED, auth=auth)
-        if policy.total_quota and len(self.allocations) >= policy.total_quota:
-            return self._error(msg, Error.INSUFFICIENT_CAPACITY, "Server at capacity", auth)
+        refused = self._quota(msg, auth)
+        if refused:
+            return refused
         # 9. Relayed transport addresses.
         relays = {}
         reservation = None
@@ -323,17 +337,7 @@ class TurnServer:
             for relay in relays.values():
                 relay.close()
             return self._error(msg, Error.INSUFFICIENT_CAPACITY, "No relay port available", auth)
-        lifetime = self._lifetime(msg, auth, now)
-        bucket = TokenBucket(policy.max_bps, self.clock) if policy.max_bps else None
-        allocation = Allocation(
-            five_tuple, msg.transaction_id, auth.username, auth.keys, auth.algorithm, relays,
-            now + lifetime, send, auth.keys.expires_at, bucket,
-        )
-        for relay in relays.values():
-            relay.allocation = allocation
-        self.allocations[five_tuple] = allocation
-        self.per_user[auth.username] += 1
-        self.counters["allocations"] += 1
+        allocation, lifetime = self._install(msg, five_tuple, send, auth, now, relays)
         response = success_response(msg)
         for relay_family in want:
             if relay_family in relays:
@@ -350,6 +354,104 @@ class TurnServer:
         response.add_address(Attr.XOR_MAPPED_ADDRESS, five_tuple[1])
         allocation.response = self._sign(response, auth)
         return allocation.response
+
+    def _quota(self, msg: Message, auth: _Auth) -> bytes | None:
+        """486 past the per-user quota, 508 past the total (RFC 8656 §7.2 step 8)."""
+        policy = self.policy
+        if policy.user_quota and self.per_user[auth.username] >= policy.user_quota:
+            return self._error(msg, Error.ALLOCATION_QUOTA_REACHED, auth=auth)
+        if policy.total_quota and len(self.allocations) >= policy.total_quota:
+            return self._error(msg, Error.INSUFFICIENT_CAPACITY, "Server at capacity", auth)
+        return None
+
+    def _install(self, msg, five_tuple, send, auth: _Auth, now, relays) -> tuple[Allocation, int]:
+        """Create and register an allocation over relays; returns it and its lifetime."""
+        lifetime = self._lifetime(msg, auth, now)
+        bucket = TokenBucket(self.policy.max_bps, self.clock) if self.policy.max_bps else None
+        allocation = Allocation(
+            five_tuple, msg.transaction_id, auth.username, auth.keys, auth.algorithm, relays,
+            now + lifetime, send, auth.keys.expires_at, bucket,
+        )
+        for relay in relays.values():
+            relay.allocation = allocation
+        self.allocations[five_tuple] = allocation
+        self.per_user[auth.username] += 1
+        self.counters["allocations"] += 1
+        return allocation, lifetime
+
+    # -- RFC 6062 TCP relaying ----------------------------------------------
+
+    def _allocate_tcp(self, msg, five_tuple, send, auth: _Auth, now) -> bytes:
+        """Allocate with REQUESTED-TRANSPORT TCP over a TCP/TLS control connection (RFC 6062 §5.1)."""
+        for attr_type in (Attr.DONT_FRAGMENT, Attr.RESERVATION_TOKEN, Attr.EVEN_PORT, Attr.ADDITIONAL_ADDRESS_FAMILY):
+            if attr_type in msg:
+                return self._error(msg, Error.BAD_REQUEST, f"{Attr(attr_type).name} with a TCP allocation", auth)
+        requested = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
+        family = 6 if requested is not None and decode_address_family(requested) == AddressFamily.IPV6 else 4
+        if family not in self.policy.families:
+            return self._error(msg, Error.ADDRESS_FAMILY_NOT_SUPPORTED, auth=auth)
+        refused = self._quota(msg, auth)
+        if refused:
+            return refused
+        try:
+            endpoint = self.tcp.open(family)
+        except OSError:
+            return self._error(msg, Error.INSUFFICIENT_CAPACITY, "No relay port available", auth)
+        allocation, lifetime = self._install(msg, five_tuple, send, auth, now, {family: endpoint})
+        allocation.tcp = True
+        response = success_response(msg)
+        response.add_address(Attr.XOR_RELAYED_ADDRESS, endpoint.address)
+        response.add(Attr.LIFETIME, encode_uint32(lifetime))
+        response.add_address(Attr.XOR_MAPPED_ADDRESS, five_tuple[1])
+        allocation.response = self._sign(response, auth)
+        return allocation.response
+
+    def _connect(self, msg, five_tuple, send, auth: _Auth, now) -> bytes | None:
+        """Connect (RFC 6062 §5.2): open a TCP connection to the peer; answer when it is up."""
+        allocation = self._owned(msg, five_tuple, auth)
+        if isinstance(allocation, bytes):
+            return allocation
+        if not allocation.tcp:
+            return self._error(msg, Error.BAD_REQUEST, "Connect needs a TCP allocation", auth)
+        peers = msg.addresses(Attr.XOR_PEER_ADDRESS)
+        if len(peers) != 1:
+            return self._error(msg, Error.BAD_REQUEST, "one XOR-PEER-ADDRESS required", auth)
+        peer = peers[0]
+        refused = self._check_peers(msg, allocation, peers, auth)
+        if refused:
+            return refused
+        endpoint = next(iter(allocation.relays.values()))
+        if any(c.peer == peer for c in endpoint.connections.values()):
+            return self._error(msg, Error.CONNECTION_ALREADY_EXISTS, auth=auth)
+        allocation.permit(peer[0], now)
+
+        def connected(connection_id: int) -> None:
+            response = success_response(msg)
+            response.add(Attr.CONNECTION_ID, encode_uint32(connection_id))
+            send(self._sign(response, auth))
+
+        def failed(reason) -> None:
+            send(self._error(msg, Error.CONNECTION_TIMEOUT_OR_FAILURE, auth=auth))
+
+        self.tcp.connect(endpoint, peer).addCallbacks(connected, failed)
+        return None
+
+    def _connection_bind(self, msg, five_tuple, leg, auth: _Auth, now) -> bytes:
+        """ConnectionBind (RFC 6062 §5.4): make this new connection the data leg of a peer connection."""
+        if five_tuple in self.allocations or leg is None or self.tcp is None:
+            return self._error(msg, Error.BAD_REQUEST, "ConnectionBind needs a fresh TCP connection", auth)
+        value = msg.get(Attr.CONNECTION_ID)
+        if value is None:
+            return self._error(msg, Error.BAD_REQUEST, "CONNECTION-ID missing", auth)
+        connection = self.tcp.take(decode_uint32(value))
+        allocation = connection.endpoint.allocation if connection else None
+        if allocation is None:
+            return self._error(msg, Error.BAD_REQUEST, "Unknown CONNECTION-ID", auth)
+        if allocation.username != auth.username:
+            return self._error(msg, Error.WRONG_CREDENTIALS, auth=auth)
+        response = self._sign(success_response(msg), auth)
+        leg.splice(connection, response)
+        return None
 
     def _lifetime(self, msg: Message, auth: _Auth, now: float) -> int:
         """RFC 8656 §7.2 step 10 / §8: requested, clamped to [default, max]."""
@@ -409,6 +511,8 @@ class TurnServer:
         allocation = self._owned(msg, five_tuple, auth)
         if isinstance(allocation, bytes):
             return allocation
+        if allocation.tcp:
+            return self._error(msg, Error.BAD_REQUEST, "no channels on a TCP allocation", auth)
         number_value, peers = msg.get(Attr.CHANNEL_NUMBER), msg.addresses(Attr.XOR_PEER_ADDRESS)
         if number_value is None or len(peers) != 1:
             return self._error(msg, Error.BAD_REQUEST, "CHANNEL-NUMBER and one XOR-PEER-ADDRESS required", auth)

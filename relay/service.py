@@ -22,6 +22,7 @@ from .listeners import ServerStreamFactory, UdpEndpoints
 from .peer_policy import PeerPolicy
 from .relay_ports import RelayPorts
 from .server import RelayPolicy, TurnServer
+from .tcp_relay import TcpRelay
 
 log = Logger()
 
@@ -115,7 +116,9 @@ def make_relay(reactor, config: RelayConfig, listen_ips=(), software: bytes | No
         config.allow_peers, config.deny_peers,
         own_addresses=list(config.relay_ips) + list(config.advertise_relay_ips) + list(listen_ips),
     )
-    turn = TurnServer(policy, credentials_for(config, extra_sources), peers, ports, reactor, software=software)
+    tcp = TcpRelay(reactor, ips, *config.relay_ports, advertise=advertise)
+    turn = TurnServer(policy, credentials_for(config, extra_sources), peers, ports, reactor,
+                      software=software, tcp=tcp)
     log.info("TURN relay for realm {realm} on {ips}, ports {low}-{high}", realm=config.realm,
              ips=list(config.relay_ips), low=config.relay_ports[0], high=config.relay_ports[1])
     return RelayService(turn, ports, reactor, reload, extra_sources)

@@ -14,6 +14,7 @@ from rendezvous.stun.attributes import (
     encode_requested_transport,
     encode_uint16,
 )
+from rendezvous.stun.framing import StreamFramer
 from rendezvous.stun.integrity import long_term_key
 
 
@@ -65,6 +66,10 @@ class TurnRequests:
         return self.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, encode_requested_transport(17)),
                             *attrs, **kwargs)
 
+    def allocate_tcp(self, *attrs) -> Message | None:
+        """An RFC 6062 TCP allocation."""
+        return self.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, encode_requested_transport(6)), *attrs)
+
 
 def permit(client: TurnRequests, *peers) -> Message | None:
     """CreatePermission for peers (XOR addresses are built on the request's transaction id)."""
@@ -103,6 +108,34 @@ class UdpTurnClient(TurnRequests):
 
     def receive(self) -> bytes:
         return self.sock.recvfrom(65536)[0]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class TcpTurnClient(TurnRequests):
+    """A TURN client over a real TCP connection (blocking, with a timeout)."""
+
+    def __init__(self, server, username, password, realm, timeout=5.0) -> None:
+        super().__init__(username, password, realm)
+        self.sock = socket.create_connection(server, timeout=timeout)
+        self.framer = StreamFramer()
+        self.frames: list[bytes] = []
+
+    def next_message(self) -> Message:
+        while not self.frames:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed by the server")
+            self.frames += self.framer.feed(data)
+        return Message.decode(self.frames.pop(0))
+
+    def ask(self, msg: Message) -> Message | None:
+        self.sock.sendall(msg.raw or msg.encode())
+        while True:
+            response = self.next_message()
+            if response.transaction_id == msg.transaction_id:
+                return response
 
     def close(self) -> None:
         self.sock.close()

@@ -53,6 +53,12 @@ class StreamFramer:
         """Bytes held back waiting for the rest of a frame."""
         return len(self._buffer)
 
+    def take(self) -> bytes:
+        """Hand over (and forget) the bytes held back, when the stream stops being STUN."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
         buffer += data

@@ -10,7 +10,7 @@ from rendezvous.stun import Attr, Class, Message, Method
 from rendezvous.stun.attributes import encode_address_family, encode_uint32
 from rendezvous.stun.constants import AddressFamily
 from tests.conftest import PRIMARY_IP, TURN_PASSWORD, TURN_REALM, TURN_USER, start_node, stop_node
-from tests.turn_helpers import UdpTurnClient, bind, code, permit
+from tests.turn_helpers import TcpTurnClient, UdpTurnClient, bind, code, permit
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +148,77 @@ def test_users_from_the_account_store(tmp_path):
         bad.close()
     finally:
         stop_node(node)
+
+
+def tcp_client(node):
+    return TcpTurnClient((node.ip, node.port), TURN_USER, TURN_PASSWORD, TURN_REALM)
+
+
+def tcp_allocate(control):
+    response = control.allocate_tcp()
+    assert response.cls == Class.SUCCESS, response
+    return response.address(Attr.XOR_RELAYED_ADDRESS)
+
+
+def connection_bind(node, connection_id: bytes) -> TcpTurnClient:
+    data = tcp_client(node)
+    data.nonce = None
+    response = data.request(Method.CONNECTION_BIND, (Attr.CONNECTION_ID, connection_id))
+    assert response.cls == Class.SUCCESS
+    return data
+
+
+def test_rfc6062_connect_and_bind(relay_node):
+    """Connect opens TCP from the relayed address to a peer; ConnectionBind splices a data connection."""
+    with socket.create_server((PRIMARY_IP, 0)) as listener:
+        listener.settimeout(5)
+        control = tcp_client(relay_node)
+        relayed = tcp_allocate(control)
+        msg = Message(Method.CONNECT, Class.REQUEST)
+        msg.add_address(Attr.XOR_PEER_ADDRESS, listener.getsockname())
+        response = control.request(Method.CONNECT, *msg.attributes, tid=msg.transaction_id)
+        assert response.cls == Class.SUCCESS
+        peer, source = listener.accept()
+        assert source == relayed
+        data = connection_bind(relay_node, response.get(Attr.CONNECTION_ID))
+        data.sock.sendall(b"client to peer")
+        peer.settimeout(5)
+        assert peer.recv(100) == b"client to peer"
+        peer.sendall(b"peer to client")
+        assert data.sock.recv(100) == b"peer to client"
+        again = control.request(Method.CONNECT, *msg.attributes, tid=msg.transaction_id)
+        assert code(again) == 446
+        peer.close()
+        assert data.sock.recv(100) == b""
+        control.close()
+
+
+def test_rfc6062_incoming_connection(relay_node):
+    """A permitted peer connecting to the relayed address is announced by ConnectionAttempt."""
+    control = tcp_client(relay_node)
+    relayed = tcp_allocate(control)
+    assert permit(control, (PRIMARY_IP, 1)).cls == Class.SUCCESS
+    peer = socket.create_connection(relayed, timeout=5)
+    attempt = control.next_message()
+    assert (attempt.method, attempt.cls) == (Method.CONNECTION_ATTEMPT, Class.INDICATION)
+    assert attempt.address(Attr.XOR_PEER_ADDRESS) == peer.getsockname()
+    data = connection_bind(relay_node, attempt.get(Attr.CONNECTION_ID))
+    peer.sendall(b"hello from the peer")
+    assert data.sock.recv(100) == b"hello from the peer"
+    control.close()
+    assert data.sock.recv(100) == b""
+    peer.close()
+
+
+def test_rfc6062_errors(relay_node):
+    """TCP allocations refuse channels; unknown CONNECTION-IDs and unpermitted peers are refused."""
+    control = tcp_client(relay_node)
+    tcp_allocate(control)
+    assert code(bind(control, 0x4001, (PRIMARY_IP, 9))) == 400
+    stranger = tcp_client(relay_node)
+    assert code(stranger.request(Method.CONNECTION_BIND, (Attr.CONNECTION_ID, b"\0\0\0\x07"))) == 400
+    udp = client(relay_node)
+    assert code(udp.allocate_tcp()) == 442
+    udp.close()
+    stranger.close()
+    control.close()

@@ -59,6 +59,7 @@ def totals(output: str) -> tuple[int, int]:
         pytest.param(["-y"], id="udp-client-to-client"),
         pytest.param(["-y", "-t"], id="tcp-client-to-client"),
         pytest.param(["-G"], id="udp-extra-requests"),
+        pytest.param(["-T"], id="rfc6062-tcp-relay"),
     ],
 )
 def test_uclient_relays(relay_node, echo_peer, args):
@@ -71,7 +72,8 @@ def test_uclient_relays(relay_node, echo_peer, args):
     assert "Total lost packets 0 " in result.stdout
 
 
-@pytest.mark.parametrize("args", [["-S", "-t"], ["-S", "-t", "-s"]], ids=["tls-channels", "tls-send"])
+@pytest.mark.parametrize("args", [["-S", "-t"], ["-S", "-t", "-s"], ["-S", "-T"]],
+                         ids=["tls-channels", "tls-send", "tls-rfc6062-tcp-relay"])
 def test_uclient_over_tls(relay_node, echo_peer, args):
     """Over TLS, channels and Send indications relay every message."""
     result = uclient(relay_node, echo_peer, *args, port=relay_node.tls_port)
