@@ -9,7 +9,6 @@ know each other so a reply can leave from the endpoint the Binding core names
 """
 
 import socket
-from functools import partial
 
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
@@ -29,6 +28,23 @@ IDLE_TIMEOUT_SECONDS = 300
 # ~208 KiB holds only a few hundred datagrams); capped by net.core.rmem_max
 # unless the process may force it.
 UDP_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def udp_sender(sock: socket.socket, addr: Address):
+    """A function sending datagrams to addr with the socket's own sendto.
+
+    The relay data path calls it per packet, so it skips Twisted's address
+    checks; UDP may drop, so a send error is not raised.
+    """
+    sendto = sock.sendto
+
+    def send(data: bytes) -> None:
+        try:
+            sendto(data, addr)
+        except OSError:
+            pass
+
+    return send
 
 
 def set_buffers(sock: socket.socket, size: int) -> None:
@@ -78,9 +94,7 @@ class ServerDatagramProtocol(DatagramProtocol):
         if request is None:
             return
         if turn is not None and request.method != Method.BINDING:
-            response = turn.handle(
-                request, ("udp", addr, self.local), partial(self.transport.write, addr=addr)
-            )
+            response = turn.handle(request, ("udp", addr, self.local), udp_sender(self.transport.socket, addr))
             if response is not None:
                 self._write(response, addr)
             return
