@@ -23,7 +23,8 @@ from relay.credentials import Keys
 from rendezvous.stun import CodecError
 from rendezvous.stun.integrity import opaque_string
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MAX_BUDDIES = 500
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MAX_NAME_BYTES = 128
 
@@ -48,6 +49,7 @@ class AccountStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
 
     def _migrate(self) -> None:
@@ -140,3 +142,60 @@ class AccountStore:
             "SELECT turn_key_md5, turn_key_sha256 FROM accounts WHERE name=? AND turn_realm=?", (username, realm)
         ).fetchone()
         return Keys(row[0], row[1]) if row else None
+
+    # -- buddy lists ---------------------------------------------------------
+
+    def exists(self, name: str) -> bool:
+        return self.db.execute("SELECT 1 FROM accounts WHERE name=?", (name,)).fetchone() is not None
+
+    def request_buddy(self, owner: str, buddy: str) -> str:
+        """owner asks buddy; returns the resulting state ('requested' or 'accepted').
+
+        If buddy had already asked owner, the two become buddies at once.
+        """
+        if owner == buddy or not self.exists(buddy):
+            raise AccountError(f"no user {buddy!r}")
+        count = self.db.execute("SELECT COUNT(*) FROM buddies WHERE owner=?", (owner,)).fetchone()[0]
+        if count >= MAX_BUDDIES:
+            raise AccountError("buddy list is full")
+        reverse = self.db.execute("SELECT state FROM buddies WHERE owner=? AND buddy=?", (buddy, owner)).fetchone()
+        if reverse is not None:
+            return self.accept_buddy(owner, buddy)
+        self.db.execute("INSERT OR IGNORE INTO buddies VALUES (?, ?, 'requested', ?)", (owner, buddy, time.time()))
+        return self.db.execute("SELECT state FROM buddies WHERE owner=? AND buddy=?", (owner, buddy)).fetchone()[0]
+
+    def accept_buddy(self, owner: str, requester: str) -> str:
+        """owner accepts requester's request; AccountError without one."""
+        if self.db.execute("SELECT 1 FROM buddies WHERE owner=? AND buddy=?", (requester, owner)).fetchone() is None:
+            raise AccountError(f"no buddy request from {requester!r}")
+        now = time.time()
+        self.db.execute("BEGIN")
+        try:
+            self.db.execute("UPDATE buddies SET state='accepted', since=? WHERE owner=? AND buddy=?",
+                            (now, requester, owner))
+            self.db.execute("INSERT OR REPLACE INTO buddies VALUES (?, ?, 'accepted', ?)", (owner, requester, now))
+            self.db.execute("COMMIT")
+        except sqlite3.Error:
+            self.db.execute("ROLLBACK")
+            raise
+        return "accepted"
+
+    def remove_buddy(self, owner: str, buddy: str) -> None:
+        """End the relation (or request) both ways."""
+        self.db.execute("DELETE FROM buddies WHERE (owner=? AND buddy=?) OR (owner=? AND buddy=?)",
+                        (owner, buddy, buddy, owner))
+
+    def buddies(self, owner: str) -> list[tuple[str, str]]:
+        """(name, state) for owner's buddies and outgoing requests, and ('name', 'incoming') requests."""
+        rows = list(self.db.execute("SELECT buddy, state FROM buddies WHERE owner=? ORDER BY buddy", (owner,)))
+        incoming = self.db.execute(
+            "SELECT owner FROM buddies WHERE buddy=? AND state='requested' ORDER BY owner", (owner,))
+        return rows + [(name, "incoming") for (name,) in incoming]
+
+    def accepted(self, owner: str) -> list[str]:
+        return [name for (name,) in self.db.execute(
+            "SELECT buddy FROM buddies WHERE owner=? AND state='accepted'", (owner,))]
+
+    def are_buddies(self, a: str, b: str) -> bool:
+        return self.db.execute("SELECT 1 FROM buddies WHERE owner=? AND buddy=? AND state='accepted'",
+                               (a, b)).fetchone() is not None

@@ -80,3 +80,56 @@ def test_reopen_keeps_accounts_and_refuses_newer_schemas(tmp_path):
     db.close()
     with pytest.raises(AccountError, match="newer than this code"):
         AccountStore(path)
+
+
+def test_buddy_request_accept_and_remove(store):
+    """A request waits for acceptance; accepting makes both buddies; removing ends both sides."""
+    for name in ("alice", "bob", "carol"):
+        store.add(name, "pw", "example.org")
+    assert store.request_buddy("alice", "bob") == "requested"
+    assert store.buddies("alice") == [("bob", "requested")]
+    assert store.buddies("bob") == [("alice", "incoming")]
+    assert not store.are_buddies("alice", "bob")
+    with pytest.raises(AccountError, match="no buddy request"):
+        store.accept_buddy("alice", "carol")
+    assert store.accept_buddy("bob", "alice") == "accepted"
+    assert store.are_buddies("alice", "bob") and store.are_buddies("bob", "alice")
+    assert store.accepted("bob") == ["alice"]
+    store.remove_buddy("bob", "alice")
+    assert store.buddies("alice") == [] and store.buddies("bob") == []
+    with pytest.raises(AccountError, match="no user"):
+        store.request_buddy("alice", "nobody")
+
+
+def test_crossed_requests_become_buddies(store):
+    """If both sides ask, the second request accepts the first."""
+    store.add("alice", "pw", "example.org")
+    store.add("bob", "pw", "example.org")
+    store.request_buddy("alice", "bob")
+    assert store.request_buddy("bob", "alice") == "accepted"
+
+
+def test_removing_an_account_removes_its_buddy_rows(store):
+    """Deleting an account cascades to buddy rows that name it."""
+    store.add("alice", "pw", "example.org")
+    store.add("bob", "pw", "example.org")
+    store.request_buddy("alice", "bob")
+    store.remove("bob")
+    assert store.buddies("alice") == []
+
+
+def test_upgrade_from_v1_keeps_accounts(tmp_path):
+    """A version 1 file is upgraded to version 2 in place, keeping its accounts."""
+    from importlib import resources
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(resources.files("rendezvous").joinpath("schema", "v1.sql").read_text())
+    db.execute("INSERT INTO version VALUES (1)")
+    db.commit()
+    db.close()
+    store = AccountStore(path)
+    store.add("alice", "pw", "example.org")
+    store.add("bob", "pw", "example.org")
+    assert store.request_buddy("alice", "bob") == "requested"
+    assert store.db.execute("SELECT version FROM version").fetchone()[0] == 2
