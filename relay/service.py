@@ -129,17 +129,22 @@ def _interface(ip: str) -> str:
 
 
 def add_listeners(parent: service.MultiService, addresses: Addresses, binding: BindingServer,
-                  turn: TurnServer | None, tls_port: int = 0, tls_options=None) -> None:
-    """UDP and TCP on every endpoint of addresses; TLS on each IP at tls_port."""
+                  turn: TurnServer | None, tls_port: int = 0, tls_options=None, wrap=None) -> None:
+    """UDP and TCP on every endpoint of addresses; TLS on each IP at tls_port.
+
+    wrap, if given, wraps each stream factory (to share the port with
+    another protocol, as the super node does with signaling).
+    """
+    wrap = wrap or (lambda factory: factory)
     udp = UdpEndpoints(binding, turn)
     for ip, port in addresses.endpoints():
         internet.UDPServer(port, udp.protocol((ip, port)), interface=ip).setServiceParent(parent)
         strports.service(
-            f"tcp:{port}:interface={_interface(ip)}", ServerStreamFactory(binding, turn, (ip, port), "tcp")
+            f"tcp:{port}:interface={_interface(ip)}", wrap(ServerStreamFactory(binding, turn, (ip, port), "tcp"))
         ).setServiceParent(parent)
     if tls_port:
         ips = [addresses.ip] + ([addresses.alt_ip] if addresses.alt_ip else [])
         for ip in ips:
             internet.SSLServer(
-                tls_port, ServerStreamFactory(binding, turn, (ip, tls_port), "tls"), tls_options, interface=ip
+                tls_port, wrap(ServerStreamFactory(binding, turn, (ip, tls_port), "tls")), tls_options, interface=ip
             ).setServiceParent(parent)

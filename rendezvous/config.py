@@ -18,7 +18,15 @@ from relay.config import (
     parse_bool,
     parse_ip,
     parse_port,
+    parse_text,
 )
+
+
+def parse_host_port(value) -> tuple[str, int]:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]"), parse_port(port)
 
 RENDEZVOUS_OPTIONS = LISTENER_OPTIONS + [
     Option("alt-ip", parse_ip, None, "Second IP for RFC 5780 CHANGE-REQUEST (needs a specific --ip)."),
@@ -26,6 +34,11 @@ RENDEZVOUS_OPTIONS = LISTENER_OPTIONS + [
     Option("advertise-ip", parse_ip, None, "Public address of --ip when behind a 1:1 NAT."),
     Option("advertise-alt-ip", parse_ip, None, "Public address of --alt-ip when behind a 1:1 NAT."),
     Option("no-relay", parse_bool, False, "Run without the TURN relay.", flag=True),
+    Option("open-registration", parse_bool, False, "Let anyone register an account over signaling.", flag=True),
+    Option("latest-client-version", parse_text, None, "Client version announced at login, so clients can upgrade."),
+    Option("peer-node", parse_host_port, (), "Another super node HOST:PORT for the host cache (repeatable).",
+           multi=True),
+    Option("node-name", parse_text, None, "This node's name in presence and lookups (default: host:pid)."),
 ] + RELAY_OPTIONS
 
 
@@ -45,6 +58,10 @@ class RendezvousConfig:
     state_dir: Path
     software: str | None
     relay: RelayConfig | None
+    open_registration: bool = False
+    latest_client_version: str | None = None
+    peer_nodes: tuple = ()
+    node_name: str | None = None
 
     @classmethod
     def from_values(cls, values: dict) -> "RendezvousConfig":
@@ -75,4 +92,8 @@ class RendezvousConfig:
             state_dir=values["state-dir"],
             software=values["software"],
             relay=None if values["no-relay"] else RelayConfig.from_values(values, ip),
+            open_registration=values["open-registration"],
+            latest_client_version=values["latest-client-version"],
+            peer_nodes=values["peer-node"],
+            node_name=values["node-name"],
         )

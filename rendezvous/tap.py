@@ -5,6 +5,9 @@ discovery, RFC 3489 classic clients) and the TURN relay (RFC 8656) on UDP,
 TCP and TLS, built from a ``RendezvousConfig``.
 """
 
+import dataclasses
+import secrets
+
 from twisted.application import service
 from twisted.python import usage
 
@@ -14,6 +17,8 @@ from rendezvous.stun.binding import Addresses, BindingServer
 
 from .accounts import AccountStore
 from .config import RENDEZVOUS_OPTIONS, RendezvousConfig
+from .signaling import SignalingConfig, SignalingNode, node_name
+from .signaling_protocol import DemuxFactory, SignalingFactory, SignalingService
 from .tls import tls_options
 
 
@@ -36,10 +41,11 @@ class Options(TomlOptions):
         self.config = RendezvousConfig.from_values(self.values)
 
 
-def _relay_config(options: Options):
+def _relay_config(options: Options, turn_secret: str):
     if options.config.relay is None:
         raise usage.UsageError("--no-relay cannot be switched on by a reload")
-    return options.config.relay
+    relay = options.config.relay
+    return dataclasses.replace(relay, auth_secrets=(*relay.auth_secrets, turn_secret))
 
 
 def makeService(options, reactor=None) -> service.MultiService:
@@ -58,20 +64,50 @@ def makeService(options, reactor=None) -> service.MultiService:
     )
     software = config.software.encode("utf-8") if config.software else None
     binding = BindingServer(addresses, software=config.software)
+    accounts_path = (config.relay.accounts if config.relay else None) or config.state_dir / ACCOUNTS_FILE
+    accounts = AccountStore(accounts_path)
     turn = None
+    turn_secret = None
+    relays = []
     if config.relay is not None:
         listen_ips = [ip for ip in (config.ip, config.alt_ip, config.advertise_ip, config.advertise_alt_ip) if ip]
-        accounts = AccountStore(config.relay.accounts or config.state_dir / ACCOUNTS_FILE)
-        relay = make_relay(reactor, config.relay, listen_ips, software, extra_sources=[accounts],
-                           reload=lambda: _relay_config(options.reparse()))
+        # The node hands out REST-style credentials for its own relay; with
+        # no operator secret it signs them with one of its own.
+        turn_secret = config.relay.auth_secrets[0] if config.relay.auth_secrets else secrets.token_urlsafe(32)
+        relay_config = dataclasses.replace(config.relay, auth_secrets=(*config.relay.auth_secrets, turn_secret))
+        relay = make_relay(reactor, relay_config, listen_ips, software, extra_sources=[accounts],
+                           reload=lambda: _relay_config(options.reparse(), turn_secret))
         relay.setServiceParent(top)
         turn = relay.turn
+        relays = _turn_urls(config)
+    node = SignalingNode(accounts, reactor, SignalingConfig(
+        realm=config.relay.realm if config.relay else "txrendezvous",
+        node_name=config.node_name or node_name(),
+        open_registration=config.open_registration,
+        latest_client_version=config.latest_client_version,
+        host_cache=[{"host": host, "port": port} for host, port in config.peer_nodes],
+        relays=relays,
+        turn_secret=turn_secret,
+    ))
+    SignalingService(node, reactor).setServiceParent(top)
+    signaling = SignalingFactory(node)
     tls = None
     if config.tls_port:
         try:
             tls = tls_options(config.cert, config.key, config.state_dir)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-    add_listeners(top, addresses, binding, turn, config.tls_port, tls)
+    add_listeners(top, addresses, binding, turn, config.tls_port, tls,
+                  wrap=lambda stun: DemuxFactory(stun, signaling))
     top.binding_server = binding
     return top
+
+
+def _turn_urls(config: RendezvousConfig) -> list[str]:
+    """The TURN URLs (RFC 7065) of this node's relay, for clients."""
+    host = config.advertise_ip or (config.ip if config.ip not in ("0.0.0.0", "::") else config.relay.relay_ips[0])
+    host = f"[{host}]" if ":" in host else host
+    urls = [f"turn:{host}:{config.port}?transport=udp", f"turn:{host}:{config.port}?transport=tcp"]
+    if config.tls_port:
+        urls.append(f"turns:{host}:{config.tls_port}?transport=tcp")
+    return urls

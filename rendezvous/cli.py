@@ -1,0 +1,89 @@
+"""``txrendezvous``: the suite's one console script, a subcommand per tool.
+
+    txrendezvous load-test --server HOST:PORT --user NAME:PASS ...
+
+Each subcommand lives in its own module, named here as a string and imported
+only when that subcommand runs (``txrendezvous --help`` imports none of
+them). A subcommand module provides::
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None
+    def run_command(args: argparse.Namespace) -> int    # the exit status
+
+To add a tool, add one ``Subcommand`` line to SUBCOMMANDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+PROG = "txrendezvous"
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """A subcommand: its name, a one-line help and the module that implements it."""
+
+    name: str
+    module: str
+    help: str
+    description: str = ""
+
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand(
+        "load-test",
+        "relay.loadgen",
+        "drive packets through a TURN relay and report throughput, loss and RTT",
+        "Start N TURN clients, each with an allocation and a local echoing peer, send "
+        "ChannelData or Send indications at a fixed rate through the relay and back, and "
+        "report packets/s, Mbit/s, loss and round-trip percentiles. Works against any TURN "
+        "server (RFC 8656). Progress goes to stderr once a second, the report to stdout.",
+    ),
+)
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser; only the subcommand named in argv gets its module imported."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Tools of the txrendezvous NAT traversal suite.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = _chosen(argv)
+    for sub in SUBCOMMANDS:
+        subparser = subparsers.add_parser(sub.name, help=sub.help, description=sub.description or sub.help)
+        if sub.name == chosen:
+            module = importlib.import_module(sub.module)
+            module.add_arguments(subparser)
+            subparser.set_defaults(run_command=module.run_command)
+    return parser
+
+
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The first argument naming a subcommand (top-level options take no values)."""
+    names = {sub.name for sub in SUBCOMMANDS}
+    for arg in argv:
+        if arg in names:
+            return arg
+        if not arg.startswith("-"):
+            return None
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run the subcommand; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    try:
+        return int(args.run_command(args) or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG} {args.command}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,440 @@
+"""The super node's signaling core, sans-IO (docs/PROTOCOL.md, "Signaling v1").
+
+Sessions arrive as objects with ``send(dict)``, ``close()`` and the
+client's address; ``receive(session, message)`` applies one decoded frame.
+Login, presence shared with accepted buddies, lookup, short messages, and
+the connect coordination of hole punching: A's candidates go to B with a
+one-time token, B's answer goes back, and both are told to start at the
+same instant, computed from each side's measured round-trip time (as libp2p
+DCUtR does), with ephemeral TURN credentials for this node's relay.
+
+Every field, list and table is bounded; an unauthenticated session may only
+register, log in, resume or answer pings; a session that sends too many bad
+frames is closed. Logs carry session ids, never passwords.
+"""
+
+import ipaddress
+import os
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from twisted.logger import Logger
+
+from .accounts import AccountError, AccountStore
+
+log = Logger()
+
+PRESENCE_STATES = ("online", "away", "busy", "offline")
+NAT_TYPE_MAX = 64
+MAX_TEXT_BYTES = 4096
+MAX_CANDIDATES = 32
+MAX_ERRORS = 5
+RESUME_SECONDS = 120
+CONNECT_SECONDS = 30
+PUNCH_MARGIN_SECONDS = 0.05
+DEFAULT_RTT_SECONDS = 0.2
+MAX_PENDING_CONNECTS = 10000
+LOGIN_BURST, LOGIN_PER_SECOND = 5, 0.2
+CANDIDATE_TYPES = ("host", "srflx", "upnp", "predicted", "relay", "prflx")
+
+
+class SignalingError(Exception):
+    """A request refused with an error frame: code and reason."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class Session:
+    """One client connection, as the core sees it."""
+
+    send: object
+    close: object
+    address: tuple
+    id: str = field(default_factory=lambda: secrets.token_hex(6))
+    user: str | None = None
+    state: str = "offline"
+    nat_type: str | None = None
+    rtt: float | None = None
+    errors: int = 0
+    ping_sent_at: float | None = None
+    ping_token: str | None = None
+
+
+@dataclass
+class SignalingConfig:
+    realm: str = "txrendezvous"
+    node_name: str = "local"
+    open_registration: bool = False
+    latest_client_version: str | None = None
+    host_cache: list = field(default_factory=list)
+    relays: list = field(default_factory=list)
+    turn_secret: str | None = None
+    turn_credential_seconds: int = 3600
+
+
+class _Limiter:
+    """Token buckets by key, in a bounded table."""
+
+    def __init__(self, burst: float, per_second: float, max_keys: int = 10000) -> None:
+        self.burst, self.per_second, self.max_keys = burst, per_second, max_keys
+        self.buckets: OrderedDict = OrderedDict()
+
+    def allow(self, key, now: float) -> bool:
+        tokens, stamp = self.buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.per_second)
+        allowed = tokens >= 1
+        self.buckets[key] = (tokens - 1 if allowed else tokens, now)
+        if len(self.buckets) > self.max_keys:
+            self.buckets.popitem(last=False)
+        return allowed
+
+
+def _text(message: dict, name: str, max_bytes: int = 128) -> str:
+    value = message.get(name)
+    if not isinstance(value, str) or not value or len(value.encode("utf-8")) > max_bytes:
+        raise SignalingError("bad-request", f"{name} must be a non-empty string of at most {max_bytes} bytes")
+    return value
+
+
+def _candidates(message: dict) -> list[dict]:
+    """Validated candidates: type, ip, port, and protocol udp or tcp."""
+    raw = message.get("candidates")
+    if not isinstance(raw, list) or len(raw) > MAX_CANDIDATES:
+        raise SignalingError("bad-request", f"candidates must be a list of at most {MAX_CANDIDATES}")
+    clean = []
+    for candidate in raw:
+        if not isinstance(candidate, dict):
+            raise SignalingError("bad-request", "a candidate must be an object")
+        kind, ip, port = candidate.get("type"), candidate.get("ip"), candidate.get("port")
+        protocol = candidate.get("protocol", "udp")
+        if kind not in CANDIDATE_TYPES or protocol not in ("udp", "tcp"):
+            raise SignalingError("bad-request", f"candidate type must be one of {', '.join(CANDIDATE_TYPES)}")
+        try:
+            ip = str(ipaddress.ip_address(ip))
+        except (ValueError, TypeError):
+            raise SignalingError("bad-request", "candidate ip is not an IP address") from None
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise SignalingError("bad-request", "candidate port must be 1-65535")
+        clean.append({"type": kind, "ip": ip, "port": port, "protocol": protocol})
+    return clean
+
+
+class SignalingNode:
+    """Sessions, presence and connect coordination of one super node."""
+
+    def __init__(self, accounts: AccountStore, clock, config: SignalingConfig) -> None:
+        self.accounts = accounts
+        self.clock = clock
+        self.config = config
+        self.sessions: dict[str, Session] = {}  # by user
+        self.resume_tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.pending: OrderedDict[str, dict] = OrderedDict()  # connect token -> state
+        self._login_by_user = _Limiter(LOGIN_BURST, LOGIN_PER_SECOND)
+        self._login_by_ip = _Limiter(LOGIN_BURST * 4, LOGIN_PER_SECOND * 4)
+        self._ops = {
+            "ping": self._ping, "pong": self._pong,
+            "register": self._register, "login": self._login, "resume": self._resume,
+            "logout": self._logout, "presence": self._presence,
+            "buddy-add": self._buddy_add, "buddy-accept": self._buddy_accept,
+            "buddy-remove": self._buddy_remove, "buddy-list": self._buddy_list,
+            "lookup": self._lookup, "message": self._message,
+            "connect": self._connect, "connect-answer": self._connect_answer,
+            "connect-decline": self._connect_decline,
+        }
+        self._open_ops = {"ping", "pong", "register", "login", "resume"}
+
+    # -- sessions ----------------------------------------------------------
+
+    def opened(self, session: Session) -> None:
+        """A connection came up: measure its round-trip time at once."""
+        self.send_ping(session)
+
+    def closed(self, session: Session) -> None:
+        """A connection went away: its user goes offline (resumable for a while)."""
+        if session.user is not None and self.sessions.get(session.user) is session:
+            del self.sessions[session.user]
+            self._notify_buddies(session.user, "offline", session.nat_type)
+            log.info("session {session} of {user} closed", session=session.id, user=session.user)
+
+    def send_ping(self, session: Session) -> None:
+        session.ping_token = secrets.token_hex(4)
+        session.ping_sent_at = self.clock.seconds()
+        session.send({"op": "ping", "token": session.ping_token})
+
+    def receive(self, session: Session, message) -> None:
+        """Apply one frame (a dict, or a FrameError for a frame that was not JSON)."""
+        request_id = message.get("id") if isinstance(message, dict) else None
+        if not isinstance(request_id, (int, type(None))) or isinstance(request_id, bool):
+            request_id = None
+        try:
+            if not isinstance(message, dict):
+                raise SignalingError("bad-request", str(message))
+            handler = self._ops.get(message["op"])
+            if handler is None:
+                raise SignalingError("bad-request", "unknown op")
+            if session.user is None and message["op"] not in self._open_ops:
+                raise SignalingError("unauthenticated", "log in first")
+            reply = handler(session, message)
+        except SignalingError as e:
+            session.errors += 1
+            session.send({"op": "error", "id": request_id, "code": e.code, "reason": e.reason})
+            if session.errors >= MAX_ERRORS:
+                log.info("closing session {session}: too many errors", session=session.id)
+                session.close()
+            return
+        if reply is not None:
+            reply.setdefault("op", "ok")
+            reply["id"] = request_id
+            session.send(reply)
+
+    # -- authentication ----------------------------------------------------
+
+    def _register(self, session: Session, message: dict):
+        if not self.config.open_registration:
+            raise SignalingError("forbidden", "registration is closed on this node")
+        user, password = _text(message, "user"), _text(message, "password", 1024)
+        if not self._login_by_ip.allow(session.address[0], self.clock.seconds()):
+            raise SignalingError("rate-limited", "too many attempts")
+        try:
+            self.accounts.add(user, password, self.config.realm)
+        except AccountError as e:
+            raise SignalingError("conflict", str(e)) from None
+        return {"op": "registered", "user": user}
+
+    def _login(self, session: Session, message: dict):
+        user, password = _text(message, "user"), _text(message, "password", 1024)
+        now = self.clock.seconds()
+        if not (self._login_by_ip.allow(session.address[0], now) and self._login_by_user.allow(user, now)):
+            raise SignalingError("rate-limited", "too many login attempts")
+        if not self.accounts.check_password(user, password):
+            log.info("failed login for {user} from {address}", user=user, address=session.address[0])
+            raise SignalingError("unauthenticated", "wrong user name or password")
+        return self._start(session, user)
+
+    def _resume(self, session: Session, message: dict):
+        token = _text(message, "token")
+        entry = self.resume_tokens.pop(token, None)
+        if entry is None or entry[1] < self.clock.seconds():
+            raise SignalingError("unauthenticated", "unknown or expired resume token")
+        return self._start(session, entry[0], resumed=True)
+
+    def _start(self, session: Session, user: str, resumed: bool = False) -> dict:
+        previous = self.sessions.get(user)
+        if previous is not None and previous is not session:
+            previous.send({"op": "replaced", "reason": "logged in elsewhere"})
+            previous.user = None
+            previous.close()
+        session.user = user
+        session.state = "online"
+        self.sessions[user] = session
+        token = secrets.token_urlsafe(24)
+        self.resume_tokens[token] = (user, self.clock.seconds() + RESUME_SECONDS)
+        while len(self.resume_tokens) > 4 * len(self.sessions) + 1000:
+            self.resume_tokens.popitem(last=False)
+        self._notify_buddies(user, "online", session.nat_type)
+        log.info("session {session} logged in as {user}", session=session.id, user=user)
+        return {
+            "op": "welcome",
+            "session": session.id,
+            "user": user,
+            "resumed": resumed,
+            "resume_token": token,
+            "resume_seconds": RESUME_SECONDS,
+            "mapped": list(session.address),
+            "node": self.config.node_name,
+            "host_cache": self.config.host_cache[:200],
+            "relays": self.config.relays,
+            "latest_client_version": self.config.latest_client_version,
+            "turn": self.turn_credentials(user),
+        }
+
+    def turn_credentials(self, user: str) -> dict | None:
+        """REST-style ephemeral credentials for this node's relay (username expiry:user)."""
+        if not self.config.turn_secret:
+            return None
+        from relay.credentials import RestSecrets
+
+        expiry = int(self.clock.seconds()) + self.config.turn_credential_seconds
+        username = f"{expiry}:{user}"
+        return {
+            "username": username,
+            "password": RestSecrets.password(self.config.turn_secret, username),
+            "ttl": self.config.turn_credential_seconds,
+            "realm": self.config.realm,
+            "urls": self.config.relays,
+        }
+
+    def _logout(self, session: Session, message: dict):
+        user = session.user
+        self.closed(session)
+        session.user = None
+        session.state = "offline"
+        return {"op": "logged-out", "user": user}
+
+    def _ping(self, session: Session, message: dict):
+        token = message.get("token")
+        return {"op": "pong", "token": token if isinstance(token, str) and len(token) <= 64 else None}
+
+    def _pong(self, session: Session, message: dict):
+        if session.ping_token is not None and message.get("token") == session.ping_token:
+            session.rtt = max(0.0, self.clock.seconds() - session.ping_sent_at)
+            session.ping_token = None
+        return None
+
+    # -- presence and buddies ------------------------------------------------
+
+    def _presence(self, session: Session, message: dict):
+        state = message.get("state", session.state)
+        if state not in PRESENCE_STATES:
+            raise SignalingError("bad-request", f"state must be one of {', '.join(PRESENCE_STATES)}")
+        nat_type = message.get("nat_type", session.nat_type)
+        if nat_type is not None and (not isinstance(nat_type, str) or len(nat_type) > NAT_TYPE_MAX):
+            raise SignalingError("bad-request", "nat_type must be a short string")
+        session.state, session.nat_type = state, nat_type
+        self._notify_buddies(session.user, state, nat_type)
+        return {"op": "presence-set", "state": state}
+
+    def _notify_buddies(self, user: str, state: str, nat_type: str | None) -> None:
+        for buddy in self.accounts.accepted(user):
+            other = self.sessions.get(buddy)
+            if other is not None:
+                other.send({"op": "presence", "user": user, "state": state, "nat_type": nat_type,
+                            "node": self.config.node_name})
+
+    def _buddy_add(self, session: Session, message: dict):
+        buddy = _text(message, "user")
+        try:
+            state = self.accounts.request_buddy(session.user, buddy)
+        except AccountError as e:
+            raise SignalingError("not-found", str(e)) from None
+        other = self.sessions.get(buddy)
+        if other is not None:
+            if state == "accepted":
+                self._share_presence(session, other)
+            else:
+                other.send({"op": "buddy-request", "from": session.user})
+        return {"op": "buddy", "user": buddy, "state": state}
+
+    def _buddy_accept(self, session: Session, message: dict):
+        requester = _text(message, "user")
+        try:
+            self.accounts.accept_buddy(session.user, requester)
+        except AccountError as e:
+            raise SignalingError("not-found", str(e)) from None
+        other = self.sessions.get(requester)
+        if other is not None:
+            self._share_presence(session, other)
+        return {"op": "buddy", "user": requester, "state": "accepted"}
+
+    def _share_presence(self, a: Session, b: Session) -> None:
+        for one, other in ((a, b), (b, a)):
+            one.send({"op": "presence", "user": other.user, "state": other.state, "nat_type": other.nat_type,
+                      "node": self.config.node_name})
+
+    def _buddy_remove(self, session: Session, message: dict):
+        buddy = _text(message, "user")
+        self.accounts.remove_buddy(session.user, buddy)
+        return {"op": "buddy", "user": buddy, "state": "removed"}
+
+    def _buddy_list(self, session: Session, message: dict):
+        entries = []
+        for name, relation in self.accounts.buddies(session.user):
+            entry = {"user": name, "relation": relation}
+            if relation == "accepted":
+                other = self.sessions.get(name)
+                entry["state"] = other.state if other else "offline"
+            entries.append(entry)
+        return {"op": "buddies", "buddies": entries}
+
+    def _lookup(self, session: Session, message: dict):
+        user = _text(message, "user")
+        if not self.accounts.are_buddies(session.user, user):
+            raise SignalingError("not-a-buddy", "lookup is for accepted buddies")
+        other = self.sessions.get(user)
+        return {
+            "op": "peer", "user": user, "online": other is not None,
+            "state": other.state if other else "offline",
+            "node": self.config.node_name if other else None,
+            "nat_type": other.nat_type if other else None,
+        }
+
+    def _buddy_session(self, session: Session, user: str) -> Session:
+        if not self.accounts.are_buddies(session.user, user):
+            raise SignalingError("not-a-buddy", f"{user} is not an accepted buddy")
+        other = self.sessions.get(user)
+        if other is None:
+            raise SignalingError("offline", f"{user} is offline")
+        return other
+
+    def _message(self, session: Session, message: dict):
+        to = _text(message, "to")
+        text = _text(message, "text", MAX_TEXT_BYTES)
+        self._buddy_session(session, to).send({"op": "message", "from": session.user, "text": text})
+        return {"op": "delivered", "to": to}
+
+    # -- connect coordination ------------------------------------------------
+
+    def _connect(self, session: Session, message: dict):
+        to = _text(message, "to")
+        candidates = _candidates(message)
+        other = self._buddy_session(session, to)
+        self._expire_connects()
+        if len(self.pending) >= MAX_PENDING_CONNECTS:
+            raise SignalingError("busy", "too many connects in progress")
+        token = secrets.token_urlsafe(16)
+        self.pending[token] = {"from": session, "to": other, "candidates": candidates,
+                               "expires": self.clock.seconds() + CONNECT_SECONDS}
+        self.send_ping(other)
+        other.send({"op": "connect-request", "from": session.user, "token": token, "candidates": candidates})
+        return {"op": "connect-pending", "token": token, "to": to}
+
+    def _take_pending(self, session: Session, message: dict) -> dict:
+        self._expire_connects()
+        entry = self.pending.get(_text(message, "token"))
+        if entry is None or entry["to"] is not session:
+            raise SignalingError("not-found", "unknown or expired connect token")
+        del self.pending[message["token"]]
+        return entry
+
+    def _connect_answer(self, session: Session, message: dict):
+        candidates = _candidates(message)
+        entry = self._take_pending(session, message)
+        a, b = entry["from"], session
+        if self.sessions.get(a.user) is not a:
+            raise SignalingError("offline", "the requester has gone")
+        # Both must act at the same instant: the node sends each side a delay
+        # that makes start = now + longest one-way time + margin, less that
+        # side's own one-way time (half its measured round trip).
+        rtt_a, rtt_b = a.rtt or DEFAULT_RTT_SECONDS, b.rtt or DEFAULT_RTT_SECONDS
+        delay = max(rtt_a, rtt_b) / 2 + PUNCH_MARGIN_SECONDS
+        token = message["token"]
+        for me, peer, peer_candidates, rtt in ((a, b, candidates, rtt_a), (b, a, entry["candidates"], rtt_b)):
+            me.send({
+                "op": "punch", "token": token, "peer": peer.user, "candidates": peer_candidates,
+                "peer_address": list(peer.address), "start_in_ms": round((delay - rtt / 2) * 1000, 1),
+                "turn": self.turn_credentials(me.user),
+            })
+        return None
+
+    def _connect_decline(self, session: Session, message: dict):
+        entry = self._take_pending(session, message)
+        entry["from"].send({"op": "connect-declined", "token": message["token"], "peer": session.user})
+        return None
+
+    def _expire_connects(self) -> None:
+        now = self.clock.seconds()
+        while self.pending:
+            token, entry = next(iter(self.pending.items()))
+            if entry["expires"] > now:
+                break
+            del self.pending[token]
+
+
+def node_name() -> str:
+    """A default name for this node: host name and process id."""
+    return f"{os.uname().nodename}:{os.getpid()}"

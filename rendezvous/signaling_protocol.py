@@ -1,0 +1,135 @@
+"""Twisted adapters for signaling: one connection, and the first-byte port demultiplexer.
+
+``SignalingProtocol`` moves frames between a stream and ``SignalingNode``.
+``DemuxFactory`` shares the STUN/TURN TCP and TLS ports with signaling: the
+first byte of a connection picks the protocol (0xF5 signaling, anything else
+STUN/TURN), which then owns the connection.
+"""
+
+from twisted.application import service
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+from .signaling import Session, SignalingNode
+from .signaling_frames import FrameError, FrameReader, encode, is_signaling
+
+log = Logger()
+
+LOGIN_TIMEOUT_SECONDS = 30
+PING_SECONDS = 30
+IDLE_TIMEOUT_SECONDS = 3 * PING_SECONDS  # three missed pings
+
+
+class SignalingService(service.Service):
+    """Pings every session each 30 s: keepalive, half-open detection and RTT."""
+
+    def __init__(self, node: SignalingNode, clock) -> None:
+        self.node = node
+        self._loop = LoopingCall(self.ping_all)
+        self._loop.clock = clock
+
+    def ping_all(self) -> None:
+        for session in list(self.node.sessions.values()):
+            self.node.send_ping(session)
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(PING_SECONDS, now=False)
+
+    def stopService(self):
+        if self._loop.running:
+            self._loop.stop()
+        return super().stopService()
+
+
+class SignalingProtocol(Protocol, TimeoutMixin):
+    """One signaling connection."""
+
+    def __init__(self, node: SignalingNode) -> None:
+        self.node = node
+        self.reader = FrameReader()
+        self.session: Session | None = None
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.session = Session(send=self.send, close=self.transport.loseConnection, address=(peer.host, peer.port))
+        self.setTimeout(LOGIN_TIMEOUT_SECONDS)
+        self.node.opened(self.session)
+
+    def send(self, message: dict) -> None:
+        self.transport.write(encode(message))
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            messages = self.reader.feed(data)
+        except FrameError as e:
+            self.send({"op": "error", "id": None, "code": "bad-frame", "reason": str(e)})
+            self.transport.loseConnection()
+            return
+        for message in messages:
+            self.node.receive(self.session, message)
+            if self.session.user is not None:
+                self.setTimeout(IDLE_TIMEOUT_SECONDS)
+        self.resetTimeout()
+
+    def timeoutConnection(self) -> None:
+        log.info("session {session} timed out", session=self.session.id)
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason=None) -> None:
+        self.setTimeout(None)
+        if self.session is not None:
+            self.node.closed(self.session)
+
+
+class SignalingFactory(Factory):
+    noisy = False
+
+    def __init__(self, node: SignalingNode) -> None:
+        self.node = node
+
+    def buildProtocol(self, addr) -> SignalingProtocol:
+        return SignalingProtocol(self.node)
+
+
+class _Demux(Protocol, TimeoutMixin):
+    """Waits for the first byte, then hands the connection to the right protocol."""
+
+    def __init__(self, factory: "DemuxFactory", addr) -> None:
+        self.factory = factory
+        self.addr = addr
+        self.inner: Protocol | None = None
+
+    def connectionMade(self) -> None:
+        self.setTimeout(LOGIN_TIMEOUT_SECONDS)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.inner is None:
+            self.setTimeout(None)
+            chosen = self.factory.signaling if is_signaling(data[0]) else self.factory.stun
+            self.inner = chosen.buildProtocol(self.addr)
+            self.inner.makeConnection(self.transport)
+        self.inner.dataReceived(data)
+
+    def timeoutConnection(self) -> None:
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason=None) -> None:
+        self.setTimeout(None)
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+
+
+class DemuxFactory(Factory):
+    """Serves STUN/TURN and signaling on one TCP or TLS port."""
+
+    noisy = False
+
+    def __init__(self, stun: Factory, signaling: Factory) -> None:
+        self.stun = stun
+        self.signaling = signaling
+
+    def buildProtocol(self, addr) -> _Demux:
+        return _Demux(self, addr)

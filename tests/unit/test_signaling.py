@@ -1,0 +1,231 @@
+"""The signaling core on a fake clock, with a real SQLite account store."""
+
+import pytest
+from twisted.internet.task import Clock
+
+from relay.credentials import RestSecrets
+from rendezvous.accounts import AccountStore
+from rendezvous.signaling import MAX_ERRORS, Session, SignalingConfig, SignalingNode
+from rendezvous.signaling_frames import FrameError, FrameReader, encode
+
+
+class Peer:
+    """A session whose sent frames are kept in a list."""
+
+    def __init__(self, node, address=("198.18.0.7", 40000)):
+        self.node = node
+        self.out = []
+        self.closed = False
+        self.session = Session(send=self.out.append, close=self.close, address=address)
+        node.opened(self.session)
+
+    def close(self):
+        self.closed = True
+
+    def do(self, op, **fields):
+        self.out.clear()
+        self.node.receive(self.session, {"op": op, "id": 7, **fields})
+        return self.out[-1] if self.out else None
+
+    def ops(self):
+        return [m["op"] for m in self.out]
+
+
+@pytest.fixture
+def clock():
+    c = Clock()
+    c.advance(1_700_000_000)
+    return c
+
+
+@pytest.fixture
+def node(tmp_path, clock):
+    store = AccountStore(tmp_path / "accounts.sqlite")
+    for name in ("alice", "bob", "carol"):
+        store.add(name, f"{name}-pw", "example.org")
+    config = SignalingConfig(realm="example.org", node_name="node-a", latest_client_version="2.0",
+                             host_cache=[{"host": "198.18.0.9", "port": 3478}],
+                             relays=["turn:198.18.0.1:3478?transport=udp"], turn_secret="s3cret")
+    return SignalingNode(store, clock, config)
+
+
+def logged_in(node, name, address=("198.18.0.7", 40000)):
+    peer = Peer(node, address)
+    assert peer.do("login", user=name, password=f"{name}-pw")["op"] == "welcome"
+    return peer
+
+
+def buddies(node, a, b):
+    a.do("buddy-add", user=b.session.user)
+    b.do("buddy-accept", user=a.session.user)
+
+
+def test_frames_round_trip_and_bounds():
+    """Frames decode in any chunking; bad JSON is a soft error, a bad header is fatal."""
+    data = encode({"op": "ping", "token": "x"}) + encode({"op": "login"})
+    reader = FrameReader()
+    out = []
+    for i in range(len(data)):
+        out += reader.feed(data[i : i + 1])
+    assert out == [{"op": "ping", "token": "x"}, {"op": "login"}]
+    assert isinstance(FrameReader().feed(b"\xf5\x01\x00\x02[]")[0], FrameError)
+    with pytest.raises(FrameError):
+        FrameReader().feed(b"\xf5\x01\xff\xff")
+    with pytest.raises(FrameError):
+        FrameReader().feed(b"\x00\x01\x00\x00")
+
+
+def test_login_returns_join_information(node):
+    """A login gets the session, mapped address, host cache, relays, version and TURN credentials."""
+    peer = Peer(node)
+    assert peer.out[0]["op"] == "ping"
+    welcome = peer.do("login", user="alice", password="alice-pw")
+    assert welcome["op"] == "welcome" and welcome["id"] == 7
+    assert welcome["mapped"] == ["198.18.0.7", 40000]
+    assert welcome["host_cache"] == [{"host": "198.18.0.9", "port": 3478}]
+    assert welcome["relays"] and welcome["latest_client_version"] == "2.0"
+    turn = welcome["turn"]
+    assert turn["username"].endswith(":alice")
+    assert turn["password"] == RestSecrets.password("s3cret", turn["username"])
+
+
+def test_wrong_password_and_unauthenticated_ops(node):
+    """A wrong password and ops before login get error frames, not sessions."""
+    peer = Peer(node)
+    assert peer.do("login", user="alice", password="nope")["code"] == "unauthenticated"
+    assert peer.do("lookup", user="bob")["code"] == "unauthenticated"
+    assert peer.session.user is None
+
+
+def test_login_rate_limit(node):
+    """Repeated failed logins for one account are rate limited."""
+    peer = Peer(node)
+    codes = [peer.do("login", user="bob", password="x")["code"] for _ in range(4)]
+    other = Peer(node, ("198.18.0.8", 1))
+    codes += [other.do("login", user="bob", password="x")["code"] for _ in range(3)]
+    assert "rate-limited" in codes
+
+
+def test_too_many_errors_close_the_session(node):
+    """After repeated bad frames the session is closed."""
+    peer = Peer(node)
+    for _ in range(MAX_ERRORS):
+        peer.do("no-such-op")
+    assert peer.closed
+
+
+def test_buddy_accept_shares_presence(node):
+    """Presence is shared only after the buddy request is accepted, and changes are pushed."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob")
+    assert alice.do("buddy-add", user="bob")["state"] == "requested"
+    assert bob.out[-1] == {"op": "buddy-request", "from": "alice"}
+    assert alice.do("lookup", user="bob")["code"] == "not-a-buddy"
+    bob.do("buddy-accept", user="alice")
+    assert {"op": "presence", "user": "bob", "state": "online", "nat_type": None, "node": "node-a"} in alice.out
+    bob.do("presence", state="away", nat_type="endpoint-independent")
+    assert alice.out[-1]["state"] == "away" and alice.out[-1]["nat_type"] == "endpoint-independent"
+    peer = alice.do("lookup", user="bob")
+    assert (peer["online"], peer["state"], peer["node"]) == (True, "away", "node-a")
+    listed = alice.do("buddy-list")["buddies"]
+    assert listed == [{"user": "bob", "relation": "accepted", "state": "away"}]
+
+
+def test_offline_is_pushed_and_resume_restores(node):
+    """Closing pushes offline; the resume token restores the session without the password."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob")
+    buddies(node, alice, bob)
+    bob2 = Peer(node)
+    token = bob2.do("login", user="bob", password="bob-pw")["resume_token"]
+    node.closed(bob2.session)
+    assert alice.out[-1]["state"] == "offline"
+    bob3 = Peer(node)
+    resumed = bob3.do("resume", token=token)
+    assert resumed["op"] == "welcome" and resumed["resumed"] and resumed["user"] == "bob"
+    assert bob3.do("resume", token=token)["code"] == "unauthenticated"
+
+
+def test_resume_token_expires(node, clock):
+    """A resume token is refused after its lifetime."""
+    peer = Peer(node)
+    token = peer.do("login", user="alice", password="alice-pw")["resume_token"]
+    node.closed(peer.session)
+    clock.advance(121)
+    assert Peer(node).do("resume", token=token)["code"] == "unauthenticated"
+
+
+def test_second_login_replaces_the_first(node):
+    """Logging in again elsewhere closes the older session."""
+    first = logged_in(node, "alice")
+    logged_in(node, "alice", ("198.18.0.99", 1))
+    assert first.closed and first.out[-1]["op"] == "replaced"
+
+
+def test_message_routing(node):
+    """Messages reach online buddies only."""
+    alice, bob, carol = logged_in(node, "alice"), logged_in(node, "bob"), logged_in(node, "carol")
+    buddies(node, alice, bob)
+    assert alice.do("message", to="bob", text="hi bob")["op"] == "delivered"
+    assert bob.out[-1] == {"op": "message", "from": "alice", "text": "hi bob"}
+    assert alice.do("message", to="carol", text="hi")["code"] == "not-a-buddy"
+    assert alice.do("message", to="bob", text="x" * 5000)["code"] == "bad-request"
+
+
+def test_connect_coordination_gives_both_the_same_instant(node, clock):
+    """Both sides get each other's candidates and delays that end at the same instant."""
+    alice = logged_in(node, "alice", ("198.18.0.7", 40000))
+    bob = logged_in(node, "bob", ("198.18.0.8", 50000))
+    buddies(node, alice, bob)
+    alice.session.rtt, bob.session.rtt = 0.100, 0.300
+    a_candidates = [{"type": "srflx", "ip": "198.18.0.7", "port": 40001, "protocol": "udp"}]
+    pending = alice.do("connect", to="bob", candidates=a_candidates)
+    assert pending["op"] == "connect-pending"
+    request = [m for m in bob.out if m["op"] == "connect-request"][0]
+    assert request["candidates"] == a_candidates and request["from"] == "alice"
+    bob.session.rtt = 0.300
+    b_candidates = [{"type": "host", "ip": "10.0.0.2", "port": 5000, "protocol": "udp"},
+                    {"type": "predicted", "ip": "198.18.0.8", "port": 50002, "protocol": "udp"}]
+    alice.out.clear()
+    bob.do("connect-answer", token=request["token"], candidates=b_candidates)
+    to_alice = [m for m in alice.out if m["op"] == "punch"][0]
+    to_bob = [m for m in bob.out if m["op"] == "punch"][0]
+    assert to_alice["candidates"] == b_candidates and to_bob["candidates"] == a_candidates
+    # Start instant = send time + one-way delay + start_in: equal for both.
+    start_alice = 0.100 / 2 + to_alice["start_in_ms"] / 1000
+    start_bob = 0.300 / 2 + to_bob["start_in_ms"] / 1000
+    assert start_alice == pytest.approx(start_bob)
+    assert to_alice["turn"]["username"].endswith(":alice")
+    assert bob.do("connect-answer", token=request["token"], candidates=[])["code"] == "not-found"
+
+
+def test_connect_validation_and_expiry(node, clock):
+    """Bad candidates are refused; tokens expire; only the addressee may answer."""
+    alice, bob, carol = logged_in(node, "alice"), logged_in(node, "bob"), logged_in(node, "carol")
+    buddies(node, alice, bob)
+    bad = [{"type": "srflx", "ip": "not-an-ip", "port": 1}]
+    assert alice.do("connect", to="bob", candidates=bad)["code"] == "bad-request"
+    assert alice.do("connect", to="bob", candidates=[{}] * 33)["code"] == "bad-request"
+    token = alice.do("connect", to="bob", candidates=[])["token"]
+    assert carol.do("connect-answer", token=token, candidates=[])["code"] == "not-found"
+    clock.advance(31)
+    assert bob.do("connect-answer", token=token, candidates=[])["code"] == "not-found"
+    token = alice.do("connect", to="bob", candidates=[])["token"]
+    bob.do("connect-decline", token=token)
+    assert alice.out[-1]["op"] == "connect-declined"
+
+
+def test_rtt_from_ping(node, clock):
+    """A pong to the node's ping sets the session's round-trip time."""
+    peer = Peer(node)
+    token = peer.out[0]["token"]
+    clock.advance(0.25)
+    peer.do("pong", token=token)
+    assert peer.session.rtt == pytest.approx(0.25)
+
+
+def test_registration_is_closed_by_default(node):
+    """register is refused unless open registration is on."""
+    peer = Peer(node)
+    assert peer.do("register", user="dave", password="pw")["code"] == "forbidden"
+    node.config.open_registration = True
+    assert peer.do("register", user="dave", password="pw")["op"] == "registered"
+    assert peer.do("register", user="dave", password="pw")["code"] == "conflict"
