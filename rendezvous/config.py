@@ -39,6 +39,10 @@ RENDEZVOUS_OPTIONS = LISTENER_OPTIONS + [
     Option("peer-node", parse_host_port, (), "Another super node HOST:PORT for the host cache (repeatable).",
            multi=True),
     Option("node-name", parse_text, None, "This node's name in presence and lookups (default: host:pid)."),
+    Option("web-ports", parse_bool, False,
+           "Also listen on TCP 80 (plain) and 443 (TLS) for STUN/TURN, signaling and HTTP.", flag=True),
+    Option("http-port", parse_port, None, "Plain firewall port (STUN/TURN, signaling, HTTP); 80 with --web-ports."),
+    Option("https-port", parse_port, None, "TLS firewall port (STUN/TURN, signaling, HTTPS); 443 with --web-ports."),
 ] + RELAY_OPTIONS
 
 
@@ -62,6 +66,8 @@ class RendezvousConfig:
     latest_client_version: str | None = None
     peer_nodes: tuple = ()
     node_name: str | None = None
+    http_port: int | None = None
+    https_port: int | None = None
 
     @classmethod
     def from_values(cls, values: dict) -> "RendezvousConfig":
@@ -96,4 +102,6 @@ class RendezvousConfig:
             latest_client_version=values["latest-client-version"],
             peer_nodes=values["peer-node"],
             node_name=values["node-name"],
+            http_port=values["http-port"] or (80 if values["web-ports"] else None),
+            https_port=values["https-port"] or (443 if values["web-ports"] else None),
         )

@@ -1,9 +1,9 @@
 """Twisted adapters for signaling: one connection, and the first-byte port demultiplexer.
 
 ``SignalingProtocol`` moves frames between a stream and ``SignalingNode``.
-``DemuxFactory`` shares the STUN/TURN TCP and TLS ports with signaling: the
-first byte of a connection picks the protocol (0xF5 signaling, anything else
-STUN/TURN), which then owns the connection.
+``DemuxFactory`` shares a TCP or TLS port between STUN/TURN, signaling and
+HTTP: the first byte of a connection picks the protocol, which then owns
+the connection.
 """
 
 from twisted.application import service
@@ -108,8 +108,7 @@ class _Demux(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self.inner is None:
             self.setTimeout(None)
-            chosen = self.factory.signaling if is_signaling(data[0]) else self.factory.stun
-            self.inner = chosen.buildProtocol(self.addr)
+            self.inner = self.factory.choose(data[0]).buildProtocol(self.addr)
             self.inner.makeConnection(self.transport)
         self.inner.dataReceived(data)
 
@@ -123,13 +122,25 @@ class _Demux(Protocol, TimeoutMixin):
 
 
 class DemuxFactory(Factory):
-    """Serves STUN/TURN and signaling on one TCP or TLS port."""
+    """Serves STUN/TURN, signaling and (optionally) HTTP on one TCP or TLS port.
+
+    STUN starts with 0b00, signaling with 0xF5, an HTTP request with an
+    upper-case method name; a TURN client never opens with ChannelData.
+    """
 
     noisy = False
 
-    def __init__(self, stun: Factory, signaling: Factory) -> None:
+    def __init__(self, stun: Factory, signaling: Factory, http: Factory | None = None) -> None:
         self.stun = stun
         self.signaling = signaling
+        self.http = http
+
+    def choose(self, first_byte: int) -> Factory:
+        if is_signaling(first_byte):
+            return self.signaling
+        if self.http is not None and 0x41 <= first_byte <= 0x5A:
+            return self.http
+        return self.stun
 
     def buildProtocol(self, addr) -> _Demux:
         return _Demux(self, addr)

@@ -8,10 +8,11 @@ TCP and TLS, built from a ``RendezvousConfig``.
 import dataclasses
 import secrets
 
-from twisted.application import service
+from twisted.application import internet, service, strports
 from twisted.python import usage
 
 from relay.config import TomlOptions, usage_options
+from relay.listeners import ServerStreamFactory
 from relay.service import add_listeners, make_relay
 from rendezvous.stun.binding import Addresses, BindingServer
 
@@ -19,7 +20,8 @@ from .accounts import AccountStore
 from .config import RENDEZVOUS_OPTIONS, RendezvousConfig
 from .signaling import SignalingConfig, SignalingNode, node_name
 from .signaling_protocol import DemuxFactory, SignalingFactory, SignalingService
-from .tls import tls_options
+from .tls import WEB_ALPN_PROTOCOLS, tls_options
+from .web import site
 
 
 ACCOUNTS_FILE = "accounts.sqlite"
@@ -99,8 +101,30 @@ def makeService(options, reactor=None) -> service.MultiService:
             raise usage.UsageError(str(e)) from None
     add_listeners(top, addresses, binding, turn, config.tls_port, tls,
                   wrap=lambda stun: DemuxFactory(stun, signaling))
+    _add_web_ports(top, config, binding, turn, signaling, site(node))
     top.binding_server = binding
     return top
+
+
+def _add_web_ports(top, config: RendezvousConfig, binding, turn, signaling, web) -> None:
+    """The firewall ports: STUN/TURN, signaling and HTTP told apart by first bytes.
+
+    Ports below 1024 are bound during twistd's privileged start-up, before
+    --uid/--gid drop root (or with CAP_NET_BIND_SERVICE).
+    """
+    interface = config.ip.replace(":", "\\:")
+    if config.http_port:
+        stun = ServerStreamFactory(binding, turn, (config.ip, config.http_port), "tcp")
+        strports.service(f"tcp:{config.http_port}:interface={interface}",
+                         DemuxFactory(stun, signaling, web)).setServiceParent(top)
+    if config.https_port:
+        try:
+            tls = tls_options(config.cert, config.key, config.state_dir, WEB_ALPN_PROTOCOLS)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        stun = ServerStreamFactory(binding, turn, (config.ip, config.https_port), "tls")
+        internet.SSLServer(config.https_port, DemuxFactory(stun, signaling, web), tls,
+                           interface=config.ip).setServiceParent(top)
 
 
 def _turn_urls(config: RendezvousConfig) -> list[str]:

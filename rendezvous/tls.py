@@ -20,7 +20,22 @@ from twisted.logger import Logger
 log = Logger()
 
 
-def tls_options(cert: Path | None, key: Path | None, state_dir: Path) -> ssl.CertificateOptions:
+SELF_SIGNED_DAYS = 365
+# RFC 7443 ALPN identifiers. Offering none makes OpenSSL answer a client's
+# ALPN extension (coturn's clients send "stun.turn") with an internal error.
+ALPN_PROTOCOLS = [b"stun.turn", b"stun.nat-discovery"]
+# The HTTPS firewall port also serves browsers (WebSocket signaling).
+WEB_ALPN_PROTOCOLS = ALPN_PROTOCOLS + [b"http/1.1"]
+# Forward-secret suites that need no Diffie-Hellman parameter file: a client
+# offering DHE first (coturn's turnutils do) must not meet an OpenSSL
+# internal error for want of one. TLS 1.3 suites are always on.
+_CIPHERS = ssl.AcceptableCiphers.fromOpenSSLCipherString(
+    "ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES256:ECDHE+AES128"
+)
+
+
+def tls_options(cert: Path | None, key: Path | None, state_dir: Path,
+                protocols: list[bytes] = ALPN_PROTOCOLS) -> ssl.CertificateOptions:
     """CertificateOptions for the operator's PEM files, or a self-signed pair.
 
     Raises ValueError with a readable message when the files cannot be used.
@@ -34,22 +49,10 @@ def tls_options(cert: Path | None, key: Path | None, state_dir: Path) -> ssl.Cer
             privateKey=private.privateKey.original,
             certificate=private.original,
             acceptableCiphers=_CIPHERS,
-            acceptableProtocols=ALPN_PROTOCOLS,
+            acceptableProtocols=protocols,
         )
     except Exception as e:  # OSError, or OpenSSL's own errors for bad PEM
         raise ValueError(f"cannot load TLS certificate {cert} / key {key}: {e}") from None
-
-SELF_SIGNED_DAYS = 365
-# Forward-secret suites that need no Diffie-Hellman parameter file: a client
-# offering DHE first (coturn's turnutils do) must not meet an OpenSSL
-# internal error for want of one. TLS 1.3 suites are always on.
-# RFC 7443 ALPN identifiers. Offering none makes OpenSSL answer a client's
-# ALPN extension (coturn's clients send "stun.turn") with an internal error.
-ALPN_PROTOCOLS = [b"stun.turn", b"stun.nat-discovery"]
-_CIPHERS = ssl.AcceptableCiphers.fromOpenSSLCipherString(
-    "ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES256:ECDHE+AES128"
-)
-
 
 def self_signed(state_dir: Path) -> tuple[Path, Path]:
     """Return (cert, key) paths in state_dir/tls, making them the first time."""

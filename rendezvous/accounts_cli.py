@@ -1,0 +1,64 @@
+"""``txrendezvous accounts``: add, remove and list users, reset a password.
+
+    txrendezvous accounts --db STATE_DIR/accounts.sqlite add alice
+    txrendezvous accounts --db ... passwd alice
+    txrendezvous accounts --db ... remove alice
+    txrendezvous accounts --db ... list
+
+Passwords are read from the terminal (twice), or from standard input with
+``--password-stdin`` for scripts; never from the command line, where other
+users could see them.
+"""
+
+import argparse
+import datetime
+import getpass
+import sqlite3
+import sys
+from pathlib import Path
+
+from relay.config import default_state_dir
+
+from .accounts import AccountError, AccountStore
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, default=Path(default_state_dir()) / "accounts.sqlite",
+                        help="the account store (default: %(default)s)")
+    parser.add_argument("--realm", default="txrendezvous",
+                        help="TURN realm the relay keys are made for (default: %(default)s)")
+    parser.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, text in (("add", "create a user"), ("passwd", "reset a user's password"),
+                       ("remove", "delete a user and their buddy lists")):
+        actions.add_parser(name, help=text).add_argument("user")
+    actions.add_parser("list", help="list users")
+
+
+def _password(args) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(f"password for {args.user}: ")
+    if first != getpass.getpass("again: "):
+        raise AccountError("the passwords differ")
+    return first
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        store = AccountStore(args.db)
+        if args.action == "add":
+            store.add(args.user, _password(args), args.realm)
+        elif args.action == "passwd":
+            store.set_password(args.user, _password(args), args.realm)
+        elif args.action == "remove":
+            store.remove(args.user)
+        else:
+            for name, realm, created in store.names():
+                when = datetime.datetime.fromtimestamp(created, datetime.timezone.utc).strftime("%Y-%m-%d")
+                print(f"{name}\t{realm}\t{when}")
+        store.close()
+    except (AccountError, OSError, sqlite3.Error) as e:
+        print(f"txrendezvous accounts: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,70 @@
+"""The HTTP side of the firewall ports: ``/healthz`` and signaling over WebSocket.
+
+Browsers and clients that can only reach TCP 80/443 speak the same
+signaling protocol over WebSocket at ``/signaling`` (RFC 6455; one JSON
+object per text message, the frame body of docs/PROTOCOL.md without its
+4-byte header). autobahn does the WebSocket protocol; this module adapts its
+messages to ``SignalingNode``.
+"""
+
+import json
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.web import resource, server
+
+from .signaling import Session, SignalingNode
+from .signaling_frames import MAX_FRAME_BYTES, FrameError
+
+
+class HealthResource(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"ok\n"
+
+
+class SignalingWebSocket(WebSocketServerProtocol):
+    """One signaling session over WebSocket."""
+
+    session: Session | None = None
+
+    def onOpen(self) -> None:
+        peer = self.transport.getPeer()
+        self.session = Session(send=self.send_json, close=self.sendClose, address=(peer.host, peer.port))
+        self.factory.node.opened(self.session)
+
+    def send_json(self, message: dict) -> None:
+        self.sendMessage(json.dumps(message, separators=(",", ":")).encode("utf-8"), isBinary=False)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        try:
+            message = json.loads(payload.decode("utf-8"))
+            if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+                raise ValueError("not an object with an op")
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            message = FrameError(f"message is not a JSON object with an op: {e}")
+        self.factory.node.receive(self.session, message)
+
+    def onClose(self, wasClean, code, reason) -> None:
+        if self.session is not None:
+            self.factory.node.closed(self.session)
+
+
+def site(node: SignalingNode) -> server.Site:
+    """The HTTP site: /healthz and /signaling (WebSocket)."""
+    factory = WebSocketServerFactory()
+    factory.protocol = SignalingWebSocket
+    factory.node = node
+    factory.setProtocolOptions(
+        maxFramePayloadSize=MAX_FRAME_BYTES, maxMessagePayloadSize=MAX_FRAME_BYTES,
+        autoPingInterval=30, autoPingTimeout=30, openHandshakeTimeout=30,
+    )
+    root = resource.Resource()
+    root.putChild(b"healthz", HealthResource())
+    root.putChild(b"signaling", WebSocketResource(factory))
+    web = server.Site(root)
+    web.noisy = False
+    web.timeOut = 60
+    return web
