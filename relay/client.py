@@ -403,6 +403,9 @@ class TurnClient:
 
         await self._request(Method.CHANNEL_BIND, build)
         now = self.clock.seconds()
+        previous = self._channel_peers.get(channel)
+        if previous is not None and previous != peer:
+            self._peer_channels.pop(previous, None)
         self._channel_peers[channel] = peer
         self._peer_channels[peer] = channel
         self._channels_bound[channel] = now
@@ -443,6 +446,14 @@ class TurnClient:
         return waiter
 
     # -- data path: RFC 8656 §11 and §12.4-§12.6 ---------------------------------------
+
+    def send(self, peer: Address, data: bytes) -> None:
+        """Send to a peer by the cheapest way available: its channel if bound, else a Send indication."""
+        channel = self._peer_channels.get(peer)
+        if channel is None:
+            self.send_indication(peer, data)
+        else:
+            self.send_channel_data(channel, data)
 
     def send_channel_data(self, channel: int, data: bytes) -> None:
         """Send application data on a bound channel as ChannelData (RFC 8656 §12.5).

@@ -447,6 +447,8 @@ def format_report(summary: dict[str, Any]) -> str:
                      f"max {rtt['max']:.3f}  ({rtt['samples']:,} samples)")
     else:
         lines.append("  rtt: no packet came back")
+    lines.append(f"  generator: {s['generator_cpu_percent']:.0f} % of a core in its busiest process, "
+                 f"{s['sent_pps']:,.0f} of {s['offered_pps']:,.0f} pkt/s offered sent")
     if not s["generator_kept_up"]:
         lines.append(f"  note: the generator sent {s['sent_pps']:,.0f} of {s['offered_pps']:,.0f} pkt/s offered; "
                      "add --processes or lower --rate (or the server pushed back)")
@@ -503,7 +505,7 @@ class Progress:
                 f"at peer {(peer - previous[3]) / dt:>10,.0f} pkt/s  "
                 f"back {(received - previous[4]) / dt:>10,.0f} pkt/s  "
                 f"{(received_bytes - previous[5]) * 8 / dt / 1e6:8.2f} Mbit/s back  "
-                f"lost so far {lost or 0:.2f} %")
+                f"not back yet {lost or 0:.2f} %")
 
     def emit(self) -> None:
         text = self.line()
