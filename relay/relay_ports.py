@@ -16,11 +16,14 @@ from twisted.logger import Logger
 
 from rendezvous.stun.addresses import Address
 
+from .listeners import set_buffers
 from .server import NoRelayPort
 
 log = Logger()
 
 RESERVATION_SECONDS = 30
+# Room for a burst from a peer; the kernel default (~208 KiB) drops under load.
+RELAY_BUFFER_BYTES = 1024 * 1024
 _ATTEMPTS = 64
 _IP_PMTUDISC_DO = 2
 
@@ -37,6 +40,7 @@ class RelaySocket(DatagramProtocol):
         self.port = None
 
     def startProtocol(self) -> None:
+        set_buffers(self.transport.socket, RELAY_BUFFER_BYTES)
         sendto = self.transport.socket.sendto
 
         def write(data: bytes, peer: Address) -> None:

@@ -35,6 +35,11 @@ class Subcommand:
 
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand(
+        "accounts",
+        "rendezvous.accounts_cli",
+        "add, remove and list users of a super node's account store, reset a password",
+    ),
+    Subcommand(
         "load-test",
         "relay.loadgen",
         "drive packets through a TURN relay and report throughput, loss and RTT",

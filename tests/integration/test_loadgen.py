@@ -1,8 +1,9 @@
-"""``txrendezvous load-test`` against coturn's turnserver on loopback.
+"""``txrendezvous load-test`` against our ``twistd relay`` and coturn's turnserver on loopback.
 
-coturn (Debian package ``coturn``) is started by the test on free 127.0.0.1
-ports with a small relay-port range and a throwaway user database; the load
-generator runs as ``python -m rendezvous.cli`` for about two seconds per case.
+Each server is started by the test on free 127.0.0.1 ports (coturn, from
+Debian's ``coturn``, with a small relay-port range and a throwaway user
+database); the load generator runs as ``python -m rendezvous.cli`` for
+about two seconds per case, the same way against both.
 """
 
 import datetime
@@ -22,13 +23,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import ROOT, binding_request, free_port
+from tests.conftest import ROOT, binding_request, free_port, start_node, stop_node
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("turnserver") is None,
-                       reason="coturn's turnserver is not installed (Debian package coturn)"),
-]
+pytestmark = pytest.mark.integration
 
 IP = "127.0.0.1"
 USER, PASSWORD, REALM = "alice", "secret", "example.org"
@@ -71,9 +68,17 @@ def _wait_until_answering(process, port, tls_port, log_path, seconds=15.0):
     raise RuntimeError(f"turnserver did not answer in {seconds} s:\n{log_path.read_text(errors='replace')}")
 
 
-@pytest.fixture(scope="module")
-def coturn(tmp_path_factory):
-    """One turnserver on 127.0.0.1 (UDP, TCP and TLS) with loopback peers allowed."""
+@pytest.fixture(scope="module", params=["ours", "coturn"])
+def coturn(request, tmp_path_factory):
+    """Our relay, then coturn's turnserver, on 127.0.0.1 (UDP, TCP and TLS) with loopback peers allowed."""
+    if request.param == "ours":
+        node = start_node(tmp_path_factory.mktemp("ours"), "--user", f"{USER}:{PASSWORD}", "--realm", REALM,
+                          "--allow-peer", "127.0.0.0/8", alternate=False, command="relay")
+        yield {"port": node.port, "tls_port": node.tls_port, "cert": node.state_dir / "tls" / "self-signed.pem"}
+        stop_node(node)
+        return
+    if shutil.which("turnserver") is None:
+        pytest.skip("coturn's turnserver is not installed (Debian package coturn)")
     directory = tmp_path_factory.mktemp("coturn")
     cert, key = _self_signed(directory)
     port = free_port((IP,))
@@ -127,7 +132,7 @@ def assert_relayed(report, clients, rate, seconds):
 
 
 def test_udp_channel_mode(coturn):
-    """Two UDP clients push ChannelData through coturn and nearly all of it comes back."""
+    """Two UDP clients push ChannelData through the relay and nearly all of it comes back."""
     status, report, stderr = load_test(coturn["port"], "--transport", "udp", "--mode", "channel",
                                        "--clients", "2", "--rate", "200", "--seconds", "2")
     assert status == 0, stderr
@@ -136,7 +141,7 @@ def test_udp_channel_mode(coturn):
 
 
 def test_tcp_send_mode(coturn):
-    """Two TCP clients push Send indications through coturn and nearly all of it comes back."""
+    """Two TCP clients push Send indications through the relay and nearly all of it comes back."""
     status, report, stderr = load_test(coturn["port"], "--transport", "tcp", "--mode", "send",
                                        "--clients", "2", "--rate", "200", "--seconds", "2", "--size", "333")
     assert status == 0, stderr
@@ -145,7 +150,7 @@ def test_tcp_send_mode(coturn):
 
 
 def test_tls_with_verification_in_two_processes(coturn):
-    """TLS clients that verify coturn's certificate run in two worker processes whose results merge."""
+    """TLS clients that verify the relay's certificate run in two worker processes whose results merge."""
     status, report, stderr = load_test(coturn["tls_port"], "--transport", "tls", "--mode", "channel",
                                        "--clients", "2", "--processes", "2", "--rate", "100", "--seconds", "1.5",
                                        "--tls-ca", str(coturn["cert"]), "--tls-hostname", "localhost")
