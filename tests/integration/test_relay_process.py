@@ -222,3 +222,20 @@ def test_rfc6062_errors(relay_node):
     udp.close()
     stranger.close()
     control.close()
+
+
+def test_turn_echo_example_runs(relay_node):
+    """docs/examples/turn_echo.py relays a message to a local peer and back through our relay."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "examples" / "turn_echo.py"), relay_node.ip, str(relay_node.port),
+         TURN_USER, TURN_PASSWORD, TURN_REALM],
+        capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "relayed address: ('127.0.0.1'," in result.stdout
+    assert "echo from ('127.0.0.1'," in result.stdout and "hello through the relay" in result.stdout
