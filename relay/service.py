@@ -21,8 +21,10 @@ from .credentials import Credentials, RestSecrets, StaticUsers
 from .listeners import ServerStreamFactory, UdpEndpoints
 from .peer_policy import PeerPolicy
 from .relay_ports import RelayPorts
+from .nonces import Nonces
 from .server import RelayPolicy, TurnServer
 from .tcp_relay import TcpRelay
+from .workers import ReusePortService
 
 log = Logger()
 
@@ -106,7 +108,7 @@ def _policy(config: RelayConfig, families: frozenset) -> RelayPolicy:
 
 
 def make_relay(reactor, config: RelayConfig, listen_ips=(), software: bytes | None = None,
-               extra_sources=(), reload=None) -> RelayService:
+               extra_sources=(), reload=None, nonce_secret: bytes | None = None) -> RelayService:
     """Build the TURN core and its relay ports from a RelayConfig."""
     ips = {family_of(ip): ip for ip in config.relay_ips}
     advertise = {family_of(ip): adv for ip, adv in zip(config.relay_ips, config.advertise_relay_ips)}
@@ -117,8 +119,9 @@ def make_relay(reactor, config: RelayConfig, listen_ips=(), software: bytes | No
         own_addresses=list(config.relay_ips) + list(config.advertise_relay_ips) + list(listen_ips),
     )
     tcp = TcpRelay(reactor, ips, *config.relay_ports, advertise=advertise)
+    nonces = Nonces(policy.nonce_lifetime_seconds, nonce_secret)
     turn = TurnServer(policy, credentials_for(config, extra_sources), peers, ports, reactor,
-                      software=software, tcp=tcp)
+                      nonces=nonces, software=software, tcp=tcp)
     log.info("TURN relay for realm {realm} on {ips}, ports {low}-{high}", realm=config.realm,
              ips=list(config.relay_ips), low=config.relay_ports[0], high=config.relay_ports[1])
     return RelayService(turn, ports, reactor, reload, extra_sources)
@@ -129,22 +132,32 @@ def _interface(ip: str) -> str:
 
 
 def add_listeners(parent: service.MultiService, addresses: Addresses, binding: BindingServer,
-                  turn: TurnServer | None, tls_port: int = 0, tls_options=None, wrap=None) -> None:
+                  turn: TurnServer | None, tls_port: int = 0, tls_options=None, wrap=None,
+                  reuse_port_reactor=None) -> None:
     """UDP and TCP on every endpoint of addresses; TLS on each IP at tls_port.
 
     wrap, if given, wraps each stream factory (to share the port with
-    another protocol, as the super node does with signaling).
+    another protocol, as the super node does with signaling). With
+    reuse_port_reactor the sockets are bound with SO_REUSEPORT, for
+    workers sharing the ports (relay.workers); otherwise a busy port fails
+    the start.
     """
     wrap = wrap or (lambda factory: factory)
     udp = UdpEndpoints(binding, turn)
+    shared = reuse_port_reactor
     for ip, port in addresses.endpoints():
-        internet.UDPServer(port, udp.protocol((ip, port)), interface=ip).setServiceParent(parent)
-        strports.service(
-            f"tcp:{port}:interface={_interface(ip)}", wrap(ServerStreamFactory(binding, turn, (ip, port), "tcp"))
-        ).setServiceParent(parent)
+        stream = wrap(ServerStreamFactory(binding, turn, (ip, port), "tcp"))
+        if shared:
+            ReusePortService(shared, "udp", ip, port, udp.protocol((ip, port))).setServiceParent(parent)
+            ReusePortService(shared, "tcp", ip, port, stream).setServiceParent(parent)
+        else:
+            internet.UDPServer(port, udp.protocol((ip, port)), interface=ip).setServiceParent(parent)
+            strports.service(f"tcp:{port}:interface={_interface(ip)}", stream).setServiceParent(parent)
     if tls_port:
         ips = [addresses.ip] + ([addresses.alt_ip] if addresses.alt_ip else [])
         for ip in ips:
-            internet.SSLServer(
-                tls_port, wrap(ServerStreamFactory(binding, turn, (ip, tls_port), "tls")), tls_options, interface=ip
-            ).setServiceParent(parent)
+            stream = wrap(ServerStreamFactory(binding, turn, (ip, tls_port), "tls"))
+            if shared:
+                ReusePortService(shared, "tcp", ip, tls_port, stream, tls_options).setServiceParent(parent)
+            else:
+                internet.SSLServer(tls_port, stream, tls_options, interface=ip).setServiceParent(parent)

@@ -12,8 +12,27 @@ from rendezvous.accounts import AccountStore
 from rendezvous.stun.binding import Addresses, BindingServer
 from rendezvous.tls import tls_options
 
-from .config import LISTENER_OPTIONS, RELAY_OPTIONS, ConfigError, RelayConfig, TomlOptions, usage_options
+import dataclasses
+import os
+
+from .config import (
+    LISTENER_OPTIONS,
+    RELAY_OPTIONS,
+    ConfigError,
+    Option,
+    RelayConfig,
+    TomlOptions,
+    parse_count,
+    usage_options,
+)
 from .service import add_listeners, make_relay
+from .workers import NONCE_SECRET_ENV, WorkerSupervisor, die_with_parent, port_slice
+
+PROCESS_OPTIONS = [
+    Option("workers", parse_count, 1,
+           "Relay processes sharing the ports with SO_REUSEPORT, each with its own slice of --relay-ports "
+           "(RFC 6062 TCP relaying needs 1)."),
+]
 
 
 class Options(TomlOptions):
@@ -22,14 +41,27 @@ class Options(TomlOptions):
         "Run a txrendezvous TURN relay (RFC 8656) on UDP, TCP and TLS. Every option can "
         "also be set in a TOML file given with --config."
     )
-    options = LISTENER_OPTIONS + RELAY_OPTIONS
+    options = LISTENER_OPTIONS + RELAY_OPTIONS + PROCESS_OPTIONS
     optParameters, optFlags = usage_options(options)
-    optParameters = optParameters + [["config", "c", None, "TOML config file."]]
+    optParameters = optParameters + [
+        ["config", "c", None, "TOML config file."],
+        ["worker-index", None, None, "Internal: this process's worker number (set by the first worker)."],
+    ]
 
     def validate(self) -> None:
         if (self.values["cert"] is None) != (self.values["key"] is None):
             raise ConfigError("--cert and --key go together")
-        self.relay_config = RelayConfig.from_values(self.values, self.values["ip"])
+        workers = max(1, self.values["workers"])
+        index = int(self["worker-index"] or 0)
+        if not 0 <= index < workers:
+            raise ConfigError("--worker-index out of range")
+        config = RelayConfig.from_values(self.values, self.values["ip"])
+        if workers > 1:
+            try:
+                config = dataclasses.replace(config, relay_ports=port_slice(*config.relay_ports, workers, index))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        self.workers, self.worker_index, self.relay_config = workers, index, config
 
 
 def makeService(options, reactor=None) -> service.MultiService:
@@ -40,8 +72,16 @@ def makeService(options, reactor=None) -> service.MultiService:
     top = service.MultiService()
     software = values["software"].encode("utf-8") if values["software"] else None
     accounts = [AccountStore(options.relay_config.accounts)] if options.relay_config.accounts else []
+    nonce_secret = None
+    if options.workers > 1:
+        if options.worker_index == 0:
+            nonce_secret = os.urandom(32)
+            WorkerSupervisor(reactor, options.workers, options.argv, nonce_secret).setServiceParent(top)
+        else:
+            die_with_parent()
+            nonce_secret = bytes.fromhex(os.environ.pop(NONCE_SECRET_ENV))
     relay = make_relay(reactor, options.relay_config, [values["ip"]], software, extra_sources=accounts,
-                       reload=lambda: options.reparse().relay_config)
+                       reload=lambda: options.reparse().relay_config, nonce_secret=nonce_secret)
     relay.setServiceParent(top)
     addresses = Addresses(ip=values["ip"], port=values["port"])
     tls = None
@@ -51,5 +91,5 @@ def makeService(options, reactor=None) -> service.MultiService:
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
     add_listeners(top, addresses, BindingServer(addresses, software=values["software"]), relay.turn,
-                  values["tls-port"], tls)
+                  values["tls-port"], tls, reuse_port_reactor=reactor if options.workers > 1 else None)
     return top
