@@ -239,3 +239,40 @@ def test_turn_echo_example_runs(relay_node):
     assert result.returncode == 0, result.stderr
     assert "relayed address: ('127.0.0.1'," in result.stdout
     assert "echo from ('127.0.0.1'," in result.stdout and "hello through the relay" in result.stdout
+
+
+def test_even_port_reservation_and_advertised_address(tmp_path):
+    """EVEN-PORT reserves the next port for a RESERVATION-TOKEN; --advertise-relay-ip names the public address."""
+    from rendezvous.stun.attributes import encode_even_port
+
+    node = start_node(tmp_path, "--user", f"{TURN_USER}:{TURN_PASSWORD}", "--realm", TURN_REALM,
+                      "--relay-ip", "127.0.0.1", "--advertise-relay-ip", "198.18.7.7",
+                      alternate=False, command="relay")
+    first, second = client(node), client(node)
+    try:
+        response = first.allocate((Attr.EVEN_PORT, encode_even_port(True)))
+        host, port = response.address(Attr.XOR_RELAYED_ADDRESS)
+        assert host == "198.18.7.7" and port % 2 == 0
+        reserved = second.allocate((Attr.RESERVATION_TOKEN, response.get(Attr.RESERVATION_TOKEN)))
+        assert reserved.address(Attr.XOR_RELAYED_ADDRESS) == ("198.18.7.7", port + 1)
+    finally:
+        first.close()
+        second.close()
+        stop_node(node)
+
+
+def test_rest_secret_rotation(tmp_path):
+    """With two --auth-secret values, credentials signed by either are accepted, by neither refused."""
+    from relay.credentials import RestSecrets
+
+    node = start_node(tmp_path, "--auth-secret", "old-secret", "--auth-secret", "new-secret",
+                      "--realm", TURN_REALM, alternate=False, command="relay")
+    try:
+        username = f"{int(time.time()) + 600}:app-user"
+        for secret, expected in (("old-secret", Class.SUCCESS), ("new-secret", Class.SUCCESS),
+                                 ("other-secret", Class.ERROR)):
+            c = UdpTurnClient((node.ip, node.port), username, RestSecrets.password(secret, username), TURN_REALM)
+            assert c.allocate().cls == expected
+            c.close()
+    finally:
+        stop_node(node)
