@@ -39,6 +39,8 @@ RENDEZVOUS_OPTIONS = LISTENER_OPTIONS + [
     Option("peer-node", parse_host_port, (), "Another super node HOST:PORT for the host cache (repeatable).",
            multi=True),
     Option("node-name", parse_text, None, "This node's name in presence and lookups (default: host:pid)."),
+    Option("redis", parse_text, None,
+           "Redis URL (redis://host:port/db) shared by super nodes: presence, node registry, routing."),
     Option("web-ports", parse_bool, False,
            "Also listen on TCP 80 (plain) and 443 (TLS) for STUN/TURN, signaling and HTTP.", flag=True),
     Option("http-port", parse_port, None, "Plain firewall port (STUN/TURN, signaling, HTTP); 80 with --web-ports."),
@@ -68,6 +70,7 @@ class RendezvousConfig:
     node_name: str | None = None
     http_port: int | None = None
     https_port: int | None = None
+    redis: str | None = None
 
     @classmethod
     def from_values(cls, values: dict) -> "RendezvousConfig":
@@ -104,4 +107,5 @@ class RendezvousConfig:
             node_name=values["node-name"],
             http_port=values["http-port"] or (80 if values["web-ports"] else None),
             https_port=values["https-port"] or (443 if values["web-ports"] else None),
+            redis=values["redis"],
         )

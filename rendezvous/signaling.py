@@ -77,6 +77,24 @@ class SignalingConfig:
     turn_credential_seconds: int = 3600
 
 
+class LocalDirectory:
+    """Presence and routing of one node alone (the embedded default).
+
+    A shared directory (``rendezvous.redis_directory``) has the same three
+    methods, answers ``locate`` from memory and calls back
+    ``SignalingNode.handle_routed`` with envelopes other nodes route here.
+    """
+
+    def publish_presence(self, user: str, state: str, nat_type: str | None) -> None:
+        pass
+
+    def locate(self, user: str) -> dict | None:
+        return None
+
+    def route(self, node: str, envelope: dict) -> None:
+        pass
+
+
 class _Limiter:
     """Token buckets by key, in a bounded table."""
 
@@ -92,6 +110,12 @@ class _Limiter:
         if len(self.buckets) > self.max_keys:
             self.buckets.popitem(last=False)
         return allowed
+
+    def refund(self, key) -> None:
+        """Give back the token of an attempt that turned out fine."""
+        if key in self.buckets:
+            tokens, stamp = self.buckets[key]
+            self.buckets[key] = (min(self.burst, tokens + 1), stamp)
 
 
 def _text(message: dict, name: str, max_bytes: int = 128) -> str:
@@ -127,10 +151,11 @@ def _candidates(message: dict) -> list[dict]:
 class SignalingNode:
     """Sessions, presence and connect coordination of one super node."""
 
-    def __init__(self, accounts: AccountStore, clock, config: SignalingConfig) -> None:
+    def __init__(self, accounts: AccountStore, clock, config: SignalingConfig, directory=None) -> None:
         self.accounts = accounts
         self.clock = clock
         self.config = config
+        self.directory = directory or LocalDirectory()
         self.sessions: dict[str, Session] = {}  # by user
         self.resume_tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self.pending: OrderedDict[str, dict] = OrderedDict()  # connect token -> state
@@ -158,6 +183,7 @@ class SignalingNode:
         """A connection went away: its user goes offline (resumable for a while)."""
         if session.user is not None and self.sessions.get(session.user) is session:
             del self.sessions[session.user]
+            self.directory.publish_presence(session.user, "offline", session.nat_type)
             self._notify_buddies(session.user, "offline", session.nat_type)
             log.info("session {session} of {user} closed", session=session.id, user=session.user)
 
@@ -214,6 +240,9 @@ class SignalingNode:
         if not self.accounts.check_password(user, password):
             log.info("failed login for {user} from {address}", user=user, address=session.address[0])
             raise SignalingError("unauthenticated", "wrong user name or password")
+        # Only failures count against the limits.
+        self._login_by_ip.refund(session.address[0])
+        self._login_by_user.refund(user)
         return self._start(session, user)
 
     def _resume(self, session: Session, message: dict):
@@ -236,6 +265,7 @@ class SignalingNode:
         self.resume_tokens[token] = (user, self.clock.seconds() + RESUME_SECONDS)
         while len(self.resume_tokens) > 4 * len(self.sessions) + 1000:
             self.resume_tokens.popitem(last=False)
+        self.directory.publish_presence(user, "online", session.nat_type)
         self._notify_buddies(user, "online", session.nat_type)
         log.info("session {session} logged in as {user}", session=session.id, user=user)
         return {
@@ -296,15 +326,48 @@ class SignalingNode:
         if nat_type is not None and (not isinstance(nat_type, str) or len(nat_type) > NAT_TYPE_MAX):
             raise SignalingError("bad-request", "nat_type must be a short string")
         session.state, session.nat_type = state, nat_type
+        self.directory.publish_presence(session.user, state, nat_type)
         self._notify_buddies(session.user, state, nat_type)
         return {"op": "presence-set", "state": state}
 
     def _notify_buddies(self, user: str, state: str, nat_type: str | None) -> None:
         for buddy in self.accounts.accepted(user):
-            other = self.sessions.get(buddy)
-            if other is not None:
-                other.send({"op": "presence", "user": user, "state": state, "nat_type": nat_type,
-                            "node": self.config.node_name})
+            self._deliver(buddy, {"op": "presence", "user": user, "state": state, "nat_type": nat_type,
+                                  "node": self.config.node_name})
+
+    # -- delivery, here or on another node ----------------------------------
+
+    def _where(self, user: str) -> dict | None:
+        """{"node", "state", "nat_type"} of an online user, local or remote; None if offline."""
+        local = self.sessions.get(user)
+        if local is not None:
+            return {"node": self.config.node_name, "state": local.state, "nat_type": local.nat_type}
+        remote = self.directory.locate(user)
+        return remote if remote and remote.get("state") != "offline" else None
+
+    def _deliver(self, user: str, message: dict) -> bool:
+        """Send to user's session on this node, or route it to their node."""
+        local = self.sessions.get(user)
+        if local is not None:
+            local.send(message)
+            return True
+        remote = self._where(user)
+        if remote is None:
+            return False
+        self.directory.route(remote["node"], {"kind": "deliver", "to": user, "message": message})
+        return True
+
+    def handle_routed(self, envelope: dict) -> None:
+        """An envelope another node routed here (through the shared directory)."""
+        kind = envelope.get("kind")
+        if kind == "deliver":
+            local = self.sessions.get(envelope.get("to"))
+            if local is not None and isinstance(envelope.get("message"), dict):
+                local.send(envelope["message"])
+        elif kind == "connect-answer":
+            self._complete_connect(envelope)
+        elif kind == "connect-decline":
+            self._decline(envelope)
 
     def _buddy_add(self, session: Session, message: dict):
         buddy = _text(message, "user")
@@ -312,12 +375,10 @@ class SignalingNode:
             state = self.accounts.request_buddy(session.user, buddy)
         except AccountError as e:
             raise SignalingError("not-found", str(e)) from None
-        other = self.sessions.get(buddy)
-        if other is not None:
-            if state == "accepted":
-                self._share_presence(session, other)
-            else:
-                other.send({"op": "buddy-request", "from": session.user})
+        if state == "accepted":
+            self._share_presence(session, buddy)
+        else:
+            self._deliver(buddy, {"op": "buddy-request", "from": session.user})
         return {"op": "buddy", "user": buddy, "state": state}
 
     def _buddy_accept(self, session: Session, message: dict):
@@ -326,15 +387,16 @@ class SignalingNode:
             self.accounts.accept_buddy(session.user, requester)
         except AccountError as e:
             raise SignalingError("not-found", str(e)) from None
-        other = self.sessions.get(requester)
-        if other is not None:
-            self._share_presence(session, other)
+        self._share_presence(session, requester)
         return {"op": "buddy", "user": requester, "state": "accepted"}
 
-    def _share_presence(self, a: Session, b: Session) -> None:
-        for one, other in ((a, b), (b, a)):
-            one.send({"op": "presence", "user": other.user, "state": other.state, "nat_type": other.nat_type,
-                      "node": self.config.node_name})
+    def _share_presence(self, session: Session, buddy: str) -> None:
+        """New buddies: each learns the other's presence, wherever they are."""
+        where = self._where(buddy)
+        if where is not None:
+            session.send({"op": "presence", "user": buddy, **where})
+        self._deliver(buddy, {"op": "presence", "user": session.user, "state": session.state,
+                              "nat_type": session.nat_type, "node": self.config.node_name})
 
     def _buddy_remove(self, session: Session, message: dict):
         buddy = _text(message, "user")
@@ -346,8 +408,8 @@ class SignalingNode:
         for name, relation in self.accounts.buddies(session.user):
             entry = {"user": name, "relation": relation}
             if relation == "accepted":
-                other = self.sessions.get(name)
-                entry["state"] = other.state if other else "offline"
+                where = self._where(name)
+                entry["state"] = where["state"] if where else "offline"
             entries.append(entry)
         return {"op": "buddies", "buddies": entries}
 
@@ -355,26 +417,25 @@ class SignalingNode:
         user = _text(message, "user")
         if not self.accounts.are_buddies(session.user, user):
             raise SignalingError("not-a-buddy", "lookup is for accepted buddies")
-        other = self.sessions.get(user)
+        where = self._where(user)
         return {
-            "op": "peer", "user": user, "online": other is not None,
-            "state": other.state if other else "offline",
-            "node": self.config.node_name if other else None,
-            "nat_type": other.nat_type if other else None,
+            "op": "peer", "user": user, "online": where is not None,
+            "state": where["state"] if where else "offline",
+            "node": where["node"] if where else None,
+            "nat_type": where["nat_type"] if where else None,
         }
 
-    def _buddy_session(self, session: Session, user: str) -> Session:
+    def _check_buddy_online(self, session: Session, user: str) -> None:
         if not self.accounts.are_buddies(session.user, user):
             raise SignalingError("not-a-buddy", f"{user} is not an accepted buddy")
-        other = self.sessions.get(user)
-        if other is None:
+        if self._where(user) is None:
             raise SignalingError("offline", f"{user} is offline")
-        return other
 
     def _message(self, session: Session, message: dict):
         to = _text(message, "to")
         text = _text(message, "text", MAX_TEXT_BYTES)
-        self._buddy_session(session, to).send({"op": "message", "from": session.user, "text": text})
+        self._check_buddy_online(session, to)
+        self._deliver(to, {"op": "message", "from": session.user, "text": text})
         return {"op": "delivered", "to": to}
 
     # -- connect coordination ------------------------------------------------
@@ -382,49 +443,77 @@ class SignalingNode:
     def _connect(self, session: Session, message: dict):
         to = _text(message, "to")
         candidates = _candidates(message)
-        other = self._buddy_session(session, to)
+        self._check_buddy_online(session, to)
         self._expire_connects()
         if len(self.pending) >= MAX_PENDING_CONNECTS:
             raise SignalingError("busy", "too many connects in progress")
-        token = secrets.token_urlsafe(16)
-        self.pending[token] = {"from": session, "to": other, "candidates": candidates,
+        # The token names this node, so an answer given on another node is
+        # routed back here.
+        token = f"{secrets.token_urlsafe(16)}.{self.config.node_name}"
+        self.pending[token] = {"from": session, "to": to, "candidates": candidates,
                                "expires": self.clock.seconds() + CONNECT_SECONDS}
-        self.send_ping(other)
-        other.send({"op": "connect-request", "from": session.user, "token": token, "candidates": candidates})
+        other = self.sessions.get(to)
+        if other is not None:
+            self.send_ping(other)
+        self._deliver(to, {"op": "connect-request", "from": session.user, "token": token, "candidates": candidates})
         return {"op": "connect-pending", "token": token, "to": to}
 
-    def _take_pending(self, session: Session, message: dict) -> dict:
-        self._expire_connects()
-        entry = self.pending.get(_text(message, "token"))
-        if entry is None or entry["to"] is not session:
-            raise SignalingError("not-found", "unknown or expired connect token")
-        del self.pending[message["token"]]
-        return entry
-
     def _connect_answer(self, session: Session, message: dict):
-        candidates = _candidates(message)
-        entry = self._take_pending(session, message)
-        a, b = entry["from"], session
+        token = _text(message, "token")
+        answer = {"kind": "connect-answer", "token": token, "user": session.user, "rtt": session.rtt,
+                  "address": list(session.address), "candidates": _candidates(message)}
+        if token in self.pending:
+            self._complete_connect(answer)
+            return None
+        origin = token.rpartition(".")[2]
+        if origin == self.config.node_name or not origin:
+            raise SignalingError("not-found", "unknown or expired connect token")
+        self.directory.route(origin, answer)
+        return None
+
+    def _complete_connect(self, answer: dict) -> None:
+        """Both sides get each other's candidates and the same start instant."""
+        self._expire_connects()
+        token, b_user = answer.get("token"), answer.get("user")
+        entry = self.pending.get(token)
+        if entry is None or entry["to"] != b_user:
+            self._deliver(b_user, {"op": "error", "id": None, "code": "not-found",
+                                   "reason": "unknown or expired connect token"})
+            return
+        del self.pending[token]
+        a = entry["from"]
         if self.sessions.get(a.user) is not a:
-            raise SignalingError("offline", "the requester has gone")
+            self._deliver(b_user, {"op": "error", "id": None, "code": "offline", "reason": "the requester has gone"})
+            return
         # Both must act at the same instant: the node sends each side a delay
         # that makes start = now + longest one-way time + margin, less that
         # side's own one-way time (half its measured round trip).
-        rtt_a, rtt_b = a.rtt or DEFAULT_RTT_SECONDS, b.rtt or DEFAULT_RTT_SECONDS
+        rtt_a, rtt_b = a.rtt or DEFAULT_RTT_SECONDS, answer.get("rtt") or DEFAULT_RTT_SECONDS
         delay = max(rtt_a, rtt_b) / 2 + PUNCH_MARGIN_SECONDS
-        token = message["token"]
-        for me, peer, peer_candidates, rtt in ((a, b, candidates, rtt_a), (b, a, entry["candidates"], rtt_b)):
-            me.send({
-                "op": "punch", "token": token, "peer": peer.user, "candidates": peer_candidates,
-                "peer_address": list(peer.address), "start_in_ms": round((delay - rtt / 2) * 1000, 1),
-                "turn": self.turn_credentials(me.user),
-            })
-        return None
+        a.send({"op": "punch", "token": token, "peer": b_user, "candidates": answer["candidates"],
+                "peer_address": answer["address"], "start_in_ms": round((delay - rtt_a / 2) * 1000, 1),
+                "turn": self.turn_credentials(a.user)})
+        self._deliver(b_user, {"op": "punch", "token": token, "peer": a.user, "candidates": entry["candidates"],
+                               "peer_address": list(a.address), "start_in_ms": round((delay - rtt_b / 2) * 1000, 1),
+                               "turn": self.turn_credentials(b_user)})
 
     def _connect_decline(self, session: Session, message: dict):
-        entry = self._take_pending(session, message)
-        entry["from"].send({"op": "connect-declined", "token": message["token"], "peer": session.user})
+        token = _text(message, "token")
+        decline = {"kind": "connect-decline", "token": token, "user": session.user}
+        if token in self.pending:
+            self._decline(decline)
+            return None
+        origin = token.rpartition(".")[2]
+        if origin == self.config.node_name or not origin:
+            raise SignalingError("not-found", "unknown or expired connect token")
+        self.directory.route(origin, decline)
         return None
+
+    def _decline(self, decline: dict) -> None:
+        entry = self.pending.get(decline.get("token"))
+        if entry is not None and entry["to"] == decline.get("user"):
+            del self.pending[decline["token"]]
+            entry["from"].send({"op": "connect-declined", "token": decline["token"], "peer": decline["user"]})
 
     def _expire_connects(self) -> None:
         now = self.clock.seconds()

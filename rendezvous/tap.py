@@ -11,13 +11,14 @@ import secrets
 from twisted.application import internet, service, strports
 from twisted.python import usage
 
-from relay.config import TomlOptions, usage_options
+from relay.config import TomlOptions, primary_address, usage_options
 from relay.listeners import ServerStreamFactory
 from relay.service import add_listeners, make_relay
 from rendezvous.stun.binding import Addresses, BindingServer
 
 from .accounts import AccountStore
 from .config import RENDEZVOUS_OPTIONS, RendezvousConfig
+from .redis_directory import RedisDirectory
 from .signaling import SignalingConfig, SignalingNode, node_name
 from .signaling_protocol import DemuxFactory, SignalingFactory, SignalingService
 from .tls import WEB_ALPN_PROTOCOLS, tls_options
@@ -82,15 +83,24 @@ def makeService(options, reactor=None) -> service.MultiService:
         relay.setServiceParent(top)
         turn = relay.turn
         relays = _turn_urls(config)
+    name = config.node_name or node_name()
+    static_cache = [{"host": host, "port": port} for host, port in config.peer_nodes]
+    directory = None
+    if config.redis:
+        directory = RedisDirectory(reactor, config.redis, name, _public_host(config), config.port)
+        directory.static_host_cache = static_cache
+        directory.setServiceParent(top)
     node = SignalingNode(accounts, reactor, SignalingConfig(
         realm=config.relay.realm if config.relay else "txrendezvous",
-        node_name=config.node_name or node_name(),
+        node_name=name,
         open_registration=config.open_registration,
         latest_client_version=config.latest_client_version,
-        host_cache=[{"host": host, "port": port} for host, port in config.peer_nodes],
+        host_cache=list(static_cache),
         relays=relays,
         turn_secret=turn_secret,
-    ))
+    ), directory)
+    if directory is not None:
+        directory.node = node
     SignalingService(node, reactor).setServiceParent(top)
     signaling = SignalingFactory(node)
     tls = None
@@ -127,9 +137,18 @@ def _add_web_ports(top, config: RendezvousConfig, binding, turn, signaling, web)
                            interface=config.ip).setServiceParent(top)
 
 
+def _public_host(config: RendezvousConfig) -> str:
+    """The address clients should use for this node."""
+    if config.advertise_ip:
+        return config.advertise_ip
+    if config.ip not in ("0.0.0.0", "::"):
+        return config.ip
+    return config.relay.relay_ips[0] if config.relay else primary_address()
+
+
 def _turn_urls(config: RendezvousConfig) -> list[str]:
     """The TURN URLs (RFC 7065) of this node's relay, for clients."""
-    host = config.advertise_ip or (config.ip if config.ip not in ("0.0.0.0", "::") else config.relay.relay_ips[0])
+    host = _public_host(config)
     host = f"[{host}]" if ":" in host else host
     urls = [f"turn:{host}:{config.port}?transport=udp", f"turn:{host}:{config.port}?transport=tcp"]
     if config.tls_port:

@@ -230,3 +230,18 @@ def test_registration_is_closed_by_default(node):
     node.config.open_registration = True
     assert peer.do("register", user="dave", password="pw")["op"] == "registered"
     assert peer.do("register", user="dave", password="pw")["code"] == "conflict"
+
+
+def test_successful_logins_are_not_rate_limited(node):
+    """Only failed attempts count against the login limits."""
+    for _ in range(20):
+        assert Peer(node).do("login", user="alice", password="alice-pw")["op"] == "welcome"
+
+
+def test_routed_envelopes_reach_local_sessions(node):
+    """An envelope routed from another node is delivered to the local user."""
+    bob = logged_in(node, "bob")
+    node.handle_routed({"kind": "deliver", "to": "bob", "message": {"op": "message", "from": "x", "text": "y"}})
+    assert bob.out[-1] == {"op": "message", "from": "x", "text": "y"}
+    node.handle_routed({"kind": "deliver", "to": "nobody", "message": {}})
+    node.handle_routed({"kind": "bogus"})
