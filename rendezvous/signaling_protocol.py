@@ -7,10 +7,12 @@ the connection.
 """
 
 from twisted.application import service
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
 
 from .signaling import Session, SignalingNode
 from .signaling_frames import FrameError, FrameReader, encode, is_signaling
@@ -18,6 +20,7 @@ from .signaling_frames import FrameError, FrameReader, encode, is_signaling
 log = Logger()
 
 LOGIN_TIMEOUT_SECONDS = 30
+MAX_FRAMES_WHILE_PAUSED = 100
 PING_SECONDS = 30
 IDLE_TIMEOUT_SECONDS = 3 * PING_SECONDS  # three missed pings
 
@@ -44,22 +47,47 @@ class SignalingService(service.Service):
         return super().stopService()
 
 
+@implementer(IPushProducer)
 class SignalingProtocol(Protocol, TimeoutMixin):
-    """One signaling connection."""
+    """One signaling connection.
+
+    It registers as the transport's producer, so it learns when a client
+    stops reading: a client that lets more than MAX_FRAMES_WHILE_PAUSED
+    frames pile up is disconnected, which bounds what the node buffers.
+    """
 
     def __init__(self, node: SignalingNode) -> None:
         self.node = node
         self.reader = FrameReader()
         self.session: Session | None = None
+        self.paused = False
+        self.frames_while_paused = 0
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.session = Session(send=self.send, close=self.transport.loseConnection, address=(peer.host, peer.port))
+        self.transport.registerProducer(self, True)
         self.setTimeout(LOGIN_TIMEOUT_SECONDS)
         self.node.opened(self.session)
 
     def send(self, message: dict) -> None:
+        if self.paused:
+            self.frames_while_paused += 1
+            if self.frames_while_paused > MAX_FRAMES_WHILE_PAUSED:
+                log.info("session {session} does not read; closing", session=self.session.id)
+                self.transport.abortConnection()
+                return
         self.transport.write(encode(message))
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.frames_while_paused = 0
+
+    def stopProducing(self) -> None:
+        self.paused = True
 
     def dataReceived(self, data: bytes) -> None:
         try:

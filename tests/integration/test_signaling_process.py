@@ -175,3 +175,31 @@ def test_restart_keeps_accounts_and_buddies(tmp_path):
         alice.sock.close()
     finally:
         stop_node(node)
+
+
+def test_a_client_that_does_not_read_is_disconnected(super_node):
+    """Answers piling up for a client that stops reading end its connection; the node stays well."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(20)
+    sock.connect((super_node.ip, super_node.port))
+    ping = encode({"op": "ping", "token": "t" * 60})
+    try:
+        for _ in range(40):
+            sock.sendall(ping * 2000)
+    except OSError:
+        pass  # closed by the node while we were still sending
+    deadline = time.monotonic() + 20
+    closed = False
+    while time.monotonic() < deadline and not closed:
+        try:
+            closed = sock.recv(1 << 20) == b""
+        except socket.timeout:
+            break
+        except ConnectionError:
+            closed = True
+    sock.close()
+    assert closed
+    assert "does not read; closing" in super_node.log()
+    client, _ = login(super_node, "carol")
+    client.sock.close()

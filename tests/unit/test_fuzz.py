@@ -2,8 +2,14 @@
 
 import inspect
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
+
+from rendezvous.accounts import AccountStore
+from rendezvous.signaling import Session, SignalingConfig, SignalingNode
+from rendezvous.signaling_frames import FrameError, FrameReader
 
 from rendezvous.stun.binding import Addresses, BindingServer
 from rendezvous.stun import Attr, Class, CodecError, Message, Method
@@ -114,3 +120,48 @@ def test_binding_server_never_raises(data, datagram):
             assert reply.destination[0] == source[0]
     else:
         server.handle_stream_message(data, source, local)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=64), max_size=6))
+def test_signaling_frame_reader(chunks):
+    """The signaling frame reader raises only FrameError, whatever arrives."""
+    reader = FrameReader()
+    try:
+        for chunk in chunks:
+            reader.feed(b"\xf5\x01" + chunk if chunk[:1] == b"\x00" else chunk)
+    except FrameError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def fuzz_store(tmp_path_factory):
+    store = AccountStore(tmp_path_factory.mktemp("fuzz") / "accounts.sqlite")
+    store.add("alice", "pw", "txrendezvous")
+    yield store
+    store.close()
+
+
+@SETTINGS
+@given(st.sampled_from(["login", "register", "resume", "presence", "buddy-add", "buddy-accept", "lookup",
+                        "message", "connect", "connect-answer", "connect-decline", "ping", "pong", "logout",
+                        "buddy-list", "buddy-remove", "nonsense"]),
+       st.dictionaries(st.sampled_from(["id", "user", "password", "to", "text", "token", "state", "nat_type",
+                                        "candidates"]), json_values, max_size=6),
+       st.booleans())
+def test_signaling_core_never_raises(fuzz_store, op, fields, logged_in):
+    """Any op with any JSON fields gets a reply, an error frame or nothing, never an exception."""
+    node = SignalingNode(fuzz_store, Clock(), SignalingConfig())
+    out = []
+    session = Session(send=out.append, close=lambda: None, address=("198.18.0.1", 1))
+    if logged_in:
+        node.receive(session, {"op": "login", "user": "alice", "password": "pw"})
+    node.receive(session, {"op": op, **fields})
+    assert all(isinstance(m, dict) and "op" in m for m in out)
