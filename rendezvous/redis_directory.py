@@ -44,7 +44,6 @@ class RedisDirectory(service.Service):
         self.node_name = node_name
         self.host, self.port = host, port
         self.node = None  # the SignalingNode, set after both exist
-        self.static_host_cache: list[dict] = []
         self.presence: dict[str, dict] = {}
         self.nodes: dict[str, dict] = {}
         self._client = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
@@ -110,7 +109,11 @@ class RedisDirectory(service.Service):
             return
         if channel == f"{PREFIX}presence":
             user = payload.pop("user", None)
-            if isinstance(user, str) and payload.get("node") != self.node_name:
+            node = payload.get("node")
+            if isinstance(node, str) and node != self.node_name:
+                # A presence event is proof of life until the next registry read.
+                self.nodes.setdefault(node, {"seen": time.time()})
+            if isinstance(user, str) and node != self.node_name:
                 if payload.get("state") == "offline":
                     self.presence.pop(user, None)
                 else:
@@ -141,7 +144,7 @@ class RedisDirectory(service.Service):
                 entry = json.loads(text)
             except ValueError:
                 continue
-            if now - entry.get("seen", 0) <= NODE_STALE_SECONDS:
+            if now - entry.get("seen", 0) <= NODE_STALE_SECONDS and "host" in entry:
                 fresh[name] = entry
         self.nodes = fresh
         for user, text in presence.items():
@@ -152,9 +155,8 @@ class RedisDirectory(service.Service):
             if entry.get("node") != self.node_name:
                 self.presence.setdefault(user, entry)
         if self.node is not None:
-            others = [{"host": e["host"], "port": e["port"], "load": e.get("load", 0)}
-                      for name, e in sorted(fresh.items()) if name != self.node_name]
-            self.node.config.host_cache = (self.static_host_cache + others)[:200]
+            self.node.learn_hosts([{"host": e["host"], "port": e["port"], "load": e.get("load", 0)}
+                                   for name, e in sorted(fresh.items()) if name != self.node_name])
 
     # -- service ----------------------------------------------------------
 

@@ -37,6 +37,8 @@ DEFAULT_RTT_SECONDS = 0.2
 MAX_PENDING_CONNECTS = 10000
 LOGIN_BURST, LOGIN_PER_SECOND = 5, 0.2
 CANDIDATE_TYPES = ("host", "srflx", "upnp", "predicted", "relay", "prflx")
+HOST_CACHE_SIZE = 200
+HOST_TTL_SECONDS = 3600
 
 
 class SignalingError(Exception):
@@ -74,6 +76,7 @@ class SignalingConfig:
     host_cache: list = field(default_factory=list)
     relays: list = field(default_factory=list)
     turn_secret: str | None = None
+    address: tuple = ("", 0)  # this node's public (host, port), left out of its own host cache
     turn_credential_seconds: int = 3600
 
 
@@ -171,7 +174,11 @@ class SignalingNode:
             "connect": self._connect, "connect-answer": self._connect_answer,
             "connect-decline": self._connect_decline,
         }
-        self._open_ops = {"ping", "pong", "register", "login", "resume"}
+        self._ops["hosts"] = self._hosts
+        self._open_ops = {"ping", "pong", "register", "login", "resume", "hosts"}
+        # The host cache: other super nodes by (host, port), oldest first.
+        self.hosts: OrderedDict[tuple, dict] = OrderedDict()
+        self.learn_hosts(config.host_cache)
 
     # -- sessions ----------------------------------------------------------
 
@@ -277,11 +284,51 @@ class SignalingNode:
             "resume_seconds": RESUME_SECONDS,
             "mapped": list(session.address),
             "node": self.config.node_name,
-            "host_cache": self.config.host_cache[:200],
+            "host_cache": self.host_cache(),
             "relays": self.config.relays,
             "latest_client_version": self.config.latest_client_version,
             "turn": self.turn_credentials(user),
         }
+
+    # -- the host cache -------------------------------------------------------
+
+    def learn_hosts(self, entries, seen: float | None = None) -> None:
+        """Merge super-node entries {host, port, load?}; the newest are kept, at most 200."""
+        seen = self.clock.seconds() if seen is None else seen
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict):
+                continue
+            try:
+                host = str(ipaddress.ip_address(entry.get("host")))
+            except (ValueError, TypeError):
+                continue
+            port, load = entry.get("port"), entry.get("load", 0)
+            if not isinstance(port, int) or not 0 < port < 65536 or (host, port) == self.config.address:
+                continue
+            self.hosts.pop((host, port), None)
+            self.hosts[(host, port)] = {"host": host, "port": port,
+                                        "load": load if isinstance(load, int) and load >= 0 else 0, "seen": seen}
+        while len(self.hosts) > HOST_CACHE_SIZE:
+            self.hosts.popitem(last=False)
+
+    def host_cache(self) -> list[dict]:
+        """Known super nodes, most recently seen first, without entries unseen for an hour."""
+        cutoff = self.clock.seconds() - HOST_TTL_SECONDS
+        for key in [k for k, e in self.hosts.items() if e["seen"] < cutoff]:
+            del self.hosts[key]
+        return [{"host": e["host"], "port": e["port"], "load": e["load"]} for e in reversed(self.hosts.values())]
+
+    def _hosts(self, session: Session, message: dict):
+        """Host-cache exchange between super nodes: learn the caller, answer with our cache.
+
+        Only the calling node itself is learned, and only at the address it
+        connects from, so a stranger cannot fill the cache with others.
+        """
+        port = message.get("port")
+        if isinstance(port, int):
+            self.learn_hosts([{"host": session.address[0], "port": port, "load": message.get("load", 0)}])
+        me = {"host": self.config.address[0], "port": self.config.address[1], "load": len(self.sessions)}
+        return {"op": "hosts", "node": self.config.node_name, "hosts": [me] + self.host_cache()}
 
     def turn_credentials(self, user: str) -> dict | None:
         """REST-style ephemeral credentials for this node's relay (username expiry:user)."""

@@ -18,6 +18,7 @@ from rendezvous.stun.binding import Addresses, BindingServer
 
 from .accounts import AccountStore
 from .config import RENDEZVOUS_OPTIONS, RendezvousConfig
+from .gossip import GossipService
 from .redis_directory import RedisDirectory
 from .signaling import SignalingConfig, SignalingNode, node_name
 from .signaling_protocol import DemuxFactory, SignalingFactory, SignalingService
@@ -88,7 +89,6 @@ def makeService(options, reactor=None) -> service.MultiService:
     directory = None
     if config.redis:
         directory = RedisDirectory(reactor, config.redis, name, _public_host(config), config.port)
-        directory.static_host_cache = static_cache
         directory.setServiceParent(top)
     node = SignalingNode(accounts, reactor, SignalingConfig(
         realm=config.relay.realm if config.relay else "txrendezvous",
@@ -98,10 +98,12 @@ def makeService(options, reactor=None) -> service.MultiService:
         host_cache=list(static_cache),
         relays=relays,
         turn_secret=turn_secret,
+        address=(_public_host(config), config.port),
     ), directory)
     if directory is not None:
         directory.node = node
     SignalingService(node, reactor).setServiceParent(top)
+    GossipService(reactor, node).setServiceParent(top)
     signaling = SignalingFactory(node)
     tls = None
     if config.tls_port:

@@ -96,7 +96,7 @@ def test_login_join_information(super_node, tls):
     """Login on the STUN port returns the mapped address, host cache, relays, version and TURN credentials."""
     client, welcome = login(super_node, "carol", tls)
     assert welcome["mapped"] == list(client.sock.getsockname())
-    assert welcome["host_cache"] == [{"host": "198.18.0.10", "port": 3478}]
+    assert welcome["host_cache"] == [{"host": "198.18.0.10", "port": 3478, "load": 0}]
     assert welcome["latest_client_version"] == "3.1" and welcome["node"] == "node-a"
     assert any(url.startswith("turn:127.0.0.1:") for url in welcome["relays"])
     turn = welcome["turn"]

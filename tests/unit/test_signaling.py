@@ -82,7 +82,7 @@ def test_login_returns_join_information(node):
     welcome = peer.do("login", user="alice", password="alice-pw")
     assert welcome["op"] == "welcome" and welcome["id"] == 7
     assert welcome["mapped"] == ["198.18.0.7", 40000]
-    assert welcome["host_cache"] == [{"host": "198.18.0.9", "port": 3478}]
+    assert welcome["host_cache"] == [{"host": "198.18.0.9", "port": 3478, "load": 0}]
     assert welcome["relays"] and welcome["latest_client_version"] == "2.0"
     turn = welcome["turn"]
     assert turn["username"].endswith(":alice")
@@ -245,3 +245,24 @@ def test_routed_envelopes_reach_local_sessions(node):
     assert bob.out[-1] == {"op": "message", "from": "x", "text": "y"}
     node.handle_routed({"kind": "deliver", "to": "nobody", "message": {}})
     node.handle_routed({"kind": "bogus"})
+
+
+def test_host_cache_learns_ages_and_is_bounded(node, clock):
+    """The host cache keeps the newest 200 valid entries and forgets those unseen for an hour."""
+    node.learn_hosts([{"host": "198.18.1.1", "port": 3478, "load": 5}, {"host": "bad", "port": 1},
+                      {"host": "198.18.1.2", "port": 0}, "junk"])
+    assert node.host_cache()[0] == {"host": "198.18.1.1", "port": 3478, "load": 5}
+    node.learn_hosts([{"host": f"198.18.{i // 250}.{i % 250}", "port": 4000} for i in range(300)])
+    assert len(node.host_cache()) == 200
+    clock.advance(3601)
+    assert node.host_cache() == []
+
+
+def test_hosts_exchange_learns_only_the_caller(node):
+    """A 'hosts' request adds the calling node at its source address, not the list it claims."""
+    caller = Peer(node, ("198.18.3.3", 5555))
+    reply = caller.do("hosts", port=3478, load=2, hosts=[{"host": "198.18.9.9", "port": 1}])
+    assert reply["op"] == "hosts" and reply["node"] == "node-a"
+    cached = node.host_cache()
+    assert {"host": "198.18.3.3", "port": 3478, "load": 2} in cached
+    assert all(entry["host"] != "198.18.9.9" for entry in cached)
