@@ -203,3 +203,23 @@ def test_a_client_that_does_not_read_is_disconnected(super_node):
     assert "does not read; closing" in super_node.log()
     client, _ = login(super_node, "carol")
     client.sock.close()
+
+
+def test_open_registration(tmp_path):
+    """With --open-registration a new user registers over signaling and logs in; without it, refused."""
+    node = start_node(tmp_path, "--open-registration", alternate=False)
+    try:
+        client = connect(node)
+        assert client.call("register", user="newbie", password="newbie-pw")["op"] == "registered"
+        assert client.call("login", user="newbie", password="newbie-pw")["op"] == "welcome"
+        client.sock.close()
+    finally:
+        stop_node(node)
+    (tmp_path / "closed").mkdir()
+    closed = start_node(tmp_path / "closed", alternate=False)
+    try:
+        client = connect(closed)
+        assert client.call("register", user="newbie", password="pw")["code"] == "forbidden"
+        client.sock.close()
+    finally:
+        stop_node(closed)
