@@ -12,7 +12,7 @@ The relay sockets come from an injected ``RelayPorts``-like object (its
 its own and runs on ``task.Clock`` in tests.
 """
 
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 
 from rendezvous.stun import Attr, Class, CodecError, Error, Message, Method, PasswordAlgorithm
@@ -38,6 +38,7 @@ from rendezvous.stun.replies import error_response, success_response, unknown_re
 
 from .allocation import Allocation, TokenBucket, family_of
 from .credentials import Credentials, Keys
+from .limits import RateLimiter
 from .nonces import Nonces
 from .peer_policy import PeerPolicy
 
@@ -100,23 +101,6 @@ class _Auth:
         return response.encode(integrity_key=key)
 
 
-class _SourceLimiter:
-    """A token bucket per source IP with a bounded table (oldest evicted)."""
-
-    def __init__(self, burst: int, per_second: float, max_sources: int = 10000) -> None:
-        self.burst, self.per_second, self.max_sources = burst, per_second, max_sources
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def allow(self, ip: str, now: float) -> bool:
-        tokens, stamp = self._buckets.pop(ip, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - stamp) * self.per_second)
-        allowed = tokens >= 1
-        self._buckets[ip] = (tokens - 1 if allowed else tokens, now)
-        if len(self._buckets) > self.max_sources:
-            self._buckets.popitem(last=False)
-        return allowed
-
-
 class TurnServer:
     """Allocations of one relay process and the requests that change them."""
 
@@ -142,7 +126,7 @@ class TurnServer:
         self.allocations: dict[tuple, Allocation] = {}
         self.per_user: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
-        self._limiter = _SourceLimiter(policy.unauthorized_burst, policy.unauthorized_per_second)
+        self._limiter = RateLimiter(policy.unauthorized_burst, policy.unauthorized_per_second)
         self._handlers = {
             Method.ALLOCATE: self._allocate,
             Method.REFRESH: self._refresh,

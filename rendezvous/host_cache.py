@@ -19,6 +19,20 @@ MAX_ENTRIES = 200
 MAX_AGE_SECONDS = 30 * 24 * 3600
 
 
+def host_entry(entry) -> dict | None:
+    """A super node entry {host, port, load} checked and cleaned, or None."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        host = str(ipaddress.ip_address(entry.get("host")))
+    except (ValueError, TypeError):
+        return None
+    port, load = entry.get("port"), entry.get("load", 0)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        return None
+    return {"host": host, "port": port, "load": load if isinstance(load, int) and load >= 0 else 0}
+
+
 class HostCache:
     """Super nodes a client knows, loaded from and saved to ``path``."""
 
@@ -40,21 +54,12 @@ class HostCache:
         """Add or refresh entries {host, port, load?, seen?}; ignore malformed ones."""
         now = time.time() if now is None else now
         for entry in hosts if isinstance(hosts, list) else []:
-            if not isinstance(entry, dict):
-                continue
-            try:
-                host = str(ipaddress.ip_address(entry.get("host")))
-            except (ValueError, TypeError):
-                continue
-            port, load = entry.get("port"), entry.get("load", 0)
-            if not isinstance(port, int) or not 0 < port < 65536:
+            clean = host_entry(entry)
+            if clean is None:
                 continue
             seen = entry.get("seen", now) if keep_seen else now
-            self.entries[(host, port)] = {
-                "host": host, "port": port,
-                "load": load if isinstance(load, int) and load >= 0 else 0,
-                "seen": seen if isinstance(seen, (int, float)) else now,
-            }
+            clean["seen"] = seen if isinstance(seen, (int, float)) else now
+            self.entries[(clean["host"], clean["port"])] = clean
         self._trim(now)
 
     def _trim(self, now: float) -> None:

@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
+from relay.limits import RateLimiter
+
 from .accounts import AccountError, AccountStore
+from .host_cache import host_entry
 
 log = Logger()
 
@@ -98,29 +101,6 @@ class LocalDirectory:
         pass
 
 
-class _Limiter:
-    """Token buckets by key, in a bounded table."""
-
-    def __init__(self, burst: float, per_second: float, max_keys: int = 10000) -> None:
-        self.burst, self.per_second, self.max_keys = burst, per_second, max_keys
-        self.buckets: OrderedDict = OrderedDict()
-
-    def allow(self, key, now: float) -> bool:
-        tokens, stamp = self.buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - stamp) * self.per_second)
-        allowed = tokens >= 1
-        self.buckets[key] = (tokens - 1 if allowed else tokens, now)
-        if len(self.buckets) > self.max_keys:
-            self.buckets.popitem(last=False)
-        return allowed
-
-    def refund(self, key) -> None:
-        """Give back the token of an attempt that turned out fine."""
-        if key in self.buckets:
-            tokens, stamp = self.buckets[key]
-            self.buckets[key] = (min(self.burst, tokens + 1), stamp)
-
-
 def _text(message: dict, name: str, max_bytes: int = 128) -> str:
     value = message.get(name)
     if not isinstance(value, str) or not value or len(value.encode("utf-8")) > max_bytes:
@@ -162,8 +142,8 @@ class SignalingNode:
         self.sessions: dict[str, Session] = {}  # by user
         self.resume_tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self.pending: OrderedDict[str, dict] = OrderedDict()  # connect token -> state
-        self._login_by_user = _Limiter(LOGIN_BURST, LOGIN_PER_SECOND)
-        self._login_by_ip = _Limiter(LOGIN_BURST * 4, LOGIN_PER_SECOND * 4)
+        self._login_by_user = RateLimiter(LOGIN_BURST, LOGIN_PER_SECOND)
+        self._login_by_ip = RateLimiter(LOGIN_BURST * 4, LOGIN_PER_SECOND * 4)
         self._ops = {
             "ping": self._ping, "pong": self._pong,
             "register": self._register, "login": self._login, "resume": self._resume,
@@ -296,18 +276,12 @@ class SignalingNode:
         """Merge super-node entries {host, port, load?}; the newest are kept, at most 200."""
         seen = self.clock.seconds() if seen is None else seen
         for entry in entries if isinstance(entries, list) else []:
-            if not isinstance(entry, dict):
+            clean = host_entry(entry)
+            if clean is None or (clean["host"], clean["port"]) == self.config.address:
                 continue
-            try:
-                host = str(ipaddress.ip_address(entry.get("host")))
-            except (ValueError, TypeError):
-                continue
-            port, load = entry.get("port"), entry.get("load", 0)
-            if not isinstance(port, int) or not 0 < port < 65536 or (host, port) == self.config.address:
-                continue
-            self.hosts.pop((host, port), None)
-            self.hosts[(host, port)] = {"host": host, "port": port,
-                                        "load": load if isinstance(load, int) and load >= 0 else 0, "seen": seen}
+            key = (clean["host"], clean["port"])
+            self.hosts.pop(key, None)
+            self.hosts[key] = {**clean, "seen": seen}
         while len(self.hosts) > HOST_CACHE_SIZE:
             self.hosts.popitem(last=False)
 

@@ -30,11 +30,12 @@ class Client:
         self.sock.sendall(encode({"op": op, "id": self.next_id, **fields}))
         return self.next_id
 
-    def wait(self, op, **match):
+    def _take(self, wanted, what):
+        """The first inbox message wanted() accepts, reading (and answering pings) until it comes."""
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             for message in self.inbox:
-                if message["op"] == op and all(message.get(k) == v for k, v in match.items()):
+                if wanted(message):
                     self.inbox.remove(message)
                     return message
             data = self.sock.recv(65536)
@@ -43,23 +44,14 @@ class Client:
                 if message["op"] == "ping":
                     self.sock.sendall(encode({"op": "pong", "token": message["token"]}))
                 self.inbox.append(message)
-        raise AssertionError(f"no {op} in {self.inbox}")
+        raise AssertionError(f"no {what} in {self.inbox}")
+
+    def wait(self, op, **match):
+        return self._take(lambda m: m["op"] == op and all(m.get(k) == v for k, v in match.items()), op)
 
     def call(self, op, **fields):
         request_id = self.send(op, **fields)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            for message in self.inbox:
-                if message.get("id") == request_id:
-                    self.inbox.remove(message)
-                    return message
-            data = self.sock.recv(65536)
-            assert data, "connection closed"
-            for message in self.reader.feed(data):
-                if message["op"] == "ping":
-                    self.sock.sendall(encode({"op": "pong", "token": message["token"]}))
-                self.inbox.append(message)
-        raise AssertionError(f"no answer to {op}")
+        return self._take(lambda m: m.get("id") == request_id, f"answer to {op}")
 
 
 @pytest.fixture(scope="module")

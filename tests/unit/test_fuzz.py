@@ -149,7 +149,7 @@ def fuzz_store(tmp_path_factory):
     store.close()
 
 
-@SETTINGS
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(["login", "register", "resume", "presence", "buddy-add", "buddy-accept", "lookup",
                         "message", "connect", "connect-answer", "connect-decline", "ping", "pong", "logout",
                         "buddy-list", "buddy-remove", "nonsense"]),

@@ -449,7 +449,7 @@ def test_401_rate_limit_and_bounded_memory(server, clock):
         spoofed = ("udp", (f"203.0.{i // 256 % 256}.{i % 256}", i), SERVER)
         server.handle(request, spoofed, None)
     assert not server.allocations
-    assert len(server._limiter._buckets) <= server._limiter.max_sources
+    assert len(server._limiter.buckets) <= server._limiter.max_keys
 
 
 def test_data_indication_layout():
