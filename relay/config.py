@@ -101,6 +101,17 @@ def parse_network(value) -> str:
         raise ConfigError(f"{value!r} is not an address range (CIDR)") from None
 
 
+def parse_host_port(value) -> tuple[str, int]:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]"), parse_port(port)
+
+
+def parse_endpoint_or_off(value) -> tuple[str, int] | None:
+    return None if str(value).lower() == "off" else parse_host_port(value)
+
+
 def parse_user(value) -> tuple[str, str]:
     name, sep, password = str(value).partition(":")
     if not sep or not name or not password:
@@ -126,6 +137,8 @@ LISTENER_OPTIONS = [
     Option("key", parse_path, None, "TLS private key (PEM), with --cert."),
     Option("state-dir", parse_path, default_state_dir(), "Directory for generated certificates and state."),
     Option("software", parse_text, None, "SOFTWARE attribute to put in responses (off by default)."),
+    Option("metrics", parse_endpoint_or_off, ("127.0.0.1", 9641),
+           "HOST:PORT for /metrics (Prometheus), /healthz and /readyz, or off."),
 ]
 
 RELAY_OPTIONS = [
@@ -172,6 +185,8 @@ def usage_options(options: Sequence[Option]) -> tuple[list, list]:
 
 
 def _show(value) -> str:
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+        return f"{value[0]}:{value[1]}"
     return "-".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 

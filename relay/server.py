@@ -126,6 +126,8 @@ class TurnServer:
         self.allocations: dict[tuple, Allocation] = {}
         self.per_user: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
+        # Relayed traffic of deleted allocations; live ones keep their own.
+        self._relayed_closed = [0, 0, 0, 0]
         self._limiter = RateLimiter(policy.unauthorized_burst, policy.unauthorized_per_second)
         self._handlers = {
             Method.ALLOCATE: self._allocate,
@@ -549,9 +551,24 @@ class TurnServer:
                 return self._error(msg, Error.FORBIDDEN, f"Peer {host} not allowed", auth)
         return None
 
+    def relayed_totals(self) -> tuple[int, int, int, int]:
+        """(packets, bytes) to peers, then (packets, bytes) to clients, since start."""
+        totals = list(self._relayed_closed)
+        for a in self.allocations.values():
+            totals[0] += a.packets_out
+            totals[1] += a.bytes_out
+            totals[2] += a.packets_in
+            totals[3] += a.bytes_in
+        return tuple(totals)
+
     def _delete(self, allocation: Allocation) -> None:
         if self.allocations.pop(allocation.five_tuple, None) is None:
             return
+        closed = self._relayed_closed
+        closed[0] += allocation.packets_out
+        closed[1] += allocation.bytes_out
+        closed[2] += allocation.packets_in
+        closed[3] += allocation.bytes_in
         self.per_user[allocation.username] -= 1
         if self.per_user[allocation.username] <= 0:
             del self.per_user[allocation.username]

@@ -5,10 +5,11 @@ shared secrets. The relay also answers STUN Binding (RFC 8656 §3: a TURN
 server is a STUN server).
 """
 
-from twisted.application import service
+from twisted.application import internet, service
 from twisted.python import usage
 
 from rendezvous.accounts import AccountStore
+from rendezvous.metrics import metrics_site
 from rendezvous.stun.binding import Addresses, BindingServer
 from rendezvous.tls import tls_options
 
@@ -90,6 +91,12 @@ def makeService(options, reactor=None) -> service.MultiService:
             tls = tls_options(values["cert"], values["key"], values["state-dir"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-    add_listeners(top, addresses, BindingServer(addresses, software=values["software"]), relay.turn,
-                  values["tls-port"], tls, reuse_port_reactor=reactor if options.workers > 1 else None)
+    binding = BindingServer(addresses, software=values["software"])
+    add_listeners(top, addresses, binding, relay.turn, values["tls-port"], tls,
+                  reuse_port_reactor=reactor if options.workers > 1 else None)
+    if values["metrics"]:
+        # Worker i serves its own figures on the metrics port + i.
+        host, port = values["metrics"]
+        internet.TCPServer(port + options.worker_index, metrics_site(binding, relay.turn),
+                           interface=host).setServiceParent(top)
     return top

@@ -16,17 +16,12 @@ from relay.config import (
     Option,
     RelayConfig,
     parse_bool,
+    parse_host_port,
     parse_ip,
     parse_port,
     parse_text,
 )
 
-
-def parse_host_port(value) -> tuple[str, int]:
-    host, sep, port = str(value).rpartition(":")
-    if not sep or not host:
-        raise ConfigError(f"{value!r} is not HOST:PORT")
-    return host.strip("[]"), parse_port(port)
 
 RENDEZVOUS_OPTIONS = LISTENER_OPTIONS + [
     Option("alt-ip", parse_ip, None, "Second IP for RFC 5780 CHANGE-REQUEST (needs a specific --ip)."),
@@ -71,6 +66,7 @@ class RendezvousConfig:
     http_port: int | None = None
     https_port: int | None = None
     redis: str | None = None
+    metrics: tuple | None = None
 
     @classmethod
     def from_values(cls, values: dict) -> "RendezvousConfig":
@@ -108,4 +104,5 @@ class RendezvousConfig:
             http_port=values["http-port"] or (80 if values["web-ports"] else None),
             https_port=values["https-port"] or (443 if values["web-ports"] else None),
             redis=values["redis"],
+            metrics=values["metrics"],
         )

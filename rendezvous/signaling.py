@@ -139,6 +139,7 @@ class SignalingNode:
         self.clock = clock
         self.config = config
         self.directory = directory or LocalDirectory()
+        self.logins = 0
         self.sessions: dict[str, Session] = {}  # by user
         self.resume_tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self.pending: OrderedDict[str, dict] = OrderedDict()  # connect token -> state
@@ -248,6 +249,7 @@ class SignalingNode:
         session.user = user
         session.state = "online"
         self.sessions[user] = session
+        self.logins += 1
         token = secrets.token_urlsafe(24)
         self.resume_tokens[token] = (user, self.clock.seconds() + RESUME_SECONDS)
         while len(self.resume_tokens) > 4 * len(self.sessions) + 1000:

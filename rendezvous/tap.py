@@ -19,6 +19,7 @@ from rendezvous.stun.binding import Addresses, BindingServer
 from .accounts import AccountStore
 from .config import RENDEZVOUS_OPTIONS, RendezvousConfig
 from .gossip import GossipService
+from .metrics import metrics_site
 from .redis_directory import RedisDirectory
 from .signaling import SignalingConfig, SignalingNode, node_name
 from .signaling_protocol import DemuxFactory, SignalingFactory, SignalingService
@@ -104,6 +105,9 @@ def makeService(options, reactor=None) -> service.MultiService:
         directory.node = node
     SignalingService(node, reactor).setServiceParent(top)
     GossipService(reactor, node).setServiceParent(top)
+    if config.metrics:
+        host, port = config.metrics
+        internet.TCPServer(port, metrics_site(binding, turn, node), interface=host).setServiceParent(top)
     signaling = SignalingFactory(node)
     tls = None
     if config.tls_port:

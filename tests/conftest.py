@@ -75,7 +75,7 @@ def start_node(tmp_path: Path, *extra: str, alternate: bool = True, wait: bool =
     args = [
         twistd(), "-n", "--pidfile=", command,
         "--ip", PRIMARY_IP, "--port", str(port), "--tls-port", str(tls_port),
-        "--state-dir", str(tmp_path / "state"),
+        "--state-dir", str(tmp_path / "state"), "--metrics", "off",
     ]
     if alternate:
         args += ["--alt-ip", ALT_IP, "--alt-port", str(alt_port)]
