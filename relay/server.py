@@ -222,7 +222,7 @@ class TurnServer:
                 if username_value is not None
                 else self.credentials.username_for_hash(userhash)
             )
-            algorithm = self._algorithm(msg, nonce_text)
+            algorithm = self._algorithm(msg)
         except CodecError as e:
             return self._error(msg, Error.BAD_REQUEST, str(e))
         if self.nonces.check(nonce_text, client_ip, now) != "valid":
@@ -237,7 +237,7 @@ class TurnServer:
                 return _Auth(username, keys, algorithm, Attr.MESSAGE_INTEGRITY_SHA256 in msg)
         return self._unauthorized(msg, client_ip, now)
 
-    def _algorithm(self, msg: Message, nonce: str) -> int | None:
+    def _algorithm(self, msg: Message) -> int | None:
         """The password algorithm the request uses (RFC 8489 §9.2.4 downgrade checks)."""
         offered, chosen = msg.get(Attr.PASSWORD_ALGORITHMS), msg.get(Attr.PASSWORD_ALGORITHM)
         if offered is None and chosen is None:
