@@ -40,6 +40,12 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "add, remove and list users of a super node's account store, reset a password",
     ),
     Subcommand(
+        "nat-check",
+        "rendezvous.nat_check_cli",
+        "analyse the NAT between this host and an RFC 5780 STUN server (mapping, filtering, ports, "
+        "hairpinning, binding lifetime)",
+    ),
+    Subcommand(
         "load-test",
         "relay.loadgen",
         "drive packets through a TURN relay and report throughput, loss and RTT",

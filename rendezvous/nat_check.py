@@ -1,0 +1,754 @@
+"""The NAT analyzer: how the NAT (or NATs) between us and a STUN server behave.
+
+RFC 5780 §4.3 (mapping behaviour: Binding requests from one socket to the
+server's primary address, its alternate IP, and its alternate IP and port),
+§4.4 (filtering behaviour: CHANGE-REQUEST asks the server to answer from its
+alternate IP and port, or its alternate port), §4.5 (hairpinning), §4.6
+(binding lifetime, with RESPONSE-PORT aiming a response at an older
+mapping), and the RFC 3489 §5 "classic" labels derived from them; RFC 4787
+§4.1 (port preservation and allocation) for port prediction; RFC 5382 §5 for
+TCP mapping.
+
+The decisions are sans-IO functions of what was observed
+(``mapping_behaviour``, ``filtering_behaviour``, ``classic_type``,
+``port_allocation``, ``prediction_easy``, ``lifetime_schedule``,
+``lifetime_bounds``); the probing, on Twisted, only gathers the
+observations. Apps call::
+
+    report = await check(reactor, ("198.51.100.1", 3478))
+    print(report.to_text())
+
+ALG detection needs an echo service on the server that does not exist yet;
+the report says ``alg: null`` with the reason rather than guessing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+
+from twisted.internet import defer, error, task, tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.logger import Logger
+
+from .stun import Attr, Class, CodecError, Message, Method
+from .stun.addresses import Address
+from .stun.attributes import decode_error_code, encode_change_request, encode_uint16
+from .stun_client import StunClientProtocol, TransactionTimeout
+
+log = Logger()
+
+ENDPOINT_INDEPENDENT = "endpoint-independent"
+ADDRESS_DEPENDENT = "address-dependent"
+ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
+
+# Classic (RFC 3489) labels.
+UDP_BLOCKED = "UDP blocked"
+OPEN_INTERNET = "open internet"
+SYMMETRIC_FIREWALL = "symmetric UDP firewall"
+FULL_CONE = "full cone"
+RESTRICTED_CONE = "restricted cone"
+PORT_RESTRICTED_CONE = "port restricted cone"
+SYMMETRIC = "symmetric"
+
+PRESERVING = "preserving"
+SEQUENTIAL = "sequential"
+RANDOM = "random"
+
+ALG_UNSUPPORTED = "unsupported by server"
+
+# The largest port step still called sequential allocation.
+MAX_SEQUENTIAL_DELTA = 64
+# Probe waits for the binding lifetime search, seconds after the mapping was made.
+LIFETIME_STEPS_SECONDS = (1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120, 180, 240, 300, 420, 600, 900, 1200, 1800)
+
+
+class NatCheckError(Exception):
+    """The check could not run at all (bad server address, no local socket)."""
+
+
+# ---------------------------------------------------------------------------
+# Sans-IO decisions
+
+
+def mapping_behaviour(test1: Address | None, test2: Address | None, test3: Address | None) -> str | None:
+    """RFC 5780 §4.3 from the mapped addresses seen by the server's primary
+    address (test I), alternate IP (test II) and alternate IP and port (test III).
+
+    None when a needed answer is missing.
+    """
+    if test1 is None or test2 is None:
+        return None
+    if test2 == test1:
+        return ENDPOINT_INDEPENDENT
+    if test3 is None:
+        return None
+    if test3 == test2:
+        return ADDRESS_DEPENDENT
+    return ADDRESS_AND_PORT_DEPENDENT
+
+
+def filtering_behaviour(from_other_ip_and_port: bool | None, from_other_port: bool | None) -> str | None:
+    """RFC 5780 §4.4 from whether the answers to CHANGE-REQUEST (change IP and
+    port: test II; change port: test III) arrived. None when not tested.
+    """
+    if from_other_ip_and_port is None:
+        return None
+    if from_other_ip_and_port:
+        return ENDPOINT_INDEPENDENT
+    if from_other_port is None:
+        return None
+    return ADDRESS_DEPENDENT if from_other_port else ADDRESS_AND_PORT_DEPENDENT
+
+
+def classic_type(udp_blocked: bool | None, nat_present: bool | None, mapping: str | None,
+                 filtering: str | None) -> str | None:
+    """The RFC 3489 label for familiarity; None when it cannot be told."""
+    if udp_blocked:
+        return UDP_BLOCKED
+    if nat_present is False:
+        if filtering is None:
+            return None
+        return OPEN_INTERNET if filtering == ENDPOINT_INDEPENDENT else SYMMETRIC_FIREWALL
+    if mapping is None:
+        return None
+    if mapping != ENDPOINT_INDEPENDENT:
+        return SYMMETRIC
+    return {
+        ENDPOINT_INDEPENDENT: FULL_CONE,
+        ADDRESS_DEPENDENT: RESTRICTED_CONE,
+        ADDRESS_AND_PORT_DEPENDENT: PORT_RESTRICTED_CONE,
+    }.get(filtering)
+
+
+@dataclass(frozen=True)
+class PortAllocation:
+    """How the NAT picks external ports for new mappings (RFC 4787 §4.1).
+
+    ``samples`` are (local port, mapped port) of sockets opened one after
+    another; ``delta`` is the step of sequential allocation.
+    """
+
+    pattern: str | None
+    delta: int | None = None
+    samples: tuple[tuple[int, int], ...] = ()
+
+
+def port_allocation(samples: list[tuple[int, int]]) -> PortAllocation:
+    """Classify mapped ports as preserving, sequential (with its delta) or random.
+
+    Sequential means most steps between consecutive mappings (at least two
+    thirds) are one and the same small nonzero delta.
+    """
+    frozen = tuple((int(a), int(b)) for a, b in samples)
+    if not frozen:
+        return PortAllocation(None, None, frozen)
+    if all(local == mapped for local, mapped in frozen):
+        return PortAllocation(PRESERVING, None, frozen)
+    mapped = [m for _, m in frozen]
+    deltas = [b - a for a, b in pairwise(mapped)]
+    if len(deltas) >= 2:
+        delta, count = Counter(deltas).most_common(1)[0]
+        if delta != 0 and abs(delta) <= MAX_SEQUENTIAL_DELTA and 3 * count >= 2 * len(deltas):
+            return PortAllocation(SEQUENTIAL, delta, frozen)
+    if len(deltas) < 2:
+        return PortAllocation(None, None, frozen)
+    return PortAllocation(RANDOM, None, frozen)
+
+
+def prediction_easy(mapping: str | None, allocation: PortAllocation | None) -> bool | None:
+    """Whether a peer can guess the port this NAT will use toward it.
+
+    Endpoint-independent mapping keeps the port the server saw; otherwise
+    preserving or sequential allocation can be extrapolated and random can not.
+    """
+    if mapping == ENDPOINT_INDEPENDENT:
+        return True
+    pattern = allocation.pattern if allocation else None
+    if pattern in (PRESERVING, SEQUENTIAL):
+        return True
+    if pattern == RANDOM:
+        return False
+    return None
+
+
+def lifetime_schedule(max_seconds: float, probe_seconds: float) -> list[float]:
+    """Waits (after each mapping is made) at which to test whether it is alive.
+
+    Each wait gets its own mapping, probed once, so probes never refresh
+    each other; they run side by side, so the search lasts as long as the
+    longest wait plus one probe, which stays within max_seconds.
+    """
+    longest = max_seconds - probe_seconds
+    if longest < 1:
+        return []
+    waits = [float(s) for s in LIFETIME_STEPS_SECONDS if s < longest]
+    if not waits or waits[-1] < longest:
+        waits.append(float(int(longest)))
+    return waits
+
+
+def lifetime_bounds(results: list[tuple[float, bool]]) -> tuple[float | None, float | None]:
+    """(longest wait a mapping survived before the first one that died, that first death).
+
+    ``(None, None)`` without results; an upper bound of None means every
+    mapping outlived the search.
+    """
+    lower, upper = None, None
+    for wait, alive in sorted(results):
+        if alive:
+            lower = wait
+        else:
+            upper = wait
+            break
+    return lower, upper
+
+
+# ---------------------------------------------------------------------------
+# The report
+
+
+@dataclass
+class NatReport:
+    """What the check found; None anywhere means "not determined" (see ``notes``)."""
+
+    server: str
+    other_address: str | None = None
+    server_answered: bool = False
+    rfc5780: bool | None = None
+    udp_blocked: bool | None = None
+    local_address: str | None = None
+    mapped_address: str | None = None
+    nat_present: bool | None = None
+    mapping: str | None = None
+    filtering: str | None = None
+    classic: str | None = None
+    port_preservation: bool | None = None
+    port_allocation: PortAllocation | None = None
+    port_prediction_easy: bool | None = None
+    hairpinning: bool | None = None
+    binding_lifetime_seconds: float | None = None
+    binding_lifetime_max_seconds: float | None = None
+    tcp_mapping: str | None = None
+    tcp_port_preservation: bool | None = None
+    mapped_address_rewritten: bool | None = None
+    alg: bool | None = None
+    alg_reason: str | None = ALG_UNSUPPORTED
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (``mapping``/``filtering`` use the RFC 5780 words)."""
+        data = asdict(self)
+        allocation = self.port_allocation
+        data["port_allocation"] = {
+            "pattern": allocation.pattern if allocation else None,
+            "delta": allocation.delta if allocation else None,
+            "samples": [list(s) for s in allocation.samples] if allocation else [],
+            "prediction": _easy_word(self.port_prediction_easy),
+        }
+        data["nat_type"] = self.classic
+        return data
+
+    def to_json(self) -> str:
+        """The report as a JSON document."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_text(self) -> str:
+        """A readable report, in the manner of the TUM NAT Analyzer."""
+        lines = [f"NAT check against {self.server}"
+                 + (f" (alternate {self.other_address})" if self.other_address else "")]
+
+        def row(name: str, value: str) -> None:
+            lines.append(f"  {name + ':':<22}{value}")
+
+        if not self.server_answered:
+            row("Result", "the server did not answer (see the notes)")
+        row("Local address", self.local_address or "unknown")
+        row("Mapped address", self.mapped_address or "unknown")
+        row("NAT type", self.classic or "unknown")
+        if self.udp_blocked:
+            row("UDP", "blocked (no answer over UDP, but over TCP)")
+        mapping = _behaviour_text(self.mapping, "mapping")
+        easy = self.port_prediction_easy
+        if easy is not None and not self.udp_blocked:
+            mapping += ", port prediction is " + ("easy" if easy else "hard")
+        row("Mapping", mapping)
+        row("Filtering", _behaviour_text(self.filtering, "filtering"))
+        row("Port preservation", _yes_no(self.port_preservation))
+        allocation = self.port_allocation
+        if allocation and allocation.pattern == SEQUENTIAL:
+            row("Port allocation", f"sequential, delta {allocation.delta:+d}")
+        else:
+            row("Port allocation", (allocation.pattern if allocation else None) or "unknown")
+        row("Hairpinning", _yes_no(self.hairpinning))
+        row("UDP binding lifetime", self._lifetime_text())
+        tcp_text = _behaviour_text(self.tcp_mapping, "mapping")
+        if self.tcp_port_preservation is not None:
+            tcp_text += ", port " + ("preserved" if self.tcp_port_preservation else "changed")
+        row("TCP", tcp_text)
+        if self.mapped_address_rewritten:
+            row("Address rewriting", "MAPPED-ADDRESS was rewritten on the way: an ALG is on the path")
+        row("ALG", "not tested (" + (self.alg_reason or "unknown") + ")" if self.alg is None
+            else ("payload rewritten" if self.alg else "none seen"))
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        return "\n".join(lines) + "\n"
+
+    def _lifetime_text(self) -> str:
+        lower, upper = self.binding_lifetime_seconds, self.binding_lifetime_max_seconds
+        if lower is None and upper is None:
+            return "not measured"
+        if upper is None:
+            return f"at least {lower:g} s"
+        if lower is None:
+            return f"less than {upper:g} s"
+        return f"between {lower:g} and {upper:g} s"
+
+
+def _behaviour_text(value: str | None, what: str) -> str:
+    if value is None:
+        return "unknown"
+    return f"{value.replace('-', ' ').capitalize()} {what}"
+
+
+def _yes_no(value: bool | None) -> str:
+    return "unknown" if value is None else ("yes" if value else "no")
+
+
+def _easy_word(value: bool | None) -> str | None:
+    return None if value is None else ("easy" if value else "hard")
+
+
+def _show(address: Address | None) -> str | None:
+    return None if address is None else f"{address[0]}:{address[1]}"
+
+
+# ---------------------------------------------------------------------------
+# Probing on Twisted
+
+
+class ServerError(Exception):
+    """The server answered with an error response."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+
+
+class _ProbeSocket(StunClientProtocol):
+    """A STUN client socket that can also wait for a message it did not ask for
+    (a hairpinned request, a response aimed at it with RESPONSE-PORT)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._awaited: dict[bytes, Deferred] = {}
+        self.port: int | None = None
+
+    def await_message(self, transaction_id: bytes) -> Deferred:
+        """Fires with (Message, sender) when a message with this id arrives."""
+        done: Deferred = Deferred(lambda _: self._awaited.pop(transaction_id, None))
+        self._awaited[transaction_id] = done
+        return done
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        if self._awaited:
+            try:
+                message = Message.decode(data)
+            except CodecError:
+                return
+            done = self._awaited.pop(message.transaction_id, None)
+            if done is not None:
+                done.callback((message, addr[:2]))
+                return
+        super().datagramReceived(data, addr)
+
+
+class _ReuseAddressClient(tcp.Client):
+    """A TCP client socket with SO_REUSEADDR, so several connections share a local port."""
+
+    def createInternetSocket(self):
+        s = super().createInternetSocket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return s
+
+
+class _ReuseAddressConnector(tcp.Connector):
+    def _makeTransport(self):
+        return _ReuseAddressClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
+class _StreamProbe(Protocol):
+    """Sends one Binding request over TCP and fires ``answered`` with the response."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.buffer = b""
+        self.answered: Deferred = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= 20 and not self.answered.called:
+            length = struct.unpack_from("!H", self.buffer, 2)[0]
+            if len(self.buffer) >= 20 + length:
+                try:
+                    self.answered.callback(Message.decode(self.buffer[: 20 + length]))
+                except CodecError as e:
+                    self.answered.errback(e)
+                self.transport.loseConnection()
+
+    def connectionLost(self, reason) -> None:
+        if not self.answered.called:
+            self.answered.errback(reason)
+
+
+class _StreamProbeFactory(ClientFactory):
+    def __init__(self, probe: _StreamProbe) -> None:
+        self.probe = probe
+
+    def buildProtocol(self, addr):
+        return self.probe
+
+    def clientConnectionFailed(self, connector, reason) -> None:
+        if not self.probe.answered.called:
+            self.probe.answered.errback(reason)
+
+
+def binding_request(change_ip: bool = False, change_port: bool = False, response_port: int | None = None) -> Message:
+    """A Binding request, with CHANGE-REQUEST or RESPONSE-PORT when asked (RFC 5780 §7)."""
+    request = Message(Method.BINDING, Class.REQUEST)
+    if change_ip or change_port:
+        request.add(Attr.CHANGE_REQUEST, encode_change_request(change_ip, change_port))
+    if response_port is not None:
+        request.add(Attr.RESPONSE_PORT, encode_uint16(response_port))
+    return request
+
+
+def mapped_address(response: Message) -> Address | None:
+    """XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS from a server without it."""
+    return response.address(Attr.XOR_MAPPED_ADDRESS) or response.address(Attr.MAPPED_ADDRESS)
+
+
+def _raise_for_error(response: Message) -> Message:
+    if response.cls == Class.ERROR:
+        code, reason = 0, ""
+        value = response.get(Attr.ERROR_CODE)
+        if value is not None:
+            try:
+                code, reason = decode_error_code(value)
+            except CodecError:
+                pass
+        raise ServerError(code, reason)
+    return response
+
+
+class _Checker:
+    """One run of the check; gathers observations, then asks the decisions."""
+
+    def __init__(self, reactor, server: Address, lifetime_max_seconds: float, tcp: bool,
+                 rto_seconds: float, allocation_samples: int, progress: Callable[[str], None] | None) -> None:
+        self.reactor = reactor
+        self.server = server
+        self.lifetime_max_seconds = lifetime_max_seconds
+        self.tcp = tcp
+        # A short schedule: 4 sends, then 8 RTOs (3 s with the default RTO).
+        self.timing = {"rto_seconds": rto_seconds, "rc": 4, "rm": 8}
+        self.probe_seconds = rto_seconds * (1 + 2 + 4 + 8)
+        self.allocation_samples = allocation_samples
+        self.progress = progress or (lambda line: None)
+        self.ports: list = []
+        self.report = NatReport(server=_show(server))
+
+    # -- sockets ------------------------------------------------------------
+
+    def _open(self) -> _ProbeSocket:
+        probe = _ProbeSocket(self.reactor, **self.timing)
+        listening = self.reactor.listenUDP(0, probe)
+        probe.port = listening.getHost().port
+        self.ports.append(listening)
+        return probe
+
+    async def _close_all(self) -> None:
+        ports, self.ports = self.ports, []
+        for listening in ports:
+            await defer.maybeDeferred(listening.stopListening)
+
+    async def _binding(self, probe: _ProbeSocket, address: Address, **flags) -> tuple[Message, Address]:
+        response, sender = await probe.request(binding_request(**flags), address)
+        return _raise_for_error(response), sender
+
+    async def _answered(self, probe: _ProbeSocket, address: Address, expect_from: Address | None,
+                        **flags) -> bool | None:
+        """Whether a (changed) response arrives; None if it came from the wrong place."""
+        try:
+            _, sender = await self._binding(probe, address, **flags)
+        except TransactionTimeout:
+            return False
+        if expect_from is not None and tuple(sender) != tuple(expect_from):
+            return None
+        return True
+
+    async def _arrives(self, listener: _ProbeSocket, sender: _ProbeSocket, message: Message,
+                       destination: Address) -> str:
+        """Send message from sender; "arrived" when listener gets it (or its
+        response), "answered" when sender itself gets the answer, "lost" else."""
+        outcome: Deferred = Deferred()
+
+        def settle(result: str) -> None:
+            if not outcome.called:
+                outcome.callback(result)
+
+        arrived = listener.await_message(message.transaction_id)
+        arrived.addCallbacks(lambda _: settle("arrived"), lambda _: None)
+        sent = sender.request(message, destination)
+        sent.addCallbacks(lambda _: settle("answered"), lambda _: settle("lost"))
+        try:
+            return await outcome
+        finally:
+            arrived.cancel()
+            sent.cancel()
+
+    # -- the run ------------------------------------------------------------
+
+    async def run(self) -> NatReport:
+        try:
+            await self._run()
+        finally:
+            await self._close_all()
+        report = self.report
+        report.classic = classic_type(report.udp_blocked, report.nat_present, report.mapping, report.filtering)
+        report.port_prediction_easy = None if report.udp_blocked else prediction_easy(
+            report.mapping, report.port_allocation)
+        return report
+
+    async def _run(self) -> None:
+        report = self.report
+        server = self.server
+        self.progress(f"test I: Binding request to {_show(server)} over UDP")
+        first = self._open()
+        local_ip = _local_ip(server)
+        report.local_address = _show((local_ip, first.port))
+        try:
+            response, _ = await self._binding(first, server)
+        except TransactionTimeout:
+            self.progress("no answer over UDP")
+            if self.tcp:
+                await self._tcp()
+            if report.server_answered:
+                report.udp_blocked = True
+                report.notes.append("the server answers over TCP but not over UDP: UDP is blocked")
+            else:
+                report.notes.append("no answer over UDP" + (" or TCP" if self.tcp else " (TCP not tried)"))
+            return
+        report.server_answered = True
+        report.udp_blocked = False
+        mapped = mapped_address(response)
+        report.mapped_address = _show(mapped)
+        report.nat_present = mapped != (local_ip, first.port)
+        report.port_preservation = mapped is not None and mapped[1] == first.port
+        plain = response.address(Attr.MAPPED_ADDRESS)
+        if response.get(Attr.XOR_MAPPED_ADDRESS) is not None and plain is not None:
+            report.mapped_address_rewritten = plain != mapped
+        other = response.address(Attr.OTHER_ADDRESS)
+        report.rfc5780 = other is not None and other[0] != server[0] and other[1] != server[1]
+        report.other_address = _show(other)
+        if not report.rfc5780:
+            report.notes.append("the server has no RFC 5780 alternate address (OTHER-ADDRESS): "
+                                "mapping and filtering cannot be tested")
+        else:
+            await self._mapping(first, mapped, other)
+        await self._allocation()
+        # The rest use sockets of their own, so they run side by side; the
+        # lifetime search (the longest) starts first.
+        tests = [Deferred.fromCoroutine(self._lifetime())]
+        if report.rfc5780:
+            tests.append(Deferred.fromCoroutine(self._filtering(other)))
+        tests.append(Deferred.fromCoroutine(self._hairpinning(first, mapped)))
+        if self.tcp:
+            tests.append(Deferred.fromCoroutine(self._tcp()))
+        else:
+            report.notes.append("TCP not tested (--no-tcp)")
+        try:
+            await defer.gatherResults(tests, consumeErrors=True)
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
+
+    async def _mapping(self, first: _ProbeSocket, mapped: Address, other: Address) -> None:
+        report = self.report
+        self.progress(f"test II: mapping toward the alternate IP {other[0]}:{self.server[1]}")
+        try:
+            second = mapped_address((await self._binding(first, (other[0], self.server[1])))[0])
+            self.progress(f"test III: mapping toward the alternate IP and port {_show(other)}")
+            third = mapped_address((await self._binding(first, other))[0]) if second != mapped else None
+        except (TransactionTimeout, ServerError) as e:
+            report.notes.append(f"mapping test failed: {e}")
+            return
+        report.mapping = mapping_behaviour(mapped, second, third)
+
+    async def _filtering(self, other: Address) -> None:
+        report = self.report
+        self.progress("filtering tests: answers from the alternate IP and port, and the alternate port")
+        probe = self._open()
+        try:
+            await self._binding(probe, self.server)
+        except (TransactionTimeout, ServerError) as e:
+            report.notes.append(f"filtering test failed: {e}")
+            return
+        both, port_only = await defer.gatherResults([
+            Deferred.fromCoroutine(self._answered(probe, self.server, other, change_ip=True, change_port=True)),
+            Deferred.fromCoroutine(self._answered(probe, self.server, (self.server[0], other[1]),
+                                                  change_port=True)),
+        ])
+        if both is None or port_only is None:
+            report.notes.append("the server answered a CHANGE-REQUEST from the wrong address")
+            return
+        report.filtering = filtering_behaviour(both, port_only)
+
+    async def _allocation(self) -> None:
+        report = self.report
+        self.progress(f"port allocation: {self.allocation_samples} new sockets, one after another")
+        samples = []
+        for _ in range(self.allocation_samples):
+            probe = self._open()
+            try:
+                mapped = mapped_address((await self._binding(probe, self.server))[0])
+            except (TransactionTimeout, ServerError):
+                continue
+            if mapped is not None:
+                samples.append((probe.port, mapped[1]))
+        report.port_allocation = port_allocation(samples)
+
+    async def _hairpinning(self, first: _ProbeSocket, mapped: Address | None) -> None:
+        if mapped is None:
+            return
+        self.progress(f"hairpinning: a second socket sends to our mapped address {_show(mapped)}")
+        outcome = await self._arrives(first, self._open(), binding_request(), mapped)
+        self.report.hairpinning = outcome == "arrived"
+
+    async def _lifetime(self) -> None:
+        report = self.report
+        waits = lifetime_schedule(self.lifetime_max_seconds, self.probe_seconds)
+        if not waits:
+            report.notes.append("UDP binding lifetime not measured (--lifetime-max-seconds too small)")
+            return
+        self.progress(f"binding lifetime: {len(waits)} mappings probed after "
+                      + ", ".join(f"{w:g}" for w in waits) + " s (in the background)")
+        results = await defer.gatherResults([Deferred.fromCoroutine(self._survives(w)) for w in waits])
+        results = [(w, alive) for w, alive in zip(waits, results) if alive is not None]
+        if len(results) != len(waits):
+            report.notes.append("the server does not support RESPONSE-PORT: binding lifetime not measured")
+            return
+        report.binding_lifetime_seconds, report.binding_lifetime_max_seconds = lifetime_bounds(results)
+        self.progress("binding lifetime: done")
+
+    async def _survives(self, wait_seconds: float) -> bool | None:
+        """Make a mapping, wait, then have the server answer a second socket's
+        request to the first mapping's port (RFC 5780 §4.6)."""
+        holder = self._open()
+        try:
+            response, _ = await self._binding(holder, self.server)
+        except (TransactionTimeout, ServerError):
+            return False
+        mapped = mapped_address(response)
+        if mapped is None:
+            return False
+        await _sleep(self.reactor, wait_seconds)
+        outcome = await self._arrives(holder, self._open(), binding_request(response_port=mapped[1]), self.server)
+        if outcome == "answered":
+            return None  # an error response (RESPONSE-PORT unknown), or the server ignored it
+        return outcome == "arrived"
+
+    async def _tcp(self) -> None:
+        """RFC 5382 §5: the same local port toward three server endpoints."""
+        report = self.report
+        server = self.server
+        self.progress(f"TCP: Binding request to {_show(server)} over TCP")
+        connectors = []
+        try:
+            first, local_port = await self._tcp_binding(server, 0, connectors)
+            report.server_answered = True
+            mapped = mapped_address(first)
+            report.tcp_port_preservation = mapped is not None and mapped[1] == local_port
+            other = first.address(Attr.OTHER_ADDRESS)
+            if report.rfc5780 is None:
+                report.rfc5780 = other is not None and other[0] != server[0] and other[1] != server[1]
+                report.other_address = _show(other)
+            if other is None or other[0] == server[0]:
+                return
+            self.progress(f"TCP: from the same local port {local_port} to the alternate IP and port")
+            second, _ = await self._tcp_binding((other[0], server[1]), local_port, connectors)
+            third, _ = await self._tcp_binding(other, local_port, connectors)
+            report.tcp_mapping = mapping_behaviour(mapped, mapped_address(second), mapped_address(third))
+        except (error.ConnectError, error.ConnectionClosed, defer.TimeoutError, defer.CancelledError,
+                CodecError, ServerError, OSError) as e:  # refused, reset, timed out
+            report.notes.append(f"TCP test failed: {e.__class__.__name__}: {e}")
+        finally:
+            for connector in connectors:
+                connector.disconnect()
+
+    async def _tcp_binding(self, address: Address, local_port: int, connectors: list) -> tuple[Message, int]:
+        probe = _StreamProbe(binding_request().encode())
+        connector = _ReuseAddressConnector(address[0], address[1], _StreamProbeFactory(probe), 5,
+                                           ("0.0.0.0", local_port), self.reactor)
+        connectors.append(connector)
+        connector.connect()
+        probe.answered.addTimeout(self.probe_seconds + 2, self.reactor)
+        response = _raise_for_error(await probe.answered)
+        return response, connector.transport.getHost().port if local_port == 0 else local_port
+
+
+def _local_ip(server: Address) -> str:
+    """The local address the kernel routes toward the server (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(server)
+        return s.getsockname()[0]
+
+
+def _sleep(clock, seconds: float) -> Deferred:
+    return task.deferLater(clock, seconds, lambda: None)
+
+
+async def _resolve(reactor, host: str) -> str:
+    try:
+        ipaddress.IPv4Address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        return await reactor.resolve(host)
+    except (error.DNSLookupError, OSError) as e:
+        raise NatCheckError(f"cannot resolve {host}: {e}") from None
+
+
+def check(reactor, server: tuple[str, int], *, lifetime_max_seconds: float = 120.0, tcp: bool = True,
+          rto_seconds: float = 0.2, allocation_samples: int = 5,
+          progress: Callable[[str], None] | None = None) -> Deferred:
+    """Analyse the NAT between this host and an RFC 5780 STUN server.
+
+    ``server`` is (host, port) of the server's primary address (IPv4).
+    The UDP binding lifetime search runs alongside the other tests and takes
+    at most ``lifetime_max_seconds`` (0 skips it). ``progress`` is called
+    with a line as each test starts.
+
+    Fires with a NatReport, which is partial (see its ``notes``) when the
+    server does not answer or lacks RFC 5780; fails with NatCheckError when
+    the server's name does not resolve.
+    """
+
+    async def go() -> NatReport:
+        host, port = server
+        ip = await _resolve(reactor, host)
+        checker = _Checker(reactor, (ip, int(port)), lifetime_max_seconds, tcp, rto_seconds,
+                           allocation_samples, progress)
+        return await checker.run()
+
+    return Deferred.fromCoroutine(go())

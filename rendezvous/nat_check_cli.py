@@ -1,0 +1,116 @@
+"""``txrendezvous nat-check``: what kind of NAT is between here and a STUN server.
+
+    txrendezvous nat-check stun.example.org
+    txrendezvous nat-check 198.51.100.1:3478 --json --lifetime-max-seconds 30 --no-tcp
+
+Progress goes to stderr while the tests run; the report (text, or JSON with
+``--json``) to stdout. Exit status: 0 when the check ran, 2 when the server
+did not answer at all, 3 when it answered but lacks RFC 5780 (the report
+then holds what could be determined), 1 for a bad argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .nat_check import NatCheckError, check
+
+PROG = "txrendezvous nat-check"
+DEFAULT_PORT = 3478
+EXIT_NO_ANSWER = 2
+EXIT_NO_RFC5780 = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("server", metavar="SERVER[:PORT]",
+                        help=f"an RFC 5780 STUN server, such as a super node (port {DEFAULT_PORT} by default)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--lifetime-max-seconds", type=float, default=120.0, metavar="N",
+                        help="longest the UDP binding lifetime search may take; 0 skips it (default: %(default)g)")
+    parser.add_argument("--no-tcp", action="store_true", help="skip the TCP mapping test")
+    parser.add_argument("--rto-seconds", type=float, default=0.2, metavar="S",
+                        help="first STUN retransmission timeout; a lost answer counts after 15 x S "
+                             "(default: %(default)g)")
+
+
+def parse_server(text: str) -> tuple[str, int]:
+    """HOST, HOST:PORT, [IPv6]:PORT -> (host, port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    number = int(port) if port else DEFAULT_PORT
+    if not 0 < number < 65536:
+        raise ValueError(f"port {number} out of range")
+    return host, number
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        server = parse_server(args.server)
+    except ValueError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    if args.lifetime_max_seconds < 0 or args.rto_seconds <= 0:
+        print(f"{PROG}: --lifetime-max-seconds must be >= 0 and --rto-seconds > 0", file=sys.stderr)
+        return 1
+
+    from twisted.internet import task
+    from twisted.internet.defer import Deferred
+
+    def progress(line: str) -> None:
+        sys.stderr.write(f"{PROG}: {line}\n")
+        sys.stderr.flush()
+
+    outcome: dict = {}
+
+    async def main(reactor) -> None:
+        try:
+            outcome["report"] = await check(
+                reactor, server, lifetime_max_seconds=args.lifetime_max_seconds, tcp=not args.no_tcp,
+                rto_seconds=args.rto_seconds, progress=progress)
+        except NatCheckError as e:
+            outcome["error"] = str(e)
+
+    try:
+        task.react(lambda r: Deferred.fromCoroutine(main(r)))
+    except SystemExit as e:  # react always exits; a failure has been logged
+        if "report" not in outcome and "error" not in outcome:
+            return int(e.code or 1)
+    return _finish(outcome, args)
+
+
+def _finish(outcome: dict, args: argparse.Namespace) -> int:
+    if "error" in outcome:
+        print(f"{PROG}: {outcome['error']}", file=sys.stderr)
+        return 1
+    report = outcome["report"]
+    sys.stdout.write(report.to_json() + "\n" if args.json else report.to_text())
+    sys.stdout.flush()
+    if not report.server_answered:
+        print(f"{PROG}: no answer from {report.server}"
+              + (" over UDP (TCP not tried)" if args.no_tcp else " over UDP or TCP"), file=sys.stderr)
+        return EXIT_NO_ANSWER
+    if report.rfc5780 is False:
+        print(f"{PROG}: {report.server} does not support RFC 5780 (no alternate address); "
+              "mapping and filtering are unknown", file=sys.stderr)
+        return EXIT_NO_RFC5780
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run as ``python -m rendezvous.nat_check_cli`` (the same as ``txrendezvous nat-check``)."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

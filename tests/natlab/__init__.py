@@ -1,0 +1,1 @@
+"""Tests through real Linux NATs built in network namespaces (need root)."""

@@ -1,0 +1,368 @@
+"""A lab of real Linux NATs in network namespaces, for tests that need them.
+
+Everything lives in namespaces this module creates (named ``nl<suffix>-...``
+with a random suffix per lab) and is deleted by ``Lab.close``, which tests
+reach through a fixture finaliser, so a failed build or test still tears
+down. Nothing is added to the host's own namespace: veth pairs are created
+directly inside their namespaces.
+
+Topology (addresses only from 198.18.0.0/15, 100.64.0.0/10, 192.168.0.0/16)::
+
+    super node ns  198.18.0.1 + 198.18.0.2 (twistd rendezvous, RFC 5780)
+         |
+    public ns      bridge "br0": the "internet", 198.18.0.0/24
+         |                       |
+    router N ns    wan 198.18.0.(10+N), nftables NAT of a chosen kind
+         |  lan 192.168.N.1/24
+    client N ns    192.168.N.2, default route via the router
+
+A double NAT puts a carrier router (lan 100.64.N.1/24) between the public
+segment and the home router (wan 100.64.N.2).
+
+NAT kinds (nftables table ``natlab`` in the router namespace):
+
+``eim-eif``      full cone: SNAT to the WAN address (Linux keeps the source
+                 port when it can, which makes the mapping endpoint-
+                 independent) and a DNAT of every inbound UDP port to the
+                 inside host, so anyone may send in.
+``eim-adf``      restricted cone: as above, but inbound UDP is forwarded only
+                 from an address the inside (address, port) has sent to, kept
+                 in an nftables dynamic set filled by outbound packets.
+``eim-apdf``     port restricted cone: plain masquerade; conntrack lets in only
+                 replies from the exact address and port sent to.
+``apdm-random``  symmetric: masquerade fully-random, a random port per
+                 destination; conntrack filtering.
+``udp-blocked``  masquerade, but the forward chain drops all UDP from the LAN.
+
+``hairpin=True`` (DNAT kinds only) also sends LAN packets addressed to the
+WAN address back into the LAN, with the source rewritten to the WAN address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SERVER_IP = "198.18.0.1"
+SERVER_ALT_IP = "198.18.0.2"
+SERVER_PORT = 3478
+SERVER_ALT_PORT = 3479
+PUBLIC_PREFIX = 24
+
+KINDS = ("eim-eif", "eim-adf", "eim-apdf", "apdm-random", "udp-blocked")
+DNAT_KINDS = ("eim-eif", "eim-adf")
+
+
+class LabError(Exception):
+    """The lab could not be built."""
+
+
+def unavailable_reason() -> str | None:
+    """Why the lab cannot run here, or None when it can."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "the NAT lab needs root (network namespaces and nftables)"
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None:
+            return f"the NAT lab needs `{tool}` (Debian packages iproute2 and nftables)"
+    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        return "`ip netns` is not usable here: " + probe.stderr.decode(errors="replace").strip()
+    return None
+
+
+def run(*argv: str, input: str | None = None) -> str:
+    """Run a command; raise LabError with its stderr when it fails."""
+    done = subprocess.run(argv, input=input, capture_output=True, check=False, text=True, timeout=30)
+    if done.returncode != 0:
+        raise LabError(f"{' '.join(argv)}: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+@dataclass
+class Site:
+    """A client host behind one or more NAT routers."""
+
+    name: str
+    kind: str
+    client_ns: str
+    client_ip: str
+    routers: list[str]           # outermost first
+    wan_ip: str                  # the public (198.18) address of the outermost router
+    hairpin: bool = False
+
+    def exec_argv(self, *argv: str) -> list[str]:
+        """argv that runs a command inside the client namespace."""
+        return ["ip", "netns", "exec", self.client_ns, *argv]
+
+
+@dataclass
+class Lab:
+    """Builds namespaces, links and NAT rules; ``close`` removes exactly those."""
+
+    workdir: Path
+    suffix: str = field(default_factory=lambda: secrets.token_hex(3))
+    namespaces: list[str] = field(default_factory=list)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    sites: dict[str, Site] = field(default_factory=dict)
+    _next_port: int = 0
+    _next_site: int = 0
+
+    @property
+    def public_ns(self) -> str:
+        return f"nl{self.suffix}-pub"
+
+    @property
+    def server_ns(self) -> str:
+        return f"nl{self.suffix}-sn"
+
+    # -- building blocks -------------------------------------------------
+
+    def _namespace(self, role: str) -> str:
+        name = f"nl{self.suffix}-{role}"
+        run("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        self._ns(name, "ip", "link", "set", "lo", "up")
+        for key, value in (("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.conf.default.rp_filter", "0"),
+                           ("net.ipv4.conf.all.send_redirects", "0"),
+                           ("net.ipv4.conf.default.send_redirects", "0")):
+            self._ns(name, "sysctl", "-qw", f"{key}={value}")
+        return name
+
+    @staticmethod
+    def _ns(namespace: str, *argv: str, input: str | None = None) -> str:
+        return run("ip", "netns", "exec", namespace, *argv, input=input)
+
+    def _link(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
+        """A veth pair made directly inside the two namespaces."""
+        run("ip", "link", "add", "name", name_a, "netns", ns_a, "type", "veth",
+            "peer", "name", name_b, "netns", ns_b)
+        for ns, name in ((ns_a, name_a), (ns_b, name_b)):
+            self._ns(ns, "sysctl", "-qw", f"net.ipv4.conf.{name}.rp_filter=0")
+            self._ns(ns, "ip", "link", "set", name, "up")
+
+    def _to_public(self, ns: str, name: str, cidr: str) -> None:
+        """Plug ns into the public bridge with address cidr on interface name."""
+        self._next_port += 1
+        port = f"p{self._next_port}"
+        self._link(ns, name, self.public_ns, port)
+        self._ns(self.public_ns, "ip", "link", "set", port, "master", "br0")
+        self._ns(ns, "ip", "addr", "add", cidr, "dev", name)
+
+    # -- the public segment and the super node ---------------------------
+
+    def build_public(self) -> None:
+        """The public bridge and the super node namespace with its two addresses."""
+        self._namespace("pub")
+        self._ns(self.public_ns, "ip", "link", "add", "br0", "type", "bridge")
+        self._ns(self.public_ns, "ip", "link", "set", "br0", "up")
+        self._namespace("sn")
+        self._to_public(self.server_ns, "eth0", f"{SERVER_IP}/{PUBLIC_PREFIX}")
+        self._ns(self.server_ns, "ip", "addr", "add", f"{SERVER_ALT_IP}/{PUBLIC_PREFIX}", "dev", "eth0")
+
+    def start_server(self, *extra: str, port: int = SERVER_PORT, alternate: bool = True) -> subprocess.Popen:
+        """``twistd -n rendezvous`` in the super node namespace; with alternate,
+        on both public addresses and ports (RFC 5780), else on SERVER_IP:port only."""
+        name = f"twistd-{port}"
+        state = self.workdir / f"{name}-state"
+        log_path = self.workdir / f"{name}.log"
+        twistd = str(Path(sys.executable).with_name("twistd"))
+        argv = ["ip", "netns", "exec", self.server_ns, twistd, "-n", "--pidfile=", "rendezvous",
+                "--ip", SERVER_IP, "--port", str(port), "--tls-port", "0", "--no-relay",
+                "--state-dir", str(state), *extra]
+        endpoints = [(SERVER_IP, port)]
+        if alternate:
+            argv += ["--alt-ip", SERVER_ALT_IP, "--alt-port", str(SERVER_ALT_PORT)]
+            endpoints.append((SERVER_ALT_IP, SERVER_ALT_PORT))
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        with open(log_path, "wb") as log:
+            # `ip netns exec` execs the command, so this pid is twistd's own.
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
+        self.processes.append(process)
+        self._wait_for_server(process, log_path, endpoints)
+        return process
+
+    def _wait_for_server(self, process: subprocess.Popen, log_path: Path, endpoints: list[tuple[str, int]],
+                         seconds: float = 20.0) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise LabError(f"twistd exited early:\n{log_path.read_text(errors='replace')}")
+            answered = all(udp_answers(self.server_ns, ip, port) for ip, port in endpoints)
+            if answered:
+                return
+            time.sleep(0.2)
+        raise LabError(f"twistd did not answer in {seconds} s:\n{log_path.read_text(errors='replace')}")
+
+    # -- NAT sites -------------------------------------------------------
+
+    def add_site(self, kind: str, hairpin: bool = False, carrier: str | None = None,
+                 udp_timeout_seconds: int | None = None) -> Site:
+        """A client behind a router of this kind; with carrier, behind a carrier NAT too.
+
+        udp_timeout_seconds sets the router's conntrack UDP timeout (the
+        binding lifetime of conntrack-filtered mappings).
+        """
+        if kind not in KINDS or (carrier is not None and carrier not in KINDS):
+            raise ValueError(f"unknown NAT kind {kind!r}")
+        if hairpin and kind not in DNAT_KINDS:
+            raise ValueError(f"{kind} cannot hairpin in this lab")
+        self._next_site += 1
+        n = self._next_site
+        if n > 200:
+            raise ValueError("too many sites")
+        wan_ip = f"198.18.0.{10 + n}"
+        routers = []
+        if carrier is not None:
+            cgn = self._namespace(f"cgn{n}")
+            routers.append(cgn)
+            self._to_public(cgn, "wan", f"{wan_ip}/{PUBLIC_PREFIX}")
+            home = self._namespace(f"r{n}")
+            routers.append(home)
+            self._link(cgn, "lan", home, "wan")
+            self._ns(cgn, "ip", "addr", "add", f"100.64.{n}.1/24", "dev", "lan")
+            self._ns(home, "ip", "addr", "add", f"100.64.{n}.2/24", "dev", "wan")
+            self._ns(home, "ip", "route", "add", "default", "via", f"100.64.{n}.1")
+            self._router(cgn, carrier, f"198.18.0.{10 + n}", "100.64.0.0/10", f"100.64.{n}.2",
+                         False, udp_timeout_seconds)
+            home_wan = f"100.64.{n}.2"
+        else:
+            home = self._namespace(f"r{n}")
+            routers.append(home)
+            self._to_public(home, "wan", f"{wan_ip}/{PUBLIC_PREFIX}")
+            home_wan = wan_ip
+        client = self._namespace(f"c{n}")
+        self._link(home, "lan", client, "eth0")
+        self._ns(home, "ip", "addr", "add", f"192.168.{n}.1/24", "dev", "lan")
+        client_ip = f"192.168.{n}.2"
+        self._ns(client, "ip", "addr", "add", f"{client_ip}/24", "dev", "eth0")
+        self._ns(client, "ip", "route", "add", "default", "via", f"192.168.{n}.1")
+        self._router(home, kind, home_wan, f"192.168.{n}.0/24", client_ip, hairpin, udp_timeout_seconds)
+        label = kind if carrier is None else f"{kind}+cgn-{carrier}"
+        site = Site(label, kind, client, client_ip, routers, wan_ip, hairpin)
+        self.sites[label] = site
+        return site
+
+    def _router(self, ns: str, kind: str, wan_ip: str, lan_net: str, inside_ip: str, hairpin: bool,
+                udp_timeout_seconds: int | None) -> None:
+        self._ns(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self._ns(ns, "nft", "-f", "-", input=ruleset(kind, wan_ip, lan_net, inside_ip, hairpin))
+        if udp_timeout_seconds is not None:
+            self._ns(ns, "sysctl", "-qw", f"net.netfilter.nf_conntrack_udp_timeout={int(udp_timeout_seconds)}")
+
+    def flush_conntrack(self, site: Site) -> None:
+        """Forget every mapping of the site's routers (needs the conntrack tool)."""
+        if shutil.which("conntrack") is None:
+            return
+        for ns in site.routers:
+            subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-F"], capture_output=True, check=False, timeout=10)
+
+    # -- teardown --------------------------------------------------------
+
+    def close(self) -> None:
+        """End our processes (by pid) and delete our namespaces; never raises."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(5)
+        self.processes.clear()
+        for name in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False, timeout=30)
+        self.namespaces.clear()
+
+
+def ruleset(kind: str, wan_ip: str, lan_net: str, inside_ip: str, hairpin: bool) -> str:
+    """The nftables ruleset of one NAT router (interfaces ``wan`` and ``lan``)."""
+    ipaddress.ip_network(lan_net)  # validates
+    pre, post, fwd = [], [], []
+    if kind in DNAT_KINDS:
+        # Ports are kept by the SNAT below, so an inbound packet to WAN:port
+        # belongs to inside:port.
+        pre.append(f'iifname "wan" ip daddr {wan_ip} udp dport 1024-65535 dnat to {inside_ip}')
+        post.append(f'oifname "wan" snat to {wan_ip}')
+    elif kind == "apdm-random":
+        post.append('oifname "wan" masquerade fully-random')
+    else:
+        post.append('oifname "wan" masquerade')
+    if hairpin:
+        pre.append(f'iifname "lan" ip daddr {wan_ip} udp dport 1024-65535 dnat to {inside_ip}')
+        post.append(f'oifname "lan" ip saddr {lan_net} ct status dnat snat to {wan_ip}')
+        fwd.append('iifname "lan" oifname "lan" accept')
+    if kind == "udp-blocked":
+        fwd.append('iifname "lan" meta l4proto udp drop')
+    if kind == "eim-adf":
+        fwd.append('iifname "lan" oifname "wan" meta l4proto udp update @seen { ip saddr . udp sport . ip daddr }')
+    fwd.append("ct state established,related accept")
+    fwd.append('iifname "lan" oifname "wan" accept')
+    if kind == "eim-eif":
+        fwd.append('iifname "wan" oifname "lan" ct status dnat accept')
+    elif kind == "eim-adf":
+        fwd.append('iifname "wan" oifname "lan" ct status dnat ip daddr . udp dport . ip saddr @seen accept')
+
+    def lines(rules: list[str]) -> str:
+        return "".join(f"\t\t{rule}\n" for rule in rules)
+
+    return (
+        "table ip natlab {\n"
+        "\tset seen {\n"
+        "\t\ttype ipv4_addr . inet_service . ipv4_addr\n"
+        "\t\tflags dynamic,timeout\n"
+        "\t\ttimeout 5m\n"
+        "\t}\n"
+        "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
+        f"{lines(pre)}\t}}\n"
+        "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+        f"{lines(post)}\t}}\n"
+        "\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n"
+        f"{lines(fwd)}\t}}\n"
+        "}\n"
+    )
+
+
+# Sends STUN Binding requests (argv: ip port tries), exits 0 on the first answer.
+_STUN_PROBE = (
+    "import os, socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.2)\n"
+    "for _ in range(int(sys.argv[3])):\n"
+    "    s.sendto(bytes.fromhex('000100002112a442') + os.urandom(12), (sys.argv[1], int(sys.argv[2])))\n"
+    "    try:\n"
+    "        s.recvfrom(2048)\n"
+    "        sys.exit(0)\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "sys.exit(1)\n"
+)
+
+
+def udp_answers(ns: str, ip: str, port: int, tries: int = 5) -> bool:
+    """Whether a STUN server answers at ip:port from inside namespace ns (within tries x 0.2 s)."""
+    argv = ["ip", "netns", "exec", ns, sys.executable, "-c", _STUN_PROBE, ip, str(port), str(tries)]
+    return subprocess.run(argv, capture_output=True, check=False, timeout=10).returncode == 0
+
+
+__all__ = [
+    "KINDS",
+    "SERVER_ALT_IP",
+    "SERVER_ALT_PORT",
+    "SERVER_IP",
+    "SERVER_PORT",
+    "Lab",
+    "LabError",
+    "Site",
+    "ruleset",
+    "udp_answers",
+    "unavailable_reason",
+]
