@@ -112,15 +112,20 @@ def _wait_until_answering(node: Node, seconds: float = 20.0) -> None:
     raise RuntimeError(f"twistd did not answer in {seconds} s:\n{node.log()}")
 
 
-def stop_node(node: Node) -> None:
-    """End the process we started, by its id."""
-    if node.process.poll() is None:
-        node.process.send_signal(signal.SIGTERM)
+def stop_process(process: subprocess.Popen) -> None:
+    """End a process we started, by its handle: SIGTERM, then SIGKILL after 10 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
         try:
-            node.process.wait(10)
+            process.wait(10)
         except subprocess.TimeoutExpired:
-            node.process.kill()
-            node.process.wait(5)
+            process.kill()
+            process.wait(5)
+
+
+def stop_node(node: Node) -> None:
+    """End the twistd we started."""
+    stop_process(node.process)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import ROOT, binding_request, free_port, start_node, stop_node
+from tests.conftest import ROOT, binding_request, free_port, start_node, stop_node, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -101,13 +100,7 @@ def coturn(request, tmp_path_factory):
         _wait_until_answering(process, port, tls_port, log_path)
         yield {"port": port, "tls_port": tls_port, "cert": cert}
     finally:
-        if process.poll() is None:  # the process we started, by its handle
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        stop_process(process)
 
 
 def load_test(port, *extra, timeout=60):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TURN_PASSWORD, TURN_USER, Node
+from tests.conftest import TURN_PASSWORD, TURN_USER, Node, stop_process
 
 pytestmark = pytest.mark.interop
 
@@ -171,13 +171,7 @@ def run_relay_pair(url: str, server, directory: Path) -> dict:
 
 def _stop_browser(browser: subprocess.Popen) -> None:
     """End the Chromium we started, then any of its own process group that lingers."""
-    if browser.poll() is None:
-        browser.send_signal(signal.SIGTERM)
-        try:
-            browser.wait(10)
-        except subprocess.TimeoutExpired:
-            browser.kill()
-            browser.wait(5)
+    stop_process(browser)
     try:
         os.killpg(browser.pid, signal.SIGKILL)
     except ProcessLookupError:
