@@ -45,6 +45,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "analyse the NAT between this host and an RFC 5780 STUN server (mapping, filtering, ports, "
         "hairpinning, binding lifetime)",
     ),
+    Subcommand("upnp", "rendezvous.upnp_cli", "map, list and unmap ports on the LAN's UPnP gateway (IGD)"),
     Subcommand(
         "load-test",
         "relay.loadgen",

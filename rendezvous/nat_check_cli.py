@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 
 from .nat_check import NatCheckError, check
 
@@ -104,13 +103,3 @@ def _finish(outcome: dict, args: argparse.Namespace) -> int:
         return EXIT_NO_RFC5780
     return 0
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run as ``python -m rendezvous.nat_check_cli`` (the same as ``txrendezvous nat-check``)."""
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    return run_command(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -36,6 +36,15 @@ NAT kinds (nftables table ``natlab`` in the router namespace):
 
 ``hairpin=True`` (DNAT kinds only) also sends LAN packets addressed to the
 WAN address back into the LAN, with the source rewritten to the WAN address.
+
+``upnp=True`` (not with a carrier NAT) runs a miniupnpd UPnP IGD (Debian
+package ``miniupnpd-nftables``) in the router: it listens on ``lan``, maps on
+``wan`` through its own nftables chains (table ``inet filter``), lets only
+the site's LAN map ports 1024-65535 to themselves (secure mode), and learns
+its external address with STUN against the lab's super node (miniupnpd treats
+198.18.0.0/15 as reserved, so it needs ``ext_perform_stun``; start the server
+first). The router's forward chain then also accepts inbound packets it has
+DNATed, which only miniupnpd's mappings do on a non-DNAT kind.
 """
 
 from __future__ import annotations
@@ -99,6 +108,7 @@ class Site:
     routers: list[str]           # outermost first
     wan_ip: str                  # the public (198.18) address of the outermost router
     hairpin: bool = False
+    upnp: bool = False           # a miniupnpd gateway runs in the (only) router
 
     def exec_argv(self, *argv: str) -> list[str]:
         """argv that runs a command inside the client namespace."""
@@ -206,16 +216,21 @@ class Lab:
     # -- NAT sites -------------------------------------------------------
 
     def add_site(self, kind: str, hairpin: bool = False, carrier: str | None = None,
-                 udp_timeout_seconds: int | None = None) -> Site:
+                 udp_timeout_seconds: int | None = None, upnp: bool = False) -> Site:
         """A client behind a router of this kind; with carrier, behind a carrier NAT too.
 
         udp_timeout_seconds sets the router's conntrack UDP timeout (the
-        binding lifetime of conntrack-filtered mappings).
+        binding lifetime of conntrack-filtered mappings). upnp runs a miniupnpd
+        gateway in the router (see the module docstring).
         """
         if kind not in KINDS or (carrier is not None and carrier not in KINDS):
             raise ValueError(f"unknown NAT kind {kind!r}")
         if hairpin and kind not in DNAT_KINDS:
             raise ValueError(f"{kind} cannot hairpin in this lab")
+        if upnp and (carrier is not None or kind in DNAT_KINDS):
+            raise ValueError("upnp needs a single router of a non-DNAT kind")
+        if upnp and shutil.which(MINIUPNPD) is None:
+            raise LabError(f"upnp needs {MINIUPNPD} (Debian package miniupnpd-nftables)")
         self._next_site += 1
         n = self._next_site
         if n > 200:
@@ -246,18 +261,43 @@ class Lab:
         client_ip = f"192.168.{n}.2"
         self._ns(client, "ip", "addr", "add", f"{client_ip}/24", "dev", "eth0")
         self._ns(client, "ip", "route", "add", "default", "via", f"192.168.{n}.1")
-        self._router(home, kind, home_wan, f"192.168.{n}.0/24", client_ip, hairpin, udp_timeout_seconds)
+        self._router(home, kind, home_wan, f"192.168.{n}.0/24", client_ip, hairpin, udp_timeout_seconds, upnp)
         label = kind if carrier is None else f"{kind}+cgn-{carrier}"
-        site = Site(label, kind, client, client_ip, routers, wan_ip, hairpin)
+        if upnp:
+            label += "+upnp"
+            self._start_miniupnpd(home, n)
+        site = Site(label, kind, client, client_ip, routers, wan_ip, hairpin, upnp)
         self.sites[label] = site
         return site
 
     def _router(self, ns: str, kind: str, wan_ip: str, lan_net: str, inside_ip: str, hairpin: bool,
-                udp_timeout_seconds: int | None) -> None:
+                udp_timeout_seconds: int | None, upnp: bool = False) -> None:
         self._ns(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        self._ns(ns, "nft", "-f", "-", input=ruleset(kind, wan_ip, lan_net, inside_ip, hairpin))
+        self._ns(ns, "nft", "-f", "-", input=ruleset(kind, wan_ip, lan_net, inside_ip, hairpin, upnp))
+        if upnp:
+            self._ns(ns, "nft", "-f", "-", input=MINIUPNPD_RULESET)
         if udp_timeout_seconds is not None:
             self._ns(ns, "sysctl", "-qw", f"net.netfilter.nf_conntrack_udp_timeout={int(udp_timeout_seconds)}")
+
+    def _start_miniupnpd(self, ns: str, n: int, seconds: float = 20.0) -> subprocess.Popen:
+        """miniupnpd in the foreground in router ns; waits until it listens."""
+        conf = self.workdir / f"miniupnpd-{n}.conf"
+        conf.write_text(miniupnpd_config(n))
+        log_path = self.workdir / f"miniupnpd-{n}.log"
+        argv = ["ip", "netns", "exec", ns, MINIUPNPD, "-f", str(conf), "-d",
+                "-P", str(self.workdir / f"miniupnpd-{n}.pid")]
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        self.processes.append(process)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            text = log_path.read_text(errors="replace")
+            if process.poll() is not None:
+                raise LabError(f"miniupnpd exited early:\n{text}")
+            if "Listening for NAT-PMP" in text:  # the last line of its start-up
+                return process
+            time.sleep(0.1)
+        raise LabError(f"miniupnpd did not start in {seconds} s:\n{log_path.read_text(errors='replace')}")
 
     def flush_conntrack(self, site: Site) -> None:
         """Forget every mapping of the site's routers (needs the conntrack tool)."""
@@ -284,8 +324,58 @@ class Lab:
         self.namespaces.clear()
 
 
-def ruleset(kind: str, wan_ip: str, lan_net: str, inside_ip: str, hairpin: bool) -> str:
-    """The nftables ruleset of one NAT router (interfaces ``wan`` and ``lan``)."""
+MINIUPNPD = "/usr/sbin/miniupnpd"
+
+# The chains miniupnpd (nftables flavour, defaults) fills: forward filter rules
+# in "miniupnpd", DNATs in "prerouting_miniupnpd", all in table inet filter.
+# Policies accept: the natlab table keeps its own drop policy.
+MINIUPNPD_RULESET = """table inet filter {
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tjump miniupnpd
+\t}
+\tchain miniupnpd {
+\t}
+\tchain prerouting {
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tjump prerouting_miniupnpd
+\t}
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tjump postrouting_miniupnpd
+\t}
+\tchain prerouting_miniupnpd {
+\t}
+\tchain postrouting_miniupnpd {
+\t}
+}
+"""
+
+
+def miniupnpd_config(n: int) -> str:
+    """miniupnpd.conf for the router of site n (interfaces ``wan`` and ``lan``)."""
+    return (
+        "ext_ifname=wan\n"
+        "listening_ip=lan\n"
+        "port=0\n"
+        "enable_upnp=yes\n"
+        "enable_natpmp=yes\n"
+        "secure_mode=yes\n"
+        "ext_perform_stun=yes\n"
+        f"ext_stun_host={SERVER_IP}\n"
+        f"ext_stun_port={SERVER_PORT}\n"
+        "system_uptime=no\n"
+        "notify_interval=60\n"
+        "clean_ruleset_interval=600\n"
+        f"uuid=6e3c2c8a-5f9e-4d2b-9c1a-00000000{n:04x}\n"
+        f"allow 1024-65535 192.168.{n}.0/24 1024-65535\n"
+        "deny 0-65535 0.0.0.0/0 0-65535\n"
+    )
+
+
+def ruleset(kind: str, wan_ip: str, lan_net: str, inside_ip: str, hairpin: bool, upnp: bool = False) -> str:
+    """The nftables ruleset of one NAT router (interfaces ``wan`` and ``lan``);
+    with upnp, inbound packets DNATed (by miniupnpd's rules) are forwarded."""
     ipaddress.ip_network(lan_net)  # validates
     pre, post, fwd = [], [], []
     if kind in DNAT_KINDS:
@@ -311,6 +401,8 @@ def ruleset(kind: str, wan_ip: str, lan_net: str, inside_ip: str, hairpin: bool)
         fwd.append('iifname "wan" oifname "lan" ct status dnat accept')
     elif kind == "eim-adf":
         fwd.append('iifname "wan" oifname "lan" ct status dnat ip daddr . udp dport . ip saddr @seen accept')
+    if upnp:
+        fwd.append('iifname "wan" oifname "lan" ct status dnat accept')
 
     def lines(rules: list[str]) -> str:
         return "".join(f"\t\t{rule}\n" for rule in rules)
@@ -361,6 +453,7 @@ __all__ = [
     "SERVER_PORT",
     "Lab",
     "LabError",
+    "MINIUPNPD",
     "Site",
     "ruleset",
     "udp_answers",

@@ -160,12 +160,8 @@ def test_server_argument_parses():
 
 
 def _argv(*args: str) -> list[str]:
-    """The nat-check command: through txrendezvous once it lists nat-check, else its module."""
-    from rendezvous.cli import SUBCOMMANDS
-
-    if any(sub.name == "nat-check" for sub in SUBCOMMANDS):
-        return [sys.executable, "-m", "rendezvous.cli", "nat-check", *args]
-    return [sys.executable, "-m", "rendezvous.nat_check_cli", *args]
+    """The nat-check command line."""
+    return [sys.executable, "-m", "rendezvous.cli", "nat-check", *args]
 
 
 def run_nat_check(*args: str, prefix: tuple[str, ...] = (), timeout: float = 90) -> tuple[int, dict | None, str]:
