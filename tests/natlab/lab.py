@@ -53,12 +53,13 @@ import ipaddress
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.conftest import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -311,13 +312,7 @@ class Lab:
     def close(self) -> None:
         """End our processes (by pid) and delete our namespaces; never raises."""
         for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(5)
+            stop_process(process)
         self.processes.clear()
         for name in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False, timeout=30)
