@@ -4,6 +4,10 @@ import re
 import shlex
 import tomllib
 
+import pytest
+
+from relay.config import LISTENER_OPTIONS, RELAY_OPTIONS
+from relay.tap import PROCESS_OPTIONS
 from rendezvous.config import RENDEZVOUS_OPTIONS
 from rendezvous.tap import Options
 from tests.conftest import ROOT
@@ -21,11 +25,15 @@ def test_sample_config_parses_with_every_option_commented():
     assert set(values) == {o.name for o in RENDEZVOUS_OPTIONS}
 
 
-def test_systemd_unit_names_real_options():
-    """The systemd unit's ExecStart parses with our Options."""
-    unit = (DEPLOY / "txrendezvous.service").read_text()
-    command = shlex.split(re.search(r"^ExecStart=(.*)$", unit, re.M).group(1))
-    args = command[command.index("rendezvous") + 1 :]
+@pytest.mark.parametrize("unit, command, options", [
+    ("txrendezvous.service", "rendezvous", RENDEZVOUS_OPTIONS),
+    ("txrendezvous-relay.service", "relay", LISTENER_OPTIONS + RELAY_OPTIONS + PROCESS_OPTIONS),
+])
+def test_systemd_units_name_real_options(unit, command, options):
+    """Each systemd unit's ExecStart names options its twistd command has."""
+    text = (DEPLOY / unit).read_text()
+    words = shlex.split(re.search(r"^ExecStart=(.*)$", text, re.M).group(1))
+    args = words[words.index(command) + 1 :]
     flags = [a for a in args if a.startswith("--")]
-    known = {f"--{o.name}" for o in RENDEZVOUS_OPTIONS} | {"--config"}
-    assert set(flags) <= known
+    known = {f"--{o.name}" for o in options} | {"--config"}
+    assert flags and set(flags) <= known
