@@ -217,3 +217,34 @@ def test_embedding_example_runs(node):
     assert result.returncode == 0, result.stderr
     assert "mapped address: ('127.0.0.1'," in result.stdout
     assert f"change request answered from: ('{node.alt_ip}', {node.alt_port})" in result.stdout
+
+
+def test_json_logs(tmp_path):
+    """With twistd --logger rendezvous.logs.json_observer every line is a JSON event."""
+    import json
+
+    port = free_port()
+    log_path = tmp_path / "out.log"
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(
+            [twistd(), "--logger", "rendezvous.logs.json_observer", "-n", "--pidfile=", "rendezvous",
+             "--ip", "127.0.0.1", "--port", str(port), "--tls-port", "0", "--no-relay", "--metrics", "off",
+             "--state-dir", str(tmp_path / "state")],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+        )
+    try:
+        with udp_socket() as s:
+            for _ in range(50):
+                s.sendto(Message(Method.BINDING, Class.REQUEST).encode(), ("127.0.0.1", port))
+                try:
+                    s.settimeout(0.2)
+                    s.recvfrom(2048)
+                    break
+                except OSError:
+                    continue
+    finally:
+        process.terminate()
+        process.wait(10)
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]
+    assert any("log_format" in event for event in events)
