@@ -167,6 +167,9 @@ RELAY_OPTIONS = [
     Option("max-bps", parse_count, 0, "Relayed bytes per second per allocation; 0 = unlimited."),
     Option("expire-with-credential", parse_bool, False,
            "End allocations when their REST credential expires.", flag=True),
+    Option("alternate-server", parse_host_port, None,
+           "HOST:PORT named in 300 Try Alternate while draining (SIGUSR1); without it, 508."),
+    Option("drain-timeout", parse_count, 600, "Seconds a draining node waits for allocations to end."),
 ]
 
 
@@ -303,6 +306,8 @@ class RelayConfig:
     max_channels: int = 1000
     max_bps: int = 0
     expire_with_credential: bool = False
+    alternate_server: tuple | None = None
+    drain_timeout: int = 600
 
     @classmethod
     def from_values(cls, values: dict, listen_ip: str) -> "RelayConfig":
@@ -336,4 +341,6 @@ class RelayConfig:
             max_channels=values["max-channels"],
             max_bps=values["max-bps"],
             expire_with_credential=values["expire-with-credential"],
+            alternate_server=values["alternate-server"],
+            drain_timeout=values["drain-timeout"],
         )

@@ -123,6 +123,8 @@ class TurnServer:
         self.nonces = nonces or Nonces(policy.nonce_lifetime_seconds)
         self.software = software
         self.tcp = tcp  # a relay.tcp_relay.TcpRelay for RFC 6062, or None
+        self.draining = False  # set by relay.drain: no new allocations
+        self.alternate: Address | None = None  # ALTERNATE-SERVER while draining
         self.allocations: dict[tuple, Allocation] = {}
         self.per_user: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
@@ -258,9 +260,19 @@ class TurnServer:
 
     # -- Allocate (RFC 8656 §7.2) -----------------------------------------
 
+    def _draining(self, msg, auth: _Auth) -> bytes:
+        """300 Try Alternate with ALTERNATE-SERVER (RFC 8489 §10), or 508 without one."""
+        if self.alternate is None:
+            return self._error(msg, Error.INSUFFICIENT_CAPACITY, "Draining", auth)
+        response = error_response(msg, Error.TRY_ALTERNATE)
+        response.add_address(Attr.ALTERNATE_SERVER, self.alternate)
+        return self._sign(response, auth)
+
     def _allocate(self, msg, five_tuple, send, auth: _Auth, now) -> bytes:
         policy = self.policy
         existing = self.allocations.get(five_tuple)
+        if self.draining and existing is None:
+            return self._draining(msg, auth)
         # 2. An existing allocation on this five-tuple: a retransmission
         #    gets the cached success response, anything else 437.
         if existing is not None:

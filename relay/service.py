@@ -122,6 +122,7 @@ def make_relay(reactor, config: RelayConfig, listen_ips=(), software: bytes | No
     nonces = Nonces(policy.nonce_lifetime_seconds, nonce_secret)
     turn = TurnServer(policy, credentials_for(config, extra_sources), peers, ports, reactor,
                       nonces=nonces, software=software, tcp=tcp)
+    turn.alternate = config.alternate_server
     log.info("TURN relay for realm {realm} on {ips}, ports {low}-{high}", realm=config.realm,
              ips=list(config.relay_ips), low=config.relay_ports[0], high=config.relay_ports[1])
     return RelayService(turn, ports, reactor, reload, extra_sources)

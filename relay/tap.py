@@ -26,6 +26,7 @@ from .config import (
     parse_count,
     usage_options,
 )
+from .drain import DrainService
 from .service import add_listeners, make_relay
 from .workers import NONCE_SECRET_ENV, WorkerSupervisor, die_with_parent, port_slice
 
@@ -91,12 +92,15 @@ def makeService(options, reactor=None) -> service.MultiService:
             tls = tls_options(values["cert"], values["key"], values["state-dir"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+    drain = DrainService(reactor, relay.turn, options.relay_config.drain_timeout)
+    drain.setServiceParent(top)
     binding = BindingServer(addresses, software=values["software"])
     add_listeners(top, addresses, binding, relay.turn, values["tls-port"], tls,
                   reuse_port_reactor=reactor if options.workers > 1 else None)
     if values["metrics"]:
         # Worker i serves its own figures on the metrics port + i.
         host, port = values["metrics"]
-        internet.TCPServer(port + options.worker_index, metrics_site(binding, relay.turn),
+        internet.TCPServer(port + options.worker_index,
+                           metrics_site(binding, relay.turn, ready=lambda: not drain.draining),
                            interface=host).setServiceParent(top)
     return top

@@ -140,6 +140,7 @@ class SignalingNode:
         self.config = config
         self.directory = directory or LocalDirectory()
         self.logins = 0
+        self.draining = False
         self.sessions: dict[str, Session] = {}  # by user
         self.resume_tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self.pending: OrderedDict[str, dict] = OrderedDict()  # connect token -> state
@@ -240,7 +241,18 @@ class SignalingNode:
             raise SignalingError("unauthenticated", "unknown or expired resume token")
         return self._start(session, entry[0], resumed=True)
 
+    def start_draining(self) -> None:
+        """Send every session to other super nodes; refuse new logins from now on."""
+        self.draining = True
+        for session in list(self.sessions.values()):
+            session.send(self._redirect())
+
+    def _redirect(self) -> dict:
+        return {"op": "redirect", "reason": "this node is draining", "hosts": self.host_cache()}
+
     def _start(self, session: Session, user: str, resumed: bool = False) -> dict:
+        if self.draining:
+            return self._redirect()
         previous = self.sessions.get(user)
         if previous is not None and previous is not session:
             previous.send({"op": "replaced", "reason": "logged in elsewhere"})

@@ -12,6 +12,7 @@ from twisted.application import internet, service, strports
 from twisted.python import usage
 
 from relay.config import TomlOptions, primary_address, usage_options
+from relay.drain import DrainService
 from relay.listeners import ServerStreamFactory
 from relay.service import add_listeners, make_relay
 from rendezvous.stun.binding import Addresses, BindingServer
@@ -105,9 +106,13 @@ def makeService(options, reactor=None) -> service.MultiService:
         directory.node = node
     SignalingService(node, reactor).setServiceParent(top)
     GossipService(reactor, node).setServiceParent(top)
+    drain = DrainService(reactor, turn, config.relay.drain_timeout if config.relay else 600,
+                         hooks=[node.start_draining], sessions=lambda: len(node.sessions))
+    drain.setServiceParent(top)
     if config.metrics:
         host, port = config.metrics
-        internet.TCPServer(port, metrics_site(binding, turn, node), interface=host).setServiceParent(top)
+        internet.TCPServer(port, metrics_site(binding, turn, node, ready=lambda: not drain.draining),
+                           interface=host).setServiceParent(top)
     signaling = SignalingFactory(node)
     tls = None
     if config.tls_port:

@@ -473,3 +473,16 @@ def test_bandwidth_limit(clock):
     clock.advance(1)
     allocation.send_to_peer(PEER, b"x" * 100)
     assert len(allocation.relays[4].sent) == 11
+
+
+def test_draining_refuses_new_allocations(server):
+    """While draining, a new Allocate gets 508 (no alternate) or 300 with ALTERNATE-SERVER."""
+    first = Client(server)
+    first.allocate()
+    server.draining = True
+    other = Client(server, five_tuple=("udp", ("203.0.113.10", 2), SERVER))
+    assert code(other.allocate()) == 508
+    server.alternate = ("198.18.0.20", 3478)
+    response = other.allocate()
+    assert code(response) == 300 and response.address(Attr.ALTERNATE_SERVER) == ("198.18.0.20", 3478)
+    assert first.request(Method.REFRESH).cls == Class.SUCCESS  # existing allocations go on

@@ -1,0 +1,82 @@
+"""SIGUSR1 drains a node: no new work, clients told where to go, the process ends when done."""
+
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from rendezvous.accounts import AccountStore
+from rendezvous.stun import Attr, Class, Method
+from rendezvous.stun.attributes import encode_uint32
+from tests.conftest import (
+    PRIMARY_IP,
+    TURN_PASSWORD,
+    TURN_REALM,
+    TURN_USER,
+    free_port,
+    start_node,
+    start_relay,
+    stop_node,
+)
+from tests.integration.test_signaling_process import connect, login
+from tests.turn_helpers import UdpTurnClient, code
+
+pytestmark = pytest.mark.integration
+
+
+def client(node):
+    c = UdpTurnClient((node.ip, node.port), TURN_USER, TURN_PASSWORD, TURN_REALM)
+    c.sock.bind((PRIMARY_IP, 0))
+    return c
+
+
+def test_relay_drains_and_exits(tmp_path):
+    """After SIGUSR1, Allocate gets 300 with ALTERNATE-SERVER, /readyz 503, and the relay exits when the last allocation ends."""
+    metrics = free_port(ips=(PRIMARY_IP,))
+    node = start_relay(tmp_path, "--alternate-server", "198.18.0.20:3478", "--metrics", f"127.0.0.1:{metrics}")
+    first, second = client(node), client(node)
+    try:
+        assert first.allocate().cls == Class.SUCCESS
+        node.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while True:
+            response = second.allocate()
+            if response.cls == Class.ERROR and code(response) == 300:
+                break
+            assert time.monotonic() < deadline, node.log()
+            time.sleep(0.1)
+        assert response.address(Attr.ALTERNATE_SERVER) == ("198.18.0.20", 3478)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics}/readyz", timeout=5)
+        assert refused.value.code == 503
+        assert node.process.poll() is None  # still serving the allocation it has
+        first.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(0)))
+        node.process.wait(10)
+        assert "drained (0 allocations, 0 sessions left)" in node.log()
+    finally:
+        first.close()
+        second.close()
+        stop_node(node)
+
+
+def test_super_node_redirects_signaling(tmp_path):
+    """A draining super node redirects its sessions and new logins to other super nodes."""
+    store = AccountStore(tmp_path / "state" / "accounts.sqlite")
+    store.add("carol", "carol-pw", "txrendezvous")
+    store.close()
+    node = start_node(tmp_path, "--peer-node", "198.18.0.30:3478", "--drain-timeout", "30", alternate=False)
+    try:
+        carol, _ = login(node, "carol")
+        node.process.send_signal(signal.SIGUSR1)
+        redirect = carol.wait("redirect")
+        assert {"host": "198.18.0.30", "port": 3478, "load": 0} in redirect["hosts"]
+        late = connect(node)
+        assert late.call("login", user="carol", password="carol-pw")["op"] == "redirect"
+        late.sock.close()
+        assert node.process.poll() is None  # carol is still connected
+        carol.sock.close()
+        node.process.wait(10)  # the last session has gone
+    finally:
+        stop_node(node)
