@@ -41,6 +41,7 @@ class RelayService(service.Service):
         self.turn = turn
         self.ports = ports
         self.reload = reload
+        self.reload_hooks: list = []  # more things SIGHUP re-reads (TLS certificates)
         self.extra_sources = extra_sources
         self._sweep = LoopingCall(lambda: turn.expire(clock.seconds()))
         self._sweep.clock = clock
@@ -75,6 +76,11 @@ class RelayService(service.Service):
         self.apply(config)
         log.info("reloaded users, secrets, peer rules and quotas; {count} allocations kept",
                  count=len(self.turn.allocations))
+        for hook in self.reload_hooks:
+            try:
+                hook()
+            except ValueError as e:
+                log.error("reload refused for part of the configuration: {error}", error=str(e))
 
     def apply(self, config: RelayConfig) -> None:
         """Use config's credentials, peer rules and quotas from now on."""

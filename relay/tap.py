@@ -11,7 +11,7 @@ from twisted.python import usage
 from rendezvous.accounts import AccountStore
 from rendezvous.metrics import metrics_site
 from rendezvous.stun.binding import Addresses, BindingServer
-from rendezvous.tls import tls_options
+from rendezvous.tls import ReloadableTLS
 
 import dataclasses
 import os
@@ -89,7 +89,8 @@ def makeService(options, reactor=None) -> service.MultiService:
     tls = None
     if values["tls-port"]:
         try:
-            tls = tls_options(values["cert"], values["key"], values["state-dir"])
+            tls = ReloadableTLS(values["cert"], values["key"], values["state-dir"])
+            relay.reload_hooks.append(tls.reload)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
     drain = DrainService(reactor, relay.turn, options.relay_config.drain_timeout)

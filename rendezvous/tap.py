@@ -24,7 +24,7 @@ from .metrics import metrics_site
 from .redis_directory import RedisDirectory
 from .signaling import SignalingConfig, SignalingNode, node_name
 from .signaling_protocol import DemuxFactory, SignalingFactory, SignalingService
-from .tls import WEB_ALPN_PROTOCOLS, tls_options
+from .tls import ALPN_PROTOCOLS, WEB_ALPN_PROTOCOLS, ReloadableTLS
 from .web import site
 
 
@@ -114,20 +114,26 @@ def makeService(options, reactor=None) -> service.MultiService:
         internet.TCPServer(port, metrics_site(binding, turn, node, ready=lambda: not drain.draining),
                            interface=host).setServiceParent(top)
     signaling = SignalingFactory(node)
-    tls = None
-    if config.tls_port:
-        try:
-            tls = tls_options(config.cert, config.key, config.state_dir)
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+    reloads = relay.reload_hooks if config.relay is not None else []
+    tls = _tls(config, ALPN_PROTOCOLS, reloads) if config.tls_port else None
     add_listeners(top, addresses, binding, turn, config.tls_port, tls,
                   wrap=lambda stun: DemuxFactory(stun, signaling))
-    _add_web_ports(top, config, binding, turn, signaling, site(node))
+    _add_web_ports(top, config, binding, turn, signaling, site(node), reloads)
     top.binding_server = binding
     return top
 
 
-def _add_web_ports(top, config: RendezvousConfig, binding, turn, signaling, web) -> None:
+def _tls(config: RendezvousConfig, protocols: list[bytes], reloads: list) -> ReloadableTLS:
+    """TLS for a listener; SIGHUP re-reads the certificate."""
+    try:
+        tls = ReloadableTLS(config.cert, config.key, config.state_dir, protocols)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+    reloads.append(tls.reload)
+    return tls
+
+
+def _add_web_ports(top, config: RendezvousConfig, binding, turn, signaling, web, reloads) -> None:
     """The firewall ports: STUN/TURN, signaling and HTTP told apart by first bytes.
 
     Ports below 1024 are bound during twistd's privileged start-up, before
@@ -139,10 +145,7 @@ def _add_web_ports(top, config: RendezvousConfig, binding, turn, signaling, web)
         strports.service(f"tcp:{config.http_port}:interface={interface}",
                          DemuxFactory(stun, signaling, web)).setServiceParent(top)
     if config.https_port:
-        try:
-            tls = tls_options(config.cert, config.key, config.state_dir, WEB_ALPN_PROTOCOLS)
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+        tls = _tls(config, WEB_ALPN_PROTOCOLS, reloads)
         stun = ServerStreamFactory(binding, turn, (config.ip, config.https_port), "tls")
         internet.SSLServer(config.https_port, DemuxFactory(stun, signaling, web), tls,
                            interface=config.ip).setServiceParent(top)

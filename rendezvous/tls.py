@@ -14,8 +14,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
+from zope.interface import implementer
 
 log = Logger()
 
@@ -53,6 +56,29 @@ def tls_options(cert: Path | None, key: Path | None, state_dir: Path,
         )
     except Exception as e:  # OSError, or OpenSSL's own errors for bad PEM
         raise ValueError(f"cannot load TLS certificate {cert} / key {key}: {e}") from None
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableTLS:
+    """A server TLS connection creator whose certificate can be re-read (SIGHUP).
+
+    New connections take the current certificate; connections already up
+    keep the one they started with.
+    """
+
+    def __init__(self, cert: Path | None, key: Path | None, state_dir: Path,
+                 protocols: list[bytes] = ALPN_PROTOCOLS) -> None:
+        self._args = (cert, key, state_dir, protocols)
+        self.options = tls_options(*self._args)
+
+    def serverConnectionForTLS(self, protocol) -> SSL.Connection:
+        return SSL.Connection(self.options.getContext(), None)
+
+    def reload(self) -> None:
+        """Re-read the files; raises ValueError (keeping the old certificate) if they are bad."""
+        self.options = tls_options(*self._args)
+        log.info("reloaded the TLS certificate")
+
 
 def self_signed(state_dir: Path) -> tuple[Path, Path]:
     """Return (cert, key) paths in state_dir/tls, making them the first time."""

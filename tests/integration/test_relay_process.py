@@ -276,3 +276,41 @@ def test_rest_secret_rotation(tmp_path):
             c.close()
     finally:
         stop_node(node)
+
+
+def test_sighup_reloads_the_tls_certificate(tmp_path):
+    """After the certificate files change, SIGHUP makes new TLS connections present the new one."""
+    import shutil
+    import ssl
+
+    from rendezvous.tls import self_signed
+
+    old_cert, old_key = self_signed(tmp_path / "old")
+    new_cert, new_key = self_signed(tmp_path / "new")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(old_cert, cert)
+    shutil.copy(old_key, key)
+    node = start_node(tmp_path, "--user", f"{TURN_USER}:{TURN_PASSWORD}", "--cert", str(cert), "--key", str(key),
+                      alternate=False, command="relay")
+
+    def presented() -> bytes:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection((node.ip, node.tls_port), timeout=5) as raw, \
+                context.wrap_socket(raw) as s:
+            return s.getpeercert(binary_form=True)
+
+    def der(path) -> bytes:
+        return ssl.PEM_cert_to_DER_cert(path.read_text())
+
+    try:
+        assert presented() == der(old_cert)
+        shutil.copy(new_cert, cert)
+        shutil.copy(new_key, key)
+        node.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while presented() != der(new_cert):
+            assert time.monotonic() < deadline, node.log()
+            time.sleep(0.2)
+    finally:
+        stop_node(node)
