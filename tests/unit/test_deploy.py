@@ -37,3 +37,40 @@ def test_systemd_units_name_real_options(unit, command, options):
     flags = [a for a in args if a.startswith("--")]
     known = {f"--{o.name}" for o in options} | {"--config"}
     assert flags and set(flags) <= known
+
+
+def _manifest_args(text: str) -> list[str]:
+    """The words of every `args:` list in a manifest (block style, one item per line)."""
+    args, inside = [], False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped == "args:":
+            inside = True
+            continue
+        if inside and stripped.startswith("- "):
+            args.append(stripped[2:].strip('"'))
+        elif inside:
+            inside = False
+    return args
+
+
+@pytest.mark.parametrize("manifest, command, options", [
+    ("kubernetes/relay-daemonset.yaml", "relay", LISTENER_OPTIONS + RELAY_OPTIONS + PROCESS_OPTIONS),
+    ("kubernetes/supernode.yaml", "rendezvous", RENDEZVOUS_OPTIONS),
+])
+def test_manifests_name_real_options(manifest, command, options):
+    """The Kubernetes manifests pass options their twistd command has, and probe /readyz and /healthz."""
+    text = (DEPLOY / manifest).read_text()
+    args = _manifest_args(text)
+    assert args[0] == command
+    flags = [a for a in args if a.startswith("--")]
+    assert flags and set(flags) <= {f"--{o.name}" for o in options}
+    assert "path: /readyz" in text and "path: /healthz" in text
+
+
+def test_dockerfile_runs_twistd_as_a_non_root_user():
+    """The container image runs twistd in the foreground as its own user, with a real command."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "USER txrendezvous" in text
+    assert 'ENTRYPOINT ["twistd", "-n", "--pidfile="]' in text
+    assert 'CMD ["rendezvous"' in text
