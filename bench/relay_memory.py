@@ -15,13 +15,14 @@ import argparse
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,12 +33,6 @@ from rendezvous.stun.integrity import long_term_key  # noqa: E402
 
 IP = "127.0.0.1"
 USER, PASSWORD, REALM = "bench", "bench-pw", "example.org"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((IP, 0))
-        return s.getsockname()[1]
 
 
 def rss_kib(pid: int) -> int:
@@ -122,11 +117,7 @@ def measure(kind: str, count: int, deadline_seconds: float) -> tuple[int, int]:
         finally:
             for sock in sockets:
                 sock.close()
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process)
 
 
 def main() -> None:

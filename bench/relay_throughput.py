@@ -43,8 +43,6 @@ import os
 import platform
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +50,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import coturn_version, cpu_seconds, exchange, free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 IP = "127.0.0.1"
@@ -72,42 +72,9 @@ SERVER_LABELS = {
 # -- servers -----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (bounded search)."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind((IP, 0))
-            port = probe.getsockname()[1]
-        held = []
-        try:
-            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                s = socket.socket(socket.AF_INET, kind)
-                held.append(s)
-                s.bind((IP, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError("no free port found")
-
-
 def answers_binding(address: tuple[str, int], timeout: float = 0.3) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        s.sendto(BINDING + os.urandom(12), address)
-        try:
-            return s.recvfrom(2048)[0][:2] == b"\x01\x01"
-        except OSError:
-            return False
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    answer = exchange(address, BINDING + os.urandom(12), timeout)
+    return answer is not None and answer[:2] == b"\x01\x01"
 
 
 def other_cpu_seconds(exclude: set[int]) -> dict[int, float]:
@@ -220,13 +187,7 @@ class Server:
 
     def stop(self) -> None:
         """End the process we started, by its id."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT_SECONDS)
+        stop(self.process)
 
     def threads(self) -> int:
         try:
@@ -277,7 +238,7 @@ def server_command(kind: str, workdir: Path, port: int, relay_ports: tuple[int, 
 
 def start_server(kind: str, workdir: Path, relay_ports: tuple[int, int]) -> Server:
     workdir.mkdir(parents=True)
-    port = free_port()
+    port = free_port((IP,))
     command = server_command(kind, workdir, port, relay_ports)
     log_path = workdir / "server.out"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -353,7 +314,7 @@ def run_load(server: Server, args: argparse.Namespace, size: int, rate: int, wor
                 try:
                     elapsed = float(line[1:].split("s]", 1)[0])
                     at = time.monotonic()
-                    server_cpu, load_cpu = process_cpu_seconds(server.process.pid), process_cpu_seconds(process.pid)
+                    server_cpu, load_cpu = cpu_seconds(server.process.pid), cpu_seconds(process.pid)
                     cpus, udp = per_cpu_ticks(), udp_errors()
                     drops = udp_socket_drops()
                     server_drops = sum(drops.get(i, 0) for i in socket_inodes(server.process.pid))
@@ -427,15 +388,6 @@ NOTES = """\
 
 
 # -- report ----------------------------------------------------------------------------
-
-
-def coturn_version() -> str:
-    try:
-        out = subprocess.run(["turnserver", "--version"], check=False, capture_output=True, text=True,
-                             timeout=10).stdout
-        return out.strip().splitlines()[-1]
-    except (OSError, subprocess.TimeoutExpired, IndexError):
-        return "unknown"
 
 
 def machine_facts() -> list[str]:

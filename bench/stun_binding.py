@@ -42,7 +42,6 @@ import os
 import platform
 import select
 import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -52,6 +51,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import coturn_version, cpu_seconds, exchange, free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -64,39 +65,6 @@ SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
 
 # -- servers ---------------------------------------------------------------------
-
-
-def free_port(ips=(LOOPBACK,)) -> int:
-    """A port that is free for UDP and TCP on every one of ips (bounded search)."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind((ips[0], 0))
-            port = probe.getsockname()[1]
-        held = []
-        try:
-            for ip in ips:
-                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    s = socket.socket(socket.AF_INET, kind)
-                    held.append(s)
-                    s.bind((ip, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError("no free port found")
-
-
-def exchange(address: tuple[str, int], request: bytes, timeout: float = 0.3) -> bytes | None:
-    """Send one datagram and return the answer, or None if none came in time."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        s.sendto(request, address)
-        try:
-            return s.recvfrom(65536)[0]
-        except OSError:
-            return None
 
 
 @dataclass
@@ -122,19 +90,11 @@ class Server:
 
     def stop(self) -> None:
         """End the process we started, by its id."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT_SECONDS)
+        stop(self.process)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process (all its threads) so far."""
-        with open(f"/proc/{self.process.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.process.pid)
 
 
 def pin_prefix(pin: bool) -> list[str]:
@@ -146,7 +106,7 @@ def start_rendezvous(workdir: Path, pin: bool, alternate: bool = False) -> Serve
     twistd = str(Path(sys.executable).with_name("twistd"))
     command = pin_prefix(pin) + [
         twistd, "-n", "--pidfile=", "rendezvous",
-        "--ip", LOOPBACK, "--port", str(port), "--tls-port", "0",
+        "--ip", LOOPBACK, "--port", str(port), "--tls-port", "0", "--metrics", "off",
         "--state-dir", str(workdir / "state"),
     ]
     if alternate:
@@ -161,14 +121,6 @@ def start_rendezvous(workdir: Path, pin: bool, alternate: bool = False) -> Serve
     server = Server("txrendezvous", f"twisted {twisted.__version__}", process, (LOOPBACK, port), log_path, command)
     server.wait_until_answering()
     return server
-
-
-def coturn_version() -> str:
-    try:
-        out = subprocess.run(["turnserver", "--version"], capture_output=True, text=True, timeout=10).stdout
-        return out.strip().splitlines()[-1]
-    except (OSError, subprocess.TimeoutExpired, IndexError):
-        return "unknown"
 
 
 def start_coturn(workdir: Path, pin: bool) -> Server:
@@ -335,12 +287,12 @@ def run_load(server: Server, load: Load, clients: int) -> dict:
     latencies: list[float] = []
     seconds = []
     client_cpu = []
-    for counts, measured_seconds, cpu_seconds, lat in collected:
+    for counts, measured_seconds, process_cpu, lat in collected:
         for key, value in counts.items():
             totals[key] = totals.get(key, 0) + value
         latencies.extend(lat)
         seconds.append(measured_seconds)
-        client_cpu.append(cpu_seconds / measured_seconds if measured_seconds else 0.0)
+        client_cpu.append(process_cpu / measured_seconds if measured_seconds else 0.0)
     latencies.sort()
     seconds_measured = max(seconds)
     return {

@@ -1,0 +1,72 @@
+"""What the benchmark scripts share: ports, processes, CPU time, versions.
+
+Benchmarks are scripts, not tests; they run as ``python bench/NAME.py`` from
+the repository root, which puts this folder on the import path.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+
+STOP_TIMEOUT_SECONDS = 10
+
+
+def free_port(ips=("127.0.0.1",)) -> int:
+    """A port that is free for UDP and TCP on every one of ips (bounded search)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind((ips[0], 0))
+            port = probe.getsockname()[1]
+        held = []
+        try:
+            for ip in ips:
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    s = socket.socket(socket.AF_INET, kind)
+                    held.append(s)
+                    s.bind((ip, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError("no free port found")
+
+
+def exchange(address: tuple[str, int], request: bytes, timeout: float = 0.3) -> bytes | None:
+    """Send one datagram and return the answer, or None if none came in time."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(request, address)
+        try:
+            return s.recvfrom(65536)[0]
+        except OSError:
+            return None
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End a process we started, by its handle: SIGTERM, then SIGKILL."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_TIMEOUT_SECONDS)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def coturn_version() -> str:
+    try:
+        out = subprocess.run(["turnserver", "--version"], check=False, capture_output=True, text=True,
+                             timeout=10).stdout
+        return out.strip().splitlines()[-1]
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        return "unknown"
