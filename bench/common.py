@@ -8,16 +8,19 @@ import os
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
 STOP_TIMEOUT_SECONDS = 10
 
 
-def free_port(ips=("127.0.0.1",)) -> int:
-    """A port that is free for UDP and TCP on every one of ips (bounded search)."""
+def free_port(ips=("127.0.0.1",), exclude=()) -> int:
+    """A port that is free for UDP and TCP on every one of ips, not in exclude (bounded search)."""
     for _ in range(200):
         with socket.socket() as probe:
             probe.bind((ips[0], 0))
             port = probe.getsockname()[1]
+        if port in exclude:
+            continue
         held = []
         try:
             for ip in ips:
@@ -70,3 +73,14 @@ def coturn_version() -> str:
         return out.strip().splitlines()[-1]
     except (OSError, subprocess.TimeoutExpired, IndexError):
         return "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"

@@ -52,7 +52,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import coturn_version, cpu_seconds, exchange, free_port, stop
+from common import coturn_version, cpu_model, cpu_seconds, exchange, free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -310,14 +310,7 @@ def run_load(server: Server, load: Load, clients: int) -> dict:
 
 
 def machine_facts() -> list[str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     try:
         dpkg = subprocess.run(["dpkg-query", "-W", "coturn"], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):

@@ -11,33 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from bench import common
+
 ROOT = Path(__file__).resolve().parent.parent
 PRIMARY_IP = "127.0.0.1"
 ALT_IP = "127.0.0.2"
 
 
 def free_port(ips=(PRIMARY_IP, ALT_IP), exclude=()) -> int:
-    """A port free for UDP and TCP on every one of ips."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind((ips[0], 0))
-            port = probe.getsockname()[1]
-        if port in exclude:
-            continue
-        held = []
-        try:
-            for ip in ips:
-                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    s = socket.socket(socket.AF_INET, kind)
-                    held.append(s)
-                    s.bind((ip, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError("no free port found")
+    """A port free for UDP and TCP on 127.0.0.1 and 127.0.0.2 (or the given ips)."""
+    return common.free_port(ips, exclude)
 
 
 def binding_request() -> bytes:
