@@ -23,11 +23,14 @@ class ConfigError(ValueError):
     """A bad option value or config file; the message says which and why."""
 
 
-def default_state_dir() -> str:
+def default_state_dir() -> Path:
+    """$TXRENDEZVOUS_STATE_DIR, else /var/lib/txrendezvous for root, else the XDG state dir."""
+    if os.environ.get("TXRENDEZVOUS_STATE_DIR"):
+        return Path(os.environ["TXRENDEZVOUS_STATE_DIR"])
     if os.geteuid() == 0:
-        return "/var/lib/txrendezvous"
+        return Path("/var/lib/txrendezvous")
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return os.path.join(base, "txrendezvous")
+    return Path(base) / "txrendezvous"
 
 
 def primary_address() -> str:

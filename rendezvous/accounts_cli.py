@@ -23,7 +23,7 @@ from .accounts import AccountError, AccountStore
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, default=Path(default_state_dir()) / "accounts.sqlite",
+    parser.add_argument("--db", type=Path, default=default_state_dir() / "accounts.sqlite",
                         help="the account store (default: %(default)s)")
     parser.add_argument("--realm", default="txrendezvous",
                         help="TURN realm the relay keys are made for (default: %(default)s)")

@@ -248,3 +248,33 @@ def test_json_logs(tmp_path):
     lines = [line for line in log_path.read_text().splitlines() if line.strip()]
     events = [json.loads(line) for line in lines]
     assert any("log_format" in event for event in events)
+
+
+def test_embedded_defaults_start(tmp_path):
+    """With no --state-dir (the README's run command) the node starts and fills its default state dir."""
+    port = free_port()
+    tls_port = free_port(exclude={port})
+    env = {"PYTHONPATH": str(ROOT), "PATH": "", "TXRENDEZVOUS_STATE_DIR": str(tmp_path / "default-state")}
+    process = subprocess.Popen(
+        [twistd(), "-n", "--pidfile=", "rendezvous", "--port", str(port), "--tls-port", str(tls_port),
+         "--metrics", "off"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
+    )
+    try:
+        with udp_socket() as s:
+            s.settimeout(0.2)
+            answered = False
+            for _ in range(100):
+                s.sendto(Message(Method.BINDING, Class.REQUEST).encode(), ("127.0.0.1", port))
+                try:
+                    answered = Message.decode(s.recvfrom(2048)[0]).cls == Class.SUCCESS
+                    break
+                except OSError:
+                    if process.poll() is not None:
+                        break
+        assert answered, process.stdout.read().decode(errors="replace") if process.poll() is not None else ""
+        assert (tmp_path / "default-state" / "accounts.sqlite").exists()
+        assert (tmp_path / "default-state" / "tls" / "self-signed.pem").exists()
+    finally:
+        process.terminate()
+        process.wait(10)
