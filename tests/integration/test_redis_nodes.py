@@ -71,6 +71,17 @@ def wait_for_peer_node(node, other):
         time.sleep(0.5)
 
 
+def until(check, seconds=10.0):
+    """Poll check() until it returns something true (pub/sub delivery is asynchronous)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.2)
+
+
 def test_buddies_on_two_nodes(two_nodes):
     """Buddy request, presence, lookup, messages and connect coordination cross from node A to node B."""
     a, b = two_nodes
@@ -78,15 +89,23 @@ def test_buddies_on_two_nodes(two_nodes):
     wait_for_peer_node(b, a)
     alice, _ = login(a, "alice")
     bob, _ = login(b, "bob")
-    time.sleep(0.3)  # presence of the new logins reaches the other node's cache
-    alice.call("buddy-add", user="bob")
-    bob.wait("buddy-request", **{"from": "alice"})
+    # A learns of bob's login through Redis; resend the request until it is routed.
+    def request_reaches_bob():
+        alice.call("buddy-add", user="bob")
+        try:
+            bob.sock.settimeout(1)
+            return bob.wait("buddy-request", **{"from": "alice"})
+        except (AssertionError, OSError):
+            return None
+        finally:
+            bob.sock.settimeout(5)
+    until(request_reaches_bob)
     bob.call("buddy-accept", user="alice")
     assert alice.wait("presence", user="bob")["node"] == "node-b"
     bob.call("presence", state="away")
     assert alice.wait("presence", user="bob", state="away")
-    peer = alice.call("lookup", user="bob")
-    assert (peer["online"], peer["node"]) == (True, "node-b")
+    peer = until(lambda: (lambda p: p if p["online"] else None)(alice.call("lookup", user="bob")))
+    assert peer["node"] == "node-b"
     alice.call("message", to="bob", text="across nodes")
     assert bob.wait("message")["text"] == "across nodes"
     token = alice.call("connect", to="bob", candidates=[{"type": "srflx", "ip": "127.0.0.1", "port": 1111}])["token"]
