@@ -15,6 +15,7 @@ frames is closed. Logs carry session ids, never passwords.
 
 import ipaddress
 import os
+import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ LOGIN_BURST, LOGIN_PER_SECOND = 5, 0.2
 CANDIDATE_TYPES = ("host", "srflx", "upnp", "predicted", "relay", "prflx")
 HOST_CACHE_SIZE = 200
 HOST_TTL_SECONDS = 3600
+# ICE credentials (RFC 8445 §5.3; RFC 8839 §5.4: ice-char is ALPHA / DIGIT / "+" / "/").
+ICE_CREDENTIALS = {"ufrag": re.compile(r"[A-Za-z0-9+/]{4,64}"), "pwd": re.compile(r"[A-Za-z0-9+/]{22,128}")}
 
 
 class SignalingError(Exception):
@@ -129,6 +132,19 @@ def _candidates(message: dict) -> list[dict]:
             raise SignalingError("bad-request", "candidate port must be 1-65535")
         clean.append({"type": kind, "ip": ip, "port": port, "protocol": protocol})
     return clean
+
+
+def _ice_credentials(message: dict) -> dict:
+    """The optional ``ufrag`` and ``pwd`` of a connect or answer, checked, for passing on unchanged."""
+    found = {}
+    for name, pattern in ICE_CREDENTIALS.items():
+        value = message.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise SignalingError("bad-request", f"{name} must be {pattern.pattern}")
+        found[name] = value
+    return found
 
 
 class SignalingNode:
@@ -478,6 +494,7 @@ class SignalingNode:
     def _connect(self, session: Session, message: dict):
         to = _text(message, "to")
         candidates = _candidates(message)
+        credentials = _ice_credentials(message)
         self._check_buddy_online(session, to)
         self._expire_connects()
         if len(self.pending) >= MAX_PENDING_CONNECTS:
@@ -485,18 +502,20 @@ class SignalingNode:
         # The token names this node, so an answer given on another node is
         # routed back here.
         token = f"{secrets.token_urlsafe(16)}.{self.config.node_name}"
-        self.pending[token] = {"from": session, "to": to, "candidates": candidates,
+        self.pending[token] = {"from": session, "to": to, "candidates": candidates, "credentials": credentials,
                                "expires": self.clock.seconds() + CONNECT_SECONDS}
         other = self.sessions.get(to)
         if other is not None:
             self.send_ping(other)
-        self._deliver(to, {"op": "connect-request", "from": session.user, "token": token, "candidates": candidates})
+        self._deliver(to, {"op": "connect-request", "from": session.user, "token": token, "candidates": candidates,
+                           **credentials})
         return {"op": "connect-pending", "token": token, "to": to}
 
     def _connect_answer(self, session: Session, message: dict):
         token = _text(message, "token")
         answer = {"kind": "connect-answer", "token": token, "user": session.user, "rtt": session.rtt,
-                  "address": list(session.address), "candidates": _candidates(message)}
+                  "address": list(session.address), "candidates": _candidates(message),
+                  "credentials": _ice_credentials(message)}
         if token in self.pending:
             self._complete_connect(answer)
             return None
@@ -520,6 +539,9 @@ class SignalingNode:
         if self.sessions.get(a.user) is not a:
             self._deliver(b_user, {"op": "error", "id": None, "code": "offline", "reason": "the requester has gone"})
             return
+        # Each side's punch carries the PEER's ICE credentials (an answer
+        # routed from an older node may have none).
+        b_credentials = answer.get("credentials") if isinstance(answer.get("credentials"), dict) else {}
         # Both must act at the same instant: the node sends each side a delay
         # that makes start = now + longest one-way time + margin, less that
         # side's own one-way time (half its measured round trip).
@@ -527,10 +549,10 @@ class SignalingNode:
         delay = max(rtt_a, rtt_b) / 2 + PUNCH_MARGIN_SECONDS
         a.send({"op": "punch", "token": token, "peer": b_user, "candidates": answer["candidates"],
                 "peer_address": answer["address"], "start_in_ms": round((delay - rtt_a / 2) * 1000, 1),
-                "turn": self.turn_credentials(a.user)})
+                "turn": self.turn_credentials(a.user), **b_credentials})
         self._deliver(b_user, {"op": "punch", "token": token, "peer": a.user, "candidates": entry["candidates"],
                                "peer_address": list(a.address), "start_in_ms": round((delay - rtt_b / 2) * 1000, 1),
-                               "turn": self.turn_credentials(b_user)})
+                               "turn": self.turn_credentials(b_user), **entry["credentials"]})
 
     def _connect_decline(self, session: Session, message: dict):
         token = _text(message, "token")

@@ -266,3 +266,49 @@ def test_hosts_exchange_learns_only_the_caller(node):
     cached = node.host_cache()
     assert {"host": "198.18.3.3", "port": 3478, "load": 2} in cached
     assert all(entry["host"] != "198.18.9.9" for entry in cached)
+
+
+def test_connect_passes_ice_credentials_through(node):
+    """ufrag/pwd of the connect reach the buddy's connect-request, and each punch carries the peer's."""
+    alice = logged_in(node, "alice", ("198.18.0.7", 40000))
+    bob = logged_in(node, "bob", ("198.18.0.8", 50000))
+    buddies(node, alice, bob)
+    a_ice = {"ufrag": "aUfr", "pwd": "a" * 21 + "+/"}
+    b_ice = {"ufrag": "B0b/" * 16, "pwd": "Zz9" * 42 + "zz"}
+    alice.do("connect", to="bob", candidates=[], **a_ice)
+    request = [m for m in bob.out if m["op"] == "connect-request"][0]
+    assert (request["ufrag"], request["pwd"]) == (a_ice["ufrag"], a_ice["pwd"])
+    alice.out.clear()
+    bob.do("connect-answer", token=request["token"], candidates=[], **b_ice)
+    to_alice = [m for m in alice.out if m["op"] == "punch"][0]
+    to_bob = [m for m in bob.out if m["op"] == "punch"][0]
+    assert (to_alice["ufrag"], to_alice["pwd"]) == (b_ice["ufrag"], b_ice["pwd"])
+    assert (to_bob["ufrag"], to_bob["pwd"]) == (a_ice["ufrag"], a_ice["pwd"])
+
+
+def test_connect_without_ice_credentials_carries_none(node):
+    """A connect without ufrag/pwd still works and its frames carry no credentials."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob")
+    buddies(node, alice, bob)
+    alice.do("connect", to="bob", candidates=[])
+    request = [m for m in bob.out if m["op"] == "connect-request"][0]
+    bob.do("connect-answer", token=request["token"], candidates=[])
+    frames = [request, [m for m in alice.out if m["op"] == "punch"][0], bob.out[-1]]
+    assert all("ufrag" not in m and "pwd" not in m for m in frames)
+
+
+@pytest.mark.parametrize("fields", [
+    {"ufrag": "abc"}, {"ufrag": "a" * 65}, {"ufrag": "ab-cd"}, {"ufrag": 1234},
+    {"pwd": "a" * 21}, {"pwd": "a" * 129}, {"pwd": "a" * 21 + "="}, {"pwd": "a" * 21 + "\n"},
+    {"ufrag": "abcd\n"},
+])
+def test_bad_ice_credentials_are_refused(node, fields):
+    """A ufrag or pwd of the wrong length or alphabet is a bad-request, on connect and on answer."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob")
+    buddies(node, alice, bob)
+    assert alice.do("connect", to="bob", candidates=[], **fields)["code"] == "bad-request"
+    assert not [m for m in bob.out if m["op"] == "connect-request"]
+    alice.do("connect", to="bob", candidates=[])
+    token = [m for m in bob.out if m["op"] == "connect-request"][0]["token"]
+    assert bob.do("connect-answer", token=token, candidates=[], **fields)["code"] == "bad-request"
+    assert token in node.pending
