@@ -64,6 +64,9 @@ RANDOM = "random"
 
 ALG_UNSUPPORTED = "unsupported by server"
 
+# A super node's plain firewall port (TCP), tried when its STUN port is blocked.
+DEFAULT_TCP_FALLBACK_PORT = 80
+
 # The largest port step still called sequential allocation.
 MAX_SEQUENTIAL_DELTA = 64
 # Probe waits for the binding lifetime search, seconds after the mapping was made.
@@ -238,6 +241,7 @@ class NatReport:
     binding_lifetime_max_seconds: float | None = None
     tcp_mapping: str | None = None
     tcp_port_preservation: bool | None = None
+    tcp_server_port: int | None = None
     mapped_address_rewritten: bool | None = None
     alg: bool | None = None
     alg_reason: str | None = ALG_UNSUPPORTED
@@ -292,6 +296,8 @@ class NatReport:
         tcp_text = _behaviour_text(self.tcp_mapping, "mapping")
         if self.tcp_port_preservation is not None:
             tcp_text += ", port " + ("preserved" if self.tcp_port_preservation else "changed")
+        if self.tcp_server_port is not None and not self.server.endswith(f":{self.tcp_server_port}"):
+            tcp_text += f" (only port {self.tcp_server_port} answered)"
         row("TCP", tcp_text)
         if self.mapped_address_rewritten:
             row("Address rewriting", "MAPPED-ADDRESS was rewritten on the way: an ALG is on the path")
@@ -455,11 +461,13 @@ class _Checker:
     """One run of the check; gathers observations, then asks the decisions."""
 
     def __init__(self, reactor, server: Address, lifetime_max_seconds: float, tcp: bool,
-                 rto_seconds: float, allocation_samples: int, progress: Callable[[str], None] | None) -> None:
+                 rto_seconds: float, allocation_samples: int, progress: Callable[[str], None] | None,
+                 tcp_fallback_port: int | None = None) -> None:
         self.reactor = reactor
         self.server = server
         self.lifetime_max_seconds = lifetime_max_seconds
         self.tcp = tcp
+        self.tcp_fallback_port = tcp_fallback_port
         # A short schedule: 4 sends, then 8 RTOs (3 s with the default RTO).
         self.timing = {"rto_seconds": rto_seconds, "rc": 4, "rm": 8}
         self.probe_seconds = rto_seconds * (1 + 2 + 4 + 8)
@@ -668,28 +676,44 @@ class _Checker:
         return outcome == "arrived"
 
     async def _tcp(self) -> None:
-        """RFC 5382 §5: the same local port toward three server endpoints."""
+        """RFC 5382 §5: the same local port toward three server endpoints.
+
+        When the STUN port does not answer over TCP, the server's plain
+        firewall port (a super node's TCP 80) is tried for the mapped address.
+        """
         report = self.report
         server = self.server
         self.progress(f"TCP: Binding request to {_show(server)} over TCP")
         connectors = []
         try:
-            first, local_port = await self._tcp_binding(server, 0, connectors)
+            try:
+                first, local_port = await self._tcp_binding(server, 0, connectors)
+            except _TCP_FAILURES as e:
+                fallback = self.tcp_fallback_port
+                if not fallback or fallback == server[1]:
+                    raise
+                report.notes.append(f"TCP to port {server[1]} failed ({e.__class__.__name__})")
+                server = (server[0], fallback)
+                self.progress(f"TCP: Binding request to the firewall port {_show(server)}")
+                first, local_port = await self._tcp_binding(server, 0, connectors)
             report.server_answered = True
+            report.tcp_server_port = server[1]
             mapped = mapped_address(first)
             report.tcp_port_preservation = mapped is not None and mapped[1] == local_port
             other = first.address(Attr.OTHER_ADDRESS)
             if report.rfc5780 is None:
                 report.rfc5780 = other is not None and other[0] != server[0] and other[1] != server[1]
                 report.other_address = _show(other)
+            if server != self.server:
+                report.notes.append(f"TCP answered only on port {server[1]}: TCP mapping not tested")
+                return
             if other is None or other[0] == server[0]:
                 return
             self.progress(f"TCP: from the same local port {local_port} to the alternate IP and port")
             second, _ = await self._tcp_binding((other[0], server[1]), local_port, connectors)
             third, _ = await self._tcp_binding(other, local_port, connectors)
             report.tcp_mapping = mapping_behaviour(mapped, mapped_address(second), mapped_address(third))
-        except (error.ConnectError, error.ConnectionClosed, defer.TimeoutError, defer.CancelledError,
-                CodecError, ServerError, OSError) as e:  # refused, reset, timed out
+        except _TCP_FAILURES as e:
             report.notes.append(f"TCP test failed: {e.__class__.__name__}: {e}")
         finally:
             for connector in connectors:
@@ -704,6 +728,11 @@ class _Checker:
         probe.answered.addTimeout(self.probe_seconds + 2, self.reactor)
         response = _raise_for_error(await probe.answered)
         return response, connector.transport.getHost().port if local_port == 0 else local_port
+
+
+# Refused, reset, timed out, or not STUN.
+_TCP_FAILURES = (error.ConnectError, error.ConnectionClosed, defer.TimeoutError, defer.CancelledError,
+                 CodecError, ServerError, OSError)
 
 
 def _local_ip(server: Address) -> str:
@@ -731,13 +760,17 @@ async def _resolve(reactor, host: str) -> str:
 
 def check(reactor, server: tuple[str, int], *, lifetime_max_seconds: float = 120.0, tcp: bool = True,
           rto_seconds: float = 0.2, allocation_samples: int = 5,
-          progress: Callable[[str], None] | None = None) -> Deferred:
+          progress: Callable[[str], None] | None = None,
+          tcp_fallback_port: int | None = DEFAULT_TCP_FALLBACK_PORT) -> Deferred:
     """Analyse the NAT between this host and an RFC 5780 STUN server.
 
     ``server`` is (host, port) of the server's primary address (IPv4).
     The UDP binding lifetime search runs alongside the other tests and takes
     at most ``lifetime_max_seconds`` (0 skips it). ``progress`` is called
-    with a line as each test starts.
+    with a line as each test starts. When the server's port does not answer
+    over TCP, ``tcp_fallback_port`` (a super node's plain firewall port;
+    None to skip) is tried, so a firewall letting out only TCP 80 still gets
+    a verdict ("UDP blocked").
 
     Fires with a NatReport, which is partial (see its ``notes``) when the
     server does not answer or lacks RFC 5780; fails with NatCheckError when
@@ -748,7 +781,7 @@ def check(reactor, server: tuple[str, int], *, lifetime_max_seconds: float = 120
         host, port = server
         ip = await _resolve(reactor, host)
         checker = _Checker(reactor, (ip, int(port)), lifetime_max_seconds, tcp, rto_seconds,
-                           allocation_samples, progress)
+                           allocation_samples, progress, tcp_fallback_port)
         return await checker.run()
 
     return Deferred.fromCoroutine(go())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .nat_check import NatCheckError, check
+from .nat_check import DEFAULT_TCP_FALLBACK_PORT, NatCheckError, check
 
 PROG = "txrendezvous nat-check"
 DEFAULT_PORT = 3478
@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lifetime-max-seconds", type=float, default=120.0, metavar="N",
                         help="longest the UDP binding lifetime search may take; 0 skips it (default: %(default)g)")
     parser.add_argument("--no-tcp", action="store_true", help="skip the TCP mapping test")
+    parser.add_argument("--tcp-fallback-port", type=int, default=DEFAULT_TCP_FALLBACK_PORT, metavar="PORT",
+                        help="TCP port tried when the server's port does not answer over TCP (a super node's "
+                             "firewall port); 0 skips it (default: %(default)s)")
     parser.add_argument("--rto-seconds", type=float, default=0.2, metavar="S",
                         help="first STUN retransmission timeout; a lost answer counts after 15 x S "
                              "(default: %(default)g)")
@@ -60,6 +63,9 @@ def run_command(args: argparse.Namespace) -> int:
     if args.lifetime_max_seconds < 0 or args.rto_seconds <= 0:
         print(f"{PROG}: --lifetime-max-seconds must be >= 0 and --rto-seconds > 0", file=sys.stderr)
         return 1
+    if not 0 <= args.tcp_fallback_port < 65536:
+        print(f"{PROG}: --tcp-fallback-port must be 0-65535", file=sys.stderr)
+        return 1
 
     from twisted.internet import task
     from twisted.internet.defer import Deferred
@@ -74,7 +80,7 @@ def run_command(args: argparse.Namespace) -> int:
         try:
             outcome["report"] = await check(
                 reactor, server, lifetime_max_seconds=args.lifetime_max_seconds, tcp=not args.no_tcp,
-                rto_seconds=args.rto_seconds, progress=progress)
+                rto_seconds=args.rto_seconds, progress=progress, tcp_fallback_port=args.tcp_fallback_port or None)
         except NatCheckError as e:
             outcome["error"] = str(e)
 

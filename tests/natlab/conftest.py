@@ -13,7 +13,7 @@ from .lab import Lab, LabError, unavailable_reason
 
 @pytest.fixture(scope="module")
 def natlab(tmp_path_factory):
-    """A factory of NAT sites sharing one public segment and one super node."""
+    """A factory of NAT sites sharing one public segment and one super node (relay and ports 80/443 on)."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
@@ -21,7 +21,7 @@ def natlab(tmp_path_factory):
     cache = {}
     try:
         lab.build_public()
-        lab.start_server()
+        lab.start_server(relay=True, web_ports=True)
 
         def site(kind: str, **options):
             key = (kind, tuple(sorted(options.items())))

@@ -6,6 +6,27 @@ reach through a fixture finaliser, so a failed build or test still tears
 down. Nothing is added to the host's own namespace: veth pairs are created
 directly inside their namespaces.
 
+Using it (root; ``unavailable_reason()`` says why not)::
+
+    lab = Lab(workdir)
+    try:
+        lab.build_public()                               # bridge + super node namespace
+        lab.start_server(relay=True, web_ports=True)     # twistd rendezvous, RFC 5780, TURN, 80/443
+        a = lab.add_site("eim-apdf")                     # any number of sites, any kinds,
+        b = lab.add_site("apdm-random", carrier="eim-apdf")   # all on the one public segment
+        subprocess.run(a.exec_argv("python", "-c", ...))  # run a client behind a's NAT
+    finally:
+        lab.close()
+
+Sites are numbered in creation order (site N: client 192.168.N.2, WAN
+198.18.0.(10+N)), so sites of every kind, several of one kind too, live in
+one lab and reach each other across the public segment at their WAN
+addresses (``Site.wan_ip``). ``Lab.sites`` holds them by unique name (the
+kind, with ``+cgn-...``/``+upnp`` and ``#N`` for repeats). A site's client
+runs commands with ``Site.exec_argv``; the super node's namespace is
+``Lab.server_ns``, the bridge's ``Lab.public_ns``. ``start_server`` may run
+more than one node (different ``port``; only one with ``web_ports``).
+
 Topology (addresses only from 198.18.0.0/15, 100.64.0.0/10, 192.168.0.0/16)::
 
     super node ns  198.18.0.1 + 198.18.0.2 (twistd rendezvous, RFC 5780)
@@ -33,6 +54,9 @@ NAT kinds (nftables table ``natlab`` in the router namespace):
 ``apdm-random``  symmetric: masquerade fully-random, a random port per
                  destination; conntrack filtering.
 ``udp-blocked``  masquerade, but the forward chain drops all UDP from the LAN.
+``tcp-web-only`` masquerade behind a firewall that lets out only TCP to ports
+                 80 and 443 (and the replies); everything else from the LAN
+                 is dropped, so only the super node's firewall ports answer.
 
 ``hairpin=True`` (DNAT kinds only) also sends LAN packets addressed to the
 WAN address back into the LAN, with the source rewritten to the WAN address.
@@ -67,9 +91,13 @@ SERVER_IP = "198.18.0.1"
 SERVER_ALT_IP = "198.18.0.2"
 SERVER_PORT = 3478
 SERVER_ALT_PORT = 3479
+SERVER_HTTP_PORT = 80
+SERVER_HTTPS_PORT = 443
+PUBLIC_RANGE = "198.18.0.0/15"
+WEB_PORTS = (SERVER_HTTP_PORT, SERVER_HTTPS_PORT)
 PUBLIC_PREFIX = 24
 
-KINDS = ("eim-eif", "eim-adf", "eim-apdf", "apdm-random", "udp-blocked")
+KINDS = ("eim-eif", "eim-adf", "eim-apdf", "apdm-random", "udp-blocked", "tcp-web-only")
 DNAT_KINDS = ("eim-eif", "eim-adf")
 
 
@@ -180,35 +208,50 @@ class Lab:
         self._to_public(self.server_ns, "eth0", f"{SERVER_IP}/{PUBLIC_PREFIX}")
         self._ns(self.server_ns, "ip", "addr", "add", f"{SERVER_ALT_IP}/{PUBLIC_PREFIX}", "dev", "eth0")
 
-    def start_server(self, *extra: str, port: int = SERVER_PORT, alternate: bool = True) -> subprocess.Popen:
-        """``twistd -n rendezvous`` in the super node namespace; with alternate,
-        on both public addresses and ports (RFC 5780), else on SERVER_IP:port only."""
+    def start_server(self, *extra: str, port: int = SERVER_PORT, alternate: bool = True, relay: bool = False,
+                     web_ports: bool = False) -> subprocess.Popen:
+        """``twistd -n rendezvous`` in the super node namespace; waits until it answers.
+
+        With alternate, on both public addresses and ports (RFC 5780), else on
+        SERVER_IP:port only. With relay, its TURN relay runs and may reach the
+        public segment (``--allow-peer`` PUBLIC_RANGE: sites are seen at their
+        WAN addresses there). With web_ports, it also listens on the firewall
+        ports TCP 80 (plain) and 443 (TLS). extra are more options (they win
+        over these); metrics are off unless extra asks for them.
+        """
         name = f"twistd-{port}"
         state = self.workdir / f"{name}-state"
         log_path = self.workdir / f"{name}.log"
         twistd = str(Path(sys.executable).with_name("twistd"))
         argv = ["ip", "netns", "exec", self.server_ns, twistd, "-n", "--pidfile=", "rendezvous",
-                "--ip", SERVER_IP, "--port", str(port), "--tls-port", "0", "--no-relay",
-                "--state-dir", str(state), *extra]
-        endpoints = [(SERVER_IP, port)]
+                "--ip", SERVER_IP, "--port", str(port), "--tls-port", "0", "--metrics", "off",
+                "--state-dir", str(state)]
+        argv += ["--allow-peer", PUBLIC_RANGE] if relay else ["--no-relay"]
+        udp = [(SERVER_IP, port)]
+        tcp = []
         if alternate:
             argv += ["--alt-ip", SERVER_ALT_IP, "--alt-port", str(SERVER_ALT_PORT)]
-            endpoints.append((SERVER_ALT_IP, SERVER_ALT_PORT))
+            udp.append((SERVER_ALT_IP, SERVER_ALT_PORT))
+        if web_ports:
+            argv += ["--http-port", str(SERVER_HTTP_PORT), "--https-port", str(SERVER_HTTPS_PORT)]
+            tcp += [(SERVER_IP, p) for p in WEB_PORTS]
+        argv += extra
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         with open(log_path, "wb") as log:
             # `ip netns exec` execs the command, so this pid is twistd's own.
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
         self.processes.append(process)
-        self._wait_for_server(process, log_path, endpoints)
+        self._wait_for_server(process, log_path, udp, tcp)
         return process
 
-    def _wait_for_server(self, process: subprocess.Popen, log_path: Path, endpoints: list[tuple[str, int]],
-                         seconds: float = 20.0) -> None:
+    def _wait_for_server(self, process: subprocess.Popen, log_path: Path, udp: list[tuple[str, int]],
+                         tcp: list[tuple[str, int]], seconds: float = 20.0) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise LabError(f"twistd exited early:\n{log_path.read_text(errors='replace')}")
-            answered = all(udp_answers(self.server_ns, ip, port) for ip, port in endpoints)
+            answered = (all(udp_answers(self.server_ns, ip, port) for ip, port in udp)
+                        and all(tcp_accepts(self.server_ns, ip, port) for ip, port in tcp))
             if answered:
                 return
             time.sleep(0.2)
@@ -267,6 +310,8 @@ class Lab:
         if upnp:
             label += "+upnp"
             self._start_miniupnpd(home, n)
+        if label in self.sites:
+            label += f"#{n}"
         site = Site(label, kind, client, client_ip, routers, wan_ip, hairpin, upnp)
         self.sites[label] = site
         return site
@@ -391,7 +436,10 @@ def ruleset(kind: str, wan_ip: str, lan_net: str, inside_ip: str, hairpin: bool,
     if kind == "eim-adf":
         fwd.append('iifname "lan" oifname "wan" meta l4proto udp update @seen { ip saddr . udp sport . ip daddr }')
     fwd.append("ct state established,related accept")
-    fwd.append('iifname "lan" oifname "wan" accept')
+    if kind == "tcp-web-only":  # the policy drops the rest
+        fwd.append(f'iifname "lan" oifname "wan" tcp dport {{ {", ".join(map(str, WEB_PORTS))} }} accept')
+    else:
+        fwd.append('iifname "lan" oifname "wan" accept')
     if kind == "eim-eif":
         fwd.append('iifname "wan" oifname "lan" ct status dnat accept')
     elif kind == "eim-adf":
@@ -440,10 +488,26 @@ def udp_answers(ns: str, ip: str, port: int, tries: int = 5) -> bool:
     return subprocess.run(argv, capture_output=True, check=False, timeout=10).returncode == 0
 
 
+# Connects over TCP to argv[1]:argv[2] within 1 s; exits 0 when accepted.
+_TCP_PROBE = (
+    "import socket, sys\n"
+    "socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()\n"
+)
+
+
+def tcp_accepts(ns: str, ip: str, port: int) -> bool:
+    """Whether something accepts TCP connections at ip:port from inside namespace ns."""
+    argv = ["ip", "netns", "exec", ns, sys.executable, "-c", _TCP_PROBE, ip, str(port)]
+    return subprocess.run(argv, capture_output=True, check=False, timeout=10).returncode == 0
+
+
 __all__ = [
     "KINDS",
+    "PUBLIC_RANGE",
     "SERVER_ALT_IP",
     "SERVER_ALT_PORT",
+    "SERVER_HTTP_PORT",
+    "SERVER_HTTPS_PORT",
     "SERVER_IP",
     "SERVER_PORT",
     "Lab",
@@ -451,6 +515,7 @@ __all__ = [
     "MINIUPNPD",
     "Site",
     "ruleset",
+    "tcp_accepts",
     "udp_answers",
     "unavailable_reason",
 ]

@@ -303,6 +303,26 @@ def test_udp_blocked_without_tcp_is_no_answer(natlab):
     assert report["udp_blocked"] is None
 
 
+@natlab_test
+def test_tcp_web_only_firewall_is_udp_blocked_via_port_80(natlab):
+    """Behind a firewall letting out only TCP 80/443 the verdict is UDP blocked, found through the node's port 80."""
+    status, report, stderr = check_behind(natlab("tcp-web-only"), "--lifetime-max-seconds", "0")
+    assert status == 0, stderr
+    assert report["udp_blocked"] is True and report["nat_type"] == "UDP blocked"
+    assert report["tcp_server_port"] == 80
+    assert f"TCP to port {SERVER_PORT} failed" in " ".join(report["notes"])
+    assert report["mapped_address"] is None and report["tcp_mapping"] is None
+
+
+@natlab_test
+def test_tcp_web_only_without_fallback_is_no_answer(natlab):
+    """Behind the TCP 80/443 firewall, with the port-80 fallback off, nothing answers: exit 2."""
+    status, report, stderr = check_behind(natlab("tcp-web-only"), "--lifetime-max-seconds", "0",
+                                          "--tcp-fallback-port", "0", "--rto-seconds", "0.05")
+    assert status == 2, stderr
+    assert report["server_answered"] is False and report["tcp_server_port"] is None
+
+
 def test_module_exports_check():
     """Apps reach the analyzer through nat_check.check."""
     assert callable(nat_check.check)
