@@ -1,0 +1,202 @@
+"""The ICE agent (RFC 8445) on bytes and a plain clock: two agents wired through fake NATs."""
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rendezvous.ice import Agent, Candidate, PairState, pair_priority, priority, random_credentials
+from rendezvous.stun import Attr, Class, Error, Message, Method
+from rendezvous.stun.attributes import decode_error_code, encode_uint32, encode_uint64
+from rendezvous.stun.integrity import short_term_key
+
+
+def agents(**options):
+    a = Agent(True, *random_credentials(), tie_breaker=2, **options)
+    b = Agent(False, *random_credentials(), tie_breaker=1, **options)
+    return a, b
+
+
+def run(a, b, wire, now=0.0, until=30.0):
+    """Move datagrams between a and b through ``wire(sender, send) -> (base, source) | None``."""
+    queue = []
+    while now < until and not (a.selected and b.selected):
+        for agent in (a, b):
+            queue += [(agent, s) for s in agent.expire(now)]
+        while queue:
+            sender, send = queue.pop(0)
+            other = b if sender is a else a
+            delivered = wire(sender, send)
+            if delivered is not None:
+                base, source = delivered
+                queue += [(other, s) for s in other.receive(send.data, base, source, now)]
+        deadlines = [d for d in (a.deadline, b.deadline) if d is not None]
+        if not deadlines:
+            break
+        now = max(now + 0.001, min(deadlines))
+    return now
+
+
+def test_priorities_follow_type_and_local_preference():
+    """Priorities order host over srflx over relay (§5.1.2), and pair priority is symmetric (§6.1.2.3)."""
+    assert priority("host", 65535) > priority("upnp", 65535) > priority("srflx", 65535) > priority("relay", 65535)
+    assert priority("host", 65535) == (126 << 24) + (65535 << 8) + 255
+    assert pair_priority(10, 20) == (10 << 32) + 40
+    assert pair_priority(20, 10) == (10 << 32) + 41
+
+
+def test_two_open_hosts_select_the_host_pair():
+    """Two agents with reachable host candidates nominate and agree on one pair."""
+    a, b = agents()
+    a.add_base("main", "host", ("198.18.0.11", 5000), 65535)
+    b.add_base("main", "host", ("198.18.0.12", 6000), 65535)
+    for agent, address in ((a, ("198.18.0.11", 5000)), (b, ("198.18.0.12", 6000))):
+        agent.advertise(agent.candidate("host", address, "main"))
+    a.set_remote(b.local_ufrag, b.local_pwd, [c.to_wire() for c in b.local_candidates], 0.0)
+    b.set_remote(a.local_ufrag, a.local_pwd, [c.to_wire() for c in a.local_candidates], 0.0)
+    addresses = {id(a): ("198.18.0.11", 5000), id(b): ("198.18.0.12", 6000)}
+    run(a, b, lambda sender, send: ("main", addresses[id(sender)]))
+    assert a.selected and b.selected
+    assert a.selected.remote.address == ("198.18.0.12", 6000)
+    assert b.selected.remote.address == ("198.18.0.11", 5000)
+    assert a.selected.mapped == ("198.18.0.11", 5000)
+
+
+def test_port_restricted_nats_meet_through_srflx_and_prflx():
+    """Behind two address-and-port-restricted NATs, checks open both and a srflx pair wins."""
+    a, b = agents()
+    a.add_base("main", "host", ("192.168.1.2", 5000), 65535)
+    b.add_base("main", "host", ("192.168.2.2", 6000), 65535)
+    a.advertise(a.candidate("srflx", ("198.18.0.11", 40000), "main"))
+    b.advertise(b.candidate("srflx", ("198.18.0.12", 50000), "main"))
+    public = {id(a): ("198.18.0.11", 40000), id(b): ("198.18.0.12", 50000)}
+    opened = set()  # (nat owner, remote address) the NAT has seen go out
+
+    def wire(sender, send):
+        other = b if sender is a else a
+        opened.add((id(sender), send.destination))
+        if send.destination != public[id(other)]:
+            return None
+        if (id(other), public[id(sender)]) not in opened:
+            return None  # filtered by the receiver's NAT
+        return "main", public[id(sender)]
+
+    a.set_remote(b.local_ufrag, b.local_pwd, [c.to_wire() for c in b.local_candidates], 0.0)
+    b.set_remote(a.local_ufrag, a.local_pwd, [c.to_wire() for c in a.local_candidates], 0.0)
+    run(a, b, wire)
+    assert a.selected and b.selected
+    assert a.selected.remote.address == ("198.18.0.12", 50000)
+    assert a.selected.remote.kind == "srflx"
+
+
+def test_relayed_pair_is_nominated_when_direct_fails():
+    """When only the relay carries packets, the relayed pair is selected after direct pairs fail."""
+    a, b = agents(relay_wait_seconds=60)
+    a.add_base("main", "host", ("192.168.1.2", 5000), 65535)
+    a.add_base("relay", "relay", ("198.18.0.1", 49152), 0)
+    a.advertise(a.candidate("host", ("192.168.1.2", 5000), "main"))
+    a.advertise(a.candidate("relay", ("198.18.0.1", 49152), "relay"))
+    b.add_base("main", "host", ("192.168.2.2", 6000), 65535)
+    b.advertise(b.candidate("srflx", ("198.18.0.12", 50000), "main"))
+
+    def wire(sender, send):
+        if sender is a:
+            if send.base == "relay" and send.destination == ("198.18.0.12", 50000):
+                return "main", ("198.18.0.1", 49152)
+            return None
+        if send.destination == ("198.18.0.1", 49152):
+            return "relay", ("198.18.0.12", 50000)
+        return None
+
+    a.set_remote(b.local_ufrag, b.local_pwd, [c.to_wire() for c in b.local_candidates], 0.0)
+    b.set_remote(a.local_ufrag, a.local_pwd, [c.to_wire() for c in a.local_candidates], 0.0)
+    now = run(a, b, wire)
+    assert a.selected.relayed and b.selected.relayed
+    assert now < 30  # the relayed pair did not wait out relay_wait_seconds
+
+
+def test_nothing_reachable_fails():
+    """With every packet lost, all pairs fail and the agent says so."""
+    a, b = agents()
+    a.add_base("main", "host", ("192.168.1.2", 5000), 65535)
+    b.add_base("main", "host", ("192.168.2.2", 6000), 65535)
+    b.advertise(b.candidate("srflx", ("198.18.0.12", 50000), "main"))
+    a.set_remote(b.local_ufrag, b.local_pwd, [c.to_wire() for c in b.local_candidates], 0.0)
+    run(a, b, lambda sender, send: None, until=60)
+    assert a.failed and a.selected is None
+
+
+def check(agent, ufrag, pwd, **attrs):
+    request = Message(Method.BINDING, Class.REQUEST)
+    if ufrag is not None:
+        request.add(Attr.USERNAME, ufrag.encode())
+    request.add(Attr.PRIORITY, encode_uint32(priority("prflx", 1)))
+    for attr, value in attrs.items():
+        request.add(Attr[attr], value)
+    return request.encode(integrity_key=short_term_key(pwd), fingerprint=True)
+
+
+def answer(sends):
+    assert len(sends) >= 1
+    return Message.decode(sends[0].data)
+
+
+def test_checks_are_authenticated():
+    """A check without USERNAME gets 400, a wrong ufrag or password 401, a good one XOR-MAPPED-ADDRESS."""
+    b = Agent(False, "bbbb", "b" * 22)
+    b.add_base("main", "host", ("192.168.2.2", 6000), 65535)
+    b.set_remote("aaaa", "a" * 22, [], 0.0)
+    source = ("198.18.0.11", 40000)
+    bad = answer(b.receive(check(b, None, "b" * 22), "main", source, 0.0))
+    assert decode_error_code(bad.get(Attr.ERROR_CODE))[0] == Error.BAD_REQUEST
+    for ufrag, pwd in (("xxxx:aaaa", "b" * 22), ("bbbb:aaaa", "c" * 22), ("bbbb:zzzz", "b" * 22)):
+        bad = answer(b.receive(check(b, ufrag, pwd), "main", source, 0.0))
+        assert decode_error_code(bad.get(Attr.ERROR_CODE))[0] == Error.UNAUTHENTICATED
+    good = answer(b.receive(check(b, "bbbb:aaaa", "b" * 22), "main", source, 0.0))
+    assert good.cls is Class.SUCCESS
+    assert good.address(Attr.XOR_MAPPED_ADDRESS) == source
+    assert good.check_integrity(short_term_key("b" * 22))
+    assert [c.kind for c in b.remote_candidates] == ["prflx"]
+    assert any(p.state is PairState.WAITING for p in b.pairs.values())
+
+
+def test_role_conflict_by_tie_breaker():
+    """Two controlling agents: the larger tie-breaker answers 487, the smaller becomes controlled (§7.3.1.1)."""
+    big = Agent(True, "bbbb", "b" * 22, tie_breaker=10)
+    big.add_base("main", "host", ("192.168.2.2", 6000), 65535)
+    big.set_remote("aaaa", "a" * 22, [], 0.0)
+    reply = answer(big.receive(check(big, "bbbb:aaaa", "b" * 22, ICE_CONTROLLING=encode_uint64(5)),
+                               "main", ("198.18.0.11", 1), 0.0))
+    assert decode_error_code(reply.get(Attr.ERROR_CODE))[0] == Error.ROLE_CONFLICT
+    assert big.controlling
+    small = Agent(True, "bbbb", "b" * 22, tie_breaker=1)
+    small.add_base("main", "host", ("192.168.2.2", 6000), 65535)
+    small.set_remote("aaaa", "a" * 22, [], 0.0)
+    reply = answer(small.receive(check(small, "bbbb:aaaa", "b" * 22, ICE_CONTROLLING=encode_uint64(5)),
+                                 "main", ("198.18.0.11", 1), 0.0))
+    assert reply.cls is Class.SUCCESS and not small.controlling
+
+
+def test_remote_candidate_priority_follows_list_position():
+    """Both sides rank a signaled candidate the same way: by type and position."""
+    first = Candidate.from_wire({"type": "srflx", "ip": "198.18.0.12", "port": 1, "protocol": "udp"}, 0)
+    second = Candidate.from_wire({"type": "srflx", "ip": "198.18.0.12", "port": 2, "protocol": "udp"}, 1)
+    assert first.priority == priority("srflx", 65535) > second.priority
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300), st.integers(0, 19), st.binary(min_size=1, max_size=4))
+def test_inbound_bytes_never_raise(data, where, patch):
+    """Any datagram, including mutated valid checks and responses, is answered or dropped, never raised."""
+    b = Agent(False, "bbbb", "b" * 22)
+    b.add_base("main", "host", ("192.168.2.2", 6000), 65535)
+    b.set_remote("aaaa", "a" * 22, [{"type": "srflx", "ip": "198.18.0.11", "port": 4, "protocol": "udp"}], 0.0)
+    sends = b.expire(0.0)
+    valid = check(b, "bbbb:aaaa", "b" * 22)
+    for blob in (data, valid[:where] + patch + valid[where + len(patch):], data + valid):
+        b.receive(blob, "main", ("198.18.0.11", 4), 0.0)
+        b.receive(blob, "unknown", ("198.18.0.11", 4), 0.0)
+    if sends:
+        tid = sends[0].data[8:20]
+        forged = bytearray(sends[0].data)
+        forged[0:2] = b"\x01\x01"
+        forged[8:20] = tid
+        b.receive(bytes(forged[:where + 20]) + data, "main", ("198.18.0.11", 4), 0.0)
