@@ -38,6 +38,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 
+from upnp_helper.probe import NAMES as GATEWAY_NAMES
+from upnp_helper.probe import GatewayAnswer
+from upnp_helper.probe import probe as probe_gateways
+
 from .stun import Attr, Class, CodecError, Message, Method
 from .stun.addresses import Address
 from .stun.attributes import decode_error_code, encode_change_request, encode_uint16
@@ -245,6 +249,7 @@ class NatReport:
     mapped_address_rewritten: bool | None = None
     alg: bool | None = None
     alg_reason: str | None = ALG_UNSUPPORTED
+    upnp: dict[str, GatewayAnswer] | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -258,6 +263,7 @@ class NatReport:
             "prediction": _easy_word(self.port_prediction_easy),
         }
         data["nat_type"] = self.classic
+        data["upnp"] = None if self.upnp is None else {name: a.to_dict() for name, a in self.upnp.items()}
         return data
 
     def to_json(self) -> str:
@@ -303,9 +309,20 @@ class NatReport:
             row("Address rewriting", "MAPPED-ADDRESS was rewritten on the way: an ALG is on the path")
         row("ALG", "not tested (" + (self.alg_reason or "unknown") + ")" if self.alg is None
             else ("payload rewritten" if self.alg else "none seen"))
+        row("Port mapping", self._gateway_text())
         for note in self.notes:
             lines.append(f"  note: {note}")
         return "\n".join(lines) + "\n"
+
+    def _gateway_text(self) -> str:
+        if self.upnp is None:
+            return "not tested"
+        answered = [a for a in self.upnp.values() if a.answered]
+        if not answered:
+            return "no gateway answered (" + ", ".join(GATEWAY_NAMES[name] for name in self.upnp) + ")"
+        return "; ".join(f"{GATEWAY_NAMES[a.protocol]} answered"
+                         + (f", external address {a.external_address}" if a.external_address else "")
+                         + (f" ({a.error})" if a.error else "") for a in answered)
 
     def _lifetime_text(self) -> str:
         lower, upper = self.binding_lifetime_seconds, self.binding_lifetime_max_seconds
@@ -462,8 +479,9 @@ class _Checker:
 
     def __init__(self, reactor, server: Address, lifetime_max_seconds: float, tcp: bool,
                  rto_seconds: float, allocation_samples: int, progress: Callable[[str], None] | None,
-                 tcp_fallback_port: int | None = None) -> None:
+                 tcp_fallback_port: int | None = None, upnp_timeout_seconds: float | None = None) -> None:
         self.reactor = reactor
+        self.upnp_timeout_seconds = upnp_timeout_seconds
         self.server = server
         self.lifetime_max_seconds = lifetime_max_seconds
         self.tcp = tcp
@@ -528,10 +546,16 @@ class _Checker:
     # -- the run ------------------------------------------------------------
 
     async def run(self) -> NatReport:
+        gateways = None
+        if self.upnp_timeout_seconds is not None:
+            self.progress(f"port mapping: asking the LAN's gateway (UPnP IGD) for {self.upnp_timeout_seconds:g} s")
+            gateways = probe_gateways(self.reactor, timeout_seconds=self.upnp_timeout_seconds)
         try:
             await self._run()
         finally:
             await self._close_all()
+            if gateways is not None:
+                self.report.upnp = await gateways
         report = self.report
         report.classic = classic_type(report.udp_blocked, report.nat_present, report.mapping, report.filtering)
         report.port_prediction_easy = None if report.udp_blocked else prediction_easy(
@@ -761,7 +785,8 @@ async def _resolve(reactor, host: str) -> str:
 def check(reactor, server: tuple[str, int], *, lifetime_max_seconds: float = 120.0, tcp: bool = True,
           rto_seconds: float = 0.2, allocation_samples: int = 5,
           progress: Callable[[str], None] | None = None,
-          tcp_fallback_port: int | None = DEFAULT_TCP_FALLBACK_PORT) -> Deferred:
+          tcp_fallback_port: int | None = DEFAULT_TCP_FALLBACK_PORT,
+          upnp_timeout_seconds: float | None = 2.0) -> Deferred:
     """Analyse the NAT between this host and an RFC 5780 STUN server.
 
     ``server`` is (host, port) of the server's primary address (IPv4).
@@ -770,7 +795,8 @@ def check(reactor, server: tuple[str, int], *, lifetime_max_seconds: float = 120
     with a line as each test starts. When the server's port does not answer
     over TCP, ``tcp_fallback_port`` (a super node's plain firewall port;
     None to skip) is tried, so a firewall letting out only TCP 80 still gets
-    a verdict ("UDP blocked").
+    a verdict ("UDP blocked"). The LAN's gateway is asked for port mapping
+    (UPnP IGD) for ``upnp_timeout_seconds`` alongside (None skips it).
 
     Fires with a NatReport, which is partial (see its ``notes``) when the
     server does not answer or lacks RFC 5780; fails with NatCheckError when
@@ -781,7 +807,7 @@ def check(reactor, server: tuple[str, int], *, lifetime_max_seconds: float = 120
         host, port = server
         ip = await _resolve(reactor, host)
         checker = _Checker(reactor, (ip, int(port)), lifetime_max_seconds, tcp, rto_seconds,
-                           allocation_samples, progress, tcp_fallback_port)
+                           allocation_samples, progress, tcp_fallback_port, upnp_timeout_seconds)
         return await checker.run()
 
     return Deferred.fromCoroutine(go())

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tcp-fallback-port", type=int, default=DEFAULT_TCP_FALLBACK_PORT, metavar="PORT",
                         help="TCP port tried when the server's port does not answer over TCP (a super node's "
                              "firewall port); 0 skips it (default: %(default)s)")
+    parser.add_argument("--no-upnp", action="store_true", help="do not ask the LAN's gateway for port mapping")
+    parser.add_argument("--upnp-timeout-seconds", type=float, default=2.0, metavar="S",
+                        help="how long port-mapping discovery waits for the gateway (default: %(default)g)")
     parser.add_argument("--rto-seconds", type=float, default=0.2, metavar="S",
                         help="first STUN retransmission timeout; a lost answer counts after 15 x S "
                              "(default: %(default)g)")
@@ -63,6 +66,9 @@ def run_command(args: argparse.Namespace) -> int:
     if args.lifetime_max_seconds < 0 or args.rto_seconds <= 0:
         print(f"{PROG}: --lifetime-max-seconds must be >= 0 and --rto-seconds > 0", file=sys.stderr)
         return 1
+    if args.upnp_timeout_seconds <= 0:
+        print(f"{PROG}: --upnp-timeout-seconds must be > 0", file=sys.stderr)
+        return 1
     if not 0 <= args.tcp_fallback_port < 65536:
         print(f"{PROG}: --tcp-fallback-port must be 0-65535", file=sys.stderr)
         return 1
@@ -80,7 +86,8 @@ def run_command(args: argparse.Namespace) -> int:
         try:
             outcome["report"] = await check(
                 reactor, server, lifetime_max_seconds=args.lifetime_max_seconds, tcp=not args.no_tcp,
-                rto_seconds=args.rto_seconds, progress=progress, tcp_fallback_port=args.tcp_fallback_port or None)
+                rto_seconds=args.rto_seconds, progress=progress, tcp_fallback_port=args.tcp_fallback_port or None,
+                upnp_timeout_seconds=None if args.no_upnp else args.upnp_timeout_seconds)
         except NatCheckError as e:
             outcome["error"] = str(e)
 

@@ -25,7 +25,7 @@ from rendezvous.nat_check import (
 )
 from rendezvous.nat_check_cli import parse_server
 
-from .lab import ROOT, SERVER_IP, SERVER_PORT
+from .lab import MINIUPNPD, ROOT, SERVER_IP, SERVER_PORT
 
 EIM, ADM, APDM = ENDPOINT_INDEPENDENT, ADDRESS_DEPENDENT, ADDRESS_AND_PORT_DEPENDENT
 EIF, ADF, APDF = ENDPOINT_INDEPENDENT, ADDRESS_DEPENDENT, ADDRESS_AND_PORT_DEPENDENT
@@ -147,6 +147,18 @@ def test_report_json_has_the_agreed_keys():
     assert data["alg"] is None and data["alg_reason"] == "unsupported by server"
 
 
+def test_report_says_which_gateway_answered():
+    """The text names the protocols that answered with their external address, or that none did."""
+    from upnp_helper.probe import GatewayAnswer
+
+    found = NatReport(server="x:1", upnp={"igd": GatewayAnswer("igd", True, "198.18.0.11", "http://gw/ctl")})
+    assert "UPnP IGD answered, external address 198.18.0.11" in found.to_text()
+    assert json.loads(found.to_json())["upnp"]["igd"]["external_address"] == "198.18.0.11"
+    silent = NatReport(server="x:1", upnp={"igd": GatewayAnswer("igd", False, error="no UPnP gateway")})
+    assert "no gateway answered (UPnP IGD)" in silent.to_text()
+    assert "Port mapping:         not tested" in NatReport(server="x:1").to_text()
+
+
 def test_server_argument_parses():
     """SERVER[:PORT] takes a default port and bracketed IPv6."""
     assert parse_server("198.18.0.1") == ("198.18.0.1", 3478)
@@ -174,20 +186,22 @@ def run_nat_check(*args: str, prefix: tuple[str, ...] = (), timeout: float = 90)
 
 def test_loopback_is_open_internet(node):
     """Against a loopback super node there is no NAT: open internet, EIM, EIF, hairpinning."""
-    status, report, stderr = run_nat_check(f"{node.ip}:{node.port}", "--lifetime-max-seconds", "5")
+    status, report, stderr = run_nat_check(f"{node.ip}:{node.port}", "--lifetime-max-seconds", "5", "--no-upnp")
     assert status == 0, stderr
     assert report["nat_present"] is False and report["rfc5780"] is True
     assert (report["mapping"], report["filtering"]) == (EIM, EIF)
     assert report["nat_type"] == "open internet"
     assert report["hairpinning"] is True
     assert report["tcp_mapping"] == EIM
+    assert report["upnp"] is None  # --no-upnp: nothing sent to the host's LAN
     assert report["binding_lifetime_seconds"] == 2 and report["binding_lifetime_max_seconds"] is None
     assert "test II" in stderr  # progress while the tests run
 
 
 def test_server_without_rfc5780_gives_a_partial_report(plain_node):
     """A server without an alternate address exits 3 and still reports what it can."""
-    status, report, stderr = run_nat_check(f"{plain_node.ip}:{plain_node.port}", "--lifetime-max-seconds", "0")
+    status, report, stderr = run_nat_check(f"{plain_node.ip}:{plain_node.port}", "--lifetime-max-seconds", "0",
+                                           "--no-upnp")
     assert status == 3
     assert "RFC 5780" in stderr
     assert report["rfc5780"] is False and report["mapping"] is None and report["filtering"] is None
@@ -199,7 +213,7 @@ def test_silent_server_exits_with_a_message():
     from tests.conftest import free_port
 
     status, report, stderr = run_nat_check(f"127.0.0.1:{free_port()}", "--no-tcp", "--lifetime-max-seconds", "0",
-                                           "--rto-seconds", "0.05")
+                                           "--rto-seconds", "0.05", "--no-upnp")
     assert status == 2
     assert "no answer" in stderr
     assert report["server_answered"] is False and report["mapping"] is None
@@ -250,6 +264,8 @@ def test_port_restricted_cone_masquerade(natlab):
     assert report["port_allocation"]["pattern"] == "preserving"
     assert report["hairpinning"] is False
     assert report["tcp_mapping"] == EIM
+    assert report["upnp"]["igd"]["answered"] is False
+    assert "no UPnP gateway" in report["upnp"]["igd"]["error"]
 
 
 @natlab_test
@@ -301,6 +317,23 @@ def test_udp_blocked_without_tcp_is_no_answer(natlab):
     assert status == 2
     assert "no answer" in stderr
     assert report["udp_blocked"] is None
+
+
+@natlab_test
+def test_gateway_with_upnp_is_reported(natlab):
+    """Behind a router running miniupnpd, the report says the UPnP IGD answered, with the WAN address."""
+    if not os.path.exists(MINIUPNPD):
+        pytest.skip(f"no {MINIUPNPD} (apt-get install miniupnpd-nftables)")
+    site = natlab("eim-apdf", upnp=True)
+    status, report, stderr = check_behind(site, "--lifetime-max-seconds", "0", "--no-tcp")
+    assert status == 0, stderr
+    igd = report["upnp"]["igd"]
+    assert igd["answered"] is True and igd["external_address"] == site.wan_ip, igd
+    assert igd["gateway"].startswith("http://192.168.")
+    done = subprocess.run(site.exec_argv(*_argv(SERVER, "--lifetime-max-seconds", "0", "--no-tcp")),
+                          capture_output=True, check=False, text=True, timeout=60, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert f"UPnP IGD answered, external address {site.wan_ip}" in done.stdout, done.stdout + done.stderr
 
 
 @natlab_test
