@@ -115,6 +115,12 @@ def parse_endpoint_or_off(value) -> tuple[str, int] | None:
     return None if str(value).lower() == "off" else parse_host_port(value)
 
 
+def parse_log_format(value) -> str:
+    if str(value) not in ("text", "json"):
+        raise ConfigError(f"log format {value!r} is not text or json")
+    return str(value)
+
+
 def parse_user(value) -> tuple[str, str]:
     name, sep, password = str(value).partition(":")
     if not sep or not name or not password:
@@ -142,6 +148,8 @@ LISTENER_OPTIONS = [
     Option("software", parse_text, None, "SOFTWARE attribute to put in responses (off by default)."),
     Option("metrics", parse_endpoint_or_off, ("127.0.0.1", 9641),
            "HOST:PORT for /metrics (Prometheus), /healthz and /readyz, or off."),
+    Option("log-format", parse_log_format, "text",
+           "text (twistd's lines) or json (one JSON object per event, on standard output)."),
 ]
 
 RELAY_OPTIONS = [

@@ -12,8 +12,11 @@ The relay sockets come from an injected ``RelayPorts``-like object (its
 its own and runs on ``task.Clock`` in tests.
 """
 
+import secrets
 from collections import Counter
 from dataclasses import dataclass, field
+
+from twisted.logger import Logger
 
 from rendezvous.stun import Attr, Class, CodecError, Error, Message, Method, PasswordAlgorithm
 from rendezvous.stun.addresses import Address
@@ -41,6 +44,8 @@ from .credentials import Credentials, Keys
 from .limits import RateLimiter
 from .nonces import Nonces
 from .peer_policy import PeerPolicy
+
+log = Logger()
 
 UDP = 17
 TCP = 6
@@ -101,6 +106,11 @@ class _Auth:
         return response.encode(integrity_key=key)
 
 
+def _address_text(address: Address) -> str:
+    host, port = address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class TurnServer:
     """Allocations of one relay process and the requests that change them."""
 
@@ -126,6 +136,10 @@ class TurnServer:
         self.draining = False  # set by relay.drain: no new allocations
         self.alternate: Address | None = None  # ALTERNATE-SERVER while draining
         self.allocations: dict[tuple, Allocation] = {}
+        # Operator-facing identity of each allocation: five-tuple -> (id, created at).
+        self.id_prefix = "0"  # the worker index, so an id names its process
+        self.records: dict[tuple, tuple[str, float]] = {}
+        self.by_id: dict[str, tuple] = {}
         self.per_user: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
         # Relayed traffic of deleted allocations; live ones keep their own.
@@ -182,20 +196,20 @@ class TurnServer:
         """A TCP/TLS client connection closed: its allocation goes with it."""
         allocation = self.allocations.get(five_tuple)
         if allocation is not None:
-            self._delete(allocation)
+            self._delete(allocation, "connection closed")
 
     def expire(self, now: float) -> None:
         """Remove expired allocations, permissions and channels (call each second)."""
         for allocation in list(self.allocations.values()):
             if allocation.expires_at <= now:
-                self._delete(allocation)
+                self._delete(allocation, "expired")
             else:
                 allocation.expire(now)
         self.ports.expire(now)
 
     def stop(self) -> None:
         for allocation in list(self.allocations.values()):
-            self._delete(allocation)
+            self._delete(allocation, "stopped")
 
     # -- authentication (RFC 8489 §9.2.4) ---------------------------------
 
@@ -375,6 +389,13 @@ class TurnServer:
         self.allocations[five_tuple] = allocation
         self.per_user[auth.username] += 1
         self.counters["allocations"] += 1
+        allocation_id = f"{self.id_prefix}-{secrets.token_hex(6)}"
+        self.records[five_tuple] = (allocation_id, now)
+        self.by_id[allocation_id] = five_tuple
+        log.info("allocation {allocation} for {user} from {client} over {transport}, relayed {relayed}, "
+                 "{lifetime} s", allocation=allocation_id, user=auth.username, client=_address_text(five_tuple[1]),
+                 transport=five_tuple[0], relayed=[_address_text(r.address) for r in relays.values()],
+                 lifetime=lifetime)
         return allocation, lifetime
 
     # -- RFC 6062 TCP relaying ----------------------------------------------
@@ -448,6 +469,10 @@ class TurnServer:
         if allocation.username != auth.username:
             return self._error(msg, Error.WRONG_CREDENTIALS, auth=auth)
         response = self._sign(success_response(msg), auth)
+        allocation_id, _ = self.records.get(allocation.five_tuple, ("?", now))
+        log.info("connection {connection} to {peer} of allocation {allocation} bound from {client}",
+                 connection=connection.connection_id, peer=_address_text(connection.peer),
+                 allocation=allocation_id, client=_address_text(five_tuple[1]))
         leg.splice(connection, response)
         return None
 
@@ -475,7 +500,7 @@ class TurnServer:
                 return self._error(msg, Error.PEER_ADDRESS_FAMILY_MISMATCH, auth=auth)
         requested = msg.get(Attr.LIFETIME)
         if requested is not None and decode_uint32(requested) == 0:
-            self._delete(allocation)
+            self._delete(allocation, "refreshed to 0")
             lifetime = 0
         else:
             lifetime = self._lifetime(msg, auth, now)
@@ -573,9 +598,44 @@ class TurnServer:
             totals[3] += a.bytes_in
         return tuple(totals)
 
-    def _delete(self, allocation: Allocation) -> None:
+    # -- the operator's view (relay.admin) ---------------------------------
+
+    def describe(self, allocation: Allocation, now: float) -> dict:
+        """What an operator sees of one allocation (no keys, no credentials)."""
+        allocation_id, created = self.records.get(allocation.five_tuple, ("?", now))
+        transport, client, _ = allocation.five_tuple
+        return {
+            "id": allocation_id,
+            "user": allocation.username,
+            "client": _address_text(client),
+            "transport": transport,
+            "tcp_relay": allocation.tcp,
+            "relayed": [_address_text(r.address) for r in allocation.relays.values()],
+            "age_seconds": round(now - created, 1),
+            "lifetime_left_seconds": round(max(0.0, allocation.expires_at - now), 1),
+            "permissions": len(allocation.permissions),
+            "channels": len(allocation.channels),
+            "bytes_to_peer": allocation.bytes_out,
+            "bytes_to_client": allocation.bytes_in,
+            "packets_to_peer": allocation.packets_out,
+            "packets_to_client": allocation.packets_in,
+        }
+
+    def end(self, allocation_id: str) -> bool:
+        """Free the allocation with this id (an operator's call); False if there is none."""
+        allocation = self.allocations.get(self.by_id.get(allocation_id))
+        if allocation is None:
+            return False
+        self._delete(allocation, "ended by an operator")
+        return True
+
+    def _delete(self, allocation: Allocation, reason: str) -> None:
         if self.allocations.pop(allocation.five_tuple, None) is None:
             return
+        allocation_id, _ = self.records.pop(allocation.five_tuple, ("?", 0))
+        self.by_id.pop(allocation_id, None)
+        log.info("allocation {allocation} of {user} from {client} ended: {reason}", allocation=allocation_id,
+                 user=allocation.username, client=_address_text(allocation.five_tuple[1]), reason=reason)
         closed = self._relayed_closed
         closed[0] += allocation.packets_out
         closed[1] += allocation.bytes_out

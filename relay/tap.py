@@ -9,6 +9,7 @@ from twisted.application import internet, service
 from twisted.python import usage
 
 from rendezvous.accounts import AccountStore
+from rendezvous.logs import TopService
 from rendezvous.metrics import metrics_site
 from rendezvous.stun.binding import Addresses, BindingServer
 from rendezvous.tls import ReloadableTLS
@@ -71,7 +72,7 @@ def makeService(options, reactor=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     values = options.values
-    top = service.MultiService()
+    top = TopService(values["log-format"])
     software = values["software"].encode("utf-8") if values["software"] else None
     accounts = [AccountStore(options.relay_config.accounts)] if options.relay_config.accounts else []
     nonce_secret = None

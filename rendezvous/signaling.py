@@ -71,6 +71,7 @@ class Session:
     errors: int = 0
     ping_sent_at: float | None = None
     ping_token: str | None = None
+    started_at: float | None = None  # when it logged in
 
 
 @dataclass
@@ -243,7 +244,7 @@ class SignalingNode:
         if not (self._login_by_ip.allow(session.address[0], now) and self._login_by_user.allow(user, now)):
             raise SignalingError("rate-limited", "too many login attempts")
         if not self.accounts.check_password(user, password):
-            log.info("failed login for {user} from {address}", user=user, address=session.address[0])
+            log.info("failed login for {user} from {client}", user=user, client=session.address[0])
             raise SignalingError("unauthenticated", "wrong user name or password")
         # Only failures count against the limits.
         self._login_by_ip.refund(session.address[0])
@@ -276,6 +277,7 @@ class SignalingNode:
             previous.close()
         session.user = user
         session.state = "online"
+        session.started_at = self.clock.seconds()
         self.sessions[user] = session
         self.logins += 1
         token = secrets.token_urlsafe(24)
@@ -284,7 +286,8 @@ class SignalingNode:
             self.resume_tokens.popitem(last=False)
         self.directory.publish_presence(user, "online", session.nat_type)
         self._notify_buddies(user, "online", session.nat_type)
-        log.info("session {session} logged in as {user}", session=session.id, user=user)
+        log.info("session {session} logged in as {user} from {client}", session=session.id, user=user,
+                 client=session.address[0])
         return {
             "op": "welcome",
             "session": session.id,

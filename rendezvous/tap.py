@@ -20,6 +20,7 @@ from rendezvous.stun.binding import Addresses, BindingServer
 from .accounts import AccountStore
 from .config import RENDEZVOUS_OPTIONS, RendezvousConfig
 from .gossip import GossipService
+from .logs import TopService
 from .metrics import metrics_site
 from .redis_directory import RedisDirectory
 from .signaling import SignalingConfig, SignalingNode, node_name
@@ -59,7 +60,7 @@ def makeService(options, reactor=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     config: RendezvousConfig = options.config
-    top = service.MultiService()
+    top = TopService(options.values["log-format"])
     addresses = Addresses(
         ip=config.ip,
         port=config.port,
