@@ -9,10 +9,12 @@ from twisted.application import internet, service
 from twisted.python import usage
 
 from rendezvous.accounts import AccountStore
+from rendezvous.admin import AdminResource, LocalView, admin_token
 from rendezvous.logs import TopService
 from rendezvous.metrics import metrics_site
 from rendezvous.stun.binding import Addresses, BindingServer
 from rendezvous.tls import ReloadableTLS
+from rendezvous.worker_view import WorkerFleet, socket_path
 
 import dataclasses
 import os
@@ -85,6 +87,7 @@ def makeService(options, reactor=None) -> service.MultiService:
             nonce_secret = bytes.fromhex(os.environ.pop(NONCE_SECRET_ENV))
     relay = make_relay(reactor, options.relay_config, [values["ip"]], software, extra_sources=accounts,
                        reload=lambda: options.reparse().relay_config, nonce_secret=nonce_secret)
+    relay.turn.id_prefix = str(options.worker_index)
     relay.setServiceParent(top)
     addresses = Addresses(ip=values["ip"], port=values["port"])
     tls = None
@@ -100,9 +103,29 @@ def makeService(options, reactor=None) -> service.MultiService:
     add_listeners(top, addresses, binding, relay.turn, values["tls-port"], tls,
                   reuse_port_reactor=reactor if options.workers > 1 else None)
     if values["metrics"]:
-        # Worker i serves its own figures on the metrics port + i.
-        host, port = values["metrics"]
-        internet.TCPServer(port + options.worker_index,
-                           metrics_site(binding, relay.turn, ready=lambda: not drain.draining),
-                           interface=host).setServiceParent(top)
+        _add_status(top, reactor, options, binding, relay.turn, ready=lambda: not drain.draining)
     return top
+
+
+def _add_status(top, reactor, options, binding, turn, ready) -> None:
+    """Metrics, health and the admin API: public on the first worker, private on the others."""
+    values = options.values
+    token = admin_token(values["state-dir"])
+    local = LocalView(reactor, turn)
+    index, workers = options.worker_index, options.workers
+    if index > 0:
+        path = socket_path(values["state-dir"], os.getppid(), index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        site = metrics_site(binding, turn, ready=ready, admin=lambda samples: AdminResource(local, token, samples))
+        internet.UNIXServer(str(path), site, mode=0o600).setServiceParent(top)
+        return
+    view = local
+    fleet = None
+    if workers > 1:
+        paths = {i: socket_path(values["state-dir"], os.getpid(), i) for i in range(1, workers)}
+        view = fleet = WorkerFleet(reactor, local, paths, token)
+    site = metrics_site(binding, turn, ready=ready, admin=lambda samples: AdminResource(view, token, samples),
+                        workers=fleet)
+    host, port = values["metrics"]
+    internet.TCPServer(port, site, interface=host).setServiceParent(top)

@@ -46,6 +46,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "hairpinning, binding lifetime)",
     ),
     Subcommand("upnp", "rendezvous.upnp_cli", "map, list and unmap ports on the LAN's UPnP gateway (IGD)"),
+    Subcommand("status", "rendezvous.status_cli",
+               "list a running node's allocations and signaling sessions, end one (its admin API)"),
     Subcommand(
         "load-test",
         "relay.loadgen",

@@ -26,6 +26,7 @@ _HELP = {
     "txr_relayed_bytes_total": ("counter", "relayed payload bytes, by direction"),
     "txr_signaling_sessions": ("gauge", "logged-in signaling sessions"),
     "txr_signaling_logins_total": ("counter", "successful signaling logins"),
+    "txr_workers_answering": ("gauge", "relay worker processes whose figures are included"),
 }
 
 
@@ -82,36 +83,72 @@ def render(samples: dict[str, list[tuple[dict, float]]]) -> bytes:
 class _Metrics(resource.Resource):
     isLeaf = True
 
-    def __init__(self, sources: dict) -> None:
+    def __init__(self, samples, combine=None) -> None:
         super().__init__()
-        self.sources = sources
+        self.samples = samples
+        self.combine = combine  # adds other workers' samples (a Deferred), or None
 
     def render_GET(self, request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-        return render(collect(**self.sources))
+        if self.combine is None:
+            return render(self.samples())
+        return answer_later(request, self.combine(self.samples()).addCallback(render))
 
 
 class _Health(resource.Resource):
     isLeaf = True
 
-    def __init__(self, ready=None) -> None:
+    def __init__(self, ready=None, others=None) -> None:
         super().__init__()
         self.ready = ready
+        self.others = others  # asks the other workers (a Deferred: a problem text, or None)
 
     def render_GET(self, request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         if self.ready is not None and not self.ready():
             request.setResponseCode(503)
             return b"draining\n"
-        return b"ok\n"
+        if self.others is None:
+            return b"ok\n"
+
+        def answer(problem) -> bytes:
+            if problem:
+                request.setResponseCode(503)
+                return f"{problem}\n".encode()
+            return b"ok\n"
+
+        return answer_later(request, self.others().addCallback(answer))
 
 
-def metrics_site(binding=None, turn=None, signaling=None, ready=None) -> server.Site:
-    """/metrics, /healthz and /readyz."""
+def answer_later(request, d):
+    """Write d's bytes as the response when it fires (unless the client has gone)."""
+    gone = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def write(body: bytes) -> None:
+        if not gone:
+            request.write(body)
+            request.finish()
+
+    d.addCallback(write)
+    return server.NOT_DONE_YET
+
+
+def metrics_site(binding=None, turn=None, signaling=None, ready=None, admin=None, workers=None) -> server.Site:
+    """/metrics, /healthz, /readyz and, given an admin resource, /admin/.
+
+    With workers (a ``rendezvous.worker_view.WorkerFleet``), /metrics sums
+    every worker's figures and the health endpoints ask every worker.
+    """
+    def samples():
+        return collect(binding, turn, signaling)
+
     root = resource.Resource()
-    root.putChild(b"metrics", _Metrics({"binding": binding, "turn": turn, "signaling": signaling}))
-    root.putChild(b"healthz", _Health())
-    root.putChild(b"readyz", _Health(ready))
+    root.putChild(b"metrics", _Metrics(samples, workers.combine if workers else None))
+    root.putChild(b"healthz", _Health(others=workers.health("healthz") if workers else None))
+    root.putChild(b"readyz", _Health(ready, workers.health("readyz") if workers else None))
+    if admin is not None:
+        root.putChild(b"admin", admin(samples))
     site = server.Site(root)
     site.noisy = False
     return site

@@ -18,6 +18,7 @@ from relay.service import add_listeners, make_relay
 from rendezvous.stun.binding import Addresses, BindingServer
 
 from .accounts import AccountStore
+from .admin import AdminResource, LocalView, admin_token
 from .config import RENDEZVOUS_OPTIONS, RendezvousConfig
 from .gossip import GossipService
 from .logs import TopService
@@ -112,7 +113,9 @@ def makeService(options, reactor=None) -> service.MultiService:
     drain.setServiceParent(top)
     if config.metrics:
         host, port = config.metrics
-        internet.TCPServer(port, metrics_site(binding, turn, node, ready=lambda: not drain.draining),
+        view, token = LocalView(reactor, turn, node), admin_token(config.state_dir)
+        internet.TCPServer(port, metrics_site(binding, turn, node, ready=lambda: not drain.draining,
+                                              admin=lambda samples: AdminResource(view, token, samples)),
                            interface=host).setServiceParent(top)
     signaling = SignalingFactory(node)
     reloads = relay.reload_hooks if config.relay is not None else []
