@@ -548,7 +548,8 @@ class _Checker:
     async def run(self) -> NatReport:
         gateways = None
         if self.upnp_timeout_seconds is not None:
-            self.progress(f"port mapping: asking the LAN's gateway (UPnP IGD) for {self.upnp_timeout_seconds:g} s")
+            self.progress("port mapping: asking the LAN's gateway (UPnP IGD, NAT-PMP, PCP) for "
+                          f"{self.upnp_timeout_seconds:g} s")
             gateways = probe_gateways(self.reactor, timeout_seconds=self.upnp_timeout_seconds)
         try:
             await self._run()
@@ -796,7 +797,8 @@ def check(reactor, server: tuple[str, int], *, lifetime_max_seconds: float = 120
     over TCP, ``tcp_fallback_port`` (a super node's plain firewall port;
     None to skip) is tried, so a firewall letting out only TCP 80 still gets
     a verdict ("UDP blocked"). The LAN's gateway is asked for port mapping
-    (UPnP IGD) for ``upnp_timeout_seconds`` alongside (None skips it).
+    (UPnP IGD, NAT-PMP, PCP) for ``upnp_timeout_seconds`` alongside (None
+    skips it).
 
     Fires with a NatReport, which is partial (see its ``notes``) when the
     server does not answer or lacks RFC 5780; fails with NatCheckError when

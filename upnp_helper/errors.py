@@ -21,14 +21,15 @@ class NoGateway(UpnpError):
 
 
 class MappingRefused(UpnpError):
-    """The gateway answered a mapping request with a UPnP error code."""
+    """The gateway answered a mapping request with an error code (UPnP, NAT-PMP or PCP)."""
 
-    def __init__(self, code: int | None, text: str, action: str = "") -> None:
+    def __init__(self, code: int | None, text: str, action: str = "", protocol: str = "UPnP") -> None:
         self.code = code
         self.text = text
         self.action = action
+        self.protocol = protocol
         where = f"{action}: " if action else ""
-        number = f"UPnP error {code}" if code is not None else "UPnP error"
+        number = f"{protocol} error {code}" if code is not None else f"{protocol} error"
         super().__init__(f"{where}the gateway refused ({number} {text})")
 
 

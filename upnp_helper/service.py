@@ -1,5 +1,9 @@
-"""Keeping port mappings: lease renewal at half-life, and a Service that maps
-on start and unmaps on stop.
+"""Keeping port mappings: finding a gateway by any protocol, lease renewal at
+half-life, and a Service that maps on start and unmaps on stop.
+
+``discover_gateway(method="auto")`` asks PCP first (RFC 6887); a gateway
+that answers in NAT-PMP instead (RFC 6887 §9) is used over NAT-PMP (RFC
+6886); silence on port 5351 means neither, so UPnP IGD is tried next.
 
 A mapping made with a lease (IGD:2 caps leases at 604800 s; many IGD:1
 gateways take any) is renewed by adding it again when half the lease has
@@ -17,13 +21,47 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from .errors import UpnpError
+from .errors import NoGateway, UpnpError
 from .igd import DEFAULT_DESCRIPTION, DEFAULT_TIMEOUT_SECONDS, Gateway, PortMapping, discover, normal_protocol
+from .pmp import SpeaksNatPmp, discover_natpmp, discover_pcp
 
 log = Logger()
 
 DEFAULT_LEASE_SECONDS = 3600
 MIN_RETRY_SECONDS = 1.0
+METHODS = ("auto", "pcp", "natpmp", "upnp")
+
+
+async def _discover_any(reactor, timeout_seconds: float):
+    try:
+        return await discover_pcp(reactor, timeout_seconds=timeout_seconds)
+    except SpeaksNatPmp:
+        return await discover_natpmp(reactor, timeout_seconds=timeout_seconds)
+    except NoGateway as e:
+        log.debug("no PCP/NAT-PMP gateway ({error}); trying UPnP IGD", error=str(e))
+    try:
+        return await discover(reactor, timeout_seconds=timeout_seconds)
+    except NoGateway as e:
+        raise NoGateway(f"no gateway answered PCP, NAT-PMP or UPnP IGD ({e})") from None
+
+
+def discover_gateway(reactor, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, method: str = "auto") -> Deferred:
+    """A gateway by ``method``: "pcp", "natpmp", "upnp" (IGD) or "auto" (PCP, then
+    NAT-PMP when it answers so, else UPnP IGD).
+
+    Fires with an ``igd.Gateway``, ``pmp.PcpGateway`` or ``pmp.NatPmpGateway``
+    (the same mapping calls; ``close`` when done); fails with NoGateway,
+    MappingRefused or UpnpError.
+    """
+    if method == "upnp":
+        return discover(reactor, timeout_seconds=timeout_seconds)
+    if method == "pcp":
+        return discover_pcp(reactor, timeout_seconds=timeout_seconds)
+    if method == "natpmp":
+        return discover_natpmp(reactor, timeout_seconds=timeout_seconds)
+    if method != "auto":
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    return Deferred.fromCoroutine(_discover_any(reactor, timeout_seconds))
 
 
 @dataclass(frozen=True)
@@ -115,8 +153,9 @@ class LeaseKeeper:
 
 
 class PortMappingService(service.Service):
-    """Maps ports through the LAN's UPnP gateway on start, keeps their leases,
-    and deletes them on stop.
+    """Maps ports through the LAN's gateway on start, keeps their leases, and
+    deletes them on stop. ``method`` picks the protocol (see
+    ``discover_gateway``; "auto" by default).
 
     ``mappings`` holds the PortMappings made; ``external_address`` the
     gateway's external address. ``when_ready()`` fires with the list of
@@ -126,12 +165,14 @@ class PortMappingService(service.Service):
 
     def __init__(self, reactor, requests: Sequence[MappingRequest], *,
                  lease_seconds: int = DEFAULT_LEASE_SECONDS, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-                 discover: Callable[..., Deferred] = discover) -> None:
+                 discover: Callable[..., Deferred] | None = None, method: str = "auto") -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
         self._reactor = reactor
         self.requests = list(requests)
         self.lease_seconds = lease_seconds
         self.timeout_seconds = timeout_seconds
-        self._discover = discover
+        self._discover = discover or (lambda reactor, **kw: discover_gateway(reactor, method=method, **kw))
         self.gateway: Gateway | None = None
         self.external_address: str | None = None
         self.mappings: list[PortMapping] = []

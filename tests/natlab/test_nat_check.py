@@ -266,6 +266,7 @@ def test_port_restricted_cone_masquerade(natlab):
     assert report["tcp_mapping"] == EIM
     assert report["upnp"]["igd"]["answered"] is False
     assert "no UPnP gateway" in report["upnp"]["igd"]["error"]
+    assert report["upnp"]["natpmp"]["answered"] is False and report["upnp"]["pcp"]["answered"] is False
 
 
 @natlab_test
@@ -321,7 +322,7 @@ def test_udp_blocked_without_tcp_is_no_answer(natlab):
 
 @natlab_test
 def test_gateway_with_upnp_is_reported(natlab):
-    """Behind a router running miniupnpd, the report says the UPnP IGD answered, with the WAN address."""
+    """Behind a router running miniupnpd, the report says UPnP IGD, NAT-PMP and PCP answered, with the WAN address."""
     if not os.path.exists(MINIUPNPD):
         pytest.skip(f"no {MINIUPNPD} (apt-get install miniupnpd-nftables)")
     site = natlab("eim-apdf", upnp=True)
@@ -330,6 +331,10 @@ def test_gateway_with_upnp_is_reported(natlab):
     igd = report["upnp"]["igd"]
     assert igd["answered"] is True and igd["external_address"] == site.wan_ip, igd
     assert igd["gateway"].startswith("http://192.168.")
+    for name in ("natpmp", "pcp"):
+        answer = report["upnp"][name]
+        assert answer["answered"] is True and answer["external_address"] == site.wan_ip, answer
+        assert answer["gateway"] == f"{name}://192.168.{site.client_ip.split('.')[2]}.1:5351"
     done = subprocess.run(site.exec_argv(*_argv(SERVER, "--lifetime-max-seconds", "0", "--no-tcp")),
                           capture_output=True, check=False, text=True, timeout=60, cwd=ROOT,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))

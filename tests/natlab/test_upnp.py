@@ -144,11 +144,83 @@ def test_service_maps_on_start_and_unmaps_on_stop(gateway_site):
     assert seen["after"] is None
 
 
+# Maps UDP argv[2] through the gateway by method argv[1] with PortMappingService,
+# prints the mapping, waits for a line on stdin, stops, and says so.
+_HOLD = """
+import sys
+from twisted.internet import task, threads
+from twisted.internet.defer import Deferred
+from upnp_helper import MappingRequest, PortMappingService
+
+async def main(reactor):
+    svc = PortMappingService(reactor, [MappingRequest(int(sys.argv[2]))], lease_seconds=120, method=sys.argv[1])
+    svc.startService()
+    (mapping,) = await svc.when_ready()
+    print("mapped", svc.gateway.control_url, mapping.external_port, mapping.lease_seconds, flush=True)
+    await threads.deferToThread(sys.stdin.readline)
+    await svc.stopService()
+    print("stopped", flush=True)
+
+task.react(lambda r: Deferred.fromCoroutine(main(r)))
+"""
+
+
+@pytest.mark.parametrize("method, port", [("natpmp", 40020), ("pcp", 40021)])
+def test_natpmp_and_pcp_mappings_let_a_public_packet_in_until_stopped(natlab, gateway_site, method, port):
+    """A NAT-PMP or PCP mapping held by the service delivers an unsolicited public packet; after stop nothing arrives."""
+    holder = subprocess.Popen(gateway_site.exec_argv(sys.executable, "-c", _HOLD, method, str(port)),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=ROOT, env=ENV)
+    try:
+        line = holder.stdout.readline().split()
+        assert line[:2] == ["mapped", f"{method}://192.168.{gateway_site.client_ip.split('.')[2]}.1:5351"], (
+            line, holder.stderr.read() if holder.poll() is not None else "")
+        assert line[2:] == [str(port), "120"]
+        assert packet_arrives(natlab, gateway_site, port, 5.0) == f"hello {SERVER_IP}"
+        holder.stdin.write("stop\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "stopped"
+        assert holder.wait(10) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(5)
+    assert packet_arrives(natlab, gateway_site, port, 1.0) == "timeout"
+
+
+def test_cli_maps_and_unmaps_by_pcp_with_its_nonce(gateway_site):
+    """``upnp --method pcp map`` prints the nonce that ``unmap`` needs; without it unmap exits 1."""
+    done = upnp(gateway_site, "--method", "pcp", "map", "40030", "--lease-seconds", "120")
+    assert done.returncode == 0, done.stderr
+    assert f"{gateway_site.wan_ip}:40030 -> {gateway_site.client_ip}:40030 (lease 120 s) nonce " in done.stdout
+    nonce = done.stdout.split()[-1]
+    refused = upnp(gateway_site, "--method", "pcp", "unmap", "40030")
+    assert refused.returncode == 1 and "needs --nonce" in refused.stderr
+    done = upnp(gateway_site, "--method", "pcp", "unmap", "40030", "--nonce", nonce)
+    assert done.returncode == 0, done.stderr
+
+
+def test_cli_auto_prefers_pcp_and_natpmp_reports_the_address(gateway_site):
+    """``--method auto`` picks PCP on miniupnpd; ``--method natpmp status`` gives the WAN address."""
+    done = upnp(gateway_site, "--method", "auto", "status")
+    assert done.returncode == 0, done.stderr
+    assert "gateway\tpcp://" in done.stdout and f"external_address\t{gateway_site.wan_ip}" in done.stdout
+    done = upnp(gateway_site, "--method", "natpmp", "status")
+    assert done.returncode == 0, done.stderr
+    assert "gateway\tnatpmp://" in done.stdout and f"external_address\t{gateway_site.wan_ip}" in done.stdout
+
+
 def test_no_gateway_fails_quickly(natlab):
-    """Behind a NAT without miniupnpd, status exits 2 saying no gateway answered, within seconds."""
+    """Behind a NAT without miniupnpd, status exits 2 saying no gateway answered, within seconds, by every method."""
     site = natlab("eim-apdf")
     started = time.monotonic()
     done = upnp(site, "--timeout-seconds", "1", "status")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "no UPnP gateway" in done.stderr
     assert time.monotonic() - started < 10
+    done = upnp(site, "--timeout-seconds", "1", "--method", "auto", "status")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "no gateway answered PCP, NAT-PMP or UPnP IGD" in done.stderr
+    for method in ("natpmp", "pcp"):
+        done = upnp(site, "--timeout-seconds", "1", "--method", method, "status")
+        assert done.returncode == 2 and "no answer from 192.168." in done.stderr, done.stderr
