@@ -1,8 +1,8 @@
 """Typed configuration of ``twistd rendezvous``: listeners, RFC 5780, and the relay.
 
 The option machinery and the listener and relay options live in
-``relay.config``; this module adds the RFC 5780 alternate address and
-``--no-relay``.
+``relay.config``; this module adds the RFC 5780 alternate address,
+``--no-relay``, the firewall ports and the echo service.
 """
 
 import ipaddress
@@ -40,6 +40,8 @@ RENDEZVOUS_OPTIONS = LISTENER_OPTIONS + [
            "Also listen on TCP 80 (plain) and 443 (TLS) for STUN/TURN, signaling and HTTP.", flag=True),
     Option("http-port", parse_port, None, "Plain firewall port (STUN/TURN, signaling, HTTP); 80 with --web-ports."),
     Option("https-port", parse_port, None, "TLS firewall port (STUN/TURN, signaling, HTTPS); 443 with --web-ports."),
+    Option("echo-port", parse_port, 0,
+           "UDP+TCP port of the rate-limited echo service for ALG detection (nat-check uses 5060); 0 = off."),
 ] + RELAY_OPTIONS
 
 
@@ -67,6 +69,7 @@ class RendezvousConfig:
     https_port: int | None = None
     redis: str | None = None
     metrics: tuple | None = None
+    echo_port: int = 0
 
     @classmethod
     def from_values(cls, values: dict) -> "RendezvousConfig":
@@ -105,4 +108,5 @@ class RendezvousConfig:
             https_port=values["https-port"] or (443 if values["web-ports"] else None),
             redis=values["redis"],
             metrics=values["metrics"],
+            echo_port=values["echo-port"],
         )

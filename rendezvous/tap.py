@@ -20,6 +20,7 @@ from rendezvous.stun.binding import Addresses, BindingServer
 from .accounts import AccountStore
 from .admin import AdminResource, LocalView, admin_token
 from .config import RENDEZVOUS_OPTIONS, RendezvousConfig
+from .echo import EchoCore, EchoDatagramProtocol, EchoStreamFactory
 from .gossip import GossipService
 from .logs import TopService
 from .metrics import metrics_site
@@ -123,8 +124,19 @@ def makeService(options, reactor=None) -> service.MultiService:
     add_listeners(top, addresses, binding, turn, config.tls_port, tls,
                   wrap=lambda stun: DemuxFactory(stun, signaling))
     _add_web_ports(top, config, binding, turn, signaling, site(node), reloads)
+    if config.echo_port:
+        _add_echo(top, config, reactor)
     top.binding_server = binding
     return top
+
+
+def _add_echo(top, config: RendezvousConfig, reactor) -> None:
+    """The rate-limited echo service for ALG detection, on UDP and TCP (rendezvous.echo)."""
+    core = EchoCore()
+    internet.UDPServer(config.echo_port, EchoDatagramProtocol(core, reactor),
+                       interface=config.ip).setServiceParent(top)
+    internet.TCPServer(config.echo_port, EchoStreamFactory(core, reactor),
+                       interface=config.ip).setServiceParent(top)
 
 
 def _tls(config: RendezvousConfig, protocols: list[bytes], reloads: list) -> ReloadableTLS:

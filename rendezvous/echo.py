@@ -1,0 +1,165 @@
+"""The echo service: hands a probe back as it arrived, with the source address seen.
+
+NAT analyzers send a SIP INVITE through it to see whether an ALG on the
+path rewrote the payload (the ``alg`` result of ``nat_check``). A probe is
+any payload followed by a 28-byte trailer: ``MAGIC`` and 20 zero bytes.
+The answer is the payload exactly as received followed by ``MAGIC``, the
+address family (4 or 6), a zero byte, the source port and the source
+address (16 bytes, IPv4 in the first 4): as long as the probe, never longer,
+so it amplifies nothing. Anything without the trailer gets no answer.
+
+``EchoCore`` is sans-IO: ``answer(data, source, now)`` returns the reply or
+None, applying a token bucket per source address and one for all sources,
+with the per-source table bounded (least recently seen evicted). The UDP
+and TCP adapters below only move bytes; a TCP connection carries one probe
+(at most ``MAX_PROBE_BYTES``) and is closed after the answer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+
+log = Logger()
+
+MAGIC = b"\x00TXECHO\x00"
+TRAILER_BYTES = len(MAGIC) + 20
+PROBE_TRAILER = MAGIC + bytes(20)
+MAX_PROBE_BYTES = 4096
+TCP_TIMEOUT_SECONDS = 10
+
+
+class EchoCodecError(ValueError):
+    """Not an echo answer."""
+
+
+def probe(payload: bytes) -> bytes:
+    """The datagram (or stream) that asks the echo service about payload."""
+    return payload + PROBE_TRAILER
+
+
+def reply(payload: bytes, source: tuple[str, int]) -> bytes:
+    """payload followed by the trailer naming source (the same length as the probe)."""
+    ip = ipaddress.ip_address(source[0])
+    return payload + MAGIC + struct.pack("!BBH", ip.version, 0, source[1]) + ip.packed.ljust(16, b"\0")
+
+
+def decode_reply(data: bytes) -> tuple[bytes, tuple[str, int]]:
+    """(payload as the service received it, our address as it saw it); EchoCodecError otherwise."""
+    if len(data) < TRAILER_BYTES or data[-TRAILER_BYTES:-20] != MAGIC:
+        raise EchoCodecError("no echo trailer")
+    version, _, port = struct.unpack_from("!BBH", data, len(data) - 20)
+    packed = data[-16:]
+    if version == 4:
+        address = str(ipaddress.IPv4Address(packed[:4]))
+    elif version == 6:
+        address = str(ipaddress.IPv6Address(packed))
+    else:
+        raise EchoCodecError(f"address family {version}")
+    return data[:-TRAILER_BYTES], (address, port)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+    def take(self, now: float, rate: float, burst: float) -> bool:
+        self.tokens = min(burst, self.tokens + (now - self.at) * rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class EchoCore:
+    """Decides whether and what to answer (sans-IO).
+
+    ``per_source_rate`` answers per second per source address (burst
+    ``per_source_burst``), ``total_rate`` per second in all (burst of one
+    second's worth); ``max_sources`` caps the per-source table.
+    """
+
+    def __init__(self, per_source_rate: float = 2.0, per_source_burst: float = 10.0, total_rate: float = 200.0,
+                 max_sources: int = 4096) -> None:
+        self.per_source_rate = per_source_rate
+        self.per_source_burst = per_source_burst
+        self.total_rate = total_rate
+        self.max_sources = max_sources
+        self._total = _Bucket(total_rate, 0.0)
+        self._sources: OrderedDict[str, _Bucket] = OrderedDict()
+        self.answered = 0
+        self.dropped = 0
+
+    def answer(self, data: bytes, source: tuple[str, int], now: float) -> bytes | None:
+        """The reply to data from source, or None (not a probe, too big, or over a rate)."""
+        if len(data) > MAX_PROBE_BYTES or not data.endswith(PROBE_TRAILER):
+            self.dropped += 1
+            return None
+        bucket = self._sources.pop(source[0], None)
+        if bucket is None:
+            bucket = _Bucket(self.per_source_burst, now)
+            if len(self._sources) >= self.max_sources:
+                self._sources.popitem(last=False)
+        self._sources[source[0]] = bucket
+        if not bucket.take(now, self.per_source_rate, self.per_source_burst) or \
+                not self._total.take(now, self.total_rate, self.total_rate):
+            self.dropped += 1
+            return None
+        self.answered += 1
+        return reply(data[:-TRAILER_BYTES], source)
+
+
+class EchoDatagramProtocol(DatagramProtocol):
+    """UDP adapter: one datagram in, at most one (no longer) out."""
+
+    def __init__(self, core: EchoCore, clock) -> None:
+        self.core = core
+        self.clock = clock
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        answer = self.core.answer(data, addr[:2], self.clock.seconds())
+        if answer is not None:
+            self.transport.write(answer, addr)
+
+
+class EchoStreamProtocol(Protocol):
+    """TCP adapter: reads one probe (up to MAX_PROBE_BYTES), answers, closes."""
+
+    def __init__(self, core: EchoCore, clock) -> None:
+        self.core = core
+        self.clock = clock
+        self.buffer = b""
+        self._timeout = None
+
+    def connectionMade(self) -> None:
+        self._timeout = self.clock.callLater(TCP_TIMEOUT_SECONDS, self.transport.abortConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if self.buffer.endswith(PROBE_TRAILER) or len(self.buffer) > MAX_PROBE_BYTES:
+            peer = self.transport.getPeer()
+            answer = self.core.answer(self.buffer, (peer.host, peer.port), self.clock.seconds())
+            if answer is not None:
+                self.transport.write(answer)
+            self.buffer = b""
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+
+
+class EchoStreamFactory(Factory):
+    def __init__(self, core: EchoCore, clock) -> None:
+        self.core = core
+        self.clock = clock
+
+    def buildProtocol(self, addr) -> EchoStreamProtocol:
+        return EchoStreamProtocol(self.core, self.clock)
