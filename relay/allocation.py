@@ -6,15 +6,19 @@ expiry, RFC 8656 §9) and channel bindings (RFC 8656 §12). Expiry is swept
 once a second by ``TurnServer.expire``; the data path then only asks whether
 a key is present, which keeps per-packet work to a few dict lookups. No
 Message objects are built on the data path: ChannelData and Data
-indications are packed by hand.
+indications are packed by hand, and Send indications parsed by hand
+(``parse_send_indication``). ``bench/relay_datapath.py`` times it.
 """
 
+import functools
 import os
+import random
 import struct
 from typing import Callable, Protocol
 
-from rendezvous.stun.addresses import Address, encode_xor_address
-from rendezvous.stun.constants import MAGIC_COOKIE_BYTES, Attr
+from rendezvous.stun import CodecError, integrity
+from rendezvous.stun.addresses import Address, decode_xor_address, encode_xor_address
+from rendezvous.stun.constants import MAGIC_COOKIE, MAGIC_COOKIE_BYTES, Attr
 
 PERMISSION_LIFETIME_SECONDS = 300
 CHANNEL_LIFETIME_SECONDS = 600
@@ -24,7 +28,14 @@ CHANNEL_COOLDOWN_SECONDS = 300
 
 _CHANNEL_HEADER = struct.Struct("!HH")
 _DATA_INDICATION_TYPE = b"\x00\x17"
+_SEND_INDICATION_TYPE = 0x0016
+_STUN_HEADER = struct.Struct("!HHI12s")
 _TLV = struct.Struct("!HH")
+_IPV4_ATTRIBUTE_BYTES = 12
+_MAC_TYPES = (Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA256)
+# Transaction ids of Data indications: nothing answers or matches them (RFC
+# 8656 §11.4), so a seeded PRNG serves, without a getrandom call per packet.
+_indication_ids = random.Random(os.urandom(32))
 
 
 class RelayEndpoint(Protocol):
@@ -42,21 +53,92 @@ def family_of(host: str) -> int:
     return 6 if ":" in host else 4
 
 
+@functools.lru_cache(maxsize=4096)
+def _ipv4_peer_attribute(peer: Address) -> bytes:
+    """XOR-PEER-ADDRESS for an IPv4 peer: it XORs with the magic cookie only, so it is cached."""
+    value = encode_xor_address(peer, b"\0" * 12)
+    return _TLV.pack(Attr.XOR_PEER_ADDRESS, len(value)) + value
+
+
 def data_indication(peer: Address, data: bytes) -> bytes:
     """A Data indication carrying data from peer (RFC 8656 §11.4)."""
-    tid = os.urandom(12)
-    peer_value = encode_xor_address(peer, tid)
+    tid = _indication_ids.randbytes(12)
+    if ":" in peer[0]:
+        peer_value = encode_xor_address(peer, tid)
+        peer_attribute = _TLV.pack(Attr.XOR_PEER_ADDRESS, len(peer_value)) + peer_value
+    else:
+        peer_attribute = _ipv4_peer_attribute(peer)
     n = len(data)
-    body = b"".join(
+    padding = -n % 4
+    return b"".join(
         (
-            _TLV.pack(Attr.XOR_PEER_ADDRESS, len(peer_value)),
-            peer_value,
+            _DATA_INDICATION_TYPE,
+            (len(peer_attribute) + 4 + n + padding).to_bytes(2, "big"),
+            MAGIC_COOKIE_BYTES,
+            tid,
+            peer_attribute,
             _TLV.pack(Attr.DATA, n),
             data,
-            b"\0" * (-n % 4),
+            b"\0" * padding,
         )
     )
-    return _DATA_INDICATION_TYPE + struct.pack("!H", len(body)) + MAGIC_COOKIE_BYTES + tid + body
+
+
+@functools.lru_cache(maxsize=4096)
+def _ipv4_peer(value: bytes) -> Address:
+    """An IPv4 XOR-PEER-ADDRESS value decoded; it does not depend on the transaction id."""
+    return decode_xor_address(value, b"")
+
+
+def parse_send_indication(data: bytes) -> tuple[Address, bytes] | None:
+    """The peer and payload of a Send indication (RFC 8656 §11.2), or None.
+
+    None for anything malformed: a bad header, an attribute overrunning the
+    message, an attribute after FINGERPRINT, a FINGERPRINT that does not
+    match, no XOR-PEER-ADDRESS or no DATA. As in ``Message.decode``, the
+    first of a repeated attribute counts and attributes after
+    MESSAGE-INTEGRITY are ignored.
+    """
+    size = len(data)
+    if size < 20:
+        return None
+    msg_type, length, cookie, tid = _STUN_HEADER.unpack_from(data)
+    if msg_type != _SEND_INDICATION_TYPE or length + 20 != size or length & 3 or cookie != MAGIC_COOKIE:
+        return None
+    peer_value = payload = None
+    offset = 20
+    ignoring = False
+    while offset < size:
+        if size - offset < 4:
+            return None
+        attr_type, attr_length = _TLV.unpack_from(data, offset)
+        start = offset + 4
+        end = start + attr_length
+        if end > size:
+            return None
+        if attr_type == Attr.FINGERPRINT:
+            if end + (-attr_length % 4) != size or attr_length != 4:
+                return None
+            if integrity.fingerprint(data, offset) != int.from_bytes(data[start:end], "big"):
+                return None
+        elif attr_type in _MAC_TYPES:
+            ignoring = True
+        elif ignoring:
+            pass
+        elif attr_type == Attr.XOR_PEER_ADDRESS:
+            if peer_value is None:
+                peer_value = data[start:end]
+        elif attr_type == Attr.DATA:
+            if payload is None:
+                payload = data[start:end]
+        offset = end + (-attr_length % 4)
+    if peer_value is None or payload is None:
+        return None
+    try:
+        peer = _ipv4_peer(peer_value) if len(peer_value) == 8 else decode_xor_address(peer_value, tid)
+    except CodecError:
+        return None
+    return peer, payload
 
 
 class Allocation:
@@ -66,7 +148,7 @@ class Allocation:
         "five_tuple", "transaction_id", "response", "username", "keys", "algorithm",
         "relays", "expires_at", "credential_expires_at", "permissions", "channels",
         "channel_expiry", "peer_channels", "cooldown", "send", "stream",
-        "packets_in", "bytes_in", "packets_out", "bytes_out", "bucket", "tcp",
+        "packets_in", "bytes_in", "packets_out", "bytes_out", "bucket", "tcp", "closed", "routes",
     )
 
     def __init__(
@@ -92,7 +174,8 @@ class Allocation:
         self.expires_at = expires_at
         self.credential_expires_at = credential_expires_at
         self.permissions: dict[str, float] = {}
-        self.channels: dict[int, tuple[Address, RelayEndpoint]] = {}
+        # number -> (peer, the relay endpoint's write)
+        self.channels: dict[int, tuple[Address, Callable[[bytes, Address], None]]] = {}
         self.channel_expiry: dict[int, float] = {}
         self.peer_channels: dict[Address, int] = {}
         self.cooldown: dict[object, float] = {}
@@ -101,6 +184,9 @@ class Allocation:
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
         self.bucket = bucket
         self.tcp = False  # an RFC 6062 TCP allocation
+        self.closed = False
+        # (table, key) entries that point at this allocation; close() removes them.
+        self.routes: list[tuple[dict, object]] = []
 
     # -- state ------------------------------------------------------------
 
@@ -119,7 +205,7 @@ class Allocation:
         for key in (number, peer):
             if bound is None and self.cooldown.get(key, 0) > now:
                 return "channel or peer was bound within the last 5 minutes"
-        self.channels[number] = (peer, self.relays[family_of(peer[0])])
+        self.channels[number] = (peer, self.relays[family_of(peer[0])].write)
         self.peer_channels[peer] = number
         self.channel_expiry[number] = now + CHANNEL_LIFETIME_SECONDS
         self.permit(peer[0], now)
@@ -137,7 +223,17 @@ class Allocation:
         for key in [k for k, t in self.cooldown.items() if t <= now]:
             del self.cooldown[key]
 
+    def route(self, table: dict, key) -> None:
+        """Let table[key] find this allocation on the data path until it closes."""
+        table[key] = self
+        self.routes.append((table, key))
+
     def close(self) -> None:
+        self.closed = True
+        for table, key in self.routes:
+            if table.get(key) is self:
+                del table[key]
+        self.routes = []
         for relay in self.relays.values():
             relay.close()
         self.relays = {}
@@ -149,18 +245,26 @@ class Allocation:
 
     def channel_to_peer(self, frame: bytes) -> None:
         """Relay a client's ChannelData frame to its peer (RFC 8656 §12.6)."""
+        if len(frame) < 4:
+            return
         number, length = _CHANNEL_HEADER.unpack_from(frame)
         bound = self.channels.get(number)
         if bound is None or length > len(frame) - 4:
             return
-        peer, relay = bound
+        peer, write = bound
         if peer[0] not in self.permissions:
             return
         if self.bucket is not None and not self.bucket.take(length):
             return
         self.packets_out += 1
         self.bytes_out += length
-        relay.write(frame[4 : 4 + length], peer)
+        write(frame[4 : 4 + length], peer)
+
+    def send_indication(self, data: bytes) -> None:
+        """Relay the payload of an encoded Send indication (RFC 8656 §11.2); drop it if malformed."""
+        parsed = parse_send_indication(data)
+        if parsed is not None:
+            self.send_to_peer(*parsed)
 
     def send_to_peer(self, peer: Address, data: bytes) -> None:
         """Relay the payload of a Send indication (RFC 8656 §11.3)."""

@@ -8,8 +8,6 @@ know each other so a reply can leave from the endpoint the Binding core names
 (RFC 5780 CHANGE-REQUEST). A malformed stream closes only its connection.
 """
 
-import socket
-
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -19,6 +17,7 @@ from rendezvous.stun.addresses import Address
 from rendezvous.stun.binding import BindingServer
 from rendezvous.stun.framing import StreamFramer
 
+from .datagrams import read_loop, set_buffers, udp_sender
 from .server import TurnServer
 
 log = Logger()
@@ -28,32 +27,7 @@ IDLE_TIMEOUT_SECONDS = 300
 # ~208 KiB holds only a few hundred datagrams); capped by net.core.rmem_max
 # unless the process may force it.
 UDP_BUFFER_BYTES = 4 * 1024 * 1024
-
-
-def udp_sender(sock: socket.socket, addr: Address):
-    """A function sending datagrams to addr with the socket's own sendto.
-
-    The relay data path calls it per packet, so it skips Twisted's address
-    checks; UDP may drop, so a send error is not raised.
-    """
-    sendto = sock.sendto
-
-    def send(data: bytes) -> None:
-        try:
-            sendto(data, addr)
-        except OSError:
-            pass
-
-    return send
-
-
-def set_buffers(sock: socket.socket, size: int) -> None:
-    """Enlarge a UDP socket's buffers, forcing past rmem_max when privileged."""
-    for force, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # SO_*BUFFORCE
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, plain, size)
+_SEND_INDICATION = 0x00  # first byte of a Send indication (type 0x0016)
 
 
 class UdpEndpoints:
@@ -71,7 +45,13 @@ class UdpEndpoints:
 
 
 class ServerDatagramProtocol(DatagramProtocol):
-    """One client-facing UDP socket."""
+    """One client-facing UDP socket.
+
+    The data path (ChannelData and Send indications from clients with an
+    allocation) finds the allocation by the client's address in ``routes``,
+    filled on a client's first packet and emptied by ``Allocation.close``,
+    and never decodes a STUN message.
+    """
 
     noisy = False
 
@@ -79,16 +59,32 @@ class ServerDatagramProtocol(DatagramProtocol):
         self.endpoints = endpoints
         self.local = local
         self.turn = endpoints.turn
+        self.routes: dict = {}  # client address -> Allocation
 
     def startProtocol(self) -> None:
         set_buffers(self.transport.socket, UDP_BUFFER_BYTES)
+        read_loop(self.transport, self.datagramReceived)
 
     def datagramReceived(self, data: bytes, addr) -> None:
-        addr = addr[:2]
+        if data and self.turn is not None:
+            first = data[0]
+            if 0x40 <= first < 0x80 or (first == _SEND_INDICATION and data[1:2] == b"\x16"):
+                allocation = self.routes.get(addr)
+                if allocation is None:
+                    allocation = self.turn.allocations.get(("udp", addr[:2], self.local))
+                    if allocation is None:
+                        return
+                    allocation.route(self.routes, addr)
+                if first:
+                    allocation.channel_to_peer(data)
+                else:
+                    allocation.send_indication(data)
+                return
+        self._control(data, addr[:2])
+
+    def _control(self, data: bytes, addr: Address) -> None:
+        """A STUN message: TURN requests to the TURN core, the rest to the Binding core."""
         turn = self.turn
-        if turn is not None and data and data[0] >> 6 == 1:
-            turn.channel_data_from_client(("udp", addr, self.local), data)
-            return
         binding = self.endpoints.binding
         request = binding.decode(data)
         if request is None:
@@ -123,6 +119,7 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
         self.factory = factory
         self.framer = StreamFramer()
         self.pipe = None  # the peer connection this data connection is spliced to (RFC 6062)
+        self.allocation = None  # this connection's, once the data path has looked it up
 
     def connectionMade(self) -> None:
         self.setTimeout(IDLE_TIMEOUT_SECONDS)
@@ -148,9 +145,18 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
                 # Spliced by ConnectionBind: what follows is the client's data.
                 self.pipe.transport.write(b"".join(frames[index:]) + self.framer.take())
                 return
-            if frame[0] >= 0x40:
-                if turn is not None:
-                    turn.channel_data_from_client(self.five_tuple, frame)
+            first = frame[0]
+            if turn is not None and (first >= 0x40 or (first == _SEND_INDICATION and frame[1] == 0x16)):
+                allocation = self.allocation
+                if allocation is None or allocation.closed:
+                    allocation = self.allocation = turn.allocations.get(self.five_tuple)
+                if allocation is not None:
+                    if first:
+                        allocation.channel_to_peer(frame)
+                    else:
+                        allocation.send_indication(frame)
+                continue
+            if first >= 0x40:
                 continue
             request = factory.binding.decode(frame)
             if request is None:

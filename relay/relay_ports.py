@@ -3,8 +3,8 @@
 RFC 8656 §7.2 (choosing a relayed transport address; EVEN-PORT and
 RESERVATION-TOKEN reserve the next port for 30 s) and §14 (DONT-FRAGMENT,
 honoured with IP_PMTUDISC_DO). Each relay socket hands datagrams from peers
-to its allocation's data path and sends with ``socket.sendto`` directly: the
-relay data path is the hot loop of the whole suite.
+to its allocation's data path and sends with ``socket.sendto`` directly
+(``relay.datagrams``): the relay data path is the hot loop of the whole suite.
 """
 
 import os
@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from rendezvous.stun.addresses import Address
 
-from .listeners import set_buffers
+from .datagrams import read_loop, set_buffers, udp_writer
 from .server import NoRelayPort
 
 log = Logger()
@@ -29,32 +29,37 @@ _IP_PMTUDISC_DO = 2
 
 
 class RelaySocket(DatagramProtocol):
-    """One relayed transport address."""
+    """One relayed transport address.
+
+    Datagrams from peers go from the read loop straight to the owning
+    allocation's ``from_peer``: setting ``allocation`` rebinds the loop.
+    """
 
     noisy = False
 
     def __init__(self, address: Address, owner: "RelayPorts") -> None:
         self.address = address
         self.owner = owner
-        self.allocation = None
+        self._allocation = None
         self.port = None
+
+    @property
+    def allocation(self):
+        return self._allocation
+
+    @allocation.setter
+    def allocation(self, allocation) -> None:
+        self._allocation = allocation
+        if self.transport is not None:
+            read_loop(self.transport, self.datagramReceived if allocation is None else allocation.from_peer)
 
     def startProtocol(self) -> None:
         set_buffers(self.transport.socket, RELAY_BUFFER_BYTES)
-        sendto = self.transport.socket.sendto
-
-        def write(data: bytes, peer: Address) -> None:
-            try:
-                sendto(data, peer)
-            except OSError:
-                pass  # an ICMP error or a full buffer: UDP may drop
-
-        self.write = write
+        self.write = udp_writer(self.transport.socket)
+        self.allocation = self._allocation
 
     def datagramReceived(self, data: bytes, addr) -> None:
-        allocation = self.allocation
-        if allocation is not None:
-            allocation.from_peer(data, addr[:2])
+        """Without an allocation (a reserved port), datagrams are dropped."""
 
     def close(self) -> None:
         self.allocation = None

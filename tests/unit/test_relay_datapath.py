@@ -1,0 +1,187 @@
+"""The relay data path: hand-parsed Send indications, Data indications, routes and read loops."""
+
+import socket
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relay.allocation import data_indication, parse_send_indication
+from relay.datagrams import MAX_READS_PER_WAKEUP, read_loop
+from relay.listeners import ServerDatagramProtocol, UdpEndpoints
+from relay.relay_ports import RelaySocket
+from rendezvous.stun import Attr, Class, Message, Method
+from rendezvous.stun.attributes import encode_uint32
+from rendezvous.stun.binding import Addresses, BindingServer
+from tests.turn_helpers import bind, permit
+from tests.unit.test_turn_server import PEER, SERVER, UDP_TUPLE, Client, clock, make_server  # noqa: F401 (clock)
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+HOSTS = st.one_of(
+    st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: "%d.%d.%d.%d" % t),
+    st.sampled_from(["2001:db8::1", "2001:db8:ffff::abcd", "fe80::1"]),
+)
+PEERS = st.tuples(HOSTS, st.integers(0, 65535))
+
+
+def send_indication(peer, payload: bytes, fingerprint: bool = False) -> bytes:
+    msg = Message(Method.SEND, Class.INDICATION)
+    msg.add_address(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, payload)
+    return msg.encode(fingerprint=fingerprint)
+
+
+@SETTINGS
+@given(PEERS, st.binary(max_size=300), st.booleans())
+def test_send_indication_parses_like_the_codec(peer, payload, fingerprint):
+    """The hand parser finds the peer and payload that Message.decode finds."""
+    data = send_indication(peer, payload, fingerprint)
+    msg = Message.decode(data)
+    assert parse_send_indication(data) == (msg.address(Attr.XOR_PEER_ADDRESS), msg.get(Attr.DATA)) == (peer, payload)
+
+
+@SETTINGS
+@given(st.binary(max_size=200) | st.builds(lambda d, i, b: d[:i] + bytes([b]) + d[i + 1:],
+                                            st.just(send_indication(PEER, b"payload", True)),
+                                            st.integers(0, 63), st.integers(0, 255)))
+def test_send_indication_parser_never_raises(data):
+    """Arbitrary and mutated bytes give a result or None, never an exception."""
+    result = parse_send_indication(data)
+    assert result is None or (isinstance(result[0], tuple) and isinstance(result[1], bytes))
+
+
+def test_malformed_send_indications_are_dropped():
+    """Bad header, bad FINGERPRINT, attribute after FINGERPRINT, overrun or missing DATA: None."""
+    good = send_indication(PEER, b"abc", fingerprint=True)
+    assert parse_send_indication(good) == (PEER, b"abc")
+    bad_crc = good[:-1] + bytes([good[-1] ^ 1])
+    after = bytearray(good + struct.pack("!HH", Attr.SOFTWARE, 0))
+    struct.pack_into("!H", after, 2, len(after) - 20)
+    overrun = bytearray(good)
+    struct.pack_into("!H", overrun, 22, 400)  # XOR-PEER-ADDRESS length
+    request = bytearray(good)
+    request[1] = 0x06  # a Send request
+    no_data = Message(Method.SEND, Class.INDICATION).add_address(Attr.XOR_PEER_ADDRESS, PEER).encode()
+    for data in (bad_crc, bytes(after), bytes(overrun), bytes(request), no_data, good[:20], good[:-4], b""):
+        assert parse_send_indication(data) is None
+
+
+def test_data_indication_decodes_with_a_fresh_transaction_id():
+    """Each Data indication has its own transaction id; IPv4 and IPv6 peers decode back."""
+    for peer in (PEER, ("2001:db8::7", 443)):
+        first, second = data_indication(peer, b"xyz"), data_indication(peer, b"xyz")
+        assert first[8:20] != second[8:20]
+        for raw in (first, second):
+            msg = Message.decode(raw)
+            assert msg.address(Attr.XOR_PEER_ADDRESS) == peer and msg.get(Attr.DATA) == b"xyz"
+
+
+class RecordingSocket:
+    """What the client-facing protocol sends back to clients."""
+
+    def __init__(self):
+        self.sent = []
+
+    def sendto(self, data, addr):
+        self.sent.append((data, addr))
+
+
+def listener(server) -> ServerDatagramProtocol:
+    protocol = UdpEndpoints(BindingServer(Addresses(*SERVER)), server).protocol(SERVER)
+    protocol.transport = type("Port", (), {"socket": RecordingSocket(), "write": lambda *a: None})()
+    return protocol
+
+
+def channel_data(number: int, payload: bytes) -> bytes:
+    return struct.pack("!HH", number, len(payload)) + payload
+
+
+def test_udp_listener_routes_follow_the_allocation(clock):
+    """ChannelData and Send indications reach the client's current allocation, and none once it is gone."""
+    server = make_server(clock)
+    protocol = listener(server)
+    client_address = UDP_TUPLE[1]
+    client = Client(server)
+    client.allocate()
+    bind(client, 0x4001, PEER)
+    first = server.allocations[UDP_TUPLE]
+    protocol.datagramReceived(channel_data(0x4001, b"one"), client_address)
+    protocol.datagramReceived(send_indication(PEER, b"two"), client_address)
+    assert first.relays[4].sent == [(b"one", PEER), (b"two", PEER)]
+    assert protocol.routes == {client_address: first}
+    client.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(0)))
+    assert protocol.routes == {}
+    protocol.datagramReceived(channel_data(0x4001, b"dropped"), client_address)
+    client.allocate()
+    second = server.allocations[UDP_TUPLE]
+    permit(client, PEER)
+    protocol.datagramReceived(send_indication(PEER, b"three"), client_address)
+    assert second.relays[4].sent == [(b"three", PEER)] and protocol.routes == {client_address: second}
+
+
+def test_udp_listener_drops_data_without_an_allocation(clock):
+    """ChannelData and Send indications from a client with no allocation leave no route and send nothing."""
+    server = make_server(clock)
+    protocol = listener(server)
+    protocol.datagramReceived(channel_data(0x4001, b"x"), ("203.0.113.99", 1))
+    protocol.datagramReceived(send_indication(PEER, b"x"), ("203.0.113.99", 1))
+    protocol.datagramReceived(b"\x40\x01", ("203.0.113.99", 1))
+    assert protocol.routes == {} and protocol.transport.socket.sent == []
+
+
+@pytest.fixture
+def udp_pair():
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    sender.settimeout(5)
+    yield receiver, sender
+    receiver.close()
+    sender.close()
+
+
+def fake_port(sock):
+    return type("Port", (), {"socket": sock, "addressFamily": socket.AF_INET})()
+
+
+def test_read_loop_reads_a_bounded_batch_and_survives_a_failing_handler(udp_pair):
+    """One wakeup reads at most MAX_READS_PER_WAKEUP datagrams; a handler error loses only its datagram."""
+    receiver, sender = udp_pair
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    got = []
+
+    def handler(data, addr):
+        if data == b"7":
+            raise ValueError("boom")
+        got.append((data, addr))
+
+    port = fake_port(receiver)
+    read_loop(port, handler)
+    total = MAX_READS_PER_WAKEUP + 10
+    for i in range(total):
+        sender.sendto(str(i).encode(), receiver.getsockname())
+    port.doRead()
+    assert len(got) == MAX_READS_PER_WAKEUP - 1
+    port.doRead()
+    port.doRead()  # empty: returns at EAGAIN
+    assert len(got) == total - 1 and got[0] == (b"0", sender.getsockname())
+
+
+def test_relay_socket_delivers_to_its_current_allocation(udp_pair):
+    """Datagrams from peers go to the allocation set on the relay socket, and nowhere without one."""
+    receiver, sender = udp_pair
+    relay = RelaySocket(receiver.getsockname(), None)
+    port = fake_port(receiver)
+    relay.makeConnection(port)
+    received = []
+    relay.allocation = type("Allocation", (), {"from_peer": lambda self, data, peer: received.append((data, peer))})()
+    sender.sendto(b"for the allocation", receiver.getsockname())
+    port.doRead()
+    relay.allocation = None
+    sender.sendto(b"dropped", receiver.getsockname())
+    port.doRead()
+    assert received == [(b"for the allocation", sender.getsockname())]
+    relay.write(b"to the peer", sender.getsockname())
+    assert sender.recv(100) == b"to the peer"
