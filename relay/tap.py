@@ -18,6 +18,7 @@ from rendezvous.worker_view import WorkerFleet, socket_path
 
 import dataclasses
 import os
+import signal
 
 from .config import (
     LISTENER_OPTIONS,
@@ -31,12 +32,12 @@ from .config import (
 )
 from .drain import DrainService
 from .service import add_listeners, make_relay
-from .workers import NONCE_SECRET_ENV, WorkerSupervisor, die_with_parent, port_slice
+from .workers import NONCE_SECRET_ENV, WorkerSupervisor, cores, die_with_parent, port_slice
 
 PROCESS_OPTIONS = [
     Option("workers", parse_count, 1,
-           "Relay processes sharing the ports with SO_REUSEPORT, each with its own slice of --relay-ports "
-           "(RFC 6062 TCP relaying needs 1)."),
+           "Relay processes sharing the ports with SO_REUSEPORT, each with its own slice of --relay-ports; "
+           "RFC 6062 TCP relaying needs 1."),
 ]
 
 
@@ -77,11 +78,12 @@ def makeService(options, reactor=None) -> service.MultiService:
     top = TopService(values["log-format"])
     software = values["software"].encode("utf-8") if values["software"] else None
     accounts = [AccountStore(options.relay_config.accounts)] if options.relay_config.accounts else []
-    nonce_secret = None
+    nonce_secret = supervisor = None
     if options.workers > 1:
         if options.worker_index == 0:
             nonce_secret = os.urandom(32)
-            WorkerSupervisor(reactor, options.workers, options.argv, nonce_secret).setServiceParent(top)
+            supervisor = WorkerSupervisor(reactor, options.workers, options.argv, nonce_secret)
+            supervisor.setServiceParent(top)
         else:
             die_with_parent()
             nonce_secret = bytes.fromhex(os.environ.pop(NONCE_SECRET_ENV))
@@ -98,6 +100,11 @@ def makeService(options, reactor=None) -> service.MultiService:
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
     drain = DrainService(reactor, relay.turn, options.relay_config.drain_timeout)
+    if supervisor is not None:
+        # The first process reloads and drains the others too, and waits for them to end.
+        relay.reload_hooks.append(lambda: supervisor.signal_workers(signal.SIGHUP))
+        drain.hooks.append(supervisor.drain)
+        drain.sessions = lambda: len(supervisor.processes)
     drain.setServiceParent(top)
     binding = BindingServer(addresses, software=values["software"])
     add_listeners(top, addresses, binding, relay.turn, values["tls-port"], tls,

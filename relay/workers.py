@@ -9,7 +9,8 @@ datagrams always reach the same worker), and each owns a disjoint slice of
 allocation. The workers share the nonce secret (passed in the environment,
 never on the command line), so a challenge answered on another connection
 still verifies. Children ask the kernel to end them when the first process
-ends.
+ends. SIGHUP and SIGUSR1 sent to the first process reach every worker; a
+draining worker that ends is not restarted.
 """
 
 import ctypes
@@ -28,6 +29,14 @@ log = Logger()
 NONCE_SECRET_ENV = "TXRENDEZVOUS_NONCE_SECRET"
 RESTART_DELAY_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1
+
+
+def cores() -> int:
+    """The CPUs this process may run on (the default number of workers)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def port_slice(low: int, high: int, workers: int, index: int) -> tuple[int, int]:
@@ -108,6 +117,7 @@ class WorkerSupervisor(service.Service):
         self.argv = argv
         self.env = dict(os.environ, **{NONCE_SECRET_ENV: nonce_secret.hex()})
         self.processes: dict[int, object] = {}
+        self.draining = False
 
     def startService(self) -> None:
         super().startService()
@@ -124,7 +134,9 @@ class WorkerSupervisor(service.Service):
 
     def ended(self, index: int, reason) -> None:
         self.processes.pop(index, None)
-        if self.running:
+        if self.draining:
+            log.info("relay worker {index} ended while draining", index=index)
+        elif self.running:
             log.error("relay worker {index} ended ({reason}); restarting", index=index, reason=reason.value)
             self.reactor.callLater(RESTART_DELAY_SECONDS, self._respawn, index)
 
@@ -132,10 +144,19 @@ class WorkerSupervisor(service.Service):
         if self.running and index not in self.processes:
             self.spawn(index)
 
-    def stopService(self):
-        super().stopService()
+    def signal_workers(self, number: int) -> None:
+        """Send a signal (signal.SIGHUP, SIGUSR1, SIGTERM) to every running worker."""
         for process in list(self.processes.values()):
             try:
-                process.signalProcess("TERM")
+                process.signalProcess(number)
             except Exception:  # ProcessExitedAlready
                 pass
+
+    def drain(self) -> None:
+        """Drain every worker (SIGUSR1) and restart none of them from now on."""
+        self.draining = True
+        self.signal_workers(signal.SIGUSR1)
+
+    def stopService(self):
+        super().stopService()
+        self.signal_workers(signal.SIGTERM)

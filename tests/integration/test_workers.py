@@ -1,15 +1,21 @@
-"""``twistd relay --workers 2``: two processes share the ports, each owns half the relay ports."""
+"""``twistd relay --workers 2``: two processes share the ports, each owns half the relay ports;
+the first answers metrics, health and the admin API for both."""
 
+import json
 import os
+import signal
 import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from rendezvous.stun import Attr, Class, Message, Method
-from tests.conftest import PRIMARY_IP, TURN_PASSWORD, TURN_REALM, TURN_USER, start_relay, stop_node
-from tests.turn_helpers import UdpTurnClient, permit
+from rendezvous.stun.attributes import encode_uint32
+from tests.conftest import PRIMARY_IP, TURN_PASSWORD, TURN_REALM, TURN_USER, free_port, start_relay, stop_node
+from tests.integration.test_metrics import scrape
+from tests.turn_helpers import UdpTurnClient, code, permit
 
 pytestmark = pytest.mark.integration
 LOW, HIGH = 50000, 50999
@@ -29,18 +35,35 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
+def wait_for_second_worker(node) -> int:
+    """The second worker's pid, once it listens."""
+    deadline = time.monotonic() + 30
+    middle = LOW + (HIGH - LOW + 1) // 2
+    marker = f"ports {middle}-{HIGH}"  # the second worker's start-up line
+    while marker not in node.log() or f"starting on {node.port}" not in node.log().split(marker)[1]:
+        assert time.monotonic() < deadline, node.log()
+        time.sleep(0.1)
+    return children(node.process.pid)[0]
+
+
+def admin(node, metrics: int, path: str, method: str = "GET") -> dict:
+    token = (node.state_dir / "admin.token").read_text().strip()
+    request = urllib.request.Request(f"http://127.0.0.1:{metrics}/admin/{path}", method=method,
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
 def test_two_workers_share_the_load(tmp_path):
-    """Allocations from many clients land on both workers, each in its own port slice, and all relay."""
-    node = start_relay(tmp_path, "--workers", "2", "--relay-ports", f"{LOW}-{HIGH}")
+    """Allocations from many clients land on both workers, each in its own port slice, and all relay;
+    one scrape, one health check and one admin listing cover both workers."""
+    metrics = free_port(ips=(PRIMARY_IP,))
+    node = start_relay(tmp_path, "--workers", "2", "--relay-ports", f"{LOW}-{HIGH}",
+                       "--metrics", f"127.0.0.1:{metrics}")
     clients = []
     try:
-        deadline = time.monotonic() + 30
         middle = LOW + (HIGH - LOW + 1) // 2
-        marker = f"ports {middle}-{HIGH}"  # the second worker's start-up line
-        while marker not in node.log() or f"starting on {node.port}" not in node.log().split(marker)[1]:
-            assert time.monotonic() < deadline, node.log()
-            time.sleep(0.1)
-        worker = children(node.process.pid)[0]
+        worker = wait_for_second_worker(node)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
             peer.bind((PRIMARY_IP, 0))
             peer.settimeout(3)
@@ -61,6 +84,25 @@ def test_two_workers_share_the_load(tmp_path):
                 assert (data, source) == (b"x", relayed)
             assert all(LOW <= p <= HIGH for p in ports)
             assert any(p < middle for p in ports) and any(p >= middle for p in ports)
+        m = scrape(metrics)
+        assert m["txr_workers_answering"] == 2
+        assert m["txr_turn_allocations"] == CLIENTS and m["txr_turn_permissions"] == CLIENTS
+        assert m['txr_relayed_packets_total{direction="to_peer"}'] == CLIENTS
+        assert m["txr_turn_allocations_created_total"] == CLIENTS
+        for health in ("healthz", "readyz"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/{health}", timeout=5) as r:
+                assert r.read() == b"ok\n"
+        listed = admin(node, metrics, "allocations?limit=1000")
+        assert listed["total"] == CLIENTS == len(listed["items"]) and listed["workers_answering"] == 2
+        ids = [item["id"] for item in listed["items"]]
+        assert len(set(ids)) == CLIENTS and {i.split("-")[0] for i in ids} == {"0", "1"}
+        assert [i["id"] for i in admin(node, metrics, f"allocations?offset={CLIENTS - 3}&limit=7")["items"]] == ids[-3:]
+        on_second = next(item for item in listed["items"] if item["id"].startswith("1-"))
+        assert int(on_second["relayed"][0].rsplit(":", 1)[1]) >= middle
+        assert admin(node, metrics, f"allocations/{on_second['id']}", "DELETE")["id"] == on_second["id"]
+        assert admin(node, metrics, "allocations?limit=0")["total"] == CLIENTS - 1
+        owner = next(c for c in clients if "%s:%d" % c.sock.getsockname() == on_second["client"])
+        assert code(owner.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(600)))) == 437
     finally:
         for client in clients:
             client.close()
@@ -69,3 +111,16 @@ def test_two_workers_share_the_load(tmp_path):
     while alive(worker):
         assert time.monotonic() < deadline, "the worker outlived its parent"
         time.sleep(0.1)
+
+
+def test_drain_reaches_every_worker(tmp_path):
+    """SIGUSR1 to the first process drains the second too, and the relay exits once both are done."""
+    node = start_relay(tmp_path, "--workers", "2", "--relay-ports", f"{LOW}-{HIGH}", "--drain-timeout", "30")
+    try:
+        worker = wait_for_second_worker(node)
+        node.process.send_signal(signal.SIGUSR1)
+        node.process.wait(15)
+        assert "relay worker 1 ended while draining" in node.log()
+        assert not alive(worker)
+    finally:
+        stop_node(node)
