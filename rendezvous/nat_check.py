@@ -18,8 +18,11 @@ observations. Apps call::
     report = await check(reactor, ("198.51.100.1", 3478))
     print(report.to_text())
 
-ALG detection needs an echo service on the server that does not exist yet;
-the report says ``alg: null`` with the reason rather than guessing.
+ALG detection sends a SIP INVITE carrying our private address (over UDP
+and TCP) to the super node's echo service (``rendezvous.echo``, port 5060 by
+default; ``--echo-port`` on the node) and compares the copy it saw
+(``rendezvous.sip_probe``); without an echo service the report says
+``alg: null`` with the reason rather than guessing.
 """
 
 from __future__ import annotations
@@ -35,13 +38,17 @@ from itertools import pairwise
 
 from twisted.internet import defer, error, task, tcp
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol
 from twisted.logger import Logger
 
 from upnp_helper.probe import NAMES as GATEWAY_NAMES
 from upnp_helper.probe import GatewayAnswer
 from upnp_helper.probe import probe as probe_gateways
 
+from . import sip_probe
+from .echo import MAX_PROBE_BYTES, EchoCodecError
+from .echo import decode_reply as decode_echo
+from .echo import probe as echo_probe
 from .stun import Attr, Class, CodecError, Message, Method
 from .stun.addresses import Address
 from .stun.attributes import decode_error_code, encode_change_request, encode_uint16
@@ -67,6 +74,7 @@ SEQUENTIAL = "sequential"
 RANDOM = "random"
 
 ALG_UNSUPPORTED = "unsupported by server"
+DEFAULT_ECHO_PORT = 5060
 
 # A super node's plain firewall port (TCP), tried when its STUN port is blocked.
 DEFAULT_TCP_FALLBACK_PORT = 80
@@ -249,6 +257,7 @@ class NatReport:
     mapped_address_rewritten: bool | None = None
     alg: bool | None = None
     alg_reason: str | None = ALG_UNSUPPORTED
+    alg_rewritten: dict[str, list[str] | None] | None = None
     upnp: dict[str, GatewayAnswer] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -307,12 +316,20 @@ class NatReport:
         row("TCP", tcp_text)
         if self.mapped_address_rewritten:
             row("Address rewriting", "MAPPED-ADDRESS was rewritten on the way: an ALG is on the path")
-        row("ALG", "not tested (" + (self.alg_reason or "unknown") + ")" if self.alg is None
-            else ("payload rewritten" if self.alg else "none seen"))
+        row("ALG", self._alg_text())
         row("Port mapping", self._gateway_text())
         for note in self.notes:
             lines.append(f"  note: {note}")
         return "\n".join(lines) + "\n"
+
+    def _alg_text(self) -> str:
+        if self.alg is None:
+            return "not tested (" + (self.alg_reason or "unknown") + ")"
+        seen = {name: fields for name, fields in (self.alg_rewritten or {}).items() if fields is not None}
+        if not self.alg:
+            return "none seen (SIP INVITE echoed unchanged over " + ", ".join(n.upper() for n in seen) + ")"
+        return "SIP payload rewritten: " + "; ".join(
+            f"{name.upper()}: {', '.join(fields)}" for name, fields in seen.items() if fields)
 
     def _gateway_text(self) -> str:
         if self.upnp is None:
@@ -446,6 +463,60 @@ class _StreamProbeFactory(ClientFactory):
             self.probe.answered.errback(reason)
 
 
+class _EchoSocket(DatagramProtocol):
+    """A UDP socket whose next echo answer fires ``next_answer()``."""
+
+    def __init__(self) -> None:
+        self._waiting: Deferred | None = None
+
+    def next_answer(self) -> Deferred:
+        self._waiting = Deferred()
+        return self._waiting
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        try:
+            answer = decode_echo(data)
+        except EchoCodecError:
+            return
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.called:
+            waiting.callback(answer)
+
+
+class _EchoStream(Protocol):
+    """Fires ``opened`` with our (ip, port), and ``closed`` with all that came back."""
+
+    def __init__(self) -> None:
+        self.opened: Deferred = Deferred()
+        self.closed: Deferred = Deferred()
+        self.buffer = b""
+
+    def connectionMade(self) -> None:
+        host = self.transport.getHost()
+        self.opened.callback((host.host, host.port))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) > MAX_PROBE_BYTES:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason) -> None:
+        if not self.closed.called:
+            self.closed.callback(self.buffer)
+
+
+class _EchoStreamFactory(ClientFactory):
+    def __init__(self, stream: _EchoStream) -> None:
+        self.stream = stream
+
+    def buildProtocol(self, addr):
+        return self.stream
+
+    def clientConnectionFailed(self, connector, reason) -> None:
+        if not self.stream.opened.called:
+            self.stream.opened.errback(reason)
+
+
 def binding_request(change_ip: bool = False, change_port: bool = False, response_port: int | None = None) -> Message:
     """A Binding request, with CHANGE-REQUEST or RESPONSE-PORT when asked (RFC 5780 §7)."""
     request = Message(Method.BINDING, Class.REQUEST)
@@ -479,8 +550,10 @@ class _Checker:
 
     def __init__(self, reactor, server: Address, lifetime_max_seconds: float, tcp: bool,
                  rto_seconds: float, allocation_samples: int, progress: Callable[[str], None] | None,
-                 tcp_fallback_port: int | None = None, upnp_timeout_seconds: float | None = None) -> None:
+                 tcp_fallback_port: int | None = None, upnp_timeout_seconds: float | None = None,
+                 echo_port: int | None = None) -> None:
         self.reactor = reactor
+        self.echo_port = echo_port
         self.upnp_timeout_seconds = upnp_timeout_seconds
         self.server = server
         self.lifetime_max_seconds = lifetime_max_seconds
@@ -610,6 +683,10 @@ class _Checker:
             tests.append(Deferred.fromCoroutine(self._tcp()))
         else:
             report.notes.append("TCP not tested (--no-tcp)")
+        if self.echo_port:
+            tests.append(Deferred.fromCoroutine(self._alg()))
+        else:
+            report.alg_reason = "not asked for"
         try:
             await defer.gatherResults(tests, consumeErrors=True)
         except defer.FirstError as e:
@@ -700,6 +777,53 @@ class _Checker:
             return None  # an error response (RESPONSE-PORT unknown), or the server ignored it
         return outcome == "arrived"
 
+    async def _alg(self) -> None:
+        """A SIP INVITE with our private address through the echo service, over
+        UDP and TCP; which fields came back rewritten."""
+        report = self.report
+        echo = (self.server[0], self.echo_port)
+        self.progress(f"ALG: a SIP INVITE to the echo service at {_show(echo)} over UDP and TCP")
+        results = await defer.gatherResults([Deferred.fromCoroutine(self._echo_udp(echo)),
+                                             Deferred.fromCoroutine(self._echo_tcp(echo))])
+        report.alg_rewritten = dict(zip(("udp", "tcp"), results))
+        answered = [fields for fields in results if fields is not None]
+        if not answered:
+            report.alg_reason = f"no echo service answered at port {self.echo_port}"
+            return
+        report.alg = any(answered)
+        report.alg_reason = None
+
+    async def _echo_udp(self, echo: Address) -> list[str] | None:
+        listening = self.reactor.listenUDP(0, _EchoSocket())
+        self.ports.append(listening)
+        socket_ = listening.protocol
+        local = (_local_ip(echo), listening.getHost().port)
+        sent = sip_probe.invite(local[0], local[1], echo[0], echo[1], local[1] + 2)
+        wait = self.timing["rto_seconds"]
+        for _ in range(4):
+            listening.write(echo_probe(sent), echo)
+            try:
+                payload, _ = await socket_.next_answer().addTimeout(wait, self.reactor)
+            except defer.TimeoutError:
+                wait *= 2
+                continue
+            return sip_probe.rewritten_fields(sent, payload)
+        return None
+
+    async def _echo_tcp(self, echo: Address) -> list[str] | None:
+        stream = _EchoStream()
+        connector = self.reactor.connectTCP(echo[0], echo[1], _EchoStreamFactory(stream), timeout=5)
+        try:
+            local = await stream.opened.addTimeout(self.probe_seconds + 2, self.reactor)
+            sent = sip_probe.invite(local[0], local[1], echo[0], echo[1], local[1] + 2)
+            stream.transport.write(echo_probe(sent))
+            payload, _ = decode_echo(await stream.closed.addTimeout(self.probe_seconds + 2, self.reactor))
+        except (*_TCP_FAILURES, EchoCodecError):
+            return None
+        finally:
+            connector.disconnect()
+        return sip_probe.rewritten_fields(sent, payload)
+
     async def _tcp(self) -> None:
         """RFC 5382 §5: the same local port toward three server endpoints.
 
@@ -787,7 +911,7 @@ def check(reactor, server: tuple[str, int], *, lifetime_max_seconds: float = 120
           rto_seconds: float = 0.2, allocation_samples: int = 5,
           progress: Callable[[str], None] | None = None,
           tcp_fallback_port: int | None = DEFAULT_TCP_FALLBACK_PORT,
-          upnp_timeout_seconds: float | None = 2.0) -> Deferred:
+          upnp_timeout_seconds: float | None = 2.0, echo_port: int | None = DEFAULT_ECHO_PORT) -> Deferred:
     """Analyse the NAT between this host and an RFC 5780 STUN server.
 
     ``server`` is (host, port) of the server's primary address (IPv4).
@@ -798,7 +922,8 @@ def check(reactor, server: tuple[str, int], *, lifetime_max_seconds: float = 120
     None to skip) is tried, so a firewall letting out only TCP 80 still gets
     a verdict ("UDP blocked"). The LAN's gateway is asked for port mapping
     (UPnP IGD, NAT-PMP, PCP) for ``upnp_timeout_seconds`` alongside (None
-    skips it).
+    skips it). ALG detection uses the server's echo service at ``echo_port``
+    (None skips it).
 
     Fires with a NatReport, which is partial (see its ``notes``) when the
     server does not answer or lacks RFC 5780; fails with NatCheckError when
@@ -809,7 +934,7 @@ def check(reactor, server: tuple[str, int], *, lifetime_max_seconds: float = 120
         host, port = server
         ip = await _resolve(reactor, host)
         checker = _Checker(reactor, (ip, int(port)), lifetime_max_seconds, tcp, rto_seconds,
-                           allocation_samples, progress, tcp_fallback_port, upnp_timeout_seconds)
+                           allocation_samples, progress, tcp_fallback_port, upnp_timeout_seconds, echo_port)
         return await checker.run()
 
     return Deferred.fromCoroutine(go())

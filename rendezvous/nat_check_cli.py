@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .nat_check import DEFAULT_TCP_FALLBACK_PORT, NatCheckError, check
+from .nat_check import DEFAULT_ECHO_PORT, DEFAULT_TCP_FALLBACK_PORT, NatCheckError, check
 
 PROG = "txrendezvous nat-check"
 DEFAULT_PORT = 3478
@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tcp-fallback-port", type=int, default=DEFAULT_TCP_FALLBACK_PORT, metavar="PORT",
                         help="TCP port tried when the server's port does not answer over TCP (a super node's "
                              "firewall port); 0 skips it (default: %(default)s)")
+    parser.add_argument("--echo-port", type=int, default=DEFAULT_ECHO_PORT, metavar="PORT",
+                        help="the server's echo service (UDP+TCP) for ALG detection; 0 skips it "
+                             "(default: %(default)s)")
     parser.add_argument("--no-upnp", action="store_true", help="do not ask the LAN's gateway for port mapping")
     parser.add_argument("--upnp-timeout-seconds", type=float, default=2.0, metavar="S",
                         help="how long port-mapping discovery waits for the gateway (default: %(default)g)")
@@ -69,8 +72,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.upnp_timeout_seconds <= 0:
         print(f"{PROG}: --upnp-timeout-seconds must be > 0", file=sys.stderr)
         return 1
-    if not 0 <= args.tcp_fallback_port < 65536:
-        print(f"{PROG}: --tcp-fallback-port must be 0-65535", file=sys.stderr)
+    if not 0 <= args.tcp_fallback_port < 65536 or not 0 <= args.echo_port < 65536:
+        print(f"{PROG}: --tcp-fallback-port and --echo-port must be 0-65535", file=sys.stderr)
         return 1
 
     from twisted.internet import task
@@ -87,7 +90,8 @@ def run_command(args: argparse.Namespace) -> int:
             outcome["report"] = await check(
                 reactor, server, lifetime_max_seconds=args.lifetime_max_seconds, tcp=not args.no_tcp,
                 rto_seconds=args.rto_seconds, progress=progress, tcp_fallback_port=args.tcp_fallback_port or None,
-                upnp_timeout_seconds=None if args.no_upnp else args.upnp_timeout_seconds)
+                upnp_timeout_seconds=None if args.no_upnp else args.upnp_timeout_seconds,
+                echo_port=args.echo_port or None)
         except NatCheckError as e:
             outcome["error"] = str(e)
 

@@ -61,6 +61,10 @@ NAT kinds (nftables table ``natlab`` in the router namespace):
 ``hairpin=True`` (DNAT kinds only) also sends LAN packets addressed to the
 WAN address back into the LAN, with the source rewritten to the WAN address.
 
+``sip_alg=True`` turns on the kernel's SIP ALG in the (home) router: an
+nftables ``ct helper`` of type "sip" for UDP and TCP to port 5060, so
+nf_nat_sip rewrites the private addresses in SIP messages going out.
+
 ``upnp=True`` (not with a carrier NAT) runs a miniupnpd UPnP IGD (Debian
 package ``miniupnpd-nftables``) in the router: it listens on ``lan``, maps on
 ``wan`` through its own nftables chains (table ``inet filter``), lets only
@@ -93,6 +97,7 @@ SERVER_PORT = 3478
 SERVER_ALT_PORT = 3479
 SERVER_HTTP_PORT = 80
 SERVER_HTTPS_PORT = 443
+SERVER_ECHO_PORT = 5060
 PUBLIC_RANGE = "198.18.0.0/15"
 WEB_PORTS = (SERVER_HTTP_PORT, SERVER_HTTPS_PORT)
 PUBLIC_PREFIX = 24
@@ -209,14 +214,15 @@ class Lab:
         self._ns(self.server_ns, "ip", "addr", "add", f"{SERVER_ALT_IP}/{PUBLIC_PREFIX}", "dev", "eth0")
 
     def start_server(self, *extra: str, port: int = SERVER_PORT, alternate: bool = True, relay: bool = False,
-                     web_ports: bool = False) -> subprocess.Popen:
+                     web_ports: bool = False, echo: bool = True) -> subprocess.Popen:
         """``twistd -n rendezvous`` in the super node namespace; waits until it answers.
 
         With alternate, on both public addresses and ports (RFC 5780), else on
         SERVER_IP:port only. With relay, its TURN relay runs and may reach the
         public segment (``--allow-peer`` PUBLIC_RANGE: sites are seen at their
         WAN addresses there). With web_ports, it also listens on the firewall
-        ports TCP 80 (plain) and 443 (TLS). extra are more options (they win
+        ports TCP 80 (plain) and 443 (TLS). With echo, the echo service for
+        ALG detection runs on UDP+TCP 5060. extra are more options (they win
         over these); metrics are off unless extra asks for them.
         """
         name = f"twistd-{port}"
@@ -235,6 +241,9 @@ class Lab:
         if web_ports:
             argv += ["--http-port", str(SERVER_HTTP_PORT), "--https-port", str(SERVER_HTTPS_PORT)]
             tcp += [(SERVER_IP, p) for p in WEB_PORTS]
+        if echo:
+            argv += ["--echo-port", str(SERVER_ECHO_PORT)]
+            tcp.append((SERVER_IP, SERVER_ECHO_PORT))
         argv += extra
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         with open(log_path, "wb") as log:
@@ -260,12 +269,13 @@ class Lab:
     # -- NAT sites -------------------------------------------------------
 
     def add_site(self, kind: str, hairpin: bool = False, carrier: str | None = None,
-                 udp_timeout_seconds: int | None = None, upnp: bool = False) -> Site:
+                 udp_timeout_seconds: int | None = None, upnp: bool = False, sip_alg: bool = False) -> Site:
         """A client behind a router of this kind; with carrier, behind a carrier NAT too.
 
         udp_timeout_seconds sets the router's conntrack UDP timeout (the
         binding lifetime of conntrack-filtered mappings). upnp runs a miniupnpd
-        gateway in the router (see the module docstring).
+        gateway in the router, sip_alg the kernel's SIP ALG (see the module
+        docstring).
         """
         if kind not in KINDS or (carrier is not None and carrier not in KINDS):
             raise ValueError(f"unknown NAT kind {kind!r}")
@@ -305,8 +315,11 @@ class Lab:
         client_ip = f"192.168.{n}.2"
         self._ns(client, "ip", "addr", "add", f"{client_ip}/24", "dev", "eth0")
         self._ns(client, "ip", "route", "add", "default", "via", f"192.168.{n}.1")
-        self._router(home, kind, home_wan, f"192.168.{n}.0/24", client_ip, hairpin, udp_timeout_seconds, upnp)
+        self._router(home, kind, home_wan, f"192.168.{n}.0/24", client_ip, hairpin, udp_timeout_seconds, upnp,
+                     sip_alg)
         label = kind if carrier is None else f"{kind}+cgn-{carrier}"
+        if sip_alg:
+            label += "+sip-alg"
         if upnp:
             label += "+upnp"
             self._start_miniupnpd(home, n)
@@ -317,9 +330,11 @@ class Lab:
         return site
 
     def _router(self, ns: str, kind: str, wan_ip: str, lan_net: str, inside_ip: str, hairpin: bool,
-                udp_timeout_seconds: int | None, upnp: bool = False) -> None:
+                udp_timeout_seconds: int | None, upnp: bool = False, sip_alg: bool = False) -> None:
         self._ns(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         self._ns(ns, "nft", "-f", "-", input=ruleset(kind, wan_ip, lan_net, inside_ip, hairpin, upnp))
+        if sip_alg:
+            self._ns(ns, "nft", "-f", "-", input=SIP_ALG_RULESET)
         if upnp:
             self._ns(ns, "nft", "-f", "-", input=MINIUPNPD_RULESET)
         if udp_timeout_seconds is not None:
@@ -388,6 +403,25 @@ MINIUPNPD_RULESET = """table inet filter {
 \t}
 \tchain postrouting_miniupnpd {
 \t}
+}
+"""
+
+
+# The kernel's SIP ALG (nf_conntrack_sip + nf_nat_sip) on SIP leaving the LAN.
+SIP_ALG_RULESET = """table ip natlab_sip {
+	ct helper sip-udp {
+		type "sip" protocol udp
+		l3proto ip
+	}
+	ct helper sip-tcp {
+		type "sip" protocol tcp
+		l3proto ip
+	}
+	chain prerouting {
+		type filter hook prerouting priority filter; policy accept;
+		iifname "lan" udp dport 5060 ct helper set "sip-udp"
+		iifname "lan" tcp dport 5060 ct helper set "sip-tcp"
+	}
 }
 """
 

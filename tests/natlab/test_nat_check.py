@@ -194,6 +194,7 @@ def test_loopback_is_open_internet(node):
     assert report["hairpinning"] is True
     assert report["tcp_mapping"] == EIM
     assert report["upnp"] is None  # --no-upnp: nothing sent to the host's LAN
+    assert report["alg"] is None and report["alg_reason"] == "no echo service answered at port 5060"
     assert report["binding_lifetime_seconds"] == 2 and report["binding_lifetime_max_seconds"] is None
     assert "test II" in stderr  # progress while the tests run
 
@@ -267,6 +268,7 @@ def test_port_restricted_cone_masquerade(natlab):
     assert report["upnp"]["igd"]["answered"] is False
     assert "no UPnP gateway" in report["upnp"]["igd"]["error"]
     assert report["upnp"]["natpmp"]["answered"] is False and report["upnp"]["pcp"]["answered"] is False
+    assert report["alg"] is False and report["alg_rewritten"] == {"udp": [], "tcp": []}
 
 
 @natlab_test
@@ -318,6 +320,17 @@ def test_udp_blocked_without_tcp_is_no_answer(natlab):
     assert status == 2
     assert "no answer" in stderr
     assert report["udp_blocked"] is None
+
+
+@natlab_test
+def test_kernel_sip_alg_is_caught_rewriting(natlab):
+    """Behind a router whose nf_nat_sip ALG rewrites SIP, the echoed INVITE shows the rewritten fields over UDP and TCP."""
+    status, report, stderr = check_behind(natlab("eim-apdf", sip_alg=True), "--lifetime-max-seconds", "0",
+                                          "--no-upnp")
+    assert status == 0, stderr
+    assert report["alg"] is True and report["alg_reason"] is None
+    assert {"via", "sdp c=", "sdp o="} <= set(report["alg_rewritten"]["udp"]), report["alg_rewritten"]
+    assert {"sdp c=", "sdp o="} <= set(report["alg_rewritten"]["tcp"]), report["alg_rewritten"]
 
 
 @natlab_test
