@@ -59,11 +59,17 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(STOP_TIMEOUT_SECONDS)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process (all its threads) so far, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    return sum(cpu_split(pid))
 
 
 def coturn_version() -> str:

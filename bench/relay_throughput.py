@@ -51,7 +51,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import coturn_version, cpu_model, cpu_seconds, exchange, free_port, stop
+from common import coturn_version, cpu_model, cpu_seconds, cpu_split, exchange, free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 IP = "127.0.0.1"
@@ -64,6 +64,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 SERVER_LABELS = {
     "ours": "ours (twistd relay)",
+    "base": "ours at --base-root",
     "coturn1": "coturn --relay-threads 1",
     "coturn": "coturn default threads",
 }
@@ -214,7 +215,7 @@ def relay_has_metrics_option() -> bool:
 
 def server_command(kind: str, workdir: Path, port: int, relay_ports: tuple[int, int]) -> list[str]:
     low, high = relay_ports
-    if kind == "ours":
+    if kind in ("ours", "base"):
         twistd = str(Path(sys.executable).with_name("twistd"))
         command = ["taskset", "-c", SERVER_CPU, twistd, "-n", "--pidfile=", "relay",
                    "--ip", IP, "--port", str(port), "--tls-port", "0",
@@ -236,12 +237,12 @@ def server_command(kind: str, workdir: Path, port: int, relay_ports: tuple[int, 
     return command
 
 
-def start_server(kind: str, workdir: Path, relay_ports: tuple[int, int]) -> Server:
+def start_server(kind: str, workdir: Path, relay_ports: tuple[int, int], base_root: Path | None = None) -> Server:
     workdir.mkdir(parents=True)
     port = free_port((IP,))
     command = server_command(kind, workdir, port, relay_ports)
     log_path = workdir / "server.out"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(base_root if kind == "base" else ROOT))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    cwd=workdir, env=env)
@@ -260,6 +261,7 @@ class Sample:
     at: float
     elapsed: float  # the generator's own "[ N.N s]"
     server_cpu: float
+    server_user_system: tuple[float, float]
     load_cpu: float
     cpus: dict[str, tuple[int, int]]
     udp: dict[str, int]
@@ -277,6 +279,8 @@ class Run:
     report: dict | None = None
     error: str | None = None
     server_cpu_percent: float | None = None
+    server_user_us: float | None = None  # the server's user CPU time per relayed packet, µs
+    server_system_us: float | None = None  # ... and its system (kernel) time
     load_cpu_percent: float | None = None  # the generator process, by /proc, same window
     core_busy: dict[str, float] = field(default_factory=dict)
     udp_errors: dict[str, int] = field(default_factory=dict)
@@ -291,7 +295,7 @@ class Run:
 def load_command(server: Server, args: argparse.Namespace, size: int, rate: int) -> list[str]:
     return ["taskset", "-c", LOAD_CPU, sys.executable, "-m", "rendezvous.cli", "load-test",
             "--server", f"{server.address[0]}:{server.address[1]}", "--user", f"{USER}:{PASSWORD}",
-            "--realm", REALM, "--clients", str(args.clients), "--processes", "1", "--mode", args.mode,
+            "--realm", REALM, "--clients", str(args.clients), "--processes", str(args.processes), "--mode", args.mode,
             "--size", str(size), "--rate", str(rate), "--seconds", f"{args.seconds:g}",
             "--peer-ip", IP, "--json"]
 
@@ -314,14 +318,15 @@ def run_load(server: Server, args: argparse.Namespace, size: int, rate: int, wor
                 try:
                     elapsed = float(line[1:].split("s]", 1)[0])
                     at = time.monotonic()
-                    server_cpu, load_cpu = cpu_seconds(server.process.pid), cpu_seconds(process.pid)
+                    user_system = cpu_split(server.process.pid)
+                    server_cpu, load_cpu = sum(user_system), cpu_seconds(process.pid)
                     cpus, udp = per_cpu_ticks(), udp_errors()
                     drops = udp_socket_drops()
                     server_drops = sum(drops.get(i, 0) for i in socket_inodes(server.process.pid))
                     load_drops = sum(drops.get(i, 0) for i in socket_inodes(process.pid))
                     others = other_cpu_seconds({server.process.pid, process.pid, os.getpid()})
-                    samples.append(Sample(at, elapsed, server_cpu, load_cpu, cpus, udp, server_drops, load_drops,
-                                          others))
+                    samples.append(Sample(at, elapsed, server_cpu, user_system, load_cpu, cpus, udp, server_drops,
+                                          load_drops, others))
                 except (OSError, ValueError, IndexError):
                     pass
 
@@ -358,6 +363,10 @@ def run_load(server: Server, args: argparse.Namespace, size: int, rate: int, wor
         run.window_seconds = wall
         run.server_cpu_percent = 100 * (last.server_cpu - first.server_cpu) / wall
         run.load_cpu_percent = 100 * (last.load_cpu - first.load_cpu) / wall
+        if run.report and run.report.get("relayed_pps"):
+            relayed = run.report["relayed_pps"] * wall  # the report's rate over the whole run, times the window
+            run.server_user_us = 1e6 * (last.server_user_system[0] - first.server_user_system[0]) / relayed
+            run.server_system_us = 1e6 * (last.server_user_system[1] - first.server_user_system[1]) / relayed
         for cpu, (busy, total) in last.cpus.items():
             busy0, total0 = first.cpus.get(cpu, (busy, total))
             run.core_busy[cpu] = 100 * (busy - busy0) / max(1, total - total0)
@@ -374,6 +383,9 @@ NOTES = """\
 
 - Server CPU %: the server's user+system time (all threads) over the window from the generator's
   first progress line (1 s into sending) to its last; 100 = one core.
+- Server CPU µs per relayed pkt: the server's CPU time over that window divided by the packets it
+  relayed in the window (the report's relayed pkt/s times the window); user µs and system µs
+  split it (system: the kernel's work in the server's socket calls).
 - Generator CPU %: from the load-test report (CPU-bound = at least 90 %).
 - Core busy %: /proc/stat for the whole core over the same window (the server or the generator,
   plus softirq and anything else running there).
@@ -427,7 +439,8 @@ def fmt(value, spec: str = ",.0f", missing: str = "–") -> str:
 
 def table(runs: list[Run], size: int, mode: str) -> list[str]:
     columns = ["server", "offered pkt/s", "relayed pkt/s (both ways)", "back pkt/s", "loss fwd %", "loss ret %",
-               "loss %", "RTT p50 ms", "p90 ms", "p99 ms", "server CPU %", "threads", "generator CPU %",
+               "loss %", "RTT p50 ms", "p90 ms", "p99 ms", "server CPU %", "server CPU µs per relayed pkt",
+               "user µs", "system µs", "threads", "generator CPU %",
                "generator kept up", "machine busy before %", "other processes CPU %", "core0 busy %",
                "core1 busy %", "drops at server sockets", "drops at generator sockets"]
     lines = [
@@ -441,15 +454,18 @@ def table(runs: list[Run], size: int, mode: str) -> list[str]:
         label = SERVER_LABELS.get(run.server, run.server)
         r = run.report
         if r is None:
-            lines.append(f"| {label} | {run.rate}/client | failed: {run.error} |" + " |" * 17)
+            lines.append(f"| {label} | {run.rate}/client | failed: {run.error} |" + " |" * (len(columns) - 3))
             continue
         rtt = r["rtt_ms"]
+        per_packet = None if run.server_user_us is None else run.server_user_us + run.server_system_us
         bound = " (CPU-bound)" if r["generator_cpu_bound"] else ""
         lines.append(
             f"| {label} | {fmt(r['offered_pps'])} | {fmt(r['relayed_pps'])} | {fmt(r['received_pps'])} "
             f"| {fmt(r['loss_forward_percent'], '.2f')} | {fmt(r['loss_return_percent'], '.2f')} "
             f"| {fmt(r['loss_percent'], '.2f')} | {fmt(rtt['p50'], '.3f')} | {fmt(rtt['p90'], '.3f')} "
-            f"| {fmt(rtt['p99'], '.3f')} | {fmt(run.server_cpu_percent)} | {run.server_threads} "
+            f"| {fmt(rtt['p99'], '.3f')} | {fmt(run.server_cpu_percent)} "
+            f"| {fmt(per_packet, '.2f')} | {fmt(run.server_user_us, '.2f')} | {fmt(run.server_system_us, '.2f')} "
+            f"| {run.server_threads} "
             f"| {fmt(r['generator_cpu_percent'])}{bound} | {'yes' if r['generator_kept_up'] else 'no'} "
             f"| {fmt(run.busy_before_percent)} | {fmt(run.other_cpu_percent)} "
             f"| {fmt(run.core_busy.get('cpu' + SERVER_CPU))} | {fmt(run.core_busy.get('cpu' + LOAD_CPU))} "
@@ -476,9 +492,15 @@ def main() -> None:
     parser.add_argument("--rates", type=parse_ints, default=[2000, 4000, 6000],
                         help="pkt/s per client, comma list (2000,4000,6000)")
     parser.add_argument("--clients", type=int, default=10, help="allocations per run (default 10)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="generator processes, all on the generator's CPU (default 1)")
     parser.add_argument("--mode", choices=("channel", "send"), default="channel", help="default channel")
     parser.add_argument("--servers", default="ours,coturn1,coturn",
-                        help="comma list of ours, coturn1 (--relay-threads 1), coturn (default threads)")
+                        help="comma list of ours, base (ours from --base-root), coturn1 (--relay-threads 1), "
+                             "coturn (default threads)")
+    parser.add_argument("--base-root", type=Path,
+                        help="another checkout of this repository (e.g. a `git archive` of an older commit): "
+                             "server 'base' runs its relay, for before/after figures in one run")
     parser.add_argument("--relay-ports", type=parse_range, default=(46000, 46999),
                         help="relayed port range for every server (default 46000-46999)")
     parser.add_argument("--quiet-percent", type=float, default=10.0,
@@ -497,8 +519,10 @@ def main() -> None:
     for kind in servers:
         if kind not in SERVER_LABELS:
             parser.error(f"unknown server {kind!r}")
+    if "base" in servers and (args.base_root is None or not (args.base_root / "relay").is_dir()):
+        parser.error("server 'base' needs --base-root, a checkout with a relay/ folder")
     if shutil.which("turnserver") is None:
-        servers = [s for s in servers if s == "ours"]
+        servers = [s for s in servers if s in ("ours", "base")]
     os.sched_setaffinity(0, {int(LOAD_CPU)})  # this script's own sampling stays off the server's core
 
     runs: list[Run] = []
@@ -511,7 +535,7 @@ def main() -> None:
                     busy_before = wait_until_quiet(args.quiet_percent, args.quiet_wait)
                     workdir = Path(tmp) / f"{len(runs) + 1:02d}-{kind}-{size}-{rate}"
                     try:
-                        server = start_server(kind, workdir, args.relay_ports)
+                        server = start_server(kind, workdir, args.relay_ports, args.base_root)
                     except RuntimeError as e:  # it exited early or never answered: a failed row, go on
                         runs.append(Run(kind, size, rate, [], error=str(e).splitlines()[0]))
                         print(f"[{len(runs)}/{total}] {kind}: {e}", file=sys.stderr, flush=True)
@@ -534,7 +558,8 @@ def main() -> None:
     print("\n".join(machine_facts()))
     print("\n## Commands\n")
     print(f"Benchmark: `{shlex.join([sys.executable] + sys.argv)}`\n")
-    print("Servers (each run gets a fresh one; the port and temporary directory vary):\n")
+    print("Servers (each run gets a fresh one; the port and temporary directory vary; 'base' is the same "
+          f"command with PYTHONPATH={args.base_root}):\n")
     print("```")
     for kind, command in server_commands.items():
         print(shlex.join(command))

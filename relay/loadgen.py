@@ -59,6 +59,7 @@ from relay.client import (
     connect,
     set_socket_buffers,
 )
+from relay.datagrams import read_loop
 
 MICROSECOND = 1e-6
 HARD_CAP_PACKETS = 100_000_000  # over all clients and processes, whatever the options say
@@ -529,6 +530,7 @@ class EchoPeer(DatagramProtocol):
 
     def startProtocol(self) -> None:
         self._sendto = self.transport.getHandle().sendto
+        read_loop(self.transport, self.datagramReceived)
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         self.received += 1
