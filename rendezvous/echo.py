@@ -12,7 +12,8 @@ so it amplifies nothing. Anything without the trailer gets no answer.
 None, applying a token bucket per source address and one for all sources,
 with the per-source table bounded (least recently seen evicted). The UDP
 and TCP adapters below only move bytes; a TCP connection carries one probe
-(at most ``MAX_PROBE_BYTES``) and is closed after the answer.
+(at most ``MAX_PROBE_BYTES``) and is closed after the answer; at most
+``MAX_TCP_CONNECTIONS`` are open at once, and more are refused.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ TRAILER_BYTES = len(MAGIC) + 20
 PROBE_TRAILER = MAGIC + bytes(20)
 MAX_PROBE_BYTES = 4096
 TCP_TIMEOUT_SECONDS = 10
+MAX_TCP_CONNECTIONS = 256
 
 
 class EchoCodecError(ValueError):
@@ -132,13 +134,15 @@ class EchoDatagramProtocol(DatagramProtocol):
 class EchoStreamProtocol(Protocol):
     """TCP adapter: reads one probe (up to MAX_PROBE_BYTES), answers, closes."""
 
-    def __init__(self, core: EchoCore, clock) -> None:
+    def __init__(self, core: EchoCore, clock, factory: "EchoStreamFactory") -> None:
         self.core = core
         self.clock = clock
+        self.factory = factory
         self.buffer = b""
         self._timeout = None
 
     def connectionMade(self) -> None:
+        self.factory.open += 1
         self._timeout = self.clock.callLater(TCP_TIMEOUT_SECONDS, self.transport.abortConnection)
 
     def dataReceived(self, data: bytes) -> None:
@@ -152,14 +156,21 @@ class EchoStreamProtocol(Protocol):
             self.transport.loseConnection()
 
     def connectionLost(self, reason) -> None:
+        self.factory.open -= 1
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
 
 
 class EchoStreamFactory(Factory):
-    def __init__(self, core: EchoCore, clock) -> None:
+    def __init__(self, core: EchoCore, clock, max_connections: int = MAX_TCP_CONNECTIONS) -> None:
         self.core = core
         self.clock = clock
+        self.max_connections = max_connections
+        self.open = 0
 
-    def buildProtocol(self, addr) -> EchoStreamProtocol:
-        return EchoStreamProtocol(self.core, self.clock)
+    def buildProtocol(self, addr) -> EchoStreamProtocol | None:
+        """None (the connection is closed at once) when max_connections are open."""
+        if self.open >= self.max_connections:
+            self.core.dropped += 1
+            return None
+        return EchoStreamProtocol(self.core, self.clock, self)

@@ -4,8 +4,10 @@ SIP probe's comparison, on bytes with an injected clock; decoders fuzzed."""
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
-from rendezvous.echo import MAX_PROBE_BYTES, EchoCodecError, EchoCore, decode_reply, probe
+from rendezvous.echo import MAX_PROBE_BYTES, EchoCodecError, EchoCore, EchoStreamFactory, decode_reply, probe
 from rendezvous.sip_probe import invite, rewritten_fields
 
 SOURCE = ("198.18.0.11", 40000)
@@ -81,3 +83,17 @@ def test_any_other_difference_is_still_a_rewrite(tail):
     """A change outside the known fields is still reported, never as no change."""
     sent = invite("192.168.1.2", 40000, "198.18.0.1", 5060, 40002)
     assert rewritten_fields(sent, sent + tail) != []
+
+
+def test_tcp_connections_at_once_are_capped():
+    factory = EchoStreamFactory(EchoCore(), Clock(), max_connections=2)
+    first, second = (factory.buildProtocol(("198.18.0.9", 1000 + n)) for n in range(2))
+    for protocol in (first, second):
+        protocol.makeConnection(StringTransport())
+    assert factory.buildProtocol(("198.18.0.9", 1002)) is None
+    first.connectionLost(None)
+    third = factory.buildProtocol(("198.18.0.9", 1003))
+    assert third is not None
+    third.makeConnection(StringTransport())
+    third.dataReceived(probe(b"INVITE"))
+    assert third.transport.value().startswith(b"INVITE")
