@@ -462,7 +462,14 @@ class TurnServer:
         value = msg.get(Attr.CONNECTION_ID)
         if value is None:
             return self._error(msg, Error.BAD_REQUEST, "CONNECTION-ID missing", auth)
-        connection = self.tcp.take(decode_uint32(value))
+        connection_id = decode_uint32(value)
+        owner = self.tcp.owner_elsewhere(connection_id)
+        if owner is not None:
+            # Another worker holds the peer connection: it answers instead.
+            if self.tcp.pass_connection(owner, leg, msg.raw):
+                return None
+            return self._error(msg, Error.BAD_REQUEST, "Unknown CONNECTION-ID", auth)
+        connection = self.tcp.take(connection_id)
         allocation = connection.endpoint.allocation if connection else None
         if allocation is None:
             return self._error(msg, Error.BAD_REQUEST, "Unknown CONNECTION-ID", auth)

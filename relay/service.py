@@ -154,6 +154,8 @@ def add_listeners(parent: service.MultiService, addresses: Addresses, binding: B
     shared = reuse_port_reactor
     for ip, port in addresses.endpoints():
         stream = wrap(ServerStreamFactory(binding, turn, (ip, port), "tcp"))
+        if turn is not None and turn.tcp is not None:
+            turn.tcp.listeners[(ip, port)] = stream
         if shared:
             ReusePortService(shared, "udp", ip, port, udp.protocol((ip, port))).setServiceParent(parent)
             ReusePortService(shared, "tcp", ip, port, stream).setServiceParent(parent)
@@ -164,6 +166,8 @@ def add_listeners(parent: service.MultiService, addresses: Addresses, binding: B
         ips = [addresses.ip] + ([addresses.alt_ip] if addresses.alt_ip else [])
         for ip in ips:
             stream = wrap(ServerStreamFactory(binding, turn, (ip, tls_port), "tls"))
+            if turn is not None and turn.tcp is not None:
+                turn.tcp.listeners[(ip, tls_port)] = stream  # the plain side, for TlsProxy pairs
             if shared:
                 ReusePortService(shared, "tcp", ip, tls_port, stream, tls_options).setServiceParent(parent)
             else:

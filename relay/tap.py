@@ -31,13 +31,14 @@ from .config import (
     usage_options,
 )
 from .drain import DrainService
+from .handoff import MAX_WORKERS, HandoffFactory
 from .service import add_listeners, make_relay
 from .workers import NONCE_SECRET_ENV, WorkerSupervisor, cores, die_with_parent, port_slice
 
 PROCESS_OPTIONS = [
     Option("workers", parse_count, 1,
            "Relay processes sharing the ports with SO_REUSEPORT, each with its own slice of --relay-ports; "
-           "RFC 6062 TCP relaying needs 1."),
+           "a RESERVATION-TOKEN (EVEN-PORT) only works on the worker that made it."),
 ]
 
 
@@ -61,6 +62,8 @@ class Options(TomlOptions):
         index = int(self["worker-index"] or 0)
         if not 0 <= index < workers:
             raise ConfigError("--worker-index out of range")
+        if workers > MAX_WORKERS:
+            raise ConfigError(f"at most {MAX_WORKERS} workers")
         config = RelayConfig.from_values(self.values, self.values["ip"])
         if workers > 1:
             try:
@@ -109,9 +112,23 @@ def makeService(options, reactor=None) -> service.MultiService:
     binding = BindingServer(addresses, software=values["software"])
     add_listeners(top, addresses, binding, relay.turn, values["tls-port"], tls,
                   reuse_port_reactor=reactor if options.workers > 1 else None)
+    if options.workers > 1:
+        _add_handoff(top, reactor, options, relay.turn.tcp)
     if values["metrics"]:
         _add_status(top, reactor, options, binding, relay.turn, ready=lambda: not drain.draining)
     return top
+
+
+def _add_handoff(top, reactor, options, tcp) -> None:
+    """RFC 6062 across workers: CONNECTION-IDs name their worker; ConnectionBinds move to it."""
+    index = options.worker_index
+    supervisor_pid = os.getpid() if index == 0 else os.getppid()
+    paths = {i: socket_path(options.values["state-dir"], supervisor_pid, i, "fd") for i in range(options.workers)}
+    tcp.worker_index = index
+    tcp.handoff_paths = {i: path for i, path in paths.items() if i != index}
+    paths[index].parent.mkdir(parents=True, exist_ok=True)
+    paths[index].unlink(missing_ok=True)
+    internet.UNIXServer(str(paths[index]), HandoffFactory(reactor, tcp.listeners), mode=0o600).setServiceParent(top)
 
 
 def _add_status(top, reactor, options, binding, turn, ready) -> None:

@@ -10,13 +10,14 @@ not bound within 30 s is closed (§5.3).
 
 The relayed listening socket and outgoing sockets share the address with
 SO_REUSEADDR and SO_REUSEPORT, so peers see connections from the address
-they were told about.
+they were told about. With several workers, a CONNECTION-ID names the
+worker that holds its peer connection, and a ConnectionBind reaching another
+worker is handed over (``relay.handoff``).
 """
 
 import os
 import random
 import socket
-import struct
 
 from twisted.internet import threads
 from twisted.internet.protocol import Factory, Protocol
@@ -25,6 +26,8 @@ from twisted.logger import Logger
 from rendezvous.stun import Attr, Class, Message, Method
 from rendezvous.stun.addresses import Address
 from rendezvous.stun.attributes import encode_uint32
+
+from .handoff import OWNER_SHIFT, TlsProxy, hand_off, owner_of
 
 log = Logger()
 
@@ -126,6 +129,18 @@ class _OutgoingFactory(Factory):
         return self.connection
 
 
+class _Built(Factory):
+    """A factory handing out one protocol already made."""
+
+    noisy = False
+
+    def __init__(self, protocol) -> None:
+        self.protocol = protocol
+
+    def buildProtocol(self, addr):
+        return self.protocol
+
+
 class TcpRelayEndpoint:
     """A TCP relayed transport address and its peer connections."""
 
@@ -160,6 +175,9 @@ class TcpRelay:
         self.low, self.high = low, high
         self.advertise = advertise or {}
         self.pending: dict[int, PeerConnection] = {}
+        self.worker_index = 0  # the top byte of the CONNECTION-IDs made here
+        self.handoff_paths: dict = {}  # other workers' handoff sockets by index (relay.handoff)
+        self.listeners: dict = {}  # (ip, port) -> plain TCP client factory, for handed-off connections
 
     def open(self, family: int) -> TcpRelayEndpoint:
         """Listen on a free port of the range; raises OSError when none is free."""
@@ -217,13 +235,62 @@ class TcpRelay:
 
     def register(self, connection: PeerConnection) -> int:
         while True:
-            connection_id = struct.unpack("!I", os.urandom(4))[0]
+            connection_id = self.worker_index << OWNER_SHIFT | int.from_bytes(os.urandom(3), "big")
             if connection_id and connection_id not in self.pending:
                 self.pending[connection_id] = connection
                 return connection_id
 
     def unregister(self, connection_id: int | None) -> None:
         self.pending.pop(connection_id, None)
+
+    def owner_elsewhere(self, connection_id: int) -> int | None:
+        """The index of the other worker holding this CONNECTION-ID, or None if it is ours."""
+        owner = owner_of(connection_id)
+        return owner if owner != self.worker_index else None
+
+    def pass_connection(self, owner: int, leg, raw: bytes) -> bool:
+        """Hand leg, a plain TCP client connection, with raw (its ConnectionBind) to worker owner.
+
+        False if it cannot move (TLS, an unknown worker, the owner not taking it).
+        """
+        path = self.handoff_paths.get(owner)
+        if path is None:
+            return False
+        if leg.factory.transport_name == "tls":
+            return self._pass_tls(path, owner, leg, raw)
+        transport = leg.transport
+        try:
+            hand_off(path, transport.socket, leg.factory.local, raw + leg.framer.take())
+        except OSError as e:
+            log.warn("cannot hand a ConnectionBind to worker {owner}: {error}", owner=owner, error=str(e))
+            return False
+        # The owner holds the connection now: close only this process's
+        # descriptor, without the shutdown() Twisted does on an orderly close.
+        transport._shouldShutdown = False
+        transport.stopReading()
+        transport.loseConnection()
+        return True
+
+    def _pass_tls(self, path, owner: int, leg, raw: bytes) -> bool:
+        """Keep the TLS session here; the owner gets a unix socket pair's end and the plain bytes."""
+        ours, theirs = socket.socketpair()
+        try:
+            hand_off(path, theirs, leg.factory.local, raw + leg.framer.take(), leg.five_tuple[1])
+        except OSError as e:
+            ours.close()
+            log.warn("cannot hand a ConnectionBind to worker {owner}: {error}", owner=owner, error=str(e))
+            return False
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        proxy = TlsProxy(leg)
+        try:
+            self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _Built(proxy))
+        finally:
+            ours.close()
+        leg.pipe = proxy  # what the client sends from now on goes to the owner
+        self.reactor.callLater(0, leg.setTimeout, None)  # after the caller's own timeout update
+        return True
 
     def take(self, connection_id: int) -> PeerConnection | None:
         """The unbound connection with this id, once."""

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +16,7 @@ from rendezvous.stun import Attr, Class, Message, Method
 from rendezvous.stun.attributes import encode_uint32
 from tests.conftest import PRIMARY_IP, TURN_PASSWORD, TURN_REALM, TURN_USER, free_port, start_relay, stop_node
 from tests.integration.test_metrics import scrape
-from tests.turn_helpers import UdpTurnClient, code, permit
+from tests.turn_helpers import TcpTurnClient, UdpTurnClient, code, permit
 
 pytestmark = pytest.mark.integration
 LOW, HIGH = 50000, 50999
@@ -122,5 +123,59 @@ def test_drain_reaches_every_worker(tmp_path):
         node.process.wait(15)
         assert "relay worker 1 ended while draining" in node.log()
         assert not alive(worker)
+    finally:
+        stop_node(node)
+
+
+class TlsTurnClient(TcpTurnClient):
+    """A TURN client over a real TLS connection to the node's self-signed certificate."""
+
+    def __init__(self, node) -> None:
+        super().__init__((node.ip, node.tls_port), TURN_USER, TURN_PASSWORD, TURN_REALM)
+        context = ssl.create_default_context(cafile=str(node.state_dir / "tls" / "self-signed.pem"))
+        self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_rfc6062_across_workers(tmp_path, transport):
+    """RFC 6062 Connect + ConnectionBind succeed for many clients, whichever worker each connection reaches."""
+    node = start_relay(tmp_path, "--workers", "2", "--relay-ports", f"{LOW}-{HIGH}")
+
+    def connect():
+        if transport == "tls":
+            return TlsTurnClient(node)
+        return TcpTurnClient((node.ip, node.port), TURN_USER, TURN_PASSWORD, TURN_REALM)
+
+    owners = []
+    try:
+        wait_for_second_worker(node)
+        with socket.create_server((PRIMARY_IP, 0)) as listener:
+            listener.settimeout(5)
+            for n in range(CLIENTS):
+                control = connect()
+                allocated = control.allocate_tcp()
+                assert allocated.cls == Class.SUCCESS, allocated
+                msg = Message(Method.CONNECT, Class.REQUEST)
+                msg.add_address(Attr.XOR_PEER_ADDRESS, listener.getsockname())
+                response = control.request(Method.CONNECT, *msg.attributes, tid=msg.transaction_id)
+                assert response.cls == Class.SUCCESS, response
+                connection_id = response.get(Attr.CONNECTION_ID)
+                owners.append(connection_id[0])
+                peer, source = listener.accept()
+                assert source == allocated.address(Attr.XOR_RELAYED_ADDRESS)
+                data = connect()
+                bound = data.request(Method.CONNECTION_BIND, (Attr.CONNECTION_ID, connection_id))
+                assert bound.cls == Class.SUCCESS, bound
+                data.sock.sendall(b"to peer %d" % n)
+                peer.settimeout(5)
+                assert peer.recv(100) == b"to peer %d" % n
+                peer.sendall(b"to client %d" % n)
+                assert data.sock.recv(100) == b"to client %d" % n
+                peer.close()
+                assert data.sock.recv(100) == b""  # the peer's close reaches the client
+                for s in (data.sock, control.sock):
+                    s.close()
+        assert set(owners) == {0, 1}  # CONNECTION-IDs name both workers
+        assert "took over a ConnectionBind connection from another worker" in node.log()
     finally:
         stop_node(node)

@@ -94,3 +94,23 @@ def test_wrong_password_cannot_allocate(relay_node, echo_peer):
     result = uclient(relay_node, echo_peer, user=(TURN_USER, "not-the-password"))
     assert result.returncode != 0
     assert "Cannot complete Allocation" in result.stdout + result.stderr
+
+
+def test_uclient_rfc6062_across_workers(tmp_path, echo_peer):
+    """uclient -T with many clients through ``--workers 2``: every ConnectionBind finds its worker."""
+    from tests.conftest import start_relay, stop_node
+
+    node = start_relay(tmp_path, "--workers", "2")
+    try:
+        clients = 16
+        command = [
+            "turnutils_uclient", "-T", "-n", str(MESSAGES), "-m", str(clients), "-l", "120", "-z", "5",
+            "-e", PRIMARY_IP, "-r", str(echo_peer), "-p", str(node.port),
+            "-u", TURN_USER, "-w", TURN_PASSWORD, PRIMARY_IP,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=90)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert totals(result.stdout) == (MESSAGES * clients, MESSAGES * clients), result.stdout
+        assert "took over a ConnectionBind connection from another worker" in node.log()
+    finally:
+        stop_node(node)
