@@ -6,8 +6,10 @@ import urllib.error
 import urllib.request
 
 import pytest
+import pytest_twisted
 
 from rendezvous.accounts import AccountStore
+from rendezvous.signaling_client import SignalingUnavailable
 from rendezvous.stun import Attr, Class, Method
 from rendezvous.stun.attributes import encode_uint32
 from tests.conftest import (
@@ -20,7 +22,7 @@ from tests.conftest import (
     start_relay,
     stop_node,
 )
-from tests.integration.test_signaling_process import connect, login
+from tests.signaling_helpers import login
 from tests.turn_helpers import UdpTurnClient, code
 
 pytestmark = pytest.mark.integration
@@ -62,22 +64,25 @@ def test_relay_drains_and_exits(tmp_path):
         stop_node(node)
 
 
-def test_super_node_redirects_signaling(tmp_path):
+@pytest_twisted.ensureDeferred
+async def test_super_node_redirects_signaling(tmp_path):
     """A draining super node redirects its sessions and new logins to other super nodes."""
     store = AccountStore(tmp_path / "state" / "accounts.sqlite")
     store.add("carol", "carol-pw", "txrendezvous")
     store.close()
-    node = start_node(tmp_path, "--peer-node", "198.18.0.30:3478", "--drain-timeout", "30", alternate=False)
+    elsewhere = free_port(ips=(PRIMARY_IP,))  # another super node, down: the redirect leads nowhere
+    node = start_node(tmp_path, "--peer-node", f"{PRIMARY_IP}:{elsewhere}", "--drain-timeout", "30", alternate=False)
     try:
-        carol, _ = login(node, "carol")
+        carol = await login(node, "carol")
         node.process.send_signal(signal.SIGUSR1)
-        redirect = carol.wait("redirect")
-        assert {"host": "198.18.0.30", "port": 3478, "load": 0} in redirect["hosts"]
-        late = connect(node)
-        assert late.call("login", user="carol", password="carol-pw")["op"] == "redirect"
-        late.sock.close()
+        redirect = await carol.inbox.wait("redirect")
+        assert {"host": PRIMARY_IP, "port": elsewhere, "load": 0} in redirect["hosts"]
+        with pytest.raises(SignalingUnavailable) as late:
+            await login(node, "carol")
+        assert [server for server, _ in late.value.attempts] == [(node.ip, node.port), (PRIMARY_IP, elsewhere)]
+        assert "redirected" in late.value.attempts[0][1]
         assert node.process.poll() is None  # carol is still connected
-        carol.sock.close()
+        await carol.close()
         node.process.wait(10)  # the last session has gone
     finally:
         stop_node(node)

@@ -3,15 +3,19 @@
 import time
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 from rendezvous.accounts import AccountStore
 from tests.conftest import start_node, stop_node
-from tests.integration.test_signaling_process import login
+from tests.signaling_helpers import login
 
 pytestmark = pytest.mark.integration
 
 
-def test_gossip_spreads_the_host_cache(tmp_path):
+@pytest_twisted.ensureDeferred
+async def test_gossip_spreads_the_host_cache(tmp_path):
     """Each node's welcome lists the others after the first exchange round."""
     accounts = tmp_path / "accounts.sqlite"
     store = AccountStore(accounts)
@@ -30,13 +34,14 @@ def test_gossip_spreads_the_host_cache(tmp_path):
         for name, expected in wanted.items():
             ports = {nodes[other].port for other in expected}
             while True:
-                client, welcome = login(nodes[name], "alice")
-                client.sock.close()
+                client = await login(nodes[name], "alice")
+                await client.close()
+                welcome = client.welcome
                 seen = {entry["port"] for entry in welcome["host_cache"]}
                 if ports <= seen:
                     break
                 assert time.monotonic() < deadline, (name, welcome["host_cache"])
-                time.sleep(0.3)
+                await deferLater(reactor, 0.3)
             assert nodes[name].port not in seen  # a node never lists itself
     finally:
         for node in nodes.values():

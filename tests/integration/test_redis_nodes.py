@@ -5,11 +5,15 @@ import subprocess
 import time
 
 import pytest
+import pytest_twisted
 import redis
+from twisted.internet import reactor
+from twisted.internet.defer import TimeoutError
+from twisted.internet.task import deferLater
 
 from rendezvous.accounts import AccountStore
 from tests.conftest import free_port, start_node, stop_node
-from tests.integration.test_signaling_process import login
+from tests.signaling_helpers import login
 
 pytestmark = [
     pytest.mark.integration,
@@ -59,60 +63,69 @@ def two_nodes(tmp_path_factory, redis_url):
         stop_node(node)
 
 
-def wait_for_peer_node(node, other):
+async def wait_for_peer_node(node, other):
     """Log in until node's host cache lists the other node (registry refresh every 5 s)."""
     deadline = time.monotonic() + 15
     while True:
-        client, welcome = login(node, "alice")
-        client.sock.close()
-        if any(entry["port"] == other.port for entry in welcome["host_cache"]):
+        client = await login(node, "alice")
+        await client.close()
+        if any(entry["port"] == other.port for entry in client.welcome["host_cache"]):
             return
-        assert time.monotonic() < deadline, welcome
-        time.sleep(0.5)
+        assert time.monotonic() < deadline, client.welcome
+        await deferLater(reactor, 0.5)
 
 
-def until(check, seconds=10.0):
-    """Poll check() until it returns something true (pub/sub delivery is asynchronous)."""
+async def until(check, seconds=10.0):
+    """Await check() until it returns something true (pub/sub delivery is asynchronous)."""
     deadline = time.monotonic() + seconds
     while True:
-        result = check()
+        result = await check()
         if result:
             return result
         assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
+        await deferLater(reactor, 0.2)
 
 
-def test_buddies_on_two_nodes(two_nodes):
+@pytest_twisted.ensureDeferred
+async def test_buddies_on_two_nodes(two_nodes):
     """Buddy request, presence, lookup, messages and connect coordination cross from node A to node B."""
     a, b = two_nodes
-    wait_for_peer_node(a, b)
-    wait_for_peer_node(b, a)
-    alice, _ = login(a, "alice")
-    bob, _ = login(b, "bob")
-    # A learns of bob's login through Redis; resend the request until it is routed.
-    def request_reaches_bob():
-        alice.call("buddy-add", user="bob")
+    await wait_for_peer_node(a, b)
+    await wait_for_peer_node(b, a)
+    alice = await login(a, "alice")
+    bob = await login(b, "bob")
+
+    async def request_reaches_bob():
+        # A learns of bob's login through Redis; resend the request until it is routed.
+        await alice.request("buddy-add", user="bob")
         try:
-            bob.sock.settimeout(1)
-            return bob.wait("buddy-request", **{"from": "alice"})
-        except (AssertionError, OSError):
+            return await bob.inbox.wait("buddy-request", seconds=1, **{"from": "alice"})
+        except TimeoutError:
             return None
-        finally:
-            bob.sock.settimeout(5)
-    until(request_reaches_bob)
-    bob.call("buddy-accept", user="alice")
-    assert alice.wait("presence", user="bob")["node"] == "node-b"
-    bob.call("presence", state="away")
-    assert alice.wait("presence", user="bob", state="away")
-    peer = until(lambda: (lambda p: p if p["online"] else None)(alice.call("lookup", user="bob")))
+
+    async def bob_online():
+        peer = await alice.request("lookup", user="bob")
+        return peer if peer["online"] else None
+
+    await until(request_reaches_bob)
+    await bob.request("buddy-accept", user="alice")
+    assert (await alice.inbox.wait("presence", user="bob"))["node"] == "node-b"
+    await bob.set_presence("away")
+    assert await alice.inbox.wait("presence", user="bob", state="away")
+    peer = await until(bob_online)
     assert peer["node"] == "node-b"
-    alice.call("message", to="bob", text="across nodes")
-    assert bob.wait("message")["text"] == "across nodes"
-    token = alice.call("connect", to="bob", candidates=[{"type": "srflx", "ip": "127.0.0.1", "port": 1111}])["token"]
-    assert bob.wait("connect-request", token=token)["from"] == "alice"
-    bob.send("connect-answer", token=token, candidates=[{"type": "srflx", "ip": "127.0.0.1", "port": 2222}])
-    assert alice.wait("punch", token=token)["candidates"][0]["port"] == 2222
-    assert bob.wait("punch", token=token)["candidates"][0]["port"] == 1111
-    bob.sock.close()
-    assert alice.wait("presence", user="bob", state="offline")
-    alice.sock.close()
+    await alice.request("message", to="bob", text="across nodes")
+    assert (await bob.inbox.wait("message"))["text"] == "across nodes"
+    candidates = [{"type": "srflx", "ip": "127.0.0.1", "port": 1111}]
+    token = (await alice.request("connect", to="bob", candidates=candidates, ufrag="aaaa", pwd="p" * 22))["token"]
+    request = await bob.inbox.wait("connect-request", token=token)
+    assert (request["from"], request["ufrag"]) == ("alice", "aaaa")
+    bob.send("connect-answer", token=token, candidates=[{"type": "srflx", "ip": "127.0.0.1", "port": 2222}],
+             ufrag="bbbb", pwd="q" * 22)
+    to_alice = await alice.inbox.wait("punch", token=token)
+    to_bob = await bob.inbox.wait("punch", token=token)
+    assert (to_alice["candidates"][0]["port"], to_alice["ufrag"], to_alice["pwd"]) == (2222, "bbbb", "q" * 22)
+    assert (to_bob["candidates"][0]["port"], to_bob["ufrag"], to_bob["pwd"]) == (1111, "aaaa", "p" * 22)
+    await bob.close()
+    assert await alice.inbox.wait("presence", user="bob", state="offline")
+    await alice.close()
