@@ -65,10 +65,17 @@ class SignalingProtocol(Protocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
-        self.session = Session(send=self.send, close=self.transport.loseConnection, address=(peer.host, peer.port))
+        self.session = Session(send=self.send, close=self.close, address=(peer.host, peer.port))
         self.transport.registerProducer(self, True)
         self.setTimeout(LOGIN_TIMEOUT_SECONDS)
         self.node.opened(self.session)
+
+    def close(self) -> None:
+        # Over TLS, loseConnection waits for a registered producer to go
+        # before it sends close_notify: without this a replaced or failing
+        # session would stay open until the client hung up.
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def send(self, message: dict) -> None:
         if self.paused:
@@ -94,7 +101,7 @@ class SignalingProtocol(Protocol, TimeoutMixin):
             messages = self.reader.feed(data)
         except FrameError as e:
             self.send({"op": "error", "id": None, "code": "bad-frame", "reason": str(e)})
-            self.transport.loseConnection()
+            self.close()
             return
         for message in messages:
             self.node.receive(self.session, message)

@@ -7,12 +7,13 @@ import ssl
 import urllib.request
 
 import pytest
+import pytest_twisted
 import websocket
 
 from rendezvous.accounts import AccountStore
-from rendezvous.signaling_frames import FrameReader, encode
 from rendezvous.stun import Attr, Class, Message, Method
 from tests.conftest import free_port, start_node, stop_node
+from tests.signaling_helpers import login
 
 pytestmark = pytest.mark.integration
 
@@ -63,17 +64,12 @@ def test_stun_on_the_firewall_ports(web_node, secure):
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["port-80", "port-443"])
-def test_signaling_frames_on_the_firewall_ports(web_node, secure):
+@pytest_twisted.ensureDeferred
+async def test_signaling_frames_on_the_firewall_ports(web_node, secure):
     """A signaling client that can only reach 80/443 logs in."""
-    raw = socket.create_connection(("127.0.0.1", web_node.https_port if secure else web_node.http_port), timeout=5)
-    s = tls_context(web_node).wrap_socket(raw, server_hostname="localhost") if secure else raw
-    with s:
-        s.sendall(encode({"op": "login", "id": 1, "user": "webby", "password": "webby-pw"}))
-        reader, seen = FrameReader(), []
-        while not any(m.get("op") == "welcome" for m in seen):
-            seen += reader.feed(s.recv(65536))
-        welcome = [m for m in seen if m["op"] == "welcome"][0]
-        assert welcome["mapped"] == list(s.getsockname())
+    client = await login(web_node, "webby", tls=secure, port=web_node.https_port if secure else web_node.http_port)
+    assert client.mapped_address == client.local_address
+    await client.close()
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["ws", "wss"])
