@@ -1,0 +1,691 @@
+"""``connect()`` and ``listen()``: two peers connected by the best path there is.
+
+Both log in to a super node (``rendezvous.signaling_client``), advertise
+presence with a NAT hint (``rendezvous.prediction.NatHint``), gather
+candidates — host, server-reflexive (STUN to the node from the same socket),
+predicted (sequential allocators), relayed (TURN on the node over UDP, then
+TCP, then TLS, the last on the port signaling reached, which may be 443) —
+exchange them with ICE credentials through the node (docs/PROTOCOL.md,
+connect / connect-answer / punch), and at the instant the node gives run
+ICE connectivity checks (``rendezvous.ice``, RFC 8445), with a birthday
+spray when a random-mapping NAT faces an endpoint-independent one. The
+connecting side is controlling and nominates: a direct pair as soon as it
+is the best valid one, a relayed pair only after every direct try ended.
+
+Application datagrams carry one leading byte, 0xD7 (a QUIC-range first
+byte, RFC 9443: never STUN), so checks, keepalives (Binding indications,
+RFC 8445 §11) and data share a socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from relay import client as turn_client
+from .ice import Agent, Send, random_credentials
+from .prediction import SPRAY_PROBES, SPRAY_SOCKETS, BirthdaySpray, NatHint, hint_from_probes, predicted_ports, spray_role
+from .stun import Attr, Class, Message, Method
+from .stun.addresses import Address
+from .stun_client import StunClientProtocol, TransactionTimeout
+
+log = Logger()
+
+DATA_MARK = b"\xd7"
+KEEPALIVE_SECONDS = 15.0
+CONNECT_TIMEOUT_SECONDS = 30.0
+GATHER_RTO_SECONDS = 0.2
+RELAY_TRANSPORTS = ("udp", "tcp", "tls")
+RELAY_TIMEOUT_SECONDS = 3.0
+ALLOCATION_SAMPLES = 3
+CLOSE_TIMEOUT_SECONDS = 4.0
+
+
+class ConnectError(Exception):
+    """connect() could not reach the peer; ``attempts`` says what was tried."""
+
+    def __init__(self, reason: str, attempts: list | None = None) -> None:
+        super().__init__(reason)
+        self.attempts = attempts or []
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One technique tried: its name, how long it took and how it ended."""
+
+    technique: str
+    duration_ms: float
+    outcome: str  # "succeeded", "failed", "selected", "not-selected"
+    detail: str = ""
+
+
+class Connection:
+    """A datagram path to a peer.
+
+    Known data are attributes: ``peer`` (user name), ``path`` ("udp-direct",
+    "udp-predicted", "udp-birthday", "turn-udp", "turn-tcp", "turn-tls"),
+    ``local`` and ``remote`` (the selected pair's addresses), ``attempts``
+    (list of Attempt). ``send(bytes)`` sends one datagram; ``set_receiver(f)``
+    has ``f(bytes)`` called for each one that arrives; ``close()`` frees the
+    sockets and the relay allocation and fires ``when_closed()``.
+    """
+
+    def __init__(self, peer: str, path: str, local: Address, remote: Address, attempts: list[Attempt],
+                 session: _Session, keepalive_seconds: float) -> None:
+        self.peer, self.path, self.local, self.remote, self.attempts = peer, path, local, remote, attempts
+        self._session = session
+        self._receiver = None
+        self._early: list[bytes] = []
+        self._closed: Deferred | None = None
+        self.signaling = None  # the login connect() made, closed with the connection
+        self._keepalive = LoopingCall(session.keepalive)
+        self._keepalive.clock = session.reactor
+        self._keepalive.start(keepalive_seconds, now=False)
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.peer} {self.path} {self.local} -> {self.remote}>"
+
+    def send(self, data: bytes) -> None:
+        """Send one datagram to the peer (at most about 64 KiB; small ones travel best)."""
+        self._session.write_selected(DATA_MARK + bytes(data))
+
+    def set_receiver(self, receiver) -> None:
+        """Call ``receiver(data)`` for every datagram from the peer (queued ones first)."""
+        self._receiver = receiver
+        early, self._early = self._early, []
+        for data in early:
+            receiver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        if self._receiver is None:
+            if len(self._early) < 64:
+                self._early.append(data)
+        else:
+            self._receiver(data)
+
+    def close(self) -> Deferred:
+        """Close the sockets and release the relay allocation; fires when done."""
+        if self._closed is None:
+            if self._keepalive.running:
+                self._keepalive.stop()
+            self._closed = self._session.close()
+            if self.signaling is not None:
+                maybeDeferred(self.signaling.close).addErrback(lambda _: None)
+        return self._closed
+
+
+class _Socket(StunClientProtocol):
+    """One local UDP socket (an ICE base): gathering requests, checks and data."""
+
+    def __init__(self, reactor, name: str, session: _Session) -> None:
+        super().__init__(reactor, rto_seconds=GATHER_RTO_SECONDS, rc=3, rm=4)
+        self.name = name
+        self.session = session
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        if len(data) >= 20 and data[8:20] in self._pending:
+            super().datagramReceived(data, addr)
+        else:
+            self.session.packet(self.name, tuple(addr[:2]), data)
+
+
+@dataclass
+class _Options:
+    include_loopback: bool = False
+    direct: bool = True
+    relay_transports: tuple = RELAY_TRANSPORTS
+    tls_verify: bool = True
+    stun_server: Address | None = None
+    spray_sockets: int = SPRAY_SOCKETS
+    spray_probes: int = SPRAY_PROBES
+    timeout_seconds: float = CONNECT_TIMEOUT_SECONDS
+    keepalive_seconds: float = KEEPALIVE_SECONDS
+    relay_wait_seconds: float = 4.0
+    tls: bool = False
+
+
+@dataclass
+class _Session:
+    """One connection attempt: sockets, a TURN allocation, an ICE agent, a spray."""
+
+    reactor: object
+    signaling: object
+    options: _Options
+    controlling: bool
+    attempts: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        ufrag, pwd = random_credentials()
+        self.agent = Agent(self.controlling, ufrag, pwd, relay_wait_seconds=self.options.relay_wait_seconds)
+        self.sockets: dict[str, tuple[_Socket, object]] = {}
+        self.turn = None
+        self.turn_transport: str | None = None
+        self.hint = NatHint(None)
+        self.srflx: Address | None = None
+        self.spray: BirthdaySpray | None = None
+        self.connection: Connection | None = None
+        self.done: Deferred = Deferred()
+        self._timer = None
+        self._started = None
+        self._spray_role = None
+
+    # -- gathering ---------------------------------------------------------
+
+    def _open(self, name: str) -> _Socket:
+        protocol = _Socket(self.reactor, name, self)
+        port = self.reactor.listenUDP(0, protocol, interface="0.0.0.0")
+        self.sockets[name] = (protocol, port)
+        return protocol
+
+    async def gather(self) -> list[dict]:
+        """Open the main socket, learn srflx and the NAT hint, allocate a relay; the candidates."""
+        main = self._open("main")
+        port = main.transport.getHost().port
+        stun = self.options.stun_server or _stun_server(self.signaling)
+        hosts = _host_addresses(stun[0], self.options.include_loopback)
+        self.agent.add_base("main", "host", (hosts[0] if hosts else "0.0.0.0", port), 65535,
+                            pair=self.options.direct)
+        if self.options.direct:
+            for ip in hosts:
+                self.agent.advertise(self.agent.candidate("host", (ip, port), "main"))
+            await self._reflexive(main, stun)
+        if self.options.relay_transports:
+            await self._relay()
+        return [c.to_wire() for c in self.agent.local_candidates][:32]
+
+    async def _reflexive(self, main: _Socket, stun: Address) -> None:
+        started = time.monotonic()
+        try:
+            response, _ = await main.request(Message(Method.BINDING, Class.REQUEST), stun)
+        except TransactionTimeout:
+            self._attempt("srflx", started, "failed", "no answer from the STUN server")
+            return
+        mapped = response.address(Attr.XOR_MAPPED_ADDRESS)
+        other = response.address(Attr.OTHER_ADDRESS)
+        if mapped is None:
+            return
+        self.srflx = mapped
+        toward_other = None
+        if other is not None:
+            try:
+                toward_other = (await main.request(Message(Method.BINDING, Class.REQUEST), other))[0].address(
+                    Attr.XOR_MAPPED_ADDRESS)
+            except TransactionTimeout:
+                pass
+        samples = []
+        if toward_other is not None and toward_other != mapped:
+            samples = await self._samples(stun)
+        self.hint = hint_from_probes(mapped, toward_other, samples)
+        local = main.transport.getHost().port
+        if mapped != (self.agent.bases["main"].address[0], local):
+            self.agent.advertise(self.agent.candidate("srflx", mapped, "main"))
+        if self.hint.allocation == "sequential" and self.hint.delta and not self.hint.easy:
+            for predicted in predicted_ports(mapped[1], self.hint.delta):
+                self.agent.advertise(self.agent.candidate("predicted", (mapped[0], predicted), "main"))
+        self._attempt("srflx", started, "succeeded", f"{mapped[0]}:{mapped[1]} ({self.hint.to_presence()})")
+
+    async def _samples(self, stun: Address) -> list[tuple[int, int]]:
+        """(local, mapped) ports of a few fresh sockets, for the allocation pattern."""
+        probes = [self._open(f"sample-{i}") for i in range(ALLOCATION_SAMPLES)]
+        results = await DeferredList([p.request(Message(Method.BINDING, Class.REQUEST), stun) for p in probes],
+                                     consumeErrors=True)
+        samples = []
+        for probe, (ok, value) in zip(probes, results):
+            if ok and value[0].address(Attr.XOR_MAPPED_ADDRESS):
+                samples.append((probe.transport.getHost().port, value[0].address(Attr.XOR_MAPPED_ADDRESS)[1]))
+            self._close_socket(probe.name)
+        return samples
+
+    async def _relay(self) -> None:
+        """TURN on the node: UDP, then TCP, then TLS; the first allocation that works."""
+        turn = self.signaling.welcome.get("turn") if isinstance(self.signaling.welcome, dict) else None
+        if not turn:
+            return
+        for transport, server in _relay_targets(self.signaling, turn, self.options.relay_transports,
+                                                        self.options.tls):
+            started = time.monotonic()
+            try:
+                client = await _with_timeout(self.reactor, turn_client.connect(
+                    self.reactor, server, transport, username=turn["username"], password=turn["password"],
+                    realm=turn.get("realm"), tls_verify=self.options.tls_verify,
+                    connect_timeout_seconds=RELAY_TIMEOUT_SECONDS, rto_seconds=GATHER_RTO_SECONDS, rc=3, rm=4),
+                    RELAY_TIMEOUT_SECONDS)
+                relayed = await _with_timeout(self.reactor, client.allocate(), RELAY_TIMEOUT_SECONDS + 1)
+            except Exception as e:  # every failure means "try the next transport"
+                self._attempt(f"turn-{transport}", started, "failed", f"allocation: {e}")
+                continue
+            self.turn, self.turn_transport = client, transport
+            client.on_data = lambda peer, data: self.packet("relay", tuple(peer), data)
+            self.agent.add_base("relay", "relay", relayed, {"udp": 3, "tcp": 2, "tls": 1}[transport])
+            self.agent.advertise(self.agent.candidate("relay", relayed, "relay"))
+            self._allocated_in_ms = (time.monotonic() - started) * 1000
+            return
+
+    # -- checks ------------------------------------------------------------
+
+    def start(self, punch: dict, peer_hint: NatHint) -> Deferred:
+        """Take the peer's candidates and credentials; begin at the node's start instant."""
+        if not punch.get("ufrag") or not punch.get("pwd"):
+            self.done.errback(ConnectError("the peer sent no ICE credentials", self.attempts))
+            return self.done
+        delay = max(0.0, float(punch.get("start_in_ms") or 0) / 1000)
+        self.reactor.callLater(delay, self._begin, punch, peer_hint)
+        self._deadline = self.reactor.callLater(delay + self.options.timeout_seconds, self._give_up)
+        return self.done
+
+    def _begin(self, punch: dict, peer_hint: NatHint) -> None:
+        now = self.reactor.seconds()
+        self._started = time.monotonic()
+        candidates = [c for c in punch.get("candidates", []) if isinstance(c, dict)]
+        self.agent.set_remote(punch["ufrag"], punch["pwd"], candidates, now)
+        if self.turn is not None:
+            for ip in {c["ip"] for c in candidates if c.get("protocol", "udp") == "udp"}:
+                self.turn.create_permission([(ip, 0)]).addErrback(lambda _: None)
+        self._spray_role = spray_role(self.hint, peer_hint) if self.options.direct else None
+        srflx = next((c for c in candidates if c.get("type") == "srflx"), None)
+        if self._spray_role and srflx is not None:
+            peer = (srflx["ip"], srflx["port"])
+            if self._spray_role == "hard":
+                for i in range(self.options.spray_sockets):
+                    sock = self._open(f"spray-{i}")
+                    host = sock.transport.getHost()
+                    self.agent.add_base(sock.name, "host", (host.host, host.port), 0, pair=False)
+            self.spray = BirthdaySpray(self._spray_role, peer, now, sockets=self.options.spray_sockets,
+                                       probes=self.options.spray_probes)
+        self._tick()
+
+    def packet(self, base: str, source: Address, data: bytes) -> None:
+        """A datagram on a base: application data of the selected pair, or STUN for the agent."""
+        if data[:1] == DATA_MARK:
+            selected = self.agent.selected
+            if self.connection is not None and selected.local.base == base and selected.remote.address == source:
+                self.connection._deliver(data[1:])
+            return
+        if not data or data[0] > 3:
+            return
+        self._write(self.agent.receive(data, base, source, self.reactor.seconds()))
+        if self._started is not None:
+            self._check_done()
+            self._schedule()
+
+    def _tick(self) -> None:
+        self._timer = None
+        now = self.reactor.seconds()
+        sends = self.agent.expire(now)
+        if self.spray is not None and self.agent.selected is None:
+            kind = "srflx" if self._spray_role == "hard" else "predicted"
+            for index, destination in self.spray.due(now):
+                base = f"spray-{index}" if self._spray_role == "hard" else "main"
+                probe = self.agent.probe(base, destination, kind, now)
+                if probe is not None:
+                    sends.append(probe)
+        self._write(sends)
+        self._check_done()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self.done.called:
+            return
+        times = [t for t in (self.agent.deadline, self.spray.deadline if self.spray else None) if t is not None]
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if times:
+            self._timer = self.reactor.callLater(max(0.0, min(times) - self.reactor.seconds()), self._tick)
+
+    def _write(self, sends: list[Send]) -> None:
+        for send in sends:
+            self._write_one(send.base, send.destination, send.data)
+
+    def _write_one(self, base: str, destination: Address, data: bytes) -> None:
+        try:
+            if base == "relay":
+                if self.turn is not None:
+                    self.turn.send(destination, data)
+            elif base in self.sockets:
+                self.sockets[base][0].transport.write(data, destination)
+        except OSError as e:  # unreachable networks, full buffers: the check just fails
+            log.debug("send from {base} to {destination} failed: {error}", base=base, destination=destination,
+                      error=e)
+
+    def _check_done(self) -> None:
+        if self.done.called:
+            return
+        selected = self.agent.selected
+        if selected is not None:
+            self._finish(selected)
+        elif self.agent.failed and (self.spray is None or self.spray.deadline is None):
+            self._fail("every candidate pair failed")
+
+    def _finish(self, pair) -> None:
+        elapsed = time.monotonic() - self._started
+        path = self._path(pair)
+        for technique in self._techniques():
+            outcome = "selected" if technique == path else "not-selected"
+            self.attempts.append(Attempt(technique, round(elapsed * 1000, 1), outcome))
+        if self.spray is not None:
+            self.spray.stop()
+        for name in [n for n in self.sockets if n.startswith("spray-") and n != pair.local.base]:
+            self._close_socket(name)
+        self._cancel_timers()
+        if pair.local.base != "relay" and self.turn is not None:
+            self.turn.close().addTimeout(CLOSE_TIMEOUT_SECONDS, self.reactor).addErrback(lambda _: None)
+            self.turn = None
+        self.selected_base, self.selected_remote = pair.local.base, pair.remote.address
+        local = pair.mapped or pair.local.address
+        self.connection = Connection(self.peer, path, local, pair.remote.address, self.attempts, self,
+                                     self.options.keepalive_seconds)
+        self.done.callback(self.connection)
+
+    def _techniques(self) -> list[str]:
+        names = []
+        if self.options.direct:
+            names.append("udp-direct")
+            if self._spray_role:
+                names.append("udp-birthday")
+        if self.turn_transport:
+            names.append(f"turn-{self.turn_transport}")
+        return names
+
+    def _path(self, pair) -> str:
+        if pair.local.base == "relay":
+            return f"turn-{self.turn_transport}"
+        if pair.remote.kind == "relay":
+            return "turn-udp"
+        if pair.local.base.startswith("spray-") or (self._spray_role == "easy" and pair.remote.kind in
+                                                    ("prflx", "predicted")):
+            return "udp-birthday"
+        if pair.remote.kind == "predicted":
+            return "udp-predicted"
+        if pair.remote.kind == "upnp":
+            return "udp-upnp"
+        return "udp-direct"
+
+    def _fail(self, reason: str) -> None:
+        elapsed = round((time.monotonic() - (self._started or time.monotonic())) * 1000, 1)
+        for technique in self._techniques():
+            self.attempts.append(Attempt(technique, elapsed, "failed"))
+        self._cancel_timers()
+        self.close()
+        self.done.errback(ConnectError(f"{reason} (tried: {', '.join(self._techniques()) or 'nothing'})",
+                                       self.attempts))
+
+    def _give_up(self) -> None:
+        if not self.done.called:
+            self._fail(f"no path within {self.options.timeout_seconds} s")
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, getattr(self, "_deadline", None)):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = None
+
+    def _attempt(self, technique: str, started: float, outcome: str, detail: str = "") -> None:
+        self.attempts.append(Attempt(technique, round((time.monotonic() - started) * 1000, 1), outcome, detail))
+
+    # -- after selection ---------------------------------------------------
+
+    def write_selected(self, data: bytes) -> None:
+        self._write_one(self.selected_base, self.selected_remote, data)
+
+    def keepalive(self) -> None:
+        self.write_selected(self.agent.indication())
+
+    def _close_socket(self, name: str) -> None:
+        entry = self.sockets.pop(name, None)
+        if entry is not None:
+            entry[1].stopListening()
+
+    def close(self) -> Deferred:
+        """Close every socket and the relay allocation."""
+        self._cancel_timers()
+        if self.spray is not None:
+            self.spray.stop()
+        for name in list(self.sockets):
+            self._close_socket(name)
+        turn, self.turn = self.turn, None
+        if turn is None:
+            return succeed(None)
+        # Bounded: a TLS connection may wait long for the node's close_notify.
+        return turn.close().addTimeout(CLOSE_TIMEOUT_SECONDS, self.reactor).addErrback(lambda _: None)
+
+
+# -- helpers ----------------------------------------------------------------
+
+
+def _host_addresses(toward: str, include_loopback: bool) -> list[str]:
+    """This host's IPv4 address toward the node (by a connected UDP socket, nothing sent),
+    then the others of ``hostname -I`` style; loopback only when asked."""
+    found = []
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((toward, 9))
+        found.append(probe.getsockname()[0])
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    try:
+        found += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+    except OSError:
+        pass
+    result = []
+    for ip in found:
+        address = ipaddress.ip_address(ip)
+        if (address.is_loopback and not include_loopback) or address.is_unspecified or ip in result:
+            continue
+        result.append(ip)
+    return result
+
+
+def _stun_server(signaling) -> Address:
+    """The node's STUN UDP address: from its TURN URLs, else its signaling address."""
+    host, port = signaling.server
+    for url in (signaling.welcome.get("turn") or {}).get("urls") or signaling.welcome.get("relays") or []:
+        scheme, target, transport = _parse_turn_url(url)
+        if scheme == "turn" and transport == "udp":
+            return target
+    return host, port
+
+
+def _parse_turn_url(url: str) -> tuple[str, Address, str]:
+    """RFC 7065: turn:host:port?transport=udp -> ("turn", (host, port), "udp")."""
+    scheme, _, rest = url.partition(":")
+    parts = urlsplit("//" + rest)
+    transport = parse_qs(parts.query).get("transport", ["udp"])[0]
+    port = parts.port or (5349 if scheme == "turns" else 3478)
+    return scheme, (parts.hostname, port), "tls" if scheme == "turns" else transport
+
+
+def _relay_targets(signaling, turn: dict, transports: tuple, tls: bool) -> list[tuple[str, Address]]:
+    """(transport, server) to try, UDP then TCP then TLS; the signaling port itself last."""
+    targets = []
+    for url in turn.get("urls") or []:
+        try:
+            _, server, transport = _parse_turn_url(url)
+        except ValueError:
+            continue
+        targets.append((transport, server))
+    own = ("tls" if tls else "tcp", tuple(signaling.server))
+    if own not in targets:
+        targets.append(own)
+    order = {t: i for i, t in enumerate(RELAY_TRANSPORTS)}
+    return sorted([t for t in targets if t[0] in transports], key=lambda t: order[t[0]])
+
+
+def _with_timeout(reactor, d: Deferred, seconds: float) -> Deferred:
+    return d.addTimeout(seconds, reactor)
+
+
+# -- the front doors ----------------------------------------------------------
+
+
+class _Punches:
+    """Per-token waiters for pushed ``punch`` and ``connect-declined`` frames."""
+
+    def __init__(self, signaling) -> None:
+        self.waiters: dict[str, Deferred] = {}
+        self.early: dict[str, dict] = {}
+        signaling.on("punch", self._frame)
+        signaling.on("connect-declined", self._frame)
+
+    def _frame(self, message: dict) -> None:
+        token = message.get("token")
+        waiter = self.waiters.pop(token, None)
+        if waiter is None:
+            if len(self.early) < 16:
+                self.early[token] = message
+            return
+        waiter.callback(message)
+
+    def wait(self, token: str, reactor, seconds: float) -> Deferred:
+        if token in self.early:
+            d = Deferred()
+            d.callback(self.early.pop(token))
+            return d
+        d = Deferred(lambda _: self.waiters.pop(token, None))
+        self.waiters[token] = d
+        return d.addTimeout(seconds, reactor)
+
+
+def _presence(signaling, hint: NatHint) -> None:
+    """Advertise presence with the NAT hint (a failure only costs the peer the hint)."""
+    maybeDeferred(signaling.set_presence, "online", nat_type=hint.to_presence()).addErrback(
+        lambda f: log.info("presence not set: {error}", error=f.getErrorMessage()))
+
+
+async def _peer_hint(signaling, peer: str) -> NatHint:
+    try:
+        found = await signaling.request("lookup", user=peer)
+    except Exception:  # not a buddy, offline, an old node: no hint
+        return NatHint(None)
+    return NatHint.from_presence(found.get("nat_type"))
+
+
+def connect(reactor, user: str, password: str, peer: str, servers=None, host_cache=None, *,
+            tls: bool = False, include_loopback: bool = False, direct: bool = True,
+            relay_transports=RELAY_TRANSPORTS, tls_verify: bool = True, stun_server: Address | None = None,
+            timeout_seconds: float = CONNECT_TIMEOUT_SECONDS, keepalive_seconds: float = KEEPALIVE_SECONDS,
+            spray_sockets: int = SPRAY_SOCKETS, spray_probes: int = SPRAY_PROBES) -> Deferred:
+    """Log in as ``user`` and connect to the buddy ``peer``; fires with a Connection.
+
+    ``servers`` are (host, port) super nodes tried after the ``host_cache``
+    (a rendezvous.host_cache.HostCache); ``tls`` logs in over TLS (and
+    ``tls_verify=False`` accepts a self-signed node). ``direct=False`` skips
+    host and server-reflexive candidates; ``relay_transports`` limits TURN
+    (empty: no relay). Fails with ConnectError (its ``attempts`` say what
+    was tried), SignalingRequestError (e.g. the peer is offline or not a
+    buddy) or a login error.
+    """
+    options = _Options(include_loopback, direct, tuple(relay_transports), tls_verify, stun_server,
+                       spray_sockets, spray_probes, timeout_seconds, keepalive_seconds, tls=tls)
+
+    async def run() -> Connection:
+        from .signaling_client import SignalingClient
+
+        signaling = await SignalingClient.login(reactor, user, password, servers=servers, host_cache=host_cache,
+                                                tls=tls, tls_verify=tls_verify)
+        try:
+            return await _connect(reactor, signaling, peer, options)
+        except BaseException:
+            signaling.close()
+            raise
+
+    return Deferred.fromCoroutine(run())
+
+
+async def _connect(reactor, signaling, peer: str, options: _Options) -> Connection:
+    session = _Session(reactor, signaling, options, controlling=True)
+    session.peer = peer
+    punches = _Punches(signaling)
+    candidates = await session.gather()
+    _presence(signaling, session.hint)
+    peer_hint = await _peer_hint(signaling, peer)
+    pending = await signaling.request("connect", to=peer, candidates=candidates,
+                                      ufrag=session.agent.local_ufrag, pwd=session.agent.local_pwd)
+    punch = await punches.wait(pending["token"], reactor, options.timeout_seconds)
+    if punch.get("op") == "connect-declined":
+        session.close()
+        raise ConnectError(f"{peer} declined", session.attempts)
+    connection = await session.start(punch, peer_hint)
+    connection.signaling = signaling
+    return connection
+
+
+class Listener:
+    """The answering side: accepts connect-requests from buddies (see ``listen``)."""
+
+    def __init__(self, reactor, signaling, on_connection, options: _Options, accept) -> None:
+        self.reactor, self.signaling, self.options = reactor, signaling, options
+        self.on_connection, self.accept = on_connection, accept
+        self.hint = NatHint(None)
+        self.connections: list[Connection] = []
+        self._punches = _Punches(signaling)
+        signaling.on("connect-request", self._request)
+
+    def _request(self, message: dict) -> None:
+        peer, token = message.get("from"), message.get("token")
+        if not self.accept(peer):
+            self.signaling.send("connect-decline", token=token)
+            return
+        Deferred.fromCoroutine(self._answer(message)).addErrback(
+            lambda f: log.info("connection from {peer} failed: {error}", peer=peer, error=f.getErrorMessage()))
+
+    async def _answer(self, request: dict) -> None:
+        session = _Session(self.reactor, self.signaling, self.options, controlling=False)
+        session.peer = request.get("from")
+        candidates = await session.gather()
+        peer_hint = await _peer_hint(self.signaling, session.peer)
+        waiting = self._punches.wait(request["token"], self.reactor, self.options.timeout_seconds)
+        # connect-answer has no reply frame: the punch is the answer.
+        self.signaling.send("connect-answer", token=request["token"], candidates=candidates,
+                            ufrag=session.agent.local_ufrag, pwd=session.agent.local_pwd)
+        punch = await waiting
+        connection = await session.start(punch, peer_hint)
+        self.connections.append(connection)
+        self.on_connection(connection)
+
+    def close(self) -> Deferred:
+        """Log out and close every connection made."""
+        for connection in self.connections:
+            connection.close()
+        return maybeDeferred(self.signaling.close)
+
+
+def listen(reactor, user: str, password: str, on_connection, servers=None, host_cache=None, *,
+           tls: bool = False, accept=lambda peer: True, include_loopback: bool = False, direct: bool = True,
+           relay_transports=RELAY_TRANSPORTS, tls_verify: bool = True, stun_server: Address | None = None,
+           timeout_seconds: float = CONNECT_TIMEOUT_SECONDS, keepalive_seconds: float = KEEPALIVE_SECONDS,
+           spray_sockets: int = SPRAY_SOCKETS, spray_probes: int = SPRAY_PROBES) -> Deferred:
+    """Log in as ``user`` and answer connect-requests; fires with a Listener once online.
+
+    ``on_connection(connection)`` is called for each peer that connects and
+    ``accept(peer)`` decides who may (default: every buddy). Options as in
+    ``connect``. Fails with a login error.
+    """
+    options = _Options(include_loopback, direct, tuple(relay_transports), tls_verify, stun_server,
+                       spray_sockets, spray_probes, timeout_seconds, keepalive_seconds, tls=tls)
+
+    async def run() -> Listener:
+        from .signaling_client import SignalingClient
+
+        signaling = await SignalingClient.login(reactor, user, password, servers=servers, host_cache=host_cache,
+                                                tls=tls, tls_verify=tls_verify)
+        listener = Listener(reactor, signaling, on_connection, options, accept)
+        probe = _Session(reactor, signaling, _Options(include_loopback, direct, (), tls_verify, stun_server), False)
+        try:
+            await probe.gather()
+        finally:
+            probe.close()
+        listener.hint = probe.hint
+        _presence(signaling, probe.hint)
+        return listener
+
+    return Deferred.fromCoroutine(run())

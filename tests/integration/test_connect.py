@@ -1,0 +1,119 @@
+"""connect() and listen() between two clients of a real ``twistd rendezvous`` on loopback."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+from rendezvous.accounts import AccountStore
+from rendezvous.connect import ConnectError, connect, listen
+from tests.conftest import start_node, stop_node
+
+pytestmark = pytest.mark.integration
+
+PAIRS = (("alice", "bob"), ("carol", "dave"), ("erin", "frank"), ("gina", "hank"))
+
+
+@pytest.fixture(scope="module")
+def super_node(tmp_path_factory):
+    """A super node with four pairs of buddies, one pair per test; its relay may reach loopback peers."""
+    tmp = tmp_path_factory.mktemp("connect")
+    store = AccountStore(tmp / "state" / "accounts.sqlite")
+    for a, b in PAIRS:
+        store.add(a, f"{a}-pw", "txrendezvous")
+        store.add(b, f"{b}-pw", "txrendezvous")
+        store.request_buddy(a, b)
+        store.accept_buddy(b, a)
+    store.close()
+    node = start_node(tmp, "--allow-peer", "127.0.0.0/8")
+    yield node
+    stop_node(node)
+
+
+def servers(node, tls=False):
+    return [(node.ip, node.tls_port if tls else node.port)]
+
+
+async def pair(node, caller, callee, tls=False, **options):
+    """callee listens, caller connects; returns (caller's Connection, callee's Connection, listener)."""
+    answered = Deferred()
+    options.setdefault("include_loopback", True)
+    listener = await listen(reactor, callee, f"{callee}-pw", answered.callback, servers(node, tls), tls=tls,
+                            tls_verify=False, **options)
+    try:
+        mine = await connect(reactor, caller, f"{caller}-pw", callee, servers(node, tls), tls=tls,
+                             tls_verify=False, **options)
+        theirs = await answered.addTimeout(10, reactor)
+    except BaseException:
+        await listener.close()
+        raise
+    return mine, theirs, listener
+
+
+async def exchange(mine, theirs):
+    """A datagram each way arrives intact."""
+    got_theirs, got_mine = Deferred(), Deferred()
+    theirs.set_receiver(lambda data: got_theirs.called or got_theirs.callback(data))
+    mine.set_receiver(lambda data: got_mine.called or got_mine.callback(data))
+    for _ in range(5):  # datagrams: send a few, the first arrival counts
+        mine.send(b"hello \x00\x01 from the caller")
+        theirs.send(b"\x00\x01hello back")
+    assert await got_theirs.addTimeout(5, reactor) == b"hello \x00\x01 from the caller"
+    assert await got_mine.addTimeout(5, reactor) == b"\x00\x01hello back"
+
+
+async def close(mine, theirs, listener):
+    await mine.close()
+    await theirs.close()
+    await listener.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_udp_on_loopback(super_node):
+    """Two clients on one host connect directly over UDP, and the attempts say so."""
+    mine, theirs, listener = await pair(super_node, "alice", "bob")
+    try:
+        assert mine.path == theirs.path == "udp-direct"
+        assert mine.remote[0].startswith("127.") and mine.peer == "bob" and theirs.peer == "alice"
+        assert [a.technique for a in mine.attempts if a.outcome == "selected"] == ["udp-direct"]
+        await exchange(mine, theirs)
+    finally:
+        await close(mine, theirs, listener)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
+@pytest_twisted.ensureDeferred
+async def test_forced_relay(super_node, transport):
+    """With direct candidates off, both sides go through the node's TURN relay over UDP, TCP or TLS."""
+    mine, theirs, listener = await pair(super_node, "carol", "dave", direct=False, relay_transports=(transport,))
+    try:
+        assert mine.path == theirs.path == f"turn-{transport}"
+        await exchange(mine, theirs)
+    finally:
+        await close(mine, theirs, listener)
+
+
+@pytest_twisted.ensureDeferred
+async def test_signaling_over_tls_and_relay_on_its_port(super_node):
+    """Logged in over TLS with UDP relaying off, the relay is reached over TLS on the signaling port."""
+    mine, theirs, listener = await pair(super_node, "erin", "frank", tls=True, direct=False,
+                                        relay_transports=("tls",))
+    try:
+        assert mine.path == "turn-tls"
+        await exchange(mine, theirs)
+    finally:
+        await close(mine, theirs, listener)
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_possible_fails_with_attempts(super_node):
+    """With no direct candidates and no relay, connect fails with ConnectError naming what it tried."""
+    answered = Deferred()
+    listener = await listen(reactor, "hank", "hank-pw", answered.callback, servers(super_node),
+                            direct=False, relay_transports=(), timeout_seconds=3)
+    try:
+        with pytest.raises(ConnectError):
+            await connect(reactor, "gina", "gina-pw", "hank", servers(super_node), direct=False,
+                          relay_transports=(), timeout_seconds=3)
+    finally:
+        await listener.close()
