@@ -45,6 +45,9 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "analyse the NAT between this host and an RFC 5780 STUN server (mapping, filtering, ports, "
         "hairpinning, binding lifetime)",
     ),
+    Subcommand("listen", "rendezvous.connect_cli", "log in and accept connections from buddies (connect() by hand)"),
+    Subcommand("connect", "rendezvous.connect_cli",
+               "connect to a buddy by the best path, print it and the attempts, relay stdin/stdout lines"),
     Subcommand("upnp", "rendezvous.upnp_cli", "map, list and unmap ports on the LAN's UPnP gateway (IGD)"),
     Subcommand("status", "rendezvous.status_cli",
                "list a running node's allocations and signaling sessions, end one (its admin API)"),
