@@ -9,6 +9,7 @@ to its allocation's data path and sends with ``socket.sendto`` directly
 
 import os
 import random
+import select
 import socket
 
 from twisted.internet.protocol import DatagramProtocol
@@ -16,7 +17,7 @@ from twisted.logger import Logger
 
 from rendezvous.stun.addresses import Address
 
-from .datagrams import read_loop, set_buffers, udp_writer
+from .datagrams import DatagramPoller, listen_udp, read_loop, set_buffers, udp_writer
 from .server import NoRelayPort
 
 log = Logger()
@@ -81,12 +82,14 @@ class RelayPorts:
         self.clock = clock or reactor
         self.reservations: dict[bytes, tuple[RelaySocket, float]] = {}
         self.open_count = 0
+        # One reactor reader for every relay socket, where epoll exists.
+        self.poller = DatagramPoller(reactor) if hasattr(select, "epoll") else None
 
     def _bind(self, family: int, port: int, dont_fragment: bool) -> RelaySocket | None:
         ip = self.ips[family]
         relay = RelaySocket((self.advertise.get(family, ip), port), self)
         try:
-            relay.port = self.reactor.listenUDP(port, relay, interface=ip)
+            relay.port = listen_udp(self.reactor, port, relay, ip, self.poller)
         except Exception:  # CannotListenError: the port is taken
             return None
         if dont_fragment:

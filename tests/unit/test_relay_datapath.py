@@ -1,14 +1,16 @@
-"""The relay data path: hand-parsed Send indications, Data indications, routes and read loops."""
+"""The relay data path: hand-parsed Send indications, Data indications, routes, read loops, the poller."""
 
+import select
 import socket
 import struct
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.allocation import data_indication, parse_send_indication
-from relay.datagrams import MAX_READS_PER_WAKEUP, read_loop
+from relay.datagrams import MAX_READS_PER_WAKEUP, DatagramPoller, read_loop
 from relay.listeners import ServerDatagramProtocol, UdpEndpoints
 from relay.relay_ports import RelaySocket
 from rendezvous.stun import Attr, Class, Message, Method
@@ -185,3 +187,65 @@ def test_relay_socket_delivers_to_its_current_allocation(udp_pair):
     assert received == [(b"for the allocation", sender.getsockname())]
     relay.write(b"to the peer", sender.getsockname())
     assert sender.recv(100) == b"to the peer"
+
+
+class RecordingReactor:
+    """The reader registrations a DatagramPoller makes."""
+
+    def __init__(self):
+        self.readers = []
+
+    def addReader(self, reader):
+        self.readers.append(reader)
+
+    def removeReader(self, reader):
+        self.readers.remove(reader)
+
+
+class SocketPort:
+    """A port stand-in around a real socket: doRead drains it into a list (or fails)."""
+
+    def __init__(self, fail=False):
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.setblocking(False)
+        self.read, self.fail = [], fail
+
+    def fileno(self):
+        return self.socket.fileno()
+
+    def doRead(self):
+        if self.fail:
+            raise OSError("read failed")
+        while True:
+            try:
+                self.read.append(self.socket.recv(100))
+            except BlockingIOError:
+                return
+
+
+@pytest.mark.skipif(not hasattr(select, "epoll"), reason="DatagramPoller needs epoll (Linux)")
+def test_poller_reads_every_ready_port_in_one_wakeup(udp_pair):
+    """One doRead serves every ready port; the poller is a reactor reader only while it has ports."""
+    _, sender = udp_pair
+    reactor = RecordingReactor()
+    poller = DatagramPoller(reactor)
+    ports = [SocketPort(), SocketPort(), SocketPort(fail=True)]
+    try:
+        for port in ports:
+            poller.add(port)
+        assert reactor.readers == [poller]
+        for port in ports:
+            sender.sendto(b"hello", port.socket.getsockname())
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not all(p.read for p in ports[:2]):
+            poller.doRead()
+        assert [p.read for p in ports] == [[b"hello"], [b"hello"], []]
+        assert poller.fileno() != ports[2].fileno()
+        poller.doRead()  # the failing port was dropped, not retried
+        for port in ports[:2]:
+            poller.remove(port)
+        assert reactor.readers == []
+    finally:
+        for port in ports:
+            port.socket.close()
