@@ -30,13 +30,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 
-from twisted.internet import defer, error, task, tcp
+from twisted.internet import defer, error, task
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol
 from twisted.logger import Logger
@@ -53,6 +52,7 @@ from .stun import Attr, Class, CodecError, Message, Method
 from .stun.addresses import Address
 from .stun.attributes import decode_error_code, encode_change_request, encode_uint16
 from .stun_client import StunClientProtocol, TransactionTimeout
+from .tcp_binding import ReusePortConnector, StreamProbe, StreamProbeFactory
 
 log = Logger()
 
@@ -408,59 +408,6 @@ class _ProbeSocket(StunClientProtocol):
                 done.callback((message, addr[:2]))
                 return
         super().datagramReceived(data, addr)
-
-
-class _ReuseAddressClient(tcp.Client):
-    """A TCP client socket with SO_REUSEADDR, so several connections share a local port."""
-
-    def createInternetSocket(self):
-        s = super().createInternetSocket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        return s
-
-
-class _ReuseAddressConnector(tcp.Connector):
-    def _makeTransport(self):
-        return _ReuseAddressClient(self.host, self.port, self.bindAddress, self, self.reactor)
-
-
-class _StreamProbe(Protocol):
-    """Sends one Binding request over TCP and fires ``answered`` with the response."""
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.buffer = b""
-        self.answered: Deferred = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) >= 20 and not self.answered.called:
-            length = struct.unpack_from("!H", self.buffer, 2)[0]
-            if len(self.buffer) >= 20 + length:
-                try:
-                    self.answered.callback(Message.decode(self.buffer[: 20 + length]))
-                except CodecError as e:
-                    self.answered.errback(e)
-                self.transport.loseConnection()
-
-    def connectionLost(self, reason) -> None:
-        if not self.answered.called:
-            self.answered.errback(reason)
-
-
-class _StreamProbeFactory(ClientFactory):
-    def __init__(self, probe: _StreamProbe) -> None:
-        self.probe = probe
-
-    def buildProtocol(self, addr):
-        return self.probe
-
-    def clientConnectionFailed(self, connector, reason) -> None:
-        if not self.probe.answered.called:
-            self.probe.answered.errback(reason)
 
 
 class _EchoSocket(DatagramProtocol):
@@ -869,9 +816,9 @@ class _Checker:
                 connector.disconnect()
 
     async def _tcp_binding(self, address: Address, local_port: int, connectors: list) -> tuple[Message, int]:
-        probe = _StreamProbe(binding_request().encode())
-        connector = _ReuseAddressConnector(address[0], address[1], _StreamProbeFactory(probe), 5,
-                                           ("0.0.0.0", local_port), self.reactor)
+        probe = StreamProbe(binding_request().encode())
+        connector = ReusePortConnector(address[0], address[1], StreamProbeFactory(probe), 5,
+                                       ("0.0.0.0", local_port), self.reactor)
         connectors.append(connector)
         connector.connect()
         probe.answered.addTimeout(self.probe_seconds + 2, self.reactor)
