@@ -29,6 +29,14 @@ Attempts are retried from the same port, a bounded number of times, until
 (listener, attempts, later arrivals) is closed, on success or failure.
 Field results (Guha and Francis, IMC 2005; the TUM NAT study): ~42% of NAT
 pairs with the low-TTL technique, ~35% without.
+
+Observed in the NAT lab (tests/natlab/test_tcp_punch.py; Linux 6.18
+nftables masquerade, eim-apdf vs eim-adf): when it works, the low-TTL run
+connects at ~1.2 s (the kernel's first SYN retransmission, at full TTL)
+and the full-TTL run at ~0.2 s (the first SYN refused by the peer's NAT,
+the retry through). The lab's NATs share one bridge, so a TTL-2 SYN still
+reaches the peer NAT's stack, and about half the runs fail when it gets
+there before the peer's own SYN has left.
 """
 
 import socket
