@@ -31,7 +31,6 @@ _DATA_INDICATION_TYPE = b"\x00\x17"
 _SEND_INDICATION_TYPE = 0x0016
 _STUN_HEADER = struct.Struct("!HHI12s")
 _TLV = struct.Struct("!HH")
-_IPV4_ATTRIBUTE_BYTES = 12
 _MAC_TYPES = (Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA256)
 # Transaction ids of Data indications: nothing answers or matches them (RFC
 # 8656 §11.4), so a seeded PRNG serves, without a getrandom call per packet.
