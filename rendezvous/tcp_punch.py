@@ -13,9 +13,8 @@ from the local port whose mapping ``tcp_mapped_address`` learned:
    entry expecting the peer, and dies a hop or two later, before the peer's
    NAT. Sent with a full TTL it could reach the peer's NAT before the peer's
    own SYN has left, and a Linux NAT answers a SYN it has no mapping for
-   with a RST from its own stack (nothing listens there), which kills our
-   attempt and leaves a conntrack entry in the peer's NAT that the peer's
-   SYN then clashes with (the NAT moves it to another port).
+   with a RST from its own stack (nothing listens there), which ends our
+   attempt (we retry 0.2 s later).
 3. Restore the TTL. Both NATs now expect the other side, so the next SYN
    (the kernel's retransmission, or our retry) goes through the peer's NAT
    as a reply to its own outbound SYN. It meets either the peer's connecting
@@ -30,13 +29,14 @@ Attempts are retried from the same port, a bounded number of times, until
 Field results (Guha and Francis, IMC 2005; the TUM NAT study): ~42% of NAT
 pairs with the low-TTL technique, ~35% without.
 
-Observed in the NAT lab (tests/natlab/test_tcp_punch.py; Linux 6.18
-nftables masquerade, eim-apdf vs eim-adf): when it works, the low-TTL run
-connects at ~1.2 s (the kernel's first SYN retransmission, at full TTL)
-and the full-TTL run at ~0.2 s (the first SYN refused by the peer's NAT,
-the retry through). The lab's NATs share one bridge, so a TTL-2 SYN still
-reaches the peer NAT's stack, and about half the runs fail when it gets
-there before the peer's own SYN has left.
+Observed in the NAT lab (tests/natlab/test_tcp_punch.py, Linux 6.18
+nftables NATs on one bridge): the technique needs a hop between the NATs.
+Without one, a TTL-2 SYN dies inside the peer's NAT after its conntrack has
+seen it, and the ICMP Time Exceeded ends our connect (Linux drops a SYN-SENT
+socket on it, RFC 1122 §4.2.3.9 notwithstanding); the retry's SYN, with a
+new sequence number, is then INVALID to our own NAT. The punch succeeds
+when a SYN reaches the peer's NAT first and is refused (about half the
+runs): the retry 0.2 s later gets through.
 """
 
 import socket
@@ -44,7 +44,6 @@ import socket
 from twisted.internet import error, tcp
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
-from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from relay.client import tls_options
@@ -52,8 +51,6 @@ from relay.client import tls_options
 from .nat_check import binding_request
 from .stun import Attr
 from .tcp_binding import ReusePortConnector, StreamProbe, StreamProbeFactory, reuse_port
-
-log = Logger()
 
 RETRY_SECONDS = 0.2            # between attempts to one peer after a refusal or a lost SYN
 ATTEMPT_SECONDS = 2.0          # an attempt's connect timeout (the kernel retransmits the SYN at 1 s)

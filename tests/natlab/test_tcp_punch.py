@@ -12,13 +12,18 @@ from .lab import ROOT, SERVER_IP, SERVER_PORT
 
 pytestmark = pytest.mark.natlab
 
-# Known broken: in this lab the NAT routers sit on one bridge, so even a TTL-2
-# SYN reaches the peer NAT's own stack; when it gets there before the peer's
-# SYN has left, that NAT answers RST, and the runs observed then fail (refused
-# or timed out) for the whole 10 s. Passes when the two SYNs cross in flight
-# (about half the runs: 1.2 s with the low TTL, 0.2 s without). Needs a router
-# hop between the NATs (tests/natlab/lab.py) for the low-TTL SYN to die there.
-RACE = pytest.mark.xfail(reason="TTL-2 SYN reaches the peer NAT on the lab's single bridge; see above",
+# Known broken, seen with a packet capture on the lab's bridge: the NAT
+# routers share one bridge, so nothing lies between them for a low-TTL SYN to
+# die at. When the two TTL-2 SYNs cross, each reaches the peer's NAT, whose
+# conntrack sees it (state SYN_SENT2) before forwarding drops it for its TTL;
+# the ICMP Time Exceeded then ends the sender's connect, and every later SYN
+# (a new socket, a new sequence number) is INVALID to the sender's own NAT,
+# which leaves it un-NATed (the lab's forward chain accepts invalid packets):
+# 192.168.x.2 appears on the bridge and the punch times out. It passes when a
+# SYN reaches the peer NAT before the peer's own SYN has left (the NAT's RST
+# closes the entry and the retry 0.2 s later goes through), about half the
+# runs, either TTL. The lab needs a router hop between the NATs.
+RACE = pytest.mark.xfail(reason="no hop between the lab's NATs for the low-TTL SYN to die at; see above",
                          strict=False)
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
