@@ -3,10 +3,11 @@
 Sessions arrive as objects with ``send(dict)``, ``close()`` and the
 client's address; ``receive(session, message)`` applies one decoded frame.
 Login, presence shared with accepted buddies, lookup, short messages, and
-the connect coordination of hole punching: A's candidates go to B with a
-one-time token, B's answer goes back, and both are told to start at the
-same instant, computed from each side's measured round-trip time (as libp2p
-DCUtR does), with ephemeral TURN credentials for this node's relay.
+the connect coordination of hole punching: A's candidates (and ICE
+ufrag/pwd, passed through) go to B with a one-time token, B's answer goes
+back, and both are told to start at the same instant, computed from each
+side's measured round-trip time (as libp2p DCUtR does), with ephemeral
+TURN credentials for this node's relay.
 
 Every field, list and table is bounded; an unauthenticated session may only
 register, log in, resume or answer pings; a session that sends too many bad
