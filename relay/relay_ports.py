@@ -1,7 +1,9 @@
 """Relayed transport addresses: UDP sockets bound in the relay port range.
 
 RFC 8656 §7.2 (choosing a relayed transport address; EVEN-PORT and
-RESERVATION-TOKEN reserve the next port for 30 s) and §14 (DONT-FRAGMENT,
+RESERVATION-TOKEN reserve the next port for 30 s; with several workers a
+token's first byte names the worker holding the port, and another worker
+asks it for the socket, ``relay.handoff``) and §14 (DONT-FRAGMENT,
 honoured with IP_PMTUDISC_DO). Each relay socket hands datagrams from peers
 to its allocation's data path and sends with ``socket.sendto`` directly
 (``relay.datagrams``): the relay data path is the hot loop of the whole suite.
@@ -17,7 +19,8 @@ from twisted.logger import Logger
 
 from rendezvous.stun.addresses import Address
 
-from .datagrams import DatagramPoller, listen_udp, read_loop, set_buffers, udp_writer
+from .datagrams import MAX_DATAGRAM_BYTES, DatagramPoller, listen_udp, read_loop, set_buffers, udp_writer
+from .handoff import descriptor_family, request_reservation, token_owner
 from .server import NoRelayPort
 
 log = Logger()
@@ -82,6 +85,8 @@ class RelayPorts:
         self.clock = clock or reactor
         self.reservations: dict[bytes, tuple[RelaySocket, float]] = {}
         self.open_count = 0
+        self.worker_index = 0  # the first byte of the RESERVATION-TOKENs made here
+        self.handoff_paths: dict = {}  # other workers' handoff sockets by index (relay.handoff)
         # One reactor reader for every relay socket, where epoll exists.
         self.poller = DatagramPoller(reactor) if hasattr(select, "epoll") else None
 
@@ -119,15 +124,43 @@ class RelayPorts:
             if held is None:
                 relay.close()
                 continue
-            token = os.urandom(8)
+            token = bytes([self.worker_index]) + os.urandom(7)
             self.reservations[token] = (held, self.clock.seconds() + RESERVATION_SECONDS)
             return relay, token
         raise NoRelayPort("relay port range exhausted")
 
-    def take_reserved(self, token: bytes) -> RelaySocket | None:
-        """The socket held for a RESERVATION-TOKEN, once."""
-        held = self.reservations.pop(token, None)
-        return held[0] if held else None
+    def take_reserved(self, token: bytes):
+        """The socket held for a RESERVATION-TOKEN, once: a RelaySocket, None, or, when
+        another worker holds it, a Deferred firing with one (or None) from that worker."""
+        owner = token_owner(token)
+        path = self.handoff_paths.get(owner) if owner != self.worker_index else None
+        if path is None:
+            return self.take_held(token)
+        return request_reservation(self.reactor, path, token).addCallback(self._adopt)
+
+    def take_held(self, token: bytes) -> RelaySocket | None:
+        """The socket this process holds for an unexpired token, once."""
+        relay, until = self.reservations.pop(token, (None, 0.0))
+        if relay is not None and until <= self.clock.seconds():
+            relay.close()
+            return None
+        return relay
+
+    def _adopt(self, given) -> RelaySocket | None:
+        """A relay socket another worker sent: (fd, address), the descriptor ours to close."""
+        if given is None:
+            return None
+        fd, address = given
+        relay = RelaySocket(address, self)
+        try:
+            relay.port = self.reactor.adoptDatagramPort(fd, descriptor_family(fd), relay, MAX_DATAGRAM_BYTES)
+        except OSError as e:
+            log.warn("cannot adopt a reserved relay socket: {error}", error=str(e))
+            return None
+        finally:
+            os.close(fd)
+        self.open_count += 1
+        return relay
 
     def expire(self, now: float) -> None:
         for token in [t for t, (_, until) in self.reservations.items() if until <= now]:

@@ -16,6 +16,7 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from rendezvous.stun import Attr, Class, CodecError, Error, Message, Method, PasswordAlgorithm
@@ -136,6 +137,8 @@ class TurnServer:
         self.draining = False  # set by relay.drain: no new allocations
         self.alternate: Address | None = None  # ALTERNATE-SERVER while draining
         self.allocations: dict[tuple, Allocation] = {}
+        # Allocates waiting for a reserved relay socket from another worker: five-tuple -> transaction id.
+        self.pending: dict[tuple, bytes] = {}
         # Operator-facing identity of each allocation: five-tuple -> (id, created at).
         self.id_prefix = "0"  # the worker index, so an id names its process
         self.records: dict[tuple, tuple[str, float]] = {}
@@ -160,7 +163,9 @@ class TurnServer:
         """Process one STUN message from a client; the response bytes or None.
 
         send writes to the client; leg is the TCP/TLS connection object (for
-        RFC 6062 ConnectionBind, which turns it into a data connection).
+        RFC 6062 ConnectionBind, which turns it into a data connection). An
+        Allocate whose RESERVATION-TOKEN another worker holds is answered
+        later, through send, when the relay socket arrives.
         """
         if msg.cls == Class.INDICATION:
             if msg.method == Method.SEND:
@@ -194,6 +199,7 @@ class TurnServer:
 
     def connection_lost(self, five_tuple: tuple) -> None:
         """A TCP/TLS client connection closed: its allocation goes with it."""
+        self.pending.pop(five_tuple, None)
         allocation = self.allocations.get(five_tuple)
         if allocation is not None:
             self._delete(allocation, "connection closed")
@@ -284,6 +290,10 @@ class TurnServer:
 
     def _allocate(self, msg, five_tuple, send, auth: _Auth, now) -> bytes:
         policy = self.policy
+        if five_tuple in self.pending:
+            # Its reserved relay socket is on its way from another worker:
+            # the answer goes out when it arrives; a retransmission waits.
+            return None
         existing = self.allocations.get(five_tuple)
         if self.draining and existing is None:
             return self._draining(msg, auth)
@@ -333,6 +343,10 @@ class TurnServer:
         try:
             if token is not None:
                 relay = self.ports.take_reserved(decode_reservation_token(token))
+                if isinstance(relay, Deferred):
+                    self.pending[five_tuple] = msg.transaction_id
+                    relay.addCallback(self._reserved_arrived, msg, five_tuple, send, auth)
+                    return None
                 if relay is None:
                     return self._error(msg, Error.INSUFFICIENT_CAPACITY, "Unknown RESERVATION-TOKEN", auth)
                 relays[family_of(relay.address[0])] = relay
@@ -349,6 +363,28 @@ class TurnServer:
             for relay in relays.values():
                 relay.close()
             return self._error(msg, Error.INSUFFICIENT_CAPACITY, "No relay port available", auth)
+        return self._allocated(msg, five_tuple, send, auth, now, relays, want, reservation)
+
+    def _reserved_arrived(self, relay, msg, five_tuple, send, auth: _Auth) -> None:
+        """Finish an Allocate whose RESERVATION-TOKEN another worker held (relay None: it had none)."""
+        if self.pending.pop(five_tuple, None) is None:  # the client's connection closed meanwhile
+            if relay is not None:
+                relay.close()
+            return
+        if relay is None:
+            send(self._error(msg, Error.INSUFFICIENT_CAPACITY, "Unknown RESERVATION-TOKEN", auth))
+            return
+        refused = self._draining(msg, auth) if self.draining else self._quota(msg, auth)
+        if refused:
+            relay.close()
+            send(refused)
+            return
+        family = family_of(relay.address[0])
+        send(self._allocated(msg, five_tuple, send, auth, self.clock.seconds(), {family: relay}, [family], None))
+
+    def _allocated(self, msg, five_tuple, send, auth: _Auth, now, relays: dict, want: list,
+                   reservation: bytes | None) -> bytes:
+        """Install the allocation over relays and sign the success response (RFC 8656 §7.2 step 11)."""
         allocation, lifetime = self._install(msg, five_tuple, send, auth, now, relays)
         response = success_response(msg)
         for relay_family in want:

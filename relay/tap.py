@@ -33,12 +33,20 @@ from .config import (
 from .drain import DrainService
 from .handoff import MAX_WORKERS, HandoffFactory
 from .service import add_listeners, make_relay
-from .workers import NONCE_SECRET_ENV, WorkerSupervisor, cores, die_with_parent, port_slice
+from .workers import (
+    NONCE_SECRET_ENV,
+    ReusePortService,
+    WorkerSupervisor,
+    cores,
+    die_with_parent,
+    inherited_listeners,
+    port_slice,
+)
 
 PROCESS_OPTIONS = [
-    Option("workers", parse_count, 1,
+    Option("workers", parse_count, 0,
            "Relay processes sharing the ports with SO_REUSEPORT, each with its own slice of --relay-ports; "
-           "a RESERVATION-TOKEN (EVEN-PORT) only works on the worker that made it."),
+           "0 runs one per core, 1 a single process."),
 ]
 
 
@@ -58,13 +66,15 @@ class Options(TomlOptions):
     def validate(self) -> None:
         if (self.values["cert"] is None) != (self.values["key"] is None):
             raise ConfigError("--cert and --key go together")
-        workers = max(1, self.values["workers"])
+        config = RelayConfig.from_values(self.values, self.values["ip"])
+        low, high = config.relay_ports
+        # By default one per core, as many as the relay port range has room for.
+        workers = self.values["workers"] or max(1, min(cores(), MAX_WORKERS, (high - low + 1) // 2))
         index = int(self["worker-index"] or 0)
         if not 0 <= index < workers:
             raise ConfigError("--worker-index out of range")
         if workers > MAX_WORKERS:
             raise ConfigError(f"at most {MAX_WORKERS} workers")
-        config = RelayConfig.from_values(self.values, self.values["ip"])
         if workers > 1:
             try:
                 config = dataclasses.replace(config, relay_ports=port_slice(*config.relay_ports, workers, index))
@@ -112,23 +122,33 @@ def makeService(options, reactor=None) -> service.MultiService:
     binding = BindingServer(addresses, software=values["software"])
     add_listeners(top, addresses, binding, relay.turn, values["tls-port"], tls,
                   reuse_port_reactor=reactor if options.workers > 1 else None)
+    shared = [s for s in top if isinstance(s, ReusePortService)]
+    if supervisor is not None:
+        supervisor.listeners = shared
+    elif options.workers > 1:
+        inherited = inherited_listeners()
+        for listener in shared:
+            listener.inherited_fd = inherited.get(listener.key)
     if options.workers > 1:
-        _add_handoff(top, reactor, options, relay.turn.tcp)
+        _add_handoff(top, reactor, options, relay.turn)
     if values["metrics"]:
         _add_status(top, reactor, options, binding, relay.turn, ready=lambda: not drain.draining)
     return top
 
 
-def _add_handoff(top, reactor, options, tcp) -> None:
-    """RFC 6062 across workers: CONNECTION-IDs name their worker; ConnectionBinds move to it."""
+def _add_handoff(top, reactor, options, turn) -> None:
+    """Across workers, CONNECTION-IDs and RESERVATION-TOKENs name their worker: ConnectionBinds move
+    to it (RFC 6062), and it gives up reserved relay sockets (RFC 8656 §7.2) to the worker asking."""
     index = options.worker_index
     supervisor_pid = os.getpid() if index == 0 else os.getppid()
     paths = {i: socket_path(options.values["state-dir"], supervisor_pid, i, "fd") for i in range(options.workers)}
-    tcp.worker_index = index
-    tcp.handoff_paths = {i: path for i, path in paths.items() if i != index}
+    others = {i: path for i, path in paths.items() if i != index}
+    for holder in (turn.tcp, turn.ports):
+        holder.worker_index, holder.handoff_paths = index, others
     paths[index].parent.mkdir(parents=True, exist_ok=True)
     paths[index].unlink(missing_ok=True)
-    internet.UNIXServer(str(paths[index]), HandoffFactory(reactor, tcp.listeners), mode=0o600).setServiceParent(top)
+    handoff = HandoffFactory(reactor, turn.tcp.listeners, turn.ports)
+    internet.UNIXServer(str(paths[index]), handoff, mode=0o600).setServiceParent(top)
 
 
 def _add_status(top, reactor, options, binding, turn, ready) -> None:

@@ -1,12 +1,15 @@
 """One relay process per core: shared listening ports, disjoint relay-port ranges.
 
-``twistd relay --workers N`` runs N processes. The first spawns the others
+``twistd relay --workers N`` runs N processes (by default one per core;
+``--workers 1`` keeps one). The first spawns the others
 (``--worker-index 1..N-1``) with the same arguments and restarts one that
 dies; each binds the client-facing UDP, TCP and TLS ports with SO_REUSEPORT,
 so the kernel spreads clients over them by their 4-tuple (a UDP client's
 datagrams always reach the same worker), and each owns a disjoint slice of
 ``--relay-ports``, so a peer's datagram reaches the worker holding the
-allocation. The workers share the nonce secret (passed in the environment,
+allocation. The first process binds every worker's listening sockets before
+any serves and passes them down, so the groups never change while clients
+are served (a UDP client would move to another worker). The workers share the nonce secret (passed in the environment,
 never on the command line), so a challenge answered on another connection
 still verifies. Children ask the kernel to end them when the first process
 ends. SIGHUP and SIGUSR1 sent to the first process reach every worker; a
@@ -14,6 +17,7 @@ draining worker that ends is not restarted.
 """
 
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -27,6 +31,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 log = Logger()
 
 NONCE_SECRET_ENV = "TXRENDEZVOUS_NONCE_SECRET"
+LISTENERS_ENV = "TXRENDEZVOUS_LISTENERS"
 RESTART_DELAY_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1
 
@@ -66,16 +71,33 @@ class ReusePortService(service.Service):
         self.target = target  # a DatagramProtocol for UDP, a Factory for TCP
         self.tls_options = tls_options
         self.port = None
+        self.inherited_fd: int | None = None  # the socket the first process bound for this worker
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return self.kind, self.ip, self.port_number
+
+    def bind(self) -> socket.socket:
+        """A new socket bound to this service's address with SO_REUSEPORT; raises OSError."""
         family = socket.AF_INET6 if ":" in self.ip else socket.AF_INET
-        kind = socket.SOCK_DGRAM if self.kind == "udp" else socket.SOCK_STREAM
-        sock = socket.socket(family, kind)
+        sock = socket.socket(family, socket.SOCK_DGRAM if self.kind == "udp" else socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self.ip, self.port_number))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.inherited_fd is not None:
+            sock, self.inherited_fd = socket.socket(fileno=self.inherited_fd), None
+        else:
+            sock = self.bind()
+        family = sock.family
+        try:
             sock.setblocking(False)
             if self.kind == "udp":
                 self.port = self.reactor.adoptDatagramPort(sock.fileno(), family, self.target, 65535)
@@ -118,17 +140,37 @@ class WorkerSupervisor(service.Service):
         self.env = dict(os.environ, **{NONCE_SECRET_ENV: nonce_secret.hex()})
         self.processes: dict[int, object] = {}
         self.draining = False
+        self.listeners: list[ReusePortService] = []  # this process's; the others get copies
+        self.sockets: dict[int, list] = {}  # worker index -> [(listener key, socket)]
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        # Every worker's sockets join the SO_REUSEPORT groups now, before any
+        # client arrives: a socket joining later would move UDP clients
+        # (their 4-tuples hash over the group) to a worker without their
+        # allocation. A restarted worker gets the same sockets again.
+        for index in range(1, self.workers):
+            self.sockets[index] = [(listener.key, listener.bind()) for listener in self.listeners]
 
     def startService(self) -> None:
+        if not self.sockets and self.workers > 1 and self.listeners:
+            self.privilegedStartService()
         super().startService()
         for index in range(1, self.workers):
             self.spawn(index)
 
     def spawn(self, index: int) -> None:
         twistd = sys.argv[0]
-        args = [sys.executable, twistd, "-n", "--pidfile=", "relay", *self.argv, "--worker-index", str(index)]
+        args = [sys.executable, twistd, "-n", "--pidfile=", "relay", *self.argv,
+                "--workers", str(self.workers), "--worker-index", str(index)]
+        child_fds = {0: "w", 1: 1, 2: 2}
+        inherited = []
+        for fd, (key, sock) in enumerate(self.sockets.get(index, []), start=3):
+            child_fds[fd] = sock.fileno()
+            inherited.append([*key, fd])
+        env = dict(self.env, **{LISTENERS_ENV: json.dumps(inherited)})
         self.processes[index] = self.reactor.spawnProcess(
-            _Worker(self, index), sys.executable, args, env=self.env, childFDs={0: "w", 1: 1, 2: 2}
+            _Worker(self, index), sys.executable, args, env=env, childFDs=child_fds
         )
         log.info("started relay worker {index}", index=index)
 
@@ -160,3 +202,12 @@ class WorkerSupervisor(service.Service):
     def stopService(self):
         super().stopService()
         self.signal_workers(signal.SIGTERM)
+        for sockets in self.sockets.values():
+            for _, sock in sockets:
+                sock.close()
+        self.sockets.clear()
+
+
+def inherited_listeners() -> dict[tuple, int]:
+    """In a worker: the listening descriptors the first process passed, by (kind, ip, port)."""
+    return {(kind, ip, port): fd for kind, ip, port, fd in json.loads(os.environ.pop(LISTENERS_ENV, "[]"))}

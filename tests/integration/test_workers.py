@@ -11,9 +11,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 
+from relay.handoff import HandoffFactory
+from relay.relay_ports import RESERVATION_SECONDS, RelayPorts
 from rendezvous.stun import Attr, Class, Message, Method
-from rendezvous.stun.attributes import encode_uint32
+from rendezvous.stun.attributes import encode_even_port, encode_uint32
 from tests.conftest import PRIMARY_IP, TURN_PASSWORD, TURN_REALM, TURN_USER, free_port, start_relay, stop_node
 from tests.integration.test_metrics import scrape
 from tests.turn_helpers import TcpTurnClient, UdpTurnClient, code, permit
@@ -114,6 +120,26 @@ def test_two_workers_share_the_load(tmp_path):
         time.sleep(0.1)
 
 
+def test_udp_clients_stay_on_their_worker_while_workers_start(tmp_path):
+    """Allocations made while the second worker is still starting answer Refresh after it is up:
+    every worker's socket is in the SO_REUSEPORT group from the start, so no client moves."""
+    node = start_relay(tmp_path, "--workers", "2", "--relay-ports", f"{LOW}-{HIGH}")
+    clients = []
+    try:
+        for _ in range(CLIENTS):
+            client = UdpTurnClient((node.ip, node.port), TURN_USER, TURN_PASSWORD, TURN_REALM, timeout=20)
+            client.sock.bind((PRIMARY_IP, 0))
+            clients.append(client)
+            assert client.allocate().cls == Class.SUCCESS
+        wait_for_second_worker(node)
+        for client in clients:
+            assert client.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(600))).cls == Class.SUCCESS
+    finally:
+        for client in clients:
+            client.close()
+        stop_node(node)
+
+
 def test_drain_reaches_every_worker(tmp_path):
     """SIGUSR1 to the first process drains the second too, and the relay exits once both are done."""
     node = start_relay(tmp_path, "--workers", "2", "--relay-ports", f"{LOW}-{HIGH}", "--drain-timeout", "30")
@@ -179,3 +205,79 @@ def test_rfc6062_across_workers(tmp_path, transport):
         assert "took over a ConnectionBind connection from another worker" in node.log()
     finally:
         stop_node(node)
+
+
+def test_reservation_tokens_across_workers(tmp_path):
+    """Second Allocates with RESERVATION-TOKEN get port+1 whichever worker they reach (RFC 8656 §7.2);
+    a token used once, or naming no worker, gets 508."""
+    node = start_relay(tmp_path, "--workers", "2", "--relay-ports", f"{LOW}-{HIGH}")
+    clients = []
+
+    def client():
+        made = UdpTurnClient((node.ip, node.port), TURN_USER, TURN_PASSWORD, TURN_REALM)
+        made.sock.bind((PRIMARY_IP, 0))
+        clients.append(made)
+        return made
+
+    try:
+        wait_for_second_worker(node)
+        for _ in range(CLIENTS // 2):
+            first = client().allocate((Attr.EVEN_PORT, encode_even_port(True)))
+            assert first.cls == Class.SUCCESS, first
+            token = first.get(Attr.RESERVATION_TOKEN)
+            second = client().allocate((Attr.RESERVATION_TOKEN, token))
+            assert second.cls == Class.SUCCESS, second
+            even = first.address(Attr.XOR_RELAYED_ADDRESS)[1]
+            assert even % 2 == 0 and second.address(Attr.XOR_RELAYED_ADDRESS)[1] == even + 1
+            assert code(client().allocate((Attr.RESERVATION_TOKEN, token))) == 508
+        assert code(client().allocate((Attr.RESERVATION_TOKEN, b"\x07" + os.urandom(7)))) == 508
+        assert "gave reserved relay port" in node.log()  # some crossed workers
+    finally:
+        for made in clients:
+            made.close()
+        stop_node(node)
+
+
+class _Peer:
+    """Stands in for an allocation: records what reaches a relay socket."""
+
+    def __init__(self) -> None:
+        self.received = Deferred()
+
+    def from_peer(self, data, addr) -> None:
+        if not self.received.called:
+            self.received.callback(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reserved_socket_moves_between_processes_ports(tmp_path):
+    """A worker gives the socket held for its token to the worker asking and forgets it; the socket
+    then delivers to the asker; an expired token or an owner that is gone gives None."""
+    owner_clock = Clock()
+    owner = RelayPorts(reactor, {4: PRIMARY_IP}, LOW, HIGH, clock=owner_clock)
+    asker = RelayPorts(reactor, {4: PRIMARY_IP}, LOW, HIGH)
+    path = tmp_path / "owner.fd.sock"
+    listening = reactor.listenUNIX(str(path), HandoffFactory(reactor, {}, owner))
+    asker.worker_index, asker.handoff_paths = 1, {0: path, 2: tmp_path / "gone.fd.sock"}
+    try:
+        even, token = owner.open(4, even=True, reserve_next=True)
+        assert token[0] == 0
+        relay = await asker.take_reserved(token)
+        assert relay.address == (PRIMARY_IP, even.address[1] + 1)
+        assert token not in owner.reservations and owner.open_count == 1 and asker.open_count == 1
+        peer = _Peer()
+        relay.allocation = peer
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"to the asker", relay.address)
+        assert await peer.received == b"to the asker"
+        assert await asker.take_reserved(token) is None  # once
+        _, expiring = owner.open(4, even=True, reserve_next=True)
+        owner_clock.advance(RESERVATION_SECONDS)
+        assert await asker.take_reserved(expiring) is None
+        assert await asker.take_reserved(b"\x02" + os.urandom(7)) is None  # its owner is gone
+        relay.close()
+        even.close()
+    finally:
+        owner.stop()
+        asker.stop()
+        await listening.stopListening()

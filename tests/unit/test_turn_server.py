@@ -3,6 +3,7 @@
 import struct
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from relay.allocation import data_indication
@@ -407,6 +408,70 @@ def test_even_port_and_reservation(server):
     third = Client(server, five_tuple=("udp", ("203.0.113.10", 3), SERVER))
     assert code(third.allocate((Attr.RESERVATION_TOKEN, token))) == 508
     assert code(third.allocate((Attr.RESERVATION_TOKEN, token), (Attr.EVEN_PORT, b"\x00"))) == 400
+
+
+class ElsewherePorts(FakePorts):
+    """FakePorts where the token b"W" * 8 belongs to another worker: taking it gives a Deferred."""
+
+    def __init__(self):
+        super().__init__()
+        self.fetches = []
+
+    def take_reserved(self, token):
+        if token != b"W" * 8:
+            return super().take_reserved(token)
+        fetch = Deferred()
+        self.fetches.append(fetch)
+        return fetch
+
+
+def test_reservation_held_by_another_worker(clock):
+    """An Allocate whose RESERVATION-TOKEN another worker holds is answered once the socket arrives;
+    a retransmission meanwhile neither answers nor allocates twice, and afterwards gets the same response."""
+    ports = ElsewherePorts()
+    server = make_server(clock, ports=ports)
+    client = Client(server)
+    client.nonce = client.ask(client.raw(Method.ALLOCATE, sign=False)).get(Attr.NONCE).decode()
+    request = client.raw(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, encode_requested_transport(17)),
+                         (Attr.RESERVATION_TOKEN, b"W" * 8))
+    assert client.ask(request) is None
+    assert client.ask(request) is None  # a retransmission while the socket is on its way
+    assert len(ports.fetches) == 1 and not server.allocations and not client.received
+    clock.advance(0.5)
+    relay = FakeRelay(("198.18.0.1", 49153))
+    ports.fetches[0].callback(relay)
+    (sent,) = client.received
+    response = Message.decode(sent)
+    assert response.cls == Class.SUCCESS and response.transaction_id == request.transaction_id
+    assert response.address(Attr.XOR_RELAYED_ADDRESS) == ("198.18.0.1", 49153)
+    assert server.allocations[UDP_TUPLE].relays == {4: relay} and relay.allocation is server.allocations[UDP_TUPLE]
+    assert client.ask(request).transaction_id == request.transaction_id  # the cached response
+    assert len(server.allocations) == 1 and not server.pending
+
+
+def test_reservation_another_worker_does_not_hold(clock):
+    """When the owning worker has no socket for the token (expired, used, gone), the answer is 508."""
+    ports = ElsewherePorts()
+    server = make_server(clock, ports=ports)
+    client = Client(server)
+    assert client.allocate((Attr.RESERVATION_TOKEN, b"W" * 8)) is None
+    ports.fetches[0].callback(None)
+    assert code(Message.decode(client.received[-1])) == 508 and not server.allocations and not server.pending
+    assert client.allocate((Attr.RESERVATION_TOKEN, b"W" * 8)) is None  # a new try asks again
+    assert len(ports.fetches) == 2
+
+
+def test_reservation_arriving_after_the_connection_closed(clock):
+    """A reserved socket arriving for a TCP client whose connection closed meanwhile is closed, not allocated."""
+    ports = ElsewherePorts()
+    server = make_server(clock, ports=ports)
+    tcp_tuple = ("tcp", CLIENT, SERVER)
+    client = Client(server, five_tuple=tcp_tuple)
+    assert client.allocate((Attr.RESERVATION_TOKEN, b"W" * 8)) is None
+    server.connection_lost(tcp_tuple)
+    relay = FakeRelay(("198.18.0.1", 49153))
+    ports.fetches[0].callback(relay)
+    assert relay.closed and not server.allocations and not client.received
 
 
 def test_address_families(server, clock):
