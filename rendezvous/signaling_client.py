@@ -374,7 +374,8 @@ async def _login(cls, reactor, order: list[tuple[str, int]], host_cache: HostCac
             try:
                 host_cache.save()
             except OSError as e:
-                log.warn("could not save the host cache {path}: {error}", path=str(host_cache.path), error=e)  # noqa: G010
+                log.warn("could not save the host cache {path}: {error}",  # noqa: G010
+                         path=str(host_cache.path), error=e)
         return client
     raise SignalingUnavailable(attempts)
 

@@ -58,7 +58,8 @@ async def main(reactor):
     protocol.transport.write(sys.argv[2].encode())
     heard = await protocol.received.addTimeout(5, reactor)
     protocol.transport.loseConnection()
-    print(json.dumps({{"peer": list(peer), "technique": how, "heard": heard.decode(), "seconds": round(seconds, 3)}}), flush=True)
+    print(json.dumps({{"peer": list(peer), "technique": how, "heard": heard.decode(),
+                      "seconds": round(seconds, 3)}}), flush=True)
 
 task.react(lambda r: Deferred.fromCoroutine(main(r)))
 """

@@ -1,6 +1,5 @@
 """The signaling client on a fake transport and a fake clock."""
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import TimeoutError
