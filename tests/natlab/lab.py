@@ -481,6 +481,10 @@ def ruleset(kind: str, wan_ip: str, lan_net: str, inside_ip: str, hairpin: bool,
     if upnp:
         fwd.append('iifname "wan" oifname "lan" ct status dnat accept')
 
+    # miniupnpd's STUN check wants answers from the node's other address and port.
+    inp = [f'iifname "wan" ip saddr {{ {SERVER_IP}, {SERVER_ALT_IP} }} accept'] if upnp else []
+    inp.append('iifname "wan" ct state new drop')
+
     def lines(rules: list[str]) -> str:
         return "".join(f"\t\t{rule}\n" for rule in rules)
 
@@ -497,6 +501,13 @@ def ruleset(kind: str, wan_ip: str, lan_net: str, inside_ip: str, hairpin: bool,
         f"{lines(post)}\t}}\n"
         "\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n"
         f"{lines(fwd)}\t}}\n"
+        # Like a home router's firewall: unsolicited packets to the router
+        # itself are dropped before conntrack confirms them. Otherwise each
+        # would leave an entry that makes the next outbound SNAT to that
+        # peer pick another port, breaking hole punching in a way real
+        # gateways don't.
+        "\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n"
+        f"{lines(inp)}\t}}\n"
         "}\n"
     )
 

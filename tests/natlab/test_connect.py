@@ -19,11 +19,7 @@ from .lab import ROOT, SERVER_IP, SERVER_PORT, Lab, LabError, unavailable_reason
 
 KINDS = ("eim-eif", "eim-adf", "eim-apdf", "apdm-random", "udp-blocked")
 WEB_ONLY = "tcp-web-only"
-# Known broken: two port-restricted sides (and the birthday spray against one)
-# fall back to the relay instead of going direct; see the issue #5 report.
-BROKEN = {("eim-apdf", "eim-apdf"), ("eim-apdf", "apdm-random")}
-PAIRS = [pytest.param(a, b, marks=pytest.mark.xfail(strict=True, reason="APDF hole punching falls back to relay"))
-         if (a, b) in BROKEN else (a, b) for a, b in itertools.combinations_with_replacement(KINDS, 2)]
+PAIRS = list(itertools.combinations_with_replacement(KINDS, 2))
 
 
 @pytest.fixture(scope="module")
