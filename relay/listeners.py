@@ -119,6 +119,8 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
         self.factory = factory
         self.framer = StreamFramer()
         self.pipe = None  # the peer connection this data connection is spliced to (RFC 6062)
+        self.moved = False  # handed to another worker with its ConnectionBind (relay.handoff)
+        self.later: list[bytes] = []  # complete frames read after the request being handled
         self.allocation = None  # this connection's, once the data path has looked it up
 
     def connectionMade(self) -> None:
@@ -141,10 +143,6 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
             return
         turn = factory.turn
         for index, frame in enumerate(frames):
-            if self.pipe is not None:
-                # Spliced by ConnectionBind: what follows is the client's data.
-                self.pipe.transport.write(b"".join(frames[index:]) + self.framer.take())
-                return
             first = frame[0]
             if turn is not None and (first >= 0x40 or (first == _SEND_INDICATION and frame[1] == 0x16)):
                 allocation = self.allocation
@@ -162,7 +160,15 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
             if request is None:
                 continue
             if turn is not None and request.method != Method.BINDING:
+                self.later = frames[index + 1:]
                 response = turn.handle(request, self.five_tuple, self.transport.write, self)
+                if self.pipe is not None or self.moved:
+                    # Spliced by ConnectionBind (or moved with it): what
+                    # follows is the client's data, in the order it came.
+                    rest = self.rest()
+                    if rest and self.pipe is not None:
+                        self.pipe.transport.write(rest)
+                    return
                 # An allocation's lifetime, not the idle timer, governs a
                 # connection that carries one (RFC 8656 §3.1).
                 self.setTimeout(None if self.five_tuple in turn.allocations else IDLE_TIMEOUT_SECONDS)
@@ -180,9 +186,12 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
         self.transport.registerProducer(connection.transport, True)
         connection.transport.registerProducer(self.transport, True)
         connection.bind(self)
-        rest = self.framer.take()
-        if rest:
-            connection.transport.write(rest)
+
+    def rest(self) -> bytes:
+        """What the client sent after the request being handled (frames and a partial one), once."""
+        rest = b"".join(self.later) + self.framer.take()
+        self.later = []
+        return rest
 
     def connectionLost(self, reason=None) -> None:
         self.setTimeout(None)

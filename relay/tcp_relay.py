@@ -27,7 +27,7 @@ from rendezvous.stun import Attr, Class, Message, Method
 from rendezvous.stun.addresses import Address
 from rendezvous.stun.attributes import encode_uint32
 
-from .handoff import OWNER_SHIFT, TlsProxy, hand_off, owner_of
+from .handoff import OWNER_SHIFT, TlsProxy, give_up_connection, hand_off, owner_of
 
 log = Logger()
 
@@ -260,22 +260,20 @@ class TcpRelay:
             return self._pass_tls(path, owner, leg, raw)
         transport = leg.transport
         try:
-            hand_off(path, transport.socket, leg.factory.local, raw + leg.framer.take())
+            hand_off(path, transport.getHandle(), leg.factory.local, raw + leg.rest())
         except OSError as e:
             log.warn("cannot hand a ConnectionBind to worker {owner}: {error}", owner=owner, error=str(e))
             return False
-        # The owner holds the connection now: close only this process's
-        # descriptor, without the shutdown() Twisted does on an orderly close.
-        transport._shouldShutdown = False
-        transport.stopReading()
-        transport.loseConnection()
+        leg.moved = True
+        # The owner holds the connection now: close only this process's descriptor.
+        give_up_connection(transport)
         return True
 
     def _pass_tls(self, path, owner: int, leg, raw: bytes) -> bool:
         """Keep the TLS session here; the owner gets a unix socket pair's end and the plain bytes."""
         ours, theirs = socket.socketpair()
         try:
-            hand_off(path, theirs, leg.factory.local, raw + leg.framer.take(), leg.five_tuple[1])
+            hand_off(path, theirs, leg.factory.local, raw + leg.rest(), leg.five_tuple[1])
         except OSError as e:
             ours.close()
             log.warn("cannot hand a ConnectionBind to worker {owner}: {error}", owner=owner, error=str(e))
@@ -289,7 +287,7 @@ class TcpRelay:
         finally:
             ours.close()
         leg.pipe = proxy  # what the client sends from now on goes to the owner
-        self.reactor.callLater(0, leg.setTimeout, None)  # after the caller's own timeout update
+        leg.setTimeout(None)
         return True
 
     def take(self, connection_id: int) -> PeerConnection | None:
