@@ -63,6 +63,8 @@ from rendezvous.stun.integrity import long_term_key
 from rendezvous.stun.message import message_type
 from rendezvous.stun.transaction import RC, RM, RTO_SECONDS, ClientTransaction
 
+from .datagrams import read_loop
+
 log = Logger()  # twisted.logger: .warn, not .warning (hence the G010 noqa marks)
 
 MINUTE = 60
@@ -774,6 +776,7 @@ class _DatagramAdapter(DatagramProtocol):
             sendto(data, server)
 
         self.client._attach(write, self.transport.stopListening)
+        read_loop(self.transport, self.datagramReceived)
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         if addr == self.server:
