@@ -12,6 +12,18 @@ spray when a random-mapping NAT faces an endpoint-independent one. The
 connecting side is controlling and nominates: a direct pair as soon as it
 is the best valid one, a relayed pair only after every direct try ended.
 
+TCP hole punching (``rendezvous.tcp_punch``) runs from the same instant
+(a simultaneous open needs an instant both sides share, and the node
+gives one), from a TCP port whose mapping each side learned from the node
+and advertised as ``protocol: "tcp"`` candidates. Its connection is used
+only when no direct UDP pair wins: the controlling side selects it once
+direct UDP has failed (or ``relay_wait_seconds`` passed without it), and
+holds the relayed pair back while the punch is under way. On the stream,
+each datagram is a frame: a 2-byte big-endian length, then the bytes
+(docs/EMBEDDING.md). The controlled side's first frame, 0xD8, proves it
+knows the controlling side's ICE password; the controlling side's 0xD9
+frame does the same and selects the stream.
+
 Application datagrams carry one leading byte, 0xD7 (a QUIC-range first
 byte, RFC 9443: never STUN), so checks, keepalives (Binding indications,
 RFC 8445 §11) and data share a socket.
@@ -19,26 +31,39 @@ RFC 8445 §11) and data share a socket.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import socket
+import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, urlsplit
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from relay import client as turn_client
 from .ice import Agent, Send, random_credentials
-from .prediction import SPRAY_PROBES, SPRAY_SOCKETS, BirthdaySpray, NatHint, hint_from_probes, predicted_ports, spray_role
+from .prediction import (SPRAY_PROBES, SPRAY_SOCKETS, BirthdaySpray, NatHint, hint_from_probes, predicted_ports,
+                         spray_role)
 from .stun import Attr, Class, Message, Method
 from .stun.addresses import Address
+from .stun.integrity import short_term_key
 from .stun_client import StunClientProtocol, TransactionTimeout
+from .tcp_binding import reuse_port
+from .tcp_punch import punch_tcp, tcp_mapped_address
 
 log = Logger()
 
 DATA_MARK = b"\xd7"
+HELLO_MARK = b"\xd8"    # on a punched TCP stream: the controlled side proves itself
+SELECT_MARK = b"\xd9"   # ... and the controlling side selects the stream
+MAX_DATAGRAM_BYTES = 65506  # a UDP payload less the mark; also fits a stream frame
+DIRECT_TRANSPORTS = ("udp", "tcp")
+TCP_PUNCH_SECONDS = 5.0
 KEEPALIVE_SECONDS = 15.0
 CONNECT_TIMEOUT_SECONDS = 30.0
 GATHER_RTO_SECONDS = 0.2
@@ -93,7 +118,11 @@ class Connection:
         return f"<Connection {self.peer} {self.path} {self.local} -> {self.remote}>"
 
     def send(self, data: bytes) -> None:
-        """Send one datagram to the peer (at most about 64 KiB; small ones travel best)."""
+        """Send one datagram to the peer (at most MAX_DATAGRAM_BYTES; small ones travel best).
+
+        Raises ValueError for a larger one."""
+        if len(data) > MAX_DATAGRAM_BYTES:
+            raise ValueError(f"a datagram is at most {MAX_DATAGRAM_BYTES} bytes, not {len(data)}")
         self._session.write_selected(DATA_MARK + bytes(data))
 
     def set_receiver(self, receiver) -> None:
@@ -139,7 +168,7 @@ class _Socket(StunClientProtocol):
 @dataclass
 class _Options:
     include_loopback: bool = False
-    direct: bool = True
+    direct_transports: tuple = DIRECT_TRANSPORTS
     relay_transports: tuple = RELAY_TRANSPORTS
     tls_verify: bool = True
     stun_server: Address | None = None
@@ -149,6 +178,21 @@ class _Options:
     keepalive_seconds: float = KEEPALIVE_SECONDS
     relay_wait_seconds: float = 4.0
     tls: bool = False
+    tcp_low_ttl: int | None = None
+    tcp_punch_seconds: float = TCP_PUNCH_SECONDS
+
+    def __post_init__(self) -> None:
+        self.direct_transports = tuple(self.direct_transports)
+        self.relay_transports = tuple(self.relay_transports)
+        if not set(self.direct_transports) <= set(DIRECT_TRANSPORTS):
+            raise ValueError(f"direct_transports are among {DIRECT_TRANSPORTS}")
+        if not set(self.relay_transports) <= set(RELAY_TRANSPORTS):
+            raise ValueError(f"relay_transports are among {RELAY_TRANSPORTS}")
+
+    @property
+    def direct(self) -> bool:
+        """Direct UDP candidates (host, srflx, predicted, birthday)."""
+        return "udp" in self.direct_transports
 
 
 @dataclass
@@ -175,6 +219,15 @@ class _Session:
         self._timer = None
         self._started = None
         self._spray_role = None
+        self.tcp_port: int | None = None
+        self.tcp_mapped: Address | None = None
+        self.tcp_candidates: list[dict] = []
+        self.tcp_punch: Deferred | None = None   # the punch under way
+        self.tcp_stream: _Stream | None = None   # its connection, once the peer proved itself
+        self.tcp_technique = ""
+        self._tcp_placeholder: socket.socket | None = None
+        self._tcp_started: float | None = None  # while the punch counts as a technique tried
+        self._tcp_wake: float | None = None
 
     # -- gathering ---------------------------------------------------------
 
@@ -196,9 +249,30 @@ class _Session:
             for ip in hosts:
                 self.agent.advertise(self.agent.candidate("host", (ip, port), "main"))
             await self._reflexive(main, stun)
+        if "tcp" in self.options.direct_transports:
+            await self._tcp(hosts)
         if self.options.relay_transports:
             await self._relay()
-        return [c.to_wire() for c in self.agent.local_candidates][:32]
+        udp = [c.to_wire() for c in self.agent.local_candidates]
+        return (udp[:32 - len(self.tcp_candidates)] + self.tcp_candidates)[:32]
+
+    async def _tcp(self, hosts: list[str]) -> None:
+        """A TCP port held for the punch (SO_REUSEPORT), its host and mapped candidates."""
+        placeholder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        reuse_port(placeholder)
+        placeholder.bind(("0.0.0.0", 0))
+        self._tcp_placeholder, self.tcp_port = placeholder, placeholder.getsockname()[1]
+        self.tcp_candidates = [{"type": "host", "ip": ip, "port": self.tcp_port, "protocol": "tcp"} for ip in hosts]
+        started = time.monotonic()
+        try:
+            self.tcp_mapped = await tcp_mapped_address(self.reactor, self.tcp_port, tuple(self.signaling.server),
+                                                       tls=self.options.tls, timeout_seconds=RELAY_TIMEOUT_SECONDS)
+        except Exception as e:  # no TCP to the node from here: host candidates only
+            self._attempt("tcp-srflx", started, "failed", str(e))
+            return
+        if self.tcp_mapped != (hosts[0] if hosts else None, self.tcp_port):
+            self.tcp_candidates.insert(0, {"type": "srflx", "ip": self.tcp_mapped[0], "port": self.tcp_mapped[1],
+                                           "protocol": "tcp"})
 
     async def _reflexive(self, main: _Socket, stun: Address) -> None:
         started = time.monotonic()
@@ -299,7 +373,92 @@ class _Session:
                     self.agent.add_base(sock.name, "host", (host.host, host.port), 0, pair=False)
             self.spray = BirthdaySpray(self._spray_role, peer, now, sockets=self.options.spray_sockets,
                                        probes=self.options.spray_probes)
+        target = _tcp_target(self.tcp_mapped, [c for c in candidates if c.get("protocol") == "tcp"])
+        if self.tcp_port is not None and target is not None:
+            self._start_tcp(target, now)
         self._tick()
+
+    def _start_tcp(self, target: Address, now: float) -> None:
+        """Punch toward the peer's one TCP candidate both sides agree on; hold the relay meanwhile."""
+        self.agent.hold_relayed = True
+        self._tcp_started = time.monotonic()
+        self.tcp_punch = punch_tcp(self.reactor, self.tcp_port, [target], now, self.options.tcp_punch_seconds,
+                                   Factory.forProtocol(lambda: _Stream(self)), low_ttl=self.options.tcp_low_ttl)
+        self.tcp_punch.addCallbacks(self._tcp_connected, self._tcp_failed)
+
+    def _tcp_connected(self, result) -> None:
+        stream, _, technique = result
+        self.tcp_technique = technique
+        if self.done.called:
+            stream.transport.abortConnection()
+        elif not self.agent.controlling:
+            stream.write_frame(HELLO_MARK + self._proof(HELLO_MARK, self.agent.local_ufrag, self.agent.remote_ufrag))
+
+    def _tcp_failed(self, failure) -> None:
+        self.tcp_punch = None
+        if failure.check(CancelledError) or self.done.called:
+            return
+        self._attempt("tcp-punch", self._tcp_started, "failed", failure.getErrorMessage())
+        self._tcp_started = None
+        self.agent.hold_relayed = False
+        self._check_done()
+        self._schedule()
+
+    def _proof(self, mark: bytes, sender: str, receiver: str) -> bytes:
+        """HMAC of the ufrags keyed with the receiver's ICE password (which only the two peers know)."""
+        key = short_term_key(self.agent.remote_pwd) if sender == self.agent.local_ufrag else self.agent._local_key
+        return hmac.new(key, mark + f"{sender}:{receiver}".encode(), hashlib.sha256).digest()[:16]
+
+    def stream_frame(self, stream: _Stream, frame: bytes) -> None:
+        """A frame on the punched stream: the peer's proof, or data once the stream is selected."""
+        mark = frame[:1]
+        if mark == DATA_MARK:
+            if self.connection is not None and self.selected_base == "tcp" and stream is self.tcp_stream:
+                self.connection._deliver(frame[1:])
+        elif mark in (HELLO_MARK, SELECT_MARK) and not self.done.called:
+            expected_mark = HELLO_MARK if self.agent.controlling else SELECT_MARK
+            proof = self._proof(mark, self.agent.remote_ufrag or "", self.agent.local_ufrag)
+            if mark != expected_mark or not hmac.compare_digest(frame[1:], proof):
+                stream.transport.abortConnection()
+                return
+            self.tcp_stream = stream
+            if mark == SELECT_MARK:
+                self._complete_tcp()
+            else:
+                self._tick()
+
+    def _select_tcp_when_due(self, now: float) -> float | None:
+        """Controlling: select the proven stream once direct UDP cannot win; else when to look again."""
+        if (self.done.called or not self.agent.controlling or self.tcp_stream is None
+                or self.agent.selected is not None):
+            return None
+        if any(not p.relayed for p in self.agent.valid()):
+            return None  # direct UDP works: the agent nominates it
+        udp_pending = any(not p.relayed and self.agent._pending(p) for p in self.agent.pairs.values()) or (
+            self.spray is not None and self.spray.deadline is not None)
+        wake = (self.agent.started_at or now) + self.options.relay_wait_seconds
+        if udp_pending and now < wake:
+            return wake
+        self.tcp_stream.write_frame(SELECT_MARK + self._proof(SELECT_MARK, self.agent.local_ufrag,
+                                                              self.agent.remote_ufrag))
+        self._complete_tcp()
+        return None
+
+    def _complete_tcp(self) -> None:
+        stream = self.tcp_stream
+        peer = stream.transport.getPeer()
+        host = stream.transport.getHost()
+        self._complete("tcp-punch", "tcp", self.tcp_mapped or (host.host, host.port), (peer.host, peer.port),
+                       self.tcp_technique)
+
+    def stream_lost(self, stream: _Stream) -> None:
+        """The punched stream closed before it was selected: the relay may win after all."""
+        if stream is self.tcp_stream and not self.done.called:
+            self.tcp_stream = self.tcp_punch = None
+            self._tcp_started = None
+            self.agent.hold_relayed = False
+            self._check_done()
+            self._schedule()
 
     def packet(self, base: str, source: Address, data: bytes) -> None:
         """A datagram on a base: application data of the selected pair, or STUN for the agent."""
@@ -316,7 +475,11 @@ class _Session:
             self._schedule()
 
     def _tick(self) -> None:
+        if self._timer is not None and self._timer.active():  # called early, not by the timer
+            self._timer.cancel()
         self._timer = None
+        if self.done.called:
+            return
         now = self.reactor.seconds()
         sends = self.agent.expire(now)
         if self.spray is not None and self.agent.selected is None:
@@ -327,13 +490,15 @@ class _Session:
                 if probe is not None:
                     sends.append(probe)
         self._write(sends)
+        self._tcp_wake = self._select_tcp_when_due(now)
         self._check_done()
         self._schedule()
 
     def _schedule(self) -> None:
         if self.done.called:
             return
-        times = [t for t in (self.agent.deadline, self.spray.deadline if self.spray else None) if t is not None]
+        times = [t for t in (self.agent.deadline, self.spray.deadline if self.spray else None,
+                             self._tcp_wake) if t is not None]
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -349,6 +514,9 @@ class _Session:
             if base == "relay":
                 if self.turn is not None:
                     self.turn.send(destination, data)
+            elif base == "tcp":
+                if self.tcp_stream is not None:
+                    self.tcp_stream.write_frame(data)
             elif base in self.sockets:
                 self.sockets[base][0].transport.write(data, destination)
         except OSError as e:  # unreachable networks, full buffers: the check just fails
@@ -361,28 +529,44 @@ class _Session:
         selected = self.agent.selected
         if selected is not None:
             self._finish(selected)
-        elif self.agent.failed and (self.spray is None or self.spray.deadline is None):
+        elif (self.agent.failed and (self.spray is None or self.spray.deadline is None)
+              and self.tcp_punch is None and self.tcp_stream is None):
             self._fail("every candidate pair failed")
 
     def _finish(self, pair) -> None:
+        self._complete(self._path(pair), pair.local.base, pair.mapped or pair.local.address, pair.remote.address)
+
+    def _complete(self, path: str, base: str, local: Address, remote: Address, detail: str = "") -> None:
         elapsed = time.monotonic() - self._started
-        path = self._path(pair)
         for technique in self._techniques():
             outcome = "selected" if technique == path else "not-selected"
-            self.attempts.append(Attempt(technique, round(elapsed * 1000, 1), outcome))
+            self.attempts.append(Attempt(technique, round(elapsed * 1000, 1), outcome,
+                                         detail if technique == path else ""))
         if self.spray is not None:
             self.spray.stop()
-        for name in [n for n in self.sockets if n.startswith("spray-") and n != pair.local.base]:
+        for name in [n for n in self.sockets if n.startswith("spray-") and n != base]:
             self._close_socket(name)
         self._cancel_timers()
-        if pair.local.base != "relay" and self.turn is not None:
+        if base != "relay" and self.turn is not None:
             self.turn.close().addTimeout(CLOSE_TIMEOUT_SECONDS, self.reactor).addErrback(lambda _: None)
             self.turn = None
-        self.selected_base, self.selected_remote = pair.local.base, pair.remote.address
-        local = pair.mapped or pair.local.address
-        self.connection = Connection(self.peer, path, local, pair.remote.address, self.attempts, self,
+        if base != "tcp":
+            self._close_tcp()
+        self.selected_base, self.selected_remote = base, remote
+        self.connection = Connection(self.peer, path, local, remote, self.attempts, self,
                                      self.options.keepalive_seconds)
         self.done.callback(self.connection)
+
+    def _close_tcp(self) -> None:
+        punch, self.tcp_punch = self.tcp_punch, None
+        if punch is not None:
+            punch.cancel()
+        stream, self.tcp_stream = self.tcp_stream, None
+        if stream is not None and stream.transport is not None:
+            stream.transport.abortConnection()
+        if self._tcp_placeholder is not None:
+            self._tcp_placeholder.close()
+            self._tcp_placeholder = None
 
     def _techniques(self) -> list[str]:
         names = []
@@ -390,6 +574,8 @@ class _Session:
             names.append("udp-direct")
             if self._spray_role:
                 names.append("udp-birthday")
+        if self._tcp_started is not None:
+            names.append("tcp-punch")
         if self.turn_transport:
             names.append(f"turn-{self.turn_transport}")
         return names
@@ -450,6 +636,7 @@ class _Session:
             self.spray.stop()
         for name in list(self.sockets):
             self._close_socket(name)
+        self._close_tcp()
         turn, self.turn = self.turn, None
         if turn is None:
             return succeed(None)
@@ -457,7 +644,43 @@ class _Session:
         return turn.close().addTimeout(CLOSE_TIMEOUT_SECONDS, self.reactor).addErrback(lambda _: None)
 
 
+class _Stream(Protocol):
+    """A punched TCP connection carrying frames: a 2-byte big-endian length, then that many bytes."""
+
+    def __init__(self, session: _Session) -> None:
+        self.session = session
+        self.buffer = b""
+
+    def write_frame(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(struct.pack("!H", len(data)) + data)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 2:
+            length = struct.unpack_from("!H", self.buffer)[0]
+            if len(self.buffer) < 2 + length:
+                return
+            frame, self.buffer = self.buffer[2:2 + length], self.buffer[2 + length:]
+            if frame:
+                self.session.stream_frame(self, frame)
+
+    def connectionLost(self, reason=None) -> None:
+        self.session.stream_lost(self)
+
+
 # -- helpers ----------------------------------------------------------------
+
+
+def _tcp_target(mapped: Address | None, candidates: list[dict]) -> Address | None:
+    """The one peer TCP candidate to punch toward, chosen alike on both sides (so both
+    open the same connection): its srflx, or its first host one when both sides share
+    a public address (one NAT) or it has no srflx."""
+    srflx = next((c for c in candidates if c.get("type") == "srflx"), None)
+    host = next((c for c in candidates if c.get("type") == "host"), None)
+    chosen = srflx if srflx is not None and (mapped is None or mapped[0] != srflx["ip"]) else host or srflx
+    return (chosen["ip"], int(chosen["port"])) if chosen is not None else None
+
 
 
 def _host_addresses(toward: str, include_loopback: bool) -> list[str]:
@@ -570,22 +793,24 @@ async def _peer_hint(signaling, peer: str) -> NatHint:
 
 
 def connect(reactor, user: str, password: str, peer: str, servers=None, host_cache=None, *,
-            tls: bool = False, include_loopback: bool = False, direct: bool = True,
-            relay_transports=RELAY_TRANSPORTS, tls_verify: bool = True, stun_server: Address | None = None,
-            timeout_seconds: float = CONNECT_TIMEOUT_SECONDS, keepalive_seconds: float = KEEPALIVE_SECONDS,
-            spray_sockets: int = SPRAY_SOCKETS, spray_probes: int = SPRAY_PROBES) -> Deferred:
+            tls: bool = False, tls_verify: bool = True, **options) -> Deferred:
     """Log in as ``user`` and connect to the buddy ``peer``; fires with a Connection.
 
     ``servers`` are (host, port) super nodes tried after the ``host_cache``
     (a rendezvous.host_cache.HostCache); ``tls`` logs in over TLS (and
-    ``tls_verify=False`` accepts a self-signed node). ``direct=False`` skips
-    host and server-reflexive candidates; ``relay_transports`` limits TURN
-    (empty: no relay). Fails with ConnectError (its ``attempts`` say what
-    was tried), SignalingRequestError (e.g. the peer is offline or not a
-    buddy) or a login error.
+    ``tls_verify=False`` accepts a self-signed node). Options:
+    ``direct_transports`` (default ("udp", "tcp"): direct UDP candidates and
+    TCP hole punching; () for relay only), ``relay_transports`` (default
+    ("udp", "tcp", "tls"); () for no relay), ``tcp_low_ttl`` (the TTL of
+    the first punching SYN; default None, a full TTL), ``tcp_punch_seconds``,
+    ``include_loopback``, ``stun_server``, ``timeout_seconds``,
+    ``keepalive_seconds``, ``relay_wait_seconds``, ``spray_sockets``,
+    ``spray_probes``; an unknown one raises TypeError, a bad value
+    ValueError. Fails with ConnectError (its ``attempts`` say what was
+    tried), SignalingRequestError (e.g. the peer is offline or not a buddy)
+    or a login error.
     """
-    options = _Options(include_loopback, direct, tuple(relay_transports), tls_verify, stun_server,
-                       spray_sockets, spray_probes, timeout_seconds, keepalive_seconds, tls=tls)
+    options = _Options(tls=tls, tls_verify=tls_verify, **options)
 
     async def run() -> Connection:
         from .signaling_client import SignalingClient
@@ -660,18 +885,14 @@ class Listener:
 
 
 def listen(reactor, user: str, password: str, on_connection, servers=None, host_cache=None, *,
-           tls: bool = False, accept=lambda peer: True, include_loopback: bool = False, direct: bool = True,
-           relay_transports=RELAY_TRANSPORTS, tls_verify: bool = True, stun_server: Address | None = None,
-           timeout_seconds: float = CONNECT_TIMEOUT_SECONDS, keepalive_seconds: float = KEEPALIVE_SECONDS,
-           spray_sockets: int = SPRAY_SOCKETS, spray_probes: int = SPRAY_PROBES) -> Deferred:
+           tls: bool = False, tls_verify: bool = True, accept=lambda peer: True, **options) -> Deferred:
     """Log in as ``user`` and answer connect-requests; fires with a Listener once online.
 
     ``on_connection(connection)`` is called for each peer that connects and
     ``accept(peer)`` decides who may (default: every buddy). Options as in
     ``connect``. Fails with a login error.
     """
-    options = _Options(include_loopback, direct, tuple(relay_transports), tls_verify, stun_server,
-                       spray_sockets, spray_probes, timeout_seconds, keepalive_seconds, tls=tls)
+    options = _Options(tls=tls, tls_verify=tls_verify, **options)
 
     async def run() -> Listener:
         from .signaling_client import SignalingClient
@@ -679,7 +900,9 @@ def listen(reactor, user: str, password: str, on_connection, servers=None, host_
         signaling = await SignalingClient.login(reactor, user, password, servers=servers, host_cache=host_cache,
                                                 tls=tls, tls_verify=tls_verify)
         listener = Listener(reactor, signaling, on_connection, options, accept)
-        probe = _Session(reactor, signaling, _Options(include_loopback, direct, (), tls_verify, stun_server), False)
+        udp_only = replace(options, direct_transports=tuple(t for t in options.direct_transports if t == "udp"),
+                           relay_transports=())
+        probe = _Session(reactor, signaling, udp_only, False)
         try:
             await probe.gather()
         finally:

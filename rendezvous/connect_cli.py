@@ -20,7 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("peer", help="the buddy to connect to")
     parser.add_argument("--tls", action="store_true", help="log in over TLS (e.g. to port 443)")
     parser.add_argument("--insecure", action="store_true", help="accept a self-signed node certificate")
-    parser.add_argument("--relay-only", action="store_true", help="skip direct candidates (test the relay)")
+    parser.add_argument("--relay-only", action="store_true", help="skip direct UDP and TCP (test the relay)")
+    parser.add_argument("--no-udp", action="store_true", help="skip direct UDP candidates")
+    parser.add_argument("--no-tcp", action="store_true", help="skip TCP hole punching")
+    parser.add_argument("--low-ttl", type=int, default=None, metavar="TTL",
+                        help="send the first TCP punching SYN with this IP TTL (default: a full TTL)")
     parser.add_argument("--loopback", action="store_true", help="offer loopback host candidates too")
 
 
@@ -31,8 +35,10 @@ def run_command(args: argparse.Namespace) -> int:
 
     from .connect import connect, listen
 
+    direct = () if args.relay_only else tuple(t for t, off in (("udp", args.no_udp), ("tcp", args.no_tcp))
+                                               if not off)
     options = dict(tls=args.tls, tls_verify=not args.insecure, include_loopback=args.loopback,
-                   direct=not args.relay_only)
+                   direct_transports=direct, tcp_low_ttl=args.low_ttl)
     status = {"code": 0}
 
     class Lines(LineReceiver):

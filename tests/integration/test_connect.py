@@ -11,7 +11,7 @@ from tests.conftest import start_node, stop_node
 
 pytestmark = pytest.mark.integration
 
-PAIRS = (("alice", "bob"), ("carol", "dave"), ("erin", "frank"), ("gina", "hank"))
+PAIRS = (("alice", "bob"), ("carol", "dave"), ("erin", "frank"), ("gina", "hank"), ("ivan", "judy"))
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +81,33 @@ async def test_direct_udp_on_loopback(super_node):
         await close(mine, theirs, listener)
 
 
+@pytest_twisted.ensureDeferred
+async def test_tcp_punch_on_loopback(super_node):
+    """With direct UDP off and no relay, the peers punch one TCP connection and frame datagrams on it."""
+    mine, theirs, listener = await pair(super_node, "ivan", "judy", direct_transports=("tcp",),
+                                        relay_transports=())
+    try:
+        assert mine.path == theirs.path == "tcp-punch"
+        assert mine.remote == theirs.local and theirs.remote == mine.local
+        assert [a.technique for a in mine.attempts if a.outcome == "selected"] == ["tcp-punch"]
+        await exchange(mine, theirs)
+        big = bytes(range(256)) * 200  # spans many TCP segments: the framing reassembles it
+        got = Deferred()
+        theirs.set_receiver(lambda data: got.called or got.callback(data))
+        mine.send(big)
+        assert await got.addTimeout(5, reactor) == big
+        with pytest.raises(ValueError):
+            mine.send(bytes(70000))
+    finally:
+        await close(mine, theirs, listener)
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 @pytest_twisted.ensureDeferred
 async def test_forced_relay(super_node, transport):
     """With direct candidates off, both sides go through the node's TURN relay over UDP, TCP or TLS."""
-    mine, theirs, listener = await pair(super_node, "carol", "dave", direct=False, relay_transports=(transport,))
+    mine, theirs, listener = await pair(super_node, "carol", "dave", direct_transports=(),
+                                        relay_transports=(transport,))
     try:
         assert mine.path == theirs.path == f"turn-{transport}"
         await exchange(mine, theirs)
@@ -96,7 +118,7 @@ async def test_forced_relay(super_node, transport):
 @pytest_twisted.ensureDeferred
 async def test_signaling_over_tls_and_relay_on_its_port(super_node):
     """Logged in over TLS with UDP relaying off, the relay is reached over TLS on the signaling port."""
-    mine, theirs, listener = await pair(super_node, "erin", "frank", tls=True, direct=False,
+    mine, theirs, listener = await pair(super_node, "erin", "frank", tls=True, direct_transports=(),
                                         relay_transports=("tls",))
     try:
         assert mine.path == "turn-tls"
@@ -110,10 +132,10 @@ async def test_nothing_possible_fails_with_attempts(super_node):
     """With no direct candidates and no relay, connect fails with ConnectError naming what it tried."""
     answered = Deferred()
     listener = await listen(reactor, "hank", "hank-pw", answered.callback, servers(super_node),
-                            direct=False, relay_transports=(), timeout_seconds=3)
+                            direct_transports=(), relay_transports=(), timeout_seconds=3)
     try:
         with pytest.raises(ConnectError):
-            await connect(reactor, "gina", "gina-pw", "hank", servers(super_node), direct=False,
+            await connect(reactor, "gina", "gina-pw", "hank", servers(super_node), direct_transports=(),
                           relay_transports=(), timeout_seconds=3)
     finally:
         await listener.close()

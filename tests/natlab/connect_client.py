@@ -1,7 +1,10 @@
 """A connect()/listen() client run inside a lab namespace; prints one JSON line.
 
-    python -m tests.natlab.connect_client listen  HOST PORT TLS USER PASSWORD
-    python -m tests.natlab.connect_client connect HOST PORT TLS USER PASSWORD PEER
+    python -m tests.natlab.connect_client listen  HOST PORT TLS USER PASSWORD [OPTION=VALUE...]
+    python -m tests.natlab.connect_client connect HOST PORT TLS USER PASSWORD PEER [OPTION=VALUE...]
+
+Options: ``direct=udp,tcp`` and ``relay=udp,tcp,tls`` (comma lists, may be
+empty) become connect()'s ``direct_transports`` and ``relay_transports``.
 
 The listener prints {"ready": true} once online, then its connection's
 path and attempts, answers one "ping" datagram with "pong" and exits. The
@@ -30,7 +33,7 @@ def described(connection) -> dict:
             "attempts": [[a.technique, a.duration_ms, a.outcome, a.detail] for a in connection.attempts]}
 
 
-async def run_listen(server, tls, user, password) -> None:
+async def run_listen(server, tls, user, password, options) -> None:
     done = Deferred()
 
     def connected(connection) -> None:
@@ -43,15 +46,15 @@ async def run_listen(server, tls, user, password) -> None:
         report(**described(connection))
         connection.set_receiver(received)
 
-    listener = await listen(reactor, user, password, connected, [server], tls=tls, tls_verify=False)
+    listener = await listen(reactor, user, password, connected, [server], tls=tls, tls_verify=False, **options)
     report(ready=True, hint=listener.hint.to_presence())
     await done
     await listener.close()
 
 
-async def run_connect(server, tls, user, password, peer) -> None:
+async def run_connect(server, tls, user, password, peer, options) -> None:
     try:
-        connection = await connect(reactor, user, password, peer, [server], tls=tls, tls_verify=False)
+        connection = await connect(reactor, user, password, peer, [server], tls=tls, tls_verify=False, **options)
     except ConnectError as e:
         report(error=str(e), attempts=[[a.technique, a.duration_ms, a.outcome, a.detail] for a in e.attempts])
         return
@@ -64,11 +67,22 @@ async def run_connect(server, tls, user, password, peer) -> None:
     await connection.close()
 
 
+def parse_options(words: list[str]) -> dict:
+    names = {"direct": "direct_transports", "relay": "relay_transports"}
+    options = {}
+    for word in words:
+        key, _, value = word.partition("=")
+        options[names[key]] = tuple(v for v in value.split(",") if v)
+    return options
+
+
 def main(argv: list[str]) -> int:
     mode, host, port, tls, user, password, *rest = argv
     server, tls = (host, int(port)), tls == "tls"
-    work = run_listen(server, tls, user, password) if mode == "listen" else run_connect(
-        server, tls, user, password, rest[0])
+    if mode == "listen":
+        work = run_listen(server, tls, user, password, parse_options(rest))
+    else:
+        work = run_connect(server, tls, user, password, rest[0], parse_options(rest[1:]))
     finished = Deferred.fromCoroutine(work)
     finished.addErrback(lambda f: report(error=f.getErrorMessage()))
     finished.addBoth(lambda _: reactor.stop())

@@ -65,13 +65,13 @@ def client(site, mode: str, *extra: str) -> subprocess.Popen:
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
-def run_pair(caller, callee) -> tuple[dict, dict]:
-    """Listener in callee's namespace, connector in caller's; their reports."""
-    listener = client(callee, "listen")
+def run_pair(caller, callee, *options: str) -> tuple[dict, dict]:
+    """Listener in callee's namespace, connector in caller's (both with options); their reports."""
+    listener = client(callee, "listen", *options)
     try:
         ready = json.loads(listener.stdout.readline() or "{}")
         assert ready.get("ready"), listener.stderr.read() if listener.poll() is not None else ready
-        connector = client(caller, "connect", user(callee))
+        connector = client(caller, "connect", user(callee), *options)
         out, err = connector.communicate(timeout=60)
         mine = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-2000:]}
         line = listener.stdout.readline()
@@ -85,7 +85,10 @@ def run_pair(caller, callee) -> tuple[dict, dict]:
 
 
 def expected(a: str, b: str) -> tuple[str, ...]:
-    """The paths a pair may take: direct UDP unless UDP is blocked or both map at random."""
+    """The paths a pair may take: direct UDP unless UDP is blocked or both map at random;
+    with UDP blocked, TCP hole punching unless one side maps TCP at random too."""
+    if "udp-blocked" in (a, b) and "apdm-random" not in (a, b):
+        return ("tcp-punch",)  # every other kind maps TCP endpoint-independently (masquerade keeps ports)
     if a == "udp-blocked":
         return ("turn-tcp",)
     if b == "udp-blocked":
@@ -103,9 +106,17 @@ def test_connect_pair(lab, a, b):
     caller, callee = lab.kinds[a][0], lab.kinds[b][1]
     mine, theirs = run_pair(caller, callee)
     assert "error" not in mine, mine
-    assert mine["pong"], mine
+    assert mine["pong"], json.dumps([mine, theirs])
     assert mine["path"] in expected(a, b), mine
     assert theirs.get("path", "").split("-")[0] == mine["path"].split("-")[0], theirs
+
+
+def test_tcp_punch_with_udp_off(lab):
+    """With direct UDP off, two endpoint-independent NATs connect by TCP hole punching, not the relay."""
+    mine, theirs = run_pair(lab.kinds["eim-apdf"][0], lab.kinds["eim-adf"][1], "direct=tcp")
+    assert "error" not in mine, mine
+    assert mine["path"] == theirs.get("path") == "tcp-punch" and mine["pong"], (mine, theirs)
+    assert mine["remote"] == [lab.kinds["eim-adf"][1].wan_ip, theirs["local"][1]], (mine, theirs)
 
 
 def test_behind_the_web_only_firewall_through_443(lab):
