@@ -417,7 +417,9 @@ class TurnClient:
         """Delete the allocation (Refresh with LIFETIME 0, RFC 8656 §8) and close.
 
         The delete is best effort, bounded by ``timeout_seconds``. Fires with
-        None once the socket or connection is closed; never fails.
+        None once the socket or connection is closed (a TCP/TLS connection
+        the server has not closed within CLOSE_TIMEOUT_SECONDS is aborted);
+        never fails.
         """
         return Deferred.fromCoroutine(self._close(deallocate, timeout_seconds))
 
@@ -800,6 +802,7 @@ class _StreamAdapter(Protocol):
         self.client = client
         self.framer = StreamFramer()
         self.handshake: Deferred | None = Deferred() if tls else None
+        self._abort = None
 
     def handshakeCompleted(self) -> None:
         if self.handshake is not None and not self.handshake.called:
@@ -807,7 +810,19 @@ class _StreamAdapter(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
-        self.client._attach(self.transport.write, self.transport.loseConnection)
+        self.client._attach(self.transport.write, self.disconnect)
+
+    def disconnect(self) -> None:
+        """Close the connection, aborting it when the server has not closed it within CLOSE_TIMEOUT_SECONDS.
+
+        The producer goes first: over TLS, loseConnection waits for a
+        registered producer to be unregistered before it sends close_notify.
+        """
+        if self._abort is not None or self.transport is None:
+            return
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+        self._abort = self.client.clock.callLater(CLOSE_TIMEOUT_SECONDS, self.transport.abortConnection)
 
     def pauseProducing(self) -> None:
         self.client.write_paused = True
@@ -824,13 +839,15 @@ class _StreamAdapter(Protocol):
         except CodecError as e:
             log.warn("closing the stream to {server}: {error}", server=self.client.server, error=e)  # noqa: G010
             self.client.dropped += 1
-            self.transport.loseConnection()
+            self.disconnect()
             return
         packet = self.client._packet
         for frame in frames:
             packet(frame)
 
     def connectionLost(self, reason: Any = None) -> None:
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
         if self.handshake is not None and not self.handshake.called:
             self.handshake.errback(reason)
         self.client._connection_lost(reason.value if reason is not None else None)
