@@ -2,7 +2,9 @@
 
 Both log in to a super node (``rendezvous.signaling_client``), advertise
 presence with a NAT hint (``rendezvous.prediction.NatHint``), gather
-candidates — host, server-reflexive (STUN to the node from the same socket),
+candidates — host, UPnP-mapped (``upnp_helper``: PCP, NAT-PMP or UPnP IGD
+maps the main socket's port, removed on close), server-reflexive (STUN to
+the node from the same socket),
 predicted (sequential allocators), relayed (TURN on the node over UDP, then
 TCP, then TLS, the last on the port signaling reached, which may be 443) —
 exchange them with ICE credentials through the node (docs/PROTOCOL.md,
@@ -44,11 +46,13 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybe
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from relay import client as turn_client
+from upnp_helper import LeaseKeeper, discover_gateway
 from .ice import Agent, Send, random_credentials
-from .prediction import (SPRAY_PROBES, SPRAY_SOCKETS, BirthdaySpray, NatHint, hint_from_probes, predicted_ports,
-                         spray_role)
+from .prediction import (KEEPALIVE_SECONDS, SPRAY_PROBES, SPRAY_SOCKETS, BirthdaySpray, NatHint, hint_from_probes,
+                         keepalive_seconds, predicted_ports, spray_role)
 from .stun import Attr, Class, Message, Method
 from .stun.addresses import Address
 from .stun.integrity import short_term_key
@@ -64,7 +68,9 @@ SELECT_MARK = b"\xd9"   # ... and the controlling side selects the stream
 MAX_DATAGRAM_BYTES = 65506  # a UDP payload less the mark; also fits a stream frame
 DIRECT_TRANSPORTS = ("udp", "tcp")
 TCP_PUNCH_SECONDS = 5.0
-KEEPALIVE_SECONDS = 15.0
+UPNP_DISCOVERY_SECONDS = 0.5   # per method (PCP / NAT-PMP, then UPnP IGD): a LAN gateway answers in ms
+UPNP_SECONDS = 1.5             # discovery and mapping together, at most
+UPNP_LEASE_SECONDS = 3600      # renewed at half-life while the connection lasts
 CONNECT_TIMEOUT_SECONDS = 30.0
 GATHER_RTO_SECONDS = 0.2
 RELAY_TRANSPORTS = ("udp", "tcp", "tls")
@@ -97,14 +103,17 @@ class Connection:
     Known data are attributes: ``peer`` (user name), ``path`` ("udp-direct",
     "udp-predicted", "udp-birthday", "turn-udp", "turn-tcp", "turn-tls"),
     ``local`` and ``remote`` (the selected pair's addresses), ``attempts``
-    (list of Attempt). ``send(bytes)`` sends one datagram; ``set_receiver(f)``
+    (list of Attempt), ``keepalive_seconds`` (the interval of Binding
+    indications). ``send(bytes)`` sends one datagram; ``set_receiver(f)``
     has ``f(bytes)`` called for each one that arrives; ``close()`` frees the
-    sockets and the relay allocation and fires ``when_closed()``.
+    sockets, the UPnP mapping and the relay allocation, and returns a
+    Deferred that fires when done.
     """
 
     def __init__(self, peer: str, path: str, local: Address, remote: Address, attempts: list[Attempt],
                  session: _Session, keepalive_seconds: float) -> None:
         self.peer, self.path, self.local, self.remote, self.attempts = peer, path, local, remote, attempts
+        self.keepalive_seconds = keepalive_seconds
         self._session = session
         self._receiver = None
         self._early: list[bytes] = []
@@ -175,11 +184,13 @@ class _Options:
     spray_sockets: int = SPRAY_SOCKETS
     spray_probes: int = SPRAY_PROBES
     timeout_seconds: float = CONNECT_TIMEOUT_SECONDS
-    keepalive_seconds: float = KEEPALIVE_SECONDS
+    keepalive_seconds: float | None = None  # None: from the binding lifetimes, else 15 s
+    binding_lifetime_seconds: float | None = None  # measured (nat_check), told to the peer in presence
     relay_wait_seconds: float = 4.0
     tls: bool = False
     tcp_low_ttl: int | None = None
     tcp_punch_seconds: float = TCP_PUNCH_SECONDS
+    upnp: bool | None = None  # None: when the node is not on loopback
 
     def __post_init__(self) -> None:
         self.direct_transports = tuple(self.direct_transports)
@@ -211,7 +222,8 @@ class _Session:
         self.sockets: dict[str, tuple[_Socket, object]] = {}
         self.turn = None
         self.turn_transport: str | None = None
-        self.hint = NatHint(None)
+        self.hint = NatHint(None, lifetime_seconds=self.options.binding_lifetime_seconds)
+        self.peer_hint = NatHint(None)
         self.srflx: Address | None = None
         self.spray: BirthdaySpray | None = None
         self.connection: Connection | None = None
@@ -225,6 +237,9 @@ class _Session:
         self.tcp_punch: Deferred | None = None   # the punch under way
         self.tcp_stream: _Stream | None = None   # its connection, once the peer proved itself
         self.tcp_technique = ""
+        self.upnp_address: Address | None = None
+        self._upnp_gateway = None
+        self._upnp_keeper: LeaseKeeper | None = None
         self._tcp_placeholder: socket.socket | None = None
         self._tcp_started: float | None = None  # while the punch counts as a technique tried
         self._tcp_wake: float | None = None
@@ -246,9 +261,14 @@ class _Session:
         self.agent.add_base("main", "host", (hosts[0] if hosts else "0.0.0.0", port), 65535,
                             pair=self.options.direct)
         if self.options.direct:
+            upnp = None
+            if self.options.upnp or (self.options.upnp is None and not ipaddress.ip_address(stun[0]).is_loopback):
+                upnp = Deferred.fromCoroutine(self._upnp(port))
             for ip in hosts:
                 self.agent.advertise(self.agent.candidate("host", (ip, port), "main"))
             await self._reflexive(main, stun)
+            if upnp is not None:
+                await upnp
         if "tcp" in self.options.direct_transports:
             await self._tcp(hosts)
         if self.options.relay_transports:
@@ -296,7 +316,8 @@ class _Session:
         samples = []
         if toward_other is not None and toward_other != mapped:
             samples = await self._samples(stun)
-        self.hint = hint_from_probes(mapped, toward_other, samples)
+        self.hint = replace(hint_from_probes(mapped, toward_other, samples),
+                            lifetime_seconds=self.options.binding_lifetime_seconds)
         local = main.transport.getHost().port
         if mapped != (self.agent.bases["main"].address[0], local):
             self.agent.advertise(self.agent.candidate("srflx", mapped, "main"))
@@ -304,6 +325,70 @@ class _Session:
             for predicted in predicted_ports(mapped[1], self.hint.delta):
                 self.agent.advertise(self.agent.candidate("predicted", (mapped[0], predicted), "main"))
         self._attempt("srflx", started, "succeeded", f"{mapped[0]}:{mapped[1]} ({self.hint.to_presence()})")
+
+    async def _upnp(self, port: int) -> None:
+        """Map the main socket's port on the LAN's gateway; advertise it (in place of an equal srflx).
+
+        Bounded by UPNP_SECONDS without cancelling: miniupnpc blocks in a
+        thread that cannot be interrupted (stopping its pool would wait for
+        it), so a late gateway or mapping is let go when it comes."""
+        started = time.monotonic()
+        gateway = mapping = None
+        try:
+            gateway = await self._bounded(discover_gateway(self.reactor, timeout_seconds=UPNP_DISCOVERY_SECONDS),
+                                          started, lambda late: late.close())
+            mapping = await self._bounded(gateway.add_mapping(port, "UDP", port, lease_seconds=UPNP_LEASE_SECONDS),
+                                          started, lambda late: self._release(gateway, late))
+            external = await self._bounded(gateway.external_address(), started, lambda late: None)
+        except Exception as e:  # no gateway, a refusal, a timeout: no UPnP candidate
+            self._attempt("upnp", started, "failed", str(e) or type(e).__name__)
+            if gateway is not None:
+                self._release(gateway, mapping)
+            return
+        self._upnp_gateway = gateway
+        self.upnp_address = (external, mapping.external_port)
+        self._upnp_keeper = LeaseKeeper(self.reactor, gateway, mapping)
+        self._upnp_keeper.start()
+        self.agent.local_candidates = [c for c in self.agent.local_candidates if c.address != self.upnp_address]
+        self.agent.advertise(self.agent.candidate("upnp", self.upnp_address, "main"))
+        self._attempt("upnp", started, "succeeded", f"{external}:{mapping.external_port}")
+
+    def _bounded(self, d: Deferred, started: float, late) -> Deferred:
+        """d's result, or TimeoutError once UPNP_SECONDS have passed since ``started``;
+        a success that comes later goes to ``late``."""
+        out = Deferred()
+        left = max(0.0, UPNP_SECONDS - (time.monotonic() - started))
+        timer = self.reactor.callLater(left, lambda: out.called or out.errback(
+            TimeoutError(f"no answer within {UPNP_SECONDS} s")))
+
+        def settle(result):
+            if out.called:
+                if not isinstance(result, Failure):
+                    late(result)
+            else:
+                timer.cancel()
+                out.callback(result)  # a Failure goes to the errbacks
+
+        d.addBoth(settle)
+        return out
+
+    def _release(self, gateway, mapping) -> Deferred:
+        """Remove a mapping (when there is one; bounded) and close the gateway."""
+        if mapping is None:
+            gateway.close()
+            return succeed(None)
+        d = gateway.delete_mapping(mapping.external_port, "UDP").addTimeout(CLOSE_TIMEOUT_SECONDS, self.reactor)
+        d.addErrback(lambda f: log.info("UPnP unmapping failed: {error}", error=f.getErrorMessage()))
+        return d.addBoth(lambda _: gateway.close())
+
+    def _unmap(self) -> Deferred:
+        """Remove the UPnP mapping and let the gateway go."""
+        gateway, self._upnp_gateway = self._upnp_gateway, None
+        keeper, self._upnp_keeper = self._upnp_keeper, None
+        if gateway is None:
+            return succeed(None)
+        keeper.stop()
+        return self._release(gateway, keeper.mapping)
 
     async def _samples(self, stun: Address) -> list[tuple[int, int]]:
         """(local, mapped) ports of a few fresh sockets, for the allocation pattern."""
@@ -357,12 +442,15 @@ class _Session:
     def _begin(self, punch: dict, peer_hint: NatHint) -> None:
         now = self.reactor.seconds()
         self._started = time.monotonic()
+        self.peer_hint = peer_hint
         candidates = [c for c in punch.get("candidates", []) if isinstance(c, dict)]
         self.agent.set_remote(punch["ufrag"], punch["pwd"], candidates, now)
         if self.turn is not None:
             for ip in {c["ip"] for c in candidates if c.get("protocol", "udp") == "udp"}:
                 self.turn.create_permission([(ip, 0)]).addErrback(lambda _: None)
         self._spray_role = spray_role(self.hint, peer_hint) if self.options.direct else None
+        if self.upnp_address is not None or any(c.get("type") == "upnp" for c in candidates):
+            self._spray_role = None  # the random side reaches the UPnP mapping without guessing
         srflx = next((c for c in candidates if c.get("type") == "srflx"), None)
         if self._spray_role and srflx is not None:
             peer = (srflx["ip"], srflx["port"])
@@ -548,13 +636,14 @@ class _Session:
             self._close_socket(name)
         self._cancel_timers()
         if base != "relay" and self.turn is not None:
-            self.turn.close().addTimeout(CLOSE_TIMEOUT_SECONDS, self.reactor).addErrback(lambda _: None)
+            self.turn.close()
             self.turn = None
         if base != "tcp":
             self._close_tcp()
         self.selected_base, self.selected_remote = base, remote
-        self.connection = Connection(self.peer, path, local, remote, self.attempts, self,
-                                     self.options.keepalive_seconds)
+        interval = self.options.keepalive_seconds or keepalive_seconds([self.hint.lifetime_seconds,
+                                                                        self.peer_hint.lifetime_seconds])
+        self.connection = Connection(self.peer, path, local, remote, self.attempts, self, interval)
         self.done.callback(self.connection)
 
     def _close_tcp(self) -> None:
@@ -585,6 +674,8 @@ class _Session:
             return f"turn-{self.turn_transport}"
         if pair.remote.kind == "relay":
             return "turn-udp"
+        if self.upnp_address is not None and pair.mapped == self.upnp_address:
+            return "udp-upnp"  # the peer reached us through our mapping
         if pair.local.base.startswith("spray-") or (self._spray_role == "easy" and pair.remote.kind in
                                                     ("prflx", "predicted")):
             return "udp-birthday"
@@ -637,11 +728,11 @@ class _Session:
         for name in list(self.sockets):
             self._close_socket(name)
         self._close_tcp()
+        closing = [self._unmap()]
         turn, self.turn = self.turn, None
-        if turn is None:
-            return succeed(None)
-        # Bounded: a TLS connection may wait long for the node's close_notify.
-        return turn.close().addTimeout(CLOSE_TIMEOUT_SECONDS, self.reactor).addErrback(lambda _: None)
+        if turn is not None:
+            closing.append(turn.close())  # bounded by the client; never fails
+        return DeferredList(closing).addCallback(lambda _: None)
 
 
 class _Stream(Protocol):
@@ -803,8 +894,13 @@ def connect(reactor, user: str, password: str, peer: str, servers=None, host_cac
     TCP hole punching; () for relay only), ``relay_transports`` (default
     ("udp", "tcp", "tls"); () for no relay), ``tcp_low_ttl`` (the TTL of
     the first punching SYN; default None, a full TTL), ``tcp_punch_seconds``,
+    ``upnp`` (map the UDP port on the LAN's gateway: True, False, or None,
+    the default: unless the node is on loopback),
     ``include_loopback``, ``stun_server``, ``timeout_seconds``,
-    ``keepalive_seconds``, ``relay_wait_seconds``, ``spray_sockets``,
+    ``keepalive_seconds`` (default: half the shorter of the two sides'
+    measured binding lifetimes, else 15 s), ``binding_lifetime_seconds``
+    (this side's, e.g. nat_check's ``binding_lifetime_seconds``; sent to the
+    peer in presence), ``relay_wait_seconds``, ``spray_sockets``,
     ``spray_probes``; an unknown one raises TypeError, a bad value
     ValueError. Fails with ConnectError (its ``attempts`` say what was
     tried), SignalingRequestError (e.g. the peer is offline or not a buddy)
@@ -901,7 +997,7 @@ def listen(reactor, user: str, password: str, on_connection, servers=None, host_
                                                 tls=tls, tls_verify=tls_verify)
         listener = Listener(reactor, signaling, on_connection, options, accept)
         udp_only = replace(options, direct_transports=tuple(t for t in options.direct_transports if t == "udp"),
-                           relay_transports=())
+                           relay_transports=(), upnp=False)
         probe = _Session(reactor, signaling, udp_only, False)
         try:
             await probe.gather()

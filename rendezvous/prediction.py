@@ -12,11 +12,13 @@ with probability 1 - (1 - N/64512)^M, about 98 %. Everything is bounded in
 count and time; the caller sends what ``due(now)`` returns.
 
 ``NatHint`` is the compact NAT description carried in presence
-(``nat_type``), so a peer knows which side is hard before the checks start.
+(``nat_type``), so a peer knows which side is hard before the checks start,
+and how long its UDP bindings live when that was measured (``nat_check``).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -28,6 +30,9 @@ SPRAY_PROBES = 1024
 SPRAY_INTERVAL_SECONDS = 0.002
 PREDICTED_PORTS = 4
 LOWEST_PORT = 1024
+KEEPALIVE_SECONDS = 15.0
+MIN_KEEPALIVE_SECONDS = 1.0
+MAX_KEEPALIVE_SECONDS = 120.0
 _SHORT = {ENDPOINT_INDEPENDENT: "eim", "address-dependent": "adm", "address-and-port-dependent": "apdm"}
 _LONG = {v: k for k, v in _SHORT.items()}
 
@@ -39,6 +44,7 @@ class NatHint:
     mapping: str | None              # RFC 5780 words; None when unknown
     allocation: str | None = None    # preserving, sequential or random
     delta: int | None = None         # the step of sequential allocation
+    lifetime_seconds: float | None = None  # the UDP binding lifetime, when measured
 
     @property
     def hard(self) -> bool:
@@ -51,19 +57,24 @@ class NatHint:
         return self.mapping == ENDPOINT_INDEPENDENT
 
     def to_presence(self) -> str:
-        """E.g. "eim", "apdm/random", "apdm/sequential+2" (at most 64 characters)."""
+        """E.g. "eim", "apdm/random", "apdm/sequential+2", "eim/preserving@30" (a 30 s
+        binding lifetime); at most 64 characters."""
         text = _SHORT.get(self.mapping, "unknown")
         if self.allocation:
             text += f"/{self.allocation}"
             if self.allocation == SEQUENTIAL and self.delta:
                 text += f"{self.delta:+d}"
+        if self.lifetime_seconds:
+            text += f"@{int(self.lifetime_seconds)}"
         return text
 
     @classmethod
     def from_presence(cls, text: str | None) -> NatHint:
-        """Parse ``to_presence``; anything unrecognised is an unknown NAT."""
+        """Parse ``to_presence``; anything unrecognised is an unknown NAT (or lifetime)."""
         if not isinstance(text, str):
             return cls(None)
+        text, _, life = text.partition("@")
+        lifetime = float(life) if life.isdigit() and 0 < int(life) <= 86400 else None
         mapping, _, allocation = text.partition("/")
         delta = None
         if allocation.startswith(SEQUENTIAL):
@@ -74,7 +85,7 @@ class NatHint:
             allocation = SEQUENTIAL
         if allocation not in (PRESERVING, SEQUENTIAL, RANDOM):
             allocation = None
-        return cls(_LONG.get(mapping), allocation, delta)
+        return cls(_LONG.get(mapping), allocation, delta, lifetime)
 
 
 def hint_from_probes(toward_primary: Address, toward_other: Address | None,
@@ -89,6 +100,15 @@ def hint_from_probes(toward_primary: Address, toward_other: Address | None,
         mapping = "address-and-port-dependent" if toward_other[0] == toward_primary[0] else "address-dependent"
     allocation: PortAllocation = port_allocation(samples)
     return NatHint(mapping, allocation.pattern, allocation.delta)
+
+
+def keepalive_seconds(lifetimes: list[float | None], default: float = KEEPALIVE_SECONDS) -> float:
+    """How often to refresh a path's NAT bindings: half the shortest measured binding
+    lifetime (within MIN/MAX_KEEPALIVE_SECONDS), else RFC 8445 §11's default, 15 s."""
+    known = [t for t in lifetimes if t is not None and math.isfinite(t) and t > 0]
+    if not known:
+        return default
+    return min(MAX_KEEPALIVE_SECONDS, max(MIN_KEEPALIVE_SECONDS, min(known) / 2))
 
 
 def predicted_ports(srflx_port: int, delta: int, count: int = PREDICTED_PORTS) -> list[int]:

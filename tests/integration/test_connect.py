@@ -1,5 +1,10 @@
 """connect() and listen() between two clients of a real ``twistd rendezvous`` on loopback."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -11,7 +16,7 @@ from tests.conftest import start_node, stop_node
 
 pytestmark = pytest.mark.integration
 
-PAIRS = (("alice", "bob"), ("carol", "dave"), ("erin", "frank"), ("gina", "hank"), ("ivan", "judy"))
+PAIRS = (("alice", "bob"), ("carol", "dave"), ("erin", "frank"), ("gina", "hank"), ("ivan", "judy"), ("kim", "leo"))
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +144,25 @@ async def test_nothing_possible_fails_with_attempts(super_node):
                           relay_transports=(), timeout_seconds=3)
     finally:
         await listener.close()
+
+
+def test_example_connects_two_processes(super_node):
+    """docs/examples/connect.py listens in one process and connects from another; the answer comes back."""
+    root = Path(__file__).resolve().parents[2]
+    example = [sys.executable, str(root / "docs" / "examples" / "connect.py")]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    server = f"{super_node.ip}:{super_node.port}"
+    listener = subprocess.Popen(example + ["listen", server, "leo", "leo-pw", "--loopback"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert listener.stdout.readline().strip() == "listening as leo", listener.stderr.read()
+        caller = subprocess.run(example + ["connect", server, "kim", "kim-pw", "leo", "--loopback"],
+                                capture_output=True, text=True, env=env, timeout=60)
+        assert caller.returncode == 0, caller.stderr
+        assert "connected to leo by udp-direct" in caller.stdout and "answer: HELLO" in caller.stdout, caller.stdout
+        out, err = listener.communicate(timeout=20)
+        assert listener.returncode == 0 and "connected to kim by udp-direct" in out, (out, err)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait(10)

@@ -9,18 +9,73 @@ empty) become connect()'s ``direct_transports`` and ``relay_transports``.
 The listener prints {"ready": true} once online, then its connection's
 path and attempts, answers one "ping" datagram with "pong" and exits. The
 connector prints its path and attempts and whether the pong came back.
-Both give up after 40 s.
+Both give up after 40 s. ``run_pair`` runs a listener and a connector in
+two sites of a lab (tests/natlab/lab.py) and returns their reports;
+``add_buddies`` makes the accounts it logs in with.
 """
 
+import itertools
 import json
+import os
+import subprocess
 import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
+from rendezvous.accounts import AccountStore
 from rendezvous.connect import ConnectError, connect, listen
 
+from .lab import ROOT, SERVER_IP, SERVER_PORT
+
 LIMIT_SECONDS = 40
+WEB_ONLY = "tcp-web-only"
+
+
+def user(site) -> str:
+    """The account name of a lab site (its name, "#" and "+" made "-")."""
+    return site.name.replace("#", "-").replace("+", "-")
+
+
+def add_buddies(lab, names: list[str]) -> None:
+    """Accounts (password "pw-NAME") on the lab's node, every pair buddies; before start_server."""
+    store = AccountStore(lab.workdir / f"twistd-{SERVER_PORT}-state" / "accounts.sqlite")
+    try:
+        for name in names:
+            store.add(name, "pw-" + name, "txrendezvous")
+        for a, b in itertools.combinations(names, 2):
+            store.request_buddy(a, b)
+            store.accept_buddy(b, a)
+    finally:
+        store.close()
+
+
+def client(site, mode: str, *extra: str) -> subprocess.Popen:
+    """This module run in the site's namespace (TLS to 443 behind the web-only firewall)."""
+    web_only = site.kind == WEB_ONLY
+    argv = site.exec_argv(sys.executable, "-m", "tests.natlab.connect_client", mode, SERVER_IP,
+                          "443" if web_only else str(SERVER_PORT), "tls" if web_only else "tcp",
+                          user(site), "pw-" + user(site), *extra)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def run_pair(caller, callee, *options: str) -> tuple[dict, dict]:
+    """Listener in callee's namespace, connector in caller's (both with options); their reports."""
+    listener = client(callee, "listen", *options)
+    try:
+        ready = json.loads(listener.stdout.readline() or "{}")
+        assert ready.get("ready"), listener.stderr.read() if listener.poll() is not None else ready
+        connector = client(caller, "connect", user(callee), *options)
+        out, err = connector.communicate(timeout=60)
+        mine = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-2000:]}
+        line = listener.stdout.readline()
+        theirs = json.loads(line) if line.strip() else {}
+    finally:
+        if listener.poll() is None:
+            listener.terminate()
+        listener.wait(10)
+    return mine, theirs
 
 
 def report(**fields) -> None:

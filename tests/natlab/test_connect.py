@@ -7,24 +7,23 @@ connector in the other (tests/natlab/connect_client.py).
 
 import itertools
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
-from rendezvous.accounts import AccountStore
-
-from .lab import ROOT, SERVER_IP, SERVER_PORT, Lab, LabError, unavailable_reason
+from .connect_client import add_buddies, run_pair, user
+from .lab import Lab, LabError, unavailable_reason
 
 KINDS = ("eim-eif", "eim-adf", "eim-apdf", "apdm-random", "udp-blocked")
 WEB_ONLY = "tcp-web-only"
+UPNP = "eim-apdf+upnp"
 PAIRS = list(itertools.combinations_with_replacement(KINDS, 2))
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """Two sites per kind (and one behind the TCP 80/443 firewall), buddies all, a node with TURN."""
+    """Two sites per kind (one behind the TCP 80/443 firewall, one behind a UPnP gateway), buddies all,
+    a node with TURN."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
@@ -35,53 +34,15 @@ def lab(tmp_path_factory):
         for kind in KINDS:
             sites[kind] = (lab.add_site(kind), lab.add_site(kind))
         sites[WEB_ONLY] = (lab.add_site(WEB_ONLY),)
-        names = [site.name.replace("#", "-") for pair in sites.values() for site in pair]
-        store = AccountStore(lab.workdir / f"twistd-{SERVER_PORT}-state" / "accounts.sqlite")
-        for name in names:
-            store.add(name, "pw-" + name, "txrendezvous")
-        for a, b in itertools.combinations(names, 2):
-            store.request_buddy(a, b)
-            store.accept_buddy(b, a)
-        store.close()
+        add_buddies(lab, [user(site) for pair in sites.values() for site in pair] + [UPNP.replace("+", "-")])
         lab.start_server(relay=True, web_ports=True)
+        sites[UPNP] = (lab.add_site("eim-apdf", upnp=True),)  # miniupnpd asks the node for its address
         lab.kinds = sites
         yield lab
     except LabError as e:
         pytest.fail(f"the NAT lab could not be built: {e}")
     finally:
         lab.close()
-
-
-def user(site) -> str:
-    return site.name.replace("#", "-")
-
-
-def client(site, mode: str, *extra: str) -> subprocess.Popen:
-    web_only = site.kind == WEB_ONLY
-    argv = site.exec_argv(sys.executable, "-m", "tests.natlab.connect_client", mode, SERVER_IP,
-                          "443" if web_only else str(SERVER_PORT), "tls" if web_only else "tcp",
-                          user(site), "pw-" + user(site), *extra)
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
-
-
-def run_pair(caller, callee, *options: str) -> tuple[dict, dict]:
-    """Listener in callee's namespace, connector in caller's (both with options); their reports."""
-    listener = client(callee, "listen", *options)
-    try:
-        ready = json.loads(listener.stdout.readline() or "{}")
-        assert ready.get("ready"), listener.stderr.read() if listener.poll() is not None else ready
-        connector = client(caller, "connect", user(callee), *options)
-        out, err = connector.communicate(timeout=60)
-        mine = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-2000:]}
-        line = listener.stdout.readline()
-        theirs = json.loads(line) if line.strip() else {}
-    finally:
-        for process in (listener,):
-            if process.poll() is None:
-                process.terminate()
-            process.wait(10)
-    return mine, theirs
 
 
 def expected(a: str, b: str) -> tuple[str, ...]:
@@ -124,3 +85,17 @@ def test_behind_the_web_only_firewall_through_443(lab):
     mine, theirs = run_pair(lab.kinds[WEB_ONLY][0], lab.kinds["eim-apdf"][1])
     assert "error" not in mine, mine
     assert mine["path"] == "turn-tls" and mine["pong"], mine
+
+
+def test_upnp_mapping_reaches_a_random_mapping_nat(lab):
+    """Behind a UPnP gateway, connect() maps its port and a random-mapping peer comes in through it; unmapped after."""
+    site = lab.kinds[UPNP][0]
+    mine, theirs = run_pair(site, lab.kinds["apdm-random"][1])
+    assert "error" not in mine, mine
+    assert mine["path"] == theirs.get("path") == "udp-upnp" and mine["pong"], json.dumps([mine, theirs])
+    assert theirs["remote"][0] == site.wan_ip, theirs
+    assert ["upnp", "succeeded"] == [a[0] for a in mine["attempts"] if a[0] == "upnp"] + [
+        a[2] for a in mine["attempts"] if a[0] == "upnp"], mine
+    rules = subprocess.run(["ip", "netns", "exec", site.routers[0], "nft", "list", "chain", "inet", "filter",
+                            "prerouting_miniupnpd"], capture_output=True, text=True, check=True).stdout
+    assert "dnat" not in rules, rules  # the connection's close removed the mapping
