@@ -626,7 +626,8 @@ class _Session:
 
     def _complete(self, path: str, base: str, local: Address, remote: Address, detail: str = "") -> None:
         elapsed = time.monotonic() - self._started
-        for technique in self._techniques():
+        techniques = self._techniques()
+        for technique in techniques + ([path] if path not in techniques else []):
             outcome = "selected" if technique == path else "not-selected"
             self.attempts.append(Attempt(technique, round(elapsed * 1000, 1), outcome,
                                          detail if technique == path else ""))

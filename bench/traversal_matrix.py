@@ -1,0 +1,89 @@
+"""The NAT traversal success matrix: every pair of NAT-lab kinds x each technique alone (root).
+
+    sudo .venv/bin/python bench/traversal_matrix.py [--kinds K1,K2,...] [--techniques udp,tcp,relay,auto]
+
+Builds one NAT lab (tests/natlab/lab.py: two sites per kind, a super node
+with TURN and the firewall ports) and, for each unordered pair of kinds,
+runs a listener behind the second and a connector behind the first
+(tests/natlab/connect_client.py) once per technique:
+
+    udp    direct UDP only (host, srflx, UPnP, predicted, birthday)
+    tcp    TCP hole punching only (full-TTL simultaneous open)
+    relay  TURN only (UDP, then TCP, then TLS on 443)
+    auto   everything, as connect() does by default: the path that wins
+
+Prints a Markdown table: the path each try took and the connector's time
+from the start instant to selection (ms), or "-" when it failed.
+"""
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.natlab.connect_client import add_buddies, run_pair, user  # noqa: E402
+from tests.natlab.lab import Lab, unavailable_reason  # noqa: E402
+
+KINDS = ("eim-eif", "eim-adf", "eim-apdf", "apdm-random", "udp-blocked", "tcp-web-only", "eim-apdf+upnp")
+TECHNIQUES = {
+    "udp": ("direct=udp", "relay="),
+    "tcp": ("direct=tcp", "relay="),
+    "relay": ("direct=", "relay=udp,tcp,tls"),
+    "auto": (),
+}
+
+
+def outcome(mine: dict) -> str:
+    """ "path ms" for a success (the selected attempt's time, the pong received), else "-"."""
+    if "error" in mine or not mine.get("pong"):
+        return "-"
+    selected = [a for a in mine.get("attempts", []) if a[2] == "selected"]
+    return f"{mine['path']} {selected[-1][1]:.0f}" if selected else mine["path"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--techniques", default=",".join(TECHNIQUES))
+    args = parser.parse_args()
+    kinds = [k for k in args.kinds.split(",") if k]
+    techniques = [t for t in args.techniques.split(",") if t]
+    if unknown := [k for k in kinds if k not in KINDS] + [t for t in techniques if t not in TECHNIQUES]:
+        parser.error(f"unknown: {', '.join(unknown)}")
+    reason = unavailable_reason()
+    if reason:
+        sys.exit(reason)
+    lab = Lab(Path(tempfile.mkdtemp(prefix="traversal-matrix-")))
+    try:
+        lab.build_public()
+        plain = [k for k in kinds if not k.endswith("+upnp")]
+        sites = {kind: (lab.add_site(kind), lab.add_site(kind)) for kind in plain}
+        upnp = [k for k in kinds if k.endswith("+upnp")]
+        names = [user(site) for pair in sites.values() for site in pair]
+        names += [f"{k}-{i}".replace("+", "-") for k in upnp for i in (1, 2)]
+        add_buddies(lab, names)
+        lab.start_server(relay=True, web_ports=True)
+        for kind in upnp:  # miniupnpd asks the node for its address: after start_server
+            pair = tuple(lab.add_site(kind.split("+")[0], upnp=True) for _ in range(2))
+            for i, site in enumerate(pair, 1):
+                site.name = f"{kind}-{i}"
+            sites[kind] = pair
+        print(f"| caller | callee | {' | '.join(techniques)} |")
+        print("|---|---|" + "---|" * len(techniques))
+        started = time.monotonic()
+        for a, b in itertools.combinations_with_replacement(kinds, 2):
+            cells = [outcome(run_pair(sites[a][0], sites[b][1], *TECHNIQUES[t])[0]) for t in techniques]
+            print(f"| {a} | {b} | {' | '.join(cells)} |", flush=True)
+        print(f"\n{time.monotonic() - started:.0f} s for {len(kinds) * (len(kinds) + 1) // 2} pairs x "
+              f"{len(techniques)} techniques")
+    finally:
+        lab.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
