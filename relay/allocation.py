@@ -148,6 +148,7 @@ class Allocation:
         "relays", "expires_at", "credential_expires_at", "permissions", "channels",
         "channel_expiry", "peer_channels", "cooldown", "send", "stream",
         "packets_in", "bytes_in", "packets_out", "bytes_out", "bucket", "tcp", "closed", "routes",
+        "peer_allowed",
     )
 
     def __init__(
@@ -162,6 +163,7 @@ class Allocation:
         send: Callable[[bytes], None],
         credential_expires_at: float | None = None,
         bucket: "TokenBucket | None" = None,
+        peer_allowed: Callable[[Address], bool] = lambda peer: True,
     ) -> None:
         self.five_tuple = five_tuple
         self.transaction_id = transaction_id
@@ -182,6 +184,8 @@ class Allocation:
         self.stream = five_tuple[0] != "udp"
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
         self.bucket = bucket
+        # A Send's peer port matters for the relay's own addresses (PeerPolicy).
+        self.peer_allowed = peer_allowed
         self.tcp = False  # an RFC 6062 TCP allocation
         self.closed = False
         # (table, key) entries that point at this allocation; close() removes them.
@@ -268,7 +272,7 @@ class Allocation:
     def send_to_peer(self, peer: Address, data: bytes) -> None:
         """Relay the payload of a Send indication (RFC 8656 §11.3)."""
         relay = self.relays.get(family_of(peer[0]))
-        if relay is None or peer[0] not in self.permissions:
+        if relay is None or peer[0] not in self.permissions or not self.peer_allowed(peer):
             return
         if self.bucket is not None and not self.bucket.take(len(data)):
             return

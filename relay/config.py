@@ -307,6 +307,8 @@ class RelayConfig:
     relay_ips: tuple = ()
     advertise_relay_ips: tuple = ()
     relay_ports: tuple = (49152, 65535)
+    # The whole --relay-ports range when relay_ports is one worker's slice of it.
+    relay_range: tuple | None = None
     allow_peers: tuple = ()
     deny_peers: tuple = ()
     default_lifetime: int = 600

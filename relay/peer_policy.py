@@ -4,7 +4,8 @@ RFC 8656 §21.2.3 and §19 (security: a relay must not be turned against the
 operator's own network). Denied by default: unspecified, loopback,
 link-local, private (RFC 1918, ULA), shared/CGN (100.64.0.0/10), multicast,
 broadcast, documentation, benchmarking and reserved ranges, the relay's own
-addresses, and every IPv6 form that embeds one of these IPv4 addresses:
+addresses (except its relayed addresses at ports of the relay range, so two
+allocations on one relay can reach each other), and every IPv6 form that embeds one of these IPv4 addresses:
 IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d), NAT64
 (64:ff9b::/96), 6to4 (2002::/16) and Teredo (2001::/32).
 
@@ -69,13 +70,25 @@ class PeerPolicy:
         allow: Iterable[str] = (),
         deny: Iterable[str] = (),
         own_addresses: Iterable[str] = (),
+        relayed_addresses: Iterable[str] = (),
+        relay_ports: tuple[int, int] | None = None,
     ) -> None:
         self.rules: list[tuple[Network, bool]] = [
             (ipaddress.ip_network(n, strict=False), True) for n in allow
         ] + [(ipaddress.ip_network(n, strict=False), False) for n in deny]
         self.own = {ipaddress.ip_address(a) for a in own_addresses}
+        self.relayed = {ipaddress.ip_address(a) for a in relayed_addresses} if relay_ports else set()
+        self.relay_ports = relay_ports
+        # The data path asks about these hosts' ports (strings, as peers arrive).
+        self.port_checked = frozenset(str(a) for a in self.relayed)
 
-    def allowed(self, host: str) -> bool:
+    def allowed(self, host: str, port: int | None = None) -> bool:
+        """Whether host (at port, when the request names one) may be a peer.
+
+        The relay's own relayed addresses are peers only at relay-range ports:
+        a permission to one is asked for with the peer's full address, and
+        the data path checks each Send's port.
+        """
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
@@ -88,6 +101,9 @@ class PeerPolicy:
                     best = key
         if best is not None:
             return not best[1]
+        if address in self.relayed:
+            low, high = self.relay_ports
+            return port is not None and low <= port <= high
         if address in self.own:
             return False
         if address.version == 6 and (inner := embedded_ipv4(address)) is not None and inner in self.own:

@@ -418,7 +418,7 @@ class TurnServer:
         bucket = TokenBucket(self.policy.max_bps, self.clock) if self.policy.max_bps else None
         allocation = Allocation(
             five_tuple, msg.transaction_id, auth.username, auth.keys, auth.algorithm, relays,
-            now + lifetime, send, auth.keys.expires_at, bucket,
+            now + lifetime, send, auth.keys.expires_at, bucket, self._peer_allowed,
         )
         for relay in relays.values():
             relay.allocation = allocation
@@ -622,11 +622,16 @@ class TurnServer:
             return self._error(msg, Error.WRONG_CREDENTIALS, auth=auth)
         return allocation
 
+    def _peer_allowed(self, peer: Address) -> bool:
+        """The data path's check of a Send to one of the relay's own addresses (its port)."""
+        return peer[0] not in self.peers.port_checked or self.peers.allowed(*peer)
+
     def _check_peers(self, msg, allocation: Allocation, peers: list[Address], auth) -> bytes | None:
-        for host, _ in peers:
+        """403 for a denied peer, 443 for a family mismatch."""
+        for host, port in peers:
             if family_of(host) not in allocation.relays:
                 return self._error(msg, Error.PEER_ADDRESS_FAMILY_MISMATCH, auth=auth)
-            if not self.peers.allowed(host):
+            if not self.peers.allowed(host, port):
                 self.counters["forbidden_peer"] += 1
                 return self._error(msg, Error.FORBIDDEN, f"Peer {host} not allowed", auth)
         return None

@@ -86,7 +86,9 @@ class RelayService(service.Service):
         """Use config's credentials, peer rules and quotas from now on."""
         turn = self.turn
         turn.credentials = credentials_for(config, self.extra_sources)
-        turn.peers = PeerPolicy(config.allow_peers, config.deny_peers, own_addresses=turn.peers.own)
+        old = turn.peers
+        turn.peers = PeerPolicy(config.allow_peers, config.deny_peers, own_addresses=old.own,
+                                relayed_addresses=old.relayed, relay_ports=old.relay_ports)
         turn.policy = _policy(config, turn.policy.families)
 
 
@@ -123,6 +125,8 @@ def make_relay(reactor, config: RelayConfig, listen_ips=(), software: bytes | No
     peers = PeerPolicy(
         config.allow_peers, config.deny_peers,
         own_addresses=list(config.relay_ips) + list(config.advertise_relay_ips) + list(listen_ips),
+        relayed_addresses=list(config.relay_ips) + list(config.advertise_relay_ips),
+        relay_ports=config.relay_range or config.relay_ports,
     )
     tcp = TcpRelay(reactor, ips, *config.relay_ports, advertise=advertise)
     nonces = Nonces(policy.nonce_lifetime_seconds, nonce_secret)

@@ -77,7 +77,8 @@ class Options(TomlOptions):
             raise ConfigError(f"at most {MAX_WORKERS} workers")
         if workers > 1:
             try:
-                config = dataclasses.replace(config, relay_ports=port_slice(*config.relay_ports, workers, index))
+                config = dataclasses.replace(config, relay_ports=port_slice(*config.relay_ports, workers, index),
+                                             relay_range=config.relay_ports)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         self.workers, self.worker_index, self.relay_config = workers, index, config

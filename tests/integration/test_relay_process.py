@@ -50,6 +50,26 @@ def test_denied_peer_forms_get_403(strict_relay, peer):
         c.close()
 
 
+def test_two_allocations_on_one_relay_reach_each_other(strict_relay):
+    """Relayed addresses are peers at relay-range ports under the default policy; other ports are not."""
+    a, b = client(strict_relay), client(strict_relay)
+    try:
+        a_relayed = a.allocate().address(Attr.XOR_RELAYED_ADDRESS)
+        b_relayed = b.allocate().address(Attr.XOR_RELAYED_ADDRESS)
+        assert code(permit(a, (strict_relay.ip, 3478))) == 403  # below the relay range
+        assert permit(a, b_relayed).cls == Class.SUCCESS and permit(b, a_relayed).cls == Class.SUCCESS
+        send = Message(Method.SEND, Class.INDICATION)
+        send.add_address(Attr.XOR_PEER_ADDRESS, b_relayed).add(Attr.DATA, b"relay to relay")
+        a.sock.sendto(send.encode(), a.server)
+        indication = Message.decode(b.receive())
+        assert indication.get(Attr.DATA) == b"relay to relay"
+        assert indication.address(Attr.XOR_PEER_ADDRESS) == a_relayed
+    finally:
+        for c in (a, b):
+            c.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(0)))
+            c.close()
+
+
 def test_wrong_password_gets_401(strict_relay):
     """An Allocate with a wrong password gets 401 with a fresh challenge."""
     c = client(strict_relay, "wrong")

@@ -323,6 +323,23 @@ def test_relay_own_address_is_denied(clock):
     assert code(permit(client, PEER)) == 403
 
 
+def test_relayed_addresses_are_peers_only_at_relay_ports(clock):
+    """Two allocations on one relay may reach each other; its other ports stay refused."""
+    server = make_server(clock)
+    server.peers = PeerPolicy(own_addresses=["8.8.8.8"], relayed_addresses=["8.8.8.8"], relay_ports=(49152, 65535))
+    client = Client(server)
+    client.allocate()
+    relay = server.allocations[UDP_TUPLE].relays[4]
+    assert code(bind(client, 0x4001, ("8.8.8.8", 3478))) == 403
+    assert bind(client, 0x4002, ("8.8.8.8", 50000)).cls == Class.SUCCESS
+    assert code(permit(client, ("8.8.8.8", 3478))) == 403
+    for port in (3478, 50001):
+        send = Message(Method.SEND, Class.INDICATION)
+        send.add_address(Attr.XOR_PEER_ADDRESS, ("8.8.8.8", port)).add(Attr.DATA, b"payload")
+        client.ask(send)
+    assert relay.sent == [(b"payload", ("8.8.8.8", 50001))]
+
+
 def test_channel_data_both_ways(server):
     """A bound channel carries ChannelData to the peer and back, padded only on streams."""
     client = Client(server)
