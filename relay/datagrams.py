@@ -6,6 +6,7 @@ socket calls themselves, and the relay sockets share one reader of the
 reactor (``DatagramPoller``). ``bench/relay_datapath.py`` times it.
 """
 
+import os
 import select
 import socket
 
@@ -120,6 +121,10 @@ class DatagramPoller:
         if len(self._ports) == 1:
             self.reactor.addReader(self)
 
+    def descriptors(self) -> list[int]:
+        """The file descriptors of the sockets it reads."""
+        return list(self._ports)
+
     def remove(self, port: udp.Port) -> None:
         for fd, known in list(self._ports.items()):
             if known is port:
@@ -170,3 +175,36 @@ def listen_udp(reactor, port: int, protocol, interface: str, poller: DatagramPol
     listening = PolledPort(port, protocol, interface, reactor, poller)
     listening.startListening()
     return listening
+
+
+def receive_drops(reactor) -> int:
+    """Datagrams the kernel dropped, since each socket opened, on the UDP sockets this process reads.
+
+    The ``drops`` column of /proc/self/net/udp and udp6 (full receive
+    buffers, mostly), summed over the sockets the reactor or a
+    ``DatagramPoller`` reads; 0 where /proc is missing.
+    """
+    fds = []
+    for reader in reactor.getReaders():
+        if isinstance(reader, udp.Port):
+            fds.append(reader.fileno())
+        elif isinstance(reader, DatagramPoller):
+            fds.extend(reader.descriptors())
+    inodes = set()
+    for fd in fds:
+        try:
+            inodes.add(str(os.fstat(fd).st_ino))
+        except OSError:
+            pass
+    drops = 0
+    for table in ("/proc/self/net/udp", "/proc/self/net/udp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 12 and fields[9] in inodes:
+                        drops += int(fields[12])
+        except OSError:
+            continue
+    return drops

@@ -30,6 +30,7 @@ from .config import (
     parse_count,
     usage_options,
 )
+from .datagrams import receive_drops
 from .drain import DrainService
 from .handoff import MAX_WORKERS, HandoffFactory
 from .service import add_listeners, make_relay
@@ -158,11 +159,16 @@ def _add_status(top, reactor, options, binding, turn, ready) -> None:
     token = admin_token(values["state-dir"])
     local = LocalView(reactor, turn)
     index, workers = options.worker_index, options.workers
+
+    def drops() -> int:
+        return receive_drops(reactor)
+
     if index > 0:
         path = socket_path(values["state-dir"], os.getppid(), index)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
-        site = metrics_site(binding, turn, ready=ready, admin=lambda samples: AdminResource(local, token, samples))
+        site = metrics_site(binding, turn, ready=ready, admin=lambda samples: AdminResource(local, token, samples),
+                            udp_drops=drops)
         internet.UNIXServer(str(path), site, mode=0o600).setServiceParent(top)
         return
     view = local
@@ -171,6 +177,6 @@ def _add_status(top, reactor, options, binding, turn, ready) -> None:
         paths = {i: socket_path(values["state-dir"], os.getpid(), i) for i in range(1, workers)}
         view = fleet = WorkerFleet(reactor, local, paths, token)
     site = metrics_site(binding, turn, ready=ready, admin=lambda samples: AdminResource(view, token, samples),
-                        workers=fleet)
+                        workers=fleet, udp_drops=drops)
     host, port = values["metrics"]
     internet.TCPServer(port, site, interface=host).setServiceParent(top)

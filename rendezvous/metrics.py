@@ -27,11 +27,12 @@ _HELP = {
     "txr_signaling_sessions": ("gauge", "logged-in signaling sessions"),
     "txr_signaling_logins_total": ("counter", "successful signaling logins"),
     "txr_workers_answering": ("gauge", "relay worker processes whose figures are included"),
+    "txr_udp_receive_drops_total": ("counter", "datagrams the kernel dropped on our UDP sockets (receive queue full)"),
 }
 
 
-def collect(binding=None, turn=None, signaling=None) -> dict[str, list[tuple[dict, float]]]:
-    """Samples by metric name: a list of (labels, value)."""
+def collect(binding=None, turn=None, signaling=None, udp_drops=None) -> dict[str, list[tuple[dict, float]]]:
+    """Samples by metric name: a list of (labels, value); udp_drops() counts kernel queue drops."""
     samples: dict[str, list[tuple[dict, float]]] = {}
 
     def put(name: str, value: float, **labels) -> None:
@@ -64,6 +65,8 @@ def collect(binding=None, turn=None, signaling=None) -> dict[str, list[tuple[dic
     if signaling is not None:
         put("txr_signaling_sessions", len(signaling.sessions))
         put("txr_signaling_logins_total", signaling.logins)
+    if udp_drops is not None:
+        put("txr_udp_receive_drops_total", udp_drops())
     return samples
 
 
@@ -134,14 +137,15 @@ def answer_later(request, d):
     return server.NOT_DONE_YET
 
 
-def metrics_site(binding=None, turn=None, signaling=None, ready=None, admin=None, workers=None) -> server.Site:
+def metrics_site(binding=None, turn=None, signaling=None, ready=None, admin=None, workers=None,
+                 udp_drops=None) -> server.Site:
     """/metrics, /healthz, /readyz and, given an admin resource, /admin/.
 
     With workers (a ``rendezvous.worker_view.WorkerFleet``), /metrics sums
     every worker's figures and the health endpoints ask every worker.
     """
     def samples():
-        return collect(binding, turn, signaling)
+        return collect(binding, turn, signaling, udp_drops)
 
     root = resource.Resource()
     root.putChild(b"metrics", _Metrics(samples, workers.combine if workers else None))

@@ -12,6 +12,7 @@ from twisted.application import internet, service, strports
 from twisted.python import usage
 
 from relay.config import TomlOptions, primary_address, usage_options
+from relay.datagrams import receive_drops
 from relay.drain import DrainService
 from relay.listeners import ServerStreamFactory
 from relay.service import add_listeners, make_relay
@@ -116,7 +117,8 @@ def makeService(options, reactor=None) -> service.MultiService:
         host, port = config.metrics
         view, token = LocalView(reactor, turn, node), admin_token(config.state_dir)
         internet.TCPServer(port, metrics_site(binding, turn, node, ready=lambda: not drain.draining,
-                                              admin=lambda samples: AdminResource(view, token, samples)),
+                                              admin=lambda samples: AdminResource(view, token, samples),
+                                              udp_drops=lambda: receive_drops(reactor)),
                            interface=host).setServiceParent(top)
     signaling = SignalingFactory(node)
     reloads = relay.reload_hooks if config.relay is not None else []

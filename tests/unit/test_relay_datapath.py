@@ -8,9 +8,11 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet import udp
+from twisted.internet.protocol import DatagramProtocol
 
 from relay.allocation import data_indication, parse_send_indication
-from relay.datagrams import MAX_READS_PER_WAKEUP, DatagramPoller, read_loop
+from relay.datagrams import MAX_READS_PER_WAKEUP, DatagramPoller, read_loop, receive_drops
 from relay.listeners import ServerDatagramProtocol, UdpEndpoints
 from relay.relay_ports import RelaySocket
 from rendezvous.stun import Attr, Class, Message, Method
@@ -249,3 +251,43 @@ def test_poller_reads_every_ready_port_in_one_wakeup(udp_pair):
     finally:
         for port in ports:
             port.socket.close()
+
+
+class _Readers:
+    """The part of a reactor receive_drops and udp.Port use."""
+
+    def __init__(self) -> None:
+        self.readers = set()
+
+    def addReader(self, reader) -> None:
+        self.readers.add(reader)
+
+    def removeReader(self, reader) -> None:
+        self.readers.discard(reader)
+
+    def removeWriter(self, writer) -> None:
+        pass
+
+    def getReaders(self) -> list:
+        return list(self.readers)
+
+    def callLater(self, delay, f, *args):
+        f(*args)
+
+
+def test_receive_drops_counts_a_full_queue():
+    """A socket nobody reads, with a small buffer, overflows; the drops show on it and on no other."""
+    readers = _Readers()
+    port = udp.Port(0, DatagramProtocol(), "127.0.0.1", reactor=readers)
+    port.startListening()
+    try:
+        port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        assert receive_drops(readers) == 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(200):  # bounded: ~200 kB to our own loopback socket
+                sender.sendto(b"x" * 1000, ("127.0.0.1", port.getHost().port))
+        assert receive_drops(readers) > 0
+        readers.readers.clear()
+        assert receive_drops(readers) == 0
+    finally:
+        port.stopListening()
