@@ -51,6 +51,7 @@ def test_metrics_after_traffic(tmp_path):
         assert m["txr_stun_requests_total"] - before["txr_stun_requests_total"] == 1
         assert m["txr_stun_answered_total"] - before["txr_stun_answered_total"] == 1
         assert m["txr_turn_unauthorized_total"] >= 1
+        assert m["txr_udp_receive_drops_total"] == 0  # present; nothing overflowed
         assert m["txr_turn_allocations"] == 1 and m["txr_turn_permissions"] == 1
         assert m['txr_relayed_packets_total{direction="to_peer"}'] == 1
         assert m['txr_relayed_bytes_total{direction="to_peer"}'] == 5
