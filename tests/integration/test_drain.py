@@ -37,7 +37,10 @@ def client(node):
 def test_relay_drains_and_exits(tmp_path):
     """After SIGUSR1, Allocate gets 300 with ALTERNATE-SERVER, /readyz 503, and the relay exits when the last allocation ends."""
     metrics = free_port(ips=(PRIMARY_IP,))
-    node = start_relay(tmp_path, "--alternate-server", "198.18.0.20:3478", "--metrics", f"127.0.0.1:{metrics}")
+    # One worker: /readyz turns 503 as the first process starts draining, before
+    # the signal reaches the others (test_workers covers draining them all).
+    node = start_relay(tmp_path, "--alternate-server", "198.18.0.20:3478", "--metrics", f"127.0.0.1:{metrics}",
+                       "--workers", "1")
     first, second = client(node), client(node)
     try:
         assert first.allocate().cls == Class.SUCCESS

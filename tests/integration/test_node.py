@@ -247,7 +247,7 @@ def test_json_logs(tmp_path):
         process.wait(10)
     lines = [line for line in log_path.read_text().splitlines() if line.strip()]
     events = [json.loads(line) for line in lines]
-    assert any("log_format" in event for event in events)
+    assert events and all({"time", "level", "namespace", "text"} <= event.keys() for event in events)
 
 
 def test_embedded_defaults_start(tmp_path):
