@@ -27,7 +27,7 @@ from typing import Any, Callable
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -37,7 +37,7 @@ from relay.client import tls_options
 
 from .host_cache import HostCache, host_entry
 from .signaling_frames import FrameError, FrameReader, encode
-from .signaling_protocol import IDLE_TIMEOUT_SECONDS, MAX_FRAMES_WHILE_PAUSED
+from .signaling_protocol import IDLE_TIMEOUT_SECONDS, BoundedWrites
 
 log = Logger()
 
@@ -255,8 +255,8 @@ class SignalingClient:
         self.relays = welcome.get("relays") or []
 
 
-@implementer(IHandshakeListener, IPushProducer)
-class _SignalingStream(Protocol, TimeoutMixin):
+@implementer(IHandshakeListener)
+class _SignalingStream(BoundedWrites, Protocol, TimeoutMixin):
     """Moves frames between a TCP/TLS connection and a SignalingClient.
 
     It registers as the transport's producer: when the node stops reading
@@ -269,8 +269,6 @@ class _SignalingStream(Protocol, TimeoutMixin):
         self.client = client
         self.reader = FrameReader()
         self.handshake: Deferred | None = Deferred() if tls else None
-        self.paused = False
-        self.frames_while_paused = 0
         self.abort_later = None
         self.callLater = client.clock.callLater
 
@@ -293,23 +291,7 @@ class _SignalingStream(Protocol, TimeoutMixin):
             self.abort_later = self.callLater(CLOSE_TIMEOUT_SECONDS, self.transport.abortConnection)
 
     def _write(self, data: bytes) -> None:
-        if self.paused:
-            self.frames_while_paused += 1
-            if self.frames_while_paused > MAX_FRAMES_WHILE_PAUSED:
-                log.info("the super node does not read; closing")
-                self.transport.abortConnection()
-                return
-        self.transport.write(data)
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.frames_while_paused = 0
-
-    def stopProducing(self) -> None:
-        self.paused = True
+        self.write_frame(data, "the super node")
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()

@@ -25,6 +25,39 @@ PING_SECONDS = 30
 IDLE_TIMEOUT_SECONDS = 3 * PING_SECONDS  # three missed pings
 
 
+@implementer(IPushProducer)
+class BoundedWrites:
+    """Mixed into a stream protocol registered as its transport's streaming producer.
+
+    The transport pauses it when the other side stops reading; more than
+    MAX_FRAMES_WHILE_PAUSED frames written meanwhile abort the connection
+    rather than buffering without end.
+    """
+
+    paused = False
+    frames_while_paused = 0
+
+    def write_frame(self, data: bytes, reader: str) -> None:
+        """Write data, or abort when reader (named in the log) has let too much pile up."""
+        if self.paused:
+            self.frames_while_paused += 1
+            if self.frames_while_paused > MAX_FRAMES_WHILE_PAUSED:
+                log.info("{reader} does not read; closing", reader=reader)
+                self.transport.abortConnection()
+                return
+        self.transport.write(data)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.frames_while_paused = 0
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
 class SignalingService(service.Service):
     """Pings every session each 30 s: keepalive, half-open detection and RTT."""
 
@@ -47,8 +80,7 @@ class SignalingService(service.Service):
         return super().stopService()
 
 
-@implementer(IPushProducer)
-class SignalingProtocol(Protocol, TimeoutMixin):
+class SignalingProtocol(BoundedWrites, Protocol, TimeoutMixin):
     """One signaling connection.
 
     It registers as the transport's producer, so it learns when a client
@@ -60,8 +92,6 @@ class SignalingProtocol(Protocol, TimeoutMixin):
         self.node = node
         self.reader = FrameReader()
         self.session: Session | None = None
-        self.paused = False
-        self.frames_while_paused = 0
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
@@ -78,23 +108,7 @@ class SignalingProtocol(Protocol, TimeoutMixin):
         self.transport.loseConnection()
 
     def send(self, message: dict) -> None:
-        if self.paused:
-            self.frames_while_paused += 1
-            if self.frames_while_paused > MAX_FRAMES_WHILE_PAUSED:
-                log.info("session {session} does not read; closing", session=self.session.id)
-                self.transport.abortConnection()
-                return
-        self.transport.write(encode(message))
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.frames_while_paused = 0
-
-    def stopProducing(self) -> None:
-        self.paused = True
+        self.write_frame(encode(message), f"session {self.session.id}")
 
     def dataReceived(self, data: bytes) -> None:
         try:
