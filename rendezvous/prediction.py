@@ -6,10 +6,11 @@ sequentially, the next ones are predictable (srflx + k x delta). When it
 allocates them at random, the two sides play the birthday game as
 Tailscale's magicsock does: the "hard" side opens N sockets, each sending a
 check to the "easy" (endpoint-independent) side's srflx, and the easy side
-sends M checks to random ports of the hard side's public address; with
-N = 256 and M = 1024 over 64,512 ports, some probe meets an open mapping
-with probability 1 - (1 - N/64512)^M, about 98 %. Everything is bounded in
-count and time; the caller sends what ``due(now)`` returns.
+sends M checks to random ports of the hard side's public address; some
+probe meets an open mapping with probability 1 - (1 - N/64512)^M over
+64,512 ports: about 98 % with N = 256 and M = 1024 (Tailscale's figure),
+99.97 % with the M = 2048 used here, sent in about 2 s. Everything is
+bounded in count and time; the caller sends what ``due(now)`` returns.
 
 ``NatHint`` is the compact NAT description carried in presence
 (``nat_type``), so a peer knows which side is hard before the checks start,
@@ -26,8 +27,8 @@ from .nat_check import ENDPOINT_INDEPENDENT, PRESERVING, RANDOM, SEQUENTIAL, Por
 from .stun.addresses import Address
 
 SPRAY_SOCKETS = 256
-SPRAY_PROBES = 1024
-SPRAY_INTERVAL_SECONDS = 0.002
+SPRAY_PROBES = 2048
+SPRAY_INTERVAL_SECONDS = 0.001
 PREDICTED_PORTS = 4
 LOWEST_PORT = 1024
 KEEPALIVE_SECONDS = 15.0
