@@ -17,13 +17,14 @@ from .lab import Lab, LabError, unavailable_reason
 KINDS = ("eim-eif", "eim-adf", "eim-apdf", "apdm-random", "udp-blocked")
 WEB_ONLY = "tcp-web-only"
 UPNP = "eim-apdf+upnp"
+CGN = "eim-apdf+cgn-eim-apdf"  # a home NAT behind a carrier NAT (100.64.0.0/10)
 PAIRS = list(itertools.combinations_with_replacement(KINDS, 2))
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """Two sites per kind (one behind the TCP 80/443 firewall, one behind a UPnP gateway), buddies all,
-    a node with TURN."""
+    """Two sites per kind (and behind the TCP 80/443 firewall), one behind a carrier NAT, one behind a
+    UPnP gateway; buddies all; a node with TURN."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
@@ -33,7 +34,8 @@ def lab(tmp_path_factory):
         sites = {}
         for kind in KINDS:
             sites[kind] = (lab.add_site(kind), lab.add_site(kind))
-        sites[WEB_ONLY] = (lab.add_site(WEB_ONLY),)
+        sites[WEB_ONLY] = (lab.add_site(WEB_ONLY), lab.add_site(WEB_ONLY))
+        sites[CGN] = (lab.add_site("eim-apdf", carrier="eim-apdf"),)
         add_buddies(lab, [user(site) for pair in sites.values() for site in pair] + [UPNP.replace("+", "-")])
         lab.start_server(relay=True, web_ports=True)
         sites[UPNP] = (lab.add_site("eim-apdf", upnp=True),)  # miniupnpd asks the node for its address
@@ -72,6 +74,15 @@ def test_connect_pair(lab, a, b):
     assert theirs.get("path", "").split("-")[0] == mine["path"].split("-")[0], theirs
 
 
+@pytest.mark.parametrize("b", KINDS)
+def test_connect_from_behind_a_carrier_nat(lab, b):
+    """Behind a home NAT and a carrier NAT (both endpoint-independent mapping), paths are as for one such NAT."""
+    mine, theirs = run_pair(lab.kinds[CGN][0], lab.kinds[b][1])
+    assert "error" not in mine, mine
+    assert mine["pong"], json.dumps([mine, theirs])
+    assert mine["path"] in expected("eim-apdf", b), mine
+
+
 def test_tcp_punch_with_udp_off(lab):
     """With direct UDP off, two endpoint-independent NATs connect by TCP hole punching, not the relay."""
     mine, theirs = run_pair(lab.kinds["eim-apdf"][0], lab.kinds["eim-adf"][1], "direct=tcp")
@@ -85,6 +96,13 @@ def test_behind_the_web_only_firewall_through_443(lab):
     mine, theirs = run_pair(lab.kinds[WEB_ONLY][0], lab.kinds["eim-apdf"][1])
     assert "error" not in mine, mine
     assert mine["path"] == "turn-tls" and mine["pong"], mine
+
+
+def test_both_behind_web_only_firewalls(lab):
+    """Two clients that can each reach only TLS on 443 connect through two allocations on the node's relay."""
+    mine, theirs = run_pair(lab.kinds[WEB_ONLY][0], lab.kinds[WEB_ONLY][1])
+    assert "error" not in mine, mine
+    assert mine["path"] == theirs.get("path") == "turn-tls" and mine["pong"], json.dumps([mine, theirs])
 
 
 def test_upnp_mapping_reaches_a_random_mapping_nat(lab):
