@@ -22,7 +22,7 @@ Sites are numbered in creation order (site N: client 192.168.N.2, WAN
 198.18.0.(10+N)), so sites of every kind, several of one kind too, live in
 one lab and reach each other across the public segment at their WAN
 addresses (``Site.wan_ip``). ``Lab.sites`` holds them by unique name (the
-kind, with ``+cgn-...``/``+upnp`` and ``#N`` for repeats). A site's client
+kind, with ``+cgn-...``/``+hop``/``+upnp`` and ``#N`` for repeats). A site's client
 runs commands with ``Site.exec_argv``; the super node's namespace is
 ``Lab.server_ns``, the bridge's ``Lab.public_ns``. ``start_server`` may run
 more than one node (different ``port``; only one with ``web_ports``).
@@ -39,6 +39,18 @@ Topology (addresses only from 198.18.0.0/15, 100.64.0.0/10, 192.168.0.0/16)::
 
 A double NAT puts a carrier router (lan 100.64.N.1/24) between the public
 segment and the home router (wan 100.64.N.2).
+
+``hop=True`` puts an "ISP router" namespace (``hopN``) between the outermost
+router's ``wan`` and the bridge, so a packet from the site crosses one routed
+hop before the public segment (a low-TTL SYN dies there, see
+rendezvous/tcp_punch.py). The router keeps its WAN address 198.18.0.(10+N),
+as a /32 with a default route out of ``wan``; the hop has 198.18.0.(210+N)/24
+on the bridge (``pub``), forwards, proxy-ARPs for the router's address on the
+bridge and for everything towards the router (``cust``, with a host route to
+the router's address), and drops the ICMP Time Exceeded it would send (as
+many real routers rate-limit or filter them; Linux would abort a SYN-SENT
+connect on it). Counted in nftables table ``natlab_hop``, chain ``output``.
+Only sites 1-44 may have one.
 
 NAT kinds (nftables table ``natlab`` in the router namespace):
 
@@ -143,6 +155,7 @@ class Site:
     wan_ip: str                  # the public (198.18) address of the outermost router
     hairpin: bool = False
     upnp: bool = False           # a miniupnpd gateway runs in the (only) router
+    hop: str | None = None       # the ISP router namespace outside the routers, if any
 
     def exec_argv(self, *argv: str) -> list[str]:
         """argv that runs a command inside the client namespace."""
@@ -269,13 +282,14 @@ class Lab:
     # -- NAT sites -------------------------------------------------------
 
     def add_site(self, kind: str, hairpin: bool = False, carrier: str | None = None,
-                 udp_timeout_seconds: int | None = None, upnp: bool = False, sip_alg: bool = False) -> Site:
+                 udp_timeout_seconds: int | None = None, upnp: bool = False, sip_alg: bool = False,
+                 hop: bool = False) -> Site:
         """A client behind a router of this kind; with carrier, behind a carrier NAT too.
 
         udp_timeout_seconds sets the router's conntrack UDP timeout (the
         binding lifetime of conntrack-filtered mappings). upnp runs a miniupnpd
-        gateway in the router, sip_alg the kernel's SIP ALG (see the module
-        docstring).
+        gateway in the router, sip_alg the kernel's SIP ALG, hop an ISP router
+        between the outermost router and the bridge (see the module docstring).
         """
         if kind not in KINDS or (carrier is not None and carrier not in KINDS):
             raise ValueError(f"unknown NAT kind {kind!r}")
@@ -287,14 +301,14 @@ class Lab:
             raise LabError(f"upnp needs {MINIUPNPD} (Debian package miniupnpd-nftables)")
         self._next_site += 1
         n = self._next_site
-        if n > 200:
+        if n > 200 or (hop and n > HOP_SITES):
             raise ValueError("too many sites")
         wan_ip = f"198.18.0.{10 + n}"
         routers = []
         if carrier is not None:
             cgn = self._namespace(f"cgn{n}")
             routers.append(cgn)
-            self._to_public(cgn, "wan", f"{wan_ip}/{PUBLIC_PREFIX}")
+            hop_ns = self._wan(cgn, n, wan_ip, hop)
             home = self._namespace(f"r{n}")
             routers.append(home)
             self._link(cgn, "lan", home, "wan")
@@ -307,7 +321,7 @@ class Lab:
         else:
             home = self._namespace(f"r{n}")
             routers.append(home)
-            self._to_public(home, "wan", f"{wan_ip}/{PUBLIC_PREFIX}")
+            hop_ns = self._wan(home, n, wan_ip, hop)
             home_wan = wan_ip
         client = self._namespace(f"c{n}")
         self._link(home, "lan", client, "eth0")
@@ -320,14 +334,34 @@ class Lab:
         label = kind if carrier is None else f"{kind}+cgn-{carrier}"
         if sip_alg:
             label += "+sip-alg"
+        if hop:
+            label += "+hop"
         if upnp:
             label += "+upnp"
             self._start_miniupnpd(home, n)
         if label in self.sites:
             label += f"#{n}"
-        site = Site(label, kind, client, client_ip, routers, wan_ip, hairpin, upnp)
+        site = Site(label, kind, client, client_ip, routers, wan_ip, hairpin, upnp, hop_ns)
         self.sites[label] = site
         return site
+
+    def _wan(self, router: str, n: int, wan_ip: str, hop: bool) -> str | None:
+        """The outermost router's ``wan``: on the bridge, or behind an ISP router hop (returned)."""
+        if not hop:
+            self._to_public(router, "wan", f"{wan_ip}/{PUBLIC_PREFIX}")
+            return None
+        isp = self._namespace(f"hop{n}")
+        self._to_public(isp, "pub", f"198.18.0.{210 + n}/{PUBLIC_PREFIX}")
+        self._link(isp, "cust", router, "wan")
+        self._ns(router, "ip", "addr", "add", f"{wan_ip}/32", "dev", "wan")
+        self._ns(router, "ip", "route", "add", "default", "dev", "wan")
+        self._ns(isp, "ip", "route", "add", f"{wan_ip}/32", "dev", "cust")
+        self._ns(isp, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for dev in ("pub", "cust"):
+            self._ns(isp, "sysctl", "-qw", f"net.ipv4.conf.{dev}.proxy_arp=1")
+            self._ns(isp, "sysctl", "-qw", f"net.ipv4.neigh.{dev}.proxy_delay=0")  # answer at once
+        self._ns(isp, "nft", "-f", "-", input=HOP_RULESET)
+        return isp
 
     def _router(self, ns: str, kind: str, wan_ip: str, lan_net: str, inside_ip: str, hairpin: bool,
                 udp_timeout_seconds: int | None, upnp: bool = False, sip_alg: bool = False) -> None:
@@ -380,6 +414,17 @@ class Lab:
 
 
 MINIUPNPD = "/usr/sbin/miniupnpd"
+
+HOP_SITES = 44  # hop N is 198.18.0.(210+N)
+
+# An ISP router that sends no ICMP Time Exceeded (and counts what it held back).
+HOP_RULESET = """table ip natlab_hop {
+	chain output {
+		type filter hook output priority filter; policy accept;
+		icmp type time-exceeded counter drop
+	}
+}
+"""
 
 # The chains miniupnpd (nftables flavour, defaults) fills: forward filter rules
 # in "miniupnpd", DNATs in "prerouting_miniupnpd", all in table inet filter.

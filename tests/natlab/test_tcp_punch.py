@@ -12,11 +12,11 @@ from .lab import ROOT, SERVER_IP, SERVER_PORT
 
 pytestmark = pytest.mark.natlab
 
-# Full-TTL simultaneous open only: the lab's NAT routers share one bridge,
-# so there is no hop between them for a low-TTL SYN to die at (a TTL-2 SYN
-# reaches the peer's NAT, and the TTL-1 one dies in our own router before it
-# is NATed); tests/integration/test_tcp_punch.py covers the low-TTL socket
-# handling on loopback.
+# Full TTL between NAT routers on one bridge: there is no hop between them
+# for a low-TTL SYN to die at (a TTL-2 SYN reaches the peer's NAT, and the
+# TTL-1 one dies in our own router before it is NATed). Low TTL between
+# sites with an ISP router hop each (lab ``hop=True``), where a TTL-2 SYN
+# crosses our NAT and dies at our own hop, which sends no ICMP.
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
@@ -68,12 +68,10 @@ def start_side(site, port: int, name: str, low_ttl) -> tuple[subprocess.Popen, t
     return process, (line[0], int(line[1]))
 
 
-@pytest.mark.parametrize("kinds", [("eim-apdf", "eim-adf"), ("eim-eif", "eim-apdf")], ids=["apdf-adf", "eif-apdf"])
-def test_tcp_punch_through_two_nats(natlab, kinds):
-    """Two clients behind endpoint-independent NATs open one TCP connection through both and exchange bytes."""
-    a_site, b_site = natlab(kinds[0]), natlab(kinds[1])
-    a, a_mapped = start_side(a_site, 40100, "alice", None)
-    b, b_mapped = start_side(b_site, 40200, "bob", None)
+def punch(a_site, b_site, low_ttl) -> tuple[dict, dict]:
+    """Both sides punch at one instant (ports 40100, 40200); each one's result after exchanging names."""
+    a, a_mapped = start_side(a_site, 40100, "alice", low_ttl)
+    b, b_mapped = start_side(b_site, 40200, "bob", low_ttl)
     try:
         assert a_mapped == (a_site.wan_ip, 40100) and b_mapped == (b_site.wan_ip, 40200)  # EIM keeps the port
         start = time.time() + 1.0
@@ -93,3 +91,27 @@ def test_tcp_punch_through_two_nats(natlab, kinds):
     assert (result_a["heard"], result_b["heard"]) == ("bob", "alice")
     assert result_a["peer"] == list(b_mapped) and result_b["peer"] == list(a_mapped)
     print("techniques:", result_a["technique"], result_b["technique"], result_a["seconds"], result_b["seconds"])
+    return result_a, result_b
+
+
+@pytest.mark.parametrize("kinds", [("eim-apdf", "eim-adf"), ("eim-eif", "eim-apdf")], ids=["apdf-adf", "eif-apdf"])
+def test_tcp_punch_through_two_nats(natlab, kinds):
+    """Two clients behind endpoint-independent NATs open one TCP connection through both and exchange bytes."""
+    punch(natlab(kinds[0]), natlab(kinds[1]), None)
+
+
+def held_back_time_exceeded(site) -> int:
+    """How many ICMP Time Exceeded the site's ISP router hop has dropped (its nftables counter)."""
+    listing = subprocess.run(["ip", "netns", "exec", site.hop, "nft", "list", "chain", "ip", "natlab_hop", "output"],
+                             capture_output=True, text=True, check=True, timeout=10).stdout
+    return int(listing.split("counter packets ")[1].split()[0])
+
+
+def test_low_ttl_tcp_punch_through_two_nats_behind_hops(natlab):
+    """With a router hop outside each NAT, the TTL-2 first SYNs die at the hops after crossing the NATs,
+    and the full-TTL retransmissions meet: one TCP connection, bytes both ways."""
+    a_site, b_site = natlab("eim-apdf", hop=True), natlab("eim-adf", hop=True)
+    before = held_back_time_exceeded(a_site), held_back_time_exceeded(b_site)
+    punch(a_site, b_site, 2)
+    after = held_back_time_exceeded(a_site), held_back_time_exceeded(b_site)
+    assert after[0] > before[0] and after[1] > before[1]  # each side's low-TTL SYN expired at its own hop
