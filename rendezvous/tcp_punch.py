@@ -30,13 +30,15 @@ Field results (Guha and Francis, IMC 2005; the TUM NAT study): ~42% of NAT
 pairs with the low-TTL technique, ~35% without.
 
 Observed in the NAT lab (tests/natlab/test_tcp_punch.py, Linux 6.18
-nftables NATs on one bridge): the technique needs a hop between the NATs.
-Without one, a TTL-2 SYN dies inside the peer's NAT after its conntrack has
-seen it, and the ICMP Time Exceeded ends our connect (Linux drops a SYN-SENT
-socket on it, RFC 1122 §4.2.3.9 notwithstanding); the retry's SYN, with a
-new sequence number, is then INVALID to our own NAT. The punch succeeds
-when a SYN reaches the peer's NAT first and is refused (about half the
-runs): the retry 0.2 s later gets through.
+nftables NATs whose routers drop unsolicited packets to themselves): with
+full TTL the punch succeeds every run (the first SYN is dropped at the
+peer's NAT, the peer's own SYN then finds our mapping). The low-TTL SYN
+needs a routed hop between the NATs that does not answer with ICMP Time
+Exceeded: Linux drops a SYN-SENT socket on that ICMP (RFC 1122 §4.2.3.9
+notwithstanding), and the retry's SYN, with a new sequence number, is
+INVALID to our own NAT. With such a hop (``Lab.add_site(hop=True)``) it
+succeeds every run, by simultaneous open about 1 s after the start (the
+kernel's full-TTL resend).
 """
 
 import socket
