@@ -107,7 +107,9 @@ class Connection:
     indications). ``send(bytes)`` sends one datagram; ``set_receiver(f)``
     has ``f(bytes)`` called for each one that arrives; ``close()`` frees the
     sockets, the UPnP mapping and the relay allocation, and returns a
-    Deferred that fires when done.
+    Deferred that fires when done. ``when_lost()`` fires with a reason when
+    a path that rides a connection loses it (the punched TCP stream, or the
+    TCP/TLS connection to the relay); a UDP path has none to lose.
     """
 
     def __init__(self, peer: str, path: str, local: Address, remote: Address, attempts: list[Attempt],
@@ -118,6 +120,8 @@ class Connection:
         self._receiver = None
         self._early: list[bytes] = []
         self._closed: Deferred | None = None
+        self._lost: str | None = None
+        self._lost_waiters: list[Deferred] = []
         self.signaling = None  # the login connect() made, closed with the connection
         self._keepalive = LoopingCall(session.keepalive)
         self._keepalive.clock = session.reactor
@@ -147,6 +151,23 @@ class Connection:
                 self._early.append(data)
         else:
             self._receiver(data)
+
+    def when_lost(self) -> Deferred:
+        """A Deferred firing with the reason (str) if the path's connection ends before ``close()``."""
+        if self._lost is not None:
+            return succeed(self._lost)
+        waiter: Deferred = Deferred()
+        self._lost_waiters.append(waiter)
+        return waiter
+
+    def _path_lost(self, reason: str) -> None:
+        if self._closed is not None or self._lost is not None:
+            return
+        self._lost = reason
+        log.info("the {path} path to {peer} is lost: {reason}", path=self.path, peer=self.peer, reason=reason)
+        waiters, self._lost_waiters = self._lost_waiters, []
+        for waiter in waiters:
+            waiter.callback(reason)
 
     def close(self) -> Deferred:
         """Close the sockets and release the relay allocation; fires when done."""
@@ -540,8 +561,10 @@ class _Session:
                        self.tcp_technique)
 
     def stream_lost(self, stream: _Stream) -> None:
-        """The punched stream closed before it was selected: the relay may win after all."""
-        if stream is self.tcp_stream and not self.done.called:
+        """The punched stream closed: before selection the relay may win after all; after, the path is lost."""
+        if stream is self.tcp_stream and self.connection is not None:
+            self.connection._path_lost("the TCP connection closed")
+        elif stream is self.tcp_stream and not self.done.called:
             self.tcp_stream = self.tcp_punch = None
             self._tcp_started = None
             self.agent.hold_relayed = False
@@ -644,7 +667,9 @@ class _Session:
         self.selected_base, self.selected_remote = base, remote
         interval = self.options.keepalive_seconds or keepalive_seconds([self.hint.lifetime_seconds,
                                                                         self.peer_hint.lifetime_seconds])
-        self.connection = Connection(self.peer, path, local, remote, self.attempts, self, interval)
+        self.connection = connection = Connection(self.peer, path, local, remote, self.attempts, self, interval)
+        if base == "relay" and self.turn_transport in ("tcp", "tls"):
+            self.turn.when_closed().addCallback(lambda _: connection._path_lost("the relay connection closed"))
         self.done.callback(self.connection)
 
     def _close_tcp(self) -> None:
