@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections import OrderedDict
-from dataclasses import dataclass
 
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
+
+from relay.limits import RateLimiter
 
 log = Logger()
 
@@ -66,20 +66,6 @@ def decode_reply(data: bytes) -> tuple[bytes, tuple[str, int]]:
     return data[:-TRAILER_BYTES], (address, port)
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    at: float
-
-    def take(self, now: float, rate: float, burst: float) -> bool:
-        self.tokens = min(burst, self.tokens + (now - self.at) * rate)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 class EchoCore:
     """Decides whether and what to answer (sans-IO).
 
@@ -90,12 +76,8 @@ class EchoCore:
 
     def __init__(self, per_source_rate: float = 2.0, per_source_burst: float = 10.0, total_rate: float = 200.0,
                  max_sources: int = 4096) -> None:
-        self.per_source_rate = per_source_rate
-        self.per_source_burst = per_source_burst
-        self.total_rate = total_rate
-        self.max_sources = max_sources
-        self._total = _Bucket(total_rate, 0.0)
-        self._sources: OrderedDict[str, _Bucket] = OrderedDict()
+        self._per_source = RateLimiter(per_source_burst, per_source_rate, max_sources)
+        self._total = RateLimiter(total_rate, total_rate, 1)
         self.answered = 0
         self.dropped = 0
 
@@ -104,14 +86,7 @@ class EchoCore:
         if len(data) > MAX_PROBE_BYTES or not data.endswith(PROBE_TRAILER):
             self.dropped += 1
             return None
-        bucket = self._sources.pop(source[0], None)
-        if bucket is None:
-            bucket = _Bucket(self.per_source_burst, now)
-            if len(self._sources) >= self.max_sources:
-                self._sources.popitem(last=False)
-        self._sources[source[0]] = bucket
-        if not bucket.take(now, self.per_source_rate, self.per_source_burst) or \
-                not self._total.take(now, self.total_rate, self.total_rate):
+        if not self._per_source.allow(source[0], now) or not self._total.allow(None, now):
             self.dropped += 1
             return None
         self.answered += 1

@@ -51,7 +51,7 @@ def test_source_table_is_bounded():
     core = EchoCore(max_sources=8, total_rate=1e9)
     for i in range(100):
         core.answer(probe(b"x"), (f"198.18.{i // 256}.{i % 256}", 1), float(i))
-    assert len(core._sources) == 8
+    assert len(core._per_source.buckets) == 8
 
 
 @given(st.binary(max_size=80))
