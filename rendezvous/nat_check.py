@@ -169,12 +169,11 @@ def port_allocation(samples: list[tuple[int, int]]) -> PortAllocation:
         return PortAllocation(PRESERVING, None, frozen)
     mapped = [m for _, m in frozen]
     deltas = [b - a for a, b in pairwise(mapped)]
-    if len(deltas) >= 2:
-        delta, count = Counter(deltas).most_common(1)[0]
-        if delta != 0 and abs(delta) <= MAX_SEQUENTIAL_DELTA and 3 * count >= 2 * len(deltas):
-            return PortAllocation(SEQUENTIAL, delta, frozen)
     if len(deltas) < 2:
         return PortAllocation(None, None, frozen)
+    delta, count = Counter(deltas).most_common(1)[0]
+    if delta != 0 and abs(delta) <= MAX_SEQUENTIAL_DELTA and 3 * count >= 2 * len(deltas):
+        return PortAllocation(SEQUENTIAL, delta, frozen)
     return PortAllocation(RANDOM, None, frozen)
 
 
