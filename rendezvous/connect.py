@@ -37,21 +37,21 @@ import hashlib
 import hmac
 import ipaddress
 import socket
-import struct
 import time
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred, succeed
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 
 from relay import client as turn_client
 from upnp_helper import LeaseKeeper, discover_gateway
 from .ice import Agent, Send, random_credentials
-from .prediction import (KEEPALIVE_SECONDS, SPRAY_PROBES, SPRAY_SOCKETS, BirthdaySpray, NatHint, hint_from_probes,
+from .prediction import (SPRAY_PROBES, SPRAY_SOCKETS, BirthdaySpray, NatHint, hint_from_probes,
                          keepalive_seconds, predicted_ports, spray_role)
 from .stun import Attr, Class, Message, Method
 from .stun.addresses import Address
@@ -250,6 +250,7 @@ class _Session:
         self.connection: Connection | None = None
         self.done: Deferred = Deferred()
         self._timer = None
+        self._deadline = None
         self._started = None
         self._spray_role = None
         self.tcp_port: int | None = None
@@ -432,12 +433,12 @@ class _Session:
                                                         self.options.tls):
             started = time.monotonic()
             try:
-                client = await _with_timeout(self.reactor, turn_client.connect(
+                client = await turn_client.connect(
                     self.reactor, server, transport, username=turn["username"], password=turn["password"],
                     realm=turn.get("realm"), tls_verify=self.options.tls_verify,
-                    connect_timeout_seconds=RELAY_TIMEOUT_SECONDS, rto_seconds=GATHER_RTO_SECONDS, rc=3, rm=4),
-                    RELAY_TIMEOUT_SECONDS)
-                relayed = await _with_timeout(self.reactor, client.allocate(), RELAY_TIMEOUT_SECONDS + 1)
+                    connect_timeout_seconds=RELAY_TIMEOUT_SECONDS, rto_seconds=GATHER_RTO_SECONDS, rc=3, rm=4,
+                ).addTimeout(RELAY_TIMEOUT_SECONDS, self.reactor)
+                relayed = await client.allocate().addTimeout(RELAY_TIMEOUT_SECONDS + 1, self.reactor)
             except Exception as e:  # every failure means "try the next transport"
                 self._attempt(f"turn-{transport}", started, "failed", f"allocation: {e}")
                 continue
@@ -445,7 +446,6 @@ class _Session:
             client.on_data = lambda peer, data: self.packet("relay", tuple(peer), data)
             self.agent.add_base("relay", "relay", relayed, {"udp": 3, "tcp": 2, "tls": 1}[transport])
             self.agent.advertise(self.agent.candidate("relay", relayed, "relay"))
-            self._allocated_in_ms = (time.monotonic() - started) * 1000
             return
 
     # -- checks ------------------------------------------------------------
@@ -725,7 +725,7 @@ class _Session:
             self._fail(f"no path within {self.options.timeout_seconds} s")
 
     def _cancel_timers(self) -> None:
-        for timer in (self._timer, getattr(self, "_deadline", None)):
+        for timer in (self._timer, self._deadline):
             if timer is not None and timer.active():
                 timer.cancel()
         self._timer = None
@@ -761,26 +761,19 @@ class _Session:
         return DeferredList(closing).addCallback(lambda _: None)
 
 
-class _Stream(Protocol):
+class _Stream(Int16StringReceiver):
     """A punched TCP connection carrying frames: a 2-byte big-endian length, then that many bytes."""
 
     def __init__(self, session: _Session) -> None:
         self.session = session
-        self.buffer = b""
 
     def write_frame(self, data: bytes) -> None:
         if self.transport is not None:
-            self.transport.write(struct.pack("!H", len(data)) + data)
+            self.sendString(data)
 
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) >= 2:
-            length = struct.unpack_from("!H", self.buffer)[0]
-            if len(self.buffer) < 2 + length:
-                return
-            frame, self.buffer = self.buffer[2:2 + length], self.buffer[2 + length:]
-            if frame:
-                self.session.stream_frame(self, frame)
+    def stringReceived(self, frame: bytes) -> None:
+        if frame:
+            self.session.stream_frame(self, frame)
 
     def connectionLost(self, reason=None) -> None:
         self.session.stream_lost(self)
@@ -858,10 +851,6 @@ def _relay_targets(signaling, turn: dict, transports: tuple, tls: bool) -> list[
         targets.append(own)
     order = {t: i for i, t in enumerate(RELAY_TRANSPORTS)}
     return sorted([t for t in targets if t[0] in transports], key=lambda t: order[t[0]])
-
-
-def _with_timeout(reactor, d: Deferred, seconds: float) -> Deferred:
-    return d.addTimeout(seconds, reactor)
 
 
 # -- the front doors ----------------------------------------------------------
