@@ -216,11 +216,12 @@ class PortMappingService(service.Service):
 
     def _settle(self, result):
         if not isinstance(result, list):
-            error = result.value if isinstance(result.value, UpnpError) else UpnpError(str(result.value))
-            if not isinstance(result.value, UpnpError):
-                log.failure("UPnP port mapping failed unexpectedly", result)
-            else:
+            error = result.value
+            if isinstance(error, UpnpError):
                 log.warn("UPnP port mapping failed: {error}", error=str(error))
+            else:
+                log.failure("UPnP port mapping failed unexpectedly", result)
+                error = UpnpError(str(error))
             result = error
         self._result = result
         waiting, self._waiting = self._waiting, []
