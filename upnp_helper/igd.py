@@ -66,7 +66,8 @@ def normal_protocol(protocol: str) -> str:
     return name
 
 
-def _check_port(port: int, what: str) -> int:
+def check_port(port: int, what: str) -> int:
+    """port when it is an int in 1-65535; ValueError naming ``what`` otherwise."""
     if not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError(f"{what} must be 1-65535, not {port!r}")
     return port
@@ -122,8 +123,8 @@ class Gateway:
 
     async def _add(self, external_port, protocol, internal_port, internal_host, description, lease_seconds):
         protocol = normal_protocol(protocol)
-        _check_port(external_port, "external_port")
-        internal_port = _check_port(internal_port if internal_port is not None else external_port, "internal_port")
+        check_port(external_port, "external_port")
+        internal_port = check_port(internal_port if internal_port is not None else external_port, "internal_port")
         if lease_seconds < 0:
             raise ValueError("lease_seconds must be >= 0")
         host = internal_host or self.lan_address
@@ -146,7 +147,7 @@ class Gateway:
     def get_mapping(self, external_port: int, protocol: str = "UDP") -> Deferred:
         """Fires with the PortMapping for external_port/protocol, or None when there is none."""
         protocol = normal_protocol(protocol)
-        _check_port(external_port, "external_port")
+        check_port(external_port, "external_port")
 
         def got(entry):
             # miniupnpc: (internal host, internal port, description, enabled, lease) or None
@@ -185,7 +186,7 @@ class Gateway:
         """Remove the mapping; fires with None, fails with MappingRefused (714
         NoSuchEntryInArray when there is none) or UpnpError."""
         protocol = normal_protocol(protocol)
-        _check_port(external_port, "external_port")
+        check_port(external_port, "external_port")
         return self._run("DeletePortMapping", self._upnp.deleteportmapping, external_port, protocol
                          ).addCallback(lambda _: None)
 

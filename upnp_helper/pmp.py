@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from . import natpmp, pcp
 from .errors import MappingRefused, NoGateway, UpnpError
-from .igd import DEFAULT_DESCRIPTION, DEFAULT_TIMEOUT_SECONDS, PortMapping, normal_protocol
+from .igd import DEFAULT_DESCRIPTION, DEFAULT_TIMEOUT_SECONDS, PortMapping, check_port, normal_protocol
 
 log = Logger()
 
@@ -166,12 +166,6 @@ def _lease(lease_seconds: int) -> int:
     return int(lease_seconds) or natpmp.RECOMMENDED_LIFETIME_SECONDS
 
 
-def _check_port(port: int, what: str) -> int:
-    if not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"{what} must be 1-65535, not {port!r}")
-    return port
-
-
 # -- NAT-PMP -----------------------------------------------------------------
 
 
@@ -213,8 +207,8 @@ class NatPmpGateway:
         """Map (§3.3) suggesting external_port; fires with the PortMapping the gateway
         granted (its external port and lifetime may differ from those asked for)."""
         protocol = normal_protocol(protocol)
-        internal_port = _check_port(internal_port if internal_port is not None else external_port, "internal_port")
-        _check_port(external_port, "external_port")
+        internal_port = check_port(internal_port if internal_port is not None else external_port, "internal_port")
+        check_port(external_port, "external_port")
         if internal_host not in (None, self.lan_address):
             raise ValueError("NAT-PMP maps ports of this host only")
         request = natpmp.map_request(protocol, internal_port, external_port, _lease(lease_seconds))
@@ -230,7 +224,7 @@ class NatPmpGateway:
         """Destroy our mapping (§3.4). The request names the internal port: the one
         mapped to external_port by this object, else external_port itself."""
         protocol = normal_protocol(protocol)
-        internal_port = self._internal_of.pop((protocol, _check_port(external_port, "external_port")), external_port)
+        internal_port = self._internal_of.pop((protocol, check_port(external_port, "external_port")), external_port)
         request = natpmp.map_request(protocol, internal_port, 0, 0)
         return self._ask(request, natpmp.MAP_OPCODES[protocol], "unmap", internal_port).addCallback(lambda _: None)
 
@@ -296,8 +290,8 @@ class PcpGateway:
         """MAP (§11) suggesting external_port; renewing a mapping of ours reuses its
         nonce. Fires with the PortMapping granted."""
         protocol = normal_protocol(protocol)
-        internal_port = _check_port(internal_port if internal_port is not None else external_port, "internal_port")
-        _check_port(external_port, "external_port")
+        internal_port = check_port(internal_port if internal_port is not None else external_port, "internal_port")
+        check_port(external_port, "external_port")
         if internal_host not in (None, self.lan_address):
             raise ValueError("PCP maps ports of this host only (no THIRD_PARTY option)")
         nonce, _ = self.nonce_of.get((protocol, external_port), (os.urandom(pcp.NONCE_BYTES), internal_port))
@@ -317,7 +311,7 @@ class PcpGateway:
         """Delete a mapping (MAP with lifetime 0, §15) made by this object, or by
         another with the nonce and internal port given."""
         protocol = normal_protocol(protocol)
-        key = (protocol, _check_port(external_port, "external_port"))
+        key = (protocol, check_port(external_port, "external_port"))
         if nonce is None:
             if key not in self.nonce_of:
                 raise UpnpError(f"no PCP mapping of {protocol} {external_port} made here (its nonce is needed)")
