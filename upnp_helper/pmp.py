@@ -172,8 +172,6 @@ def _lease(lease_seconds: int) -> int:
 class NatPmpGateway:
     """A gateway speaking NAT-PMP. ``control_url`` names it, ``lan_address`` is ours."""
 
-    protocol_name = "NAT-PMP"
-
     def __init__(self, reactor, gateway_ip: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self._exchange = _Exchange(reactor, (gateway_ip, natpmp.PORT), timeout_seconds)
         self.control_url = f"natpmp://{gateway_ip}:{natpmp.PORT}"
@@ -242,8 +240,6 @@ class PcpGateway:
     """A gateway speaking PCP. Each mapping has its nonce (§11.1), kept here to
     renew and delete it; ``nonce_of`` exposes them (a later process needs the
     nonce to delete a mapping)."""
-
-    protocol_name = "PCP"
 
     def __init__(self, reactor, gateway_ip: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self._exchange = _Exchange(reactor, (gateway_ip, pcp.PORT), timeout_seconds)
