@@ -32,7 +32,6 @@ from .stun.transaction import ClientTransaction
 # A UPnP-mapped address is as good as a host one on the public side; a
 # predicted port is a guess, so it ranks under a measured srflx.
 TYPE_PREFERENCE = {"host": 126, "upnp": 120, "prflx": 110, "srflx": 100, "predicted": 90, "relay": 0}
-CANDIDATE_TYPES = tuple(TYPE_PREFERENCE)
 COMPONENT = 1
 TA_SECONDS = 0.02
 CHECK_RTO_SECONDS = 0.25
@@ -177,7 +176,6 @@ class Agent:
         if pair:
             for remote in self.remote_candidates:
                 self._pair(candidate, remote)
-        if pair:
             self._paired.add(name)
         return candidate
 
@@ -440,7 +438,7 @@ class Agent:
             code, _ = decode_error_code(response.get(Attr.ERROR_CODE) or b"")
             if code == Error.ROLE_CONFLICT:
                 # §7.2.5.1: switch role and check the pair again.
-                self.controlling = Attr.ICE_CONTROLLED in transaction_request(transaction)
+                self.controlling = Attr.ICE_CONTROLLED in Message.decode(transaction.request)
                 pair.state = PairState.WAITING
                 self._triggered.append(pair)
             else:
@@ -533,8 +531,3 @@ class Agent:
         response = error_response(request, code)
         key = self._local_key if code == Error.ROLE_CONFLICT else None
         return Send(base, source, response.encode(integrity_key=key, fingerprint=True))
-
-
-def transaction_request(transaction: ClientTransaction) -> Message:
-    """The request a transaction sent, decoded."""
-    return Message.decode(transaction.request)
