@@ -23,7 +23,8 @@ import math
 import random
 from dataclasses import dataclass
 
-from .nat_check import ENDPOINT_INDEPENDENT, PRESERVING, RANDOM, SEQUENTIAL, PortAllocation, port_allocation
+from .nat_check import (ADDRESS_AND_PORT_DEPENDENT, ADDRESS_DEPENDENT, ENDPOINT_INDEPENDENT, PRESERVING, RANDOM,
+                        SEQUENTIAL, PortAllocation, port_allocation)
 from .stun.addresses import Address
 
 SPRAY_SOCKETS = 256
@@ -34,7 +35,7 @@ LOWEST_PORT = 1024
 KEEPALIVE_SECONDS = 15.0
 MIN_KEEPALIVE_SECONDS = 1.0
 MAX_KEEPALIVE_SECONDS = 120.0
-_SHORT = {ENDPOINT_INDEPENDENT: "eim", "address-dependent": "adm", "address-and-port-dependent": "apdm"}
+_SHORT = {ENDPOINT_INDEPENDENT: "eim", ADDRESS_DEPENDENT: "adm", ADDRESS_AND_PORT_DEPENDENT: "apdm"}
 _LONG = {v: k for k, v in _SHORT.items()}
 
 
@@ -98,7 +99,7 @@ def hint_from_probes(toward_primary: Address, toward_other: Address | None,
     elif toward_other == toward_primary:
         mapping = ENDPOINT_INDEPENDENT
     else:
-        mapping = "address-and-port-dependent" if toward_other[0] == toward_primary[0] else "address-dependent"
+        mapping = ADDRESS_AND_PORT_DEPENDENT if toward_other[0] == toward_primary[0] else ADDRESS_DEPENDENT
     allocation: PortAllocation = port_allocation(samples)
     return NatHint(mapping, allocation.pattern, allocation.delta)
 
@@ -147,7 +148,6 @@ class BirthdaySpray:
         else:
             ports = (rng or random.SystemRandom()).sample(range(LOWEST_PORT, 65536), min(probes, 65536 - LOWEST_PORT))
             self._plan = [(0, (peer[0], port)) for port in ports]
-        self.sockets = sockets if role == "hard" else 1
         self.deadline: float | None = start if self._plan else None
 
     @property
