@@ -22,11 +22,8 @@ import ipaddress
 import struct
 
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
-from twisted.logger import Logger
 
 from relay.limits import RateLimiter
-
-log = Logger()
 
 MAGIC = b"\x00TXECHO\x00"
 TRAILER_BYTES = len(MAGIC) + 20

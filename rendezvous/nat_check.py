@@ -38,7 +38,6 @@ from itertools import pairwise
 from twisted.internet import defer, error, task
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol
-from twisted.logger import Logger
 
 from upnp_helper.probe import NAMES as GATEWAY_NAMES
 from upnp_helper.probe import GatewayAnswer
@@ -53,8 +52,6 @@ from .stun.addresses import Address
 from .stun.attributes import decode_error_code, encode_change_request, encode_uint16
 from .stun_client import StunClientProtocol, TransactionTimeout
 from .tcp_binding import ReusePortConnector, StreamProbe, StreamProbeFactory
-
-log = Logger()
 
 ENDPOINT_INDEPENDENT = "endpoint-independent"
 ADDRESS_DEPENDENT = "address-dependent"
