@@ -876,9 +876,7 @@ class _Punches:
 
     def wait(self, token: str, reactor, seconds: float) -> Deferred:
         if token in self.early:
-            d = Deferred()
-            d.callback(self.early.pop(token))
-            return d
+            return succeed(self.early.pop(token))
         d = Deferred(lambda _: self.waiters.pop(token, None))
         self.waiters[token] = d
         return d.addTimeout(seconds, reactor)
