@@ -119,8 +119,8 @@ class SignalingProtocol(BoundedWrites, Protocol, TimeoutMixin):
             return
         for message in messages:
             self.node.receive(self.session, message)
-            if self.session.user is not None:
-                self.setTimeout(IDLE_TIMEOUT_SECONDS)
+        if self.session.user is not None and self.timeOut != IDLE_TIMEOUT_SECONDS:
+            self.setTimeout(IDLE_TIMEOUT_SECONDS)  # logged in: from the login timeout to the idle one
         self.resetTimeout()
 
     def timeoutConnection(self) -> None:
