@@ -1,35 +1,19 @@
 """``--log-format json``: a real super node writes one JSON object per event, secrets left out."""
 
 import json
-import socket
 import time
 
 import pytest
+import pytest_twisted
 
 from rendezvous.accounts import AccountStore
 from rendezvous.stun import Class
 from tests.conftest import PRIMARY_IP, TURN_PASSWORD, TURN_REALM, TURN_SECRET, TURN_USER, start_node, stop_node
-from rendezvous.signaling_frames import FrameReader, encode
+from tests.signaling_helpers import login
 from tests.turn_helpers import UdpTurnClient
 
 pytestmark = pytest.mark.integration
-SIGNALING_PASSWORD = "dave-pw-Zq81"
-
-
-def login(node, user: str, password: str) -> tuple[socket.socket, dict]:
-    """Log in over signaling on the STUN port; the socket and the welcome (pings answered)."""
-    sock = socket.create_connection((node.ip, node.port), timeout=5)
-    sock.sendall(encode({"op": "login", "id": 1, "user": user, "password": password}))
-    reader = FrameReader()
-    while True:
-        data = sock.recv(65536)
-        assert data, "closed before the welcome"
-        for message in reader.feed(data):
-            if message["op"] == "ping":
-                sock.sendall(encode({"op": "pong", "token": message["token"]}))
-            elif message.get("id") == 1:
-                assert message["op"] == "welcome", message
-                return sock, message
+SIGNALING_PASSWORD = "dave-pw"  # what tests.signaling_helpers.login sends
 
 
 def records(node) -> list[dict]:
@@ -45,7 +29,8 @@ def wait_for(node, predicate, what: str) -> list[dict]:
     return records(node)
 
 
-def test_json_events_carry_client_session_allocation_and_no_secrets(tmp_path):
+@pytest_twisted.ensureDeferred
+async def test_json_events_carry_client_session_allocation_and_no_secrets(tmp_path):
     """A login and a TURN allocation are logged as JSON with client, session and allocation, never a secret."""
     store = AccountStore(tmp_path / "state" / "accounts.sqlite")
     store.add("dave", SIGNALING_PASSWORD, "txrendezvous")
@@ -53,13 +38,14 @@ def test_json_events_carry_client_session_allocation_and_no_secrets(tmp_path):
     node = start_node(tmp_path, "--log-format", "json", "--realm", TURN_REALM,
                       "--user", f"{TURN_USER}:{TURN_PASSWORD}", "--auth-secret", TURN_SECRET, alternate=False)
     try:
-        signaling, welcome = login(node, "dave", SIGNALING_PASSWORD)
+        signaling = await login(node, "dave")
+        welcome = signaling.welcome
         turn = UdpTurnClient((node.ip, node.port), TURN_USER, TURN_PASSWORD, TURN_REALM)
         turn.sock.bind((PRIMARY_IP, 0))
         assert turn.allocate().cls == Class.SUCCESS
         turn_client = "%s:%d" % turn.sock.getsockname()
         handed_out = welcome["turn"]["password"]
-        signaling.close()
+        await signaling.close()
         turn.close()
         logged = wait_for(node, lambda r: "session" in r and "logged in" in r["text"], "login event")
         logged = wait_for(node, lambda r: "allocation" in r and r.get("client"), "allocation event")

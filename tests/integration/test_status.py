@@ -8,6 +8,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
 
 from rendezvous.accounts import AccountStore
 from rendezvous.stun import Attr, Class, Method
@@ -23,7 +25,7 @@ from tests.conftest import (
     start_relay,
     stop_node,
 )
-from tests.integration.test_json_logs import login
+from tests.signaling_helpers import login
 from tests.turn_helpers import UdpTurnClient, code, permit
 
 pytestmark = pytest.mark.integration
@@ -80,7 +82,8 @@ def test_relay_lists_and_ends_an_allocation(tmp_path):
         stop_node(node)
 
 
-def test_super_node_lists_and_ends_a_session(tmp_path):
+@pytest_twisted.ensureDeferred
+async def test_super_node_lists_and_ends_a_session(tmp_path):
     """A logged-in signaling session is listed; ending it closes the client's connection."""
     store = AccountStore(tmp_path / "state" / "accounts.sqlite")
     store.add("erin", "erin-pw", "txrendezvous")
@@ -88,15 +91,12 @@ def test_super_node_lists_and_ends_a_session(tmp_path):
     metrics = free_port(ips=(PRIMARY_IP,))
     node = start_node(tmp_path, "--metrics", f"127.0.0.1:{metrics}", alternate=False)
     try:
-        sock, welcome = login(node, "erin", "erin-pw")
+        erin = await login(node, "erin")
         [item] = listing(node, metrics)["sessions"]["items"]
-        assert item["id"] == welcome["session"] and item["user"] == "erin" and item["state"] == "online"
-        assert item["client"] == "%s:%d" % sock.getsockname() and item["age_seconds"] >= 0
+        assert item["id"] == erin.welcome["session"] and item["user"] == "erin" and item["state"] == "online"
+        assert item["client"] == "%s:%d" % erin.local_address and item["age_seconds"] >= 0
         assert status(node, metrics, "end", "session", item["id"]).returncode == 0
-        sock.settimeout(5)
-        while sock.recv(65536):  # frames already queued, then the close
-            pass
+        await erin.when_closed().addTimeout(5, reactor)
         assert listing(node, metrics)["sessions"]["total"] == 0
-        sock.close()
     finally:
         stop_node(node)
