@@ -172,9 +172,8 @@ class SignalingNode:
             "buddy-remove": self._buddy_remove, "buddy-list": self._buddy_list,
             "lookup": self._lookup, "message": self._message,
             "connect": self._connect, "connect-answer": self._connect_answer,
-            "connect-decline": self._connect_decline,
+            "connect-decline": self._connect_decline, "hosts": self._hosts,
         }
-        self._ops["hosts"] = self._hosts
         self._open_ops = {"ping", "pong", "register", "login", "resume", "hosts"}
         # The host cache: other super nodes by (host, port), oldest first.
         self.hosts: OrderedDict[tuple, dict] = OrderedDict()
@@ -520,14 +519,19 @@ class SignalingNode:
         answer = {"kind": "connect-answer", "token": token, "user": session.user, "rtt": session.rtt,
                   "address": list(session.address), "candidates": _candidates(message),
                   "credentials": _ice_credentials(message)}
+        self._to_connect_origin(answer, self._complete_connect)
+
+    def _to_connect_origin(self, envelope: dict, here) -> None:
+        """Apply an answer or decline with ``here`` when this node holds its token, else
+        route it to the node the token names."""
+        token = envelope["token"]
         if token in self.pending:
-            self._complete_connect(answer)
-            return None
+            here(envelope)
+            return
         origin = token.rpartition(".")[2]
         if origin == self.config.node_name or not origin:
             raise SignalingError("not-found", "unknown or expired connect token")
-        self.directory.route(origin, answer)
-        return None
+        self.directory.route(origin, envelope)
 
     def _complete_connect(self, answer: dict) -> None:
         """Both sides get each other's candidates and the same start instant."""
@@ -560,15 +564,7 @@ class SignalingNode:
 
     def _connect_decline(self, session: Session, message: dict):
         token = _text(message, "token")
-        decline = {"kind": "connect-decline", "token": token, "user": session.user}
-        if token in self.pending:
-            self._decline(decline)
-            return None
-        origin = token.rpartition(".")[2]
-        if origin == self.config.node_name or not origin:
-            raise SignalingError("not-found", "unknown or expired connect token")
-        self.directory.route(origin, decline)
-        return None
+        self._to_connect_origin({"kind": "connect-decline", "token": token, "user": session.user}, self._decline)
 
     def _decline(self, decline: dict) -> None:
         entry = self.pending.get(decline.get("token"))
