@@ -191,12 +191,6 @@ class TurnServer:
         except CodecError as e:
             return self._error(msg, Error.BAD_REQUEST, str(e), auth)
 
-    def channel_data_from_client(self, five_tuple: tuple, frame: bytes) -> None:
-        """Relay a ChannelData frame; dropped silently without an allocation."""
-        allocation = self.allocations.get(five_tuple)
-        if allocation is not None and len(frame) >= 4:
-            allocation.channel_to_peer(frame)
-
     def connection_lost(self, five_tuple: tuple) -> None:
         """A TCP/TLS client connection closed: its allocation goes with it."""
         self.pending.pop(five_tuple, None)

@@ -346,12 +346,12 @@ def test_channel_data_both_ways(server):
     client.allocate()
     allocation = server.allocations[UDP_TUPLE]
     assert bind(client, 0x4001, PEER).cls == Class.SUCCESS
-    server.channel_data_from_client(UDP_TUPLE, b"\x40\x01\x00\x03abc")
+    allocation.channel_to_peer(b"\x40\x01\x00\x03abc")
     assert allocation.relays[4].sent == [(b"abc", PEER)]
     allocation.from_peer(b"xyz", PEER)
     assert client.received[-1] == b"\x40\x01\x00\x03xyz"
-    server.channel_data_from_client(UDP_TUPLE, b"\x40\x02\x00\x03abc")  # unbound: dropped
-    server.channel_data_from_client(UDP_TUPLE, b"\x40\x01\x00\x09abc")  # overrun: dropped
+    allocation.channel_to_peer(b"\x40\x02\x00\x03abc")  # unbound: dropped
+    allocation.channel_to_peer(b"\x40\x01\x00\x09abc")  # overrun: dropped
     assert len(allocation.relays[4].sent) == 1
 
 
