@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 class Echo(Protocol):
-    """Answers the first bytes with b"echo:" + them; ``received`` fires with what arrived."""
+    """Keeps what arrives first: ``received`` fires with those bytes."""
 
     def __init__(self):
         self.received = Deferred()
