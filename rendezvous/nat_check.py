@@ -470,6 +470,11 @@ def binding_request(change_ip: bool = False, change_port: bool = False, response
     return request
 
 
+def _is_alternate(other: Address | None, server: Address) -> bool:
+    """Whether OTHER-ADDRESS names an RFC 5780 alternate: another IP and another port."""
+    return other is not None and other[0] != server[0] and other[1] != server[1]
+
+
 def mapped_address(response: Message) -> Address | None:
     """XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS from a server without it."""
     return response.address(Attr.XOR_MAPPED_ADDRESS) or response.address(Attr.MAPPED_ADDRESS)
@@ -528,16 +533,13 @@ class _Checker:
         response, sender = await probe.request(binding_request(**flags), address)
         return _raise_for_error(response), sender
 
-    async def _answered(self, probe: _ProbeSocket, address: Address, expect_from: Address | None,
-                        **flags) -> bool | None:
+    async def _answered(self, probe: _ProbeSocket, address: Address, expect_from: Address, **flags) -> bool | None:
         """Whether a (changed) response arrives; None if it came from the wrong place."""
         try:
             _, sender = await self._binding(probe, address, **flags)
         except TransactionTimeout:
             return False
-        if expect_from is not None and tuple(sender) != tuple(expect_from):
-            return None
-        return True
+        return True if tuple(sender) == tuple(expect_from) else None
 
     async def _arrives(self, listener: _ProbeSocket, sender: _ProbeSocket, message: Message,
                        destination: Address) -> str:
@@ -608,7 +610,7 @@ class _Checker:
         if response.get(Attr.XOR_MAPPED_ADDRESS) is not None and plain is not None:
             report.mapped_address_rewritten = plain != mapped
         other = response.address(Attr.OTHER_ADDRESS)
-        report.rfc5780 = other is not None and other[0] != server[0] and other[1] != server[1]
+        report.rfc5780 = _is_alternate(other, server)
         report.other_address = _show(other)
         if not report.rfc5780:
             report.notes.append("the server has no RFC 5780 alternate address (OTHER-ADDRESS): "
@@ -794,7 +796,7 @@ class _Checker:
             report.tcp_port_preservation = mapped is not None and mapped[1] == local_port
             other = first.address(Attr.OTHER_ADDRESS)
             if report.rfc5780 is None:
-                report.rfc5780 = other is not None and other[0] != server[0] and other[1] != server[1]
+                report.rfc5780 = _is_alternate(other, server)
                 report.other_address = _show(other)
             if server != self.server:
                 report.notes.append(f"TCP answered only on port {server[1]}: TCP mapping not tested")
