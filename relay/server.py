@@ -167,11 +167,7 @@ class TurnServer:
         Allocate whose RESERVATION-TOKEN another worker holds is answered
         later, through send, when the relay socket arrives.
         """
-        if msg.cls == Class.INDICATION:
-            if msg.method == Method.SEND:
-                self._send_indication(msg, five_tuple)
-            return None
-        if msg.cls != Class.REQUEST:
+        if msg.cls != Class.REQUEST:  # Send indications take the data path (Allocation.send_indication)
             return None
         self.counters["requests"] += 1
         handler = self._handlers.get(msg.method)
@@ -590,20 +586,6 @@ class TurnServer:
         if reason:
             return self._error(msg, Error.BAD_REQUEST, reason, auth)
         return self._sign(success_response(msg), auth)
-
-    # -- Send indication (RFC 8656 §11.2) ----------------------------------
-
-    def _send_indication(self, msg: Message, five_tuple: tuple) -> None:
-        allocation = self.allocations.get(five_tuple)
-        data = msg.get(Attr.DATA)
-        if allocation is None or data is None:
-            return
-        try:
-            peer = msg.address(Attr.XOR_PEER_ADDRESS)
-        except CodecError:
-            return
-        if peer is not None:
-            allocation.send_to_peer(peer, data)
 
     # -- helpers ----------------------------------------------------------
 

@@ -290,10 +290,10 @@ def test_send_indication_needs_a_permission(server):
     relay = server.allocations[UDP_TUPLE].relays[4]
     send = Message(Method.SEND, Class.INDICATION)
     send.add_address(Attr.XOR_PEER_ADDRESS, PEER).add(Attr.DATA, b"payload")
-    client.ask(send)
+    server.allocations[UDP_TUPLE].send_indication(send.encode())
     assert relay.sent == []
     permit(client, PEER)
-    client.ask(send)
+    server.allocations[UDP_TUPLE].send_indication(send.encode())
     assert relay.sent == [(b"payload", PEER)]
 
 
@@ -336,7 +336,7 @@ def test_relayed_addresses_are_peers_only_at_relay_ports(clock):
     for port in (3478, 50001):
         send = Message(Method.SEND, Class.INDICATION)
         send.add_address(Attr.XOR_PEER_ADDRESS, ("8.8.8.8", port)).add(Attr.DATA, b"payload")
-        client.ask(send)
+        server.allocations[UDP_TUPLE].send_indication(send.encode())
     assert relay.sent == [(b"payload", ("8.8.8.8", 50001))]
 
 
