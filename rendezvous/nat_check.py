@@ -37,7 +37,8 @@ from itertools import pairwise
 
 from twisted.internet import defer, error, task
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import DatagramProtocol, Protocol
 
 from upnp_helper.probe import NAMES as GATEWAY_NAMES
 from upnp_helper.probe import GatewayAnswer
@@ -427,16 +428,11 @@ class _EchoSocket(DatagramProtocol):
 
 
 class _EchoStream(Protocol):
-    """Fires ``opened`` with our (ip, port), and ``closed`` with all that came back."""
+    """Fires ``closed`` with all that came back."""
 
     def __init__(self) -> None:
-        self.opened: Deferred = Deferred()
         self.closed: Deferred = Deferred()
         self.buffer = b""
-
-    def connectionMade(self) -> None:
-        host = self.transport.getHost()
-        self.opened.callback((host.host, host.port))
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
@@ -446,18 +442,6 @@ class _EchoStream(Protocol):
     def connectionLost(self, reason) -> None:
         if not self.closed.called:
             self.closed.callback(self.buffer)
-
-
-class _EchoStreamFactory(ClientFactory):
-    def __init__(self, stream: _EchoStream) -> None:
-        self.stream = stream
-
-    def buildProtocol(self, addr):
-        return self.stream
-
-    def clientConnectionFailed(self, connector, reason) -> None:
-        if not self.stream.opened.called:
-            self.stream.opened.errback(reason)
 
 
 def binding_request(change_ip: bool = False, change_port: bool = False, response_port: int | None = None) -> Message:
@@ -757,16 +741,18 @@ class _Checker:
 
     async def _echo_tcp(self, echo: Address) -> list[str] | None:
         stream = _EchoStream()
-        connector = self.reactor.connectTCP(echo[0], echo[1], _EchoStreamFactory(stream), timeout=5)
+        endpoint = TCP4ClientEndpoint(self.reactor, echo[0], echo[1], timeout=5)
         try:
-            local = await stream.opened.addTimeout(self.probe_seconds + 2, self.reactor)
-            sent = sip_probe.invite(local[0], local[1], echo[0], echo[1], local[1] + 2)
+            await connectProtocol(endpoint, stream).addTimeout(self.probe_seconds + 2, self.reactor)
+            local = stream.transport.getHost()
+            sent = sip_probe.invite(local.host, local.port, echo[0], echo[1], local.port + 2)
             stream.transport.write(echo_probe(sent))
             payload, _ = decode_echo(await stream.closed.addTimeout(self.probe_seconds + 2, self.reactor))
         except (*_TCP_FAILURES, EchoCodecError):
             return None
         finally:
-            connector.disconnect()
+            if stream.transport is not None:
+                stream.transport.loseConnection()
         return sip_probe.rewritten_fields(sent, payload)
 
     async def _tcp(self) -> None:
