@@ -82,12 +82,9 @@ class WorkerFleet:
     def combine(self, samples: dict) -> defer.Deferred:
         """Our samples plus every answering worker's, summed per series."""
         def add(answers) -> dict:
+            ours = [(name, labels, value) for name, values in samples.items() for labels, value in values]
             totals: dict[tuple, float] = {}
-            for name, values in samples.items():
-                for labels, value in values:
-                    key = (name, tuple(sorted(labels.items())))
-                    totals[key] = totals.get(key, 0) + value
-            for answer in answers.values():
+            for answer in [ours, *answers.values()]:
                 for name, labels, value in answer or ():
                     key = (name, tuple(sorted(labels.items())))
                     totals[key] = totals.get(key, 0) + value
