@@ -1,6 +1,8 @@
 """/metrics, /healthz and /readyz of a real relay after real traffic."""
 
 import socket
+import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -30,8 +32,15 @@ def test_metrics_after_traffic(tmp_path):
     port = free_port(ips=(PRIMARY_IP,))
     node = start_relay(tmp_path, "--metrics", f"127.0.0.1:{port}")
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-            assert r.read() == b"ok\n"
+        deadline = time.monotonic() + 10
+        while True:  # /healthz is 503 until every worker (one per core) answers on its socket
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    assert r.read() == b"ok\n"
+                break
+            except urllib.error.HTTPError as starting:
+                assert starting.code == 503 and time.monotonic() < deadline, node.log()
+                time.sleep(0.1)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
             assert r.status == 200
         before = scrape(port)  # the start-up probe already sent a Binding
