@@ -16,7 +16,6 @@ two sites of a lab (tests/natlab/lab.py) and returns their reports;
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 
@@ -26,7 +25,7 @@ from twisted.internet.defer import Deferred
 from rendezvous.accounts import AccountStore
 from rendezvous.connect import ConnectError, connect, listen
 
-from .lab import ROOT, SERVER_IP, SERVER_PORT
+from .lab import ENV, ROOT, SERVER_IP, SERVER_PORT
 
 LIMIT_SECONDS = 40
 WEB_ONLY = "tcp-web-only"
@@ -57,7 +56,7 @@ def client(site, mode: str, *extra: str) -> subprocess.Popen:
                           "443" if web_only else str(SERVER_PORT), "tls" if web_only else "tcp",
                           user(site), "pw-" + user(site), *extra)
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                            env=ENV)
 
 
 def run_pair(caller, callee, *options: str) -> tuple[dict, dict]:

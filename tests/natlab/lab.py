@@ -102,6 +102,8 @@ from pathlib import Path
 from tests.conftest import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
+# The environment of processes the lab runs from this checkout.
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 SERVER_IP = "198.18.0.1"
 SERVER_ALT_IP = "198.18.0.2"
@@ -258,10 +260,9 @@ class Lab:
             argv += ["--echo-port", str(SERVER_ECHO_PORT)]
             tcp.append((SERVER_IP, SERVER_ECHO_PORT))
         argv += extra
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
         with open(log_path, "wb") as log:
             # `ip netns exec` execs the command, so this pid is twistd's own.
-            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=ENV)
         self.processes.append(process)
         self._wait_for_server(process, log_path, udp, tcp)
         return process
@@ -592,6 +593,7 @@ def tcp_accepts(ns: str, ip: str, port: int) -> bool:
 
 
 __all__ = [
+    "ENV",
     "KINDS",
     "PUBLIC_RANGE",
     "SERVER_ALT_IP",

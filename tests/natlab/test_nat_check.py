@@ -25,7 +25,7 @@ from rendezvous.nat_check import (
 )
 from rendezvous.nat_check_cli import parse_server
 
-from .lab import MINIUPNPD, ROOT, SERVER_IP, SERVER_PORT
+from .lab import ENV, MINIUPNPD, ROOT, SERVER_IP, SERVER_PORT
 
 EIM, ADM, APDM = ENDPOINT_INDEPENDENT, ADDRESS_DEPENDENT, ADDRESS_AND_PORT_DEPENDENT
 EIF, ADF, APDF = ENDPOINT_INDEPENDENT, ADDRESS_DEPENDENT, ADDRESS_AND_PORT_DEPENDENT
@@ -179,7 +179,7 @@ def _argv(*args: str) -> list[str]:
 def run_nat_check(*args: str, prefix: tuple[str, ...] = (), timeout: float = 90) -> tuple[int, dict | None, str]:
     """Run nat-check --json; (exit status, report, stderr)."""
     done = subprocess.run([*prefix, *_argv(*args, "--json")], capture_output=True, check=False, text=True,
-                          timeout=timeout, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          timeout=timeout, cwd=ROOT, env=ENV)
     report = json.loads(done.stdout) if done.stdout.strip() else None
     return done.returncode, report, done.stderr
 
@@ -350,7 +350,7 @@ def test_gateway_with_upnp_is_reported(natlab):
         assert answer["gateway"] == f"{name}://192.168.{site.client_ip.split('.')[2]}.1:5351"
     done = subprocess.run(site.exec_argv(*_argv(SERVER, "--lifetime-max-seconds", "0", "--no-tcp")),
                           capture_output=True, check=False, text=True, timeout=60, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          env=ENV)
     assert f"UPnP IGD answered, external address {site.wan_ip}" in done.stdout, done.stdout + done.stderr
 
 

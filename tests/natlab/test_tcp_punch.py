@@ -1,14 +1,13 @@
 """TCP hole punching through two real NATs of the lab (root): both sides punch at one instant."""
 
 import json
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from .lab import ROOT, SERVER_IP, SERVER_PORT
+from .lab import ENV, ROOT, SERVER_IP, SERVER_PORT
 
 pytestmark = pytest.mark.natlab
 
@@ -18,7 +17,6 @@ pytestmark = pytest.mark.natlab
 # sites with an ISP router hop each (lab ``hop=True``), where a TTL-2 SYN
 # crosses our NAT and dies at our own hop, which sends no ICMP.
 
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 # One side. argv: local port, name, low TTL ("none": full). Learns its TCP mapping from the super node and
 # prints it; reads "peer_ip peer_port wall_clock_start" from stdin; punches;

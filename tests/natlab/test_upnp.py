@@ -9,15 +9,13 @@ import time
 
 import pytest
 
-from .lab import MINIUPNPD, ROOT, SERVER_IP
+from .lab import ENV, MINIUPNPD, ROOT, SERVER_IP
 
 pytestmark = [
     pytest.mark.natlab,
     pytest.mark.skipif(not os.path.exists(MINIUPNPD),
                        reason=f"no {MINIUPNPD} (apt-get install miniupnpd-nftables)"),
 ]
-
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 @pytest.fixture(scope="module")
