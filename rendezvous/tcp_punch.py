@@ -50,8 +50,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from relay.client import tls_options
 
-from .nat_check import binding_request
-from .stun import Attr
+from .nat_check import binding_request, mapped_address
 from .tcp_binding import ReusePortConnector, StreamProbe, StreamProbeFactory, reuse_port
 
 RETRY_SECONDS = 0.2            # between attempts to one peer after a refusal or a lost SYN
@@ -95,7 +94,7 @@ async def _mapped(reactor, local_port, server, tls, timeout_seconds, bind_ip):
         response = await probe.answered.addTimeout(timeout_seconds, reactor)
     finally:
         connector.disconnect()
-    mapped = response.address(Attr.XOR_MAPPED_ADDRESS) or response.address(Attr.MAPPED_ADDRESS)
+    mapped = mapped_address(response)
     if mapped is None:
         raise error.ConnectError(string="the STUN response has no mapped address")
     return mapped[0], mapped[1]
