@@ -55,6 +55,8 @@ def _relay_config(options: Options, turn_secret: str):
     if options.config.relay is None:
         raise usage.UsageError("--no-relay cannot be switched on by a reload")
     relay = options.config.relay
+    if turn_secret in relay.auth_secrets:
+        return relay
     return dataclasses.replace(relay, auth_secrets=(*relay.auth_secrets, turn_secret))
 
 
@@ -84,8 +86,7 @@ def makeService(options, reactor=None) -> service.MultiService:
         # The node hands out REST-style credentials for its own relay; with
         # no operator secret it signs them with one of its own.
         turn_secret = config.relay.auth_secrets[0] if config.relay.auth_secrets else secrets.token_urlsafe(32)
-        relay_config = dataclasses.replace(config.relay, auth_secrets=(*config.relay.auth_secrets, turn_secret))
-        relay = make_relay(reactor, relay_config, listen_ips, software, extra_sources=[accounts],
+        relay = make_relay(reactor, _relay_config(options, turn_secret), listen_ips, software, extra_sources=[accounts],
                            reload=lambda: _relay_config(options.reparse(), turn_secret))
         relay.setServiceParent(top)
         turn = relay.turn
