@@ -21,7 +21,6 @@ from twisted.application import service
 from twisted.logger import ILogObserver, formatEvent
 from zope.interface import implementer
 
-LOG_FORMATS = ("text", "json")
 REDACTED = "[redacted]"
 _SECRET_NAME = re.compile(r"pass|secret|key|nonce|token|credential|integrity|authorization", re.I)
 # Keys of Twisted's legacy events that repeat what the record already says.
