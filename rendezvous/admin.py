@@ -45,9 +45,10 @@ def admin_token(state_dir: Path) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text().strip()
+        f.write(token + "\n")
+    return token
 
 
 def page(items: list[dict], offset: int, limit: int) -> dict:
