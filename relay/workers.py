@@ -28,6 +28,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from .datagrams import MAX_DATAGRAM_BYTES
+
 log = Logger()
 
 NONCE_SECRET_ENV = "TXRENDEZVOUS_NONCE_SECRET"
@@ -100,7 +102,7 @@ class ReusePortService(service.Service):
         try:
             sock.setblocking(False)
             if self.kind == "udp":
-                self.port = self.reactor.adoptDatagramPort(sock.fileno(), family, self.target, 65535)
+                self.port = self.reactor.adoptDatagramPort(sock.fileno(), family, self.target, MAX_DATAGRAM_BYTES)
             else:
                 sock.listen(1024)
                 factory = self.target
