@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import PRIMARY_IP, TURN_PASSWORD, TURN_SECRET, TURN_USER, free_port
+from tests.conftest import PRIMARY_IP, TURN_PASSWORD, TURN_SECRET, TURN_USER, free_port, start_relay, stop_node
 
 pytestmark = [
     pytest.mark.interop,
@@ -100,8 +100,6 @@ def test_wrong_password_cannot_allocate(relay_node, echo_peer):
 def test_uclient_rfc6062_across_workers(tmp_path, echo_peer, tls):
     """uclient -T (and -S -T, over TLS) with many clients through ``--workers 2``: every ConnectionBind
     finds its worker and every message comes back."""
-    from tests.conftest import start_relay, stop_node
-
     node = start_relay(tmp_path, "--workers", "2")
     try:
         clients = 16
