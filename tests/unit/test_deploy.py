@@ -6,8 +6,7 @@ import tomllib
 
 import pytest
 
-from relay.config import LISTENER_OPTIONS, RELAY_OPTIONS
-from relay.tap import PROCESS_OPTIONS
+from relay.tap import Options as RelayOptions
 from rendezvous.config import RENDEZVOUS_OPTIONS
 from rendezvous.tap import Options
 from tests.conftest import ROOT
@@ -27,7 +26,7 @@ def test_sample_config_parses_with_every_option_commented():
 
 @pytest.mark.parametrize("unit, command, options", [
     ("txrendezvous.service", "rendezvous", RENDEZVOUS_OPTIONS),
-    ("txrendezvous-relay.service", "relay", LISTENER_OPTIONS + RELAY_OPTIONS + PROCESS_OPTIONS),
+    ("txrendezvous-relay.service", "relay", RelayOptions.options),
 ])
 def test_systemd_units_name_real_options(unit, command, options):
     """Each systemd unit's ExecStart names options its twistd command has."""
@@ -55,7 +54,7 @@ def _manifest_args(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("manifest, command, options", [
-    ("kubernetes/relay-daemonset.yaml", "relay", LISTENER_OPTIONS + RELAY_OPTIONS + PROCESS_OPTIONS),
+    ("kubernetes/relay-daemonset.yaml", "relay", RelayOptions.options),
     ("kubernetes/supernode.yaml", "rendezvous", RENDEZVOUS_OPTIONS),
 ])
 def test_manifests_name_real_options(manifest, command, options):
