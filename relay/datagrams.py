@@ -1,9 +1,15 @@
-"""UDP socket helpers for the relay data path: buffers, senders, a lean read loop, one poller.
+"""UDP socket helpers for the relay data path: buffers, batched reads and writes, one poller.
 
 The relay's UDP sockets (client-facing and relayed) carry every relayed
 packet, so the per-datagram work of reading and writing them is kept to the
-socket calls themselves, and the relay sockets share one reader of the
-reactor (``DatagramPoller``). ``bench/relay_datapath.py`` times it.
+socket calls themselves, and those calls are batched: a read loop takes up
+to 64 datagrams per ``recvmmsg`` and, while it handles them (a *read
+pass*), what the handlers write queues per socket and leaves in one
+``sendmmsg`` per socket when the pass ends (``relay._mmsg``, Linux). The
+relay sockets share one reader of the reactor (``DatagramPoller``), whose
+wakeup is one pass. ``bench/relay_datapath.py`` and ``bench/udp_floor.py``
+time it. Without the extension (not Linux) the same loops use ``recvfrom``
+and ``sendto``.
 """
 
 import os
@@ -15,13 +21,19 @@ from twisted.logger import Logger
 
 from rendezvous.stun.addresses import Address
 
+try:
+    from . import _mmsg
+except ImportError:  # built on Linux only (setup.py)
+    _mmsg = None
+
 log = Logger()
 
 # Room for a whole UDP datagram (RFC 8656 §12.4 ChannelData up to 65535 bytes
 # of data; an IPv4 UDP payload is at most 65507): nothing is truncated.
 MAX_DATAGRAM_BYTES = 65536
-# Datagrams read per wakeup before other sockets get their turn.
-MAX_READS_PER_WAKEUP = 256
+# Datagrams per recvmmsg, and read per wakeup before other sockets get their turn.
+BATCH = 64
+MAX_READS_PER_WAKEUP = 4 * BATCH
 
 
 def set_buffers(sock: socket.socket, size: int) -> None:
@@ -33,51 +45,105 @@ def set_buffers(sock: socket.socket, size: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
-def udp_sender(sock: socket.socket, addr: Address):
-    """A function sending datagrams to addr with the socket's own sendto.
+class _ReadPass:
+    """The outboxes written during the read pass under way (None: no pass)."""
 
-    The relay data path calls it per packet, so it skips Twisted's address
-    checks; UDP may drop, so a send error is not raised.
+    dirty: list | None = None
+
+
+_pass = _ReadPass()
+# The buffers of every recvmmsg in this process (the reactor reads one socket at a time).
+_receiver = None if _mmsg is None else _mmsg.Receiver(BATCH, MAX_DATAGRAM_BYTES)
+
+
+def read_pass(read) -> None:
+    """Call read() with writes queued, then send every queue; a pass inside a pass joins it."""
+    if _pass.dirty is not None:
+        read()
+        return
+    _pass.dirty = dirty = []
+    try:
+        read()
+    finally:
+        _pass.dirty = None
+        for outbox in dirty:
+            outbox.flush()
+
+
+class Outbox:
+    """One UDP socket's outgoing datagrams: sent at once, or at the end of a read pass.
+
+    UDP may drop, so a send error is not raised.
     """
-    sendto = sock.sendto
 
-    def send(data: bytes) -> None:
-        try:
-            sendto(data, addr)
-        except OSError:
-            pass
+    __slots__ = ("socket", "queue")
 
-    return send
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+        self.queue: list = []
 
+    def write(self, data: bytes, addr: Address) -> None:
+        dirty = _pass.dirty
+        if dirty is None:
+            try:
+                self.socket.sendto(data, addr)
+            except OSError:
+                pass  # an ICMP error or a full buffer: UDP may drop
+            return
+        if not self.queue:
+            dirty.append(self)
+        self.queue.append((data, addr))
 
-def udp_writer(sock: socket.socket):
-    """A function sending one datagram to an address with sock, dropping it on a send error."""
-    sendto = sock.sendto
+    def sender(self, addr: Address):
+        """A function writing one datagram to addr (an allocation's way to its UDP client)."""
+        write = self.write
 
-    def write(data: bytes, addr: Address) -> None:
-        try:
-            sendto(data, addr)
-        except OSError:
-            pass  # an ICMP error or a full buffer: UDP may drop
+        def send(data: bytes) -> None:
+            write(data, addr)
 
-    return write
+        return send
+
+    def flush(self) -> None:
+        queue, self.queue = self.queue, []
+        sock = self.socket
+        if sock.fileno() < 0:
+            return  # closed during the pass: the datagrams die with it
+        if _mmsg is not None:
+            _mmsg.send(sock, sock.family, queue)
+            return
+        for data, addr in queue:
+            try:
+                sock.sendto(data, addr)
+            except OSError:
+                pass
 
 
 def read_loop(port, handler) -> None:
     """Make a listening ``twisted.internet.udp.Port`` hand datagrams straight to handler(data, addr).
 
-    It replaces the port's ``doRead`` with a loop doing what Twisted's does
-    (read until the socket is empty, at most MAX_READS_PER_WAKEUP datagrams;
-    ignore EAGAIN, EINTR and ECONNREFUSED; log an exception from the handler
-    and go on) with the socket's and the handler's methods bound once, and
-    addresses reduced to (host, port) only on IPv6.
+    It replaces the port's ``doRead`` with one read pass doing what
+    Twisted's does (read until the socket is empty, at most
+    MAX_READS_PER_WAKEUP datagrams; ignore EAGAIN, EINTR and ECONNREFUSED;
+    log an exception from the handler and go on), with addresses reduced to
+    (host, port) and up to BATCH datagrams per system call.
     """
-    recvfrom = port.socket.recvfrom
+    sock = port.socket
     ipv6 = port.addressFamily == socket.AF_INET6
-    reads = range(MAX_READS_PER_WAKEUP)
 
-    def doRead() -> None:
-        for _ in reads:
+    def read_batches() -> None:
+        for _ in range(MAX_READS_PER_WAKEUP // BATCH):
+            batch = _receiver.recv(sock)
+            for data, addr in batch:
+                try:
+                    handler(data, addr)
+                except Exception:
+                    log.failure("handling a datagram from {addr}", addr=addr)
+            if len(batch) < BATCH:
+                return  # the socket is empty
+
+    def read_one_by_one() -> None:
+        recvfrom = sock.recvfrom
+        for _ in range(MAX_READS_PER_WAKEUP):
             try:
                 data, addr = recvfrom(MAX_DATAGRAM_BYTES)
             except (BlockingIOError, InterruptedError, ConnectionRefusedError):
@@ -88,6 +154,11 @@ def read_loop(port, handler) -> None:
                 handler(data, addr)
             except Exception:
                 log.failure("handling a datagram from {addr}", addr=addr)
+
+    read = read_one_by_one if _mmsg is None else read_batches
+
+    def doRead() -> None:
+        read_pass(read)
 
     port.doRead = doRead
 
@@ -138,6 +209,9 @@ class DatagramPoller:
                 return
 
     def doRead(self) -> None:
+        read_pass(self._read_ready)
+
+    def _read_ready(self) -> None:
         ports = self._ports
         for fd, _ in self._epoll.poll(0):
             port = ports.get(fd)

@@ -17,7 +17,7 @@ from rendezvous.stun.addresses import Address
 from rendezvous.stun.binding import BindingServer
 from rendezvous.stun.framing import StreamFramer
 
-from .datagrams import read_loop, set_buffers, udp_sender
+from .datagrams import Outbox, read_loop, set_buffers
 from .server import TurnServer
 
 log = Logger()
@@ -63,6 +63,7 @@ class ServerDatagramProtocol(DatagramProtocol):
 
     def startProtocol(self) -> None:
         set_buffers(self.transport.socket, UDP_BUFFER_BYTES)
+        self.outbox = Outbox(self.transport.socket)
         read_loop(self.transport, self.datagramReceived)
 
     def datagramReceived(self, data: bytes, addr) -> None:
@@ -90,7 +91,7 @@ class ServerDatagramProtocol(DatagramProtocol):
         if request is None:
             return
         if turn is not None and request.method != Method.BINDING:
-            response = turn.handle(request, ("udp", addr, self.local), udp_sender(self.transport.socket, addr))
+            response = turn.handle(request, ("udp", addr, self.local), self.outbox.sender(addr))
             if response is not None:
                 self._write(response, addr)
             return

@@ -5,8 +5,8 @@ RESERVATION-TOKEN reserve the next port for 30 s; with several workers a
 token's first byte names the worker holding the port, and another worker
 asks it for the socket, ``relay.handoff``) and §14 (DONT-FRAGMENT,
 honoured with IP_PMTUDISC_DO). Each relay socket hands datagrams from peers
-to its allocation's data path and sends with ``socket.sendto`` directly
-(``relay.datagrams``): the relay data path is the hot loop of the whole suite.
+to its allocation's data path and sends through an ``Outbox``
+(``relay.datagrams``, batched per read pass): the relay data path is the hot loop of the whole suite.
 """
 
 import os
@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from rendezvous.stun.addresses import Address
 
-from .datagrams import MAX_DATAGRAM_BYTES, DatagramPoller, listen_udp, read_loop, set_buffers, udp_writer
+from .datagrams import MAX_DATAGRAM_BYTES, DatagramPoller, listen_udp, Outbox, read_loop, set_buffers
 from .handoff import descriptor_family, request_reservation, token_owner
 from .server import NoRelayPort
 
@@ -59,7 +59,7 @@ class RelaySocket(DatagramProtocol):
 
     def startProtocol(self) -> None:
         set_buffers(self.transport.socket, RELAY_BUFFER_BYTES)
-        self.write = udp_writer(self.transport.socket)
+        self.write = Outbox(self.transport.socket).write
         self.allocation = self._allocation
 
     def datagramReceived(self, data: bytes, addr) -> None:

@@ -1,0 +1,350 @@
+/* Batched UDP socket calls for the relay data path: recvmmsg(2) and sendmmsg(2).
+ *
+ * Python's socket module makes one system call per datagram. The relay moves
+ * every relayed packet through two of them, and on one core those calls, not
+ * the relay's own work, bound its packets per second (docs/PERFORMANCE.md).
+ * This module reads up to a batch of datagrams in one recvmmsg and sends a
+ * list of datagrams in one sendmmsg, with the GIL released during each call.
+ *
+ * Addresses are what socket.recvfrom gives, cut to (host, port): IPv4 and
+ * IPv6 hosts as numeric strings, a scoped IPv6 host as "addr%scope" (from
+ * getnameinfo, as CPython does), so they key the same dicts.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define MAX_BATCH 1024
+
+static PyObject *
+address_object(const struct sockaddr_storage *ss)
+{
+    char host[NI_MAXHOST];
+    int port;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        if (inet_ntop(AF_INET, &sin->sin_addr, host, sizeof host) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        port = ntohs(sin->sin_port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        if (sin6->sin6_scope_id == 0) {
+            if (inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof host) == NULL)
+                return PyErr_SetFromErrno(PyExc_OSError);
+        } else {
+            int err = getnameinfo((const struct sockaddr *)ss, sizeof *sin6, host, sizeof host,
+                                  NULL, 0, NI_NUMERICHOST);
+            if (err != 0) {
+                PyErr_SetString(PyExc_OSError, gai_strerror(err));
+                return NULL;
+            }
+        }
+        port = ntohs(sin6->sin6_port);
+    } else {
+        PyErr_Format(PyExc_OSError, "unsupported address family %d", ss->ss_family);
+        return NULL;
+    }
+    return Py_BuildValue("(si)", host, port);
+}
+
+/* Fill ss from a (host, port, ...) tuple; host numeric (a "%scope" suffix allowed on IPv6). */
+static int
+parse_address(PyObject *addr, int family, struct sockaddr_storage *ss, socklen_t *len)
+{
+    const char *host;
+    int port;
+    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2) {
+        PyErr_SetString(PyExc_TypeError, "address must be a (host, port) tuple");
+        return -1;
+    }
+    host = PyUnicode_AsUTF8(PyTuple_GET_ITEM(addr, 0));
+    if (host == NULL)
+        return -1;
+    port = (int)PyLong_AsLong(PyTuple_GET_ITEM(addr, 1));
+    if (port == -1 && PyErr_Occurred())
+        return -1;
+    if (port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_OverflowError, "port must be 0-65535");
+        return -1;
+    }
+    memset(ss, 0, sizeof *ss);
+    if (family == AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+        if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+            sin->sin_family = AF_INET;
+            sin->sin_port = htons((uint16_t)port);
+            *len = sizeof *sin;
+            return 0;
+        }
+    } else if (family == AF_INET6) {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+        struct addrinfo hints, *found = NULL;
+        if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+            sin6->sin6_family = AF_INET6;
+            sin6->sin6_port = htons((uint16_t)port);
+            *len = sizeof *sin6;
+            return 0;
+        }
+        memset(&hints, 0, sizeof hints);
+        hints.ai_family = AF_INET6;
+        hints.ai_socktype = SOCK_DGRAM;
+        hints.ai_flags = AI_NUMERICHOST;
+        if (getaddrinfo(host, NULL, &hints, &found) == 0) {
+            memcpy(sin6, found->ai_addr, sizeof *sin6);
+            freeaddrinfo(found);
+            sin6->sin6_port = htons((uint16_t)port);
+            *len = sizeof *sin6;
+            return 0;
+        }
+    }
+    PyErr_Format(PyExc_OSError, "not a numeric address of the socket's family: %s", host);
+    return -1;
+}
+
+/* Receiver: the buffers of one recvmmsg batch, reused call after call. */
+typedef struct {
+    PyObject_HEAD
+    unsigned int count;
+    size_t size;
+    char *buffers;
+    struct mmsghdr *headers;
+    struct iovec *vectors;
+    struct sockaddr_storage *addresses;
+} Receiver;
+
+static void
+Receiver_dealloc(Receiver *self)
+{
+    PyMem_Free(self->buffers);
+    PyMem_Free(self->headers);
+    PyMem_Free(self->vectors);
+    PyMem_Free(self->addresses);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Receiver_init(Receiver *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"count", "size", NULL};
+    int count = 64;
+    Py_ssize_t size = 65536;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|in", keywords, &count, &size))
+        return -1;
+    if (count < 1 || count > MAX_BATCH || size < 1 || size > 65536) {
+        PyErr_Format(PyExc_ValueError, "count must be 1-%d and size 1-65536", MAX_BATCH);
+        return -1;
+    }
+    if (self->buffers != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Receiver already initialised");
+        return -1;
+    }
+    self->count = (unsigned int)count;
+    self->size = (size_t)size;
+    self->buffers = PyMem_Malloc((size_t)count * (size_t)size);
+    self->headers = PyMem_Calloc((size_t)count, sizeof(struct mmsghdr));
+    self->vectors = PyMem_Calloc((size_t)count, sizeof(struct iovec));
+    self->addresses = PyMem_Calloc((size_t)count, sizeof(struct sockaddr_storage));
+    if (!self->buffers || !self->headers || !self->vectors || !self->addresses) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (unsigned int i = 0; i < self->count; i++) {
+        self->vectors[i].iov_base = self->buffers + (size_t)i * self->size;
+        self->vectors[i].iov_len = self->size;
+        self->headers[i].msg_hdr.msg_iov = &self->vectors[i];
+        self->headers[i].msg_hdr.msg_iovlen = 1;
+        self->headers[i].msg_hdr.msg_name = &self->addresses[i];
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(Receiver_recv_doc,
+"recv(fd) -> list of (bytes, (host, port))\n\n"
+"The datagrams waiting on the non-blocking socket fd, at most count, in one\n"
+"recvmmsg; [] when there are none. ICMP errors pending on the socket\n"
+"(ECONNREFUSED) are cleared and skipped; other errors raise OSError.");
+
+static PyObject *
+Receiver_recv(Receiver *self, PyObject *arg)
+{
+    int fd = PyObject_AsFileDescriptor(arg);
+    int received, tries = 0;
+    PyObject *result;
+    if (fd < 0)
+        return NULL;
+    if (self->buffers == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Receiver not initialised");
+        return NULL;
+    }
+    for (unsigned int i = 0; i < self->count; i++)
+        self->headers[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
+    do {
+        Py_BEGIN_ALLOW_THREADS
+        received = recvmmsg(fd, self->headers, self->count, MSG_DONTWAIT, NULL);
+        Py_END_ALLOW_THREADS
+    } while (received < 0 && (errno == EINTR || errno == ECONNREFUSED) && ++tries < 4);
+    if (received < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNREFUSED)
+            return PyList_New(0);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    result = PyList_New(received);
+    if (result == NULL)
+        return NULL;
+    for (int i = 0; i < received; i++) {
+        PyObject *data, *addr, *item;
+        data = PyBytes_FromStringAndSize(self->vectors[i].iov_base, self->headers[i].msg_len);
+        if (data == NULL)
+            goto fail;
+        addr = address_object(&self->addresses[i]);
+        if (addr == NULL) {
+            Py_DECREF(data);
+            goto fail;
+        }
+        item = PyTuple_Pack(2, data, addr);
+        Py_DECREF(data);
+        Py_DECREF(addr);
+        if (item == NULL)
+            goto fail;
+        PyList_SET_ITEM(result, i, item);
+    }
+    return result;
+fail:
+    Py_DECREF(result);
+    return NULL;
+}
+
+static PyMethodDef Receiver_methods[] = {
+    {"recv", (PyCFunction)Receiver_recv, METH_O, Receiver_recv_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ReceiverType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "relay._mmsg.Receiver",
+    .tp_doc = PyDoc_STR("Receiver(count=64, size=65536): buffers for reading up to count datagrams per call."),
+    .tp_basicsize = sizeof(Receiver),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Receiver_init,
+    .tp_dealloc = (destructor)Receiver_dealloc,
+    .tp_methods = Receiver_methods,
+};
+
+PyDoc_STRVAR(send_doc,
+"send(fd, family, datagrams) -> int\n\n"
+"Send a list of (bytes, (host, port)) on the socket fd of the given address\n"
+"family, 64 per sendmmsg. UDP may drop: a datagram the kernel refuses (full\n"
+"buffer, pending ICMP error) or whose host is not a numeric address of the\n"
+"family is skipped, not raised. Returns how many the kernel took.");
+
+static PyObject *
+mmsg_send(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *fdobj, *datagrams;
+    int family, fd;
+    Py_ssize_t count;
+    struct mmsghdr headers[64];
+    struct iovec vectors[64];
+    struct sockaddr_storage addresses[64];
+    Py_buffer views[64];
+    Py_ssize_t done = 0, sent = 0;
+
+    if (!PyArg_ParseTuple(args, "OiO!", &fdobj, &family, &PyList_Type, &datagrams))
+        return NULL;
+    fd = PyObject_AsFileDescriptor(fdobj);
+    if (fd < 0)
+        return NULL;
+    count = PyList_GET_SIZE(datagrams);
+    while (done < count) {
+        int chunk = 0, result;
+        memset(headers, 0, sizeof headers);
+        while (chunk < 64 && done + chunk < count) {
+            PyObject *item = PyList_GET_ITEM(datagrams, done + chunk);
+            socklen_t len;
+            if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+                PyErr_SetString(PyExc_TypeError, "each datagram must be a (data, address) tuple");
+                goto fail;
+            }
+            if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 0), &views[chunk], PyBUF_SIMPLE) < 0)
+                goto fail;
+            if (parse_address(PyTuple_GET_ITEM(item, 1), family, &addresses[chunk], &len) < 0) {
+                PyBuffer_Release(&views[chunk]);
+                if (!PyErr_ExceptionMatches(PyExc_OSError))
+                    goto fail;
+                PyErr_Clear();  /* like sendto's error on an unusable address: drop it */
+                done++;
+                continue;
+            }
+            vectors[chunk].iov_base = views[chunk].buf;
+            vectors[chunk].iov_len = (size_t)views[chunk].len;
+            headers[chunk].msg_hdr.msg_iov = &vectors[chunk];
+            headers[chunk].msg_hdr.msg_iovlen = 1;
+            headers[chunk].msg_hdr.msg_name = &addresses[chunk];
+            headers[chunk].msg_hdr.msg_namelen = len;
+            chunk++;
+        }
+        {
+            int offset = 0;
+            while (offset < chunk) {
+                Py_BEGIN_ALLOW_THREADS
+                result = sendmmsg(fd, headers + offset, (unsigned int)(chunk - offset), MSG_DONTWAIT);
+                Py_END_ALLOW_THREADS
+                if (result > 0) {
+                    sent += result;
+                    offset += result;
+                } else if (result < 0 && errno == EINTR) {
+                    continue;
+                } else {
+                    offset++;  /* refused: drop this datagram, send the rest */
+                }
+            }
+        }
+        for (int i = 0; i < chunk; i++)
+            PyBuffer_Release(&views[i]);
+        done += chunk;
+        continue;
+fail:
+        for (int i = 0; i < chunk; i++)
+            PyBuffer_Release(&views[i]);
+        return NULL;
+    }
+    return PyLong_FromSsize_t(sent);
+}
+
+static PyMethodDef module_methods[] = {
+    {"send", mmsg_send, METH_VARARGS, send_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef mmsg_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "relay._mmsg",
+    .m_doc = PyDoc_STR("Batched UDP reads and writes (recvmmsg, sendmmsg) for the relay data path."),
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__mmsg(void)
+{
+    PyObject *module;
+    if (PyType_Ready(&ReceiverType) < 0)
+        return NULL;
+    module = PyModule_Create(&mmsg_module);
+    if (module == NULL)
+        return NULL;
+    Py_INCREF(&ReceiverType);
+    if (PyModule_AddObject(module, "Receiver", (PyObject *)&ReceiverType) < 0) {
+        Py_DECREF(&ReceiverType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,188 @@
+"""Batched UDP I/O: relay._mmsg (recvmmsg, sendmmsg) and the Outbox and read passes built on it."""
+
+import socket
+import sys
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relay import datagrams
+from relay.datagrams import BATCH, Outbox, read_loop, read_pass
+
+pytestmark = pytest.mark.skipif(datagrams._mmsg is None, reason="relay._mmsg is built on Linux only")
+_mmsg = datagrams._mmsg
+
+
+def bound(family=socket.AF_INET, host="127.0.0.1"):
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    return sock
+
+
+@pytest.fixture
+def pair():
+    a, b = bound(), bound()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def settle(sock, count):
+    """Wait (bounded) until count datagrams are queued on sock."""
+    receiver = _mmsg.Receiver(1024, 65536)
+    got = []
+    for _ in range(200):
+        got += receiver.recv(sock)
+        if len(got) >= count:
+            return got
+        time.sleep(0.005)
+    return got
+
+
+def test_the_extension_is_built_on_linux():
+    """On Linux the relay reads and writes in batches: scripts/setup built relay._mmsg."""
+    assert sys.platform.startswith("linux") and datagrams._mmsg is not None
+
+
+def test_receiver_reads_a_batch_with_the_addresses_recvfrom_gives(pair):
+    """recv returns at most count datagrams, in order, each with recvfrom's (host, port); [] when empty."""
+    a, b = pair
+    for i in range(10):
+        b.sendto(b"%d" % i, a.getsockname())
+    receiver = _mmsg.Receiver(4, 2048)
+    got = []
+    for _ in range(200):
+        batch = receiver.recv(a)
+        assert len(batch) <= 4
+        got += batch
+        if len(got) == 10:
+            break
+    assert got == [(b"%d" % i, b.getsockname()) for i in range(10)]
+    assert receiver.recv(a) == []
+
+
+def test_receiver_gives_ipv6_addresses_as_host_and_port():
+    """An IPv6 sender's address is (host, port), the first two fields of recvfrom's."""
+    a, b = bound(socket.AF_INET6, "::1"), bound(socket.AF_INET6, "::1")
+    try:
+        b.sendto(b"six", a.getsockname())
+        assert settle(a, 1) == [(b"six", b.getsockname()[:2])]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_receiver_keeps_a_largest_datagram_whole(pair):
+    """A 65,507-byte datagram (the IPv4 maximum) arrives whole."""
+    a, b = pair
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    payload = bytes(range(256)) * 255 + b"x" * 227
+    b.sendto(payload, a.getsockname())
+    assert settle(a, 1) == [(payload, b.getsockname())]
+
+
+def test_receiver_skips_a_pending_icmp_error():
+    """A connection-refused error pending on the socket is cleared, not raised."""
+    closed = bound()
+    target = closed.getsockname()
+    closed.close()
+    sock = bound()
+    try:
+        sock.connect(target)
+        sock.send(b"to nobody")
+        receiver = _mmsg.Receiver(8, 2048)
+        for _ in range(3):
+            assert receiver.recv(sock) == []
+    finally:
+        sock.close()
+
+
+def test_receiver_rejects_bad_sizes():
+    """A batch of 0 or more than 1024, or buffers over 64 KiB, is a ValueError."""
+    for count, size in ((0, 10), (1025, 10), (1, 0), (1, 65537)):
+        with pytest.raises(ValueError):
+            _mmsg.Receiver(count, size)
+
+
+def test_send_delivers_a_list_and_counts_it(pair):
+    """send puts every datagram of a list (more than one sendmmsg's worth) on the wire, in order."""
+    a, b = pair
+    datagrams_out = [(b"%d" % i, a.getsockname()) for i in range(150)]
+    assert _mmsg.send(b, socket.AF_INET, datagrams_out) == 150
+    assert settle(a, 150) == [(data, b.getsockname()) for data, _ in datagrams_out]
+
+
+def test_send_skips_unusable_addresses_and_rejects_wrong_shapes(pair):
+    """A host not of the socket's family is dropped like a failed sendto; a malformed item is a TypeError."""
+    a, b = pair
+    out = [(b"one", ("::1", 9)), (b"two", a.getsockname()), (b"three", ("not an address", 1))]
+    assert _mmsg.send(b, socket.AF_INET, out) == 1
+    assert settle(a, 1) == [(b"two", b.getsockname())]
+    for bad in ([b"no tuple"], [(b"x",)], [(b"x", "host")], [(b"x", ("127.0.0.1", 70000))]):
+        with pytest.raises((TypeError, OverflowError)):
+            _mmsg.send(b, socket.AF_INET, bad)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=2000), min_size=1, max_size=80))
+def test_send_and_receive_carry_any_payloads_unchanged(pair, payloads):
+    """Whatever bytes go out in one send come back, in order and unchanged, through Receiver."""
+    a, b = pair
+    assert _mmsg.send(b, socket.AF_INET, [(p, a.getsockname()) for p in payloads]) == len(payloads)
+    assert [data for data, _ in settle(a, len(payloads))] == payloads
+
+
+def test_outbox_sends_at_once_outside_a_pass_and_at_its_end_inside(pair):
+    """Writes outside a read pass leave at once; inside one they queue until the pass ends."""
+    a, b = pair
+    outbox = Outbox(b)
+    outbox.write(b"now", a.getsockname())
+    assert settle(a, 1) == [(b"now", b.getsockname())]
+
+    def during():
+        outbox.sender(a.getsockname())(b"queued 1")
+        read_pass(lambda: outbox.write(b"queued 2", a.getsockname()))  # a nested pass joins this one
+        assert outbox.queue == [(b"queued 1", a.getsockname()), (b"queued 2", a.getsockname())]
+
+    read_pass(during)
+    assert outbox.queue == []
+    assert settle(a, 2) == [(b"queued 1", b.getsockname()), (b"queued 2", b.getsockname())]
+
+
+def test_outbox_of_a_socket_closed_during_the_pass_drops_its_queue(pair):
+    """A socket closed before its pass ends (an allocation deleted mid-burst) sends nothing, raises nothing."""
+    a, b = pair
+    outbox = Outbox(b)
+
+    def during():
+        outbox.write(b"lost", a.getsockname())
+        b.close()
+
+    read_pass(during)
+    time.sleep(0.05)
+    assert _mmsg.Receiver(8, 2048).recv(a) == []
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_read_loop_forwards_through_outboxes_with_and_without_the_extension(pair, monkeypatch, batched):
+    """A read loop whose handler writes (a relay) forwards every datagram, batched or one call at a time."""
+    if not batched:
+        monkeypatch.setattr(datagrams, "_mmsg", None)
+    a, b = pair
+    sink = bound()
+    try:
+        outbox = Outbox(a)
+        port = type("Port", (), {"socket": a, "addressFamily": socket.AF_INET})()
+        read_loop(port, lambda data, addr: outbox.write(data.upper(), sink.getsockname()))
+        total = BATCH + 5
+        for i in range(total):
+            b.sendto(b"d%d" % i, a.getsockname())
+        time.sleep(0.05)
+        port.doRead()
+        assert [data for data, _ in settle(sink, total)] == [b"D%d" % i for i in range(total)]
+    finally:
+        sink.close()
