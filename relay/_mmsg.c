@@ -22,16 +22,37 @@
 
 #define MAX_BATCH 1024
 
+/* "a.b.c.d" for an IPv4 address in network order; returns its length. */
+static int
+format_ipv4(const struct in_addr *in, char *out)
+{
+    const unsigned char *b = (const unsigned char *)&in->s_addr;
+    char *p = out;
+    for (int i = 0; i < 4; i++) {
+        unsigned int v = b[i];
+        if (v >= 100)
+            *p++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+        if (i < 3)
+            *p++ = '.';
+    }
+    *p = '\0';
+    return (int)(p - out);
+}
+
 static PyObject *
 address_object(const struct sockaddr_storage *ss)
 {
     char host[NI_MAXHOST];
-    int port;
+    PyObject *text, *port, *result;
+    int length;
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
-        if (inet_ntop(AF_INET, &sin->sin_addr, host, sizeof host) == NULL)
-            return PyErr_SetFromErrno(PyExc_OSError);
-        port = ntohs(sin->sin_port);
+        length = format_ipv4(&sin->sin_addr, host);
+        text = PyUnicode_FromStringAndSize(host, length);
+        port = PyLong_FromLong(ntohs(sin->sin_port));
     } else if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
         if (sin6->sin6_scope_id == 0) {
@@ -45,12 +66,84 @@ address_object(const struct sockaddr_storage *ss)
                 return NULL;
             }
         }
-        port = ntohs(sin6->sin6_port);
+        text = PyUnicode_FromString(host);
+        port = PyLong_FromLong(ntohs(sin6->sin6_port));
     } else {
         PyErr_Format(PyExc_OSError, "unsupported address family %d", ss->ss_family);
         return NULL;
     }
-    return Py_BuildValue("(si)", host, port);
+    if (text == NULL || port == NULL) {
+        Py_XDECREF(text);
+        Py_XDECREF(port);
+        return NULL;
+    }
+    result = PyTuple_Pack(2, text, port);
+    Py_DECREF(text);
+    Py_DECREF(port);
+    return result;
+}
+
+/* The (host, port) objects of recently seen senders, direct-mapped: a relay
+ * hears the same few addresses over and over, and handing back the same
+ * tuple saves building it and rehashing its host in every dict lookup. */
+#define ADDRESS_CACHE 512
+
+typedef struct {
+    struct sockaddr_storage key;
+    PyObject *value;
+} CachedAddress;
+
+static unsigned int
+address_slot(const struct sockaddr_storage *ss)
+{
+    uint32_t h;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        h = sin->sin_addr.s_addr ^ ((uint32_t)sin->sin_port * 2654435761u);
+    } else {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        const uint32_t *words = (const uint32_t *)&sin6->sin6_addr;
+        h = words[0] ^ words[1] ^ words[2] ^ words[3] ^ sin6->sin6_scope_id
+            ^ ((uint32_t)sin6->sin6_port * 2654435761u);
+    }
+    h ^= h >> 16;
+    return (h * 2246822519u >> 7) % ADDRESS_CACHE;
+}
+
+static int
+same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
+        return x->sin_addr.s_addr == y->sin_addr.s_addr && x->sin_port == y->sin_port;
+    }
+    {
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a, *y = (const struct sockaddr_in6 *)b;
+        return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id
+            && memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+    }
+}
+
+static PyObject *
+cached_address(CachedAddress *cache, const struct sockaddr_storage *ss)
+{
+    CachedAddress *entry;
+    PyObject *value;
+    if (ss->ss_family != AF_INET && ss->ss_family != AF_INET6)
+        return address_object(ss);
+    entry = &cache[address_slot(ss)];
+    if (entry->value != NULL && same_address(&entry->key, ss)) {
+        Py_INCREF(entry->value);
+        return entry->value;
+    }
+    value = address_object(ss);
+    if (value == NULL)
+        return NULL;
+    Py_XSETREF(entry->value, Py_NewRef(value));
+    memcpy(&entry->key, ss, sizeof *ss);
+    return value;
 }
 
 /* Fill ss from a (host, port, ...) tuple; host numeric (a "%scope" suffix allowed on IPv6). */
@@ -116,6 +209,7 @@ typedef struct {
     struct mmsghdr *headers;
     struct iovec *vectors;
     struct sockaddr_storage *addresses;
+    CachedAddress *cache;
 } Receiver;
 
 static void
@@ -125,6 +219,11 @@ Receiver_dealloc(Receiver *self)
     PyMem_Free(self->headers);
     PyMem_Free(self->vectors);
     PyMem_Free(self->addresses);
+    if (self->cache != NULL) {
+        for (int i = 0; i < ADDRESS_CACHE; i++)
+            Py_XDECREF(self->cache[i].value);
+        PyMem_Free(self->cache);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -150,7 +249,8 @@ Receiver_init(Receiver *self, PyObject *args, PyObject *kwargs)
     self->headers = PyMem_Calloc((size_t)count, sizeof(struct mmsghdr));
     self->vectors = PyMem_Calloc((size_t)count, sizeof(struct iovec));
     self->addresses = PyMem_Calloc((size_t)count, sizeof(struct sockaddr_storage));
-    if (!self->buffers || !self->headers || !self->vectors || !self->addresses) {
+    self->cache = PyMem_Calloc(ADDRESS_CACHE, sizeof(CachedAddress));
+    if (!self->buffers || !self->headers || !self->vectors || !self->addresses || !self->cache) {
         PyErr_NoMemory();
         return -1;
     }
@@ -202,7 +302,7 @@ Receiver_recv(Receiver *self, PyObject *arg)
         data = PyBytes_FromStringAndSize(self->vectors[i].iov_base, self->headers[i].msg_len);
         if (data == NULL)
             goto fail;
-        addr = address_object(&self->addresses[i]);
+        addr = cached_address(self->cache, &self->addresses[i]);
         if (addr == NULL) {
             Py_DECREF(data);
             goto fail;

@@ -76,10 +76,11 @@ class Outbox:
     UDP may drop, so a send error is not raised.
     """
 
-    __slots__ = ("socket", "queue")
+    __slots__ = ("socket", "family", "queue")
 
     def __init__(self, sock: socket.socket) -> None:
         self.socket = sock
+        self.family = int(sock.family)  # socket.family builds an enum on every read
         self.queue: list = []
 
     def write(self, data: bytes, addr: Address) -> None:
@@ -106,10 +107,11 @@ class Outbox:
     def flush(self) -> None:
         queue, self.queue = self.queue, []
         sock = self.socket
-        if sock.fileno() < 0:
+        fd = sock.fileno()
+        if fd < 0:
             return  # closed during the pass: the datagrams die with it
         if _mmsg is not None:
-            _mmsg.send(sock, sock.family, queue)
+            _mmsg.send(fd, self.family, queue)
             return
         for data, addr in queue:
             try:

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from rendezvous.stun.addresses import Address
 
-from .datagrams import MAX_DATAGRAM_BYTES, DatagramPoller, listen_udp, Outbox, read_loop, set_buffers
+from .datagrams import MAX_DATAGRAM_BYTES, DatagramPoller, Outbox, listen_udp, read_loop, set_buffers
 from .handoff import descriptor_family, request_reservation, token_owner
 from .server import NoRelayPort
 
