@@ -45,6 +45,7 @@ from .credentials import Credentials, Keys
 from .limits import RateLimiter
 from .nonces import Nonces
 from .peer_policy import PeerPolicy
+from .quotas import AllocationCounts, SharedAllocationCounts
 
 log = Logger()
 
@@ -143,7 +144,8 @@ class TurnServer:
         self.id_prefix = "0"  # the worker index, so an id names its process
         self.records: dict[tuple, tuple[str, float]] = {}
         self.by_id: dict[str, tuple] = {}
-        self.per_user: Counter[str] = Counter()
+        # Live allocations for the quotas; relay.tap shares them across workers.
+        self.counts: AllocationCounts | SharedAllocationCounts = AllocationCounts()
         self.counters: Counter[str] = Counter()
         # Relayed traffic of deleted allocations; live ones keep their own.
         self._relayed_closed = [0, 0, 0, 0]
@@ -323,7 +325,7 @@ class TurnServer:
             want = [4, 6]
         if family not in policy.families:
             return self._error(msg, Error.ADDRESS_FAMILY_NOT_SUPPORTED, auth=auth)
-        # 8. Quotas.
+        # 8. Quotas: the allocation is counted now, and uncounted if it is not made.
         refused = self._quota(msg, auth)
         if refused:
             return refused
@@ -338,6 +340,7 @@ class TurnServer:
                     relay.addCallback(self._reserved_arrived, msg, five_tuple, send, auth)
                     return None
                 if relay is None:
+                    self.counts.release(auth.username)
                     return self._error(msg, Error.INSUFFICIENT_CAPACITY, "Unknown RESERVATION-TOKEN", auth)
                 relays[family_of(relay.address[0])] = relay
             else:
@@ -352,22 +355,24 @@ class TurnServer:
         except NoRelayPort:
             for relay in relays.values():
                 relay.close()
+            self.counts.release(auth.username)
             return self._error(msg, Error.INSUFFICIENT_CAPACITY, "No relay port available", auth)
         return self._allocated(msg, five_tuple, send, auth, now, relays, want, reservation)
 
     def _reserved_arrived(self, relay, msg, five_tuple, send, auth: _Auth) -> None:
         """Finish an Allocate whose RESERVATION-TOKEN another worker held (relay None: it had none)."""
-        if self.pending.pop(five_tuple, None) is None:  # the client's connection closed meanwhile
+        connected = self.pending.pop(five_tuple, None) is not None  # not, if the client left meanwhile
+        refused = None
+        if relay is None:
+            refused = self._error(msg, Error.INSUFFICIENT_CAPACITY, "Unknown RESERVATION-TOKEN", auth)
+        elif self.draining:
+            refused = self._draining(msg, auth)
+        if refused is not None or not connected:
+            self.counts.release(auth.username)  # counted at step 8, never made
             if relay is not None:
                 relay.close()
-            return
-        if relay is None:
-            send(self._error(msg, Error.INSUFFICIENT_CAPACITY, "Unknown RESERVATION-TOKEN", auth))
-            return
-        refused = self._draining(msg, auth) if self.draining else self._quota(msg, auth)
-        if refused:
-            relay.close()
-            send(refused)
+            if connected:
+                send(refused)
             return
         family = family_of(relay.address[0])
         send(self._allocated(msg, five_tuple, send, auth, self.clock.seconds(), {family: relay}, [family], None))
@@ -394,11 +399,11 @@ class TurnServer:
         return allocation.response
 
     def _quota(self, msg: Message, auth: _Auth) -> bytes | None:
-        """486 past the per-user quota, 508 past the total (RFC 8656 §7.2 step 8)."""
-        policy = self.policy
-        if policy.user_quota and self.per_user[auth.username] >= policy.user_quota:
+        """Count the allocation, or 486 past the per-user quota, 508 past the total (RFC 8656 §7.2 step 8)."""
+        refused = self.counts.claim(auth.username, self.policy.user_quota, self.policy.total_quota)
+        if refused == Error.ALLOCATION_QUOTA_REACHED:
             return self._error(msg, Error.ALLOCATION_QUOTA_REACHED, auth=auth)
-        if policy.total_quota and len(self.allocations) >= policy.total_quota:
+        if refused is not None:
             return self._error(msg, Error.INSUFFICIENT_CAPACITY, "Server at capacity", auth)
         return None
 
@@ -413,7 +418,6 @@ class TurnServer:
         for relay in relays.values():
             relay.allocation = allocation
         self.allocations[five_tuple] = allocation
-        self.per_user[auth.username] += 1
         self.counters["allocations"] += 1
         allocation_id = f"{self.id_prefix}-{secrets.token_hex(6)}"
         self.records[five_tuple] = (allocation_id, now)
@@ -441,6 +445,7 @@ class TurnServer:
         try:
             endpoint = self.tcp.open(family)
         except OSError:
+            self.counts.release(auth.username)
             return self._error(msg, Error.INSUFFICIENT_CAPACITY, "No relay port available", auth)
         allocation, lifetime = self._install(msg, five_tuple, send, auth, now, {family: endpoint})
         allocation.tcp = True
@@ -665,9 +670,7 @@ class TurnServer:
         closed[1] += allocation.bytes_out
         closed[2] += allocation.packets_in
         closed[3] += allocation.bytes_in
-        self.per_user[allocation.username] -= 1
-        if self.per_user[allocation.username] <= 0:
-            del self.per_user[allocation.username]
+        self.counts.release(allocation.username)
         allocation.close()
 
     def _error(self, msg: Message, code: int, reason: str | None = None, auth: _Auth | None = None,

@@ -33,6 +33,7 @@ from .config import (
 from .datagrams import receive_drops
 from .drain import DrainService
 from .handoff import MAX_WORKERS, HandoffFactory
+from .quotas import SharedAllocationCounts, quota_path
 from .service import add_listeners, make_relay
 from .workers import (
     NONCE_SECRET_ENV,
@@ -133,6 +134,7 @@ def makeService(options, reactor=None) -> service.MultiService:
             listener.inherited_fd = inherited.get(listener.key)
     if options.workers > 1:
         _add_handoff(top, reactor, options, relay.turn)
+        _share_counts(reactor, options, relay.turn)
     if values["metrics"]:
         _add_status(top, reactor, options, binding, relay.turn, ready=lambda: not drain.draining)
     return top
@@ -151,6 +153,22 @@ def _add_handoff(top, reactor, options, turn) -> None:
     paths[index].unlink(missing_ok=True)
     handoff = HandoffFactory(reactor, turn.tcp.listeners, turn.ports)
     internet.UNIXServer(str(paths[index]), handoff, mode=0o600).setServiceParent(top)
+
+
+def _share_counts(reactor, options, turn) -> None:
+    """Quotas hold for the whole relay: every worker counts its allocations in one file (relay.quotas)."""
+    first = options.worker_index == 0
+    path = quota_path(options.values["state-dir"], os.getpid() if first else os.getppid())
+    if first:
+        path.unlink(missing_ok=True)  # the workers start after this, and open what this creates
+    turn.counts = counts = SharedAllocationCounts(path, options.worker_index, options.workers)
+
+    def close() -> None:
+        counts.close()
+        if first:
+            path.unlink(missing_ok=True)
+
+    reactor.addSystemEventTrigger("after", "shutdown", close)
 
 
 def _add_status(top, reactor, options, binding, turn, ready) -> None:

@@ -140,6 +140,50 @@ def test_udp_clients_stay_on_their_worker_while_workers_start(tmp_path):
         stop_node(node)
 
 
+def test_quotas_hold_across_workers(tmp_path):
+    """--user-quota and --total-quota count the allocations of both workers together: with three
+    on each worker a user's seventh gets 486 on either, and one deleted makes room again."""
+    node = start_relay(tmp_path, "--workers", "2", "--relay-ports", f"{LOW}-{HIGH}", "--user", "bob:builder",
+                       "--user-quota", "6", "--total-quota", "8")
+    middle = LOW + (HIGH - LOW + 1) // 2
+    kept = {0: [], 1: []}
+    clients = []
+
+    def new_client(user=TURN_USER, password=TURN_PASSWORD):
+        client = UdpTurnClient((node.ip, node.port), user, password, TURN_REALM)
+        client.sock.bind((PRIMARY_IP, 0))
+        clients.append(client)
+        return client
+
+    try:
+        wait_for_second_worker(node)
+        for _ in range(200):  # until each worker holds three of alice's allocations
+            if min(len(k) for k in kept.values()) == 3:
+                break
+            client = new_client()
+            response = client.allocate()
+            assert response.cls == Class.SUCCESS, response
+            worker = int(response.address(Attr.XOR_RELAYED_ADDRESS)[1] >= middle)
+            if len(kept[worker]) < 3:
+                kept[worker].append(client)
+            else:  # this worker has its three: delete it again
+                assert client.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(0))).cls == Class.SUCCESS
+        assert len(kept[0]) == len(kept[1]) == 3
+        refused = [code(new_client().allocate()) for _ in range(6)]
+        assert refused == [486] * 6  # whichever worker each landed on
+        assert kept[1][0].request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(0))).cls == Class.SUCCESS
+        results = [new_client().allocate() for _ in range(3)]
+        assert [r.cls == Class.SUCCESS for r in results] == [True, False, False]
+        bob = [new_client("bob", "builder").allocate() for _ in range(4)]
+        assert [r.cls == Class.SUCCESS for r in bob] == [True, True, False, False]
+        assert {code(r) for r in bob[2:]} == {508}
+    finally:
+        for client in clients:
+            client.close()
+        stop_node(node)
+    assert list((node.state_dir / "run").glob("*.quota")) == []  # the first process removed its file
+
+
 def test_drain_reaches_every_worker(tmp_path):
     """SIGUSR1 to the first process drains the second too, and the relay exits once both are done."""
     node = start_relay(tmp_path, "--workers", "2", "--relay-ports", f"{LOW}-{HIGH}", "--drain-timeout", "30")
