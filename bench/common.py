@@ -67,6 +67,31 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def process_tree(pid: int) -> list[int]:
+    """pid and every process descended from it (a relay's workers)."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        try:
+            with open(f"/proc/{tree[index]}/task/{tree[index]}/children") as f:
+                tree.extend(int(child) for child in f.read().split())
+        except OSError:
+            pass
+        index += 1
+    return tree
+
+
+def tree_cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU time of pid and its descendants (all threads) so far, in seconds."""
+    user = system = 0.0
+    for member in process_tree(pid):
+        try:
+            u, s = cpu_split(member)
+        except OSError:
+            continue  # it ended between the listing and the reading
+        user, system = user + u, system + s
+    return user, system
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) so far."""
     return sum(cpu_split(pid))

@@ -51,7 +51,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import coturn_version, cpu_model, cpu_seconds, cpu_split, exchange, free_port, stop
+from common import coturn_version, cpu_model, cpu_seconds, exchange, free_port, process_tree, stop, tree_cpu_split
 
 ROOT = Path(__file__).resolve().parent.parent
 IP = "127.0.0.1"
@@ -138,6 +138,11 @@ def udp_errors() -> dict[str, int]:
     return {"rcvbuf": table.get("RcvbufErrors", 0), "sndbuf": table.get("SndbufErrors", 0)}
 
 
+def server_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets a server's processes hold open."""
+    return set().union(*(socket_inodes(member) for member in process_tree(pid)))
+
+
 def socket_inodes(pid: int) -> set[str]:
     """Inodes of the sockets a process holds open."""
     inodes = set()
@@ -191,10 +196,14 @@ class Server:
         stop(self.process)
 
     def threads(self) -> int:
-        try:
-            return len(os.listdir(f"/proc/{self.process.pid}/task"))
-        except OSError:
-            return 0
+        """Threads of all its processes."""
+        count = 0
+        for member in process_tree(self.process.pid):
+            try:
+                count += len(os.listdir(f"/proc/{member}/task"))
+            except OSError:
+                pass
+        return count
 
 
 _METRICS_OPTION: list[bool] = []
@@ -318,13 +327,14 @@ def run_load(server: Server, args: argparse.Namespace, size: int, rate: int, wor
                 try:
                     elapsed = float(line[1:].split("s]", 1)[0])
                     at = time.monotonic()
-                    user_system = cpu_split(server.process.pid)
+                    user_system = tree_cpu_split(server.process.pid)
                     server_cpu, load_cpu = sum(user_system), cpu_seconds(process.pid)
                     cpus, udp = per_cpu_ticks(), udp_errors()
                     drops = udp_socket_drops()
-                    server_drops = sum(drops.get(i, 0) for i in socket_inodes(server.process.pid))
+                    server_drops = sum(drops.get(i, 0) for i in server_inodes(server.process.pid))
                     load_drops = sum(drops.get(i, 0) for i in socket_inodes(process.pid))
-                    others = other_cpu_seconds({server.process.pid, process.pid, os.getpid()})
+                    ours = {*process_tree(server.process.pid), *process_tree(process.pid), os.getpid()}
+                    others = other_cpu_seconds(ours)
                     samples.append(Sample(at, elapsed, server_cpu, user_system, load_cpu, cpus, udp, server_drops,
                                           load_drops, others))
                 except (OSError, ValueError, IndexError):
@@ -507,6 +517,9 @@ def main() -> None:
                         help="before each run, wait for a second with the machine below this busy %% (default 10)")
     parser.add_argument("--quiet-wait", type=float, default=60.0,
                         help="wait at most this many seconds for that quiet second (default 60; 0 = no wait)")
+    parser.add_argument("--all-cores", action="store_true",
+                        help="server and generator may both use every CPU (ours: one worker per core; "
+                             "coturn: its default threads); server CPU sums all its processes")
     parser.add_argument("--json-out", type=Path, help="also write every run's data to this JSON file")
     args = parser.parse_args()
     if not 3 <= args.seconds <= 120:
@@ -523,7 +536,11 @@ def main() -> None:
         parser.error("server 'base' needs --base-root, a checkout with a relay/ folder")
     if shutil.which("turnserver") is None:
         servers = [s for s in servers if s in ("ours", "base")]
-    os.sched_setaffinity(0, {int(LOAD_CPU)})  # this script's own sampling stays off the server's core
+    global SERVER_CPU, LOAD_CPU
+    if args.all_cores:
+        SERVER_CPU = LOAD_CPU = f"0-{os.cpu_count() - 1}"
+    else:
+        os.sched_setaffinity(0, {int(LOAD_CPU)})  # this script's own sampling stays off the server's core
 
     runs: list[Run] = []
     server_commands: dict[str, list[str]] = {}

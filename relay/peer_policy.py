@@ -79,8 +79,9 @@ class PeerPolicy:
         self.own = {ipaddress.ip_address(a) for a in own_addresses}
         self.relayed = {ipaddress.ip_address(a) for a in relayed_addresses} if relay_ports else set()
         self.relay_ports = relay_ports
-        # The data path asks about these hosts' ports (strings, as peers arrive).
-        self.port_checked = frozenset(str(a) for a in self.relayed)
+        # The data path asks about these hosts' ports (strings, as peers arrive): each
+        # maps to the operator rules' verdict on it, or None when the port decides.
+        self.port_checked = {str(a): self._operator_verdict(a) for a in self.relayed}
 
     def allowed(self, host: str, port: int | None = None) -> bool:
         """Whether host (at port, when the request names one) may be a peer.
@@ -93,14 +94,9 @@ class PeerPolicy:
             address = ipaddress.ip_address(host)
         except ValueError:
             return False
-        best: tuple[int, bool] | None = None
-        for network, verdict in self.rules:
-            if address.version == network.version and address in network:
-                key = (network.prefixlen, not verdict)
-                if best is None or key > best:
-                    best = key
-        if best is not None:
-            return not best[1]
+        verdict = self._operator_verdict(address)
+        if verdict is not None:
+            return verdict
         if address in self.relayed:
             low, high = self.relay_ports
             return port is not None and low <= port <= high
@@ -109,3 +105,21 @@ class PeerPolicy:
         if address.version == 6 and (inner := embedded_ipv4(address)) is not None and inner in self.own:
             return False
         return not denied_by_default(address)
+
+    def relayed_peer_allowed(self, host: str, port: int) -> bool:
+        """``allowed(host, port)`` for a host in ``port_checked``, without parsing it: the data path's check."""
+        verdict = self.port_checked[host]
+        if verdict is not None:
+            return verdict
+        low, high = self.relay_ports
+        return low <= port <= high
+
+    def _operator_verdict(self, address: IPAddress) -> bool | None:
+        """What --allow-peer / --deny-peer say of address (longest prefix, deny on a tie), or None."""
+        best: tuple[int, bool] | None = None
+        for network, verdict in self.rules:
+            if address.version == network.version and address in network:
+                key = (network.prefixlen, not verdict)
+                if best is None or key > best:
+                    best = key
+        return None if best is None else not best[1]

@@ -605,7 +605,7 @@ class TurnServer:
 
     def _peer_allowed(self, peer: Address) -> bool:
         """The data path's check of a Send to one of the relay's own addresses (its port)."""
-        return peer[0] not in self.peers.port_checked or self.peers.allowed(*peer)
+        return peer[0] not in self.peers.port_checked or self.peers.relayed_peer_allowed(*peer)
 
     def _check_peers(self, msg, allocation: Allocation, peers: list[Address], auth) -> bytes | None:
         """403 for a denied peer, 443 for a family mismatch."""

@@ -3,6 +3,8 @@
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
@@ -340,6 +342,19 @@ def test_relayed_addresses_are_peers_only_at_relay_ports(clock):
     assert relay.sent == [(b"payload", ("8.8.8.8", 50001))]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    rules=st.lists(st.tuples(st.sampled_from(["8.8.8.8/32", "8.8.0.0/16", "8.0.0.0/8", "9.9.9.0/24", "::/0"]),
+                             st.booleans()), max_size=4),
+    port=st.integers(0, 65535),
+)
+def test_the_data_paths_port_check_agrees_with_the_policy(rules, port):
+    """For the relay's relayed addresses the data path's precomputed check answers as allowed() does."""
+    peers = PeerPolicy(allow=[n for n, a in rules if a], deny=[n for n, a in rules if not a],
+                       own_addresses=["8.8.8.8"], relayed_addresses=["8.8.8.8"], relay_ports=(49152, 65535))
+    assert peers.relayed_peer_allowed("8.8.8.8", port) == peers.allowed("8.8.8.8", port)
+
+
 def test_channel_data_both_ways(server):
     """A bound channel carries ChannelData to the peer and back, padded only on streams."""
     client = Client(server)
@@ -396,6 +411,18 @@ def test_user_and_total_quotas(clock):
     full = make_server(clock, total_quota=1)
     Client(full).allocate()
     assert code(Client(full, "bob", "hunter2", ("udp", ("203.0.113.11", 2), SERVER)).allocate()) == 508
+
+
+def test_an_allocate_that_fails_gives_its_quota_back(clock):
+    """An Allocate counted at step 8 but refused later (no relay port) does not use up the user's quota."""
+    ports = FakePorts(limit=0)
+    server = make_server(clock, ports=ports, user_quota=1)
+    client = Client(server)
+    assert code(client.allocate()) == 508 and server.counts.total == 0
+    ports.limit = 1
+    assert client.allocate().cls == Class.SUCCESS and server.counts.per_user == {"alice": 1}
+    assert client.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(0))).cls == Class.SUCCESS
+    assert server.counts.total == 0 and not server.counts.per_user
 
 
 def test_permission_and_channel_quotas(clock):
@@ -474,6 +501,7 @@ def test_reservation_another_worker_does_not_hold(clock):
     assert client.allocate((Attr.RESERVATION_TOKEN, b"W" * 8)) is None
     ports.fetches[0].callback(None)
     assert code(Message.decode(client.received[-1])) == 508 and not server.allocations and not server.pending
+    assert server.counts.total == 0
     assert client.allocate((Attr.RESERVATION_TOKEN, b"W" * 8)) is None  # a new try asks again
     assert len(ports.fetches) == 2
 
@@ -488,7 +516,7 @@ def test_reservation_arriving_after_the_connection_closed(clock):
     server.connection_lost(tcp_tuple)
     relay = FakeRelay(("198.18.0.1", 49153))
     ports.fetches[0].callback(relay)
-    assert relay.closed and not server.allocations and not client.received
+    assert relay.closed and not server.allocations and not client.received and server.counts.total == 0
 
 
 def test_address_families(server, clock):
