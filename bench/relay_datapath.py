@@ -3,13 +3,14 @@
 
 Not a test. It drives our relay's own Twisted objects with pre-built packets:
 the client-facing ``ServerDatagramProtocol`` and relay sockets, each on a
-``twisted.internet.udp.Port`` read through its ``doRead`` (the read loop the
-protocol installs) whose socket is a stand-in (``recvfrom`` hands out the
-prepared datagrams, then raises ``BlockingIOError`` as an empty non-blocking
-socket does; ``sendto`` only counts), and the TCP client leg's
-``ServerStreamProtocol.dataReceived``. The stand-in's two methods are Python
-calls, so the figures include about 0.1-0.2 µs per packet of their own. A TurnServer on a ``task.Clock`` holds
-``--allocations`` allocations, each with a permission and a bound channel.
+``twisted.internet.udp.Port`` read through its ``doRead`` (the read pass the
+protocol installs) whose socket is a stand-in, and the TCP client leg's
+``ServerStreamProtocol.dataReceived``. Stand-ins replace the two batched
+calls of ``relay._mmsg``: the receiver hands out the prepared datagrams, up
+to a batch, and the sender only counts. They are Python calls, so the
+figures include a little of their own. A TurnServer on a ``task.Clock``
+holds ``--allocations`` allocations, each with a permission and a bound
+channel.
 
 Paths, each timed with ``time.process_time`` over ``--packets`` packets
 (best of ``--repeat``):
@@ -22,8 +23,8 @@ Paths, each timed with ``time.process_time`` over ``--packets`` packets
 - ``tcp channel p->c``: a datagram from a peer to a TCP client (padded ChannelData).
 
 UDP reads hand ``--batch`` datagrams to each ``doRead`` (one wakeup), so the
-per-wakeup cost (the final ``BlockingIOError``) is spread over the batch, as
-it is under load. The figures leave out the kernel (syscalls) and the
+per-wakeup cost (the read pass, the flush of each socket's queue) is spread
+over the batch, as it is under load. The figures leave out the kernel (syscalls) and the
 reactor's dispatch of a wakeup; ``bench/relay_throughput.py`` measures the
 whole process. ``--profile PATH`` prints a cProfile of one path instead.
 
@@ -46,9 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet import udp  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 
+from relay import datagrams  # noqa: E402
 from relay.allocation import Allocation  # noqa: E402
 from relay.credentials import Credentials  # noqa: E402
-from relay.listeners import ServerStreamFactory, UdpEndpoints, udp_sender  # noqa: E402
+from relay.listeners import ServerStreamFactory, UdpEndpoints  # noqa: E402
 from relay.peer_policy import PeerPolicy  # noqa: E402
 from relay.relay_ports import RelaySocket  # noqa: E402
 from relay.server import RelayPolicy, TurnServer  # noqa: E402
@@ -60,17 +62,16 @@ CHANNEL = 0x4000
 
 
 class FakeSocket:
-    """A non-blocking UDP socket stand-in: queued datagrams in, counted datagrams out."""
+    """A UDP socket stand-in: datagrams queued for FakeReceiver, datagrams counted by FakeSender."""
+
+    family = 2  # AF_INET
+    by_fd: dict = {}
 
     def __init__(self) -> None:
         self.queue: list = []
         self.sent = 0
-
-    def recvfrom(self, size: int):
-        try:
-            return self.queue.pop()
-        except IndexError:
-            raise BlockingIOError(11, "Resource temporarily unavailable") from None
+        self.fd = 1000 + len(self.by_fd)
+        self.by_fd[self.fd] = self
 
     def sendto(self, data: bytes, addr) -> int:
         self.sent += 1
@@ -80,7 +81,30 @@ class FakeSocket:
         pass
 
     def fileno(self) -> int:
-        return -1
+        return self.fd
+
+
+class FakeReceiver:
+    """recvmmsg's stand-in: up to a batch of the socket's queued datagrams (the queue is reversed)."""
+
+    def recv(self, sock: FakeSocket) -> list:
+        queue = sock.queue
+        batch = queue[-datagrams.BATCH:]
+        del queue[-datagrams.BATCH:]
+        batch.reverse()
+        return batch
+
+
+class FakeSender:
+    """sendmmsg's stand-in: counts the datagrams on the socket."""
+
+    @staticmethod
+    def send(fd: int, family: int, queue: list) -> int:
+        FakeSocket.by_fd[fd].sent += len(queue)
+        return len(queue)
+
+
+datagrams._receiver, datagrams._mmsg = FakeReceiver(), FakeSender()
 
 
 class FakeStreamTransport:
@@ -116,20 +140,21 @@ class Bench:
         self.turn = TurnServer(RelayPolicy(realm="bench"), Credentials(), PeerPolicy(), None, self.clock)
         endpoints = UdpEndpoints(BindingServer(Addresses(*SERVER)), self.turn)
         self.listener = port_for(endpoints.protocol(SERVER))
+        self.outbox = self.listener.protocol.outbox
         self.clients, self.relay_ports = [], []
         for i in range(allocations):
             client = ("127.0.1.%d" % (1 + i % 250), 20000 + i)
             self.clients.append(client)
-            self.relay_ports.append(self._allocate(("udp", client, SERVER), self.listener.socket, i))
+            self.relay_ports.append(self._allocate(("udp", client, SERVER), True, i))
         factory = ServerStreamFactory(BindingServer(Addresses(*SERVER)), self.turn, SERVER, "tcp")
         self.stream = factory.buildProtocol(None)
         self.stream.makeConnection(FakeStreamTransport())
-        self.tcp_relay = self._allocate(self.stream.five_tuple, None, allocations)
+        self.tcp_relay = self._allocate(self.stream.five_tuple, False, allocations)
 
-    def _allocate(self, five_tuple, client_socket, i) -> udp.Port:
+    def _allocate(self, five_tuple, udp_client: bool, i) -> udp.Port:
         relay = RelaySocket(("127.0.0.1", 50000 + i), None)
         port = port_for(relay)
-        send = self.stream.transport.write if client_socket is None else udp_sender(client_socket, five_tuple[1])
+        send = self.outbox.sender(five_tuple[1]) if udp_client else self.stream.transport.write
         allocation = Allocation(five_tuple, os.urandom(12), "bench", None, 1, {4: relay},
                                 self.clock.seconds() + 600, send)
         relay.allocation = allocation
