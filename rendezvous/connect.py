@@ -37,7 +37,6 @@ import hashlib
 import hmac
 import ipaddress
 import socket
-import time
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, urlsplit
 
@@ -305,7 +304,7 @@ class _Session:
         placeholder.bind(("0.0.0.0", 0))
         self._tcp_placeholder, self.tcp_port = placeholder, placeholder.getsockname()[1]
         self.tcp_candidates = [{"type": "host", "ip": ip, "port": self.tcp_port, "protocol": "tcp"} for ip in hosts]
-        started = time.monotonic()
+        started = self.reactor.seconds()
         try:
             self.tcp_mapped = await tcp_mapped_address(self.reactor, self.tcp_port, tuple(self.signaling.server),
                                                        tls=self.options.tls, timeout_seconds=RELAY_TIMEOUT_SECONDS)
@@ -317,7 +316,7 @@ class _Session:
                                            "protocol": "tcp"})
 
     async def _reflexive(self, main: _Socket, stun: Address) -> None:
-        started = time.monotonic()
+        started = self.reactor.seconds()
         try:
             response, _ = await main.request(Message(Method.BINDING, Class.REQUEST), stun)
         except TransactionTimeout:
@@ -354,7 +353,7 @@ class _Session:
         Bounded by UPNP_SECONDS without cancelling: miniupnpc blocks in a
         thread that cannot be interrupted (stopping its pool would wait for
         it), so a late gateway or mapping is let go when it comes."""
-        started = time.monotonic()
+        started = self.reactor.seconds()
         gateway = mapping = None
         try:
             gateway = await self._bounded(discover_gateway(self.reactor, timeout_seconds=UPNP_DISCOVERY_SECONDS),
@@ -379,7 +378,7 @@ class _Session:
         """d's result, or TimeoutError once UPNP_SECONDS have passed since ``started``;
         a success that comes later goes to ``late``."""
         out = Deferred()
-        left = max(0.0, UPNP_SECONDS - (time.monotonic() - started))
+        left = max(0.0, UPNP_SECONDS - (self.reactor.seconds() - started))
         timer = self.reactor.callLater(left, lambda: out.called or out.errback(
             TimeoutError(f"no answer within {UPNP_SECONDS} s")))
 
@@ -431,7 +430,7 @@ class _Session:
             return
         for transport, server in _relay_targets(self.signaling, turn, self.options.relay_transports,
                                                         self.options.tls):
-            started = time.monotonic()
+            started = self.reactor.seconds()
             try:
                 client = await turn_client.connect(
                     self.reactor, server, transport, username=turn["username"], password=turn["password"],
@@ -462,7 +461,7 @@ class _Session:
 
     def _begin(self, punch: dict, peer_hint: NatHint) -> None:
         now = self.reactor.seconds()
-        self._started = time.monotonic()
+        self._started = self.reactor.seconds()
         self.peer_hint = peer_hint
         candidates = [c for c in punch.get("candidates", []) if isinstance(c, dict)]
         self.agent.set_remote(punch["ufrag"], punch["pwd"], candidates, now)
@@ -490,7 +489,7 @@ class _Session:
     def _start_tcp(self, target: Address, now: float) -> None:
         """Punch toward the peer's one TCP candidate both sides agree on; hold the relay meanwhile."""
         self.agent.hold_relayed = True
-        self._tcp_started = time.monotonic()
+        self._tcp_started = self.reactor.seconds()
         self.tcp_punch = punch_tcp(self.reactor, self.tcp_port, [target], now, self.options.tcp_punch_seconds,
                                    Factory.forProtocol(lambda: _Stream(self)), low_ttl=self.options.tcp_low_ttl)
         self.tcp_punch.addCallbacks(self._tcp_connected, self._tcp_failed)
@@ -648,7 +647,7 @@ class _Session:
         self._complete(self._path(pair), pair.local.base, pair.mapped or pair.local.address, pair.remote.address)
 
     def _complete(self, path: str, base: str, local: Address, remote: Address, detail: str = "") -> None:
-        elapsed = time.monotonic() - self._started
+        elapsed = self.reactor.seconds() - self._started
         techniques = self._techniques()
         for technique in techniques + ([path] if path not in techniques else []):
             outcome = "selected" if technique == path else "not-selected"
@@ -712,7 +711,7 @@ class _Session:
         return "udp-direct"
 
     def _fail(self, reason: str) -> None:
-        elapsed = round((time.monotonic() - (self._started or time.monotonic())) * 1000, 1)
+        elapsed = round((self.reactor.seconds() - (self._started or self.reactor.seconds())) * 1000, 1)
         for technique in self._techniques():
             self.attempts.append(Attempt(technique, elapsed, "failed"))
         self._cancel_timers()
@@ -731,7 +730,7 @@ class _Session:
         self._timer = None
 
     def _attempt(self, technique: str, started: float, outcome: str, detail: str = "") -> None:
-        self.attempts.append(Attempt(technique, round((time.monotonic() - started) * 1000, 1), outcome, detail))
+        self.attempts.append(Attempt(technique, round((self.reactor.seconds() - started) * 1000, 1), outcome, detail))
 
     # -- after selection ---------------------------------------------------
 
