@@ -53,6 +53,14 @@ def wait_for_second_worker(node) -> int:
     return children(node.process.pid)[0]
 
 
+def udp_client(node, clients: list, user: str = TURN_USER, password: str = TURN_PASSWORD) -> UdpTurnClient:
+    """A TURN client on its own UDP socket (a fresh 4-tuple, so either worker may get it), kept in clients."""
+    client = UdpTurnClient((node.ip, node.port), user, password, TURN_REALM)
+    client.sock.bind((PRIMARY_IP, 0))
+    clients.append(client)
+    return client
+
+
 def admin(node, metrics: int, path: str, method: str = "GET") -> dict:
     token = (node.state_dir / "admin.token").read_text().strip()
     request = urllib.request.Request(f"http://127.0.0.1:{metrics}/admin/{path}", method=method,
@@ -150,10 +158,7 @@ def test_quotas_hold_across_workers(tmp_path):
     clients = []
 
     def new_client(user=TURN_USER, password=TURN_PASSWORD):
-        client = UdpTurnClient((node.ip, node.port), user, password, TURN_REALM)
-        client.sock.bind((PRIMARY_IP, 0))
-        clients.append(client)
-        return client
+        return udp_client(node, clients, user, password)
 
     try:
         wait_for_second_worker(node)
@@ -258,10 +263,7 @@ def test_reservation_tokens_across_workers(tmp_path):
     clients = []
 
     def client():
-        made = UdpTurnClient((node.ip, node.port), TURN_USER, TURN_PASSWORD, TURN_REALM)
-        made.sock.bind((PRIMARY_IP, 0))
-        clients.append(made)
-        return made
+        return udp_client(node, clients)
 
     try:
         wait_for_second_worker(node)
