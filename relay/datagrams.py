@@ -67,7 +67,10 @@ def read_pass(read) -> None:
     finally:
         _pass.dirty = None
         for outbox in dirty:
-            outbox.flush()
+            try:
+                outbox.flush()
+            except Exception:  # one socket's failure must not strand the others' queues
+                log.failure("sending the datagrams queued for {socket}", socket=outbox.socket)
 
 
 class Outbox:

@@ -186,3 +186,17 @@ def test_read_loop_forwards_through_outboxes_with_and_without_the_extension(pair
         assert [data for data, _ in settle(sink, total)] == [b"D%d" % i for i in range(total)]
     finally:
         sink.close()
+
+
+def test_a_failing_flush_does_not_strand_other_queues(pair):
+    """If one socket's queue cannot be sent, it is logged and dropped, and the other sockets still send."""
+    a, b = pair
+    broken, fine = Outbox(b), Outbox(b)
+
+    def during():
+        broken.write(12345, a.getsockname())  # not bytes: sendmmsg's caller refuses it
+        fine.write(b"still sent", a.getsockname())
+
+    read_pass(during)
+    assert broken.queue == [] and fine.queue == []
+    assert settle(a, 1) == [(b"still sent", b.getsockname())]
