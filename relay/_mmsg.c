@@ -349,7 +349,6 @@ mmsg_send(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *fdobj, *datagrams;
     int family, fd;
-    Py_ssize_t count;
     struct mmsghdr headers[64];
     struct iovec vectors[64];
     struct sockaddr_storage addresses[64];
@@ -361,11 +360,11 @@ mmsg_send(PyObject *Py_UNUSED(module), PyObject *args)
     fd = PyObject_AsFileDescriptor(fdobj);
     if (fd < 0)
         return NULL;
-    count = PyList_GET_SIZE(datagrams);
-    while (done < count) {
+    /* The size is read again after each call: the GIL was released meanwhile. */
+    while (done < PyList_GET_SIZE(datagrams)) {
         int chunk = 0, result;
         memset(headers, 0, sizeof headers);
-        while (chunk < 64 && done + chunk < count) {
+        while (chunk < 64 && done + chunk < PyList_GET_SIZE(datagrams)) {
             PyObject *item = PyList_GET_ITEM(datagrams, done + chunk);
             socklen_t len;
             if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
