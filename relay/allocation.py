@@ -90,7 +90,24 @@ def _ipv4_peer(value: bytes) -> Address:
 
 
 def parse_send_indication(data: bytes) -> tuple[Address, bytes] | None:
-    """The peer and payload of a Send indication (RFC 8656 §11.2), or None.
+    """The peer and payload of a Send indication (RFC 8656 §11.2), or None when it is malformed.
+
+    The attributes are walked in C (``relay._indications``) where it is
+    built, else by ``walk_send_indication``; both follow the same rules.
+    """
+    walked = _walk(data)
+    if walked is None:
+        return None
+    peer_value, payload, tid = walked
+    try:
+        peer = _ipv4_peer(peer_value) if len(peer_value) == 8 else decode_xor_address(peer_value, tid)
+    except CodecError:
+        return None
+    return peer, payload
+
+
+def walk_send_indication(data: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """The raw XOR-PEER-ADDRESS value, the DATA and the transaction id of a Send indication, or None.
 
     None for anything malformed: a bad header, an attribute overrunning the
     message, an attribute after FINGERPRINT, a FINGERPRINT that does not
@@ -133,11 +150,13 @@ def parse_send_indication(data: bytes) -> tuple[Address, bytes] | None:
         offset = end + (-attr_length % 4)
     if peer_value is None or payload is None:
         return None
-    try:
-        peer = _ipv4_peer(peer_value) if len(peer_value) == 8 else decode_xor_address(peer_value, tid)
-    except CodecError:
-        return None
-    return peer, payload
+    return peer_value, payload, tid
+
+
+try:
+    from ._indications import parse_send as _walk
+except ImportError:  # not built (setup.py)
+    _walk = walk_send_indication
 
 
 class Allocation:

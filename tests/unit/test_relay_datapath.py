@@ -4,6 +4,7 @@ import select
 import socket
 import struct
 import time
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +12,8 @@ from hypothesis import strategies as st
 from twisted.internet import udp
 from twisted.internet.protocol import DatagramProtocol
 
-from relay.allocation import data_indication, parse_send_indication
+from relay import allocation
+from relay.allocation import data_indication, parse_send_indication, walk_send_indication
 from relay.datagrams import MAX_READS_PER_WAKEUP, DatagramPoller, read_loop, receive_drops
 from relay.listeners import ServerDatagramProtocol, UdpEndpoints
 from relay.relay_ports import RelaySocket
@@ -52,6 +54,33 @@ def test_send_indication_parser_never_raises(data):
     """Arbitrary and mutated bytes give a result or None, never an exception."""
     result = parse_send_indication(data)
     assert result is None or (isinstance(result[0], tuple) and isinstance(result[1], bytes))
+
+
+def _with_attributes(attributes: list[tuple[int, bytes]], fingerprint: bool) -> bytes:
+    """A Send indication header and the attributes given, FINGERPRINT last when asked (lengths fixed)."""
+    body = b"".join(struct.pack("!HH", t, len(v)) + v + b"\0" * (-len(v) % 4) for t, v in attributes)
+    data = bytearray(b"\x00\x16" + struct.pack("!H", len(body) + (8 if fingerprint else 0)) + b"\x21\x12\xa4\x42"
+                     + bytes(range(12)) + body)
+    if fingerprint:
+        data += struct.pack("!HHI", Attr.FINGERPRINT, 4, zlib.crc32(data) ^ 0x5354554E)
+    return bytes(data)
+
+
+ATTRIBUTES = st.lists(st.tuples(st.sampled_from([Attr.XOR_PEER_ADDRESS, Attr.DATA, Attr.MESSAGE_INTEGRITY,
+                                                 Attr.MESSAGE_INTEGRITY_SHA256, Attr.SOFTWARE, Attr.FINGERPRINT]),
+                                st.binary(max_size=24)), max_size=6)
+
+
+@pytest.mark.skipif(allocation._walk is walk_send_indication, reason="relay._indications is not built")
+@SETTINGS
+@given(ATTRIBUTES, st.booleans(), st.integers(0, 80), st.integers(0, 255))
+def test_the_c_walker_agrees_with_the_python_one(attributes, fingerprint, where, byte):
+    """relay._indications.parse_send and walk_send_indication give the same answer, for well-formed,
+    odd and corrupted Send indications alike."""
+    data = _with_attributes(attributes, fingerprint)
+    corrupted = data[:where] + bytes([byte]) + data[where + 1:]
+    for candidate in (data, corrupted, data[:where]):
+        assert allocation._walk(candidate) == walk_send_indication(candidate)
 
 
 def test_malformed_send_indications_are_dropped():
