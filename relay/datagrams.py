@@ -6,8 +6,8 @@ socket calls themselves, and those calls are batched: a read loop takes up
 to 64 datagrams per ``recvmmsg`` and, while it handles them (a *read
 pass*), what the handlers write queues per socket and leaves in one
 ``sendmmsg`` per socket when the pass ends (``relay._mmsg``, Linux). The
-relay sockets share one reader of the reactor (``DatagramPoller``), whose
-wakeup is one pass. ``bench/relay_datapath.py`` and ``bench/udp_floor.py``
+relay's sockets, client-facing and relayed, share one reader of the reactor
+(``DatagramPoller``), whose wakeup is one pass. ``bench/relay_datapath.py`` and ``bench/udp_floor.py``
 time it. Without the extension (not Linux) the same loops use ``recvfrom``
 and ``sendto``.
 """
@@ -15,6 +15,7 @@ and ``sendto``.
 import os
 import select
 import socket
+from functools import partial
 
 from twisted.internet import udp
 from twisted.logger import Logger
@@ -197,6 +198,16 @@ class DatagramPoller:
         if len(self._ports) == 1:
             self.reactor.addReader(self)
 
+    def adopt(self, port: udp.Port) -> None:
+        """Read port, which the reactor reads now, through this poller from now on.
+
+        Its startReading and stopReading then add it here and remove it.
+        """
+        self.reactor.removeReader(port)
+        port.startReading = partial(self.add, port)
+        port.stopReading = partial(self.remove, port)
+        self.add(port)
+
     def descriptors(self) -> list[int]:
         """The file descriptors of the sockets it reads."""
         return list(self._ports)
@@ -233,26 +244,11 @@ class DatagramPoller:
         self._ports.clear()
 
 
-class PolledPort(udp.Port):
-    """A UDP port read through a DatagramPoller instead of its own reader in the reactor."""
-
-    def __init__(self, port: int, protocol, interface: str, reactor, poller: DatagramPoller) -> None:
-        super().__init__(port, protocol, interface, MAX_DATAGRAM_BYTES, reactor)
-        self.poller = poller
-
-    def startReading(self) -> None:
-        self.poller.add(self)
-
-    def stopReading(self) -> None:
-        self.poller.remove(self)
-
-
 def listen_udp(reactor, port: int, protocol, interface: str, poller: DatagramPoller | None) -> udp.Port:
     """``reactor.listenUDP``, read through poller when there is one."""
-    if poller is None:
-        return reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=MAX_DATAGRAM_BYTES)
-    listening = PolledPort(port, protocol, interface, reactor, poller)
-    listening.startListening()
+    listening = reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=MAX_DATAGRAM_BYTES)
+    if poller is not None:
+        poller.adopt(listening)
     return listening
 
 

@@ -16,7 +16,7 @@ from relay import allocation
 from relay.allocation import data_indication, parse_send_indication, walk_send_indication
 from relay.datagrams import MAX_READS_PER_WAKEUP, DatagramPoller, read_loop, receive_drops
 from relay.listeners import ServerDatagramProtocol, UdpEndpoints
-from relay.relay_ports import RelaySocket
+from relay.relay_ports import RelayPorts, RelaySocket
 from rendezvous.stun import Attr, Class, Message, Method
 from rendezvous.stun.attributes import encode_uint32
 from rendezvous.stun.binding import Addresses, BindingServer
@@ -320,3 +320,28 @@ def test_receive_drops_counts_a_full_queue():
         assert receive_drops(readers) == 0
     finally:
         port.stopListening()
+
+
+@pytest.mark.skipif(not hasattr(select, "epoll"), reason="DatagramPoller needs epoll (Linux)")
+def test_client_facing_socket_is_read_through_the_relay_poller(clock):
+    """With a TURN core, the client-facing UDP socket joins the relay sockets' poller and leaves it on stop."""
+    readers = _Readers()
+    server = make_server(clock, ports=RelayPorts(readers, {4: "127.0.0.1"}, 50000, 50099))
+    poller = server.ports.poller
+    protocol = UdpEndpoints(BindingServer(Addresses("127.0.0.1", 0)), server).protocol(("127.0.0.1", 0))
+    port = udp.Port(0, protocol, "127.0.0.1", reactor=readers)
+    port.startListening()
+    try:
+        assert readers.getReaders() == [poller] and poller.descriptors() == [port.fileno()]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            request = Message(Method.BINDING, Class.REQUEST)
+            client.sendto(request.encode(), ("127.0.0.1", port.getHost().port))
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not select.select([client], [], [], 0.01)[0]:
+                poller.doRead()
+            response = Message.decode(client.recv(2048))
+        assert response.cls == Class.SUCCESS and response.transaction_id == request.transaction_id
+    finally:
+        port.stopListening()
+    assert readers.getReaders() == [] and poller.descriptors() == []
