@@ -6,8 +6,8 @@ socket calls themselves, and those calls are batched: a read loop takes up
 to 64 datagrams per ``recvmmsg`` and, while it handles them (a *read
 pass*), what the handlers write queues per socket and leaves in one
 ``sendmmsg`` per socket when the pass ends (``relay._mmsg``, Linux). The
-relay's sockets, client-facing and relayed, share one reader of the reactor
-(``DatagramPoller``), whose wakeup is one pass. ``bench/relay_datapath.py`` and ``bench/udp_floor.py``
+relay sockets share one reader of the reactor (``DatagramPoller``), whose
+wakeup is one pass. ``bench/relay_datapath.py`` and ``bench/udp_floor.py``
 time it. Without the extension (not Linux) the same loops use ``recvfrom``
 and ``sendto``.
 """

@@ -65,9 +65,6 @@ class ServerDatagramProtocol(DatagramProtocol):
         set_buffers(self.transport.socket, UDP_BUFFER_BYTES)
         self.outbox = Outbox(self.transport.socket)
         read_loop(self.transport, self.datagramReceived)
-        poller = self.turn.ports.poller if self.turn is not None else None
-        if poller is not None:  # one read pass covers client and relayed sockets
-            poller.adopt(self.transport)
 
     def datagramReceived(self, data: bytes, addr) -> None:
         if data and self.turn is not None:
