@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from rendezvous.stun import Attr, Class, CodecError, Error, Message, Method, PasswordAlgorithm
-from rendezvous.stun.addresses import Address
+from rendezvous.stun.addresses import Address, address_text
 from rendezvous.stun.attributes import (
     decode_address_family,
     decode_even_port,
@@ -106,11 +106,6 @@ class _Auth:
         if self.sha256_mac:
             return response.encode(integrity_sha256_key=key)
         return response.encode(integrity_key=key)
-
-
-def _address_text(address: Address) -> str:
-    host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class TurnServer:
@@ -423,8 +418,8 @@ class TurnServer:
         self.records[five_tuple] = (allocation_id, now)
         self.by_id[allocation_id] = five_tuple
         log.info("allocation {allocation} for {user} from {client} over {transport}, relayed {relayed}, "
-                 "{lifetime} s", allocation=allocation_id, user=auth.username, client=_address_text(five_tuple[1]),
-                 transport=five_tuple[0], relayed=[_address_text(r.address) for r in relays.values()],
+                 "{lifetime} s", allocation=allocation_id, user=auth.username, client=address_text(five_tuple[1]),
+                 transport=five_tuple[0], relayed=[address_text(r.address) for r in relays.values()],
                  lifetime=lifetime)
         return allocation, lifetime
 
@@ -509,8 +504,8 @@ class TurnServer:
         response = self._sign(success_response(msg), auth)
         allocation_id, _ = self.records.get(allocation.five_tuple, ("?", now))
         log.info("connection {connection} to {peer} of allocation {allocation} bound from {client}",
-                 connection=connection.connection_id, peer=_address_text(connection.peer),
-                 allocation=allocation_id, client=_address_text(five_tuple[1]))
+                 connection=connection.connection_id, peer=address_text(connection.peer),
+                 allocation=allocation_id, client=address_text(five_tuple[1]))
         leg.splice(connection, response)
         return None
 
@@ -636,10 +631,10 @@ class TurnServer:
         return {
             "id": allocation_id,
             "user": allocation.username,
-            "client": _address_text(client),
+            "client": address_text(client),
             "transport": transport,
             "tcp_relay": allocation.tcp,
-            "relayed": [_address_text(r.address) for r in allocation.relays.values()],
+            "relayed": [address_text(r.address) for r in allocation.relays.values()],
             "age_seconds": round(now - created, 1),
             "lifetime_left_seconds": round(max(0.0, allocation.expires_at - now), 1),
             "permissions": len(allocation.permissions),
@@ -664,7 +659,7 @@ class TurnServer:
         allocation_id, _ = self.records.pop(allocation.five_tuple, ("?", 0))
         self.by_id.pop(allocation_id, None)
         log.info("allocation {allocation} of {user} from {client} ended: {reason}", allocation=allocation_id,
-                 user=allocation.username, client=_address_text(allocation.five_tuple[1]), reason=reason)
+                 user=allocation.username, client=address_text(allocation.five_tuple[1]), reason=reason)
         closed = self._relayed_closed
         closed[0] += allocation.packets_out
         closed[1] += allocation.bytes_out

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.web import resource
 
 from .metrics import answer_later
+from .stun.addresses import address_text
 
 log = Logger()
 
@@ -93,11 +94,10 @@ class LocalView:
 
 def describe_session(session, now: float) -> dict:
     """What an operator sees of one signaling session."""
-    host, port = session.address[:2]
     return {
         "id": session.id,
         "user": session.user,
-        "client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "client": address_text(session.address),
         "state": session.state,
         "nat_type": session.nat_type,
         "rtt_ms": round(session.rtt * 1000, 1) if session.rtt is not None else None,

@@ -21,6 +21,8 @@ from twisted.application import service
 from twisted.logger import ILogObserver, formatEvent
 from zope.interface import implementer
 
+from .stun.addresses import address_text
+
 REDACTED = "[redacted]"
 _SECRET_NAME = re.compile(r"pass|secret|key|nonce|token|credential|integrity|authorization", re.I)
 # Keys of Twisted's legacy events that repeat what the record already says.
@@ -33,7 +35,7 @@ def _plain(value):
         return value
     if isinstance(value, (list, tuple)):
         if len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int):
-            return f"[{value[0]}]:{value[1]}" if ":" in value[0] else f"{value[0]}:{value[1]}"
+            return address_text(value)
         return [_plain(v) for v in value]
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")

@@ -31,6 +31,12 @@ PLAIN_ADDRESS_TYPES = frozenset(
 )
 
 
+def address_text(address: Address) -> str:
+    """host:port, the host in brackets when it is IPv6 (RFC 3986 §3.2.2)."""
+    host, port = address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def pack_ip(host: str) -> bytes:
     """Return the 4 or 16 network-order bytes of an IP address literal."""
     try:
