@@ -65,6 +65,9 @@ def test_manifests_name_real_options(manifest, command, options):
     flags = [a for a in args if a.startswith("--")]
     assert flags and set(flags) <= {f"--{o.name}" for o in options}
     assert "path: /readyz" in text and "path: /healthz" in text
+    metrics = args[args.index("--metrics") + 1]
+    assert metrics.startswith("127.0.0.1:"), "the metrics and admin port must not face the network"
+    assert text.count("httpGet: {host: 127.0.0.1,") == 2
 
 
 def test_dockerfile_runs_twistd_as_a_non_root_user():
@@ -73,3 +76,10 @@ def test_dockerfile_runs_twistd_as_a_non_root_user():
     assert "USER txrendezvous" in text
     assert 'ENTRYPOINT ["twistd", "-n", "--pidfile="]' in text
     assert 'CMD ["rendezvous"' in text
+
+
+def test_dockerfile_builds_the_relay_extensions():
+    """The image is built from setup.py with a compiler, and fails to build if an extension is missing."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "COPY setup.py " in text and "gcc" in text
+    assert 'import relay._mmsg, relay._indications' in text
