@@ -246,10 +246,63 @@ def server_command(kind: str, workdir: Path, port: int, relay_ports: tuple[int, 
     return command
 
 
-def start_server(kind: str, workdir: Path, relay_ports: tuple[int, int], base_root: Path | None = None) -> Server:
+class CpuQuota:
+    """A control group we make, capping the CPU time of the servers started in it (CFS bandwidth).
+
+    ``percent`` of one core in every 10 ms period: cgroup v2's ``cpu.max``
+    where the v2 hierarchy has the cpu controller, else v1's
+    ``cpu.cfs_quota_us``. Needs root. ``remove`` deletes the group once
+    its processes have ended.
+    """
+
+    PERIOD_US = 10_000
+
+    def __init__(self, percent: float) -> None:
+        quota = int(self.PERIOD_US * percent / 100)
+        name = f"relay-bench-{os.getpid()}"
+        unified, v1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu")
+        if "cpu" in self._read(unified / "cgroup.controllers").split():
+            (unified / "cgroup.subtree_control").write_text("+cpu")
+            self.path = unified / name
+            self.path.mkdir()
+            (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        elif (v1 / "cpu.cfs_quota_us").exists():
+            self.path = v1 / name
+            self.path.mkdir()
+            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            raise OSError("no cgroup cpu controller at /sys/fs/cgroup (v2) or /sys/fs/cgroup/cpu (v1)")
+
+    @staticmethod
+    def _read(path: Path) -> str:
+        try:
+            return path.read_text()
+        except OSError:
+            return ""
+
+    def wrap(self, command: list[str]) -> list[str]:
+        """command, started inside the group (so every process and thread it makes is in it)."""
+        return ["sh", "-c", f'echo $$ > {shlex.quote(str(self.path / "cgroup.procs"))} && exec "$@"', "sh",
+                *command]
+
+    def remove(self) -> None:
+        for _ in range(50):  # the last process may take a moment to leave
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+        print(f"could not remove {self.path}", file=sys.stderr)
+
+
+def start_server(kind: str, workdir: Path, relay_ports: tuple[int, int], base_root: Path | None = None,
+                 quota: CpuQuota | None = None) -> Server:
     workdir.mkdir(parents=True)
     port = free_port((IP,))
     command = server_command(kind, workdir, port, relay_ports)
+    if quota is not None:
+        command = quota.wrap(command)
     log_path = workdir / "server.out"
     env = dict(os.environ, PYTHONPATH=str(base_root if kind == "base" else ROOT))
     with open(log_path, "wb") as log:
@@ -520,6 +573,9 @@ def main() -> None:
     parser.add_argument("--all-cores", action="store_true",
                         help="server and generator may both use every CPU (ours: one worker per core; "
                              "coturn: its default threads); server CPU sums all its processes")
+    parser.add_argument("--server-cpu-quota", type=float, metavar="PERCENT",
+                        help="cap each server at PERCENT of one core (a cgroup we make; root): finds the relayed "
+                             "pkt/s a server sustains when it, not the generator, runs out of CPU")
     parser.add_argument("--json-out", type=Path, help="also write every run's data to this JSON file")
     args = parser.parse_args()
     if not 3 <= args.seconds <= 120:
@@ -542,35 +598,49 @@ def main() -> None:
     else:
         os.sched_setaffinity(0, {int(LOAD_CPU)})  # this script's own sampling stays off the server's core
 
+    if args.server_cpu_quota is not None:
+        if not 1 <= args.server_cpu_quota <= 100:
+            parser.error("--server-cpu-quota must be within 1 and 100")
+        try:
+            quota = CpuQuota(args.server_cpu_quota)
+        except OSError as e:
+            sys.exit(f"--server-cpu-quota needs a writable cgroup cpu controller (root): {e}")
+    else:
+        quota = None
+
     runs: list[Run] = []
     server_commands: dict[str, list[str]] = {}
     total = len(servers) * len(args.sizes) * len(args.rates)
-    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
-        for size in args.sizes:
-            for rate in args.rates:
-                for kind in servers:  # interleaved: drifting background load hits every server alike
-                    busy_before = wait_until_quiet(args.quiet_percent, args.quiet_wait)
-                    workdir = Path(tmp) / f"{len(runs) + 1:02d}-{kind}-{size}-{rate}"
-                    try:
-                        server = start_server(kind, workdir, args.relay_ports, args.base_root)
-                    except RuntimeError as e:  # it exited early or never answered: a failed row, go on
-                        runs.append(Run(kind, size, rate, [], error=str(e).splitlines()[0]))
-                        print(f"[{len(runs)}/{total}] {kind}: {e}", file=sys.stderr, flush=True)
-                        continue
-                    try:
-                        run = run_load(server, args, size, rate, workdir)
-                    finally:
-                        server.stop()
-                    run.busy_before_percent = busy_before
-                    runs.append(run)
-                    server_commands.setdefault(kind, server.command)
-                    r = run.report or {}
-                    print(f"[{len(runs)}/{total}] {kind:8} {size:5} B {args.clients} x {rate} pkt/s: "
-                          f"relayed {fmt(r.get('relayed_pps'))} pkt/s, loss {fmt(r.get('loss_percent'), '.2f')} %, "
-                          f"server CPU {fmt(run.server_cpu_percent)} %, generator CPU "
-                          f"{fmt(r.get('generator_cpu_percent'))} %{'  ' + run.error if run.error else ''}",
-                          file=sys.stderr, flush=True)
-
+    try:
+        with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
+            for size in args.sizes:
+                for rate in args.rates:
+                    for kind in servers:  # interleaved: drifting background load hits every server alike
+                        busy_before = wait_until_quiet(args.quiet_percent, args.quiet_wait)
+                        workdir = Path(tmp) / f"{len(runs) + 1:02d}-{kind}-{size}-{rate}"
+                        try:
+                            server = start_server(kind, workdir, args.relay_ports, args.base_root, quota)
+                        except RuntimeError as e:  # it exited early or never answered: a failed row, go on
+                            runs.append(Run(kind, size, rate, [], error=str(e).splitlines()[0]))
+                            print(f"[{len(runs)}/{total}] {kind}: {e}", file=sys.stderr, flush=True)
+                            continue
+                        try:
+                            run = run_load(server, args, size, rate, workdir)
+                        finally:
+                            server.stop()
+                        run.busy_before_percent = busy_before
+                        runs.append(run)
+                        server_commands.setdefault(kind, server.command)
+                        r = run.report or {}
+                        print(f"[{len(runs)}/{total}] {kind:8} {size:5} B {args.clients} x {rate} pkt/s: "
+                              f"relayed {fmt(r.get('relayed_pps'))} pkt/s, "
+                              f"loss {fmt(r.get('loss_percent'), '.2f')} %, "
+                              f"server CPU {fmt(run.server_cpu_percent)} %, generator CPU "
+                              f"{fmt(r.get('generator_cpu_percent'))} %{'  ' + run.error if run.error else ''}",
+                              file=sys.stderr, flush=True)
+    finally:
+        if quota is not None:
+            quota.remove()
     print("## Machine\n")
     print("\n".join(machine_facts()))
     print("\n## Commands\n")
@@ -588,6 +658,10 @@ def main() -> None:
         print(shlex.join(example))
     print("```\n")
     print(NOTES.format(clients=args.clients, mode=args.mode, seconds=args.seconds))
+    if quota is not None:
+        print(f"Each server was capped at {args.server_cpu_quota:g} % of one core ({quota.path}, "
+              f"{CpuQuota.PERIOD_US // 1000} ms periods): where loss appears, the relayed pkt/s is what the "
+              "server sustains with that much CPU.\n")
     for size in args.sizes:
         print("\n".join(table(runs, size, args.mode)))
         print()
