@@ -1,4 +1,4 @@
-"""The admin API's guard and bounds, on a TURN core with a task.Clock."""
+"""The admin API: its guard and bounds, and listing and ending allocations of a TURN core on a task.Clock."""
 
 import json
 
@@ -6,6 +6,9 @@ from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
 from rendezvous.admin import MAX_LIMIT, AdminResource, LocalView, admin_token, page
+from rendezvous.stun import Method
+from tests.turn_helpers import code
+from tests.unit.test_turn_server import CLIENT, Client, make_server
 
 
 def call(resource, method=b"GET", path=(b"allocations",), token="t0k", args=None):
@@ -52,3 +55,23 @@ def test_token_file_is_made_once_and_private(tmp_path):
     first = admin_token(tmp_path)
     assert admin_token(tmp_path) == first and len(first) >= 32
     assert (tmp_path / "admin.token").stat().st_mode & 0o777 == 0o600
+
+
+def test_lists_and_ends_allocations_of_a_turn_core():
+    """An allocation shows with its user, client, relayed address and lifetime; DELETE frees it (437 after)."""
+    clock = Clock()
+    clock.advance(1_000_000)
+    turn = make_server(clock)
+    client = Client(turn)
+    client.allocate()
+    clock.advance(30)
+    resource = AdminResource(LocalView(clock, turn), "t0k", dict)
+    status, listed = call(resource)
+    assert status == 200 and listed["total"] == 1
+    item = listed["items"][0]
+    assert (item["user"], item["client"], item["transport"]) == ("alice", f"{CLIENT[0]}:{CLIENT[1]}", "udp")
+    assert item["relayed"] == ["198.18.0.1:49152"] and item["age_seconds"] == 30.0
+    assert item["lifetime_left_seconds"] == 570.0
+    assert call(resource, method=b"DELETE", path=(b"allocations", item["id"].encode()))[0] == 200
+    assert not turn.allocations and call(resource)[1]["total"] == 0
+    assert code(client.request(Method.REFRESH)) == 437
