@@ -30,6 +30,13 @@ one size and rate, every server in turn), so background load drifting over
 the run hits every server alike. At the end it prints the machine facts,
 the exact commands and one markdown table per payload size.
 
+With ``--server-cpu-quota PERCENT`` each server runs in a control group
+the script makes (and removes) that grants it that share of one core in
+every 10 ms: the server then runs out of CPU before the generator does,
+and the relayed pkt/s where loss begins is its capacity with that much
+CPU (the generator alone cannot saturate a whole core's worth of relay on
+a 2-core machine). Needs root.
+
 Every load-test run is bounded by ``--seconds`` (and the generator's own
 setup, drain and teardown bounds) and by a subprocess timeout. Loopback only.
 
