@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import random
 import socket
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, urlsplit
@@ -49,7 +50,7 @@ from twisted.python.failure import Failure
 
 from relay import client as turn_client
 from upnp_helper import LeaseKeeper, discover_gateway
-from .ice import Agent, Send, random_credentials
+from .ice import CONSENT_INTERVAL_SECONDS, CONSENT_TIMEOUT_SECONDS, Agent, Send, random_credentials
 from .prediction import (SPRAY_PROBES, SPRAY_SOCKETS, BirthdaySpray, NatHint, hint_from_probes,
                          keepalive_seconds, predicted_ports, spray_role)
 from .stun import Attr, Class, Message, Method
@@ -107,8 +108,11 @@ class Connection:
     has ``f(bytes)`` called for each one that arrives; ``close()`` frees the
     sockets, the UPnP mapping and the relay allocation, and returns a
     Deferred that fires when done. ``when_lost()`` fires with a reason when
-    a path that rides a connection loses it (the punched TCP stream, or the
-    TCP/TLS connection to the relay); a UDP path has none to lose.
+    the path is lost: the connection it rides ends (the punched TCP stream, or
+    the TCP/TLS connection to the relay), or, on an ICE path (direct UDP or
+    through the relay), the peer stops answering the consent checks sent
+    every 4-6 s for ``consent_timeout_seconds`` (RFC 7675; default 30). Once
+    lost, ``send`` drops what it is given.
     """
 
     def __init__(self, peer: str, path: str, local: Address, remote: Address, attempts: list[Attempt],
@@ -125,6 +129,9 @@ class Connection:
         self._keepalive = LoopingCall(session.keepalive)
         self._keepalive.clock = session.reactor
         self._keepalive.start(keepalive_seconds, now=False)
+        self._consent = None  # the next consent check (ICE paths only: the punched stream has none)
+        if session.agent.selected is not None:
+            self._consent = session.reactor.callLater(self._consent_interval(), self._check_consent)
 
     def __repr__(self) -> str:
         return f"<Connection {self.peer} {self.path} {self.local} -> {self.remote}>"
@@ -135,7 +142,8 @@ class Connection:
         Raises ValueError for a larger one."""
         if len(data) > MAX_DATAGRAM_BYTES:
             raise ValueError(f"a datagram is at most {MAX_DATAGRAM_BYTES} bytes, not {len(data)}")
-        self._session.write_selected(DATA_MARK + bytes(data))
+        if self._lost is None:
+            self._session.write_selected(DATA_MARK + bytes(data))
 
     def set_receiver(self, receiver) -> None:
         """Call ``receiver(data)`` for every datagram from the peer (queued ones first)."""
@@ -159,9 +167,35 @@ class Connection:
         self._lost_waiters.append(waiter)
         return waiter
 
+    def _consent_interval(self) -> float:
+        """RFC 7675 §5.1: 5 s (at most a sixth of the timeout), randomized to 0.8-1.2 times."""
+        timeout = self._session.agent.consent_timeout_seconds
+        return min(CONSENT_INTERVAL_SECONDS, timeout / 6) * random.uniform(0.8, 1.2)
+
+    def _check_consent(self) -> None:
+        self._consent = None
+        session = self._session
+        now = session.reactor.seconds()
+        if session.agent.consent_expired(now):
+            self._path_lost(f"consent expired: no answer to a consent check for "
+                            f"{session.agent.consent_timeout_seconds:g} s (RFC 7675)")
+            return
+        send = session.agent.consent_check(now)
+        if send is not None:
+            session._write([send])
+        self._consent = session.reactor.callLater(self._consent_interval(), self._check_consent)
+
+    def _stop_timers(self) -> None:
+        if self._keepalive.running:
+            self._keepalive.stop()
+        consent, self._consent = self._consent, None
+        if consent is not None and consent.active():
+            consent.cancel()
+
     def _path_lost(self, reason: str) -> None:
         if self._closed is not None or self._lost is not None:
             return
+        self._stop_timers()
         self._lost = reason
         log.info("the {path} path to {peer} is lost: {reason}", path=self.path, peer=self.peer, reason=reason)
         waiters, self._lost_waiters = self._lost_waiters, []
@@ -171,8 +205,7 @@ class Connection:
     def close(self) -> Deferred:
         """Close the sockets and release the relay allocation; fires when done."""
         if self._closed is None:
-            if self._keepalive.running:
-                self._keepalive.stop()
+            self._stop_timers()
             self._closed = self._session.close()
             if self.signaling is not None:
                 maybeDeferred(self.signaling.close).addErrback(lambda _: None)
@@ -207,6 +240,7 @@ class _Options:
     keepalive_seconds: float | None = None  # None: from the binding lifetimes, else 15 s
     binding_lifetime_seconds: float | None = None  # measured (nat_check), told to the peer in presence
     relay_wait_seconds: float = 4.0
+    consent_timeout_seconds: float = CONSENT_TIMEOUT_SECONDS
     tls: bool = False
     tcp_low_ttl: int | None = None
     tcp_punch_seconds: float = TCP_PUNCH_SECONDS
@@ -219,6 +253,8 @@ class _Options:
             raise ValueError(f"direct_transports are among {DIRECT_TRANSPORTS}")
         if not set(self.relay_transports) <= set(RELAY_TRANSPORTS):
             raise ValueError(f"relay_transports are among {RELAY_TRANSPORTS}")
+        if not self.consent_timeout_seconds > 0:
+            raise ValueError("consent_timeout_seconds must be positive")
 
     @property
     def direct(self) -> bool:
@@ -238,7 +274,8 @@ class _Session:
 
     def __post_init__(self) -> None:
         ufrag, pwd = random_credentials()
-        self.agent = Agent(self.controlling, ufrag, pwd, relay_wait_seconds=self.options.relay_wait_seconds)
+        self.agent = Agent(self.controlling, ufrag, pwd, relay_wait_seconds=self.options.relay_wait_seconds,
+                           consent_timeout_seconds=self.options.consent_timeout_seconds)
         self.sockets: dict[str, tuple[_Socket, object]] = {}
         self.turn = None
         self.turn_transport: str | None = None
@@ -912,7 +949,9 @@ def connect(reactor, user: str, password: str, peer: str, servers=None, host_cac
     ``keepalive_seconds`` (default: half the shorter of the two sides'
     measured binding lifetimes, else 15 s), ``binding_lifetime_seconds``
     (this side's, e.g. nat_check's ``binding_lifetime_seconds``; sent to the
-    peer in presence), ``relay_wait_seconds``, ``spray_sockets``,
+    peer in presence), ``relay_wait_seconds``, ``consent_timeout_seconds``
+    (RFC 7675: how long the peer may leave consent checks unanswered
+    before ``when_lost`` fires; default 30), ``spray_sockets``,
     ``spray_probes``; an unknown one raises TypeError, a bad value
     ValueError. Fails with ConnectError (its ``attempts`` say what was
     tried), SignalingRequestError (e.g. the peer is offline or not a buddy)

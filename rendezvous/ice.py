@@ -9,6 +9,9 @@ and §7.2.5 its response (symmetric addresses, 487 role switch,
 peer-reflexive local candidates); §7.3 answering a check (400 / 401 /
 487, XOR-MAPPED-ADDRESS, peer-reflexive remote candidates, triggered
 checks, USE-CANDIDATE); §8.1.1 regular nomination by the controlling agent.
+After selection, RFC 7675 consent freshness: ``consent_check`` makes a
+Binding request on the selected pair (each sent once, a new one every
+4-6 s), and consent expires 30 s after the last authenticated answer.
 
 Sockets are *bases*, named by the caller ("main", "relay", "spray-7"...).
 ``receive`` and ``expire`` return ``Send(base, destination, data)`` for the
@@ -40,6 +43,8 @@ CHECK_RM = 8
 DIRECT_WAIT_SECONDS = 0.3      # after a direct pair is valid, wait this long for a better one
 RELAY_WAIT_SECONDS = 4.0       # a relayed pair waits this long after the checks start
 MAX_PAIRS = 2048
+CONSENT_INTERVAL_SECONDS = 5.0  # RFC 7675 §5.1: a check every 5 s, randomized to 0.8-1.2 times
+CONSENT_TIMEOUT_SECONDS = 30.0  # RFC 7675 §5.1: consent expires 30 s after the last answer
 
 
 def priority(kind: str, local_preference: int, component: int = COMPONENT) -> int:
@@ -143,6 +148,7 @@ class Agent:
     direct_wait_seconds: float = DIRECT_WAIT_SECONDS
     relay_wait_seconds: float = RELAY_WAIT_SECONDS
     hold_relayed: bool = False  # the caller has a better path pending: do not nominate a relayed pair
+    consent_timeout_seconds: float = CONSENT_TIMEOUT_SECONDS
 
     def __post_init__(self) -> None:
         self.bases: dict[str, Candidate] = {}
@@ -162,6 +168,8 @@ class Agent:
         self._nominating: Pair | None = None
         self._early: list[tuple[Message, str, Address]] = []  # checks that came before the peer's credentials
         self._paired: set[str] = set()  # bases paired with every remote candidate
+        self.consent_at: float | None = None  # the last authenticated answer on the selected pair
+        self._consent: dict[bytes, float] = {}  # consent checks sent, by transaction id
 
     # -- candidates ------------------------------------------------------
 
@@ -298,6 +306,16 @@ class Agent:
 
     def _check(self, pair: Pair, now: float, rc: int | None = None) -> Send:
         """§7.2.2: a Binding request for this pair."""
+        data = self._binding_request(pair)
+        transaction = ClientTransaction(data, now, rto_seconds=self.rto_seconds,
+                                        rc=self.rc if rc is None else rc, rm=self.rm)
+        self._transactions[transaction.transaction_id] = (transaction, pair)
+        if pair.state is not PairState.SUCCEEDED:
+            pair.state = PairState.IN_PROGRESS
+        return Send(pair.local.base, pair.remote.address, data)
+
+    def _binding_request(self, pair: Pair) -> bytes:
+        """§7.2.2's attributes, signed with the peer's password."""
         request = Message(Method.BINDING, Class.REQUEST)
         request.add(Attr.USERNAME, f"{self.remote_ufrag}:{self.local_ufrag}".encode())
         request.add(Attr.PRIORITY, encode_uint32(priority("prflx", (pair.local.priority >> 8) & 0xFFFF)))
@@ -307,13 +325,7 @@ class Agent:
                 request.add(Attr.USE_CANDIDATE, b"")
         else:
             request.add(Attr.ICE_CONTROLLED, encode_uint64(self.tie_breaker))
-        data = request.encode(integrity_key=self._remote_key, fingerprint=True)
-        transaction = ClientTransaction(data, now, rto_seconds=self.rto_seconds,
-                                        rc=self.rc if rc is None else rc, rm=self.rm)
-        self._transactions[transaction.transaction_id] = (transaction, pair)
-        if pair.state is not PairState.SUCCEEDED:
-            pair.state = PairState.IN_PROGRESS
-        return Send(pair.local.base, pair.remote.address, data)
+        return request.encode(integrity_key=self._remote_key, fingerprint=True)
 
     def probe(self, base: str, destination: Address, kind: str, now: float) -> Send | None:
         """One check outside the paced list (port prediction, birthday spray), sent once.
@@ -408,7 +420,8 @@ class Agent:
             return
         if Attr.USE_CANDIDATE in request and not self.controlling:
             if pair.state is PairState.SUCCEEDED:
-                self._select(pair)
+                if self.selected is not pair:
+                    self._select(pair, now)
                 return
             pair.nominate_on_success = True
         if pair.state is not PairState.SUCCEEDED:
@@ -422,6 +435,9 @@ class Agent:
 
     def _response(self, response: Message, base: str, source: Address, now: float) -> list[Send]:
         """§7.2.5: match, authenticate, check symmetry, then succeed, fail or switch role."""
+        if response.transaction_id in self._consent:
+            self._consent_answer(response, base, source, now)
+            return []
         entry = self._transactions.get(response.transaction_id)
         if entry is None or self._remote_key is None:
             return []
@@ -461,9 +477,9 @@ class Agent:
                 if other.state is PairState.FROZEN and other.foundation == pair.foundation:
                     other.state = PairState.WAITING
         if pair.nominate_on_success and not self.controlling:
-            self._select(pair)
+            self._select(pair, now)
         elif self.controlling and pair.use_candidate:
-            self._select(pair)
+            self._select(pair, now)
         return []
 
     # -- nomination ------------------------------------------------------
@@ -507,9 +523,10 @@ class Agent:
         best.use_candidate = True
         return [self._check(best, now)]
 
-    def _select(self, pair: Pair) -> None:
+    def _select(self, pair: Pair, now: float) -> None:
         pair.nominated = True
         self.selected = pair
+        self.consent_at = now  # the check that selected it was answered just now
         self._triggered.clear()
         self._transactions.clear()
         self._nominating = None
@@ -526,6 +543,31 @@ class Agent:
     def indication(self) -> bytes:
         """A Binding indication: the keepalive of RFC 8445 §11 (no response)."""
         return Message(Method.BINDING, Class.INDICATION).encode(fingerprint=True)
+
+    def consent_check(self, now: float) -> Send | None:
+        """RFC 7675 §5.1: a Binding request on the selected pair, sent once (the next one is the retry)."""
+        pair = self.selected
+        if pair is None or self._remote_key is None:
+            return None
+        horizon = now - self.consent_timeout_seconds
+        self._consent = {tid: sent for tid, sent in self._consent.items() if sent > horizon}
+        data = self._binding_request(pair)
+        self._consent[data[8:20]] = now
+        return Send(pair.local.base, pair.remote.address, data)
+
+    def consent_expired(self, now: float) -> bool:
+        """RFC 7675 §5.1: no authenticated answer on the selected pair for the consent timeout."""
+        return self.consent_at is not None and now - self.consent_at >= self.consent_timeout_seconds
+
+    def _consent_answer(self, response: Message, base: str, source: Address, now: float) -> None:
+        """A success answer from the selected pair's remote address, signed with its password, renews consent."""
+        pair = self.selected
+        if pair is None or not response.check_integrity(self._remote_key):
+            self.counters["unauthenticated"] += 1
+            return
+        del self._consent[response.transaction_id]
+        if response.cls is Class.SUCCESS and source == pair.remote.address and base == pair.local.base:
+            self.consent_at = now
 
     def _error(self, request: Message, base: str, source: Address, code: int) -> Send:
         response = error_response(request, code)

@@ -9,6 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 
 from rendezvous.accounts import AccountStore
 from rendezvous.connect import ConnectError, connect, listen
@@ -16,12 +17,13 @@ from tests.conftest import start_node, stop_node
 
 pytestmark = pytest.mark.integration
 
-PAIRS = (("alice", "bob"), ("carol", "dave"), ("erin", "frank"), ("gina", "hank"), ("ivan", "judy"), ("kim", "leo"))
+PAIRS = (("alice", "bob"), ("carol", "dave"), ("erin", "frank"), ("gina", "hank"), ("ivan", "judy"), ("kim", "leo"),
+         ("mia", "ned"), ("olga", "pete"))
 
 
 @pytest.fixture(scope="module")
 def super_node(tmp_path_factory):
-    """A super node with four pairs of buddies, one pair per test; its relay may reach loopback peers."""
+    """A super node with pairs of buddies, one pair per test; its relay may reach loopback peers."""
     tmp = tmp_path_factory.mktemp("connect")
     store = AccountStore(tmp / "state" / "accounts.sqlite")
     for a, b in PAIRS:
@@ -121,6 +123,27 @@ async def test_forced_relay(super_node, transport):
     try:
         assert mine.path == theirs.path == f"turn-{transport}"
         await exchange(mine, theirs)
+    finally:
+        await close(mine, theirs, listener)
+
+
+@pytest.mark.parametrize("route, caller, callee", [("direct", "mia", "ned"), ("relay", "olga", "pete")])
+@pytest_twisted.ensureDeferred
+async def test_consent_keeps_a_live_path_and_loses_a_silent_one(super_node, route, caller, callee):
+    """RFC 7675 consent freshness, direct and through the relay: answered checks keep the path past the
+    timeout; once the peer is gone without a word, when_lost() fires and send() drops."""
+    options = {"direct_transports": (), "relay_transports": ("udp",)} if route == "relay" else {}
+    mine, theirs, listener = await pair(super_node, caller, callee, consent_timeout_seconds=2, **options)
+    try:
+        assert mine.path == ("turn-udp" if route == "relay" else "udp-direct")
+        lost = mine.when_lost()
+        await deferLater(reactor, 3, lambda: None)  # past the timeout: every check was answered
+        assert not lost.called and not theirs.when_lost().called
+        await exchange(mine, theirs)
+        await theirs.close()  # its sockets (and allocation) go; UDP says nothing
+        reason = await lost.addTimeout(5, reactor)
+        assert reason == "consent expired: no answer to a consent check for 2 s (RFC 7675)"
+        mine.send(b"dropped")  # no error, nothing sent
     finally:
         await close(mine, theirs, listener)
 

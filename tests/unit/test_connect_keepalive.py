@@ -1,21 +1,42 @@
-"""Keepalive intervals of connect(): half the measured binding lifetime, else RFC 8445's 15 s."""
+"""Keepalives and consent checks of a connect() Connection, on a task.Clock.
+
+Keepalive intervals: half the measured binding lifetime, else RFC 8445's
+15 s. Consent freshness (RFC 7675): checks every 4-6 s on an ICE path,
+the path lost 30 s after the last answer.
+"""
 
 from twisted.internet.task import Clock
 
 from rendezvous.connect import Connection
 from rendezvous.prediction import (KEEPALIVE_SECONDS, MAX_KEEPALIVE_SECONDS, MIN_KEEPALIVE_SECONDS, NatHint,
                                    keepalive_seconds)
+from tests.unit.test_ice import connected_hosts
+
+
+class StreamAgent:
+    """An agent with no selected pair: the path is the punched TCP stream."""
+
+    selected = None
 
 
 class CountingSession:
     """Stands in for a connect() session: a clock, and a count of keepalives written."""
 
-    def __init__(self) -> None:
+    def __init__(self, agent=None, now: float = 0.0) -> None:
         self.reactor = Clock()
+        self.reactor.advance(now)
         self.sent = 0
+        self.agent = agent or StreamAgent()
+        self.written = []  # consent checks
 
     def keepalive(self) -> None:
         self.sent += 1
+
+    def write_selected(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def _write(self, sends) -> None:
+        self.written += sends
 
     def close(self):
         return None
@@ -66,3 +87,40 @@ def test_connection_sends_keepalives_at_its_interval():
     connection.close()
     session.reactor.pump([10.0] * 3)
     assert session.sent == 4
+
+
+def test_consent_checks_keep_an_answered_path_and_lose_a_silent_one():
+    """Every 4-6 s a check goes out; while the peer answers, the path stays; 30 s of silence loses it."""
+    mine, peer, addresses, now = connected_hosts()
+    session = CountingSession(mine, now)
+    connection = Connection("bob", "udp-direct", addresses[id(mine)], addresses[id(peer)], [], session, 15.0)
+    lost = connection.when_lost()
+    for _ in range(20):  # 20 checks, each answered: about 100 s
+        before = session.reactor.seconds()
+        while not session.written:
+            session.reactor.advance(0.5)
+        assert 4.0 <= session.reactor.seconds() - before <= 6.5
+        check = session.written.pop()
+        [answer] = peer.receive(check.data, "main", addresses[id(mine)], session.reactor.seconds())
+        mine.receive(answer.data, "main", addresses[id(peer)], session.reactor.seconds())
+    assert not lost.called
+    last_answer = mine.consent_at
+    fired = []
+    lost.addCallback(lambda reason: fired.append((session.reactor.seconds(), reason)))
+    session.reactor.pump([0.5] * 80)  # the peer is gone
+    [(at, reason)] = fired
+    assert reason == "consent expired: no answer to a consent check for 30 s (RFC 7675)"
+    assert 30 <= at - last_answer <= 36.5  # at the first check due after the 30 s ran out
+    sent = len(session.written)
+    assert 5 <= sent <= 8  # checks kept going until consent expired, then stopped
+    connection.send(b"after the loss")
+    session.reactor.pump([1.0] * 20)
+    assert len(session.written) == sent  # no more checks, and nothing was sent
+
+
+def test_a_stream_path_has_no_consent_checks():
+    """The punched TCP stream has no ICE pair: no consent checks; its loss comes from the stream."""
+    session = CountingSession()
+    Connection("bob", "tcp-punch", ("1.2.3.4", 5), ("5.6.7.8", 9), [], session, 15.0)
+    session.reactor.pump([1.0] * 60)
+    assert session.written == []

@@ -60,6 +60,64 @@ def test_two_open_hosts_select_the_host_pair():
     assert a.selected.mapped == ("198.18.0.11", 5000)
 
 
+def connected_hosts(**options):
+    """Two agents on open host addresses, checked until both selected; and the time it took."""
+    a, b = agents(**options)
+    addresses = {id(a): ("198.18.0.11", 5000), id(b): ("198.18.0.12", 6000)}
+    for agent in (a, b):
+        agent.add_base("main", "host", addresses[id(agent)], 65535)
+        agent.advertise(agent.candidate("host", addresses[id(agent)], "main"))
+    a.set_remote(b.local_ufrag, b.local_pwd, [c.to_wire() for c in b.local_candidates], 0.0)
+    b.set_remote(a.local_ufrag, a.local_pwd, [c.to_wire() for c in a.local_candidates], 0.0)
+    now = run(a, b, lambda sender, send: ("main", addresses[id(sender)]))
+    assert a.selected and b.selected
+    return a, b, addresses, now
+
+
+def test_consent_is_renewed_by_answers_and_expires_without_them():
+    """RFC 7675: each answered consent check renews consent; 30 s of silence expires it."""
+    a, b, addresses, now = connected_hosts()
+    for agent in (a, b):
+        assert agent.consent_at is not None and not agent.consent_expired(now + 29)
+    for step in range(1, 13):  # one minute of checks every 5 s, each answered
+        t = now + 5 * step
+        check = a.consent_check(t)
+        assert check.destination == addresses[id(b)] and check.base == "main"
+        [answer] = b.receive(check.data, "main", addresses[id(a)], t)
+        assert a.receive(answer.data, "main", addresses[id(b)], t + 0.01) == []
+    assert a.consent_at == now + 60.01 and not a.consent_expired(now + 89)
+    assert len(a._consent) == 0
+    for step in range(13, 30):  # the peer is gone: checks go out, nothing comes back
+        a.consent_check(now + 5 * step)
+    assert a.consent_expired(now + 90.01)
+    assert len(a._consent) <= 7  # checks older than the timeout are forgotten
+
+
+def test_consent_needs_the_peer_password_and_its_address():
+    """An answer signed with another password, or from another address, does not renew consent."""
+    a, b, addresses, now = connected_hosts(consent_timeout_seconds=10)
+    t = now + 5
+    check = a.consent_check(t)
+    forged = success_for(check.data, addresses[id(a)], short_term_key("not-the-password"))
+    assert a.receive(forged, "main", addresses[id(b)], t) == []
+    assert a.counters["unauthenticated"] == 1
+    [answer] = b.receive(check.data, "main", addresses[id(a)], t)
+    assert a.receive(answer.data, "main", ("198.18.0.99", 6000), t) == []  # not the selected pair's peer
+    assert a.consent_expired(now + 10)
+
+
+def success_for(request: bytes, mapped, key: bytes) -> bytes:
+    response = Message(Method.BINDING, Class.SUCCESS, Message.decode(request).transaction_id)
+    response.add_address(Attr.XOR_MAPPED_ADDRESS, mapped)
+    return response.encode(integrity_key=key, fingerprint=True)
+
+
+def test_no_consent_check_before_selection():
+    """Consent freshness starts with the selected pair."""
+    a, _ = agents()
+    assert a.consent_check(0.0) is None and not a.consent_expired(100.0)
+
+
 def test_port_restricted_nats_meet_through_srflx_and_prflx():
     """Behind two address-and-port-restricted NATs, checks open both and a srflx pair wins."""
     a, b = agents()
