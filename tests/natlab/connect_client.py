@@ -4,11 +4,14 @@
     python -m tests.natlab.connect_client connect HOST PORT TLS USER PASSWORD PEER [OPTION=VALUE...]
 
 Options: ``direct=udp,tcp`` and ``relay=udp,tcp,tls`` (comma lists, may be
-empty) become connect()'s ``direct_transports`` and ``relay_transports``.
+empty) become connect()'s ``direct_transports`` and ``relay_transports``,
+``consent=SECONDS`` its ``consent_timeout_seconds``.
 
 The listener prints {"ready": true} once online, then its connection's
 path and attempts, answers one "ping" datagram with "pong" and exits. The
 connector prints its path and attempts and whether the pong came back.
+With ``watch=SECONDS`` neither ends there: each then waits that long for
+its connection's ``when_lost()`` and prints {"lost": reason or null}.
 Both give up after 40 s. ``run_pair`` runs a listener and a connector in
 two sites of a lab (tests/natlab/lab.py) and returns their reports;
 ``add_buddies`` makes the accounts it logs in with.
@@ -87,15 +90,28 @@ def described(connection) -> dict:
             "attempts": [[a.technique, a.duration_ms, a.outcome, a.detail] for a in connection.attempts]}
 
 
-async def run_listen(server, tls, user, password, options) -> None:
-    done = Deferred()
+async def watch_loss(connection, seconds: float | None) -> None:
+    """With watch=SECONDS: report the reason the path is lost, or null if it lasts."""
+    if seconds is not None:
+        lost = await connection.when_lost().addTimeout(seconds, reactor).addErrback(lambda _: None)
+        report(lost=lost)
+
+
+async def run_listen(server, tls, user, password, options, watch) -> None:
+    done, finished = Deferred(), Deferred()  # pinged; and, with watch, the loss reported
 
     def connected(connection) -> None:
         def received(data: bytes) -> None:
-            if data == b"ping":
-                for _ in range(3):
-                    connection.send(b"pong")
+            if data != b"ping":
+                return
+            for _ in range(3):
+                connection.send(b"pong")
+            if watch is None:
                 reactor.callLater(1.0, lambda: done.called or done.callback(None))
+            elif not done.called:
+                done.callback(None)
+                watching = Deferred.fromCoroutine(watch_loss(connection, watch))
+                watching.addBoth(lambda _: finished.callback(None))
 
         report(**described(connection))
         connection.set_receiver(received)
@@ -103,10 +119,12 @@ async def run_listen(server, tls, user, password, options) -> None:
     listener = await listen(reactor, user, password, connected, [server], tls=tls, tls_verify=False, **options)
     report(ready=True, hint=listener.hint.to_presence())
     await done
+    if watch is not None:
+        await finished
     await listener.close()
 
 
-async def run_connect(server, tls, user, password, peer, options) -> None:
+async def run_connect(server, tls, user, password, peer, options, watch) -> None:
     try:
         connection = await connect(reactor, user, password, peer, [server], tls=tls, tls_verify=False, **options)
     except ConnectError as e:
@@ -118,25 +136,32 @@ async def run_connect(server, tls, user, password, peer, options) -> None:
         reactor.callLater(i * 0.25, connection.send, b"ping")
     ok = await pong.addTimeout(6, reactor).addErrback(lambda _: False)
     report(**described(connection), pong=ok)
+    await watch_loss(connection, watch)
     await connection.close()
 
 
-def parse_options(words: list[str]) -> dict:
+def parse_options(words: list[str]) -> tuple[dict, float | None]:
+    """connect()'s options, and the watch=SECONDS (None without it)."""
     names = {"direct": "direct_transports", "relay": "relay_transports"}
-    options = {}
+    options, watch = {}, None
     for word in words:
         key, _, value = word.partition("=")
-        options[names[key]] = tuple(v for v in value.split(",") if v)
-    return options
+        if key == "watch":
+            watch = float(value)
+        elif key == "consent":
+            options["consent_timeout_seconds"] = float(value)
+        else:
+            options[names[key]] = tuple(v for v in value.split(",") if v)
+    return options, watch
 
 
 def main(argv: list[str]) -> int:
     mode, host, port, tls, user, password, *rest = argv
     server, tls = (host, int(port)), tls == "tls"
     if mode == "listen":
-        work = run_listen(server, tls, user, password, parse_options(rest))
+        work = run_listen(server, tls, user, password, *parse_options(rest))
     else:
-        work = run_connect(server, tls, user, password, rest[0], parse_options(rest[1:]))
+        work = run_connect(server, tls, user, password, rest[0], *parse_options(rest[1:]))
     finished = Deferred.fromCoroutine(work)
     finished.addErrback(lambda f: report(error=f.getErrorMessage()))
     finished.addBoth(lambda _: reactor.stop())

@@ -8,11 +8,12 @@ connector in the other (tests/natlab/connect_client.py).
 import itertools
 import json
 import subprocess
+import time
 
 import pytest
 
-from .connect_client import add_buddies, run_pair, user
-from .lab import Lab, LabError, unavailable_reason
+from .connect_client import add_buddies, client, run_pair, user
+from .lab import Lab, LabError, run, unavailable_reason
 
 KINDS = ("eim-eif", "eim-adf", "eim-apdf", "apdm-random", "udp-blocked")
 WEB_ONLY = "tcp-web-only"
@@ -117,3 +118,37 @@ def test_upnp_mapping_reaches_a_random_mapping_nat(lab):
     rules = subprocess.run(["ip", "netns", "exec", site.routers[0], "nft", "list", "chain", "inet", "filter",
                             "prerouting_miniupnpd"], capture_output=True, text=True, check=True).stdout
     assert "dnat" not in rules, rules  # the connection's close removed the mapping
+
+
+def test_consent_notices_a_cut_path(lab):
+    """Connected directly through two NATs, then the callee's router drops all UDP: both sides stop
+    getting consent answers and report the path lost about consent_timeout_seconds later (RFC 7675)."""
+    caller, callee = lab.kinds["eim-eif"][0], lab.kinds["eim-eif"][1]
+    router = callee.routers[0]
+    listener = client(callee, "listen", "consent=3", "watch=20")
+    connector = None
+    handle = None
+    try:
+        assert json.loads(listener.stdout.readline() or "{}").get("ready"), listener.stderr.read()
+        connector = client(caller, "connect", user(callee), "consent=3", "watch=20")
+        mine = json.loads(connector.stdout.readline() or "{}")
+        assert mine.get("path") == "udp-direct" and mine["pong"], (mine, connector.stderr.read())
+        assert json.loads(listener.stdout.readline()).get("path") == "udp-direct"
+        added = run("ip", "netns", "exec", router, "nft", "--echo", "--handle", "insert", "rule", "ip", "natlab",
+                    "forward", "meta", "l4proto", "udp", "drop")
+        handle = added.rsplit("# handle", 1)[1].split()[0]
+        cut = time.monotonic()
+        lost_mine = json.loads(connector.stdout.readline() or "{}")
+        after = time.monotonic() - cut
+        lost_theirs = json.loads(listener.stdout.readline() or "{}")
+        expected = "consent expired: no answer to a consent check for 3 s (RFC 7675)"
+        assert lost_mine.get("lost") == expected and lost_theirs.get("lost") == expected, (lost_mine, lost_theirs)
+        assert after < 3 + 1.5, after  # the timeout, plus at most one check interval (0.4-0.6 s) and start-up
+    finally:
+        if handle is not None:
+            run("ip", "netns", "exec", router, "nft", "delete", "rule", "ip", "natlab", "forward", "handle", handle)
+        for process in (connector, listener):
+            if process is not None:
+                if process.poll() is None:
+                    process.terminate()
+                process.wait(10)
