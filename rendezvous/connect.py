@@ -20,7 +20,11 @@ gives one), from a TCP port whose mapping each side learned from the node
 and advertised as ``protocol: "tcp"`` candidates. Its connection is used
 only when no direct UDP pair wins: the controlling side selects it once
 direct UDP has failed (or ``relay_wait_seconds`` passed without it), and
-holds the relayed pair back while the punch is under way. On the stream,
+holds the relayed pair back while the punch is under way. When direct UDP
+cannot work at all (one side learned its public address over TCP but none
+over UDP, so its NAT lets no UDP out, and the two are not behind one
+public address), nothing waits for it: the stream, else the relay, is
+taken as soon as it works. On the stream,
 each datagram is a frame: a 2-byte big-endian length, then the bytes
 (docs/EMBEDDING.md). The controlled side's first frame, 0xD8, proves it
 knows the controlling side's ICE password; the controlling side's 0xD9
@@ -301,6 +305,7 @@ class _Session:
         self._tcp_placeholder: socket.socket | None = None
         self._tcp_started: float | None = None  # while the punch counts as a technique tried
         self._tcp_wake: float | None = None
+        self._udp_hopeless = False  # no direct UDP pair can work (set when the checks begin)
 
     # -- gathering ---------------------------------------------------------
 
@@ -518,6 +523,10 @@ class _Session:
                     self.agent.add_base(sock.name, "host", (host.host, host.port), 0, pair=False)
             self.spray = BirthdaySpray(self._spray_role, peer, now, sockets=self.options.spray_sockets,
                                        probes=self.options.spray_probes)
+        mine = [c.to_wire() for c in self.agent.local_candidates] + self.tcp_candidates
+        self._udp_hopeless = _direct_udp_hopeless(mine, candidates)
+        if self._udp_hopeless:
+            self.agent.relay_wait_seconds = 0.0  # a relayed pair need not wait for direct ones
         target = _tcp_target(self.tcp_mapped, [c for c in candidates if c.get("protocol") == "tcp"])
         if self.tcp_port is not None and target is not None:
             self._start_tcp(target, now)
@@ -579,8 +588,9 @@ class _Session:
             return None
         if any(not p.relayed for p in self.agent.valid()):
             return None  # direct UDP works: the agent nominates it
-        udp_pending = any(not p.relayed and self.agent._pending(p) for p in self.agent.pairs.values()) or (
-            self.spray is not None and self.spray.deadline is not None)
+        udp_pending = not self._udp_hopeless and (
+            any(not p.relayed and self.agent._pending(p) for p in self.agent.pairs.values())
+            or (self.spray is not None and self.spray.deadline is not None))
         wake = (self.agent.started_at or now) + self.options.relay_wait_seconds
         if udp_pending and now < wake:
             return wake
@@ -827,6 +837,23 @@ def _tcp_target(mapped: Address | None, candidates: list[dict]) -> Address | Non
     chosen = srflx if srflx is not None and (mapped is None or mapped[0] != srflx["ip"]) else host or srflx
     return (chosen["ip"], int(chosen["port"])) if chosen is not None else None
 
+
+
+def _udp_blocked(candidates: list[dict]) -> bool:
+    """A side behind a NAT that lets no UDP out: it learned its public address over TCP
+    (a TCP srflx candidate) but none over UDP (no UDP srflx, UPnP or predicted one)."""
+    udp_public = any(c.get("protocol", "udp") == "udp" and c.get("type") in ("srflx", "upnp", "predicted")
+                     for c in candidates)
+    return not udp_public and any(c.get("protocol") == "tcp" and c.get("type") == "srflx" for c in candidates)
+
+
+def _direct_udp_hopeless(mine: list[dict], theirs: list[dict]) -> bool:
+    """No direct UDP pair can work: a side's UDP is blocked, and the two do not share a
+    public address (behind one NAT their host candidates might still meet on the LAN)."""
+    def public(candidates: list[dict]) -> set[str]:
+        return {c.get("ip") for c in candidates if c.get("type") in ("srflx", "upnp")}
+
+    return (_udp_blocked(mine) or _udp_blocked(theirs)) and not public(mine) & public(theirs)
 
 
 def _host_addresses(toward: str, include_loopback: bool) -> list[str]:
