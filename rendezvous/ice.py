@@ -526,7 +526,7 @@ class Agent:
     def _select(self, pair: Pair, now: float) -> None:
         pair.nominated = True
         self.selected = pair
-        self.consent_at = now  # the check that selected it was answered just now
+        self.consent_at = now  # a check on this pair just succeeded (ours, or the nominating one)
         self._triggered.clear()
         self._transactions.clear()
         self._nominating = None
