@@ -115,8 +115,9 @@ class Connection:
     the path is lost: the connection it rides ends (the punched TCP stream, or
     the TCP/TLS connection to the relay), or, on an ICE path (direct UDP or
     through the relay), the peer stops answering the consent checks sent
-    every 4-6 s for ``consent_timeout_seconds`` (RFC 7675; default 30). Once
-    lost, ``send`` drops what it is given.
+    every 4-6 s for ``consent_timeout_seconds`` (RFC 7675; default 30). The
+    punched stream gets TCP keepalives that end it after as long a silence.
+    Once lost, ``send`` drops what it is given.
     """
 
     def __init__(self, peer: str, path: str, local: Address, remote: Address, attempts: list[Attempt],
@@ -813,6 +814,10 @@ class _Stream(Int16StringReceiver):
     def __init__(self, session: _Session) -> None:
         self.session = session
 
+    def connectionMade(self) -> None:
+        # The stream's consent: a peer that stops acknowledging ends it (and so the path).
+        _keep_alive(self.transport.getHandle(), self.session.options.consent_timeout_seconds)
+
     def write_frame(self, data: bytes) -> None:
         if self.transport is not None:
             self.sendString(data)
@@ -837,6 +842,23 @@ def _tcp_target(mapped: Address | None, candidates: list[dict]) -> Address | Non
     chosen = srflx if srflx is not None and (mapped is None or mapped[0] != srflx["ip"]) else host or srflx
     return (chosen["ip"], int(chosen["port"])) if chosen is not None else None
 
+
+def _keep_alive(sock: socket.socket, seconds: float) -> None:
+    """End a TCP connection whose peer has gone silent after about ``seconds``: keepalive
+    probes when idle (Linux: after seconds/3, then every seconds/6) and TCP_USER_TIMEOUT
+    for data left unacknowledged; what the platform lacks is skipped."""
+    idle = max(1, round(seconds / 3))
+    interval = max(1, round(seconds / 6))
+    count = max(1, round((seconds - idle) / interval))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count),
+                            ("TCP_USER_TIMEOUT", int(seconds * 1000))):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError as e:
+        log.debug("no TCP keepalives on the punched stream: {error}", error=e)
 
 
 def _udp_blocked(candidates: list[dict]) -> bool:

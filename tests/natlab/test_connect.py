@@ -125,30 +125,36 @@ def test_upnp_mapping_reaches_a_random_mapping_nat(lab):
     assert "dnat" not in rules, rules  # the connection's close removed the mapping
 
 
-def test_consent_notices_a_cut_path(lab):
-    """Connected directly through two NATs, then the callee's router drops all UDP: both sides stop
-    getting consent answers and report the path lost about consent_timeout_seconds later (RFC 7675)."""
+
+@pytest.mark.parametrize("path, options, protocol, reason", [
+    ("udp-direct", (), "udp", "consent expired: no answer to a consent check for 3 s (RFC 7675)"),
+    ("tcp-punch", ("direct=tcp", "relay="), "tcp", "the TCP connection closed"),
+])
+def test_a_cut_path_is_noticed(lab, path, options, protocol, reason):
+    """Connected through two NATs, then the callee's router drops all UDP (or TCP): both sides report
+    the path lost about consent_timeout_seconds later (RFC 7675 consent checks; TCP keepalives on the
+    punched stream)."""
     caller, callee = lab.kinds["eim-eif"][0], lab.kinds["eim-eif"][1]
     router = callee.routers[0]
-    listener = client(callee, "listen", "consent=3", "watch=20")
+    watch = ("consent=3", "watch=20", *options)
+    listener = client(callee, "listen", *watch)
     connector = None
     handle = None
     try:
         assert json.loads(listener.stdout.readline() or "{}").get("ready"), listener.stderr.read()
-        connector = client(caller, "connect", user(callee), "consent=3", "watch=20")
+        connector = client(caller, "connect", user(callee), *watch)
         mine = json.loads(connector.stdout.readline() or "{}")
-        assert mine.get("path") == "udp-direct" and mine["pong"], (mine, connector.stderr.read())
-        assert json.loads(listener.stdout.readline()).get("path") == "udp-direct"
+        assert mine.get("path") == path and mine["pong"], (mine, connector.stderr.read())
+        assert json.loads(listener.stdout.readline()).get("path") == path
         added = run("ip", "netns", "exec", router, "nft", "--echo", "--handle", "insert", "rule", "ip", "natlab",
-                    "forward", "meta", "l4proto", "udp", "drop")
+                    "forward", "meta", "l4proto", protocol, "drop")
         handle = added.rsplit("# handle", 1)[1].split()[0]
         cut = time.monotonic()
         lost_mine = json.loads(connector.stdout.readline() or "{}")
         after = time.monotonic() - cut
         lost_theirs = json.loads(listener.stdout.readline() or "{}")
-        expected = "consent expired: no answer to a consent check for 3 s (RFC 7675)"
-        assert lost_mine.get("lost") == expected and lost_theirs.get("lost") == expected, (lost_mine, lost_theirs)
-        assert after < 3 + 1.5, after  # the timeout, plus at most one check interval (0.4-0.6 s) and start-up
+        assert lost_mine.get("lost") == reason and lost_theirs.get("lost") == reason, (lost_mine, lost_theirs)
+        assert after < 3 + 1.5, after  # the timeout, plus at most one check interval and start-up
     finally:
         if handle is not None:
             run("ip", "netns", "exec", router, "nft", "delete", "rule", "ip", "natlab", "forward", "handle", handle)

@@ -1,6 +1,11 @@
-"""Which paths connect() may still wait for, from the two sides' candidates (signaling form)."""
+"""Paths of connect(): which it may still wait for, from the two sides' candidates (signaling
+form), and how the punched stream notices a silent peer."""
 
-from rendezvous.connect import _direct_udp_hopeless, _udp_blocked
+import socket
+
+import pytest
+
+from rendezvous.connect import _direct_udp_hopeless, _keep_alive, _udp_blocked
 
 
 def udp(kind, ip, port=40000):
@@ -36,3 +41,17 @@ def test_hopeless_when_a_side_is_blocked_and_they_are_not_behind_one_address():
     assert not _direct_udp_hopeless(BLOCKED, same_nat)  # one LAN: host candidates may meet
     assert not _direct_udp_hopeless(NATTED, PUBLIC) and not _direct_udp_hopeless(LOOPBACK, LOOPBACK)
     assert not _direct_udp_hopeless([], [])
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_KEEPIDLE"), reason="TCP_KEEPIDLE is Linux's")
+@pytest.mark.parametrize("seconds, idle, interval, count", [(30, 10, 5, 4), (3, 1, 1, 2), (0.5, 1, 1, 1)])
+def test_keepalives_end_a_silent_stream_after_the_consent_timeout(seconds, idle, interval, count):
+    """Idle probes after a third of the timeout, then every sixth, enough of them to fill it; and
+    unacknowledged data is given up after the timeout itself."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        _keep_alive(sock, seconds)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert (sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)) == (idle, interval, count)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == int(seconds * 1000)
