@@ -364,7 +364,8 @@ class Run:
 def load_command(server: Server, args: argparse.Namespace, size: int, rate: int) -> list[str]:
     return ["taskset", "-c", LOAD_CPU, sys.executable, "-m", "rendezvous.cli", "load-test",
             "--server", f"{server.address[0]}:{server.address[1]}", "--user", f"{USER}:{PASSWORD}",
-            "--realm", REALM, "--clients", str(args.clients), "--processes", str(args.processes), "--mode", args.mode,
+            "--realm", REALM, "--transport", args.transport, "--clients", str(args.clients),
+            "--processes", str(args.processes), "--mode", args.mode,
             "--size", str(size), "--rate", str(rate), "--seconds", f"{args.seconds:g}",
             "--peer-ip", IP, "--json"]
 
@@ -449,7 +450,7 @@ def run_load(server: Server, args: argparse.Namespace, size: int, rate: int, wor
 
 
 NOTES = """\
-{clients} clients, {mode} mode, {seconds:g} s of sending per run.
+{clients} clients over {transport}, {mode} mode, {seconds:g} s of sending per run.
 
 - Server CPU %: the server's user+system time (all threads) over the window from the generator's
   first progress line (1 s into sending) to its last; 100 = one core.
@@ -565,6 +566,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1,
                         help="generator processes, all on the generator's CPU (default 1)")
     parser.add_argument("--mode", choices=("channel", "send"), default="channel", help="default channel")
+    parser.add_argument("--transport", choices=("udp", "tcp"), default="udp",
+                        help="the clients' transport to the relay (default udp; ChannelData framed on TCP)")
     parser.add_argument("--servers", default="ours,coturn1,coturn",
                         help="comma list of ours, base (ours from --base-root), coturn1 (--relay-threads 1), "
                              "coturn (default threads)")
@@ -664,7 +667,8 @@ def main() -> None:
     if example:
         print(shlex.join(example))
     print("```\n")
-    print(NOTES.format(clients=args.clients, mode=args.mode, seconds=args.seconds))
+    print(NOTES.format(clients=args.clients, transport=args.transport.upper(), mode=args.mode,
+                       seconds=args.seconds))
     if quota is not None:
         print(f"Each server was capped at {args.server_cpu_quota:g} % of one core ({quota.path}, "
               f"{CpuQuota.PERIOD_US // 1000} ms periods): where loss appears, the relayed pkt/s is what the "
