@@ -1,15 +1,16 @@
-"""UDP socket helpers for the relay data path: buffers, batched reads and writes, one poller.
+"""Socket helpers for the relay data path: UDP buffers, batched reads and writes, one poller.
 
 The relay's UDP sockets (client-facing and relayed) carry every relayed
 packet, so the per-datagram work of reading and writing them is kept to the
 socket calls themselves, and those calls are batched: a read loop takes up
 to 64 datagrams per ``recvmmsg`` and, while it handles them (a *read
 pass*), what the handlers write queues per socket and leaves in one
-``sendmmsg`` per socket when the pass ends (``relay._mmsg``, Linux). The
-relay sockets share one reader of the reactor (``DatagramPoller``), whose
-wakeup is one pass. ``bench/relay_datapath.py`` and ``bench/udp_floor.py``
-time it. Without the extension (not Linux) the same loops use ``recvfrom``
-and ``sendto``.
+``sendmmsg`` per socket when the pass ends (``relay._mmsg``, Linux); frames
+for TCP and TLS clients gather the same way and leave in one write per
+connection (``StreamOutbox``). The relay sockets share one reader of the
+reactor (``DatagramPoller``), whose wakeup is one pass.
+``bench/relay_datapath.py`` and ``bench/udp_floor.py`` time it. Without the
+extension (not Linux) the same loops use ``recvfrom`` and ``sendto``.
 """
 
 import os
@@ -17,7 +18,7 @@ import select
 import socket
 from functools import partial
 
-from twisted.internet import udp
+from twisted.internet import tcp, udp
 from twisted.logger import Logger
 
 from rendezvous.stun.addresses import Address
@@ -71,7 +72,7 @@ def read_pass(read) -> None:
             try:
                 outbox.flush()
             except Exception:  # one socket's failure must not strand the others' queues
-                log.failure("sending the datagrams queued for {socket}", socket=outbox.socket)
+                log.failure("sending what was queued for {outbox}", outbox=outbox)
 
 
 class Outbox:
@@ -122,6 +123,55 @@ class Outbox:
                 sock.sendto(data, addr)
             except OSError:
                 pass
+
+
+class StreamOutbox:
+    """One TCP or TLS client connection's relayed frames: during a read pass they gather
+    and leave in one write when it ends.
+
+    On plain TCP, when Twisted has nothing queued for the connection, that
+    write is a direct ``send``: Twisted's own would register the socket for
+    writing and send on the reactor's next turn (two ``epoll_ctl`` calls and
+    a turn per write). What ``send`` does not take goes to Twisted's
+    buffer, behind which every later write queues.
+    """
+
+    __slots__ = ("transport", "queue", "eager")
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+        self.queue: list = []
+        self.eager = isinstance(transport, tcp.Connection)  # TLS writes go through its own layer
+
+    def __repr__(self) -> str:
+        return f"<StreamOutbox {self.transport!r}>"
+
+    def write(self, data: bytes) -> None:
+        dirty = _pass.dirty
+        if dirty is None:
+            self.transport.write(data)
+            return
+        if not self.queue:
+            dirty.append(self)
+        self.queue.append(data)
+
+    def flush(self) -> None:
+        queue, self.queue = self.queue, []
+        data = b"".join(queue)
+        transport = self.transport
+        if not (self.eager and transport.connected and not transport.disconnecting
+                and not transport.dataBuffer and not transport._tempDataBuffer):
+            transport.write(data)
+            return
+        try:
+            sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            transport.write(data)  # Twisted's write path reports the broken connection
+            return
+        if sent < len(data):
+            transport.write(data[sent:])
 
 
 def read_loop(port, handler) -> None:

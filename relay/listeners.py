@@ -17,7 +17,7 @@ from rendezvous.stun.addresses import Address
 from rendezvous.stun.binding import BindingServer
 from rendezvous.stun.framing import StreamFramer
 
-from .datagrams import Outbox, read_loop, set_buffers
+from .datagrams import Outbox, StreamOutbox, read_loop, read_pass, set_buffers
 from .server import TurnServer
 
 log = Logger()
@@ -128,11 +128,16 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
         self.setTimeout(IDLE_TIMEOUT_SECONDS)
         peer = self.transport.getPeer()
         self.five_tuple = (self.factory.transport_name, (peer.host, peer.port), self.factory.local)
+        self.outbox = StreamOutbox(self.transport)  # its allocation's way to the client
 
     def dataReceived(self, data: bytes) -> None:
         if self.pipe is not None:
             self.pipe.transport.write(data)
             return
+        # A read pass: what the frames relay to peers leaves in one sendmmsg per relay socket.
+        read_pass(lambda: self._frames(data))
+
+    def _frames(self, data: bytes) -> None:
         self.resetTimeout()
         factory = self.factory
         try:
@@ -162,7 +167,7 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
                 continue
             if turn is not None and request.method != Method.BINDING:
                 self.later = frames[index + 1:]
-                response = turn.handle(request, self.five_tuple, self.transport.write, self)
+                response = turn.handle(request, self.five_tuple, self.outbox.write, self)
                 if self.pipe is not None or self.moved:
                     # Spliced by ConnectionBind (or moved with it): what
                     # follows is the client's data, in the order it came.

@@ -9,12 +9,12 @@ import zlib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet import udp
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet import tcp, udp
+from twisted.internet.protocol import DatagramProtocol, Protocol
 
 from relay import allocation
 from relay.allocation import data_indication, parse_send_indication, walk_send_indication
-from relay.datagrams import MAX_READS_PER_WAKEUP, DatagramPoller, read_loop, receive_drops
+from relay.datagrams import MAX_READS_PER_WAKEUP, DatagramPoller, StreamOutbox, read_loop, read_pass, receive_drops
 from relay.listeners import ServerDatagramProtocol, UdpEndpoints
 from relay.relay_ports import RelayPorts, RelaySocket
 from rendezvous.stun import Attr, Class, Message, Method
@@ -352,3 +352,33 @@ def test_adopted_port_is_read_through_the_poller_until_it_stops():
     finally:
         port.stopListening()
     assert readers.getReaders() == [] and poller.descriptors() == []
+
+
+class _Writers(_Readers):
+    """A reactor stand-in that also records writers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers = set()
+
+    def addWriter(self, writer) -> None:
+        self.writers.add(writer)
+
+
+def test_stream_outbox_sends_a_pass_in_one_write_and_keeps_order():
+    """Frames of one read pass leave in one direct send when Twisted holds nothing for the
+    connection (no writer registered); behind bytes Twisted holds, they queue in order."""
+    reactor = _Writers()
+    ours, client = socket.socketpair()
+    with ours, client:
+        connection = tcp.Connection(ours, Protocol(), reactor=reactor)
+        connection.connected = True
+        outbox = StreamOutbox(connection)
+        read_pass(lambda: [outbox.write(frame) for frame in (b"one", b"two", b"three")])
+        assert client.recv(100) == b"onetwothree" and reactor.writers == set()
+        outbox.write(b"[held]")  # outside a pass: Twisted's write, buffered until the socket is writable
+        assert reactor.writers == {connection}
+        read_pass(lambda: outbox.write(b"[after]"))
+        connection.doWrite()
+        client.setblocking(False)
+        assert client.recv(100) == b"[held][after]"
