@@ -154,13 +154,13 @@ class RelayPorts:
         relay = RelaySocket(address, self)
         try:
             relay.port = self.reactor.adoptDatagramPort(fd, descriptor_family(fd), relay, MAX_DATAGRAM_BYTES)
-            if self.poller is not None:
-                self.poller.adopt(relay.port)
         except OSError as e:
             log.warn("cannot adopt a reserved relay socket: {error}", error=str(e))
             return None
         finally:
             os.close(fd)
+        if self.poller is not None:  # like the sockets bound here (listen_udp)
+            self.poller.adopt(relay.port)
         self.open_count += 1
         return relay
 
