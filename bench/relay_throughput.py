@@ -7,7 +7,7 @@ each payload size in ``--sizes`` and each per-client rate in ``--rates``:
 
 1. start the server under ``taskset -c 0`` on a free loopback port, and wait
    until it answers a STUN Binding request;
-2. run ``python -m rendezvous.cli load-test ... --mode channel --json`` under
+2. run ``python -m rendezvous.cli.main load-test ... --mode channel --json`` under
    ``taskset -c 1`` against it (``--clients`` allocations, each sending
    ``--size`` bytes at ``--rate`` pkt/s for ``--seconds``);
 3. while packets flow, at each of the generator's once-a-second progress
@@ -362,7 +362,7 @@ class Run:
 
 
 def load_command(server: Server, args: argparse.Namespace, size: int, rate: int) -> list[str]:
-    return ["taskset", "-c", LOAD_CPU, sys.executable, "-m", "rendezvous.cli", "load-test",
+    return ["taskset", "-c", LOAD_CPU, sys.executable, "-m", "rendezvous.cli.main", "load-test",
             "--server", f"{server.address[0]}:{server.address[1]}", "--user", f"{USER}:{PASSWORD}",
             "--realm", REALM, "--transport", args.transport, "--clients", str(args.clients),
             "--processes", str(args.processes), "--mode", args.mode,

@@ -139,7 +139,7 @@ class TurnServer:
         self.id_prefix = "0"  # the worker index, so an id names its process
         self.records: dict[tuple, tuple[str, float]] = {}
         self.by_id: dict[str, tuple] = {}
-        # Live allocations for the quotas; relay.tap shares them across workers.
+        # Live allocations for the quotas; rendezvous.node.relay_tap shares them across workers.
         self.counts: AllocationCounts | SharedAllocationCounts = AllocationCounts()
         self.counters: Counter[str] = Counter()
         # Relayed traffic of deleted allocations; live ones keep their own.

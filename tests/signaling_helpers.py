@@ -3,7 +3,7 @@
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 
-from rendezvous.signaling_client import SignalingClient
+from rendezvous.peer.signaling_client import SignalingClient
 
 WAIT_SECONDS = 5
 PUSHED = ("presence", "buddy-request", "message", "connect-request", "punch", "connect-declined", "redirect",

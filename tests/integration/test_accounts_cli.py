@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from rendezvous.accounts import AccountStore
+from rendezvous.node.accounts import AccountStore
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 def accounts(db, *args, password=None):
     return subprocess.run(
-        [sys.executable, "-m", "rendezvous.cli", "accounts", "--db", str(db), "--realm", "example.org",
+        [sys.executable, "-m", "rendezvous.cli.main", "accounts", "--db", str(db), "--realm", "example.org",
          *(["--password-stdin"] if password is not None else []), *args],
         input=None if password is None else password + "\n",
         capture_output=True, text=True, timeout=60, cwd=ROOT,

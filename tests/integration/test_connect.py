@@ -11,8 +11,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from rendezvous.accounts import AccountStore
-from rendezvous.connect import ConnectError, connect, listen
+from rendezvous.node.accounts import AccountStore
+from rendezvous.peer.connect import ConnectError, connect, listen
 from tests.conftest import start_node, stop_node
 
 pytestmark = pytest.mark.integration

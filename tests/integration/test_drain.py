@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 import pytest_twisted
 
-from rendezvous.accounts import AccountStore
-from rendezvous.signaling_client import SignalingUnavailable
+from rendezvous.node.accounts import AccountStore
+from rendezvous.peer.signaling_client import SignalingUnavailable
 from rendezvous.stun import Attr, Class, Method
 from rendezvous.stun.attributes import encode_uint32
 from tests.conftest import (

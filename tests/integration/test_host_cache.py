@@ -7,7 +7,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from rendezvous.accounts import AccountStore
+from rendezvous.node.accounts import AccountStore
 from tests.conftest import start_node, stop_node
 from tests.signaling_helpers import login
 

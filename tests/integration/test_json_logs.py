@@ -6,7 +6,7 @@ import time
 import pytest
 import pytest_twisted
 
-from rendezvous.accounts import AccountStore
+from rendezvous.node.accounts import AccountStore
 from rendezvous.stun import Class
 from tests.conftest import PRIMARY_IP, TURN_PASSWORD, TURN_REALM, TURN_SECRET, TURN_USER, start_node, stop_node
 from tests.signaling_helpers import login

@@ -2,7 +2,7 @@
 
 Each server is started by the test on free 127.0.0.1 ports (coturn, from
 Debian's ``coturn``, with a small relay-port range and a throwaway user
-database); the load generator runs as ``python -m rendezvous.cli`` for
+database); the load generator runs as ``python -m rendezvous.cli.main`` for
 about two seconds per case, the same way against both.
 """
 
@@ -104,8 +104,8 @@ def coturn(request, tmp_path_factory):
 
 
 def load_test(port, *extra, timeout=60):
-    """Run ``python -m rendezvous.cli load-test`` and return (exit status, JSON report or None, stderr)."""
-    args = [sys.executable, "-m", "rendezvous.cli", "load-test", "--server", f"{IP}:{port}",
+    """Run ``python -m rendezvous.cli.main load-test`` and return (exit status, JSON report or None, stderr)."""
+    args = [sys.executable, "-m", "rendezvous.cli.main", "load-test", "--server", f"{IP}:{port}",
             "--user", f"{USER}:{PASSWORD}", "--realm", REALM, "--peer-ip", IP, "--json", *extra]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
@@ -162,7 +162,7 @@ def test_tls_refuses_an_unverified_certificate(coturn):
 
 def test_wrong_password_fails_clearly(coturn):
     """Bad credentials end the run with status 1 and the server's 401."""
-    args = [sys.executable, "-m", "rendezvous.cli", "load-test", "--server", f"{IP}:{coturn['port']}",
+    args = [sys.executable, "-m", "rendezvous.cli.main", "load-test", "--server", f"{IP}:{coturn['port']}",
             "--user", f"{USER}:wrong", "--seconds", "1"]
     done = subprocess.run(args, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
                           text=True, timeout=60, check=False)

@@ -220,14 +220,14 @@ def test_embedding_example_runs(node):
 
 
 def test_json_logs(tmp_path):
-    """With twistd --logger rendezvous.logs.json_observer every line is a JSON event."""
+    """With twistd --logger rendezvous.node.logs.json_observer every line is a JSON event."""
     import json
 
     port = free_port()
     log_path = tmp_path / "out.log"
     with open(log_path, "wb") as out:
         process = subprocess.Popen(
-            [twistd(), "--logger", "rendezvous.logs.json_observer", "-n", "--pidfile=", "rendezvous",
+            [twistd(), "--logger", "rendezvous.node.logs.json_observer", "-n", "--pidfile=", "rendezvous",
              "--ip", "127.0.0.1", "--port", str(port), "--tls-port", "0", "--no-relay", "--metrics", "off",
              "--state-dir", str(tmp_path / "state")],
             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": ""},

@@ -11,7 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import TimeoutError
 from twisted.internet.task import deferLater
 
-from rendezvous.accounts import AccountStore
+from rendezvous.node.accounts import AccountStore
 from tests.conftest import free_port, start_node, stop_node
 from tests.signaling_helpers import login
 

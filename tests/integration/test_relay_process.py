@@ -152,7 +152,7 @@ def test_sighup_reloads_users_and_keeps_allocations(tmp_path):
 
 def test_users_from_the_account_store(tmp_path):
     """A relay started with --accounts authenticates users from the SQLite store."""
-    from rendezvous.accounts import AccountStore
+    from rendezvous.node.accounts import AccountStore
 
     path = tmp_path / "accounts.sqlite"
     store = AccountStore(path)
@@ -303,7 +303,7 @@ def test_sighup_reloads_the_tls_certificate(tmp_path):
     import shutil
     import ssl
 
-    from rendezvous.tls import self_signed
+    from rendezvous.node.tls import self_signed
 
     old_cert, old_key = self_signed(tmp_path / "old")
     new_cert, new_key = self_signed(tmp_path / "new")

@@ -6,9 +6,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from rendezvous.accounts import AccountStore
-from rendezvous.host_cache import HostCache
-from rendezvous.signaling_client import SignalingClient, SignalingUnavailable
+from rendezvous.node.accounts import AccountStore
+from rendezvous.peer.host_cache import HostCache
+from rendezvous.peer.signaling_client import SignalingClient, SignalingUnavailable
 from tests.conftest import PRIMARY_IP, free_port, start_node, stop_node
 from tests.signaling_helpers import Inbox
 

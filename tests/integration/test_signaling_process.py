@@ -6,9 +6,9 @@ import time
 import pytest
 import pytest_twisted
 
-from rendezvous.accounts import AccountStore
-from rendezvous.signaling_client import SignalingClient, SignalingRequestError
-from rendezvous.signaling_frames import encode
+from rendezvous.node.accounts import AccountStore
+from rendezvous.peer.signaling_client import SignalingClient, SignalingRequestError
+from rendezvous.wire.frames import encode
 from rendezvous.stun import Attr, Class, Message, Method
 from tests.conftest import start_node, stop_node
 from tests.signaling_helpers import login

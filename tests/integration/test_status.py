@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from rendezvous.accounts import AccountStore
+from rendezvous.node.accounts import AccountStore
 from rendezvous.stun import Attr, Class, Method
 from rendezvous.stun.attributes import encode_uint32
 from tests.conftest import (
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 def status(node, metrics: int, *args: str) -> subprocess.CompletedProcess:
     """Run ``txrendezvous status`` against the node."""
     return subprocess.run(
-        [sys.executable, "-m", "rendezvous.cli", "status", "--metrics", f"127.0.0.1:{metrics}",
+        [sys.executable, "-m", "rendezvous.cli.main", "status", "--metrics", f"127.0.0.1:{metrics}",
          "--state-dir", str(node.state_dir), *args],
         capture_output=True, text=True, timeout=30, cwd=ROOT,
     )

@@ -11,7 +11,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from rendezvous.tcp_punch import TcpPunchFailed, punch_tcp, tcp_mapped_address
+from rendezvous.peer.tcp_punch import TcpPunchFailed, punch_tcp, tcp_mapped_address
 from tests.conftest import ALT_IP, PRIMARY_IP, free_port
 
 pytestmark = pytest.mark.integration

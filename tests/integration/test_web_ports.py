@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 import websocket
 
-from rendezvous.accounts import AccountStore
+from rendezvous.node.accounts import AccountStore
 from rendezvous.stun import Attr, Class, Message, Method
 from tests.conftest import free_port, start_node, stop_node
 from tests.signaling_helpers import login

@@ -25,8 +25,8 @@ import sys
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from rendezvous.accounts import AccountStore
-from rendezvous.connect import ConnectError, connect, listen
+from rendezvous.node.accounts import AccountStore
+from rendezvous.peer.connect import ConnectError, connect, listen
 
 from .lab import ENV, ROOT, SERVER_IP, SERVER_PORT
 

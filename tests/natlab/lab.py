@@ -43,7 +43,7 @@ segment and the home router (wan 100.64.N.2).
 ``hop=True`` puts an "ISP router" namespace (``hopN``) between the outermost
 router's ``wan`` and the bridge, so a packet from the site crosses one routed
 hop before the public segment (a low-TTL SYN dies there, see
-rendezvous/tcp_punch.py). The router keeps its WAN address 198.18.0.(10+N),
+rendezvous/peer/tcp_punch.py). The router keeps its WAN address 198.18.0.(10+N),
 as a /32 with a default route out of ``wan``; the hop has 198.18.0.(210+N)/24
 on the bridge (``pub``), forwards, proxy-ARPs for the router's address on the
 bridge and for everything towards the router (``cust``, with a host route to

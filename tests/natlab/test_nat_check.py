@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from rendezvous import nat_check
-from rendezvous.nat_check import (
+from rendezvous.peer import nat_check
+from rendezvous.peer.nat_check import (
     ADDRESS_AND_PORT_DEPENDENT,
     ADDRESS_DEPENDENT,
     ENDPOINT_INDEPENDENT,
@@ -23,7 +23,7 @@ from rendezvous.nat_check import (
     port_allocation,
     prediction_easy,
 )
-from rendezvous.nat_check_cli import parse_server
+from rendezvous.cli.nat_check import parse_server
 
 from .lab import ENV, MINIUPNPD, ROOT, SERVER_IP, SERVER_PORT
 
@@ -173,7 +173,7 @@ def test_server_argument_parses():
 
 def _argv(*args: str) -> list[str]:
     """The nat-check command line."""
-    return [sys.executable, "-m", "rendezvous.cli", "nat-check", *args]
+    return [sys.executable, "-m", "rendezvous.cli.main", "nat-check", *args]
 
 
 def run_nat_check(*args: str, prefix: tuple[str, ...] = (), timeout: float = 90) -> tuple[int, dict | None, str]:

@@ -26,7 +26,7 @@ import json, sys, time
 from twisted.internet import task, threads
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
-from rendezvous.tcp_punch import punch_tcp, tcp_mapped_address
+from rendezvous.peer.tcp_punch import punch_tcp, tcp_mapped_address
 
 class Greeting(Protocol):
     def __init__(self):

@@ -26,7 +26,7 @@ def gateway_site(natlab):
 
 def upnp(site, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """``txrendezvous upnp ARGS`` run in the site's client namespace."""
-    argv = site.exec_argv(sys.executable, "-m", "rendezvous.cli", "upnp", *args)
+    argv = site.exec_argv(sys.executable, "-m", "rendezvous.cli.main", "upnp", *args)
     return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout, cwd=ROOT, env=ENV)
 
 

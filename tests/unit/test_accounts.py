@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from relay.credentials import Keys
-from rendezvous.accounts import AccountError, AccountStore
+from rendezvous.node.accounts import AccountError, AccountStore
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_upgrade_from_v1_keeps_accounts(tmp_path):
 
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
-    db.executescript(resources.files("rendezvous").joinpath("schema", "v1.sql").read_text())
+    db.executescript(resources.files("rendezvous.node.schema").joinpath("v1.sql").read_text())
     db.execute("INSERT INTO version VALUES (1)")
     db.commit()
     db.close()

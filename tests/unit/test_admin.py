@@ -5,7 +5,7 @@ import json
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
-from rendezvous.admin import MAX_LIMIT, AdminResource, LocalView, admin_token, page
+from rendezvous.node.admin import MAX_LIMIT, AdminResource, LocalView, admin_token, page
 from rendezvous.stun import Method
 from tests.turn_helpers import code
 from tests.unit.test_turn_server import CLIENT, Client, make_server

@@ -4,9 +4,9 @@ import pytest
 from twisted.python import usage
 
 from relay.config import RELAY_OPTIONS
-from relay.tap import Options as RelayOptions
-from rendezvous.config import RENDEZVOUS_OPTIONS
-from rendezvous.tap import Options
+from rendezvous.node.relay_tap import Options as RelayOptions
+from rendezvous.node.config import RENDEZVOUS_OPTIONS
+from rendezvous.node.tap import Options
 
 
 def parse(*args, options_class=Options):

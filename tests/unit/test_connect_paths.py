@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from rendezvous.connect import _direct_udp_hopeless, _keep_alive, _udp_blocked
+from rendezvous.peer.connect import _direct_udp_hopeless, _keep_alive, _udp_blocked
 
 
 def udp(kind, ip, port=40000):

@@ -6,9 +6,9 @@ import tomllib
 
 import pytest
 
-from relay.tap import Options as RelayOptions
-from rendezvous.config import RENDEZVOUS_OPTIONS
-from rendezvous.tap import Options
+from rendezvous.node.relay_tap import Options as RelayOptions
+from rendezvous.node.config import RENDEZVOUS_OPTIONS
+from rendezvous.node.tap import Options
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"

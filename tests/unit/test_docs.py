@@ -2,8 +2,8 @@
 
 import pytest
 
-from relay.tap import Options as RelayOptions
-from rendezvous.tap import Options as RendezvousOptions
+from rendezvous.node.relay_tap import Options as RelayOptions
+from rendezvous.node.tap import Options as RendezvousOptions
 from tests.conftest import ROOT
 
 OPERATING = (ROOT / "docs" / "OPERATING.md").read_text()

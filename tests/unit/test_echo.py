@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from rendezvous.echo import MAX_PROBE_BYTES, EchoCodecError, EchoCore, EchoStreamFactory, decode_reply, probe
-from rendezvous.sip_probe import invite, rewritten_fields
+from rendezvous.node.echo import EchoCore, EchoStreamFactory
+from rendezvous.wire.echo_probe import MAX_PROBE_BYTES, EchoCodecError, decode_reply, probe
+from rendezvous.peer.sip_probe import invite, rewritten_fields
 
 SOURCE = ("198.18.0.11", 40000)
 

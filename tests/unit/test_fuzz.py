@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from rendezvous.accounts import AccountStore
-from rendezvous.signaling import Session, SignalingConfig, SignalingNode
-from rendezvous.signaling_frames import FrameError, FrameReader
+from rendezvous.node.accounts import AccountStore
+from rendezvous.node.signaling import Session, SignalingConfig, SignalingNode
+from rendezvous.wire.frames import FrameError, FrameReader
 
 from rendezvous.stun.binding import Addresses, BindingServer
 from rendezvous.stun import Attr, Class, CodecError, Message, Method

@@ -2,7 +2,7 @@
 
 import time
 
-from rendezvous.host_cache import MAX_AGE_SECONDS, MAX_ENTRIES, HostCache
+from rendezvous.peer.host_cache import MAX_AGE_SECONDS, MAX_ENTRIES, HostCache
 
 
 def test_order_save_and_load(tmp_path):

@@ -3,7 +3,7 @@
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rendezvous.ice import Agent, Candidate, PairState, pair_priority, priority, random_credentials
+from rendezvous.peer.ice import Agent, Candidate, PairState, pair_priority, priority, random_credentials
 from rendezvous.stun import Attr, Class, Error, Message, Method
 from rendezvous.stun.attributes import decode_error_code, encode_uint32, encode_uint64
 from rendezvous.stun.integrity import short_term_key

@@ -29,7 +29,7 @@ from relay.loadgen import (
     split_clients,
     summarize,
 )
-from rendezvous import cli
+from rendezvous.cli import main as cli
 from tests.conftest import ROOT
 
 # -- budgets, bursts, shares -------------------------------------------------------------
@@ -397,7 +397,7 @@ def test_missing_subcommand_is_a_usage_error():
 
 def test_help_imports_no_subcommand_module():
     """Top-level --help does not import the subcommand modules (they load lazily)."""
-    code = ("import sys, contextlib, io, rendezvous.cli as c\n"
+    code = ("import sys, contextlib, io, rendezvous.cli.main as c\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    try: c.main(['--help'])\n"
             "    except SystemExit: pass\n"

@@ -8,7 +8,7 @@ from twisted.application import service
 from twisted.logger import ILogObserver, Logger, LogLevel
 
 from relay.config import ConfigError, parse_log_format
-from rendezvous.logs import REDACTED, JsonLogObserver, TopService, record
+from rendezvous.node.logs import REDACTED, JsonLogObserver, TopService, record
 
 
 def test_fields_are_kept_and_secret_fields_redacted_in_text_too():

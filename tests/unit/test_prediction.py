@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from rendezvous.prediction import BirthdaySpray, NatHint, hint_from_probes, predicted_ports, spray_role
+from rendezvous.peer.prediction import BirthdaySpray, NatHint, hint_from_probes, predicted_ports, spray_role
 
 EIM = "endpoint-independent"
 APDM = "address-and-port-dependent"

@@ -4,9 +4,9 @@ import pytest
 from twisted.internet.task import Clock
 
 from relay.credentials import RestSecrets
-from rendezvous.accounts import AccountStore
-from rendezvous.signaling import MAX_ERRORS, Session, SignalingConfig, SignalingNode
-from rendezvous.signaling_frames import FrameError, FrameReader, encode
+from rendezvous.node.accounts import AccountStore
+from rendezvous.node.signaling import MAX_ERRORS, Session, SignalingConfig, SignalingNode
+from rendezvous.wire.frames import FrameError, FrameReader, encode
 
 
 class Peer:

@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from rendezvous.signaling_client import (
+from rendezvous.peer.signaling_client import (
     MAX_REQUESTS_IN_FLIGHT,
     MAX_UNHANDLED_FRAMES,
     SignalingClient,
@@ -16,8 +16,8 @@ from rendezvous.signaling_client import (
     SignalingRequestError,
     _SignalingStream,
 )
-from rendezvous.signaling_frames import FrameReader, encode
-from rendezvous.signaling_protocol import IDLE_TIMEOUT_SECONDS, MAX_FRAMES_WHILE_PAUSED
+from rendezvous.wire.frames import FrameReader, encode
+from rendezvous.wire.streams import IDLE_TIMEOUT_SECONDS, MAX_FRAMES_WHILE_PAUSED
 
 
 class Wire:

@@ -4,7 +4,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import FakeDatagramTransport
 
 from rendezvous.stun import Class, Message, Method
-from rendezvous.stun_client import StunClientProtocol, TransactionTimeout
+from rendezvous.peer.stun_client import StunClientProtocol, TransactionTimeout
 
 SERVER = ("198.18.0.1", 3478)
 

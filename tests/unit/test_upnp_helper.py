@@ -240,7 +240,7 @@ def test_service_reports_no_gateway():
 
 def test_cli_arguments_parse():
     """The upnp subcommand parses map, list and unmap with their options."""
-    from rendezvous.upnp_cli import add_arguments
+    from rendezvous.cli.upnp import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -2,7 +2,7 @@ from twisted.application.service import ServiceMaker
 
 relay = ServiceMaker(
     "txrendezvous relay",
-    "relay.tap",
+    "rendezvous.node.relay_tap",
     "TURN relay (RFC 8656)",
     "relay",
 )

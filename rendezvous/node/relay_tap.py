@@ -8,19 +8,19 @@ server is a STUN server).
 from twisted.application import internet, service
 from twisted.python import usage
 
-from rendezvous.accounts import AccountStore
-from rendezvous.admin import AdminResource, LocalView, admin_token
-from rendezvous.logs import TopService
-from rendezvous.metrics import metrics_site
+from rendezvous.node.accounts import AccountStore
+from rendezvous.node.admin import AdminResource, LocalView, admin_token
+from rendezvous.node.logs import TopService
+from rendezvous.node.metrics import metrics_site
 from rendezvous.stun.binding import Addresses, BindingServer
-from rendezvous.tls import ReloadableTLS
-from rendezvous.worker_view import WorkerFleet, socket_path
+from rendezvous.node.tls import ReloadableTLS
+from rendezvous.node.worker_view import WorkerFleet, socket_path
 
 import dataclasses
 import os
 import signal
 
-from .config import (
+from relay.config import (
     LISTENER_OPTIONS,
     RELAY_OPTIONS,
     ConfigError,
@@ -30,12 +30,12 @@ from .config import (
     parse_count,
     usage_options,
 )
-from .datagrams import receive_drops
-from .drain import DrainService
-from .handoff import MAX_WORKERS, HandoffFactory
-from .quotas import SharedAllocationCounts, quota_path
-from .service import add_listeners, make_relay
-from .workers import (
+from relay.datagrams import receive_drops
+from relay.drain import DrainService
+from relay.handoff import MAX_WORKERS, HandoffFactory
+from relay.quotas import SharedAllocationCounts, quota_path
+from relay.service import add_listeners, make_relay
+from relay.workers import (
     NONCE_SECRET_ENV,
     ReusePortService,
     WorkerSupervisor,

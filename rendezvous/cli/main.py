@@ -36,20 +36,20 @@ class Subcommand:
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand(
         "accounts",
-        "rendezvous.accounts_cli",
+        "rendezvous.cli.accounts",
         "add, remove and list users of a super node's account store, reset a password",
     ),
     Subcommand(
         "nat-check",
-        "rendezvous.nat_check_cli",
+        "rendezvous.cli.nat_check",
         "analyse the NAT between this host and an RFC 5780 STUN server (mapping, filtering, ports, "
         "hairpinning, binding lifetime)",
     ),
-    Subcommand("listen", "rendezvous.connect_cli", "log in and accept connections from buddies (connect() by hand)"),
-    Subcommand("connect", "rendezvous.connect_cli",
+    Subcommand("listen", "rendezvous.cli.connect", "log in and accept connections from buddies (connect() by hand)"),
+    Subcommand("connect", "rendezvous.cli.connect",
                "connect to a buddy by the best path, print it and the attempts, relay stdin/stdout lines"),
-    Subcommand("upnp", "rendezvous.upnp_cli", "map, list and unmap ports on the LAN's UPnP gateway (IGD)"),
-    Subcommand("status", "rendezvous.status_cli",
+    Subcommand("upnp", "rendezvous.cli.upnp", "map, list and unmap ports on the LAN's UPnP gateway (IGD)"),
+    Subcommand("status", "rendezvous.cli.status",
                "list a running node's allocations and signaling sessions, end one (its admin API)"),
     Subcommand(
         "load-test",

@@ -7,55 +7,18 @@ the connection.
 """
 
 from twisted.application import service
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
-from zope.interface import implementer
 
-from .signaling import Session, SignalingNode
-from .signaling_frames import FrameError, FrameReader, encode, is_signaling
+from rendezvous.node.signaling import Session, SignalingNode
+from rendezvous.wire.streams import IDLE_TIMEOUT_SECONDS, PING_SECONDS, BoundedWrites
+from rendezvous.wire.frames import FrameError, FrameReader, encode, is_signaling
 
 log = Logger()
 
 LOGIN_TIMEOUT_SECONDS = 30
-MAX_FRAMES_WHILE_PAUSED = 100
-PING_SECONDS = 30
-IDLE_TIMEOUT_SECONDS = 3 * PING_SECONDS  # three missed pings
-
-
-@implementer(IPushProducer)
-class BoundedWrites:
-    """Mixed into a stream protocol registered as its transport's streaming producer.
-
-    The transport pauses it when the other side stops reading; more than
-    MAX_FRAMES_WHILE_PAUSED frames written meanwhile abort the connection
-    rather than buffering without end.
-    """
-
-    paused = False
-    frames_while_paused = 0
-
-    def write_frame(self, data: bytes, reader: str) -> None:
-        """Write data, or abort when reader (named in the log) has let too much pile up."""
-        if self.paused:
-            self.frames_while_paused += 1
-            if self.frames_while_paused > MAX_FRAMES_WHILE_PAUSED:
-                log.info("{reader} does not read; closing", reader=reader)
-                self.transport.abortConnection()
-                return
-        self.transport.write(data)
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.frames_while_paused = 0
-
-    def stopProducing(self) -> None:
-        self.paused = True
 
 
 class SignalingService(service.Service):

@@ -18,7 +18,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from .admin import LocalView, page
+from rendezvous.node.admin import LocalView, page
 
 TIMEOUT_SECONDS = 5
 

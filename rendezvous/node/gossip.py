@@ -17,8 +17,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .signaling import SignalingNode
-from .signaling_frames import FrameError, FrameReader, encode
+from rendezvous.node.signaling import SignalingNode
+from rendezvous.wire.frames import FrameError, FrameReader, encode
 
 log = Logger()
 

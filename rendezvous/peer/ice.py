@@ -24,12 +24,12 @@ import os
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .stun import Attr, Class, CodecError, Error, Message, Method
-from .stun.addresses import Address
-from .stun.attributes import decode_error_code, decode_text, decode_uint32, decode_uint64, encode_uint32, encode_uint64
-from .stun.integrity import short_term_key
-from .stun.replies import error_response, success_response
-from .stun.transaction import ClientTransaction
+from rendezvous.stun import Attr, Class, CodecError, Error, Message, Method
+from rendezvous.stun.addresses import Address
+from rendezvous.stun.attributes import decode_error_code, decode_text, decode_uint32, decode_uint64, encode_uint32, encode_uint64
+from rendezvous.stun.integrity import short_term_key
+from rendezvous.stun.replies import error_response, success_response
+from rendezvous.stun.transaction import ClientTransaction
 
 # §5.1.2.2: host 126, peer-reflexive 110, server-reflexive 100, relayed 0.
 # A UPnP-mapped address is as good as a host one on the public side; a

@@ -25,8 +25,8 @@ from twisted.logger import Logger
 
 from relay.limits import RateLimiter
 
-from .accounts import AccountError, AccountStore
-from .host_cache import host_entry
+from rendezvous.node.accounts import AccountError, AccountStore
+from rendezvous.wire.host_entries import host_entry
 
 log = Logger()
 
@@ -91,7 +91,7 @@ class SignalingConfig:
 class LocalDirectory:
     """Presence and routing of one node alone (the embedded default).
 
-    A shared directory (``rendezvous.redis_directory``) has the same three
+    A shared directory (``rendezvous.node.redis_directory``) has the same three
     methods, answers ``locate`` from memory and calls back
     ``SignalingNode.handle_routed`` with envelopes other nodes route here.
     """

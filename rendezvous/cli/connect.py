@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .nat_check_cli import parse_server
+from rendezvous.cli.nat_check import parse_server
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,7 @@ def run_command(args: argparse.Namespace) -> int:
     from twisted.internet.defer import Deferred
     from twisted.protocols.basic import LineReceiver
 
-    from .connect import connect, listen
+    from rendezvous.peer.connect import connect, listen
 
     direct = () if args.relay_only else tuple(t for t, off in (("udp", args.no_udp), ("tcp", args.no_tcp))
                                                if not off)

@@ -13,8 +13,8 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.web import resource, server
 
-from .signaling import Session, SignalingNode
-from .signaling_frames import MAX_FRAME_BYTES, FrameError
+from rendezvous.node.signaling import Session, SignalingNode
+from rendezvous.wire.frames import MAX_FRAME_BYTES, FrameError
 
 
 class HealthResource(resource.Resource):

@@ -1,12 +1,10 @@
 """The echo service: hands a probe back as it arrived, with the source address seen.
 
 NAT analyzers send a SIP INVITE through it to see whether an ALG on the
-path rewrote the payload (the ``alg`` result of ``nat_check``). A probe is
-any payload followed by a 28-byte trailer: ``MAGIC`` and 20 zero bytes.
-The answer is the payload exactly as received followed by ``MAGIC``, the
-address family (4 or 6), a zero byte, the source port and the source
-address (16 bytes, IPv4 in the first 4): as long as the probe, never longer,
-so it amplifies nothing. Anything without the trailer gets no answer.
+path rewrote the payload (the ``alg`` result of ``nat_check``). The probe
+and answer formats are in ``rendezvous.wire.echo_probe``; an answer is as
+long as its probe, so it amplifies nothing. Anything without the trailer
+gets no answer.
 
 ``EchoCore`` is sans-IO: ``answer(data, source, now)`` returns the reply or
 None, applying a token bucket per source address and one for all sources,
@@ -18,49 +16,13 @@ and TCP adapters below only move bytes; a TCP connection carries one probe
 
 from __future__ import annotations
 
-import ipaddress
-import struct
-
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 
 from relay.limits import RateLimiter
+from rendezvous.wire.echo_probe import MAX_PROBE_BYTES, PROBE_TRAILER, TRAILER_BYTES, reply
 
-MAGIC = b"\x00TXECHO\x00"
-TRAILER_BYTES = len(MAGIC) + 20
-PROBE_TRAILER = MAGIC + bytes(20)
-MAX_PROBE_BYTES = 4096
 TCP_TIMEOUT_SECONDS = 10
 MAX_TCP_CONNECTIONS = 256
-
-
-class EchoCodecError(ValueError):
-    """Not an echo answer."""
-
-
-def probe(payload: bytes) -> bytes:
-    """The datagram (or stream) that asks the echo service about payload."""
-    return payload + PROBE_TRAILER
-
-
-def reply(payload: bytes, source: tuple[str, int]) -> bytes:
-    """payload followed by the trailer naming source (the same length as the probe)."""
-    ip = ipaddress.ip_address(source[0])
-    return payload + MAGIC + struct.pack("!BBH", ip.version, 0, source[1]) + ip.packed.ljust(16, b"\0")
-
-
-def decode_reply(data: bytes) -> tuple[bytes, tuple[str, int]]:
-    """(payload as the service received it, our address as it saw it); EchoCodecError otherwise."""
-    if len(data) < TRAILER_BYTES or data[-TRAILER_BYTES:-20] != MAGIC:
-        raise EchoCodecError("no echo trailer")
-    version, _, port = struct.unpack_from("!BBH", data, len(data) - 20)
-    packed = data[-16:]
-    if version == 4:
-        address = str(ipaddress.IPv4Address(packed[:4]))
-    elif version == 6:
-        address = str(ipaddress.IPv6Address(packed))
-    else:
-        raise EchoCodecError(f"address family {version}")
-    return data[:-TRAILER_BYTES], (address, port)
 
 
 class EchoCore:

@@ -141,7 +141,7 @@ def metrics_site(binding=None, turn=None, signaling=None, ready=None, admin=None
                  udp_drops=None) -> server.Site:
     """/metrics, /healthz, /readyz and, given an admin resource, /admin/.
 
-    With workers (a ``rendezvous.worker_view.WorkerFleet``), /metrics sums
+    With workers (a ``rendezvous.node.worker_view.WorkerFleet``), /metrics sums
     every worker's figures and the health endpoints ask every worker.
     """
     def samples():

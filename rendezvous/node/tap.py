@@ -18,18 +18,18 @@ from relay.listeners import ServerStreamFactory
 from relay.service import add_listeners, make_relay
 from rendezvous.stun.binding import Addresses, BindingServer
 
-from .accounts import AccountStore
-from .admin import AdminResource, LocalView, admin_token
-from .config import RENDEZVOUS_OPTIONS, RendezvousConfig
-from .echo import EchoCore, EchoDatagramProtocol, EchoStreamFactory
-from .gossip import GossipService
-from .logs import TopService
-from .metrics import metrics_site
-from .redis_directory import RedisDirectory
-from .signaling import SignalingConfig, SignalingNode, node_name
-from .signaling_protocol import DemuxFactory, SignalingFactory, SignalingService
-from .tls import ALPN_PROTOCOLS, WEB_ALPN_PROTOCOLS, ReloadableTLS
-from .web import site
+from rendezvous.node.accounts import AccountStore
+from rendezvous.node.admin import AdminResource, LocalView, admin_token
+from rendezvous.node.config import RENDEZVOUS_OPTIONS, RendezvousConfig
+from rendezvous.node.echo import EchoCore, EchoDatagramProtocol, EchoStreamFactory
+from rendezvous.node.gossip import GossipService
+from rendezvous.node.logs import TopService
+from rendezvous.node.metrics import metrics_site
+from rendezvous.node.redis_directory import RedisDirectory
+from rendezvous.node.signaling import SignalingConfig, SignalingNode, node_name
+from rendezvous.node.signaling_protocol import DemuxFactory, SignalingFactory, SignalingService
+from rendezvous.node.tls import ALPN_PROTOCOLS, WEB_ALPN_PROTOCOLS, ReloadableTLS
+from rendezvous.node.web import site
 
 
 ACCOUNTS_FILE = "accounts.sqlite"
@@ -134,7 +134,7 @@ def makeService(options, reactor=None) -> service.MultiService:
 
 
 def _add_echo(top, config: RendezvousConfig, reactor) -> None:
-    """The rate-limited echo service for ALG detection, on UDP and TCP (rendezvous.echo)."""
+    """The rate-limited echo service for ALG detection, on UDP and TCP (rendezvous.node.echo)."""
     core = EchoCore()
     internet.UDPServer(config.echo_port, EchoDatagramProtocol(core, reactor),
                        interface=config.ip).setServiceParent(top)

@@ -9,9 +9,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from .stun import CodecError, Message
-from .stun.addresses import Address
-from .stun.transaction import ClientTransaction
+from rendezvous.stun import CodecError, Message
+from rendezvous.stun.addresses import Address
+from rendezvous.stun.transaction import ClientTransaction
 
 log = Logger()
 

@@ -23,9 +23,9 @@ import math
 import random
 from dataclasses import dataclass
 
-from .nat_check import (ADDRESS_AND_PORT_DEPENDENT, ADDRESS_DEPENDENT, ENDPOINT_INDEPENDENT, PRESERVING, RANDOM,
+from rendezvous.peer.nat_check import (ADDRESS_AND_PORT_DEPENDENT, ADDRESS_DEPENDENT, ENDPOINT_INDEPENDENT, PRESERVING, RANDOM,
                         SEQUENTIAL, PortAllocation, port_allocation)
-from .stun.addresses import Address
+from rendezvous.stun.addresses import Address
 
 SPRAY_SOCKETS = 256
 SPRAY_PROBES = 2048

@@ -1,6 +1,6 @@
 """The account store: users in an SQLite file, passwords hashed with scrypt.
 
-Schemas are versioned SQL files in ``rendezvous/schema``: ``vN.sql`` makes a
+Schemas are versioned SQL files in ``rendezvous/node/schema``: ``vN.sql`` makes a
 fresh database at version N and ``upgrade-to-vN.sql`` takes version N-1 to
 N, so a store opened by newer code is upgraded in place.
 
@@ -34,7 +34,7 @@ class AccountError(ValueError):
 
 
 def _schema(name: str) -> str:
-    return resources.files("rendezvous").joinpath("schema", name).read_text()
+    return resources.files("rendezvous.node.schema").joinpath(name).read_text()
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:

@@ -8,29 +8,16 @@ it can find the network again even when its bootstrap nodes are gone, as
 Skype clients did with their host caches.
 """
 
-import ipaddress
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
+from rendezvous.wire.host_entries import host_entry
+
 MAX_ENTRIES = 200
 MAX_AGE_SECONDS = 30 * 24 * 3600
-
-
-def host_entry(entry) -> dict | None:
-    """A super node entry {host, port, load} checked and cleaned, or None."""
-    if not isinstance(entry, dict):
-        return None
-    try:
-        host = str(ipaddress.ip_address(entry.get("host")))
-    except (ValueError, TypeError):
-        return None
-    port, load = entry.get("port"), entry.get("load", 0)
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-        return None
-    return {"host": host, "port": port, "load": load if isinstance(load, int) and load >= 0 else 0}
 
 
 class HostCache:

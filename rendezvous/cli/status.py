@@ -3,7 +3,7 @@
     txrendezvous status [--metrics HOST:PORT] [--state-dir DIR] [--json] [--limit N]
     txrendezvous status end allocation|session ID
 
-Talks to the admin API on the node's ``--metrics`` port (``rendezvous.admin``)
+Talks to the admin API on the node's ``--metrics`` port (``rendezvous.node.admin``)
 with the token from ``STATE_DIR/admin.token``, so it runs on the node's host
 as a user who may read the state directory.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from relay.config import ConfigError, default_state_dir, parse_host_port
 
-from .admin import MAX_LIMIT, TOKEN_FILE
+from rendezvous.node.admin import MAX_LIMIT, TOKEN_FILE
 
 _COLUMNS = {
     "allocations": ("id", "user", "client", "transport", "relayed", "age_seconds", "lifetime_left_seconds",

@@ -19,9 +19,9 @@ observations. Apps call::
     print(report.to_text())
 
 ALG detection sends a SIP INVITE carrying our private address (over UDP
-and TCP) to the super node's echo service (``rendezvous.echo``, port 5060 by
+and TCP) to the super node's echo service (``rendezvous.node.echo``, port 5060 by
 default; ``--echo-port`` on the node) and compares the copy it saw
-(``rendezvous.sip_probe``); without an echo service the report says
+(``rendezvous.peer.sip_probe``); without an echo service the report says
 ``alg: null`` with the reason rather than guessing.
 """
 
@@ -44,15 +44,15 @@ from upnp_helper.probe import NAMES as GATEWAY_NAMES
 from upnp_helper.probe import GatewayAnswer
 from upnp_helper.probe import probe as probe_gateways
 
-from . import sip_probe
-from .echo import MAX_PROBE_BYTES, EchoCodecError
-from .echo import decode_reply as decode_echo
-from .echo import probe as echo_probe
-from .stun import Attr, Class, CodecError, Message, Method
-from .stun.addresses import Address
-from .stun.attributes import decode_error_code, encode_change_request, encode_uint16
-from .stun_client import StunClientProtocol, TransactionTimeout
-from .tcp_binding import ReusePortConnector, StreamProbe, StreamProbeFactory
+from rendezvous.peer import sip_probe
+from rendezvous.wire.echo_probe import MAX_PROBE_BYTES, EchoCodecError
+from rendezvous.wire.echo_probe import decode_reply as decode_echo
+from rendezvous.wire.echo_probe import probe as echo_probe
+from rendezvous.stun import Attr, Class, CodecError, Message, Method
+from rendezvous.stun.addresses import Address
+from rendezvous.stun.attributes import decode_error_code, encode_change_request, encode_uint16
+from rendezvous.peer.stun_client import StunClientProtocol, TransactionTimeout
+from rendezvous.peer.tcp_binding import ReusePortConnector, StreamProbe, StreamProbeFactory
 
 ENDPOINT_INDEPENDENT = "endpoint-independent"
 ADDRESS_DEPENDENT = "address-dependent"

@@ -35,9 +35,9 @@ from zope.interface import implementer
 
 from relay.client import tls_options
 
-from .host_cache import HostCache, host_entry
-from .signaling_frames import FrameError, FrameReader, encode
-from .signaling_protocol import IDLE_TIMEOUT_SECONDS, BoundedWrites
+from rendezvous.peer.host_cache import HostCache, host_entry
+from rendezvous.wire.frames import FrameError, FrameReader, encode
+from rendezvous.wire.streams import IDLE_TIMEOUT_SECONDS, BoundedWrites
 
 log = Logger()
 

@@ -27,8 +27,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource
 
-from .metrics import answer_later
-from .stun.addresses import address_text
+from rendezvous.node.metrics import answer_later
+from rendezvous.stun.addresses import address_text
 
 log = Logger()
 

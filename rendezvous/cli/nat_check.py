@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .nat_check import DEFAULT_ECHO_PORT, DEFAULT_TCP_FALLBACK_PORT, NatCheckError, check
+from rendezvous.peer.nat_check import DEFAULT_ECHO_PORT, DEFAULT_TCP_FALLBACK_PORT, NatCheckError, check
 
 PROG = "txrendezvous nat-check"
 DEFAULT_PORT = 3478

@@ -17,7 +17,7 @@ from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Protocol
 
-from .stun import CodecError, Message
+from rendezvous.stun import CodecError, Message
 
 
 def reuse_port(sock: socket.socket) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from relay.config import default_state_dir
 
-from .accounts import AccountError, AccountStore
+from rendezvous.node.accounts import AccountError, AccountStore
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -50,8 +50,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from relay.client import tls_options
 
-from .nat_check import binding_request, mapped_address
-from .tcp_binding import ReusePortConnector, StreamProbe, StreamProbeFactory, reuse_port
+from rendezvous.peer.nat_check import binding_request, mapped_address
+from rendezvous.peer.tcp_binding import ReusePortConnector, StreamProbe, StreamProbeFactory, reuse_port
 
 RETRY_SECONDS = 0.2            # between attempts to one peer after a refusal or a lost SYN
 ATTEMPT_SECONDS = 2.0          # an attempt's connect timeout (the kernel retransmits the SYN at 1 s)

@@ -3,7 +3,7 @@
 ``--log-format json`` (on ``twistd relay`` and ``twistd rendezvous``) makes
 the top service install ``JsonLogObserver`` as its application's
 ``ILogObserver``, the component twistd asks for when no ``--logger`` is
-given; ``twistd --logger rendezvous.logs.json_observer`` does the same for
+given; ``twistd --logger rendezvous.node.logs.json_observer`` does the same for
 any twistd command. Each line holds the time, level, namespace, the
 formatted text and the event's own fields (``client``, ``session``,
 ``allocation``, ``user``, ...), so a log shipper can index them.
@@ -21,7 +21,7 @@ from twisted.application import service
 from twisted.logger import ILogObserver, formatEvent
 from zope.interface import implementer
 
-from .stun.addresses import address_text
+from rendezvous.stun.addresses import address_text
 
 REDACTED = "[redacted]"
 _SECRET_NAME = re.compile(r"pass|secret|key|nonce|token|credential|integrity|authorization", re.I)
@@ -77,7 +77,7 @@ class JsonLogObserver:
 
 
 def json_observer() -> JsonLogObserver:
-    """For ``twistd --logger rendezvous.logs.json_observer``: JSON to standard output."""
+    """For ``twistd --logger rendezvous.node.logs.json_observer``: JSON to standard output."""
     return JsonLogObserver()
 
 

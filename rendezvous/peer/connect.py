@@ -1,7 +1,7 @@
 """``connect()`` and ``listen()``: two peers connected by the best path there is.
 
-Both log in to a super node (``rendezvous.signaling_client``), advertise
-presence with a NAT hint (``rendezvous.prediction.NatHint``), gather
+Both log in to a super node (``rendezvous.peer.signaling_client``), advertise
+presence with a NAT hint (``rendezvous.peer.prediction.NatHint``), gather
 candidates — host, UPnP-mapped (``upnp_helper``: PCP, NAT-PMP or UPnP IGD
 maps the main socket's port, removed on close), server-reflexive (STUN to
 the node from the same socket),
@@ -9,12 +9,12 @@ predicted (sequential allocators), relayed (TURN on the node over UDP, then
 TCP, then TLS, the last on the port signaling reached, which may be 443) —
 exchange them with ICE credentials through the node (docs/PROTOCOL.md,
 connect / connect-answer / punch), and at the instant the node gives run
-ICE connectivity checks (``rendezvous.ice``, RFC 8445), with a birthday
+ICE connectivity checks (``rendezvous.peer.ice``, RFC 8445), with a birthday
 spray when a random-mapping NAT faces an endpoint-independent one. The
 connecting side is controlling and nominates: a direct pair as soon as it
 is the best valid one, a relayed pair only after every direct try ended.
 
-TCP hole punching (``rendezvous.tcp_punch``) runs from the same instant
+TCP hole punching (``rendezvous.peer.tcp_punch``) runs from the same instant
 (a simultaneous open needs an instant both sides share, and the node
 gives one), from a TCP port whose mapping each side learned from the node
 and advertised as ``protocol: "tcp"`` candidates. Its connection is used
@@ -54,15 +54,15 @@ from twisted.python.failure import Failure
 
 from relay import client as turn_client
 from upnp_helper import LeaseKeeper, discover_gateway
-from .ice import CONSENT_INTERVAL_SECONDS, CONSENT_TIMEOUT_SECONDS, Agent, Send, random_credentials
-from .prediction import (SPRAY_PROBES, SPRAY_SOCKETS, BirthdaySpray, NatHint, hint_from_probes,
+from rendezvous.peer.ice import CONSENT_INTERVAL_SECONDS, CONSENT_TIMEOUT_SECONDS, Agent, Send, random_credentials
+from rendezvous.peer.prediction import (SPRAY_PROBES, SPRAY_SOCKETS, BirthdaySpray, NatHint, hint_from_probes,
                          keepalive_seconds, predicted_ports, spray_role)
-from .stun import Attr, Class, Message, Method
-from .stun.addresses import Address
-from .stun.integrity import short_term_key
-from .stun_client import StunClientProtocol, TransactionTimeout
-from .tcp_binding import reuse_port
-from .tcp_punch import punch_tcp, tcp_mapped_address
+from rendezvous.stun import Attr, Class, Message, Method
+from rendezvous.stun.addresses import Address
+from rendezvous.stun.integrity import short_term_key
+from rendezvous.peer.stun_client import StunClientProtocol, TransactionTimeout
+from rendezvous.peer.tcp_binding import reuse_port
+from rendezvous.peer.tcp_punch import punch_tcp, tcp_mapped_address
 
 log = Logger()
 
@@ -986,7 +986,7 @@ def connect(reactor, user: str, password: str, peer: str, servers=None, host_cac
     """Log in as ``user`` and connect to the buddy ``peer``; fires with a Connection.
 
     ``servers`` are (host, port) super nodes tried after the ``host_cache``
-    (a rendezvous.host_cache.HostCache); ``tls`` logs in over TLS (and
+    (a rendezvous.peer.host_cache.HostCache); ``tls`` logs in over TLS (and
     ``tls_verify=False`` accepts a self-signed node). Options:
     ``direct_transports`` (default ("udp", "tcp"): direct UDP candidates and
     TCP hole punching; () for relay only), ``relay_transports`` (default
@@ -1009,7 +1009,7 @@ def connect(reactor, user: str, password: str, peer: str, servers=None, host_cac
     options = _Options(tls=tls, tls_verify=tls_verify, **options)
 
     async def run() -> Connection:
-        from .signaling_client import SignalingClient
+        from rendezvous.peer.signaling_client import SignalingClient
 
         signaling = await SignalingClient.login(reactor, user, password, servers=servers, host_cache=host_cache,
                                                 tls=tls, tls_verify=tls_verify)
@@ -1091,7 +1091,7 @@ def listen(reactor, user: str, password: str, on_connection, servers=None, host_
     options = _Options(tls=tls, tls_verify=tls_verify, **options)
 
     async def run() -> Listener:
-        from .signaling_client import SignalingClient
+        from rendezvous.peer.signaling_client import SignalingClient
 
         signaling = await SignalingClient.login(reactor, user, password, servers=servers, host_cache=host_cache,
                                                 tls=tls, tls_verify=tls_verify)
