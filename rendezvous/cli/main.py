@@ -53,7 +53,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                "list a running node's allocations and signaling sessions, end one (its admin API)"),
     Subcommand(
         "load-test",
-        "relay.loadgen",
+        "rendezvous.cli.load_test",
         "drive packets through a TURN relay and report throughput, loss and RTT",
         "Start N TURN clients, each with an allocation and a local echoing peer, send "
         "ChannelData or Send indications at a fixed rate through the relay and back, and "

@@ -10,26 +10,13 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from relay import loadgen
-from relay.loadgen import (
-    HARD_CAP_PACKETS,
-    ConfigError,
-    LatencyHistogram,
-    LoadConfig,
-    Progress,
-    Worker,
-    WorkerResult,
-    burst_size,
-    config_from_args,
-    format_report,
-    max_burst_for,
-    parse_server,
-    parse_user,
-    per_client_budget,
-    split_clients,
-    summarize,
-)
+from relay import loadgen, loadgen_worker
+from relay.loadgen import split_clients
+from relay.loadgen_config import HARD_CAP_PACKETS, ConfigError, LoadConfig, per_client_budget
+from relay.loadgen_report import LatencyHistogram, Progress, WorkerResult, format_report, summarize
+from relay.loadgen_worker import Worker, burst_size, max_burst_for
 from rendezvous.cli import main as cli
+from rendezvous.cli.load_test import config_from_args, parse_server, parse_user
 from tests.conftest import ROOT
 
 # -- budgets, bursts, shares -------------------------------------------------------------
@@ -86,15 +73,15 @@ def test_burst_never_passes_the_budget():
 
 def test_max_burst_is_the_catch_up_window():
     """max_burst is MAX_CATCH_UP_SECONDS of traffic, and at least one packet."""
-    assert max_burst_for(1000, 0.005) == math.ceil(1000 * loadgen.MAX_CATCH_UP_SECONDS)
+    assert max_burst_for(1000, 0.005) == math.ceil(1000 * loadgen_worker.MAX_CATCH_UP_SECONDS)
     assert max_burst_for(1, 0.005) == 1
 
 
 def test_tick_grows_with_clients_within_bounds():
     """The automatic tick is 1 ms for few clients, 10 µs per client beyond, 10 ms at most."""
-    assert loadgen.auto_tick_seconds(1) == 0.001
-    assert loadgen.auto_tick_seconds(500) == pytest.approx(0.005)
-    assert loadgen.auto_tick_seconds(20_000) == 0.010
+    assert loadgen_worker.auto_tick_seconds(1) == 0.001
+    assert loadgen_worker.auto_tick_seconds(500) == pytest.approx(0.005)
+    assert loadgen_worker.auto_tick_seconds(20_000) == 0.010
 
 
 def test_explicit_tick_overrides_the_automatic_one():
@@ -401,7 +388,7 @@ def test_help_imports_no_subcommand_module():
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    try: c.main(['--help'])\n"
             "    except SystemExit: pass\n"
-            "print('relay.loadgen' in sys.modules, 'twisted.internet.reactor' in sys.modules)")
+            "print('rendezvous.cli.load_test' in sys.modules, 'twisted.internet.reactor' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -512,9 +499,9 @@ def test_payloads_carry_sequence_and_send_time():
     done = Deferred.fromCoroutine(worker._send_and_drain())
     _drive(clock, done, 1)
     assert all(len(packet) == 64 for packet in sent)
-    seq, stamp = loadgen._STAMP.unpack_from(sent[0])
+    seq, stamp = loadgen_worker._STAMP.unpack_from(sent[0])
     assert (seq, stamp) == (0, 1000.0)
-    assert [loadgen._STAMP.unpack_from(p)[0] for p in sent] == list(range(len(sent)))
+    assert [loadgen_worker._STAMP.unpack_from(p)[0] for p in sent] == list(range(len(sent)))
 
 
 def test_argparse_namespace_without_json_defaults_to_text():
