@@ -1,5 +1,6 @@
 """The shipped deploy files name options that exist and parse."""
 
+import configparser
 import re
 import shlex
 import tomllib
@@ -83,3 +84,13 @@ def test_dockerfile_builds_the_relay_extensions():
     text = (DEPLOY / "Dockerfile").read_text()
     assert "COPY setup.py " in text and "gcc" in text
     assert 'import relay._mmsg, relay._indications' in text
+
+
+def test_setup_cfg_installs_every_package_of_the_tree():
+    """Each folder of ours with an __init__.py (and the schema folder) is a package setup.cfg installs."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    found = {".".join(path.parent.relative_to(ROOT).parts)
+             for top in ("rendezvous", "relay", "upnp_helper") for path in (ROOT / top).rglob("__init__.py")}
+    assert found | {"rendezvous.node.schema", "twisted.plugins"} == listed
