@@ -16,7 +16,7 @@ import sys
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
-from rendezvous.peer.connect import connect, listen
+from rendezvous.peer import connect, listen
 
 
 def describe(connection) -> None:

@@ -33,7 +33,7 @@ def run_command(args: argparse.Namespace) -> int:
     from twisted.internet.defer import Deferred
     from twisted.protocols.basic import LineReceiver
 
-    from rendezvous.peer.connect import connect, listen
+    from rendezvous.peer import connect, listen
 
     direct = () if args.relay_only else tuple(t for t, off in (("udp", args.no_udp), ("tcp", args.no_tcp))
                                                if not off)

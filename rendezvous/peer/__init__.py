@@ -2,4 +2,41 @@
 
 May import ``relay`` (the TURN client), ``upnp_helper``, ``rendezvous.wire``
 and ``rendezvous.stun``; never ``rendezvous.node`` or ``rendezvous.cli``.
+
+- ``connector``: ``connect()`` and ``listen()``, their options, and ``Listener``.
+- ``connection``: ``Connection`` (the datagram path handed over), ``Attempt``, ``ConnectError``.
+- ``checks``: a session: ICE checks, the birthday spray and the choice of path.
+- ``gathering``: a session's candidates: host, UPnP-mapped, server-reflexive, predicted, TCP, relayed.
+- ``tcp_path``: a session's punched TCP path: the punch, the proofs on its stream, when to select it.
+- ``ice``: ICE connectivity checks, sans-IO (RFC 8445).
+- ``prediction``: port prediction, the birthday spray and the NAT hint, sans-IO.
+- ``signaling_client``: ``SignalingClient``, the super node's signaling protocol.
+- ``stun_client``: ``StunClientProtocol``, a STUN client over UDP (RFC 8489).
+- ``nat_check``: the NAT analyzer (RFC 5780 and more).
+- ``sip_probe``: a SIP INVITE that catches ALGs rewriting it.
+- ``host_cache``: super nodes a client has heard of, kept in a file.
+- ``tcp_binding``: TCP sockets sharing one local port, and a STUN Binding over TCP.
+- ``tcp_punch``: TCP hole punching: simultaneous open, low-TTL SYN, accept on the same port.
 """
+
+from relay.client import TurnClient
+from relay.client import connect as turn_connect
+from rendezvous.peer import nat_check
+from rendezvous.peer.connection import Attempt, ConnectError, Connection
+from rendezvous.peer.connector import Listener, connect, listen
+from rendezvous.peer.signaling_client import SignalingClient
+from rendezvous.peer.stun_client import StunClientProtocol
+
+__all__ = [
+    "Attempt",
+    "ConnectError",
+    "Connection",
+    "Listener",
+    "SignalingClient",
+    "StunClientProtocol",
+    "TurnClient",
+    "connect",
+    "listen",
+    "nat_check",
+    "turn_connect",
+]

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from rendezvous.node.accounts import AccountStore
-from rendezvous.peer.connect import ConnectError, connect, listen
+from rendezvous.peer import ConnectError, connect, listen
 from tests.conftest import start_node, stop_node
 
 pytestmark = pytest.mark.integration

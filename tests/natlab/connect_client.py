@@ -26,7 +26,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from rendezvous.node.accounts import AccountStore
-from rendezvous.peer.connect import ConnectError, connect, listen
+from rendezvous.peer import ConnectError, connect, listen
 
 from .lab import ENV, ROOT, SERVER_IP, SERVER_PORT
 

@@ -7,7 +7,7 @@ the path lost 30 s after the last answer.
 
 from twisted.internet.task import Clock
 
-from rendezvous.peer.connect import Connection
+from rendezvous.peer import Connection
 from rendezvous.peer.prediction import (KEEPALIVE_SECONDS, MAX_KEEPALIVE_SECONDS, MIN_KEEPALIVE_SECONDS, NatHint,
                                    keepalive_seconds)
 from tests.unit.test_ice import connected_hosts

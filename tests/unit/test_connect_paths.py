@@ -5,7 +5,8 @@ import socket
 
 import pytest
 
-from rendezvous.peer.connect import _direct_udp_hopeless, _keep_alive, _udp_blocked
+from rendezvous.peer.checks import _direct_udp_hopeless, _udp_blocked
+from rendezvous.peer.tcp_path import _keep_alive
 
 
 def udp(kind, ip, port=40000):

@@ -1,0 +1,235 @@
+"""``connect()`` and ``listen()``: two peers connected by the best path there is.
+
+Both log in to a super node (``rendezvous.peer.signaling_client``), advertise
+presence with a NAT hint (``rendezvous.peer.prediction.NatHint``), gather
+candidates (``gathering``), exchange them with ICE credentials through the
+node (docs/PROTOCOL.md, connect / connect-answer / punch), and at the
+instant the node gives run ICE connectivity checks (``checks``, RFC 8445)
+and TCP hole punching (``tcp_path``); the path that wins is handed over as
+a ``Connection`` (``connection``). Here: the options both take, the
+waiters for pushed ``punch`` frames, and the answering side's ``Listener``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.logger import Logger
+
+from rendezvous.peer.checks import _Session
+from rendezvous.peer.connection import ConnectError, Connection
+from rendezvous.peer.gathering import RELAY_TRANSPORTS
+from rendezvous.peer.ice import CONSENT_TIMEOUT_SECONDS
+from rendezvous.peer.prediction import SPRAY_PROBES, SPRAY_SOCKETS, NatHint
+from rendezvous.stun.addresses import Address
+
+log = Logger()
+
+DIRECT_TRANSPORTS = ("udp", "tcp")
+TCP_PUNCH_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass
+class _Options:
+    include_loopback: bool = False
+    direct_transports: tuple = DIRECT_TRANSPORTS
+    relay_transports: tuple = RELAY_TRANSPORTS
+    tls_verify: bool = True
+    stun_server: Address | None = None
+    spray_sockets: int = SPRAY_SOCKETS
+    spray_probes: int = SPRAY_PROBES
+    timeout_seconds: float = CONNECT_TIMEOUT_SECONDS
+    keepalive_seconds: float | None = None  # None: from the binding lifetimes, else 15 s
+    binding_lifetime_seconds: float | None = None  # measured (nat_check), told to the peer in presence
+    relay_wait_seconds: float = 4.0
+    consent_timeout_seconds: float = CONSENT_TIMEOUT_SECONDS
+    tls: bool = False
+    tcp_low_ttl: int | None = None
+    tcp_punch_seconds: float = TCP_PUNCH_SECONDS
+    upnp: bool | None = None  # None: when the node is not on loopback
+
+    def __post_init__(self) -> None:
+        self.direct_transports = tuple(self.direct_transports)
+        self.relay_transports = tuple(self.relay_transports)
+        if not set(self.direct_transports) <= set(DIRECT_TRANSPORTS):
+            raise ValueError(f"direct_transports are among {DIRECT_TRANSPORTS}")
+        if not set(self.relay_transports) <= set(RELAY_TRANSPORTS):
+            raise ValueError(f"relay_transports are among {RELAY_TRANSPORTS}")
+        if not self.consent_timeout_seconds > 0:
+            raise ValueError("consent_timeout_seconds must be positive")
+
+    @property
+    def direct(self) -> bool:
+        """Direct UDP candidates (host, srflx, predicted, birthday)."""
+        return "udp" in self.direct_transports
+
+
+class _Punches:
+    """Per-token waiters for pushed ``punch`` and ``connect-declined`` frames."""
+
+    def __init__(self, signaling) -> None:
+        self.waiters: dict[str, Deferred] = {}
+        self.early: dict[str, dict] = {}
+        signaling.on("punch", self._frame)
+        signaling.on("connect-declined", self._frame)
+
+    def _frame(self, message: dict) -> None:
+        token = message.get("token")
+        waiter = self.waiters.pop(token, None)
+        if waiter is None:
+            if len(self.early) < 16:
+                self.early[token] = message
+            return
+        waiter.callback(message)
+
+    def wait(self, token: str, reactor, seconds: float) -> Deferred:
+        if token in self.early:
+            return succeed(self.early.pop(token))
+        d = Deferred(lambda _: self.waiters.pop(token, None))
+        self.waiters[token] = d
+        return d.addTimeout(seconds, reactor)
+
+
+def _presence(signaling, hint: NatHint) -> None:
+    """Advertise presence with the NAT hint (a failure only costs the peer the hint)."""
+    maybeDeferred(signaling.set_presence, "online", nat_type=hint.to_presence()).addErrback(
+        lambda f: log.info("presence not set: {error}", error=f.getErrorMessage()))
+
+
+async def _peer_hint(signaling, peer: str) -> NatHint:
+    try:
+        found = await signaling.request("lookup", user=peer)
+    except Exception:  # not a buddy, offline, an old node: no hint
+        return NatHint(None)
+    return NatHint.from_presence(found.get("nat_type"))
+
+
+def connect(reactor, user: str, password: str, peer: str, servers=None, host_cache=None, *,
+            tls: bool = False, tls_verify: bool = True, **options) -> Deferred:
+    """Log in as ``user`` and connect to the buddy ``peer``; fires with a Connection.
+
+    ``servers`` are (host, port) super nodes tried after the ``host_cache``
+    (a rendezvous.peer.host_cache.HostCache); ``tls`` logs in over TLS (and
+    ``tls_verify=False`` accepts a self-signed node). Options:
+    ``direct_transports`` (default ("udp", "tcp"): direct UDP candidates and
+    TCP hole punching; () for relay only), ``relay_transports`` (default
+    ("udp", "tcp", "tls"); () for no relay), ``tcp_low_ttl`` (the TTL of
+    the first punching SYN; default None, a full TTL), ``tcp_punch_seconds``,
+    ``upnp`` (map the UDP port on the LAN's gateway: True, False, or None,
+    the default: unless the node is on loopback),
+    ``include_loopback``, ``stun_server``, ``timeout_seconds``,
+    ``keepalive_seconds`` (default: half the shorter of the two sides'
+    measured binding lifetimes, else 15 s), ``binding_lifetime_seconds``
+    (this side's, e.g. nat_check's ``binding_lifetime_seconds``; sent to the
+    peer in presence), ``relay_wait_seconds``, ``consent_timeout_seconds``
+    (RFC 7675: how long the peer may leave consent checks unanswered
+    before ``when_lost`` fires; default 30), ``spray_sockets``,
+    ``spray_probes``; an unknown one raises TypeError, a bad value
+    ValueError. Fails with ConnectError (its ``attempts`` say what was
+    tried), SignalingRequestError (e.g. the peer is offline or not a buddy)
+    or a login error.
+    """
+    options = _Options(tls=tls, tls_verify=tls_verify, **options)
+
+    async def run() -> Connection:
+        from rendezvous.peer.signaling_client import SignalingClient
+
+        signaling = await SignalingClient.login(reactor, user, password, servers=servers, host_cache=host_cache,
+                                                tls=tls, tls_verify=tls_verify)
+        try:
+            return await _connect(reactor, signaling, peer, options)
+        except BaseException:
+            signaling.close()
+            raise
+
+    return Deferred.fromCoroutine(run())
+
+
+async def _connect(reactor, signaling, peer: str, options: _Options) -> Connection:
+    session = _Session(reactor, signaling, options, controlling=True)
+    session.peer = peer
+    punches = _Punches(signaling)
+    candidates = await session.gather()
+    _presence(signaling, session.hint)
+    peer_hint = await _peer_hint(signaling, peer)
+    pending = await signaling.request("connect", to=peer, candidates=candidates,
+                                      ufrag=session.agent.local_ufrag, pwd=session.agent.local_pwd)
+    punch = await punches.wait(pending["token"], reactor, options.timeout_seconds)
+    if punch.get("op") == "connect-declined":
+        session.close()
+        raise ConnectError(f"{peer} declined", session.attempts)
+    connection = await session.start(punch, peer_hint)
+    connection.signaling = signaling
+    return connection
+
+
+class Listener:
+    """The answering side: accepts connect-requests from buddies (see ``listen``)."""
+
+    def __init__(self, reactor, signaling, on_connection, options: _Options, accept) -> None:
+        self.reactor, self.signaling, self.options = reactor, signaling, options
+        self.on_connection, self.accept = on_connection, accept
+        self.hint = NatHint(None)
+        self.connections: list[Connection] = []
+        self._punches = _Punches(signaling)
+        signaling.on("connect-request", self._request)
+
+    def _request(self, message: dict) -> None:
+        peer, token = message.get("from"), message.get("token")
+        if not self.accept(peer):
+            self.signaling.send("connect-decline", token=token)
+            return
+        Deferred.fromCoroutine(self._answer(message)).addErrback(
+            lambda f: log.info("connection from {peer} failed: {error}", peer=peer, error=f.getErrorMessage()))
+
+    async def _answer(self, request: dict) -> None:
+        session = _Session(self.reactor, self.signaling, self.options, controlling=False)
+        session.peer = request.get("from")
+        candidates = await session.gather()
+        peer_hint = await _peer_hint(self.signaling, session.peer)
+        waiting = self._punches.wait(request["token"], self.reactor, self.options.timeout_seconds)
+        # connect-answer has no reply frame: the punch is the answer.
+        self.signaling.send("connect-answer", token=request["token"], candidates=candidates,
+                            ufrag=session.agent.local_ufrag, pwd=session.agent.local_pwd)
+        punch = await waiting
+        connection = await session.start(punch, peer_hint)
+        self.connections.append(connection)
+        self.on_connection(connection)
+
+    def close(self) -> Deferred:
+        """Log out and close every connection made."""
+        for connection in self.connections:
+            connection.close()
+        return maybeDeferred(self.signaling.close)
+
+
+def listen(reactor, user: str, password: str, on_connection, servers=None, host_cache=None, *,
+           tls: bool = False, tls_verify: bool = True, accept=lambda peer: True, **options) -> Deferred:
+    """Log in as ``user`` and answer connect-requests; fires with a Listener once online.
+
+    ``on_connection(connection)`` is called for each peer that connects and
+    ``accept(peer)`` decides who may (default: every buddy). Options as in
+    ``connect``. Fails with a login error.
+    """
+    options = _Options(tls=tls, tls_verify=tls_verify, **options)
+
+    async def run() -> Listener:
+        from rendezvous.peer.signaling_client import SignalingClient
+
+        signaling = await SignalingClient.login(reactor, user, password, servers=servers, host_cache=host_cache,
+                                                tls=tls, tls_verify=tls_verify)
+        listener = Listener(reactor, signaling, on_connection, options, accept)
+        udp_only = replace(options, direct_transports=tuple(t for t in options.direct_transports if t == "udp"),
+                           relay_transports=(), upnp=False)
+        probe = _Session(reactor, signaling, udp_only, False)
+        try:
+            await probe.gather()
+        finally:
+            probe.close()
+        listener.hint = probe.hint
+        _presence(signaling, probe.hint)
+        return listener
+
+    return Deferred.fromCoroutine(run())

@@ -1,0 +1,329 @@
+"""Gathering a session's candidates (RFC 8445 §5.1.1), mixed into ``checks._Session``.
+
+Host (this machine's addresses, the one toward the node first), UPnP-mapped
+(``upnp_helper``: PCP, NAT-PMP or UPnP IGD maps the main socket's port,
+renewed at half-life, removed on close), server-reflexive (STUN to the node
+from the same socket, RFC 8489; a Binding to the node's other address,
+RFC 5780 §4.3, and, when that mapping differs, a few fresh sockets tell how
+the NAT maps and allocates ports: the NAT hint), predicted (sequential
+allocators, ``prediction``), TCP host and server-reflexive (a port held for
+the punch, its mapping learned from the node), and relayed (TURN, RFC 8656,
+on the node over UDP, then TCP, then TLS, the last on the port signaling
+reached, which may be 443).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import replace
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relay import client as turn_client
+from rendezvous.peer.prediction import NatHint, hint_from_probes, predicted_ports
+from rendezvous.peer.stun_client import StunClientProtocol, TransactionTimeout
+from rendezvous.peer.tcp_binding import reuse_port
+from rendezvous.peer.tcp_punch import tcp_mapped_address
+from rendezvous.stun import Attr, Class, Message, Method
+from rendezvous.stun.addresses import Address
+from upnp_helper import LeaseKeeper, discover_gateway
+
+if TYPE_CHECKING:
+    from rendezvous.peer.checks import _Session
+
+log = Logger()
+
+UPNP_DISCOVERY_SECONDS = 0.5   # per method (PCP / NAT-PMP, then UPnP IGD): a LAN gateway answers in ms
+UPNP_SECONDS = 1.5             # discovery and mapping together, at most
+UPNP_LEASE_SECONDS = 3600      # renewed at half-life while the connection lasts
+GATHER_RTO_SECONDS = 0.2
+RELAY_TRANSPORTS = ("udp", "tcp", "tls")
+RELAY_TIMEOUT_SECONDS = 3.0
+ALLOCATION_SAMPLES = 3
+CLOSE_TIMEOUT_SECONDS = 4.0
+
+
+class _Socket(StunClientProtocol):
+    """One local UDP socket (an ICE base): gathering requests, checks and data."""
+
+    def __init__(self, reactor, name: str, session: _Session) -> None:
+        super().__init__(reactor, rto_seconds=GATHER_RTO_SECONDS, rc=3, rm=4)
+        self.name = name
+        self.session = session
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        if len(data) >= 20 and data[8:20] in self._pending:
+            super().datagramReceived(data, addr)
+        else:
+            self.session.packet(self.name, tuple(addr[:2]), data)
+
+
+class _Gathering:
+    """The candidates of a session and what holds them: sockets, a UPnP mapping, a TCP port, a TURN allocation.
+
+    Uses the session's ``reactor``, ``signaling``, ``options``, ``agent``,
+    ``packet()`` (where datagrams go) and ``_attempt()``."""
+
+    def _init_gathering(self) -> None:
+        self.sockets: dict[str, tuple[_Socket, object]] = {}
+        self.turn = None
+        self.turn_transport: str | None = None
+        self.hint = NatHint(None, lifetime_seconds=self.options.binding_lifetime_seconds)
+        self.srflx: Address | None = None
+        self.tcp_port: int | None = None
+        self.tcp_mapped: Address | None = None
+        self.tcp_candidates: list[dict] = []
+        self.upnp_address: Address | None = None
+        self._upnp_gateway = None
+        self._upnp_keeper: LeaseKeeper | None = None
+        self._tcp_placeholder: socket.socket | None = None
+
+    def _open(self, name: str) -> _Socket:
+        protocol = _Socket(self.reactor, name, self)
+        port = self.reactor.listenUDP(0, protocol, interface="0.0.0.0")
+        self.sockets[name] = (protocol, port)
+        return protocol
+
+    async def gather(self) -> list[dict]:
+        """Open the main socket, learn srflx and the NAT hint, allocate a relay; the candidates."""
+        main = self._open("main")
+        port = main.transport.getHost().port
+        stun = self.options.stun_server or _stun_server(self.signaling)
+        hosts = _host_addresses(stun[0], self.options.include_loopback)
+        self.agent.add_base("main", "host", (hosts[0] if hosts else "0.0.0.0", port), 65535,
+                            pair=self.options.direct)
+        if self.options.direct:
+            upnp = None
+            if self.options.upnp or (self.options.upnp is None and not ipaddress.ip_address(stun[0]).is_loopback):
+                upnp = Deferred.fromCoroutine(self._upnp(port))
+            for ip in hosts:
+                self.agent.advertise(self.agent.candidate("host", (ip, port), "main"))
+            await self._reflexive(main, stun)
+            if upnp is not None:
+                await upnp
+        if "tcp" in self.options.direct_transports:
+            await self._tcp(hosts)
+        if self.options.relay_transports:
+            await self._relay()
+        udp = [c.to_wire() for c in self.agent.local_candidates]
+        return (udp[:32 - len(self.tcp_candidates)] + self.tcp_candidates)[:32]
+
+    async def _tcp(self, hosts: list[str]) -> None:
+        """A TCP port held for the punch (SO_REUSEPORT), its host and mapped candidates."""
+        placeholder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        reuse_port(placeholder)
+        placeholder.bind(("0.0.0.0", 0))
+        self._tcp_placeholder, self.tcp_port = placeholder, placeholder.getsockname()[1]
+        self.tcp_candidates = [{"type": "host", "ip": ip, "port": self.tcp_port, "protocol": "tcp"} for ip in hosts]
+        started = self.reactor.seconds()
+        try:
+            self.tcp_mapped = await tcp_mapped_address(self.reactor, self.tcp_port, tuple(self.signaling.server),
+                                                       tls=self.options.tls, timeout_seconds=RELAY_TIMEOUT_SECONDS)
+        except Exception as e:  # no TCP to the node from here: host candidates only
+            self._attempt("tcp-srflx", started, "failed", str(e))
+            return
+        if self.tcp_mapped != (hosts[0] if hosts else None, self.tcp_port):
+            self.tcp_candidates.insert(0, {"type": "srflx", "ip": self.tcp_mapped[0], "port": self.tcp_mapped[1],
+                                           "protocol": "tcp"})
+
+    async def _reflexive(self, main: _Socket, stun: Address) -> None:
+        started = self.reactor.seconds()
+        try:
+            response, _ = await main.request(Message(Method.BINDING, Class.REQUEST), stun)
+        except TransactionTimeout:
+            self._attempt("srflx", started, "failed", "no answer from the STUN server")
+            return
+        mapped = response.address(Attr.XOR_MAPPED_ADDRESS)
+        other = response.address(Attr.OTHER_ADDRESS)
+        if mapped is None:
+            return
+        self.srflx = mapped
+        toward_other = None
+        if other is not None:
+            try:
+                toward_other = (await main.request(Message(Method.BINDING, Class.REQUEST), other))[0].address(
+                    Attr.XOR_MAPPED_ADDRESS)
+            except TransactionTimeout:
+                pass
+        samples = []
+        if toward_other is not None and toward_other != mapped:
+            samples = await self._samples(stun)
+        self.hint = replace(hint_from_probes(mapped, toward_other, samples),
+                            lifetime_seconds=self.options.binding_lifetime_seconds)
+        local = main.transport.getHost().port
+        if mapped != (self.agent.bases["main"].address[0], local):
+            self.agent.advertise(self.agent.candidate("srflx", mapped, "main"))
+        if self.hint.allocation == "sequential" and self.hint.delta and not self.hint.easy:
+            for predicted in predicted_ports(mapped[1], self.hint.delta):
+                self.agent.advertise(self.agent.candidate("predicted", (mapped[0], predicted), "main"))
+        self._attempt("srflx", started, "succeeded", f"{mapped[0]}:{mapped[1]} ({self.hint.to_presence()})")
+
+    async def _upnp(self, port: int) -> None:
+        """Map the main socket's port on the LAN's gateway; advertise it (in place of an equal srflx).
+
+        Bounded by UPNP_SECONDS without cancelling: miniupnpc blocks in a
+        thread that cannot be interrupted (stopping its pool would wait for
+        it), so a late gateway or mapping is let go when it comes."""
+        started = self.reactor.seconds()
+        gateway = mapping = None
+        try:
+            gateway = await self._bounded(discover_gateway(self.reactor, timeout_seconds=UPNP_DISCOVERY_SECONDS),
+                                          started, lambda late: late.close())
+            mapping = await self._bounded(gateway.add_mapping(port, "UDP", port, lease_seconds=UPNP_LEASE_SECONDS),
+                                          started, lambda late: self._release(gateway, late))
+            external = await self._bounded(gateway.external_address(), started, lambda late: None)
+        except Exception as e:  # no gateway, a refusal, a timeout: no UPnP candidate
+            self._attempt("upnp", started, "failed", str(e) or type(e).__name__)
+            if gateway is not None:
+                self._release(gateway, mapping)
+            return
+        self._upnp_gateway = gateway
+        self.upnp_address = (external, mapping.external_port)
+        self._upnp_keeper = LeaseKeeper(self.reactor, gateway, mapping)
+        self._upnp_keeper.start()
+        self.agent.local_candidates = [c for c in self.agent.local_candidates if c.address != self.upnp_address]
+        self.agent.advertise(self.agent.candidate("upnp", self.upnp_address, "main"))
+        self._attempt("upnp", started, "succeeded", f"{external}:{mapping.external_port}")
+
+    def _bounded(self, d: Deferred, started: float, late) -> Deferred:
+        """d's result, or TimeoutError once UPNP_SECONDS have passed since ``started``;
+        a success that comes later goes to ``late``."""
+        out = Deferred()
+        left = max(0.0, UPNP_SECONDS - (self.reactor.seconds() - started))
+        timer = self.reactor.callLater(left, lambda: out.called or out.errback(
+            TimeoutError(f"no answer within {UPNP_SECONDS} s")))
+
+        def settle(result):
+            if out.called:
+                if not isinstance(result, Failure):
+                    late(result)
+            else:
+                timer.cancel()
+                out.callback(result)  # a Failure goes to the errbacks
+
+        d.addBoth(settle)
+        return out
+
+    def _release(self, gateway, mapping) -> Deferred:
+        """Remove a mapping (when there is one; bounded) and close the gateway."""
+        if mapping is None:
+            gateway.close()
+            return succeed(None)
+        d = gateway.delete_mapping(mapping.external_port, "UDP").addTimeout(CLOSE_TIMEOUT_SECONDS, self.reactor)
+        d.addErrback(lambda f: log.info("UPnP unmapping failed: {error}", error=f.getErrorMessage()))
+        return d.addBoth(lambda _: gateway.close())
+
+    def _unmap(self) -> Deferred:
+        """Remove the UPnP mapping and let the gateway go."""
+        gateway, self._upnp_gateway = self._upnp_gateway, None
+        keeper, self._upnp_keeper = self._upnp_keeper, None
+        if gateway is None:
+            return succeed(None)
+        keeper.stop()
+        return self._release(gateway, keeper.mapping)
+
+    async def _samples(self, stun: Address) -> list[tuple[int, int]]:
+        """(local, mapped) ports of a few fresh sockets, for the allocation pattern."""
+        probes = [self._open(f"sample-{i}") for i in range(ALLOCATION_SAMPLES)]
+        results = await DeferredList([p.request(Message(Method.BINDING, Class.REQUEST), stun) for p in probes],
+                                     consumeErrors=True)
+        samples = []
+        for probe, (ok, value) in zip(probes, results):
+            if ok and value[0].address(Attr.XOR_MAPPED_ADDRESS):
+                samples.append((probe.transport.getHost().port, value[0].address(Attr.XOR_MAPPED_ADDRESS)[1]))
+            self._close_socket(probe.name)
+        return samples
+
+    async def _relay(self) -> None:
+        """TURN on the node: UDP, then TCP, then TLS; the first allocation that works."""
+        turn = self.signaling.welcome.get("turn") if isinstance(self.signaling.welcome, dict) else None
+        if not turn:
+            return
+        for transport, server in _relay_targets(self.signaling, turn, self.options.relay_transports,
+                                                        self.options.tls):
+            started = self.reactor.seconds()
+            try:
+                client = await turn_client.connect(
+                    self.reactor, server, transport, username=turn["username"], password=turn["password"],
+                    realm=turn.get("realm"), tls_verify=self.options.tls_verify,
+                    connect_timeout_seconds=RELAY_TIMEOUT_SECONDS, rto_seconds=GATHER_RTO_SECONDS, rc=3, rm=4,
+                ).addTimeout(RELAY_TIMEOUT_SECONDS, self.reactor)
+                relayed = await client.allocate().addTimeout(RELAY_TIMEOUT_SECONDS + 1, self.reactor)
+            except Exception as e:  # every failure means "try the next transport"
+                self._attempt(f"turn-{transport}", started, "failed", f"allocation: {e}")
+                continue
+            self.turn, self.turn_transport = client, transport
+            client.on_data = lambda peer, data: self.packet("relay", tuple(peer), data)
+            self.agent.add_base("relay", "relay", relayed, {"udp": 3, "tcp": 2, "tls": 1}[transport])
+            self.agent.advertise(self.agent.candidate("relay", relayed, "relay"))
+            return
+
+    def _close_socket(self, name: str) -> None:
+        entry = self.sockets.pop(name, None)
+        if entry is not None:
+            entry[1].stopListening()
+
+
+def _host_addresses(toward: str, include_loopback: bool) -> list[str]:
+    """This host's IPv4 address toward the node (by a connected UDP socket, nothing sent),
+    then the others of ``hostname -I`` style; loopback only when asked."""
+    found = []
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((toward, 9))
+        found.append(probe.getsockname()[0])
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    try:
+        found += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+    except OSError:
+        pass
+    result = []
+    for ip in found:
+        address = ipaddress.ip_address(ip)
+        if (address.is_loopback and not include_loopback) or address.is_unspecified or ip in result:
+            continue
+        result.append(ip)
+    return result
+
+
+def _stun_server(signaling) -> Address:
+    """The node's STUN UDP address: from its TURN URLs, else its signaling address."""
+    host, port = signaling.server
+    for url in (signaling.welcome.get("turn") or {}).get("urls") or signaling.welcome.get("relays") or []:
+        scheme, target, transport = _parse_turn_url(url)
+        if scheme == "turn" and transport == "udp":
+            return target
+    return host, port
+
+
+def _parse_turn_url(url: str) -> tuple[str, Address, str]:
+    """RFC 7065: turn:host:port?transport=udp -> ("turn", (host, port), "udp")."""
+    scheme, _, rest = url.partition(":")
+    parts = urlsplit("//" + rest)
+    transport = parse_qs(parts.query).get("transport", ["udp"])[0]
+    port = parts.port or (5349 if scheme == "turns" else 3478)
+    return scheme, (parts.hostname, port), "tls" if scheme == "turns" else transport
+
+
+def _relay_targets(signaling, turn: dict, transports: tuple, tls: bool) -> list[tuple[str, Address]]:
+    """(transport, server) to try, UDP then TCP then TLS; the signaling port itself last."""
+    targets = []
+    for url in turn.get("urls") or []:
+        try:
+            _, server, transport = _parse_turn_url(url)
+        except ValueError:
+            continue
+        targets.append((transport, server))
+    own = ("tls" if tls else "tcp", tuple(signaling.server))
+    if own not in targets:
+        targets.append(own)
+    order = {t: i for i, t in enumerate(RELAY_TRANSPORTS)}
+    return sorted([t for t in targets if t[0] in transports], key=lambda t: order[t[0]])
