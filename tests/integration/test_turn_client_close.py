@@ -7,6 +7,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from relay import client as turn_client
+from relay.client_transports import _StreamAdapter
 from tests.conftest import TURN_PASSWORD, TURN_REALM, TURN_USER
 
 pytestmark = pytest.mark.integration
@@ -39,7 +40,7 @@ def test_disconnect_unregisters_the_producer_then_aborts_a_stuck_close():
     """The stream adapter drops its producer before closing, and aborts when the peer never closes."""
     clock = Clock()
     client = turn_client.TurnClient(clock, ("192.0.2.1", 5349), "tls", "u", "p")
-    adapter = turn_client._StreamAdapter(client, tls=True)
+    adapter = _StreamAdapter(client, tls=True)
     transport = RecordingTransport()
     adapter.makeConnection(transport)
     assert transport.producer is adapter

@@ -353,7 +353,7 @@ def test_close_gives_up_on_a_silent_server():
 
 def test_stream_frames_split_anywhere_are_reassembled():
     """Over TCP, data split at any byte boundary still reaches on_data whole."""
-    from relay.client import _StreamAdapter
+    from relay.client_transports import _StreamAdapter
 
     clock = Clock()
     client = TurnClient(clock, SERVER, "tcp", "alice", "secret")

@@ -1,0 +1,266 @@
+"""Allocate and Refresh: the TURN server's handlers that make, keep and delete allocations.
+
+RFC 8656 §7.2 (Allocate, its numbered steps quoted below), §8 (Refresh;
+LIFETIME 0 deletes) and RFC 6062 §5.1 (Allocate with REQUESTED-TRANSPORT
+TCP, over a TCP or TLS connection). RFC 8489 §10: a draining server answers
+300 Try Alternate. Relayed transport addresses come from the core's
+injected ``ports``; an Allocate whose RESERVATION-TOKEN another worker holds
+is answered later, when that worker hands the socket over. Functions over
+the ``TurnServer`` core (``relay.server``); handlers take
+``(server, msg, five_tuple, send, auth, now)``.
+"""
+
+import secrets
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from rendezvous.stun import Attr, Error, Message
+from rendezvous.stun.addresses import address_text
+from rendezvous.stun.attributes import (
+    decode_address_family,
+    decode_even_port,
+    decode_requested_transport,
+    decode_reservation_token,
+    decode_uint32,
+    encode_address_error_code,
+    encode_uint32,
+)
+from rendezvous.stun.constants import AddressFamily
+from rendezvous.stun.replies import error_response, success_response
+
+from .allocation import Allocation, TokenBucket, family_of
+from .server_auth import Auth
+
+log = Logger()
+
+UDP = 17
+TCP = 6
+
+
+class NoRelayPort(Exception):
+    """No relayed transport address could be bound (answered with 508)."""
+
+
+def draining(server, msg, auth: Auth) -> bytes:
+    """300 Try Alternate with ALTERNATE-SERVER (RFC 8489 §10), or 508 without one."""
+    if server.alternate is None:
+        return server._error(msg, Error.INSUFFICIENT_CAPACITY, "Draining", auth)
+    response = error_response(msg, Error.TRY_ALTERNATE)
+    response.add_address(Attr.ALTERNATE_SERVER, server.alternate)
+    return server._sign(response, auth)
+
+
+def allocate(server, msg, five_tuple, send, auth: Auth, now) -> bytes:
+    """Allocate (RFC 8656 §7.2): a relayed transport address per family asked for; None: answered later."""
+    policy = server.policy
+    if five_tuple in server.pending:
+        # Its reserved relay socket is on its way from another worker:
+        # the answer goes out when it arrives; a retransmission waits.
+        return None
+    existing = server.allocations.get(five_tuple)
+    if server.draining and existing is None:
+        return draining(server, msg, auth)
+    # 2. An existing allocation on this five-tuple: a retransmission
+    #    gets the cached success response, anything else 437.
+    if existing is not None:
+        if existing.transaction_id == msg.transaction_id and existing.response:
+            return existing.response
+        return server._error(msg, Error.ALLOCATION_MISMATCH, auth=auth)
+    # 3. REQUESTED-TRANSPORT must be present and UDP.
+    transport = msg.get(Attr.REQUESTED_TRANSPORT)
+    if transport is None:
+        return server._error(msg, Error.BAD_REQUEST, "REQUESTED-TRANSPORT missing", auth)
+    protocol = decode_requested_transport(transport)
+    if protocol == TCP and server.tcp is not None and five_tuple[0] != "udp":
+        return allocate_tcp(server, msg, five_tuple, send, auth, now)
+    if protocol != UDP:
+        return server._error(msg, Error.UNSUPPORTED_TRANSPORT_PROTOCOL, auth=auth)
+    # 4. DONT-FRAGMENT is honoured by the relay sockets (IP_PMTUDISC_DO).
+    dont_fragment = Attr.DONT_FRAGMENT in msg
+    # 5-7. RESERVATION-TOKEN, EVEN-PORT and the address families.
+    token = msg.get(Attr.RESERVATION_TOKEN)
+    even = msg.get(Attr.EVEN_PORT)
+    requested = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
+    additional = msg.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+    if token is not None and (even is not None or requested is not None or additional is not None):
+        return server._error(msg, Error.BAD_REQUEST, "RESERVATION-TOKEN with EVEN-PORT or a family", auth)
+    if requested is not None and additional is not None:
+        return server._error(msg, Error.BAD_REQUEST, "both REQUESTED- and ADDITIONAL-ADDRESS-FAMILY", auth)
+    if even is not None and additional is not None:
+        return server._error(msg, Error.BAD_REQUEST, "EVEN-PORT with ADDITIONAL-ADDRESS-FAMILY", auth)
+    family = 6 if requested is not None and decode_address_family(requested) == AddressFamily.IPV6 else 4
+    want = [family]
+    if additional is not None:
+        if decode_address_family(additional) != AddressFamily.IPV6:
+            return server._error(msg, Error.BAD_REQUEST, "ADDITIONAL-ADDRESS-FAMILY must be IPv6", auth)
+        want = [4, 6]
+    if family not in policy.families:
+        return server._error(msg, Error.ADDRESS_FAMILY_NOT_SUPPORTED, auth=auth)
+    # 8. Quotas: the allocation is counted now, and uncounted if it is not made.
+    refused = quota(server, msg, auth)
+    if refused:
+        return refused
+    # 9. Relayed transport addresses.
+    relays = {}
+    reservation = None
+    try:
+        if token is not None:
+            relay = server.ports.take_reserved(decode_reservation_token(token))
+            if isinstance(relay, Deferred):
+                server.pending[five_tuple] = msg.transaction_id
+                relay.addCallback(reserved_arrived, server, msg, five_tuple, send, auth)
+                return None
+            if relay is None:
+                server.counts.release(auth.username)
+                return server._error(msg, Error.INSUFFICIENT_CAPACITY, "Unknown RESERVATION-TOKEN", auth)
+            relays[family_of(relay.address[0])] = relay
+        else:
+            reserve_next = decode_even_port(even) if even is not None else False
+            relay, reservation = server.ports.open(
+                family, even=even is not None, reserve_next=reserve_next, dont_fragment=dont_fragment
+            )
+            relays[family] = relay
+        for extra in want[1:]:
+            if extra in policy.families:
+                relays[extra], _ = server.ports.open(extra, dont_fragment=dont_fragment)
+    except NoRelayPort:
+        for relay in relays.values():
+            relay.close()
+        server.counts.release(auth.username)
+        return server._error(msg, Error.INSUFFICIENT_CAPACITY, "No relay port available", auth)
+    return allocated(server, msg, five_tuple, send, auth, now, relays, want, reservation)
+
+
+def reserved_arrived(relay, server, msg, five_tuple, send, auth: Auth) -> None:
+    """Finish an Allocate whose RESERVATION-TOKEN another worker held (relay None: it had none)."""
+    connected = server.pending.pop(five_tuple, None) is not None  # not, if the client left meanwhile
+    refused = None
+    if relay is None:
+        refused = server._error(msg, Error.INSUFFICIENT_CAPACITY, "Unknown RESERVATION-TOKEN", auth)
+    elif server.draining:
+        refused = draining(server, msg, auth)
+    if refused is not None or not connected:
+        server.counts.release(auth.username)  # counted at step 8, never made
+        if relay is not None:
+            relay.close()
+        if connected:
+            send(refused)
+        return
+    family = family_of(relay.address[0])
+    send(allocated(server, msg, five_tuple, send, auth, server.clock.seconds(), {family: relay}, [family], None))
+
+
+def allocated(server, msg, five_tuple, send, auth: Auth, now, relays: dict, want: list,
+              reservation: bytes | None) -> bytes:
+    """Install the allocation over relays and sign the success response (RFC 8656 §7.2 step 11)."""
+    allocation, lifetime = install(server, msg, five_tuple, send, auth, now, relays)
+    response = success_response(msg)
+    for relay_family in want:
+        if relay_family in relays:
+            response.add_address(Attr.XOR_RELAYED_ADDRESS, relays[relay_family].address)
+        else:
+            response.add(
+                Attr.ADDRESS_ERROR_CODE,
+                encode_address_error_code(AddressFamily.IPV6, Error.ADDRESS_FAMILY_NOT_SUPPORTED,
+                                          "Address Family not Supported"),
+            )
+    response.add(Attr.LIFETIME, encode_uint32(lifetime))
+    if reservation is not None:
+        response.add(Attr.RESERVATION_TOKEN, reservation)
+    response.add_address(Attr.XOR_MAPPED_ADDRESS, five_tuple[1])
+    allocation.response = server._sign(response, auth)
+    return allocation.response
+
+
+def quota(server, msg: Message, auth: Auth) -> bytes | None:
+    """Count the allocation, or 486 past the per-user quota, 508 past the total (RFC 8656 §7.2 step 8)."""
+    refused = server.counts.claim(auth.username, server.policy.user_quota, server.policy.total_quota)
+    if refused == Error.ALLOCATION_QUOTA_REACHED:
+        return server._error(msg, Error.ALLOCATION_QUOTA_REACHED, auth=auth)
+    if refused is not None:
+        return server._error(msg, Error.INSUFFICIENT_CAPACITY, "Server at capacity", auth)
+    return None
+
+
+def install(server, msg, five_tuple, send, auth: Auth, now, relays) -> tuple[Allocation, int]:
+    """Create and register an allocation over relays; returns it and its lifetime."""
+    lifetime = granted_lifetime(server, msg, auth, now)
+    bucket = TokenBucket(server.policy.max_bps, server.clock) if server.policy.max_bps else None
+    allocation = Allocation(
+        five_tuple, msg.transaction_id, auth.username, auth.keys, auth.algorithm, relays,
+        now + lifetime, send, auth.keys.expires_at, bucket, server._peer_allowed,
+    )
+    for relay in relays.values():
+        relay.allocation = allocation
+    server.allocations[five_tuple] = allocation
+    server.counters["allocations"] += 1
+    allocation_id = f"{server.id_prefix}-{secrets.token_hex(6)}"
+    server.records[five_tuple] = (allocation_id, now)
+    server.by_id[allocation_id] = five_tuple
+    log.info("allocation {allocation} for {user} from {client} over {transport}, relayed {relayed}, "
+             "{lifetime} s", allocation=allocation_id, user=auth.username, client=address_text(five_tuple[1]),
+             transport=five_tuple[0], relayed=[address_text(r.address) for r in relays.values()],
+             lifetime=lifetime)
+    return allocation, lifetime
+
+
+def allocate_tcp(server, msg, five_tuple, send, auth: Auth, now) -> bytes:
+    """Allocate with REQUESTED-TRANSPORT TCP over a TCP/TLS control connection (RFC 6062 §5.1)."""
+    for attr_type in (Attr.DONT_FRAGMENT, Attr.RESERVATION_TOKEN, Attr.EVEN_PORT, Attr.ADDITIONAL_ADDRESS_FAMILY):
+        if attr_type in msg:
+            return server._error(msg, Error.BAD_REQUEST, f"{Attr(attr_type).name} with a TCP allocation", auth)
+    requested = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
+    family = 6 if requested is not None and decode_address_family(requested) == AddressFamily.IPV6 else 4
+    if family not in server.policy.families:
+        return server._error(msg, Error.ADDRESS_FAMILY_NOT_SUPPORTED, auth=auth)
+    refused = quota(server, msg, auth)
+    if refused:
+        return refused
+    try:
+        endpoint = server.tcp.open(family)
+    except OSError:
+        server.counts.release(auth.username)
+        return server._error(msg, Error.INSUFFICIENT_CAPACITY, "No relay port available", auth)
+    allocation, lifetime = install(server, msg, five_tuple, send, auth, now, {family: endpoint})
+    allocation.tcp = True
+    response = success_response(msg)
+    response.add_address(Attr.XOR_RELAYED_ADDRESS, endpoint.address)
+    response.add(Attr.LIFETIME, encode_uint32(lifetime))
+    response.add_address(Attr.XOR_MAPPED_ADDRESS, five_tuple[1])
+    allocation.response = server._sign(response, auth)
+    return allocation.response
+
+
+def granted_lifetime(server, msg: Message, auth: Auth, now: float) -> int:
+    """RFC 8656 §7.2 step 10 / §8: requested, clamped to [default, max]."""
+    policy = server.policy
+    requested = msg.get(Attr.LIFETIME)
+    lifetime = policy.default_lifetime_seconds
+    if requested is not None:
+        lifetime = max(policy.default_lifetime_seconds, min(decode_uint32(requested), policy.max_lifetime_seconds))
+    if policy.expire_with_credential and auth.keys.expires_at is not None:
+        lifetime = min(lifetime, max(0, int(auth.keys.expires_at - now)))
+    return lifetime
+
+
+def refresh(server, msg, five_tuple, send, auth: Auth, now) -> bytes:
+    """Refresh (RFC 8656 §8.2): a new lifetime, or LIFETIME 0 deletes the allocation."""
+    allocation = server._owned(msg, five_tuple, auth)
+    if isinstance(allocation, bytes):
+        return allocation
+    requested_family = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
+    if requested_family is not None:
+        family = 6 if decode_address_family(requested_family) == AddressFamily.IPV6 else 4
+        if family not in allocation.relays:
+            return server._error(msg, Error.PEER_ADDRESS_FAMILY_MISMATCH, auth=auth)
+    requested = msg.get(Attr.LIFETIME)
+    if requested is not None and decode_uint32(requested) == 0:
+        server._delete(allocation, "refreshed to 0")
+        lifetime = 0
+    else:
+        lifetime = granted_lifetime(server, msg, auth, now)
+        allocation.expires_at = now + lifetime
+    response = success_response(msg)
+    response.add(Attr.LIFETIME, encode_uint32(lifetime))
+    return server._sign(response, auth)

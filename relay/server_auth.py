@@ -1,0 +1,110 @@
+"""Long-term credential checks of TURN requests (RFC 8489 §9.2.4).
+
+Every request must carry USERNAME (or USERHASH), REALM, NONCE and a
+MESSAGE-INTEGRITY (or -SHA256) made with a key the credential store knows
+for the realm; ``authenticate`` returns an ``Auth`` or the error response.
+Nonces are stateless (``relay.nonces``): an expired one gets 438 Stale
+Nonce with a fresh one. 401 answers are rate limited per source, so a
+spoofed flood costs neither memory nor much bandwidth. PASSWORD-ALGORITHMS
+is offered and checked against downgrades (§9.2.4, §9.2.5). Functions over
+the ``TurnServer`` core (``relay.server``).
+"""
+
+from dataclasses import dataclass
+
+from rendezvous.stun import Attr, CodecError, Error, Message, PasswordAlgorithm
+from rendezvous.stun.attributes import (
+    decode_password_algorithm,
+    decode_password_algorithms,
+    decode_text,
+    encode_password_algorithms,
+    USERNAME_MAX_BYTES,
+)
+from rendezvous.stun.replies import error_response
+
+from .credentials import Keys
+
+PASSWORD_ALGORITHMS = [(PasswordAlgorithm.MD5, b""), (PasswordAlgorithm.SHA256, b"")]
+_PASSWORD_ALGORITHMS_VALUE = encode_password_algorithms(PASSWORD_ALGORITHMS)
+
+
+@dataclass
+class Auth:
+    """Who a request authenticated as, and how to sign the response (the request's algorithm and MAC)."""
+
+    username: str
+    keys: Keys
+    algorithm: int
+    sha256_mac: bool
+
+    def sign(self, response: Message) -> bytes:
+        key = self.keys.for_algorithm(self.algorithm)
+        if self.sha256_mac:
+            return response.encode(integrity_sha256_key=key)
+        return response.encode(integrity_key=key)
+
+
+def challenge(server, msg: Message, code: int, client_ip: str, now: float) -> bytes:
+    """A 401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS (§9.2.5)."""
+    response = error_response(msg, code)
+    response.add(Attr.REALM, server.policy.realm.encode("utf-8"))
+    response.add(Attr.NONCE, server.nonces.issue(client_ip, now).encode("ascii"))
+    response.add(Attr.PASSWORD_ALGORITHMS, _PASSWORD_ALGORITHMS_VALUE)
+    return server._encode(response)
+
+
+def authenticate(server, msg: Message, five_tuple: tuple, now: float):
+    """The request's ``Auth``, or the response that refuses it (None: a rate-limited 401 is not sent)."""
+    client_ip = five_tuple[1][0]
+    has_mac = Attr.MESSAGE_INTEGRITY in msg or Attr.MESSAGE_INTEGRITY_SHA256 in msg
+    if not has_mac:
+        return unauthorized(server, msg, client_ip, now)
+    username_value, userhash, realm, nonce = (
+        msg.get(Attr.USERNAME), msg.get(Attr.USERHASH), msg.get(Attr.REALM), msg.get(Attr.NONCE)
+    )
+    if (username_value is None and userhash is None) or realm is None or nonce is None:
+        return server._error(msg, Error.BAD_REQUEST, "USERNAME, REALM and NONCE are required")
+    try:
+        nonce_text = decode_text(nonce)
+        realm_text = decode_text(realm)
+        username = (
+            decode_text(username_value, USERNAME_MAX_BYTES)
+            if username_value is not None
+            else server.credentials.username_for_hash(userhash)
+        )
+        algorithm = password_algorithm(msg)
+    except CodecError as e:
+        return server._error(msg, Error.BAD_REQUEST, str(e))
+    if server.nonces.check(nonce_text, client_ip, now) != "valid":
+        server.counters["stale_nonce"] += 1
+        return challenge(server, msg, Error.STALE_NONCE, client_ip, now)
+    if algorithm is None:
+        return server._error(msg, Error.BAD_REQUEST, "PASSWORD-ALGORITHM does not match")
+    if username is None or realm_text != server.policy.realm:
+        return unauthorized(server, msg, client_ip, now)
+    for keys in server.credentials.candidates(username, realm_text, now):
+        if msg.check_integrity(keys.for_algorithm(algorithm)):
+            return Auth(username, keys, algorithm, Attr.MESSAGE_INTEGRITY_SHA256 in msg)
+    return unauthorized(server, msg, client_ip, now)
+
+
+def password_algorithm(msg: Message) -> int | None:
+    """The password algorithm the request uses (RFC 8489 §9.2.4 downgrade checks)."""
+    offered, chosen = msg.get(Attr.PASSWORD_ALGORITHMS), msg.get(Attr.PASSWORD_ALGORITHM)
+    if offered is None and chosen is None:
+        return PasswordAlgorithm.MD5
+    if offered is None or chosen is None:
+        return None
+    if decode_password_algorithms(offered) != PASSWORD_ALGORITHMS:
+        return None
+    algorithm, _ = decode_password_algorithm(chosen)
+    return algorithm if (algorithm, b"") in PASSWORD_ALGORITHMS else None
+
+
+def unauthorized(server, msg: Message, client_ip: str, now: float) -> bytes | None:
+    """401 Unauthenticated, or None past the source's rate limit."""
+    if not server._limiter.allow(client_ip, now):
+        server.counters["unauthorized_limited"] += 1
+        return None
+    server.counters["unauthorized"] += 1
+    return challenge(server, msg, Error.UNAUTHENTICATED, client_ip, now)
