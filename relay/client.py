@@ -49,10 +49,10 @@ from rendezvous.stun import Attr, Class, CodecError, Message, Method
 from rendezvous.stun.addresses import Address, decode_xor_address, encode_xor_address
 from rendezvous.stun.constants import MAGIC_COOKIE, MAGIC_COOKIE_BYTES
 from rendezvous.stun.message import message_type
-from rendezvous.stun.transaction import RC, RM, RTO_SECONDS
+from rendezvous.stun.transaction import RC, RM, RTO_SECONDS, TransactionTimeout
 
 from . import client_allocation
-from .client_auth import ConnectionClosed, LongTermCredentials, RealmMismatch, TransactionTimeout, TurnError
+from .client_auth import ConnectionClosed, LongTermCredentials, RealmMismatch, TurnError
 from .client_transactions import Pending, fail_pending, receive_response
 from .client_transports import CLOSE_TIMEOUT_SECONDS, TRANSPORTS, connect, set_socket_buffers, tls_options
 

@@ -33,10 +33,6 @@ class TurnError(Exception):
         self.method = method
 
 
-class TransactionTimeout(Exception):
-    """No (valid) response within the RFC 8489 §6.2.1 / §6.2.2 schedule."""
-
-
 class ConnectionClosed(Exception):
     """The client was closed, or its TCP/TLS connection lost, before a response."""
 

@@ -18,9 +18,9 @@ from twisted.logger import Logger
 from rendezvous.stun import Attr, Class, CodecError, Message
 from rendezvous.stun.attributes import decode_error_code
 from rendezvous.stun.constants import Error
-from rendezvous.stun.transaction import ClientTransaction
+from rendezvous.stun.transaction import ClientTransaction, TransactionTimeout
 
-from .client_auth import ConnectionClosed, TransactionTimeout, TurnError
+from .client_auth import ConnectionClosed, TurnError
 
 log = Logger()  # twisted.logger: .warn, not .warning (hence the G010 noqa marks)
 

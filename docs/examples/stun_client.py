@@ -12,7 +12,7 @@ from twisted.internet import defer, task
 
 from rendezvous.stun import Attr, Class, Message, Method
 from rendezvous.stun.attributes import encode_change_request
-from rendezvous.peer.stun_client import StunClientProtocol, TransactionTimeout
+from rendezvous.peer import StunClientProtocol, TransactionTimeout
 
 
 async def main(reactor, host: str, port: str = "3478") -> None:

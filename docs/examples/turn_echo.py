@@ -12,7 +12,7 @@ import sys
 
 from twisted.internet import defer, protocol, task
 
-from relay.client import connect
+from rendezvous.peer import turn_connect
 
 
 class Echo(protocol.DatagramProtocol):
@@ -23,7 +23,7 @@ class Echo(protocol.DatagramProtocol):
 async def main(reactor, host, port, user, password, realm=None):
     peer_port = reactor.listenUDP(0, Echo(), interface="127.0.0.1")
     peer = ("127.0.0.1", peer_port.getHost().port)
-    client = await connect(reactor, (host, int(port)), "udp", username=user, password=password, realm=realm)
+    client = await turn_connect(reactor, (host, int(port)), "udp", username=user, password=password, realm=realm)
     try:
         relayed = await client.allocate()
         print("relayed address:", relayed)

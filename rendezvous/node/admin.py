@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 from pathlib import Path
-from urllib.parse import parse_qs
 
 from twisted.internet import defer
 from twisted.logger import Logger

@@ -19,22 +19,26 @@ and ``rendezvous.stun``; never ``rendezvous.node`` or ``rendezvous.cli``.
 - ``tcp_punch``: TCP hole punching: simultaneous open, low-TTL SYN, accept on the same port.
 """
 
-from relay.client import TurnClient
+from relay.client import ConnectionClosed, TurnClient, TurnError
 from relay.client import connect as turn_connect
 from rendezvous.peer import nat_check
 from rendezvous.peer.connection import Attempt, ConnectError, Connection
 from rendezvous.peer.connector import Listener, connect, listen
 from rendezvous.peer.signaling_client import SignalingClient
 from rendezvous.peer.stun_client import StunClientProtocol
+from rendezvous.stun.transaction import TransactionTimeout
 
 __all__ = [
     "Attempt",
     "ConnectError",
+    "ConnectionClosed",
     "Connection",
     "Listener",
     "SignalingClient",
     "StunClientProtocol",
+    "TransactionTimeout",
     "TurnClient",
+    "TurnError",
     "connect",
     "listen",
     "nat_check",

@@ -11,13 +11,9 @@ from twisted.logger import Logger
 
 from rendezvous.stun import CodecError, Message
 from rendezvous.stun.addresses import Address
-from rendezvous.stun.transaction import ClientTransaction
+from rendezvous.stun.transaction import ClientTransaction, TransactionTimeout
 
 log = Logger()
-
-
-class TransactionTimeout(Exception):
-    """No response arrived within the RFC 8489 §6.2.1 schedule (39.5 s by default)."""
 
 
 class StunClientProtocol(DatagramProtocol):

@@ -21,6 +21,10 @@ RM = 16
 TI_SECONDS = 39.5
 
 
+
+class TransactionTimeout(Exception):
+    """No (valid) response within the RFC 8489 §6.2.1 / §6.2.2 schedule (39.5 s by default)."""
+
 class State(Enum):
     WAITING = "waiting"
     ANSWERED = "answered"
