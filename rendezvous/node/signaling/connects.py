@@ -1,0 +1,149 @@
+"""Signaling connect coordination: candidates and ICE credentials to the peer, then one start instant.
+
+A's candidates (and ICE ufrag/pwd, passed through) go to B with a one-time
+token, B's answer goes back, and both are told to start at the same
+instant, computed from each side's measured round-trip time (as libp2p
+DCUtR does).
+"""
+
+import ipaddress
+import re
+import secrets
+
+from rendezvous.node.signaling.session import Session, SignalingError, text_field
+
+MAX_CANDIDATES = 32
+CONNECT_SECONDS = 30
+PUNCH_MARGIN_SECONDS = 0.05
+DEFAULT_RTT_SECONDS = 0.2
+MAX_PENDING_CONNECTS = 10000
+CANDIDATE_TYPES = ("host", "srflx", "upnp", "predicted", "relay", "prflx")
+# ICE credentials (RFC 8445 §5.3; RFC 8839 §5.4: ice-char is ALPHA / DIGIT / "+" / "/").
+ICE_CREDENTIALS = {"ufrag": re.compile(r"[A-Za-z0-9+/]{4,64}"), "pwd": re.compile(r"[A-Za-z0-9+/]{22,128}")}
+
+
+def _candidates(message: dict) -> list[dict]:
+    """Validated candidates: type, ip, port, and protocol udp or tcp."""
+    raw = message.get("candidates")
+    if not isinstance(raw, list) or len(raw) > MAX_CANDIDATES:
+        raise SignalingError("bad-request", f"candidates must be a list of at most {MAX_CANDIDATES}")
+    clean = []
+    for candidate in raw:
+        if not isinstance(candidate, dict):
+            raise SignalingError("bad-request", "a candidate must be an object")
+        kind, ip, port = candidate.get("type"), candidate.get("ip"), candidate.get("port")
+        protocol = candidate.get("protocol", "udp")
+        if kind not in CANDIDATE_TYPES or protocol not in ("udp", "tcp"):
+            raise SignalingError("bad-request", f"candidate type must be one of {', '.join(CANDIDATE_TYPES)}")
+        try:
+            ip = str(ipaddress.ip_address(ip))
+        except (ValueError, TypeError):
+            raise SignalingError("bad-request", "candidate ip is not an IP address") from None
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise SignalingError("bad-request", "candidate port must be 1-65535")
+        clean.append({"type": kind, "ip": ip, "port": port, "protocol": protocol})
+    return clean
+
+
+def _ice_credentials(message: dict) -> dict:
+    """The optional ``ufrag`` and ``pwd`` of a connect or answer, checked, for passing on unchanged."""
+    found = {}
+    for name, pattern in ICE_CREDENTIALS.items():
+        value = message.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise SignalingError("bad-request", f"{name} must be {pattern.pattern}")
+        found[name] = value
+    return found
+
+
+
+class Connects:
+    """Mixed into SignalingNode: the connect, connect-answer and connect-decline ops."""
+
+    def _connect(self, session: Session, message: dict):
+        to = text_field(message, "to")
+        candidates = _candidates(message)
+        credentials = _ice_credentials(message)
+        self._check_buddy_online(session, to)
+        self._expire_connects()
+        if len(self.pending) >= MAX_PENDING_CONNECTS:
+            raise SignalingError("busy", "too many connects in progress")
+        # The token names this node, so an answer given on another node is
+        # routed back here.
+        token = f"{secrets.token_urlsafe(16)}.{self.config.node_name}"
+        self.pending[token] = {"from": session, "to": to, "candidates": candidates, "credentials": credentials,
+                               "expires": self.clock.seconds() + CONNECT_SECONDS}
+        other = self.sessions.get(to)
+        if other is not None:
+            self.send_ping(other)
+        self._deliver(to, {"op": "connect-request", "from": session.user, "token": token, "candidates": candidates,
+                           **credentials})
+        return {"op": "connect-pending", "token": token, "to": to}
+
+    def _connect_answer(self, session: Session, message: dict):
+        token = text_field(message, "token")
+        answer = {"kind": "connect-answer", "token": token, "user": session.user, "rtt": session.rtt,
+                  "address": list(session.address), "candidates": _candidates(message),
+                  "credentials": _ice_credentials(message)}
+        self._to_connect_origin(answer, self._complete_connect)
+
+    def _to_connect_origin(self, envelope: dict, here) -> None:
+        """Apply an answer or decline with ``here`` when this node holds its token, else
+        route it to the node the token names."""
+        token = envelope["token"]
+        if token in self.pending:
+            here(envelope)
+            return
+        origin = token.rpartition(".")[2]
+        if origin == self.config.node_name or not origin:
+            raise SignalingError("not-found", "unknown or expired connect token")
+        self.directory.route(origin, envelope)
+
+    def _complete_connect(self, answer: dict) -> None:
+        """Both sides get each other's candidates and the same start instant."""
+        self._expire_connects()
+        token, b_user = answer.get("token"), answer.get("user")
+        entry = self.pending.get(token)
+        if entry is None or entry["to"] != b_user:
+            self._deliver(b_user, {"op": "error", "id": None, "code": "not-found",
+                                   "reason": "unknown or expired connect token"})
+            return
+        del self.pending[token]
+        a = entry["from"]
+        if self.sessions.get(a.user) is not a:
+            self._deliver(b_user, {"op": "error", "id": None, "code": "offline", "reason": "the requester has gone"})
+            return
+        # Each side's punch carries the PEER's ICE credentials (an answer
+        # routed from an older node may have none).
+        b_credentials = answer.get("credentials") if isinstance(answer.get("credentials"), dict) else {}
+        # Both must act at the same instant: the node sends each side a delay
+        # that makes start = now + longest one-way time + margin, less that
+        # side's own one-way time (half its measured round trip).
+        rtt_a, rtt_b = a.rtt or DEFAULT_RTT_SECONDS, answer.get("rtt") or DEFAULT_RTT_SECONDS
+        delay = max(rtt_a, rtt_b) / 2 + PUNCH_MARGIN_SECONDS
+        a.send({"op": "punch", "token": token, "peer": b_user, "candidates": answer["candidates"],
+                "peer_address": answer["address"], "start_in_ms": round((delay - rtt_a / 2) * 1000, 1),
+                "turn": self.turn_credentials(a.user), **b_credentials})
+        self._deliver(b_user, {"op": "punch", "token": token, "peer": a.user, "candidates": entry["candidates"],
+                               "peer_address": list(a.address), "start_in_ms": round((delay - rtt_b / 2) * 1000, 1),
+                               "turn": self.turn_credentials(b_user), **entry["credentials"]})
+
+    def _connect_decline(self, session: Session, message: dict):
+        token = text_field(message, "token")
+        self._to_connect_origin({"kind": "connect-decline", "token": token, "user": session.user}, self._decline)
+
+    def _decline(self, decline: dict) -> None:
+        entry = self.pending.get(decline.get("token"))
+        if entry is not None and entry["to"] == decline.get("user"):
+            del self.pending[decline["token"]]
+            entry["from"].send({"op": "connect-declined", "token": decline["token"], "peer": decline["user"]})
+
+    def _expire_connects(self) -> None:
+        now = self.clock.seconds()
+        while self.pending:
+            token, entry = next(iter(self.pending.items()))
+            if entry["expires"] > now:
+                break
+            del self.pending[token]

@@ -1,0 +1,197 @@
+"""The super node's signaling core, sans-IO (docs/PROTOCOL.md, "Signaling v1").
+
+Sessions arrive as objects with ``send(dict)``, ``close()`` and the
+client's address; ``receive(session, message)`` applies one decoded frame.
+The ops live in mixins by job: ``Login`` (login.py), ``Buddies``
+(buddies.py: presence, lookup, short messages) and ``Connects``
+(connects.py: the connect coordination of hole punching); this class
+holds the sessions, dispatch, pings, delivery here or on another node, and
+the host cache.
+
+Every field, list and table is bounded; an unauthenticated session may only
+register, log in, resume or answer pings; a session that sends too many bad
+frames is closed. Logs carry session ids, never passwords.
+"""
+
+import os
+import secrets
+from collections import OrderedDict
+
+from twisted.logger import Logger
+
+from relay.limits import RateLimiter
+
+from rendezvous.node.accounts import AccountStore
+from rendezvous.node.signaling.buddies import Buddies
+from rendezvous.node.signaling.connects import Connects
+from rendezvous.node.signaling.login import LOGIN_BURST, LOGIN_PER_SECOND, Login
+from rendezvous.node.signaling.session import LocalDirectory, Session, SignalingConfig, SignalingError
+from rendezvous.wire.host_entries import host_entry
+
+log = Logger()
+
+MAX_ERRORS = 5
+HOST_CACHE_SIZE = 200
+HOST_TTL_SECONDS = 3600
+
+
+class SignalingNode(Login, Buddies, Connects):
+    """Sessions, presence and connect coordination of one super node."""
+
+    def __init__(self, accounts: AccountStore, clock, config: SignalingConfig, directory=None) -> None:
+        self.accounts = accounts
+        self.clock = clock
+        self.config = config
+        self.directory = directory or LocalDirectory()
+        self.logins = 0
+        self.draining = False
+        self.sessions: dict[str, Session] = {}  # by user
+        self.resume_tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.pending: OrderedDict[str, dict] = OrderedDict()  # connect token -> state
+        self._login_by_user = RateLimiter(LOGIN_BURST, LOGIN_PER_SECOND)
+        self._login_by_ip = RateLimiter(LOGIN_BURST * 4, LOGIN_PER_SECOND * 4)
+        self._ops = {
+            "ping": self._ping, "pong": self._pong,
+            "register": self._register, "login": self._login, "resume": self._resume,
+            "logout": self._logout, "presence": self._presence,
+            "buddy-add": self._buddy_add, "buddy-accept": self._buddy_accept,
+            "buddy-remove": self._buddy_remove, "buddy-list": self._buddy_list,
+            "lookup": self._lookup, "message": self._message,
+            "connect": self._connect, "connect-answer": self._connect_answer,
+            "connect-decline": self._connect_decline, "hosts": self._hosts,
+        }
+        self._open_ops = {"ping", "pong", "register", "login", "resume", "hosts"}
+        # The host cache: other super nodes by (host, port), oldest first.
+        self.hosts: OrderedDict[tuple, dict] = OrderedDict()
+        self.learn_hosts(config.host_cache)
+
+    # -- sessions ----------------------------------------------------------
+
+    def opened(self, session: Session) -> None:
+        """A connection came up: measure its round-trip time at once."""
+        self.send_ping(session)
+
+    def closed(self, session: Session) -> None:
+        """A connection went away: its user goes offline (resumable for a while)."""
+        if session.user is not None and self.sessions.get(session.user) is session:
+            del self.sessions[session.user]
+            self.directory.publish_presence(session.user, "offline", session.nat_type)
+            self._notify_buddies(session.user, "offline", session.nat_type)
+            log.info("session {session} of {user} closed", session=session.id, user=session.user)
+
+    def send_ping(self, session: Session) -> None:
+        session.ping_token = secrets.token_hex(4)
+        session.ping_sent_at = self.clock.seconds()
+        session.send({"op": "ping", "token": session.ping_token})
+
+    def receive(self, session: Session, message) -> None:
+        """Apply one frame (a dict, or a FrameError for a frame that was not JSON)."""
+        request_id = message.get("id") if isinstance(message, dict) else None
+        if not isinstance(request_id, (int, type(None))) or isinstance(request_id, bool):
+            request_id = None
+        try:
+            if not isinstance(message, dict):
+                raise SignalingError("bad-request", str(message))
+            handler = self._ops.get(message["op"])
+            if handler is None:
+                raise SignalingError("bad-request", "unknown op")
+            if session.user is None and message["op"] not in self._open_ops:
+                raise SignalingError("unauthenticated", "log in first")
+            reply = handler(session, message)
+        except SignalingError as e:
+            session.errors += 1
+            session.send({"op": "error", "id": request_id, "code": e.code, "reason": e.reason})
+            if session.errors >= MAX_ERRORS:
+                log.info("closing session {session}: too many errors", session=session.id)
+                session.close()
+            return
+        if reply is not None:
+            reply.setdefault("op", "ok")
+            reply["id"] = request_id
+            session.send(reply)
+
+    # -- the host cache -------------------------------------------------------
+
+    def learn_hosts(self, entries, seen: float | None = None) -> None:
+        """Merge super-node entries {host, port, load?}; the newest are kept, at most 200."""
+        seen = self.clock.seconds() if seen is None else seen
+        for entry in entries if isinstance(entries, list) else []:
+            clean = host_entry(entry)
+            if clean is None or (clean["host"], clean["port"]) == self.config.address:
+                continue
+            key = (clean["host"], clean["port"])
+            self.hosts.pop(key, None)
+            self.hosts[key] = {**clean, "seen": seen}
+        while len(self.hosts) > HOST_CACHE_SIZE:
+            self.hosts.popitem(last=False)
+
+    def host_cache(self) -> list[dict]:
+        """Known super nodes, most recently seen first, without entries unseen for an hour."""
+        cutoff = self.clock.seconds() - HOST_TTL_SECONDS
+        for key in [k for k, e in self.hosts.items() if e["seen"] < cutoff]:
+            del self.hosts[key]
+        return [{"host": e["host"], "port": e["port"], "load": e["load"]} for e in reversed(self.hosts.values())]
+
+    def _hosts(self, session: Session, message: dict):
+        """Host-cache exchange between super nodes: learn the caller, answer with our cache.
+
+        Only the calling node itself is learned, and only at the address it
+        connects from, so a stranger cannot fill the cache with others.
+        """
+        port = message.get("port")
+        if isinstance(port, int):
+            self.learn_hosts([{"host": session.address[0], "port": port, "load": message.get("load", 0)}])
+        me = {"host": self.config.address[0], "port": self.config.address[1], "load": len(self.sessions)}
+        return {"op": "hosts", "node": self.config.node_name, "hosts": [me] + self.host_cache()}
+
+    def _ping(self, session: Session, message: dict):
+        token = message.get("token")
+        return {"op": "pong", "token": token if isinstance(token, str) and len(token) <= 64 else None}
+
+    def _pong(self, session: Session, message: dict):
+        if session.ping_token is not None and message.get("token") == session.ping_token:
+            session.rtt = max(0.0, self.clock.seconds() - session.ping_sent_at)
+            session.ping_token = None
+        return None
+
+    # -- presence and buddies ------------------------------------------------
+
+    # -- delivery, here or on another node ----------------------------------
+
+    def _where(self, user: str) -> dict | None:
+        """{"node", "state", "nat_type"} of an online user, local or remote; None if offline."""
+        local = self.sessions.get(user)
+        if local is not None:
+            return {"node": self.config.node_name, "state": local.state, "nat_type": local.nat_type}
+        remote = self.directory.locate(user)
+        return remote if remote and remote.get("state") != "offline" else None
+
+    def _deliver(self, user: str, message: dict) -> bool:
+        """Send to user's session on this node, or route it to their node."""
+        local = self.sessions.get(user)
+        if local is not None:
+            local.send(message)
+            return True
+        remote = self._where(user)
+        if remote is None:
+            return False
+        self.directory.route(remote["node"], {"kind": "deliver", "to": user, "message": message})
+        return True
+
+    def handle_routed(self, envelope: dict) -> None:
+        """An envelope another node routed here (through the shared directory)."""
+        kind = envelope.get("kind")
+        if kind == "deliver":
+            local = self.sessions.get(envelope.get("to"))
+            if local is not None and isinstance(envelope.get("message"), dict):
+                local.send(envelope["message"])
+        elif kind == "connect-answer":
+            self._complete_connect(envelope)
+        elif kind == "connect-decline":
+            self._decline(envelope)
+
+
+def node_name() -> str:
+    """A default name for this node: host name and process id."""
+    return f"{os.uname().nodename}:{os.getpid()}"
+

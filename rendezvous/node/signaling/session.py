@@ -1,0 +1,74 @@
+"""What every part of the signaling core shares: the session, the config, errors, the directory.
+
+``Session`` is one client connection as the core sees it; ``LocalDirectory``
+is the presence directory of a node alone (docs/PROTOCOL.md, "Signaling v1").
+"""
+
+import secrets
+from dataclasses import dataclass, field
+
+
+class SignalingError(Exception):
+    """A request refused with an error frame: code and reason."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class Session:
+    """One client connection, as the core sees it."""
+
+    send: object
+    close: object
+    address: tuple
+    id: str = field(default_factory=lambda: secrets.token_hex(6))
+    user: str | None = None
+    state: str = "offline"
+    nat_type: str | None = None
+    rtt: float | None = None
+    errors: int = 0
+    ping_sent_at: float | None = None
+    ping_token: str | None = None
+    started_at: float | None = None  # when it logged in
+
+
+@dataclass
+class SignalingConfig:
+    realm: str = "txrendezvous"
+    node_name: str = "local"
+    open_registration: bool = False
+    latest_client_version: str | None = None
+    host_cache: list = field(default_factory=list)
+    relays: list = field(default_factory=list)
+    turn_secret: str | None = None
+    address: tuple = ("", 0)  # this node's public (host, port), left out of its own host cache
+    turn_credential_seconds: int = 3600
+
+
+class LocalDirectory:
+    """Presence and routing of one node alone (the embedded default).
+
+    A shared directory (``rendezvous.node.redis_directory``) has the same three
+    methods, answers ``locate`` from memory and calls back
+    ``SignalingNode.handle_routed`` with envelopes other nodes route here.
+    """
+
+    def publish_presence(self, user: str, state: str, nat_type: str | None) -> None:
+        pass
+
+    def locate(self, user: str) -> dict | None:
+        return None
+
+    def route(self, node: str, envelope: dict) -> None:
+        pass
+
+
+def text_field(message: dict, name: str, max_bytes: int = 128) -> str:
+    value = message.get(name)
+    if not isinstance(value, str) or not value or len(value.encode("utf-8")) > max_bytes:
+        raise SignalingError("bad-request", f"{name} must be a non-empty string of at most {max_bytes} bytes")
+    return value
+
