@@ -38,12 +38,10 @@ class _Exchange(Protocol):
         self.transport.write(encode(self.request))
 
     def dataReceived(self, data: bytes) -> None:
-        try:
-            messages = self.reader.feed(data)
-        except FrameError:
-            self.transport.abortConnection()
-            return
-        for message in messages:
+        for message in self.reader.feed(data):
+            if isinstance(message, FrameError) and message.fatal:
+                self.transport.abortConnection()
+                return
             if isinstance(message, dict) and message.get("op") == "hosts" and not self.done.called:
                 self.done.callback(message.get("hosts"))
                 self.transport.loseConnection()

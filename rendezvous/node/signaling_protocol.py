@@ -55,6 +55,7 @@ class SignalingProtocol(BoundedWrites, Protocol, TimeoutMixin):
         self.node = node
         self.reader = FrameReader()
         self.session: Session | None = None
+        self.closing = False
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
@@ -64,6 +65,7 @@ class SignalingProtocol(BoundedWrites, Protocol, TimeoutMixin):
         self.node.opened(self.session)
 
     def close(self) -> None:
+        self.closing = True
         # Over TLS, loseConnection waits for a registered producer to go
         # before it sends close_notify: without this a replaced or failing
         # session would stay open until the client hung up.
@@ -74,13 +76,15 @@ class SignalingProtocol(BoundedWrites, Protocol, TimeoutMixin):
         self.write_frame(encode(message), f"session {self.session.id}")
 
     def dataReceived(self, data: bytes) -> None:
-        try:
-            messages = self.reader.feed(data)
-        except FrameError as e:
-            self.send({"op": "error", "id": None, "code": "bad-frame", "reason": str(e)})
-            self.close()
-            return
-        for message in messages:
+        # Every whole frame before bad bytes is applied, whatever the TCP
+        # segments were; then bad-frame, and the stream is given up.
+        for message in self.reader.feed(data):
+            if self.closing:
+                return
+            if isinstance(message, FrameError) and message.fatal:
+                self.send({"op": "error", "id": None, "code": "bad-frame", "reason": str(message)})
+                self.close()
+                return
             self.node.receive(self.session, message)
         if self.session.user is not None and self.timeOut != IDLE_TIMEOUT_SECONDS:
             self.setTimeout(IDLE_TIMEOUT_SECONDS)  # logged in: from the login timeout to the idle one

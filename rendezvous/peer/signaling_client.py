@@ -295,13 +295,11 @@ class _SignalingStream(BoundedWrites, Protocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
-        try:
-            messages = self.reader.feed(data)
-        except FrameError as e:
-            log.info("closing the signaling stream: {error}", error=str(e))
-            self.transport.abortConnection()
-            return
-        for message in messages:
+        for message in self.reader.feed(data):
+            if isinstance(message, FrameError) and message.fatal:
+                log.info("closing the signaling stream: {error}", error=str(message))
+                self.transport.abortConnection()
+                return
             self.client._frame(message)
 
     def timeoutConnection(self) -> None:

@@ -41,26 +41,35 @@ def is_signaling(first_byte: int) -> bool:
 class FrameReader:
     """Cuts a byte stream into decoded JSON objects, never buffering more than one frame.
 
-    ``feed`` returns a list whose items are dicts, or FrameError for a frame
-    that was cut out but is not a JSON object (the stream goes on). A bad
-    header raises a fatal FrameError: the stream is out of step.
+    ``feed`` returns, in stream order, a dict for each frame, a FrameError
+    for a frame that was cut out but is not a JSON object (the stream goes
+    on), and last a fatal FrameError when a bad header follows: the stream
+    is out of step, so the frames before it are handed over and nothing
+    after it is read (later feeds return that error again).
     """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._fatal: FrameError | None = None
 
     def feed(self, data: bytes) -> list:
+        if self._fatal is not None:
+            return [self._fatal]
         buffer = self._buffer
         buffer += data
         out = []
         while len(buffer) >= 4:
             magic, version, length = _HEADER.unpack_from(buffer)
             if magic != MAGIC:
-                raise FrameError("not a signaling frame", fatal=True)
-            if version != VERSION:
-                raise FrameError(f"unsupported signaling version {version}", fatal=True)
-            if length > MAX_FRAME_BYTES:
-                raise FrameError("frame too large", fatal=True)
+                self._fatal = FrameError("not a signaling frame", fatal=True)
+            elif version != VERSION:
+                self._fatal = FrameError(f"unsupported signaling version {version}", fatal=True)
+            elif length > MAX_FRAME_BYTES:
+                self._fatal = FrameError(f"frame too large ({length} bytes, at most {MAX_FRAME_BYTES})", fatal=True)
+            if self._fatal is not None:
+                buffer.clear()
+                out.append(self._fatal)
+                break
             if len(buffer) < 4 + length:
                 break
             body = bytes(buffer[4 : 4 + length])

@@ -11,7 +11,7 @@ from rendezvous.peer.signaling_client import SignalingClient, SignalingRequestEr
 from rendezvous.wire.frames import encode
 from rendezvous.stun import Attr, Class, Message, Method
 from tests.conftest import start_node, stop_node
-from tests.signaling_helpers import login
+from tests.signaling_helpers import RawSignaling, login
 from tests.turn_helpers import UdpTurnClient
 
 pytestmark = pytest.mark.integration
@@ -109,6 +109,32 @@ async def test_garbage_closes_only_that_connection(super_node):
     assert bad.recv(4096) == b""
     assert (await good.request("buddy-list"))["op"] == "buddies"
     await good.close()
+
+
+def test_frames_before_bad_bytes_in_one_write_are_answered(super_node):
+    """A ping followed by bad bytes in the same TCP write gets its pong, then bad-frame, then the close."""
+    raw = RawSignaling(super_node)
+    raw.write(encode({"op": "ping", "id": 1, "token": "first"}) + b"GARBAGE!")
+    frames = raw.until_closed()
+    raw.close()
+    assert [frame["op"] for frame in frames] == ["pong", "error"]
+    assert frames[0]["token"] == "first" and frames[1]["code"] == "bad-frame"
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_before_bad_bytes_in_one_write_is_delivered(super_node):
+    """A message followed by bad bytes in the same TCP write reaches the buddy before the sender is closed."""
+    alice, bob = await login(super_node, "alice"), await login(super_node, "bob")
+    await alice.request("buddy-add", user="bob")
+    await bob.request("buddy-accept", user="alice")
+    await alice.close()
+    raw = RawSignaling(super_node)
+    raw.login("alice")
+    raw.write(encode({"op": "message", "id": 2, "to": "bob", "text": "last words"}) + b"GARBAGE!")
+    assert (await bob.inbox.wait("message", **{"from": "alice"}))["text"] == "last words"
+    assert [frame["op"] for frame in raw.until_closed()] == ["delivered", "error"]
+    raw.close()
+    await bob.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -68,11 +68,20 @@ def test_frames_round_trip_and_bounds():
     for i in range(len(data)):
         out += reader.feed(data[i : i + 1])
     assert out == [{"op": "ping", "token": "x"}, {"op": "login"}]
-    assert isinstance(FrameReader().feed(b"\xf5\x01\x00\x02[]")[0], FrameError)
-    with pytest.raises(FrameError):
-        FrameReader().feed(b"\xf5\x01\xff\xff")
-    with pytest.raises(FrameError):
-        FrameReader().feed(b"\x00\x01\x00\x00")
+    soft = FrameReader().feed(b"\xf5\x01\x00\x02[]")[0]
+    assert isinstance(soft, FrameError) and not soft.fatal
+    for bad in (b"\xf5\x01\xff\xff", b"\x00\x01\x00\x00", b"\xf5\x02\x00\x00"):
+        (fatal,) = FrameReader().feed(bad)
+        assert isinstance(fatal, FrameError) and fatal.fatal
+
+
+def test_frames_before_a_bad_header_are_kept():
+    """Whole frames ahead of bad bytes in one chunk come out before the fatal error; nothing after it is read."""
+    reader = FrameReader()
+    out = reader.feed(encode({"op": "ping"}) + encode({"op": "message"}) + b"GARBAGE!" + encode({"op": "late"}))
+    assert out[:2] == [{"op": "ping"}, {"op": "message"}]
+    assert len(out) == 3 and out[2].fatal
+    assert reader.feed(encode({"op": "ping"})) == [out[2]]
 
 
 def test_login_returns_join_information(node):

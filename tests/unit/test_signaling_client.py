@@ -221,3 +221,12 @@ def test_close_is_bounded_in_time():
     assert wire.transport.disconnected
     wire.stream.connectionLost(Failure(ConnectionLost()))
     assert closed == [None]
+
+
+def test_frames_before_bad_bytes_are_handled_then_the_stream_is_aborted():
+    """A reply followed by bad bytes in one chunk still fires its request before the stream is aborted."""
+    wire = Wire()
+    out = results(wire.client.request("buddy-list"))
+    wire.stream.dataReceived(encode({"op": "buddies", "id": 1, "buddies": []}) + b"GARBAGE!")
+    assert out == [{"op": "buddies", "id": 1, "buddies": []}]
+    assert wire.transport.disconnecting
