@@ -51,7 +51,8 @@ def node(tmp_path, clock):
 
 def logged_in(node, name, address=("198.18.0.7", 40000)):
     peer = Peer(node, address)
-    assert peer.do("login", user=name, password=f"{name}-pw")["op"] == "welcome"
+    peer.welcome = peer.do("login", user=name, password=f"{name}-pw")
+    assert peer.welcome["op"] == "welcome"
     return peer
 
 
@@ -150,7 +151,7 @@ def test_offline_is_pushed_and_resume_restores(node):
     bob3 = Peer(node)
     resumed = bob3.do("resume", token=token)
     assert resumed["op"] == "welcome" and resumed["resumed"] and resumed["user"] == "bob"
-    assert bob3.do("resume", token=token)["code"] == "unauthenticated"
+    assert Peer(node).do("resume", token=token)["code"] == "unauthenticated"  # once only
 
 
 def test_resume_token_expires(node, clock):
@@ -160,6 +161,50 @@ def test_resume_token_expires(node, clock):
     node.closed(peer.session)
     clock.advance(121)
     assert Peer(node).do("resume", token=token)["code"] == "unauthenticated"
+
+
+def test_logout_ends_the_resume_token(node):
+    """After a logout the welcome's resume token logs no one back in, and buddies are not told otherwise."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob", ("198.18.0.8", 1))
+    buddies(node, alice, bob)
+    assert bob.do("logout")["op"] == "logged-out"
+    assert alice.out[-1]["state"] == "offline"
+    node.closed(bob.session)
+    alice.out.clear()
+    assert Peer(node).do("resume", token=bob.welcome["resume_token"])["code"] == "unauthenticated"
+    assert "bob" not in node.sessions and not [m for m in alice.out if m["op"] == "presence"]
+
+
+def test_resume_token_counts_from_the_close(node, clock):
+    """A long session is resumable for resume_seconds after its connection closes, not after its login."""
+    alice = logged_in(node, "alice")
+    clock.advance(600)
+    node.closed(alice.session)
+    clock.advance(alice.welcome["resume_seconds"] - 1)
+    assert Peer(node).do("resume", token=alice.welcome["resume_token"])["op"] == "welcome"
+    again = logged_in(node, "bob")
+    node.closed(again.session)
+    clock.advance(again.welcome["resume_seconds"] + 1)
+    assert Peer(node).do("resume", token=again.welcome["resume_token"])["code"] == "unauthenticated"
+
+
+def test_resume_replaces_a_live_session(node):
+    """Resuming with the token of a session that still looks alive takes its place; the old one is closed."""
+    alice = logged_in(node, "alice")
+    resumed = Peer(node, ("198.18.0.50", 2))
+    assert resumed.do("resume", token=alice.welcome["resume_token"])["resumed"] is True
+    assert alice.closed and alice.out[-1]["op"] == "replaced"
+    assert node.sessions["alice"] is resumed.session
+
+
+def test_a_second_login_on_one_connection_is_refused(node):
+    """A logged-in connection cannot log in again (as anyone) until it logs out."""
+    alice = logged_in(node, "alice")
+    assert alice.do("login", user="bob", password="bob-pw")["code"] == "conflict"
+    assert node.sessions == {"alice": alice.session}
+    alice.do("logout")
+    assert alice.do("login", user="bob", password="bob-pw")["op"] == "welcome"
+    assert node.sessions == {"bob": alice.session}
 
 
 def test_second_login_replaces_the_first(node):

@@ -46,7 +46,8 @@ class SignalingNode(Login, Buddies, Connects):
         self.logins = 0
         self.draining = False
         self.sessions: dict[str, Session] = {}  # by user
-        self.resume_tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.live_tokens: dict[str, str] = {}  # resume token -> user, of sessions logged in now
+        self.resume_tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()  # of closed ones: (user, until)
         self.pending: OrderedDict[str, dict] = OrderedDict()  # connect token -> state
         self._login_by_user = RateLimiter(LOGIN_BURST, LOGIN_PER_SECOND)
         self._login_by_ip = RateLimiter(LOGIN_BURST * 4, LOGIN_PER_SECOND * 4)
@@ -74,6 +75,7 @@ class SignalingNode(Login, Buddies, Connects):
     def closed(self, session: Session) -> None:
         """A connection went away: its user goes offline (resumable for a while)."""
         if session.user is not None and self.sessions.get(session.user) is session:
+            self.keep_resumable(session)
             del self.sessions[session.user]
             self.directory.publish_presence(session.user, "offline", session.nat_type)
             self._notify_buddies(session.user, "offline", session.nat_type)

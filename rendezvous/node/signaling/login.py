@@ -30,6 +30,7 @@ class Login:
 
     def _login(self, session: Session, message: dict):
         user, password = text_field(message, "user"), text_field(message, "password", 1024)
+        self._check_logged_out(session)
         now = self.clock.seconds()
         if not (self._login_by_ip.allow(session.address[0], now) and self._login_by_user.allow(user, now)):
             raise SignalingError("rate-limited", "too many login attempts")
@@ -42,11 +43,26 @@ class Login:
         return self._start(session, user)
 
     def _resume(self, session: Session, message: dict):
+        """A token works once: a live session's (which it replaces), or a closed one's for RESUME_SECONDS."""
         token = text_field(message, "token")
-        entry = self.resume_tokens.pop(token, None)
-        if entry is None or entry[1] < self.clock.seconds():
-            raise SignalingError("unauthenticated", "unknown or expired resume token")
-        return self._start(session, entry[0], resumed=True)
+        self._check_logged_out(session)
+        user = self.live_tokens.pop(token, None)
+        if user is None:
+            user, expires = self.resume_tokens.pop(token, (None, 0))
+            if expires < self.clock.seconds():
+                raise SignalingError("unauthenticated", "unknown or expired resume token")
+        return self._start(session, user, resumed=True)
+
+    def _check_logged_out(self, session: Session) -> None:
+        if session.user is not None:
+            raise SignalingError("conflict", f"already logged in as {session.user}; log out first")
+
+    def keep_resumable(self, session: Session) -> None:
+        """The connection of a logged-in session closed: its token works for RESUME_SECONDS more."""
+        if self.live_tokens.pop(session.resume_token, None) is not None:
+            self.resume_tokens[session.resume_token] = (session.user, self.clock.seconds() + RESUME_SECONDS)
+            while len(self.resume_tokens) > 4 * len(self.sessions) + 1000:
+                self.resume_tokens.popitem(last=False)
 
     def start_draining(self) -> None:
         """Send every session to other super nodes; refuse new logins from now on."""
@@ -61,7 +77,8 @@ class Login:
         if self.draining:
             return self._redirect()
         previous = self.sessions.get(user)
-        if previous is not None and previous is not session:
+        if previous is not None:
+            self.live_tokens.pop(previous.resume_token, None)
             previous.send({"op": "replaced", "reason": "logged in elsewhere"})
             previous.user = None
             previous.close()
@@ -70,10 +87,8 @@ class Login:
         session.started_at = self.clock.seconds()
         self.sessions[user] = session
         self.logins += 1
-        token = secrets.token_urlsafe(24)
-        self.resume_tokens[token] = (user, self.clock.seconds() + RESUME_SECONDS)
-        while len(self.resume_tokens) > 4 * len(self.sessions) + 1000:
-            self.resume_tokens.popitem(last=False)
+        session.resume_token = token = secrets.token_urlsafe(24)
+        self.live_tokens[token] = user
         self.directory.publish_presence(user, "online", session.nat_type)
         self._notify_buddies(user, "online", session.nat_type)
         log.info("session {session} logged in as {user} from {client}", session=session.id, user=user,
@@ -112,6 +127,7 @@ class Login:
 
     def _logout(self, session: Session, message: dict):
         user = session.user
+        self.live_tokens.pop(session.resume_token, None)  # a logout is not resumable
         self.closed(session)
         session.user = None
         session.state = "offline"

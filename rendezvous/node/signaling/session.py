@@ -33,6 +33,7 @@ class Session:
     ping_sent_at: float | None = None
     ping_token: str | None = None
     started_at: float | None = None  # when it logged in
+    resume_token: str | None = None  # of its welcome
 
 
 @dataclass
