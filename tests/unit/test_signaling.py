@@ -5,7 +5,7 @@ from twisted.internet.task import Clock
 
 from relay.credentials import RestSecrets
 from rendezvous.node.accounts import AccountStore
-from rendezvous.node.signaling import MAX_ERRORS, Session, SignalingConfig, SignalingNode
+from rendezvous.node.signaling import ERROR_DECAY_SECONDS, MAX_ERRORS, Session, SignalingConfig, SignalingNode
 from rendezvous.wire.frames import FrameError, FrameReader, encode
 
 
@@ -121,6 +121,38 @@ def test_too_many_errors_close_the_session(node):
     peer = Peer(node)
     for _ in range(MAX_ERRORS):
         peer.do("no-such-op")
+    assert peer.closed
+
+
+def test_ordinary_error_answers_never_close_the_session(node):
+    """not-a-buddy, offline, not-found, conflict and a wrong password are answers, not abuse: none closes."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob", ("198.18.0.8", 1))
+    for _ in range(3 * MAX_ERRORS):
+        assert alice.do("lookup", user="bob")["code"] == "not-a-buddy"
+        assert alice.do("connect-answer", token="nope.node-a", candidates=[])["code"] == "not-found"
+        assert alice.do("buddy-accept", user="carol")["code"] == "not-found"
+        assert alice.do("login", user="alice", password="alice-pw")["code"] == "conflict"
+    buddies(node, alice, bob)
+    node.closed(bob.session)
+    for _ in range(3 * MAX_ERRORS):
+        assert alice.do("message", to="bob", text="hi")["code"] == "offline"
+    assert not alice.closed
+    stranger = Peer(node, ("198.18.0.9", 1))
+    for _ in range(MAX_ERRORS):
+        assert stranger.do("login", user="carol", password="wrong")["code"] == "unauthenticated"
+    assert not stranger.closed
+
+
+def test_the_error_count_decays(node, clock):
+    """Bad requests spread out in time do not add up: the count falls by one every ERROR_DECAY_SECONDS."""
+    peer = Peer(node)
+    for _ in range(4):
+        for _ in range(MAX_ERRORS - 1):
+            assert peer.do("no-such-op")["code"] == "bad-request"
+        clock.advance((MAX_ERRORS - 1) * ERROR_DECAY_SECONDS)
+    assert not peer.closed
+    for _ in range(MAX_ERRORS):
+        peer.do("lookup", user="bob")  # before login: abuse
     assert peer.closed
 
 

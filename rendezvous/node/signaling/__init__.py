@@ -4,8 +4,8 @@
 grouped by job in login.py, buddies.py and connects.py.
 """
 
-from rendezvous.node.signaling.core import MAX_ERRORS, SignalingNode, node_name
+from rendezvous.node.signaling.core import ERROR_DECAY_SECONDS, MAX_ERRORS, SignalingNode, node_name
 from rendezvous.node.signaling.session import LocalDirectory, Session, SignalingConfig, SignalingError
 
-__all__ = ["MAX_ERRORS", "LocalDirectory", "Session", "SignalingConfig", "SignalingError", "SignalingNode",
+__all__ = ["ERROR_DECAY_SECONDS", "MAX_ERRORS", "LocalDirectory", "Session", "SignalingConfig", "SignalingError", "SignalingNode",
            "node_name"]

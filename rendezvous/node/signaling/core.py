@@ -31,6 +31,7 @@ from rendezvous.wire.host_entries import host_entry
 log = Logger()
 
 MAX_ERRORS = 5
+ERROR_DECAY_SECONDS = 10
 HOST_CACHE_SIZE = 200
 HOST_TTL_SECONDS = 3600
 
@@ -98,19 +99,26 @@ class SignalingNode(Login, Buddies, Connects):
             if handler is None:
                 raise SignalingError("bad-request", "unknown op")
             if session.user is None and message["op"] not in self._open_ops:
-                raise SignalingError("unauthenticated", "log in first")
+                raise SignalingError("unauthenticated", "log in first", abuse=True)
             reply = handler(session, message)
         except SignalingError as e:
-            session.errors += 1
             session.send({"op": "error", "id": request_id, "code": e.code, "reason": e.reason})
-            if session.errors >= MAX_ERRORS:
-                log.info("closing session {session}: too many errors", session=session.id)
+            if e.abuse and self._count_error(session) >= MAX_ERRORS:
+                log.info("closing session {session}: too many bad requests", session=session.id)
                 session.close()
             return
         if reply is not None:
             reply.setdefault("op", "ok")
             reply["id"] = request_id
             session.send(reply)
+
+    def _count_error(self, session: Session) -> float:
+        """Count one bad request; the count falls by one every ERROR_DECAY_SECONDS."""
+        now = self.clock.seconds()
+        idle = now - (session.errors_at if session.errors_at is not None else now)
+        session.errors = max(0.0, session.errors - idle / ERROR_DECAY_SECONDS) + 1
+        session.errors_at = now
+        return session.errors
 
     # -- the host cache -------------------------------------------------------
 

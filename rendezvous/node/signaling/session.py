@@ -9,12 +9,18 @@ from dataclasses import dataclass, field
 
 
 class SignalingError(Exception):
-    """A request refused with an error frame: code and reason."""
+    """A request refused with an error frame: code and reason.
 
-    def __init__(self, code: str, reason: str) -> None:
+    ``abuse`` marks a breach of the protocol (a malformed request, an op
+    before login), which counts towards closing the connection; other
+    refusals are ordinary answers. A bad-request is always abuse.
+    """
+
+    def __init__(self, code: str, reason: str, abuse: bool = False) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.abuse = abuse or code == "bad-request"
 
 
 @dataclass
@@ -29,7 +35,8 @@ class Session:
     state: str = "offline"
     nat_type: str | None = None
     rtt: float | None = None
-    errors: int = 0
+    errors: float = 0.0  # bad requests, decaying (SignalingNode._count_error)
+    errors_at: float | None = None
     ping_sent_at: float | None = None
     ping_token: str | None = None
     started_at: float | None = None  # when it logged in
