@@ -15,6 +15,7 @@ from twisted.web import resource, server
 
 from rendezvous.node.signaling import Session, SignalingNode
 from rendezvous.wire.frames import MAX_FRAME_BYTES, FrameError
+from rendezvous.wire.streams import PING_SECONDS
 
 
 class HealthResource(resource.Resource):
@@ -57,9 +58,11 @@ def site(node: SignalingNode) -> server.Site:
     factory = WebSocketServerFactory()
     factory.protocol = SignalingWebSocket
     factory.node = node
+    # failByDrop=False: an oversize message (1009) or a protocol error (1002,
+    # 1007) gets a close frame with the reason, not a bare TCP drop.
     factory.setProtocolOptions(
-        maxFramePayloadSize=MAX_FRAME_BYTES, maxMessagePayloadSize=MAX_FRAME_BYTES,
-        autoPingInterval=30, autoPingTimeout=30, openHandshakeTimeout=30,
+        maxFramePayloadSize=MAX_FRAME_BYTES, maxMessagePayloadSize=MAX_FRAME_BYTES, failByDrop=False,
+        autoPingInterval=PING_SECONDS, autoPingTimeout=PING_SECONDS, openHandshakeTimeout=30,
     )
     root = resource.Resource()
     root.putChild(b"healthz", HealthResource())

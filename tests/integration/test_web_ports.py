@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 import urllib.request
 
 import pytest
@@ -12,6 +13,7 @@ import websocket
 
 from rendezvous.node.accounts import AccountStore
 from rendezvous.stun import Attr, Class, Message, Method
+from rendezvous.wire.frames import MAX_FRAME_BYTES
 from tests.conftest import free_port, start_node, stop_node
 from tests.signaling_helpers import login
 
@@ -91,6 +93,20 @@ def test_websocket_signaling(web_node, secure):
         while error["op"] != "error":
             error = json.loads(ws.recv())
         assert error["code"] == "bad-request"
+    finally:
+        ws.close()
+
+
+def test_websocket_message_over_the_limit_gets_close_1009(web_node):
+    """A WebSocket message over MAX_FRAME_BYTES gets a close frame with 1009 (message too big), not a bare drop."""
+    ws = websocket.create_connection(f"ws://127.0.0.1:{web_node.http_port}/signaling", timeout=5)
+    try:
+        ws.send(json.dumps({"op": "ping", "token": "x" * MAX_FRAME_BYTES}))
+        opcode, data = ws.recv_data(control_frame=True)
+        while opcode != websocket.ABNF.OPCODE_CLOSE:
+            opcode, data = ws.recv_data(control_frame=True)
+        assert struct.unpack("!H", data[:2])[0] == 1009
+        assert b"exceeds payload limit of 16384" in data[2:]
     finally:
         ws.close()
 
