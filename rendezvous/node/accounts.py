@@ -23,7 +23,7 @@ from relay.credentials import Keys
 from rendezvous.stun import CodecError
 from rendezvous.stun.integrity import opaque_string
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_BUDDIES = 500
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MAX_NAME_BYTES = 128
@@ -113,8 +113,11 @@ class AccountStore:
             raise AccountError(f"no user {name!r}")
 
     def remove(self, name: str) -> None:
-        if self.db.execute("DELETE FROM accounts WHERE name=?", (self._name(name),)).rowcount == 0:
+        """Delete an account, its buddy rows and the rows naming it; AccountError if there is none."""
+        name = self._name(name)
+        if self.db.execute("DELETE FROM accounts WHERE name=?", (name,)).rowcount == 0:
             raise AccountError(f"no user {name!r}")
+        self.db.execute("DELETE FROM buddies WHERE buddy=?", (name,))
 
     def names(self) -> list[tuple[str, str, float]]:
         """(name, TURN realm, created_at) of every account, by name."""
@@ -145,16 +148,16 @@ class AccountStore:
 
     # -- buddy lists ---------------------------------------------------------
 
-    def exists(self, name: str) -> bool:
-        return self.db.execute("SELECT 1 FROM accounts WHERE name=?", (name,)).fetchone() is not None
-
     def request_buddy(self, owner: str, buddy: str) -> str:
         """owner asks buddy; returns the resulting state ('requested' or 'accepted').
 
-        If buddy had already asked owner, the two become buddies at once.
+        If buddy had already asked owner, the two become buddies at once. A
+        request to a name with no account is kept like any other, so the
+        answer does not tell who exists. AccountError when owner asks
+        themself or owner's list is full.
         """
-        if owner == buddy or not self.exists(buddy):
-            raise AccountError(f"no user {buddy!r}")
+        if owner == buddy:
+            raise AccountError("one cannot be one's own buddy")
         count = self.db.execute("SELECT COUNT(*) FROM buddies WHERE owner=?", (owner,)).fetchone()[0]
         if count >= MAX_BUDDIES:
             raise AccountError("buddy list is full")

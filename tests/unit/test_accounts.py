@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from relay.credentials import Keys
-from rendezvous.node.accounts import AccountError, AccountStore
+from rendezvous.node.accounts import SCHEMA_VERSION, AccountError, AccountStore
 
 
 @pytest.fixture
@@ -97,8 +97,16 @@ def test_buddy_request_accept_and_remove(store):
     assert store.accepted("bob") == ["alice"]
     store.remove_buddy("bob", "alice")
     assert store.buddies("alice") == [] and store.buddies("bob") == []
-    with pytest.raises(AccountError, match="no user"):
-        store.request_buddy("alice", "nobody")
+
+
+def test_a_request_to_an_unknown_name_is_kept_like_any_other(store):
+    """A buddy request to a name with no account is stored as requested, so it tells nothing about who exists."""
+    store.add("alice", "pw", "example.org")
+    assert store.request_buddy("alice", "nobody") == "requested"
+    assert store.buddies("alice") == [("nobody", "requested")]
+    assert not store.are_buddies("alice", "nobody")
+    store.add("nobody", "pw", "example.org")
+    assert store.buddies("nobody") == [("alice", "incoming")]
 
 
 def test_crossed_requests_become_buddies(store):
@@ -132,4 +140,25 @@ def test_upgrade_from_v1_keeps_accounts(tmp_path):
     store.add("alice", "pw", "example.org")
     store.add("bob", "pw", "example.org")
     assert store.request_buddy("alice", "bob") == "requested"
-    assert store.db.execute("SELECT version FROM version").fetchone()[0] == 2
+    assert store.db.execute("SELECT version FROM version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_upgrade_from_v2_keeps_buddies(tmp_path):
+    """A version 2 file is upgraded in place: accounts and buddy rows stay, requests to unknown names work."""
+    from importlib import resources
+
+    path = tmp_path / "v2.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(resources.files("rendezvous.node.schema").joinpath("v2.sql").read_text())
+    db.execute("INSERT INTO version VALUES (2)")
+    for name in ("alice", "bob"):
+        db.execute("INSERT INTO accounts VALUES (?, x'00', x'00', 1, 1, 1, 'example.org', x'00', x'00', 0)", (name,))
+    db.execute("INSERT INTO buddies VALUES ('alice', 'bob', 'requested', 0)")
+    db.commit()
+    db.close()
+    store = AccountStore(path)
+    assert store.db.execute("SELECT version FROM version").fetchone()[0] == SCHEMA_VERSION
+    assert store.buddies("alice") == [("bob", "requested")]
+    assert store.request_buddy("alice", "nobody") == "requested"
+    store.remove("bob")
+    assert store.buddies("alice") == [("nobody", "requested")]

@@ -4,7 +4,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from relay.credentials import RestSecrets
-from rendezvous.node.accounts import AccountStore
+from rendezvous.node.accounts import MAX_BUDDIES, AccountStore
 from rendezvous.node.signaling import ERROR_DECAY_SECONDS, MAX_ERRORS, Session, SignalingConfig, SignalingNode
 from rendezvous.wire.frames import FrameError, FrameReader, encode
 
@@ -170,6 +170,33 @@ def test_buddy_accept_shares_presence(node):
     assert (peer["online"], peer["state"], peer["node"]) == (True, "away", "node-a")
     listed = alice.do("buddy-list")["buddies"]
     assert listed == [{"user": "bob", "relation": "accepted", "state": "away"}]
+
+
+def test_buddy_add_does_not_tell_who_exists(node):
+    """buddy-add of an unknown name answers and lists exactly like a pending request to a real, offline user."""
+    alice = logged_in(node, "alice")
+    real, unknown = alice.do("buddy-add", user="carol"), alice.do("buddy-add", user="nobody")
+    assert real == {"op": "buddy", "id": 7, "user": "carol", "state": "requested"}
+    assert unknown == {"op": "buddy", "id": 7, "user": "nobody", "state": "requested"}
+    assert alice.do("buddy-list")["buddies"] == [{"user": "carol", "relation": "requested"},
+                                                 {"user": "nobody", "relation": "requested"}]
+    assert alice.do("lookup", user="nobody")["code"] == alice.do("lookup", user="carol")["code"] == "not-a-buddy"
+
+
+def test_buddy_add_of_yourself_is_a_distinct_error(node):
+    """Adding yourself is refused with its own code, not the answer an unknown name would get."""
+    alice = logged_in(node, "alice")
+    refused = alice.do("buddy-add", user="alice")
+    assert (refused["op"], refused["code"]) == ("error", "self-buddy")
+    assert alice.do("buddy-list")["buddies"] == []
+
+
+def test_a_full_buddy_list_says_so(node):
+    """Past MAX_BUDDIES requests and buddies, buddy-add answers list-full."""
+    alice = logged_in(node, "alice")
+    for i in range(MAX_BUDDIES):
+        assert alice.do("buddy-add", user=f"name{i}")["state"] == "requested"
+    assert alice.do("buddy-add", user="carol")["code"] == "list-full"
 
 
 def test_offline_is_pushed_and_resume_restores(node):

@@ -30,10 +30,12 @@ class Buddies:
 
     def _buddy_add(self, session: Session, message: dict):
         buddy = text_field(message, "user")
+        if buddy == session.user:
+            raise SignalingError("self-buddy", "you cannot be your own buddy")
         try:
             state = self.accounts.request_buddy(session.user, buddy)
         except AccountError as e:
-            raise SignalingError("not-found", str(e)) from None
+            raise SignalingError("list-full", str(e)) from None
         if state == "accepted":
             self._share_presence(session, buddy)
         else:
