@@ -6,6 +6,7 @@ from twisted.internet.task import Clock
 from relay.credentials import RestSecrets
 from rendezvous.node.accounts import MAX_BUDDIES, AccountStore
 from rendezvous.node.signaling import ERROR_DECAY_SECONDS, MAX_ERRORS, Session, SignalingConfig, SignalingNode
+from rendezvous.node.signaling.login import LOGIN_ACCOUNT_BURST, LOGIN_BURST
 from rendezvous.wire.frames import FrameError, FrameReader, encode
 
 
@@ -108,12 +109,34 @@ def test_wrong_password_and_unauthenticated_ops(node):
 
 
 def test_login_rate_limit(node):
-    """Repeated failed logins for one account are rate limited."""
+    """Repeated failed logins for one account from one address are rate limited."""
     peer = Peer(node)
-    codes = [peer.do("login", user="bob", password="x")["code"] for _ in range(4)]
-    other = Peer(node, ("198.18.0.8", 1))
-    codes += [other.do("login", user="bob", password="x")["code"] for _ in range(3)]
-    assert "rate-limited" in codes
+    codes = [peer.do("login", user="bob", password="x")["code"] for _ in range(LOGIN_BURST + 1)]
+    assert codes == ["unauthenticated"] * LOGIN_BURST + ["rate-limited"]
+
+
+def test_a_guesser_cannot_lock_the_owner_out(node):
+    """Wrong passwords from one address throttle that address, not the owner logging in from another."""
+    attacker = Peer(node, ("198.18.0.66", 1))
+    for _ in range(3 * LOGIN_BURST):
+        attacker.do("login", user="bob", password="guess")
+    assert attacker.do("login", user="bob", password="bob-pw")["code"] == "rate-limited"
+    assert Peer(node, ("198.18.0.7", 2)).do("login", user="bob", password="bob-pw")["op"] == "welcome"
+
+
+def test_many_addresses_hit_the_account_bound(node):
+    """Guesses spread over many addresses are stopped by the much higher per-account bound."""
+    codes = [Peer(node, (f"198.18.{i // 200}.{i % 200}", 1)).do("login", user="bob", password="x")["code"]
+             for i in range(LOGIN_ACCOUNT_BURST + 1)]
+    assert codes == ["unauthenticated"] * LOGIN_ACCOUNT_BURST + ["rate-limited"]
+
+
+def test_an_ipv6_slash_64_is_one_source(node):
+    """Addresses of one IPv6 /64 share the per-source limits (a host has a whole /64 to pick from)."""
+    codes = [Peer(node, (f"2001:db8::{i:x}", 1)).do("login", user="bob", password="x")["code"]
+             for i in range(LOGIN_BURST + 1)]
+    assert codes[-1] == "rate-limited"
+    assert Peer(node, ("2001:db8:0:1::1", 1)).do("login", user="bob", password="x")["code"] == "unauthenticated"
 
 
 def test_too_many_errors_close_the_session(node):

@@ -19,12 +19,10 @@ from collections import OrderedDict
 
 from twisted.logger import Logger
 
-from relay.limits import RateLimiter
-
 from rendezvous.node.accounts import AccountStore
 from rendezvous.node.signaling.buddies import Buddies
 from rendezvous.node.signaling.connects import Connects
-from rendezvous.node.signaling.login import LOGIN_BURST, LOGIN_PER_SECOND, Login
+from rendezvous.node.signaling.login import Login
 from rendezvous.node.signaling.session import LocalDirectory, Session, SignalingConfig, SignalingError
 from rendezvous.wire.host_entries import host_entry
 
@@ -50,8 +48,7 @@ class SignalingNode(Login, Buddies, Connects):
         self.live_tokens: dict[str, str] = {}  # resume token -> user, of sessions logged in now
         self.resume_tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()  # of closed ones: (user, until)
         self.pending: OrderedDict[str, dict] = OrderedDict()  # connect token -> state
-        self._login_by_user = RateLimiter(LOGIN_BURST, LOGIN_PER_SECOND)
-        self._login_by_ip = RateLimiter(LOGIN_BURST * 4, LOGIN_PER_SECOND * 4)
+        self._init_login_limits()
         self._ops = {
             "ping": self._ping, "pong": self._pong,
             "register": self._register, "login": self._login, "resume": self._resume,

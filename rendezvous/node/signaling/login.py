@@ -1,8 +1,11 @@
 """Signaling login: register, login, resume, logout, draining and the welcome's TURN credentials."""
 
+import ipaddress
 import secrets
 
 from twisted.logger import Logger
+
+from relay.limits import RateLimiter
 
 from rendezvous.node.accounts import AccountError
 from rendezvous.node.signaling.session import Session, SignalingError, text_field
@@ -10,7 +13,23 @@ from rendezvous.node.signaling.session import Session, SignalingError, text_fiel
 log = Logger()
 
 RESUME_SECONDS = 120
-LOGIN_BURST, LOGIN_PER_SECOND = 5, 0.2
+# Failed logins allowed (token buckets; a success gives its token back):
+LOGIN_BURST, LOGIN_PER_SECOND = 5, 0.2  # per account and source
+LOGIN_SOURCE_BURST, LOGIN_SOURCE_PER_SECOND = 20, 0.8  # per source, all accounts (and registrations)
+LOGIN_ACCOUNT_BURST, LOGIN_ACCOUNT_PER_SECOND = 100, 1.0  # per account, all sources
+
+
+def source_key(ip: str) -> str:
+    """Whom a source address counts as: an IPv4 address, or an IPv6 address's /64."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class Login:
@@ -20,8 +39,8 @@ class Login:
         if not self.config.open_registration:
             raise SignalingError("forbidden", "registration is closed on this node")
         user, password = text_field(message, "user"), text_field(message, "password", 1024)
-        if not self._login_by_ip.allow(session.address[0], self.clock.seconds()):
-            raise SignalingError("rate-limited", "too many attempts")
+        if not self._login_by_source.allow(source_key(session.address[0]), self.clock.seconds()):
+            raise SignalingError("rate-limited", "too many attempts from this address")
         try:
             self.accounts.add(user, password, self.config.realm)
         except AccountError as e:
@@ -31,16 +50,36 @@ class Login:
     def _login(self, session: Session, message: dict):
         user, password = text_field(message, "user"), text_field(message, "password", 1024)
         self._check_logged_out(session)
-        now = self.clock.seconds()
-        if not (self._login_by_ip.allow(session.address[0], now) and self._login_by_user.allow(user, now)):
-            raise SignalingError("rate-limited", "too many login attempts")
+        buckets = self._take_login_tokens(user, source_key(session.address[0]))
+        if buckets is None:
+            raise SignalingError("rate-limited", "too many failed logins; try again later")
         if not self.accounts.check_password(user, password):
             log.info("failed login for {user} from {client}", user=user, client=session.address[0])
             raise SignalingError("unauthenticated", "wrong user name or password")
-        # Only failures count against the limits.
-        self._login_by_ip.refund(session.address[0])
-        self._login_by_user.refund(user)
+        for limiter, key in buckets:  # only failures count against the limits
+            limiter.refund(key)
         return self._start(session, user)
+
+    def _init_login_limits(self) -> None:
+        self._login_by_account_source = RateLimiter(LOGIN_BURST, LOGIN_PER_SECOND)
+        self._login_by_source = RateLimiter(LOGIN_SOURCE_BURST, LOGIN_SOURCE_PER_SECOND)
+        self._login_by_account = RateLimiter(LOGIN_ACCOUNT_BURST, LOGIN_ACCOUNT_PER_SECOND)
+
+    def _take_login_tokens(self, user: str, source: str) -> list | None:
+        """A token from each login bucket, narrowest first, or None (and none taken) when one is empty.
+
+        A guesser at one address empties only its own buckets, never the
+        account's: its refused attempts take nothing from the wider ones.
+        """
+        now, taken = self.clock.seconds(), []
+        for limiter, key in ((self._login_by_account_source, (user, source)), (self._login_by_source, source),
+                             (self._login_by_account, user)):
+            if not limiter.allow(key, now):
+                for earlier, earlier_key in taken:
+                    earlier.refund(earlier_key)
+                return None
+            taken.append((limiter, key))
+        return taken
 
     def _resume(self, session: Session, message: dict):
         """A token works once: a live session's (which it replaces), or a closed one's for RESUME_SECONDS."""
