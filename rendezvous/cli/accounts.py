@@ -7,7 +7,8 @@
 
 Passwords are read from the terminal (twice), or from standard input with
 ``--password-stdin`` for scripts; never from the command line, where other
-users could see them.
+users could see them. New names and passwords follow the rules of
+``rendezvous.node.accounts.check_new_account`` (as open registration does).
 """
 
 import argparse
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from relay.config import default_state_dir
 
-from rendezvous.node.accounts import AccountError, AccountStore
+from rendezvous.node.accounts import AccountError, AccountStore, check_new_account
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,9 +49,13 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         store = AccountStore(args.db)
         if args.action == "add":
-            store.add(args.user, _password(args), args.realm)
+            password = _password(args)
+            check_new_account(args.user, password)
+            store.add(args.user, password, args.realm)
         elif args.action == "passwd":
-            store.set_password(args.user, _password(args), args.realm)
+            password = _password(args)
+            check_new_account(None, password)
+            store.set_password(args.user, password, args.realm)
         elif args.action == "remove":
             store.remove(args.user)
         else:

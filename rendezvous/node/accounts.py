@@ -14,6 +14,7 @@ password change or a realm change must go through ``set_password``.
 import hashlib
 import hmac
 import os
+import re
 import sqlite3
 import time
 from importlib import resources
@@ -29,8 +30,40 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MAX_NAME_BYTES = 128
 
 
+# Rules for accounts made over signaling or with ``txrendezvous accounts``
+# (docs/PROTOCOL.md, register): lower-case names, so no two look alike.
+USER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+MIN_PASSWORD_CHARS = 8
+
+
 class AccountError(ValueError):
     """A refused account operation; the message says why."""
+
+
+class AccountPolicyError(AccountError):
+    """A new name or password breaks the rules; ``code`` is bad-user-name or bad-password."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_new_account(name: str | None, password: str) -> None:
+    """Raise AccountPolicyError unless name (None: not checked) and password may make a new account.
+
+    A name is 1-32 of a-z 0-9 . _ - starting with a letter or digit; a
+    password has at least MIN_PASSWORD_CHARS characters and no control
+    characters (it must prepare as an RFC 8265 OpaqueString, as TURN keys need).
+    """
+    if name is not None and not USER_NAME.fullmatch(name):
+        raise AccountPolicyError("bad-user-name", f"user name {name!r} must match {USER_NAME.pattern}: 1-32 of "
+                                 "a-z0-9._- starting with a letter or digit")
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise AccountPolicyError("bad-password", f"the password must have at least {MIN_PASSWORD_CHARS} characters")
+    try:
+        opaque_string(password)
+    except CodecError:
+        raise AccountPolicyError("bad-password", "the password contains control characters") from None
 
 
 def _schema(name: str) -> str:

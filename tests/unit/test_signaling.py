@@ -362,10 +362,24 @@ def test_rtt_from_ping(node, clock):
 def test_registration_is_closed_by_default(node):
     """register is refused unless open registration is on."""
     peer = Peer(node)
-    assert peer.do("register", user="dave", password="pw")["code"] == "forbidden"
+    assert peer.do("register", user="dave", password="dave-password")["code"] == "forbidden"
     node.config.open_registration = True
-    assert peer.do("register", user="dave", password="pw")["op"] == "registered"
-    assert peer.do("register", user="dave", password="pw")["code"] == "conflict"
+    assert peer.do("register", user="dave", password="dave-password")["op"] == "registered"
+    assert peer.do("register", user="dave", password="dave-password")["code"] == "conflict"
+
+
+@pytest.mark.parametrize("user, password, code", [
+    ("dave smith", "long-enough", "bad-user-name"), ("Dave", "long-enough", "bad-user-name"),
+    ("d" * 33, "long-enough", "bad-user-name"), ("dave", "short", "bad-password"),
+    ("dave", "1234567", "bad-password"), ("dave", "long\x00enough", "bad-password"),
+])
+def test_registration_checks_name_and_password(node, user, password, code):
+    """Open registration refuses names outside the syntax and passwords under 8 characters, each by its code."""
+    node.config.open_registration = True
+    peer = Peer(node)
+    assert peer.do("register", user=user, password=password)["code"] == code
+    assert not node.accounts.check_password(user, password)
+    assert peer.do("register", user="dave", password="long-enough")["op"] == "registered"
 
 
 def test_successful_logins_are_not_rate_limited(node):

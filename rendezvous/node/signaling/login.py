@@ -7,7 +7,7 @@ from twisted.logger import Logger
 
 from relay.limits import RateLimiter
 
-from rendezvous.node.accounts import AccountError
+from rendezvous.node.accounts import AccountError, AccountPolicyError, check_new_account
 from rendezvous.node.signaling.session import Session, SignalingError, text_field
 
 log = Logger()
@@ -42,7 +42,10 @@ class Login:
         if not self._login_by_source.allow(source_key(session.address[0]), self.clock.seconds()):
             raise SignalingError("rate-limited", "too many attempts from this address")
         try:
+            check_new_account(user, password)
             self.accounts.add(user, password, self.config.realm)
+        except AccountPolicyError as e:
+            raise SignalingError(e.code, str(e)) from None
         except AccountError as e:
             raise SignalingError("conflict", str(e)) from None
         return {"op": "registered", "user": user}
