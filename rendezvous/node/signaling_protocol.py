@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
 from rendezvous.node.signaling import Session, SignalingNode
-from rendezvous.wire.streams import IDLE_TIMEOUT_SECONDS, PING_SECONDS, BoundedWrites
+from rendezvous.wire.streams import IDLE_TIMEOUT_SECONDS, PING_SECONDS, BoundedWrites, send_at_once
 from rendezvous.wire.frames import FrameError, FrameReader, encode, is_signaling
 
 log = Logger()
@@ -61,8 +61,8 @@ class SignalingProtocol(BoundedWrites, Protocol, TimeoutMixin):
         peer = self.transport.getPeer()
         self.session = Session(send=self.send, close=self.close, address=(peer.host, peer.port))
         self.transport.registerProducer(self, True)
+        send_at_once(self.transport)
         self.setTimeout(LOGIN_TIMEOUT_SECONDS)
-        self.node.opened(self.session)
 
     def close(self) -> None:
         self.closing = True

@@ -37,7 +37,7 @@ from relay.client import tls_options
 
 from rendezvous.peer.host_cache import HostCache, host_entry
 from rendezvous.wire.frames import FrameError, FrameReader, encode
-from rendezvous.wire.streams import IDLE_TIMEOUT_SECONDS, BoundedWrites
+from rendezvous.wire.streams import IDLE_TIMEOUT_SECONDS, BoundedWrites, send_at_once
 
 log = Logger()
 
@@ -274,6 +274,7 @@ class _SignalingStream(BoundedWrites, Protocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
+        send_at_once(self.transport)
         host = self.transport.getHost()
         self.client._attach(self._write, self._close, (host.host, host.port))
         self.setTimeout(IDLE_TIMEOUT_SECONDS)

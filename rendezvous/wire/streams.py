@@ -1,4 +1,4 @@
-"""What both ends of a signaling stream keep to: the ping timing and a bound on unread writes.
+"""What both ends of a signaling stream keep to: ping timing, no Nagle delay, a bound on unread writes.
 
 Either side pings every ``PING_SECONDS`` and gives the stream up after
 ``IDLE_TIMEOUT_SECONDS`` of silence (docs/PROTOCOL.md, keepalive).
@@ -6,7 +6,7 @@ Either side pings every ``PING_SECONDS`` and gives the stream up after
 of buffering for it without end.
 """
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -15,6 +15,17 @@ log = Logger()
 MAX_FRAMES_WHILE_PAUSED = 100
 PING_SECONDS = 30
 IDLE_TIMEOUT_SECONDS = 3 * PING_SECONDS  # three missed pings
+
+
+def send_at_once(transport) -> None:
+    """Set TCP_NODELAY on a signaling stream's socket (TLS or not); other transports are left alone.
+
+    Frames are small and each matters now (a connect-request, a punch):
+    with Nagle's algorithm one would wait for the ACK of the frame before,
+    which the other side's delayed ACK holds back for up to 40 ms.
+    """
+    if ITCPTransport.providedBy(transport):
+        transport.setTcpNoDelay(True)
 
 
 @implementer(IPushProducer)
