@@ -34,7 +34,6 @@ class SignalingWebSocket(WebSocketServerProtocol):
     def onOpen(self) -> None:
         peer = self.transport.getPeer()
         self.session = Session(send=self.send_json, close=self.sendClose, address=(peer.host, peer.port))
-        self.factory.node.opened(self.session)
 
     def send_json(self, message: dict) -> None:
         self.sendMessage(json.dumps(message, separators=(",", ":")).encode("utf-8"), isBinary=False)

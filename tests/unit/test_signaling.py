@@ -6,6 +6,7 @@ from twisted.internet.task import Clock
 from relay.credentials import RestSecrets
 from rendezvous.node.accounts import MAX_BUDDIES, AccountStore
 from rendezvous.node.signaling import ERROR_DECAY_SECONDS, MAX_ERRORS, Session, SignalingConfig, SignalingNode
+from rendezvous.node.signaling.connects import PONG_WAIT_SECONDS, RTT_FRESH_SECONDS
 from rendezvous.node.signaling.login import LOGIN_ACCOUNT_BURST, LOGIN_BURST
 from rendezvous.wire.frames import FrameError, FrameReader, encode
 
@@ -18,7 +19,6 @@ class Peer:
         self.out = []
         self.closed = False
         self.session = Session(send=self.out.append, close=self.close, address=address)
-        node.opened(self.session)
 
     def close(self):
         self.closed = True
@@ -26,7 +26,8 @@ class Peer:
     def do(self, op, **fields):
         self.out.clear()
         self.node.receive(self.session, {"op": op, "id": 7, **fields})
-        return self.out[-1] if self.out else None
+        replies = [m for m in self.out if m.get("id") == 7]
+        return replies[-1] if replies else None
 
     def ops(self):
         return [m["op"] for m in self.out]
@@ -51,9 +52,11 @@ def node(tmp_path, clock):
 
 
 def logged_in(node, name, address=("198.18.0.7", 40000)):
+    """A peer logged in as name that has answered the node's RTT ping at once."""
     peer = Peer(node, address)
     peer.welcome = peer.do("login", user=name, password=f"{name}-pw")
-    assert peer.welcome["op"] == "welcome"
+    assert peer.welcome["op"] == "welcome" and peer.out[-1]["op"] == "ping"
+    node.receive(peer.session, {"op": "pong", "token": peer.out[-1]["token"]})
     return peer
 
 
@@ -89,7 +92,6 @@ def test_frames_before_a_bad_header_are_kept():
 def test_login_returns_join_information(node):
     """A login gets the session, mapped address, host cache, relays, version and TURN credentials."""
     peer = Peer(node)
-    assert peer.out[0]["op"] == "ping"
     welcome = peer.do("login", user="alice", password="alice-pw")
     assert welcome["op"] == "welcome" and welcome["id"] == 7
     assert welcome["mapped"] == ["198.18.0.7", 40000]
@@ -313,6 +315,7 @@ def test_connect_coordination_gives_both_the_same_instant(node, clock):
     bob = logged_in(node, "bob", ("198.18.0.8", 50000))
     buddies(node, alice, bob)
     alice.session.rtt, bob.session.rtt = 0.100, 0.300
+    alice.session.rtt_at = bob.session.rtt_at = clock.seconds()
     a_candidates = [{"type": "srflx", "ip": "198.18.0.7", "port": 40001, "protocol": "udp"}]
     pending = alice.do("connect", to="bob", candidates=a_candidates)
     assert pending["op"] == "connect-pending"
@@ -350,13 +353,120 @@ def test_connect_validation_and_expiry(node, clock):
     assert alice.out[-1]["op"] == "connect-declined"
 
 
+def pong(peer, after_seconds, clock):
+    """Answer the node's latest ping to peer after_seconds later."""
+    token = [m for m in peer.out if m["op"] == "ping"][-1]["token"]
+    clock.advance(after_seconds)
+    peer.do("pong", token=token)
+
+
 def test_rtt_from_ping(node, clock):
     """A pong to the node's ping sets the session's round-trip time."""
     peer = Peer(node)
-    token = peer.out[0]["token"]
-    clock.advance(0.25)
-    peer.do("pong", token=token)
+    peer.node.receive(peer.session, {"op": "login", "user": "alice", "password": "alice-pw"})
+    pong(peer, 0.25, clock)
     assert peer.session.rtt == pytest.approx(0.25)
+
+
+class SlowHashing:
+    """An account store whose password check takes hash_seconds of the node's clock, as scrypt does."""
+
+    def __init__(self, store, clock, hash_seconds):
+        self.store, self.clock, self.hash_seconds = store, clock, hash_seconds
+
+    def check_password(self, user, password):
+        self.clock.advance(self.hash_seconds)
+        return self.store.check_password(user, password)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_first_rtt_leaves_out_the_login_work(node, clock):
+    """The RTT ping follows the welcome, so the password hashing is not counted as network time."""
+    node.accounts = SlowHashing(node.accounts, clock, hash_seconds=0.05)
+    peer = Peer(node)
+    assert peer.do("login", user="alice", password="alice-pw")["op"] == "welcome"
+    assert [m["op"] for m in peer.out] == ["welcome", "ping"]
+    pong(peer, 0.0003, clock)
+    assert peer.session.rtt == pytest.approx(0.0003, abs=1e-6)
+
+
+def punches(*peers):
+    return [[m for m in p.out if m["op"] == "punch"] for p in peers]
+
+
+def start_instants(alice, bob):
+    """When each side starts: the punch's one-way trip (half its RTT) plus its start_in_ms."""
+    (to_alice,), (to_bob,) = punches(alice, bob)
+    return (alice.session.rtt / 2 + to_alice["start_in_ms"] / 1000, bob.session.rtt / 2 + to_bob["start_in_ms"] / 1000)
+
+
+def connected_buddies(node, clock):
+    """alice and bob, buddies, each with a round trip of 50 ms measured now."""
+    alice, bob = Peer(node, ("198.18.0.7", 40000)), Peer(node, ("198.18.0.8", 50000))
+    for peer, name in ((alice, "alice"), (bob, "bob")):
+        peer.do("login", user=name, password=f"{name}-pw")
+        pong(peer, 0.05, clock)
+    buddies(node, alice, bob)
+    return alice, bob
+
+
+def ops(peer, *wanted):
+    return [m["op"] for m in peer.out if m["op"] in wanted]
+
+
+def test_connect_repings_both_sides_when_an_rtt_is_stale(node, clock):
+    """Past RTT_FRESH_SECONDS both sides are pinged again and the start uses the fresh round trips."""
+    alice, bob = connected_buddies(node, clock)
+    clock.advance(RTT_FRESH_SECONDS + 1)
+    alice.do("connect", to="bob", candidates=[])
+    assert ops(alice, "ping", "connect-pending") == ["ping", "connect-pending"]
+    assert ops(bob, "ping", "connect-request") == ["ping", "connect-request"]
+    token = bob.out[-1]["token"]
+    pong(alice, 0.1, clock)
+    pong(bob, 0.2, clock)  # sent with alice's: 0.3 s ago
+    bob.do("connect-answer", token=token, candidates=[])
+    assert (alice.session.rtt, bob.session.rtt) == (pytest.approx(0.1), pytest.approx(0.3))
+    assert start_instants(alice, bob)[0] == pytest.approx(start_instants(alice, bob)[1])
+
+
+def test_fresh_rtts_are_not_pinged_again(node, clock):
+    """Within RTT_FRESH_SECONDS of a measurement a connect sends no extra ping and starts at once."""
+    alice, bob = connected_buddies(node, clock)
+    alice.do("connect", to="bob", candidates=[])
+    assert ops(alice, "ping") == ops(bob, "ping") == []
+    bob.do("connect-answer", token=bob.out[-1]["token"], candidates=[])
+    assert all(punches(alice, bob))
+
+
+def test_the_start_waits_for_an_outstanding_pong(node, clock):
+    """An answer that beats the requester's pong is held until the pong, so both starts use fresh RTTs."""
+    alice, bob = connected_buddies(node, clock)
+    clock.advance(RTT_FRESH_SECONDS + 1)
+    alice.do("connect", to="bob", candidates=[])
+    token = bob.out[-1]["token"]
+    pong(bob, 0.01, clock)
+    bob.do("connect-answer", token=token, candidates=[])
+    assert punches(alice, bob) == [[], []]
+    pong(alice, 0.2, clock)
+    assert alice.session.rtt == pytest.approx(0.21)
+    assert start_instants(alice, bob)[0] == pytest.approx(start_instants(alice, bob)[1])
+
+
+def test_a_missing_pong_delays_the_start_only_briefly(node, clock):
+    """A side that never answers the re-ping gets its punch PONG_WAIT_SECONDS later, with the RTT known before."""
+    alice, bob = connected_buddies(node, clock)
+    clock.advance(RTT_FRESH_SECONDS + 1)
+    alice.do("connect", to="bob", candidates=[])
+    token = bob.out[-1]["token"]
+    pong(bob, 0.01, clock)
+    bob.do("connect-answer", token=token, candidates=[])
+    clock.advance(PONG_WAIT_SECONDS - 0.01)
+    assert punches(alice, bob) == [[], []]
+    clock.advance(0.02)
+    assert alice.session.rtt == pytest.approx(0.05)
+    assert start_instants(alice, bob)[0] == pytest.approx(start_instants(alice, bob)[1])
 
 
 def test_registration_is_closed_by_default(node):

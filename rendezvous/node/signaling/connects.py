@@ -3,7 +3,9 @@
 A's candidates (and ICE ufrag/pwd, passed through) go to B with a one-time
 token, B's answer goes back, and both are told to start at the same
 instant, computed from each side's measured round-trip time (as libp2p
-DCUtR does).
+DCUtR does). A side whose RTT is older than RTT_FRESH_SECONDS is pinged
+again at the connect, and the punch waits (up to PONG_WAIT_SECONDS) for
+the pongs still outstanding, so both starts rest on fresh round trips.
 """
 
 import ipaddress
@@ -16,6 +18,8 @@ MAX_CANDIDATES = 32
 CONNECT_SECONDS = 30
 PUNCH_MARGIN_SECONDS = 0.05
 DEFAULT_RTT_SECONDS = 0.2
+RTT_FRESH_SECONDS = 10
+PONG_WAIT_SECONDS = 1.0
 MAX_PENDING_CONNECTS = 10000
 CANDIDATE_TYPES = ("host", "srflx", "upnp", "predicted", "relay", "prflx")
 # ICE credentials (RFC 8445 §5.3; RFC 8839 §5.4: ice-char is ALPHA / DIGIT / "+" / "/").
@@ -75,9 +79,10 @@ class Connects:
         token = f"{secrets.token_urlsafe(16)}.{self.config.node_name}"
         self.pending[token] = {"from": session, "to": to, "candidates": candidates, "credentials": credentials,
                                "expires": self.clock.seconds() + CONNECT_SECONDS}
+        self.refresh_rtt(session)
         other = self.sessions.get(to)
         if other is not None:
-            self.send_ping(other)
+            self.refresh_rtt(other)  # ahead of the request, so its pong comes before the answer
         self._deliver(to, {"op": "connect-request", "from": session.user, "token": token, "candidates": candidates,
                            **credentials})
         return {"op": "connect-pending", "token": token, "to": to}
@@ -90,19 +95,22 @@ class Connects:
         self._to_connect_origin(answer, self._complete_connect)
 
     def _to_connect_origin(self, envelope: dict, here) -> None:
-        """Apply an answer or decline with ``here`` when this node holds its token, else
-        route it to the node the token names."""
+        """Apply an answer or decline with ``here`` when this node holds its token (for this
+        user), else route it to the node the token names; not-found (with the request's id)
+        for a token of this node that is unknown, expired or someone else's."""
         token = envelope["token"]
-        if token in self.pending:
+        self._expire_connects()
+        entry = self.pending.get(token)
+        if entry is not None and entry["to"] == envelope["user"]:
             here(envelope)
             return
         origin = token.rpartition(".")[2]
-        if origin == self.config.node_name or not origin:
+        if entry is not None or origin == self.config.node_name or not origin:
             raise SignalingError("not-found", "unknown or expired connect token")
         self.directory.route(origin, envelope)
 
     def _complete_connect(self, answer: dict) -> None:
-        """Both sides get each other's candidates and the same start instant."""
+        """B answered: punch now, or once the pongs still out have come (at most PONG_WAIT_SECONDS)."""
         self._expire_connects()
         token, b_user = answer.get("token"), answer.get("user")
         entry = self.pending.get(token)
@@ -111,7 +119,30 @@ class Connects:
                                    "reason": "unknown or expired connect token"})
             return
         del self.pending[token]
-        a = entry["from"]
+        waiting = [side for side in (entry["from"], self.sessions.get(b_user)) if side and side.ping_token]
+        if not waiting or len(self.starting) >= MAX_PENDING_CONNECTS:  # else no room to wait: known RTTs
+            self._punch(token, entry, answer)
+            return
+        self.starting[token] = (entry, answer, waiting, self.clock.seconds() + PONG_WAIT_SECONDS)
+        self.clock.callLater(PONG_WAIT_SECONDS, self.release_starts)
+
+    def refresh_rtt(self, session: Session) -> None:
+        """Ping session unless its RTT is fresh or a ping is already out."""
+        stale = session.rtt_at is None or self.clock.seconds() - session.rtt_at > RTT_FRESH_SECONDS
+        if stale and session.ping_token is None:
+            self.send_ping(session)
+
+    def release_starts(self) -> None:
+        """Punch every held connect whose pongs have come, or whose wait is over."""
+        now = self.clock.seconds()
+        for token, (entry, answer, waiting, deadline) in list(self.starting.items()):
+            if deadline <= now or not any(side.ping_token for side in waiting):
+                del self.starting[token]
+                self._punch(token, entry, answer)
+
+    def _punch(self, token: str, entry: dict, answer: dict) -> None:
+        """Both sides get each other's candidates and the same start instant."""
+        a, b_user = entry["from"], answer["user"]
         if self.sessions.get(a.user) is not a:
             self._deliver(b_user, {"op": "error", "id": None, "code": "offline", "reason": "the requester has gone"})
             return
@@ -120,8 +151,12 @@ class Connects:
         b_credentials = answer.get("credentials") if isinstance(answer.get("credentials"), dict) else {}
         # Both must act at the same instant: the node sends each side a delay
         # that makes start = now + longest one-way time + margin, less that
-        # side's own one-way time (half its measured round trip).
-        rtt_a, rtt_b = a.rtt or DEFAULT_RTT_SECONDS, answer.get("rtt") or DEFAULT_RTT_SECONDS
+        # side's own one-way time (half its measured round trip). A local B's
+        # RTT is read now: its pong may have come after its answer.
+        b = self.sessions.get(b_user)
+        rtt_a = a.rtt if a.rtt is not None else DEFAULT_RTT_SECONDS
+        rtt_b = b.rtt if b is not None else answer.get("rtt")
+        rtt_b = rtt_b if isinstance(rtt_b, (int, float)) and rtt_b >= 0 else DEFAULT_RTT_SECONDS
         delay = max(rtt_a, rtt_b) / 2 + PUNCH_MARGIN_SECONDS
         a.send({"op": "punch", "token": token, "peer": b_user, "candidates": answer["candidates"],
                 "peer_address": answer["address"], "start_in_ms": round((delay - rtt_a / 2) * 1000, 1),

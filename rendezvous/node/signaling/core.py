@@ -48,6 +48,7 @@ class SignalingNode(Login, Buddies, Connects):
         self.live_tokens: dict[str, str] = {}  # resume token -> user, of sessions logged in now
         self.resume_tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()  # of closed ones: (user, until)
         self.pending: OrderedDict[str, dict] = OrderedDict()  # connect token -> state
+        self.starting: OrderedDict[str, tuple] = OrderedDict()  # answered, waiting for pongs: token -> state
         self._init_login_limits()
         self._ops = {
             "ping": self._ping, "pong": self._pong,
@@ -66,10 +67,6 @@ class SignalingNode(Login, Buddies, Connects):
 
     # -- sessions ----------------------------------------------------------
 
-    def opened(self, session: Session) -> None:
-        """A connection came up: measure its round-trip time at once."""
-        self.send_ping(session)
-
     def closed(self, session: Session) -> None:
         """A connection went away: its user goes offline (resumable for a while)."""
         if session.user is not None and self.sessions.get(session.user) is session:
@@ -80,6 +77,11 @@ class SignalingNode(Login, Buddies, Connects):
             log.info("session {session} of {user} closed", session=session.id, user=session.user)
 
     def send_ping(self, session: Session) -> None:
+        """Ping session; its pong measures the round-trip time from now.
+
+        So that the node's own work is not counted as network time, pings
+        for an RTT go out after any slow step (the login's password hash).
+        """
         session.ping_token = secrets.token_hex(4)
         session.ping_sent_at = self.clock.seconds()
         session.send({"op": "ping", "token": session.ping_token})
@@ -108,6 +110,8 @@ class SignalingNode(Login, Buddies, Connects):
             reply.setdefault("op", "ok")
             reply["id"] = request_id
             session.send(reply)
+            if reply["op"] == "welcome":
+                self.send_ping(session)  # the first RTT, timed after the password hashing
 
     def _count_error(self, session: Session) -> float:
         """Count one bad request; the count falls by one every ERROR_DECAY_SECONDS."""
@@ -157,8 +161,10 @@ class SignalingNode(Login, Buddies, Connects):
 
     def _pong(self, session: Session, message: dict):
         if session.ping_token is not None and message.get("token") == session.ping_token:
-            session.rtt = max(0.0, self.clock.seconds() - session.ping_sent_at)
+            session.rtt_at = self.clock.seconds()
+            session.rtt = max(0.0, session.rtt_at - session.ping_sent_at)
             session.ping_token = None
+            self.release_starts()
         return None
 
     # -- presence and buddies ------------------------------------------------
@@ -191,6 +197,8 @@ class SignalingNode(Login, Buddies, Connects):
         if kind == "deliver":
             local = self.sessions.get(envelope.get("to"))
             if local is not None and isinstance(envelope.get("message"), dict):
+                if envelope["message"].get("op") == "connect-request":
+                    self.refresh_rtt(local)
                 local.send(envelope["message"])
         elif kind == "connect-answer":
             self._complete_connect(envelope)

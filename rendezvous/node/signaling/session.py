@@ -35,6 +35,7 @@ class Session:
     state: str = "offline"
     nat_type: str | None = None
     rtt: float | None = None
+    rtt_at: float | None = None  # when rtt was measured
     errors: float = 0.0  # bad requests, decaying (SignalingNode._count_error)
     errors_at: float | None = None
     ping_sent_at: float | None = None
