@@ -29,6 +29,7 @@ from rendezvous.wire.host_entries import host_entry
 log = Logger()
 
 MAX_ERRORS = 5
+MAX_PING_TOKEN = 64  # characters of a client's ping token echoed in the pong
 ERROR_DECAY_SECONDS = 10
 HOST_CACHE_SIZE = 200
 HOST_TTL_SECONDS = 3600
@@ -107,7 +108,6 @@ class SignalingNode(Login, Buddies, Connects):
                 session.close()
             return
         if reply is not None:
-            reply.setdefault("op", "ok")
             reply["id"] = request_id
             session.send(reply)
             if reply["op"] == "welcome":
@@ -157,7 +157,7 @@ class SignalingNode(Login, Buddies, Connects):
 
     def _ping(self, session: Session, message: dict):
         token = message.get("token")
-        return {"op": "pong", "token": token if isinstance(token, str) and len(token) <= 64 else None}
+        return {"op": "pong", "token": token if isinstance(token, str) and len(token) <= MAX_PING_TOKEN else None}
 
     def _pong(self, session: Session, message: dict):
         if session.ping_token is not None and message.get("token") == session.ping_token:

@@ -8,7 +8,7 @@ from twisted.logger import Logger
 from relay.limits import RateLimiter
 
 from rendezvous.node.accounts import AccountError, AccountPolicyError, check_new_account
-from rendezvous.node.signaling.session import Session, SignalingError, text_field
+from rendezvous.node.signaling.session import MAX_PASSWORD_BYTES, Session, SignalingError, text_field
 
 log = Logger()
 
@@ -38,7 +38,7 @@ class Login:
     def _register(self, session: Session, message: dict):
         if not self.config.open_registration:
             raise SignalingError("forbidden", "registration is closed on this node")
-        user, password = text_field(message, "user"), text_field(message, "password", 1024)
+        user, password = text_field(message, "user"), text_field(message, "password", MAX_PASSWORD_BYTES)
         if not self._login_by_source.allow(source_key(session.address[0]), self.clock.seconds()):
             raise SignalingError("rate-limited", "too many attempts from this address")
         try:
@@ -51,7 +51,7 @@ class Login:
         return {"op": "registered", "user": user}
 
     def _login(self, session: Session, message: dict):
-        user, password = text_field(message, "user"), text_field(message, "password", 1024)
+        user, password = text_field(message, "user"), text_field(message, "password", MAX_PASSWORD_BYTES)
         self._check_logged_out(session)
         buckets = self._take_login_tokens(user, source_key(session.address[0]))
         if buckets is None:

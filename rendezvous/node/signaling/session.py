@@ -75,7 +75,11 @@ class LocalDirectory:
         pass
 
 
-def text_field(message: dict, name: str, max_bytes: int = 128) -> str:
+MAX_FIELD_BYTES = 128  # a user name, token or other short string field
+MAX_PASSWORD_BYTES = 1024
+
+
+def text_field(message: dict, name: str, max_bytes: int = MAX_FIELD_BYTES) -> str:
     value = message.get(name)
     if not isinstance(value, str) or not value or len(value.encode("utf-8")) > max_bytes:
         raise SignalingError("bad-request", f"{name} must be a non-empty string of at most {max_bytes} bytes")
