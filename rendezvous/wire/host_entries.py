@@ -2,6 +2,8 @@
 
 import ipaddress
 
+MAX_LOAD = 2**31 - 1  # a load past this is taken for 0: entries stay small, so frames carrying 200 fit
+
 
 def host_entry(entry) -> dict | None:
     """A super node entry {host, port, load} checked and cleaned, or None."""
@@ -14,4 +16,5 @@ def host_entry(entry) -> dict | None:
     port, load = entry.get("port"), entry.get("load", 0)
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         return None
-    return {"host": host, "port": port, "load": load if isinstance(load, int) and load >= 0 else 0}
+    ok = isinstance(load, int) and not isinstance(load, bool) and 0 <= load <= MAX_LOAD
+    return {"host": host, "port": port, "load": load if ok else 0}

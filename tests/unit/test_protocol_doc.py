@@ -21,7 +21,7 @@ SOURCES = sorted((ROOT / "rendezvous" / "node" / "signaling").glob("*.py")) + [
 LIMIT_MODULES = ["rendezvous.node.signaling.core", "rendezvous.node.signaling.session",
                  "rendezvous.node.signaling.login", "rendezvous.node.signaling.buddies",
                  "rendezvous.node.signaling.connects", "rendezvous.node.signaling_protocol",
-                 "rendezvous.wire.frames", "rendezvous.wire.streams"]
+                 "rendezvous.wire.frames", "rendezvous.wire.streams", "rendezvous.wire.host_entries"]
 LIMITS_ELSEWHERE = {"rendezvous.node.accounts": ["MAX_BUDDIES", "MIN_PASSWORD_CHARS"]}
 NOT_LIMITS = {"MAGIC", "VERSION"}  # the frame header, documented in its own diagram
 

@@ -8,7 +8,7 @@ from rendezvous.node.accounts import MAX_BUDDIES, AccountStore
 from rendezvous.node.signaling import ERROR_DECAY_SECONDS, MAX_ERRORS, Session, SignalingConfig, SignalingNode
 from rendezvous.node.signaling.connects import PONG_WAIT_SECONDS, RTT_FRESH_SECONDS
 from rendezvous.node.signaling.login import LOGIN_ACCOUNT_BURST, LOGIN_BURST
-from rendezvous.wire.frames import FrameError, FrameReader, encode
+from rendezvous.wire.frames import MAX_FRAME_BYTES, FrameError, FrameReader, encode
 
 
 class Peer:
@@ -526,6 +526,15 @@ def test_hosts_exchange_learns_only_the_caller(node):
     cached = node.host_cache()
     assert {"host": "198.18.3.3", "port": 3478, "load": 2} in cached
     assert all(entry["host"] != "198.18.9.9" for entry in cached)
+
+
+def test_a_huge_load_cannot_swell_the_welcome(node):
+    """hosts calls claiming an enormous load are cut to 0, so every welcome still fits in one frame."""
+    for port in range(1, 9):
+        Peer(node, ("198.18.3.3", 1)).do("hosts", port=port, load=10**4000)
+    welcome = logged_in(node, "alice").welcome
+    assert {entry["load"] for entry in welcome["host_cache"] if entry["host"] == "198.18.3.3"} == {0}
+    assert len(encode(welcome)) < MAX_FRAME_BYTES
 
 
 def test_connect_passes_ice_credentials_through(node):
