@@ -440,14 +440,20 @@ def test_fresh_rtts_are_not_pinged_again(node, clock):
     assert all(punches(alice, bob))
 
 
-def test_the_start_waits_for_an_outstanding_pong(node, clock):
-    """An answer that beats the requester's pong is held until the pong, so both starts use fresh RTTs."""
+def answered_before_alice_pongs(node, clock):
+    """alice connects to bob with stale RTTs; bob pongs and answers at once, alice's pong is still out."""
     alice, bob = connected_buddies(node, clock)
     clock.advance(RTT_FRESH_SECONDS + 1)
     alice.do("connect", to="bob", candidates=[])
     token = bob.out[-1]["token"]
     pong(bob, 0.01, clock)
     bob.do("connect-answer", token=token, candidates=[])
+    return alice, bob
+
+
+def test_the_start_waits_for_an_outstanding_pong(node, clock):
+    """An answer that beats the requester's pong is held until the pong, so both starts use fresh RTTs."""
+    alice, bob = answered_before_alice_pongs(node, clock)
     assert punches(alice, bob) == [[], []]
     pong(alice, 0.2, clock)
     assert alice.session.rtt == pytest.approx(0.21)
@@ -456,12 +462,7 @@ def test_the_start_waits_for_an_outstanding_pong(node, clock):
 
 def test_a_missing_pong_delays_the_start_only_briefly(node, clock):
     """A side that never answers the re-ping gets its punch PONG_WAIT_SECONDS later, with the RTT known before."""
-    alice, bob = connected_buddies(node, clock)
-    clock.advance(RTT_FRESH_SECONDS + 1)
-    alice.do("connect", to="bob", candidates=[])
-    token = bob.out[-1]["token"]
-    pong(bob, 0.01, clock)
-    bob.do("connect-answer", token=token, candidates=[])
+    alice, bob = answered_before_alice_pongs(node, clock)
     clock.advance(PONG_WAIT_SECONDS - 0.01)
     assert punches(alice, bob) == [[], []]
     clock.advance(0.02)
