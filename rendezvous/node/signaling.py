@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from relay.limits import RateLimiter
 
 from rendezvous.node.accounts import AccountError, AccountStore
+from rendezvous.wire.fingerprints import FINGERPRINT
 from rendezvous.wire.host_entries import host_entry
 
 log = Logger()
@@ -45,7 +46,8 @@ CANDIDATE_TYPES = ("host", "srflx", "upnp", "predicted", "relay", "prflx")
 HOST_CACHE_SIZE = 200
 HOST_TTL_SECONDS = 3600
 # ICE credentials (RFC 8445 §5.3; RFC 8839 §5.4: ice-char is ALPHA / DIGIT / "+" / "/").
-ICE_CREDENTIALS = {"ufrag": re.compile(r"[A-Za-z0-9+/]{4,64}"), "pwd": re.compile(r"[A-Za-z0-9+/]{22,128}")}
+ICE_CREDENTIALS = {"ufrag": re.compile(r"[A-Za-z0-9+/]{4,64}"), "pwd": re.compile(r"[A-Za-z0-9+/]{22,128}"),
+                   "fingerprint": FINGERPRINT}
 
 
 class SignalingError(Exception):
@@ -137,7 +139,7 @@ def _candidates(message: dict) -> list[dict]:
 
 
 def _ice_credentials(message: dict) -> dict:
-    """The optional ``ufrag`` and ``pwd`` of a connect or answer, checked, for passing on unchanged."""
+    """The optional ``ufrag``, ``pwd`` and ``fingerprint`` of a connect or answer, checked, for passing on unchanged."""
     found = {}
     for name, pattern in ICE_CREDENTIALS.items():
         value = message.get(name)

@@ -5,14 +5,18 @@ presence with a NAT hint (``rendezvous.peer.prediction.NatHint``), gather
 candidates (``gathering``), exchange them with ICE credentials through the
 node (docs/PROTOCOL.md, connect / connect-answer / punch), and at the
 instant the node gives run ICE connectivity checks (``checks``, RFC 8445)
-and TCP hole punching (``tcp_path``); the path that wins is handed over as
-a ``Connection`` (``connection``). Here: the options both take, the
-waiters for pushed ``punch`` frames, and the answering side's ``Listener``.
+and TCP hole punching (``tcp_path``). Over the path that wins
+(``connection``) runs an encrypted QUIC session whose peer proved the
+fingerprint that came with its candidates (``trust``, ``session``); only
+``plaintext=True`` hands over the bare ``Connection``. Here: the options
+both take, the waiters for pushed ``punch`` frames, and the answering
+side's ``Listener``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -22,6 +26,8 @@ from rendezvous.peer.connection import ConnectError, Connection
 from rendezvous.peer.gathering import RELAY_TRANSPORTS
 from rendezvous.peer.ice import CONSENT_TIMEOUT_SECONDS
 from rendezvous.peer.prediction import SPRAY_PROBES, SPRAY_SOCKETS, NatHint
+from rendezvous.peer.session import Session
+from rendezvous.peer.trust import Trust, default_state_dir
 from rendezvous.stun.addresses import Address
 
 log = Logger()
@@ -49,6 +55,9 @@ class _Options:
     tcp_low_ttl: int | None = None
     tcp_punch_seconds: float = TCP_PUNCH_SECONDS
     upnp: bool | None = None  # None: when the node is not on loopback
+    plaintext: bool = False  # hand over the bare datagram Connection, no session
+    state_dir: Path | None = None  # the identity and pins; None: the host cache's folder, else the default
+    allow_new_fingerprint: bool = False  # accept a peer whose fingerprint differs from its pin (and re-pin)
 
     def __post_init__(self) -> None:
         self.direct_transports = tuple(self.direct_transports)
@@ -92,6 +101,22 @@ class _Punches:
         return d.addTimeout(seconds, reactor)
 
 
+def _trust(options: _Options, user: str, host_cache) -> Trust | None:
+    """The user's identity and pins, from the state directory (None in plaintext mode)."""
+    if options.plaintext:
+        return None
+    state_dir = options.state_dir or (Path(host_cache.path).parent if host_cache is not None else default_state_dir())
+    return Trust.load(state_dir, user, options.allow_new_fingerprint)
+
+
+def _credentials(session: _Session, trust: Trust | None) -> dict:
+    """What goes to the peer with the candidates: ICE credentials and our fingerprint."""
+    found = {"ufrag": session.agent.local_ufrag, "pwd": session.agent.local_pwd}
+    if trust is not None:
+        found["fingerprint"] = trust.identity.fingerprint
+    return found
+
+
 def _presence(signaling, hint: NatHint) -> None:
     """Advertise presence with the NAT hint (a failure only costs the peer the hint)."""
     maybeDeferred(signaling.set_presence, "online", nat_type=hint.to_presence()).addErrback(
@@ -108,7 +133,7 @@ async def _peer_hint(signaling, peer: str) -> NatHint:
 
 def connect(reactor, user: str, password: str, peer: str, servers=None, host_cache=None, *,
             tls: bool = False, tls_verify: bool = True, **options) -> Deferred:
-    """Log in as ``user`` and connect to the buddy ``peer``; fires with a Connection.
+    """Log in as ``user`` and connect to the buddy ``peer``; fires with a Session.
 
     ``servers`` are (host, port) super nodes tried after the ``host_cache``
     (a rendezvous.peer.host_cache.HostCache); ``tls`` logs in over TLS (and
@@ -126,20 +151,27 @@ def connect(reactor, user: str, password: str, peer: str, servers=None, host_cac
     peer in presence), ``relay_wait_seconds``, ``consent_timeout_seconds``
     (RFC 7675: how long the peer may leave consent checks unanswered
     before ``when_lost`` fires; default 30), ``spray_sockets``,
-    ``spray_probes``; an unknown one raises TypeError, a bad value
-    ValueError. Fails with ConnectError (its ``attempts`` say what was
-    tried), SignalingRequestError (e.g. the peer is offline or not a buddy)
-    or a login error.
+    ``spray_probes``, ``state_dir`` (where ``USER.identity.pem``, made on
+    first use, and ``USER.pins.json`` live; default: the host cache's
+    folder, else ``~/.local/state/txrendezvous``), ``allow_new_fingerprint``
+    (accept and re-pin a peer whose fingerprint changed), ``plaintext``
+    (fire with the bare datagram Connection instead of a Session); an
+    unknown one raises TypeError, a bad value ValueError. Fails with
+    ConnectError (its ``attempts`` say what was tried), FingerprintChanged,
+    SessionError (the peer did not prove its fingerprint),
+    SignalingRequestError (e.g. the peer is offline or not a buddy) or a
+    login error.
     """
     options = _Options(tls=tls, tls_verify=tls_verify, **options)
+    trust = _trust(options, user, host_cache)
 
-    async def run() -> Connection:
+    async def run() -> Session | Connection:
         from rendezvous.peer.signaling_client import SignalingClient
 
         signaling = await SignalingClient.login(reactor, user, password, servers=servers, host_cache=host_cache,
                                                 tls=tls, tls_verify=tls_verify)
         try:
-            return await _connect(reactor, signaling, peer, options)
+            return await _connect(reactor, signaling, peer, options, trust)
         except BaseException:
             signaling.close()
             raise
@@ -147,32 +179,33 @@ def connect(reactor, user: str, password: str, peer: str, servers=None, host_cac
     return Deferred.fromCoroutine(run())
 
 
-async def _connect(reactor, signaling, peer: str, options: _Options) -> Connection:
+async def _connect(reactor, signaling, peer: str, options: _Options, trust: Trust | None) -> Session | Connection:
     session = _Session(reactor, signaling, options, controlling=True)
     session.peer = peer
     punches = _Punches(signaling)
     candidates = await session.gather()
     _presence(signaling, session.hint)
     peer_hint = await _peer_hint(signaling, peer)
-    pending = await signaling.request("connect", to=peer, candidates=candidates,
-                                      ufrag=session.agent.local_ufrag, pwd=session.agent.local_pwd)
+    pending = await signaling.request("connect", to=peer, candidates=candidates, **_credentials(session, trust))
     punch = await punches.wait(pending["token"], reactor, options.timeout_seconds)
     if punch.get("op") == "connect-declined":
         session.close()
         raise ConnectError(f"{peer} declined", session.attempts)
     connection = await session.start(punch, peer_hint)
     connection.signaling = signaling
-    return connection
+    if trust is None:
+        return connection
+    return await trust.secure(reactor, connection, punch, is_client=True)
 
 
 class Listener:
     """The answering side: accepts connect-requests from buddies (see ``listen``)."""
 
-    def __init__(self, reactor, signaling, on_connection, options: _Options, accept) -> None:
-        self.reactor, self.signaling, self.options = reactor, signaling, options
+    def __init__(self, reactor, signaling, on_connection, options: _Options, accept, trust: Trust | None) -> None:
+        self.reactor, self.signaling, self.options, self.trust = reactor, signaling, options, trust
         self.on_connection, self.accept = on_connection, accept
         self.hint = NatHint(None)
-        self.connections: list[Connection] = []
+        self.connections: list[Session | Connection] = []
         self._punches = _Punches(signaling)
         signaling.on("connect-request", self._request)
 
@@ -192,9 +225,11 @@ class Listener:
         waiting = self._punches.wait(request["token"], self.reactor, self.options.timeout_seconds)
         # connect-answer has no reply frame: the punch is the answer.
         self.signaling.send("connect-answer", token=request["token"], candidates=candidates,
-                            ufrag=session.agent.local_ufrag, pwd=session.agent.local_pwd)
+                            **_credentials(session, self.trust))
         punch = await waiting
         connection = await session.start(punch, peer_hint)
+        if self.trust is not None:
+            connection = await self.trust.secure(self.reactor, connection, punch, is_client=False)
         self.connections.append(connection)
         self.on_connection(connection)
 
@@ -209,18 +244,20 @@ def listen(reactor, user: str, password: str, on_connection, servers=None, host_
            tls: bool = False, tls_verify: bool = True, accept=lambda peer: True, **options) -> Deferred:
     """Log in as ``user`` and answer connect-requests; fires with a Listener once online.
 
-    ``on_connection(connection)`` is called for each peer that connects and
+    ``on_connection(session)`` is called for each peer that connects (with
+    a Connection when ``plaintext=True``) and
     ``accept(peer)`` decides who may (default: every buddy). Options as in
     ``connect``. Fails with a login error.
     """
     options = _Options(tls=tls, tls_verify=tls_verify, **options)
+    trust = _trust(options, user, host_cache)
 
     async def run() -> Listener:
         from rendezvous.peer.signaling_client import SignalingClient
 
         signaling = await SignalingClient.login(reactor, user, password, servers=servers, host_cache=host_cache,
                                                 tls=tls, tls_verify=tls_verify)
-        listener = Listener(reactor, signaling, on_connection, options, accept)
+        listener = Listener(reactor, signaling, on_connection, options, accept, trust)
         udp_only = replace(options, direct_transports=tuple(t for t in options.direct_transports if t == "udp"),
                            relay_transports=(), upnp=False)
         probe = _Session(reactor, signaling, udp_only, False)
