@@ -37,6 +37,7 @@ PEER_ADDRESS = ("0.0.0.0", 0)  # what QUIC calls the peer: the path below is not
 IDLE_TIMEOUT_SECONDS = 60.0
 MAX_DATAGRAM_FRAME_BYTES = 1100  # fits the 1200-byte QUIC packets with room for the headers
 FINGERPRINT_MISMATCH = 0x101  # our application close code
+CLOSE_GRACE_SECONDS = 3.0  # how long close() waits for the peer to acknowledge finished streams
 MAX_UNCLAIMED_STREAMS = 16  # peer streams held until the application accepts streams
 
 
@@ -93,6 +94,8 @@ class Session:
         self._closed_reason: str | None = None
         self._closed_waiters: list[Deferred] = []
         self._path_waiters: list[Callable[[str], None]] = []
+        self._closing: Deferred | None = None  # close() was called; fires when the path is freed
+        self._grace = None  # the timer that closes at the latest
         connection.set_receiver(self._datagram)
         connection.when_lost().addCallback(self._path_lost)
         if is_client:
@@ -166,12 +169,34 @@ class Session:
         return waiter
 
     def close(self) -> Deferred:
-        """Close the session (CONNECTION_CLOSE to the peer) and the path; fires when the path is freed."""
+        """Close the session and the path; fires when the path is freed.
+
+        Streams this side finished (``loseConnection``) first get up to
+        CLOSE_GRACE_SECONDS for the peer to acknowledge their last bytes,
+        so a clean end of input is never cut off; then CONNECTION_CLOSE."""
+        if self._closing is None:
+            self._closing = Deferred()
+            if self._closed_reason is not None:
+                self.connection.close().chainDeferred(self._closing)
+            elif self._quic is None or not self._unacknowledged():
+                self._close_now()
+            else:
+                self._grace = self.reactor.callLater(CLOSE_GRACE_SECONDS, self._close_now)
+        return self._closing
+
+    def _unacknowledged(self) -> bool:
+        """Whether a stream's FIN is sent or queued but not yet acknowledged (RFC 9000 §3.1 "Data Sent")."""
+        return any(stream.sender._buffer_fin is not None and not stream.sender.is_finished
+                   for stream in self._quic._streams.values())
+
+    def _close_now(self) -> None:
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
         if self._quic is not None and self._closed_reason is None:
             self._quic.close(reason_phrase="closed")
             self._pump()
         self._ended("closed by this side")
-        return self.connection.close()
 
     # -- QUIC underneath ----------------------------------------------------
 
@@ -222,6 +247,8 @@ class Session:
         deadline = quic.get_timer()
         if deadline is not None and self._closed_reason is None:
             self._timer = self.reactor.callLater(max(0.0, deadline - now), self._on_timer)
+        if self._grace is not None and not self._unacknowledged():
+            self._close_now()  # every FIN acknowledged: no need to wait out the grace period
 
     def _event(self, event) -> None:
         if isinstance(event, events.HandshakeCompleted):
@@ -295,5 +322,9 @@ class Session:
         waiters, self._closed_waiters = self._closed_waiters, []
         for waiter in waiters:
             waiter.callback(reason)
-        if not reason.startswith("closed by this side"):
-            self.connection.close()
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
+        closed = self.connection.close()  # the path goes with the session, whoever ended it
+        if self._closing is not None:
+            closed.chainDeferred(self._closing)

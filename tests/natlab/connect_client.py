@@ -7,11 +7,13 @@ Options: ``direct=udp,tcp`` and ``relay=udp,tcp,tls`` (comma lists, may be
 empty) become connect()'s ``direct_transports`` and ``relay_transports``,
 ``consent=SECONDS`` its ``consent_timeout_seconds``.
 
-The listener prints {"ready": true} once online, then its connection's
-path and attempts, answers one "ping" datagram with "pong" and exits. The
-connector prints its path and attempts and whether the pong came back.
+Both run encrypted sessions (each process has a fresh identity in a
+temporary state directory). The listener prints {"ready": true} once
+online, then its session's path and attempts, answers "ping" on the first
+stream the peer opens with "pong" and exits. The connector opens that
+stream, prints its path and attempts and whether the pong came back.
 With ``watch=SECONDS`` neither ends there: each then waits that long for
-its connection's ``when_lost()`` and prints {"lost": reason or null}.
+its path's ``when_lost()`` and prints {"lost": reason or null}.
 Both give up after 40 s. ``run_pair`` runs a listener and a connector in
 two sites of a lab (tests/natlab/lab.py) and returns their reports;
 ``add_buddies`` makes the accounts it logs in with.
@@ -19,11 +21,14 @@ two sites of a lab (tests/natlab/lab.py) and returns their reports;
 
 import itertools
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 
 from rendezvous.node.accounts import AccountStore
 from rendezvous.peer import ConnectError, connect, listen
@@ -85,36 +90,64 @@ def report(**fields) -> None:
     sys.stdout.flush()
 
 
-def described(connection) -> dict:
-    return {"path": connection.path, "local": list(connection.local), "remote": list(connection.remote),
-            "attempts": [[a.technique, a.duration_ms, a.outcome, a.detail] for a in connection.attempts]}
+def described(session) -> dict:
+    connection = session.connection
+    return {"path": session.path, "local": list(connection.local), "remote": list(connection.remote),
+            "attempts": [[a.technique, a.duration_ms, a.outcome, a.detail] for a in session.attempts]}
 
 
-async def watch_loss(connection, seconds: float | None) -> None:
-    """With watch=SECONDS: report the reason the path is lost, or null if it lasts."""
+async def watch_loss(session, seconds: float | None) -> None:
+    """With watch=SECONDS: report the reason the session's path is lost, or null if it lasts."""
     if seconds is not None:
-        lost = await connection.when_lost().addTimeout(seconds, reactor).addErrback(lambda _: None)
+        lost = await session.connection.when_lost().addTimeout(seconds, reactor).addErrback(lambda _: None)
         report(lost=lost)
+
+
+class Pong(Protocol):
+    """The listener's side of the first stream: answers b"ping" with b"pong"."""
+
+    def __init__(self, pinged: Deferred) -> None:
+        self.pinged, self.data = pinged, b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if self.data == b"ping":
+            self.transport.write(b"pong")
+            self.pinged.called or self.pinged.callback(None)
+
+
+class Ping(Protocol):
+    """The connector's side: sends b"ping", fires ``ponged`` on b"pong"."""
+
+    def __init__(self) -> None:
+        self.ponged, self.data = Deferred(), b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"ping")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if self.data == b"pong" and not self.ponged.called:
+            self.ponged.callback(True)
 
 
 async def run_listen(server, tls, user, password, options, watch) -> None:
     done, finished = Deferred(), Deferred()  # pinged; and, with watch, the loss reported
 
-    def connected(connection) -> None:
-        def received(data: bytes) -> None:
-            if data != b"ping":
-                return
-            for _ in range(3):
-                connection.send(b"pong")
+    def connected(session) -> None:
+        pinged = Deferred()
+
+        def answered(_) -> None:
             if watch is None:
                 reactor.callLater(1.0, lambda: done.called or done.callback(None))
             elif not done.called:
                 done.callback(None)
-                watching = Deferred.fromCoroutine(watch_loss(connection, watch))
+                watching = Deferred.fromCoroutine(watch_loss(session, watch))
                 watching.addBoth(lambda _: finished.callback(None))
 
-        report(**described(connection))
-        connection.set_receiver(received)
+        pinged.addCallback(answered)
+        report(**described(session))
+        session.accept_streams(Factory.forProtocol(lambda: Pong(pinged)))
 
     listener = await listen(reactor, user, password, connected, [server], tls=tls, tls_verify=False, **options)
     report(ready=True, hint=listener.hint.to_presence())
@@ -126,18 +159,16 @@ async def run_listen(server, tls, user, password, options, watch) -> None:
 
 async def run_connect(server, tls, user, password, peer, options, watch) -> None:
     try:
-        connection = await connect(reactor, user, password, peer, [server], tls=tls, tls_verify=False, **options)
+        session = await connect(reactor, user, password, peer, [server], tls=tls, tls_verify=False, **options)
     except ConnectError as e:
         report(error=str(e), attempts=[[a.technique, a.duration_ms, a.outcome, a.detail] for a in e.attempts])
         return
-    pong = Deferred()
-    connection.set_receiver(lambda data: data == b"pong" and not pong.called and pong.callback(True))
-    for i in range(20):
-        reactor.callLater(i * 0.25, connection.send, b"ping")
-    ok = await pong.addTimeout(6, reactor).addErrback(lambda _: False)
-    report(**described(connection), pong=ok)
-    await watch_loss(connection, watch)
-    await connection.close()
+    ping = Ping()
+    session.open_stream(ping)
+    ok = await ping.ponged.addTimeout(6, reactor).addErrback(lambda _: False)
+    report(**described(session), pong=ok)
+    await watch_loss(session, watch)
+    await session.close()
 
 
 def parse_options(words: list[str]) -> tuple[dict, float | None]:
@@ -158,15 +189,19 @@ def parse_options(words: list[str]) -> tuple[dict, float | None]:
 def main(argv: list[str]) -> int:
     mode, host, port, tls, user, password, *rest = argv
     server, tls = (host, int(port)), tls == "tls"
+    options, watch = parse_options(rest if mode == "listen" else rest[1:])
+    state_dir = tempfile.mkdtemp(prefix="txr-natlab-peer-")
+    options["state_dir"] = state_dir
     if mode == "listen":
-        work = run_listen(server, tls, user, password, *parse_options(rest))
+        work = run_listen(server, tls, user, password, options, watch)
     else:
-        work = run_connect(server, tls, user, password, rest[0], *parse_options(rest[1:]))
+        work = run_connect(server, tls, user, password, rest[0], options, watch)
     finished = Deferred.fromCoroutine(work)
     finished.addErrback(lambda f: report(error=f.getErrorMessage()))
     finished.addBoth(lambda _: reactor.stop())
     reactor.callLater(LIMIT_SECONDS, lambda: reactor.running and reactor.stop())
     reactor.run()
+    shutil.rmtree(state_dir, ignore_errors=True)
     return 0
 
 

@@ -186,3 +186,25 @@ def test_a_silent_peer_ends_the_session_by_idle_timeout():
     for _ in range(200):
         clock.advance(1)
     assert reasons and a.closed
+
+
+def test_close_right_after_a_finished_stream_still_delivers_it():
+    """close() waits for the peer to acknowledge a finished stream's last bytes before CONNECTION_CLOSE."""
+    clock = Clock()
+    client, server, a, _ = pair(clock)
+    run(clock, 0.2)
+    received = []
+
+    class Keep(Collect):
+        def connectionLost(self, reason):
+            received.append(self.data)
+
+    server.accept_streams(Factory.forProtocol(Keep))
+    transport = client.open_stream(Collect())
+    payload = bytes(range(256)) * 400
+    transport.write(payload)
+    transport.loseConnection()
+    closed = client.close()
+    assert not closed.called  # the FIN is not acknowledged yet
+    run(clock, 2.0)
+    assert received == [payload] and closed.called and a.closed
