@@ -8,21 +8,22 @@ instant the node gives run ICE connectivity checks (``checks``, RFC 8445)
 and TCP hole punching (``tcp_path``). Over the path that wins
 (``connection``) runs an encrypted QUIC session whose peer proved the
 fingerprint that came with its candidates (``trust``, ``session``); only
-``plaintext=True`` hands over the bare ``Connection``. Here: the options
-both take, the waiters for pushed ``punch`` frames, and the answering
-side's ``Listener``.
+``plaintext=True`` hands over the bare ``Connection``. Here: the options,
+the waiters for pushed ``punch`` frames, the helpers the long-lived
+``Client`` (``client``) uses, and the one-shot ``connect()`` and
+``listen()`` built on it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from rendezvous.peer.checks import _Session
-from rendezvous.peer.connection import ConnectError, Connection
+from rendezvous.peer.connection import Connection
 from rendezvous.peer.gathering import RELAY_TRANSPORTS
 from rendezvous.peer.ice import CONSENT_TIMEOUT_SECONDS
 from rendezvous.peer.prediction import SPRAY_PROBES, SPRAY_SOCKETS, NatHint
@@ -162,111 +163,40 @@ def connect(reactor, user: str, password: str, peer: str, servers=None, host_cac
     SignalingRequestError (e.g. the peer is offline or not a buddy) or a
     login error.
     """
-    options = _Options(tls=tls, tls_verify=tls_verify, **options)
-    trust = _trust(options, user, host_cache)
+    from rendezvous.peer.client import Client
 
     async def run() -> Session | Connection:
-        from rendezvous.peer.signaling_client import SignalingClient
-
-        signaling = await SignalingClient.login(reactor, user, password, servers=servers, host_cache=host_cache,
-                                                tls=tls, tls_verify=tls_verify)
+        client = await Client.login(reactor, user, password, servers, host_cache, tls=tls, tls_verify=tls_verify,
+                                    **options)
         try:
-            return await _connect(reactor, signaling, peer, options, trust)
+            made = await client.connect(peer)
         except BaseException:
-            signaling.close()
+            client.close()
             raise
+        (made if options.get("plaintext") else made.connection).signaling = client  # logged out with it
+        return made
 
+    _Options(tls=tls, tls_verify=tls_verify, **options)  # bad options raise here, before any login
     return Deferred.fromCoroutine(run())
-
-
-async def _connect(reactor, signaling, peer: str, options: _Options, trust: Trust | None) -> Session | Connection:
-    session = _Session(reactor, signaling, options, controlling=True)
-    session.peer = peer
-    punches = _Punches(signaling)
-    candidates = await session.gather()
-    _presence(signaling, session.hint)
-    peer_hint = await _peer_hint(signaling, peer)
-    pending = await signaling.request("connect", to=peer, candidates=candidates, **_credentials(session, trust))
-    punch = await punches.wait(pending["token"], reactor, options.timeout_seconds)
-    if punch.get("op") == "connect-declined":
-        session.close()
-        raise ConnectError(f"{peer} declined", session.attempts)
-    connection = await session.start(punch, peer_hint)
-    connection.signaling = signaling
-    if trust is None:
-        return connection
-    return await trust.secure(reactor, connection, punch, is_client=True)
-
-
-class Listener:
-    """The answering side: accepts connect-requests from buddies (see ``listen``)."""
-
-    def __init__(self, reactor, signaling, on_connection, options: _Options, accept, trust: Trust | None) -> None:
-        self.reactor, self.signaling, self.options, self.trust = reactor, signaling, options, trust
-        self.on_connection, self.accept = on_connection, accept
-        self.hint = NatHint(None)
-        self.connections: list[Session | Connection] = []
-        self._punches = _Punches(signaling)
-        signaling.on("connect-request", self._request)
-
-    def _request(self, message: dict) -> None:
-        peer, token = message.get("from"), message.get("token")
-        if not self.accept(peer):
-            self.signaling.send("connect-decline", token=token)
-            return
-        Deferred.fromCoroutine(self._answer(message)).addErrback(
-            lambda f: log.info("connection from {peer} failed: {error}", peer=peer, error=f.getErrorMessage()))
-
-    async def _answer(self, request: dict) -> None:
-        session = _Session(self.reactor, self.signaling, self.options, controlling=False)
-        session.peer = request.get("from")
-        candidates = await session.gather()
-        peer_hint = await _peer_hint(self.signaling, session.peer)
-        waiting = self._punches.wait(request["token"], self.reactor, self.options.timeout_seconds)
-        # connect-answer has no reply frame: the punch is the answer.
-        self.signaling.send("connect-answer", token=request["token"], candidates=candidates,
-                            **_credentials(session, self.trust))
-        punch = await waiting
-        connection = await session.start(punch, peer_hint)
-        if self.trust is not None:
-            connection = await self.trust.secure(self.reactor, connection, punch, is_client=False)
-        self.connections.append(connection)
-        self.on_connection(connection)
-
-    def close(self) -> Deferred:
-        """Log out and close every connection made."""
-        for connection in self.connections:
-            connection.close()
-        return maybeDeferred(self.signaling.close)
 
 
 def listen(reactor, user: str, password: str, on_connection, servers=None, host_cache=None, *,
            tls: bool = False, tls_verify: bool = True, accept=lambda peer: True, **options) -> Deferred:
-    """Log in as ``user`` and answer connect-requests; fires with a Listener once online.
+    """Log in as ``user`` and answer connect-requests; fires with the Client once online.
 
     ``on_connection(session)`` is called for each peer that connects (with
-    a Connection when ``plaintext=True``) and
-    ``accept(peer)`` decides who may (default: every buddy). Options as in
-    ``connect``. Fails with a login error.
+    a Connection when ``plaintext=True``) and ``accept(peer)`` decides who
+    may (default: every buddy). Options as in ``connect``. Fails with a
+    login error.
     """
-    options = _Options(tls=tls, tls_verify=tls_verify, **options)
-    trust = _trust(options, user, host_cache)
+    from rendezvous.peer.client import Client
 
-    async def run() -> Listener:
-        from rendezvous.peer.signaling_client import SignalingClient
+    async def run():
+        client = await Client.login(reactor, user, password, servers, host_cache, tls=tls, tls_verify=tls_verify,
+                                    **options)
+        return await client.listen(on_connection, accept)
 
-        signaling = await SignalingClient.login(reactor, user, password, servers=servers, host_cache=host_cache,
-                                                tls=tls, tls_verify=tls_verify)
-        listener = Listener(reactor, signaling, on_connection, options, accept, trust)
-        udp_only = replace(options, direct_transports=tuple(t for t in options.direct_transports if t == "udp"),
-                           relay_transports=(), upnp=False)
-        probe = _Session(reactor, signaling, udp_only, False)
-        try:
-            await probe.gather()
-        finally:
-            probe.close()
-        listener.hint = probe.hint
-        _presence(signaling, probe.hint)
-        return listener
-
+    _Options(tls=tls, tls_verify=tls_verify, **options)
     return Deferred.fromCoroutine(run())
+
+

@@ -13,17 +13,18 @@ import sys
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.protocol import Factory, Protocol
 
 from rendezvous.node.accounts import AccountStore
-from rendezvous.peer import FingerprintChanged, SessionError, connect, listen
+from rendezvous.peer import Client, FingerprintChanged, SessionError, connect, listen
 from rendezvous.peer.identity import Identity
 from tests.conftest import start_node, stop_node
 
 pytestmark = pytest.mark.integration
 
 PAIRS = (("alice", "bob"), ("carol", "dave"), ("erin", "frank"), ("gina", "hank"), ("ivan", "judy"))
+STRANGERS = ("kay", "lou")  # accounts that are nobody's buddies yet
 ATTACKER = Identity.generate("mallory")
 
 
@@ -34,6 +35,8 @@ def make_accounts(state_dir):
         store.add(b, f"{b}-pw", "txrendezvous")
         store.request_buddy(a, b)
         store.accept_buddy(b, a)
+    for stranger in STRANGERS:
+        store.add(stranger, f"{stranger}-pw", "txrendezvous")
     store.close()
 
 
@@ -164,3 +167,33 @@ async def test_a_peer_with_a_new_key_needs_allow_new_fingerprint(nodes, tmp_path
     await close(mine, theirs, listener)
     judy = Identity.load_or_create(tmp_path / "judy" / "judy.identity.pem", "judy")
     assert json.loads((tmp_path / "ivan" / "ivan.pins.json").read_text())["pins"]["judy"] == judy.fingerprint
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_lived_client_makes_buddies_and_many_sessions(nodes, tmp_path):
+    """Two Clients stay logged in: they become buddies, see each other's presence, and run two
+    sessions one after the other without logging in again."""
+    server = [(nodes["honest"].ip, nodes["honest"].port)]
+    kay = await Client.login(reactor, "kay", "kay-pw", server, include_loopback=True, state_dir=tmp_path / "kay")
+    lou = await Client.login(reactor, "lou", "lou-pw", server, include_loopback=True, state_dir=tmp_path / "lou")
+    try:
+        seen = Deferred()
+        kay.on_presence(lambda frame: frame.get("user") == "lou" and not seen.called and seen.callback(frame))
+        assert await kay.add_buddy("lou") == "requested"
+        assert await lou.accept_buddy("kay") == "accepted"
+        assert (await seen.addTimeout(5, reactor))["state"] == "online"
+        accepted = DeferredQueue()
+        await lou.listen(accepted.put)
+        for _ in range(2):
+            session = await kay.connect("lou")
+            assert session.path == "udp-direct" and session in kay.sessions
+            theirs = await accepted.get().addTimeout(5, reactor)
+            await echo_check(session, theirs)
+            await session.close()
+            await theirs.close()
+        assert kay.sessions == [] and lou.sessions == [] and kay.signaling.connected
+        assert {"user": "lou", "relation": "accepted", "state": "online"} in await kay.buddies()
+        assert await kay.remove_buddy("lou") == "removed"
+    finally:
+        await kay.close()
+        await lou.close()

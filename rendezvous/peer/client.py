@@ -1,0 +1,171 @@
+"""A long-lived logged-in client: sessions to buddies and from them, the buddy list, presence.
+
+    client = await Client.login(reactor, "alice", password, [("198.18.0.1", 3478)])
+    session = await client.connect("bob")            # we call
+    await client.listen(on_session)                   # buddies call us
+    await client.add_buddy("carol")                   # docs/PROTOCOL.md buddy-add
+    client.on_presence(lambda frame: ...)             # buddies come and go
+    await client.close()                              # sessions closed, logged out
+
+Each connect gathers candidates, exchanges them (with ICE credentials and
+this user's certificate fingerprint) through the node, runs the checks and
+the TCP punch at the node's instant, and secures the path with a session
+(``connector``, ``checks``, ``trust``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.logger import Logger
+
+from rendezvous.peer.checks import _Session
+from rendezvous.peer.connection import ConnectError, Connection
+from rendezvous.peer.connector import _credentials, _Options, _peer_hint, _presence, _Punches, _trust
+from rendezvous.peer.prediction import NatHint
+from rendezvous.peer.session import Session
+
+log = Logger()
+
+
+class Client:
+    """A user logged in to a super node (``signaling``, a SignalingClient).
+
+    Known data are attributes: ``user``, ``hint`` (this side's NAT as the
+    last gathering saw it), ``sessions`` (made and accepted, open or not).
+    """
+
+    def __init__(self, reactor, signaling, options: _Options, trust) -> None:
+        self.reactor, self.signaling, self.options, self.trust = reactor, signaling, options, trust
+        self.user = signaling.user
+        self.hint = NatHint(None)
+        self.sessions: list[Session | Connection] = []
+        self._on_session = None
+        self._accept = None
+        self._punches = _Punches(signaling)
+        signaling.on("connect-request", self._request)
+
+    @classmethod
+    def login(cls, reactor, user: str, password: str, servers=None, host_cache=None, *, tls: bool = False,
+              tls_verify: bool = True, **options) -> Deferred:
+        """Log in as ``user``; fires with a Client. Options as ``rendezvous.peer.connect`` takes
+        (they apply to every session); raises TypeError or ValueError for a bad one at once.
+        Fails with the login's errors (SignalingRequestError, SignalingUnavailable)."""
+        options = _Options(tls=tls, tls_verify=tls_verify, **options)
+        trust = _trust(options, user, host_cache)
+
+        async def run() -> Client:
+            from rendezvous.peer.signaling_client import SignalingClient
+
+            signaling = await SignalingClient.login(reactor, user, password, servers=servers,
+                                                    host_cache=host_cache, tls=tls, tls_verify=tls_verify)
+            return cls(reactor, signaling, options, trust)
+
+        return Deferred.fromCoroutine(run())
+
+    # -- sessions ------------------------------------------------------------
+
+    def connect(self, peer: str) -> Deferred:
+        """A session to the buddy ``peer`` by the best path; fires with a Session (a Connection
+        with ``plaintext``). Fails as ``rendezvous.peer.connect`` does."""
+        return Deferred.fromCoroutine(self._connect(peer))
+
+    async def _connect(self, peer: str) -> Session | Connection:
+        session = _Session(self.reactor, self.signaling, self.options, controlling=True)
+        session.peer = peer
+        candidates = await session.gather()
+        self.hint = session.hint
+        _presence(self.signaling, session.hint)
+        peer_hint = await _peer_hint(self.signaling, peer)
+        pending = await self.signaling.request("connect", to=peer, candidates=candidates,
+                                               **_credentials(session, self.trust))
+        punch = await self._punches.wait(pending["token"], self.reactor, self.options.timeout_seconds)
+        if punch.get("op") == "connect-declined":
+            session.close()
+            raise ConnectError(f"{peer} declined", session.attempts)
+        return self._made(await self._secure(await session.start(punch, peer_hint), punch, is_client=True))
+
+    def listen(self, on_session, accept=lambda peer: True) -> Deferred:
+        """Answer buddies' connects: ``on_session(session)`` for each, ``accept(peer)`` decides who may.
+
+        Learns this side's NAT hint first (a short UDP gathering) and sets
+        presence with it; fires with this Client once online."""
+        self._on_session, self._accept = on_session, accept
+
+        async def run() -> Client:
+            udp_only = replace(self.options, relay_transports=(), upnp=False,
+                               direct_transports=tuple(t for t in self.options.direct_transports if t == "udp"))
+            probe = _Session(self.reactor, self.signaling, udp_only, False)
+            try:
+                await probe.gather()
+            finally:
+                probe.close()
+            self.hint = probe.hint
+            _presence(self.signaling, probe.hint)
+            return self
+
+        return Deferred.fromCoroutine(run())
+
+    def _request(self, message: dict) -> None:
+        peer, token = message.get("from"), message.get("token")
+        if self._on_session is None or not self._accept(peer):
+            self.signaling.send("connect-decline", token=token)
+            return
+        Deferred.fromCoroutine(self._answer(message)).addErrback(
+            lambda f: log.info("connection from {peer} failed: {error}", peer=peer, error=f.getErrorMessage()))
+
+    async def _answer(self, request: dict) -> None:
+        session = _Session(self.reactor, self.signaling, self.options, controlling=False)
+        session.peer = request.get("from")
+        candidates = await session.gather()
+        peer_hint = await _peer_hint(self.signaling, session.peer)
+        waiting = self._punches.wait(request["token"], self.reactor, self.options.timeout_seconds)
+        # connect-answer has no reply frame: the punch is the answer.
+        self.signaling.send("connect-answer", token=request["token"], candidates=candidates,
+                            **_credentials(session, self.trust))
+        punch = await waiting
+        made = await self._secure(await session.start(punch, peer_hint), punch, is_client=False)
+        self._on_session(self._made(made))
+
+    async def _secure(self, connection: Connection, punch: dict, is_client: bool) -> Session | Connection:
+        if self.trust is None:
+            return connection
+        return await self.trust.secure(self.reactor, connection, punch, is_client)
+
+    def _made(self, made: Session | Connection) -> Session | Connection:
+        """Keep a session until it ends (a plaintext Connection until the client closes)."""
+        self.sessions.append(made)
+        if isinstance(made, Session):
+            made.when_closed().addCallback(lambda _: made in self.sessions and self.sessions.remove(made))
+        return made
+
+    # -- buddies and presence --------------------------------------------------
+
+    def buddies(self) -> Deferred:
+        """Fires with the buddy list: [{"user", "relation", "state"?}] (docs/PROTOCOL.md buddy-list)."""
+        return self.signaling.request("buddy-list").addCallback(lambda reply: reply["buddies"])
+
+    def add_buddy(self, name: str) -> Deferred:
+        """Ask ``name`` to be a buddy (accepting its request if it asked first); fires with the state."""
+        return self.signaling.request("buddy-add", user=name).addCallback(lambda reply: reply["state"])
+
+    def accept_buddy(self, name: str) -> Deferred:
+        """Accept ``name``'s request; fires with "accepted"."""
+        return self.signaling.request("buddy-accept", user=name).addCallback(lambda reply: reply["state"])
+
+    def remove_buddy(self, name: str) -> Deferred:
+        """End the buddy relation with ``name``; fires with "removed"."""
+        return self.signaling.request("buddy-remove", user=name).addCallback(lambda reply: reply["state"])
+
+    def on_presence(self, callback) -> None:
+        """Call ``callback(frame)`` for each buddy's presence change ({"user", "state", ...})."""
+        self.signaling.on("presence", callback)
+
+    def close(self) -> Deferred:
+        """Close every session and log out; fires when done."""
+        closing = [maybeDeferred(s.close) for s in self.sessions]
+        self.sessions = []
+        closing.append(maybeDeferred(self.signaling.close))
+        return DeferredList(closing).addCallback(lambda _: None)
+
