@@ -1,9 +1,10 @@
 """``txrendezvous listen`` and ``txrendezvous connect``: a session by hand, stdin and stdout over a stream.
 
-Both print the path that won and every attempt with its time to stderr
-(``--json``: one JSON object per line), then carry stdin to the peer and
-the peer's bytes to stdout over one stream of the encrypted session, like
-netcat. At the end of stdin a side finishes its direction (a QUIC FIN);
+Both print to stderr the path the session starts on, every attempt with
+its time, and each later move (the relay first, then a direct path once
+the checks confirm one); ``--json`` makes each a JSON object on a line.
+They carry stdin to the peer and the peer's bytes to stdout over one
+stream of the encrypted session, like netcat. At the end of stdin a side finishes its direction (a QUIC FIN);
 each exits once both directions are finished or the session ends. The
 listener serves the first buddy that connects, then exits.
 """
@@ -63,6 +64,8 @@ def _status(args, fields: dict) -> None:
         for a in fields["attempts"]:
             detail = f" ({a['detail']})" if a["detail"] else ""
             sys.stderr.write(f"  {a['technique']:14} {a['ms']:9.1f} ms  {a['outcome']}{detail}\n")
+    elif fields["event"] == "path":
+        sys.stderr.write(f"moved to {fields['path']}\n")
     elif fields["event"] == "listening":
         sys.stderr.write(f"listening as {fields['user']}\n")
     elif fields["event"] == "failed":
@@ -122,6 +125,7 @@ class _Relay:
         self.stdio_closed = Deferred()
         self.done = False
         session.when_closed().addCallback(lambda reason: self.finish(reason))
+        session.on_path_change(lambda path: _status(args, {"event": "path", "path": path}))
 
     def start(self, stream_transport) -> None:
         from twisted.internet import stdio

@@ -93,7 +93,6 @@ class Session:
         self._ready: Deferred = Deferred()
         self._closed_reason: str | None = None
         self._closed_waiters: list[Deferred] = []
-        self._path_waiters: list[Callable[[str], None]] = []
         self._closing: Deferred | None = None  # close() was called; fires when the path is freed
         self._grace = None  # the timer that closes at the latest
         connection.set_receiver(self._datagram)
@@ -157,8 +156,13 @@ class Session:
             receiver(data)
 
     def on_path_change(self, callback: Callable[[str], None]) -> None:
-        """Call ``callback(path)`` each time the session moves to another path."""
-        self._path_waiters.append(callback)
+        """Call ``callback(path)`` each time the session moves to another path (the relay it
+        starts on, then a direct pair or the punched stream once the checks confirm one)."""
+        self.connection.on_path_change(callback)
+
+    def when_settled(self) -> Deferred:
+        """Fires with the path once the checks are over (the session may have moved to it)."""
+        return self.connection.when_settled()
 
     def when_closed(self) -> Deferred:
         """A Deferred firing with the reason (str) when the session ends, by either side or a lost path."""

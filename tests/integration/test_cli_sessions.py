@@ -72,8 +72,10 @@ def test_fresh_accounts_become_buddies_and_relay_stdin_over_a_session(node, tmp_
         out, err = caller.communicate(from_caller, timeout=30)
         assert caller.returncode == 0, err
         assert out == b"from the listener\n"
-        connected = json.loads(err.decode().splitlines()[0])
-        assert connected["path"] == ("udp-direct" if route == "direct" else "turn-udp"), connected
+        events = [json.loads(line) for line in err.decode().splitlines()]
+        connected = events[0]
+        final = [e["path"] for e in events if e["event"] in ("connected", "path")][-1]
+        assert final == ("udp-direct" if route == "direct" else "turn-udp"), events
         assert connected["fingerprint"].startswith("sha-256 ")
         heard = listener.stdout.read()
         assert listener.wait(20) == 0, listener.stderr.read()

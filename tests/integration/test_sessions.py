@@ -111,7 +111,7 @@ async def test_direct_session_carries_streams_and_datagrams_and_pins_the_peer(no
     and each side's pin file now holds the other's fingerprint."""
     mine, theirs, listener = await pair(nodes["honest"], "alice", "bob", tmp_path)
     try:
-        assert mine.path == theirs.path == "udp-direct"
+        assert await mine.when_settled() == await theirs.when_settled() == "udp-direct"
         alice = Identity.load_or_create(tmp_path / "alice" / "alice.identity.pem", "alice")
         bob = Identity.load_or_create(tmp_path / "bob" / "bob.identity.pem", "bob")
         assert mine.peer_fingerprint == bob.fingerprint and theirs.peer_fingerprint == alice.fingerprint
@@ -130,7 +130,7 @@ async def test_session_through_the_relay(nodes, tmp_path, transport):
     mine, theirs, listener = await pair(nodes["honest"], "carol", "dave", tmp_path, tls=transport == "tls",
                                         direct_transports=(), relay_transports=(transport,))
     try:
-        assert mine.path == theirs.path == f"turn-{transport}"
+        assert await mine.when_settled() == await theirs.when_settled() == f"turn-{transport}"
         await echo_check(mine, theirs)
     finally:
         await close(mine, theirs, listener)
@@ -186,7 +186,7 @@ async def test_a_long_lived_client_makes_buddies_and_many_sessions(nodes, tmp_pa
         await lou.listen(accepted.put)
         for _ in range(2):
             session = await kay.connect("lou")
-            assert session.path == "udp-direct" and session in kay.sessions
+            assert await session.when_settled() == "udp-direct" and session in kay.sessions
             theirs = await accepted.get().addTimeout(5, reactor)
             await echo_check(session, theirs)
             await session.close()

@@ -9,9 +9,17 @@ empty) become connect()'s ``direct_transports`` and ``relay_transports``,
 
 Both run encrypted sessions (each process has a fresh identity in a
 temporary state directory). The listener prints {"ready": true} once
-online, then its session's path and attempts, answers "ping" on the first
-stream the peer opens with "pong" and exits. The connector opens that
-stream, prints its path and attempts and whether the pong came back.
+online, answers "ping" on the first stream the peer opens with "pong", and
+once the checks settle prints its session's first and final path, its
+attempts and when the ping arrived (``pinged_at``, wall-clock seconds),
+then exits. The connector logs in, then
+opens a session (``connect_at``: when it called connect), sends "ping" on a
+stream as soon as the session is up, waits for the checks to settle, and
+prints its first and final path, its attempts, whether the pong came back,
+and ``direct_at``, when the session moved off the relay (null if it never
+did). Lab machines share one clock, so the two reports give issue 13's
+times: first byte at the peer (pinged_at - connect_at) and first byte to
+direct (direct_at - pinged_at).
 With ``watch=SECONDS`` neither ends there: each then waits that long for
 its path's ``when_lost()`` and prints {"lost": reason or null}.
 Both give up after 40 s. ``run_pair`` runs a listener and a connector in
@@ -25,13 +33,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 
 from rendezvous.node.accounts import AccountStore
-from rendezvous.peer import ConnectError, connect, listen
+from rendezvous.peer import Client, ConnectError, listen
 
 from .lab import ENV, ROOT, SERVER_IP, SERVER_PORT
 
@@ -113,7 +122,7 @@ class Pong(Protocol):
         self.data += data
         if self.data == b"ping":
             self.transport.write(b"pong")
-            self.pinged.called or self.pinged.callback(None)
+            self.pinged.called or self.pinged.callback(time.time())
 
 
 class Ping(Protocol):
@@ -135,18 +144,20 @@ async def run_listen(server, tls, user, password, options, watch) -> None:
     done, finished = Deferred(), Deferred()  # pinged; and, with watch, the loss reported
 
     def connected(session) -> None:
-        pinged = Deferred()
+        pinged, first_path = Deferred(), session.path
 
-        def answered(_) -> None:
+        async def answered() -> None:
+            pinged_at = await pinged
+            await session.when_settled().addTimeout(15, reactor).addErrback(lambda _: None)
+            report(**described(session), first_path=first_path, pinged_at=pinged_at)
             if watch is None:
                 reactor.callLater(1.0, lambda: done.called or done.callback(None))
             elif not done.called:
                 done.callback(None)
-                watching = Deferred.fromCoroutine(watch_loss(session, watch))
-                watching.addBoth(lambda _: finished.callback(None))
+                await watch_loss(session, watch)
+                finished.callback(None)
 
-        pinged.addCallback(answered)
-        report(**described(session))
+        Deferred.fromCoroutine(answered())
         session.accept_streams(Factory.forProtocol(lambda: Pong(pinged)))
 
     listener = await listen(reactor, user, password, connected, [server], tls=tls, tls_verify=False, **options)
@@ -158,17 +169,24 @@ async def run_listen(server, tls, user, password, options, watch) -> None:
 
 
 async def run_connect(server, tls, user, password, peer, options, watch) -> None:
+    client = await Client.login(reactor, user, password, [server], tls=tls, tls_verify=False, **options)
+    connect_at = time.time()
     try:
-        session = await connect(reactor, user, password, peer, [server], tls=tls, tls_verify=False, **options)
+        session = await client.connect(peer)
     except ConnectError as e:
         report(error=str(e), attempts=[[a.technique, a.duration_ms, a.outcome, a.detail] for a in e.attempts])
+        await client.close()
         return
+    first_path, moved = session.path, []
+    session.on_path_change(lambda path: moved.append(time.time()))
     ping = Ping()
     session.open_stream(ping)
     ok = await ping.ponged.addTimeout(6, reactor).addErrback(lambda _: False)
-    report(**described(session), pong=ok)
+    await session.when_settled().addTimeout(15, reactor).addErrback(lambda _: None)
+    report(**described(session), pong=ok, first_path=first_path, connect_at=connect_at,
+           direct_at=moved[0] if moved else None)
     await watch_loss(session, watch)
-    await session.close()
+    await client.close()
 
 
 def parse_options(words: list[str]) -> tuple[dict, float | None]:
