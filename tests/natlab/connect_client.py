@@ -5,7 +5,8 @@
 
 Options: ``direct=udp,tcp`` and ``relay=udp,tcp,tls`` (comma lists, may be
 empty) become connect()'s ``direct_transports`` and ``relay_transports``,
-``consent=SECONDS`` its ``consent_timeout_seconds``.
+``consent=SECONDS`` its ``consent_timeout_seconds``, ``relay_wait=SECONDS``
+its ``relay_wait_seconds``.
 
 Both run encrypted sessions (each process has a fresh identity in a
 temporary state directory). The listener prints {"ready": true} once
@@ -199,6 +200,8 @@ def parse_options(words: list[str]) -> tuple[dict, float | None]:
             watch = float(value)
         elif key == "consent":
             options["consent_timeout_seconds"] = float(value)
+        elif key == "relay_wait":
+            options["relay_wait_seconds"] = float(value)
         else:
             options[names[key]] = tuple(v for v in value.split(",") if v)
     return options, watch
