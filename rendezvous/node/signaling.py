@@ -47,7 +47,7 @@ HOST_CACHE_SIZE = 200
 HOST_TTL_SECONDS = 3600
 # ICE credentials (RFC 8445 §5.3; RFC 8839 §5.4: ice-char is ALPHA / DIGIT / "+" / "/").
 ICE_CREDENTIALS = {"ufrag": re.compile(r"[A-Za-z0-9+/]{4,64}"), "pwd": re.compile(r"[A-Za-z0-9+/]{22,128}"),
-                   "fingerprint": FINGERPRINT}
+                   "fingerprint": FINGERPRINT, "session": re.compile(r"[A-Za-z0-9_-]{8,64}")}
 
 
 class SignalingError(Exception):
@@ -139,7 +139,8 @@ def _candidates(message: dict) -> list[dict]:
 
 
 def _ice_credentials(message: dict) -> dict:
-    """The optional ``ufrag``, ``pwd`` and ``fingerprint`` of a connect or answer, checked, for passing on unchanged."""
+    """The optional ``ufrag``, ``pwd``, ``fingerprint`` and ``session`` of a connect or answer, checked,
+    for passing on unchanged."""
     found = {}
     for name, pattern in ICE_CREDENTIALS.items():
         value = message.get(name)

@@ -10,14 +10,20 @@
 Each connect gathers candidates, exchanges them (with ICE credentials and
 this user's certificate fingerprint) through the node, runs the checks and
 the TCP punch at the node's instant, and secures the path with a session
-(``connector``, ``checks``, ``trust``).
+(``connector``, ``checks``, ``trust``). The calling side names the session
+(``session`` in the connect frame); when its path is lost, and every
+``recheck_seconds`` while it runs on a relay, it restarts ICE under the
+same name (RFC 8445 §2.4: new credentials and candidates, relay first
+again) and the session moves to the new path without a new handshake.
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import replace
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from rendezvous.peer.checks import _Session
@@ -43,6 +49,7 @@ class Client:
         self.sessions: list[Session | Connection] = []
         self._on_session = None
         self._accept = None
+        self._named: dict[tuple[str, str], Session] = {}  # (peer, session name): sessions a restart may reach
         self._punches = _Punches(signaling)
         signaling.on("connect-request", self._request)
 
@@ -72,19 +79,65 @@ class Client:
         return Deferred.fromCoroutine(self._connect(peer))
 
     async def _connect(self, peer: str) -> Session | Connection:
+        name = secrets.token_urlsafe(12)
+        connection, punch = await self._path(peer, name)
+        made = await self._secure(connection, punch, is_client=True)
+        if isinstance(made, Session):
+            self._name(made, name)
+            made.restarter = self._restart
+            self._recheck(made)
+        return self._made(made)
+
+    async def _path(self, peer: str, name: str, fingerprint: str | None = None) -> tuple[Connection, dict]:
+        """A new path to ``peer`` for the session ``name`` (relay first): the Connection and the punch.
+        With ``fingerprint`` (a restart), the peer must present the one the session was made with."""
         session = _Session(self.reactor, self.signaling, self.options, controlling=True)
         session.peer = peer
         candidates = await session.gather()
         self.hint = session.hint
         _presence(self.signaling, session.hint)
         peer_hint = await _peer_hint(self.signaling, peer)
-        pending = await self.signaling.request("connect", to=peer, candidates=candidates,
-                                               **_credentials(session, self.trust))
+        fields = _credentials(session, self.trust)
+        if self.trust is not None:
+            fields["session"] = name
+        pending = await self.signaling.request("connect", to=peer, candidates=candidates, **fields)
         punch = await self._punches.wait(pending["token"], self.reactor, self.options.timeout_seconds)
         if punch.get("op") == "connect-declined":
             session.close()
             raise ConnectError(f"{peer} declined", session.attempts)
-        return self._made(await self._secure(await session.start(punch, peer_hint), punch, is_client=True))
+        if fingerprint is not None and punch.get("fingerprint") != fingerprint:
+            session.close()
+            raise ConnectError(f"{peer} answered the restart with another fingerprint", session.attempts)
+        return await session.start(punch, peer_hint), punch
+
+    def _restart(self, made: Session) -> Deferred:
+        """ICE restart for ``made``: fires with its new Connection."""
+        async def run() -> Connection:
+            connection, _ = await self._path(made.peer, made.id, made.peer_fingerprint)
+            return connection
+
+        return Deferred.fromCoroutine(run())
+
+    def _recheck(self, made: Session) -> None:
+        """Every ``recheck_seconds`` while the session runs on a relay, try for a direct path again."""
+        def due() -> None:
+            if made._closed_reason is None and made.path.startswith("turn-") and not busy:
+                busy.append(True)
+                self._restart(made).addCallbacks(made.replace_path, lambda f: log.info(
+                    "re-check of the path to {peer} failed: {error}", peer=made.peer, error=f.getErrorMessage())
+                ).addBoth(lambda _: busy.clear())
+
+        busy: list = []
+        loop = LoopingCall(due)
+        loop.clock = self.reactor
+        loop.start(self.options.recheck_seconds, now=False)
+        made.when_closed().addCallback(lambda _: loop.running and loop.stop())
+
+    def _name(self, made: Session, name: str) -> None:
+        made.id = name
+        key = (made.peer, name)
+        self._named[key] = made
+        made.when_closed().addCallback(lambda _: self._named.pop(key, None))
 
     def listen(self, on_session, accept=lambda peer: True) -> Deferred:
         """Answer buddies' connects: ``on_session(session)`` for each, ``accept(peer)`` decides who may.
@@ -125,7 +178,17 @@ class Client:
         self.signaling.send("connect-answer", token=request["token"], candidates=candidates,
                             **_credentials(session, self.trust))
         punch = await waiting
-        made = await self._secure(await session.start(punch, peer_hint), punch, is_client=False)
+        connection = await session.start(punch, peer_hint)
+        restarted = self._named.get((session.peer, request.get("session")))
+        if restarted is not None:  # an ICE restart of a running session: same peer key, new path
+            if punch.get("fingerprint") != restarted.peer_fingerprint:
+                connection.close()
+                raise ConnectError(f"{session.peer} restarted with another fingerprint", session.attempts)
+            restarted.replace_path(connection)
+            return
+        made = await self._secure(connection, punch, is_client=False)
+        if isinstance(made, Session) and isinstance(request.get("session"), str):
+            self._name(made, request["session"])
         self._on_session(self._made(made))
 
     async def _secure(self, connection: Connection, punch: dict, is_client: bool) -> Session | Connection:

@@ -36,6 +36,7 @@ log = Logger()
 DIRECT_TRANSPORTS = ("udp", "tcp")
 TCP_PUNCH_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 30.0
+RECHECK_SECONDS = 60.0
 
 
 @dataclass
@@ -57,6 +58,7 @@ class _Options:
     tcp_punch_seconds: float = TCP_PUNCH_SECONDS
     upnp: bool | None = None  # None: when the node is not on loopback
     plaintext: bool = False  # hand over the bare datagram Connection, no session
+    recheck_seconds: float = RECHECK_SECONDS  # a session on a relay tries for a direct path this often
     state_dir: Path | None = None  # the identity and pins; None: the host cache's folder, else the default
     allow_new_fingerprint: bool = False  # accept a peer whose fingerprint differs from its pin (and re-pin)
 
@@ -69,6 +71,8 @@ class _Options:
             raise ValueError(f"relay_transports are among {RELAY_TRANSPORTS}")
         if not self.consent_timeout_seconds > 0:
             raise ValueError("consent_timeout_seconds must be positive")
+        if not self.recheck_seconds > 0:
+            raise ValueError("recheck_seconds must be positive")
 
     @property
     def direct(self) -> bool:
@@ -173,7 +177,10 @@ def connect(reactor, user: str, password: str, peer: str, servers=None, host_cac
         except BaseException:
             client.close()
             raise
-        (made if options.get("plaintext") else made.connection).signaling = client  # logged out with it
+        if options.get("plaintext"):
+            made.signaling = client  # logged out with the connection
+        else:
+            made.when_closed().addCallback(lambda _: client.close())  # logged out with the session
         return made
 
     _Options(tls=tls, tls_verify=tls_verify, **options)  # bad options raise here, before any login

@@ -95,8 +95,10 @@ class Session:
         self._closed_waiters: list[Deferred] = []
         self._closing: Deferred | None = None  # close() was called; fires when the path is freed
         self._grace = None  # the timer that closes at the latest
-        connection.set_receiver(self._datagram)
-        connection.when_lost().addCallback(self._path_lost)
+        self.id = ""  # the calling side's name for the session, sent again with a restart
+        self.restarter = None  # the calling side: finds a new path when this one is lost
+        self._path_callbacks: list[Callable[[str], None]] = []
+        self._use(connection)
         if is_client:
             self._quic = QuicConnection(configuration=self._configuration)
             self._quic.connect(PEER_ADDRESS, now=reactor.seconds())
@@ -156,9 +158,10 @@ class Session:
             receiver(data)
 
     def on_path_change(self, callback: Callable[[str], None]) -> None:
-        """Call ``callback(path)`` each time the session moves to another path (the relay it
-        starts on, then a direct pair or the punched stream once the checks confirm one)."""
-        self.connection.on_path_change(callback)
+        """Call ``callback(path)`` each time the session moves to another path: from the relay it
+        starts on to a direct pair or the punched stream once the checks confirm one, and to the
+        new path a restart finds when one is lost."""
+        self._path_callbacks.append(callback)
 
     def when_settled(self) -> Deferred:
         """Fires with the path once the checks are over (the session may have moved to it)."""
@@ -309,8 +312,43 @@ class Session:
         protocol.makeConnection(transport)
         transport.data_received(event.data, event.end_stream)
 
-    def _path_lost(self, reason: str) -> None:
-        self._ended(f"the path was lost: {reason}")
+    def _use(self, connection) -> None:
+        self.connection = connection
+        connection.set_receiver(self._datagram)
+        connection.when_lost().addCallback(lambda reason: self._path_lost(connection, reason))
+        connection.on_path_change(self._moved)
+
+    def _moved(self, path: str) -> None:
+        for callback in list(self._path_callbacks):
+            callback(path)
+
+    def replace_path(self, connection) -> None:
+        """Run on ``connection`` from now on (a restart's new path); the old one is closed.
+        QUIC sees the same peer and resends what the old path lost."""
+        if self._closed_reason is not None:
+            connection.close()
+            return
+        old = self.connection
+        self._use(connection)
+        old.close()
+        log.info("the session to {peer} restarted on {path}", peer=self.peer, path=connection.path)
+        self._moved(connection.path)
+        if self._quic is not None:
+            self._pump()
+
+    def _path_lost(self, connection, reason: str) -> None:
+        """The path under the session is gone: the calling side restarts (ICE restart through the
+        node, relay first); the other waits for it, until QUIC's idle timeout ends the session."""
+        if connection is not self.connection or self._closed_reason is not None:
+            return
+        if self.restarter is None:
+            log.info("the path to {peer} was lost ({reason}); waiting for its restart", peer=self.peer,
+                     reason=reason)
+            return
+        log.info("the path to {peer} was lost ({reason}); restarting", peer=self.peer, reason=reason)
+        self.restarter(self).addCallbacks(
+            self.replace_path, lambda f: self._ended(f"the path was lost: {reason}; no new one: "
+                                                     f"{f.getErrorMessage()}"))
 
     def _ended(self, reason: str) -> None:
         if self._closed_reason is not None:

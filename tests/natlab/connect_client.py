@@ -83,9 +83,11 @@ def run_pair(caller, callee, *options: str) -> tuple[dict, dict]:
     try:
         ready = json.loads(listener.stdout.readline() or "{}")
         assert ready.get("ready"), listener.stderr.read() if listener.poll() is not None else ready
+        started_at = time.time()
         connector = client(caller, "connect", user(callee), *options)
         out, err = connector.communicate(timeout=60)
         mine = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-2000:]}
+        mine["started_at"] = started_at  # when the connector's process was started
         line = listener.stdout.readline()
         theirs = json.loads(line) if line.strip() else {}
     finally:

@@ -5,7 +5,7 @@ delay, the way aioquic's own tests move datagrams between two connections.
 """
 
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 
@@ -25,6 +25,7 @@ class Path:
         self.sent = 0
         self.closed = False
         self.drop = False
+        self.path_callbacks = []
         self._lost: Deferred = Deferred()
 
     def send(self, data: bytes) -> None:
@@ -41,6 +42,9 @@ class Path:
 
     def when_lost(self) -> Deferred:
         return self._lost
+
+    def on_path_change(self, callback) -> None:
+        self.path_callbacks.append(callback)
 
     def close(self) -> Deferred:
         self.closed = True
@@ -208,3 +212,53 @@ def test_close_right_after_a_finished_stream_still_delivers_it():
     assert not closed.called  # the FIN is not acknowledged yet
     run(clock, 2.0)
     assert received == [payload] and closed.called and a.closed
+
+
+def test_a_lost_path_is_replaced_and_a_running_stream_loses_nothing():
+    """When the path under a session is lost, the calling side's restarter finds a new one; the session
+    moves there (path callbacks fire) and every byte of a stream written across the move arrives in order."""
+    clock = Clock()
+    client, server, a, b = pair(clock)
+    run(clock, 0.2)
+    received = []
+
+    class Keep(Collect):
+        def connectionLost(self, reason):
+            received.append(self.data)
+
+    server.accept_streams(Factory.forProtocol(Keep))
+    a2, b2 = Path(clock, "bob", "turn-udp"), Path(clock, "alice", "turn-udp")
+    a2.other, b2.other = b2, a2
+
+    def restart(session):
+        server.replace_path(b2)  # what the Client's restart answer does on the listening side
+        return succeed(a2)
+
+    client.restarter = restart
+    moves = []
+    client.on_path_change(moves.append)
+    transport = client.open_stream(Collect())
+    payload = bytes(range(256)) * 400
+    transport.write(payload[:50_000])
+    run(clock, 0.01)
+    a.drop = b.drop = True  # the old path dies with data in flight
+    a._lost.callback("consent expired")
+    transport.write(payload[50_000:])
+    transport.loseConnection()
+    run(clock, 3.0)
+    assert moves == ["turn-udp"] and client.path == "turn-udp" and a.closed and b.closed
+    assert received == [payload]
+
+
+def test_the_listening_side_waits_for_a_restart_and_a_failed_restart_ends_the_session():
+    """Without a restarter a lost path does not end the session; a restarter that fails does."""
+    clock = Clock()
+    client, server, a, b = pair(clock)
+    run(clock, 0.2)
+    b._lost.callback("consent expired")
+    assert server.when_closed().called is False
+    client.restarter = lambda session: fail(RuntimeError("bob is offline"))
+    reasons = []
+    client.when_closed().addCallback(reasons.append)
+    a._lost.callback("consent expired")
+    assert reasons == ["the path was lost: consent expired; no new one: bob is offline"]
