@@ -4,7 +4,8 @@
     python -m tests.natlab.stream_client connect HOST PORT TLS USER PASSWORD PEER SECONDS [OPTION=VALUE...]
 
 Options as tests/natlab/connect_client.py takes. The connector prints
-{"up": true, "path": ...} as soon as its session is up, then writes a
+{"up": true, "path": ...} as soon as its session is up and {"moved": PATH}
+each time the session moves, and meanwhile writes a
 CHUNK_BYTES chunk every 10 ms for SECONDS on one stream (each begins with
 its number), ends the stream, and prints {"paths": [...], "summary": ...}:
 every path the session ran on, in order, and the listener's verdict, which
@@ -107,7 +108,12 @@ async def run_connect(server, tls, user, password, peer, seconds, options) -> No
     client = await Client.login(reactor, user, password, [server], tls=tls, tls_verify=False, **options)
     session = await client.connect(peer)
     paths = [session.path]
-    session.on_path_change(paths.append)
+
+    def moved(path: str) -> None:
+        paths.append(path)
+        report(moved=path)
+
+    session.on_path_change(moved)
     report(up=True, path=session.path)
     feed = Feed(seconds)
     session.open_stream(feed)
