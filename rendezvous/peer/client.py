@@ -93,10 +93,11 @@ class Client:
         With ``fingerprint`` (a restart), the peer must present the one the session was made with."""
         session = _Session(self.reactor, self.signaling, self.options, controlling=True)
         session.peer = peer
-        candidates = await session.gather()
+        looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, peer))  # meanwhile
+        candidates = await session.gather(_copy(looked_up))
         self.hint = session.hint
         _presence(self.signaling, session.hint)
-        peer_hint = await _peer_hint(self.signaling, peer)
+        peer_hint = await looked_up
         fields = _credentials(session, self.trust)
         if self.trust is not None:
             fields["session"] = name
@@ -171,8 +172,9 @@ class Client:
     async def _answer(self, request: dict) -> None:
         session = _Session(self.reactor, self.signaling, self.options, controlling=False)
         session.peer = request.get("from")
-        candidates = await session.gather()
-        peer_hint = await _peer_hint(self.signaling, session.peer)
+        looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, session.peer))  # meanwhile
+        candidates = await session.gather(_copy(looked_up))
+        peer_hint = await looked_up
         waiting = self._punches.wait(request["token"], self.reactor, self.options.timeout_seconds)
         # connect-answer has no reply frame: the punch is the answer.
         self.signaling.send("connect-answer", token=request["token"], candidates=candidates,
@@ -232,3 +234,15 @@ class Client:
         closing.append(maybeDeferred(self.signaling.close))
         return DeferredList(closing).addCallback(lambda _: None)
 
+
+
+def _copy(d: Deferred) -> Deferred:
+    """A second Deferred with ``d``'s result (``d`` keeps its own, for its other awaiter)."""
+    copy: Deferred = Deferred()
+
+    def both(result):
+        copy.callback(result)
+        return result
+
+    d.addCallback(both)
+    return copy

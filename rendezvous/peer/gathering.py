@@ -91,9 +91,10 @@ class _Gathering:
         self.sockets[name] = (protocol, port)
         return protocol
 
-    async def gather(self) -> list[dict]:
+    async def gather(self, peer_hint: Deferred | None = None) -> list[dict]:
         """Open the main socket; learn srflx and the NAT hint, map a UPnP port, learn the TCP
-        mapping and allocate a relay, all at once; the candidates."""
+        mapping and allocate a relay, all at once; the candidates. ``peer_hint`` (a Deferred
+        firing with the peer's NatHint, looked up meanwhile) tells whether UPnP is needed."""
         main = self._open("main")
         port = main.transport.getHost().port
         stun = self.options.stun_server or _stun_server(self.signaling)
@@ -102,11 +103,12 @@ class _Gathering:
                             pair=self.options.direct)
         work = []  # every probe at once, never one after another
         if self.options.direct:
-            if self.options.upnp or (self.options.upnp is None and not ipaddress.ip_address(stun[0]).is_loopback):
-                work.append(Deferred.fromCoroutine(self._upnp(port)))
             for ip in hosts:
                 self.agent.advertise(self.agent.candidate("host", (ip, port), "main"))
-            work.append(Deferred.fromCoroutine(self._reflexive(main, stun)))
+            reflexive = Deferred.fromCoroutine(self._reflexive(main, stun))
+            work.append(reflexive)
+            if self.options.upnp or (self.options.upnp is None and not ipaddress.ip_address(stun[0]).is_loopback):
+                work.append(Deferred.fromCoroutine(self._upnp_if_needed(port, reflexive, peer_hint)))
         if "tcp" in self.options.direct_transports:
             work.append(Deferred.fromCoroutine(self._tcp(hosts)))
         if self.options.relay_transports:
@@ -167,6 +169,23 @@ class _Gathering:
             for predicted in predicted_ports(mapped[1], self.hint.delta):
                 self.agent.advertise(self.agent.candidate("predicted", (mapped[0], predicted), "main"))
         self._attempt("srflx", started, "succeeded", f"{mapped[0]}:{mapped[1]} ({self.hint.to_presence()})")
+
+    async def _upnp_if_needed(self, port: int, reflexive: Deferred, peer_hint: Deferred | None) -> None:
+        """UPnP unless both NATs map endpoint-independently (RFC 4787 §4.1): then hole punching
+        reaches each side's server-reflexive address and a mapping adds nothing, while looking for
+        a gateway that is not there costs up to UPNP_SECONDS."""
+        started = self.reactor.seconds()
+        theirs = NatHint(None)
+        try:
+            await reflexive
+            if peer_hint is not None:
+                theirs = await peer_hint
+        except Exception:  # reflexive failed (reported there) or no hint: look for a gateway
+            pass
+        if self.hint.easy and theirs.easy:
+            self._attempt("upnp", started, "skipped", "both NATs map endpoint-independently")
+            return
+        await self._upnp(port)
 
     async def _upnp(self, port: int) -> None:
         """Map the main socket's port on the LAN's gateway; advertise it (in place of an equal srflx).
@@ -245,10 +264,10 @@ class _Gathering:
         return samples
 
     async def _relay(self) -> None:
-        """TURN on the node over every transport at once, each started RELAY_STAGGER_SECONDS after the
-        one before (RFC 8305's racing, applied to TURN transports): UDP first, then the transport and
-        port signaling got through on (TLS on 443 behind a web-only firewall), then the rest. The
-        first allocation wins; the others are closed as they come."""
+        """TURN on the node over every transport, raced (RFC 8305's racing, applied to TURN transports):
+        UDP and the transport and port signaling got through on (TLS on 443 behind a web-only
+        firewall) start at once, the rest RELAY_STAGGER_SECONDS apart. The first allocation wins;
+        the others are closed as they come."""
         turn = self.signaling.welcome.get("turn") if isinstance(self.signaling.welcome, dict) else None
         if not turn:
             return
@@ -271,8 +290,12 @@ class _Gathering:
             if not left[0] and not won.called:
                 won.callback(None)
 
-        for index, (transport, server) in enumerate(targets):
-            self.reactor.callLater(index * RELAY_STAGGER_SECONDS, start, transport, server)
+        own = ("tls" if self.options.tls else "tcp", tuple(self.signaling.server))
+        delay = 0.0
+        for transport, server in targets:
+            self.reactor.callLater(delay, start, transport, server)
+            if transport != "udp" or own not in targets:  # UDP and signaling's own way start together
+                delay += RELAY_STAGGER_SECONDS
         result = await won if targets else None
         if result is None:
             return
