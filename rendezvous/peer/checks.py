@@ -69,6 +69,11 @@ class _Session(_Gathering, _TcpPath):
         if not punch.get("ufrag") or not punch.get("pwd"):
             self.done.errback(ConnectError("the peer sent no ICE credentials", self.attempts))
             return self.done
+        if self.turn is not None:  # now, not at the start instant: a check through the relay before its
+            # permission is installed is dropped (RFC 8656 §9) and costs a retransmission
+            candidates = [c for c in punch.get("candidates", []) if isinstance(c, dict)]
+            for ip in {c.get("ip") for c in candidates if c.get("protocol", "udp") == "udp" and c.get("ip")}:
+                self.turn.create_permission([(ip, 0)]).addErrback(lambda _: None)
         delay = max(0.0, float(punch.get("start_in_ms") or 0) / 1000)
         self.reactor.callLater(delay, self._begin, punch, peer_hint)
         self._deadline = self.reactor.callLater(delay + self.options.timeout_seconds, self._give_up)
@@ -80,9 +85,6 @@ class _Session(_Gathering, _TcpPath):
         self.peer_hint = peer_hint
         candidates = [c for c in punch.get("candidates", []) if isinstance(c, dict)]
         self.agent.set_remote(punch["ufrag"], punch["pwd"], candidates, now)
-        if self.turn is not None:
-            for ip in {c["ip"] for c in candidates if c.get("protocol", "udp") == "udp"}:
-                self.turn.create_permission([(ip, 0)]).addErrback(lambda _: None)
         self._spray_role = spray_role(self.hint, peer_hint) if self.options.direct else None
         if self.upnp_address is not None or any(c.get("type") == "upnp" for c in candidates):
             self._spray_role = None  # the random side reaches the UPnP mapping without guessing

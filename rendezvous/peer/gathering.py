@@ -171,9 +171,9 @@ class _Gathering:
         self._attempt("srflx", started, "succeeded", f"{mapped[0]}:{mapped[1]} ({self.hint.to_presence()})")
 
     async def _upnp_if_needed(self, port: int, reflexive: Deferred, peer_hint: Deferred | None) -> None:
-        """UPnP unless both NATs map endpoint-independently (RFC 4787 §4.1): then hole punching
-        reaches each side's server-reflexive address and a mapping adds nothing, while looking for
-        a gateway that is not there costs up to UPNP_SECONDS."""
+        """UPnP unless no UDP gets out (STUN went unanswered) or both NATs map endpoint-independently
+        (RFC 4787 §4.1: hole punching reaches each side's server-reflexive address): then a mapping
+        adds nothing, while looking for a gateway that is not there costs up to UPNP_SECONDS."""
         started = self.reactor.seconds()
         theirs = NatHint(None)
         try:
@@ -182,6 +182,9 @@ class _Gathering:
                 theirs = await peer_hint
         except Exception:  # reflexive failed (reported there) or no hint: look for a gateway
             pass
+        if self.srflx is None:
+            self._attempt("upnp", started, "skipped", "no STUN answer over UDP: no UDP gets out")
+            return
         if self.hint.easy and theirs.easy:
             self._attempt("upnp", started, "skipped", "both NATs map endpoint-independently")
             return
