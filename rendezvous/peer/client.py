@@ -19,6 +19,7 @@ again) and the session moves to the new path without a new handshake.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from dataclasses import replace
 
@@ -29,10 +30,14 @@ from twisted.logger import Logger
 from rendezvous.peer.checks import _Session
 from rendezvous.peer.connection import ConnectError, Connection
 from rendezvous.peer.connector import _credentials, _Options, _peer_hint, _presence, _Punches, _trust
+from rendezvous.peer.gathering import UPNP_DISCOVERY_SECONDS, UPNP_SECONDS
 from rendezvous.peer.prediction import NatHint
 from rendezvous.peer.session import Session
+from upnp_helper import discover_gateway
 
 log = Logger()
+
+NO_GATEWAY_SECONDS = 300.0  # how long "no gateway here" is believed
 
 
 class Client:
@@ -50,6 +55,7 @@ class Client:
         self._on_session = None
         self._accept = None
         self._named: dict[tuple[str, str], Session] = {}  # (peer, session name): sessions a restart may reach
+        self._no_gateway_until = 0.0  # no UPnP/NAT-PMP/PCP gateway answered: do not look again before
         self._punches = _Punches(signaling)
         signaling.on("connect-request", self._request)
 
@@ -67,7 +73,9 @@ class Client:
 
             signaling = await SignalingClient.login(reactor, user, password, servers=servers,
                                                     host_cache=host_cache, tls=tls, tls_verify=tls_verify)
-            return cls(reactor, signaling, options, trust)
+            client = cls(reactor, signaling, options, trust)
+            client._look_for_gateway()
+            return client
 
         return Deferred.fromCoroutine(run())
 
@@ -91,7 +99,7 @@ class Client:
     async def _path(self, peer: str, name: str, fingerprint: str | None = None) -> tuple[Connection, dict]:
         """A new path to ``peer`` for the session ``name`` (relay first): the Connection and the punch.
         With ``fingerprint`` (a restart), the peer must present the one the session was made with."""
-        session = _Session(self.reactor, self.signaling, self.options, controlling=True)
+        session = self._session(controlling=True)
         session.peer = peer
         looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, peer))  # meanwhile
         candidates = await session.gather(_copy(looked_up))
@@ -170,7 +178,7 @@ class Client:
             lambda f: log.info("connection from {peer} failed: {error}", peer=peer, error=f.getErrorMessage()))
 
     async def _answer(self, request: dict) -> None:
-        session = _Session(self.reactor, self.signaling, self.options, controlling=False)
+        session = self._session(controlling=False)
         session.peer = request.get("from")
         looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, session.peer))  # meanwhile
         candidates = await session.gather(_copy(looked_up))
@@ -204,6 +212,35 @@ class Client:
         if isinstance(made, Session):
             made.when_closed().addCallback(lambda _: made in self.sessions and self.sessions.remove(made))
         return made
+
+    # -- what this network has -------------------------------------------------
+
+    def _look_for_gateway(self) -> None:
+        """Look for a UPnP/NAT-PMP/PCP gateway once, in the background, so that no session waits
+        UPNP_SECONDS for one that is not there (remembered for NO_GATEWAY_SECONDS)."""
+        if self.options.upnp is False or (self.options.upnp is None
+                                          and ipaddress.ip_address(self.signaling.server[0]).is_loopback):
+            return
+        search = discover_gateway(self.reactor, timeout_seconds=UPNP_DISCOVERY_SECONDS)
+        search.addTimeout(UPNP_SECONDS, self.reactor).addCallbacks(
+            lambda gateway: gateway.close(), lambda _: self._no_gateway())
+
+    def _no_gateway(self) -> None:
+        self._no_gateway_until = self.reactor.seconds() + NO_GATEWAY_SECONDS
+
+    def _session(self, controlling: bool) -> _Session:
+        """A connection attempt with this client's options, less what the network is known not to have."""
+        options = self.options
+        if self.reactor.seconds() < self._no_gateway_until:
+            options = replace(options, upnp=False)
+        session = _Session(self.reactor, self.signaling, options, controlling)
+        session.done.addBoth(self._learn, session)
+        return session
+
+    def _learn(self, result, session: _Session):
+        if any(a.technique == "upnp" and a.outcome == "failed" for a in session.attempts):
+            self._no_gateway()
+        return result
 
     # -- buddies and presence --------------------------------------------------
 

@@ -6,7 +6,8 @@
 Options: ``direct=udp,tcp`` and ``relay=udp,tcp,tls`` (comma lists, may be
 empty) become connect()'s ``direct_transports`` and ``relay_transports``,
 ``consent=SECONDS`` its ``consent_timeout_seconds``, ``relay_wait=SECONDS``
-its ``relay_wait_seconds``.
+its ``relay_wait_seconds``; ``settle=SECONDS`` has the connector wait that
+long after logging in before it connects (a client logged in for a while).
 
 Both run encrypted sessions (each process has a fresh identity in a
 temporary state directory). The listener prints {"ready": true} once
@@ -39,6 +40,7 @@ import time
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 
 from rendezvous.node.accounts import AccountStore
 from rendezvous.peer import Client, ConnectError, listen
@@ -144,6 +146,7 @@ class Ping(Protocol):
 
 
 async def run_listen(server, tls, user, password, options, watch) -> None:
+    options.pop("settle_seconds", None)
     done, finished = Deferred(), Deferred()  # pinged; and, with watch, the loss reported
 
     def connected(session) -> None:
@@ -172,7 +175,9 @@ async def run_listen(server, tls, user, password, options, watch) -> None:
 
 
 async def run_connect(server, tls, user, password, peer, options, watch) -> None:
+    settle = options.pop("settle_seconds", 0)
     client = await Client.login(reactor, user, password, [server], tls=tls, tls_verify=False, **options)
+    await deferLater(reactor, settle)
     connect_at = time.time()
     try:
         session = await client.connect(peer)
@@ -204,6 +209,8 @@ def parse_options(words: list[str]) -> tuple[dict, float | None]:
             options["consent_timeout_seconds"] = float(value)
         elif key == "relay_wait":
             options["relay_wait_seconds"] = float(value)
+        elif key == "settle":
+            options["settle_seconds"] = float(value)  # the connector's pause after login, not connect()'s
         else:
             options[names[key]] = tuple(v for v in value.split(",") if v)
     return options, watch
