@@ -14,6 +14,16 @@ runs a listener behind the second and a connector behind the first
 
 Prints a Markdown table: the path each try took and the connector's time
 from the start instant to selection (ms), or "-" when it failed.
+
+With ``--times`` it runs each pair with everything on (sessions, relay
+first) and prints issue 13's times instead (lab machines share one clock):
+
+    (a)  connect() on a client logged in SETTLE_SECONDS before -> the first application byte at the peer
+    (b)  the connecting process started (Python, imports, login, then connect at once) -> that first byte
+         (a second run of the pair)
+    (c)  that first byte -> the session runs direct ("-": it stays on the relay, 0: it began direct)
+
+with the path the session began on and the one it ended on.
 """
 
 import argparse
@@ -29,6 +39,7 @@ from tests.natlab.connect_client import add_buddies, run_pair, user  # noqa: E40
 from tests.natlab.lab import Lab, unavailable_reason  # noqa: E402
 
 KINDS = ("eim-eif", "eim-adf", "eim-apdf", "apdm-random", "udp-blocked", "tcp-web-only", "eim-apdf+upnp")
+SETTLE_SECONDS = 2.0  # --times: the connector is logged in this long before it connects
 TECHNIQUES = {
     "udp": ("direct=udp", "relay="),
     "tcp": ("direct=tcp", "relay="),
@@ -45,10 +56,28 @@ def outcome(mine: dict) -> str:
     return f"{mine['path']} {selected[-1][1]:.0f}" if selected else mine["path"]
 
 
+def times(settled: tuple[dict, dict], cold: tuple[dict, dict]) -> str:
+    """The first and final path and (a), (c) from the settled run, (b) from the cold one, in ms."""
+    (mine, theirs), (cold_mine, cold_theirs) = settled, cold
+    if "error" in mine or not mine.get("pong") or "pinged_at" not in theirs:
+        return "- | - | - | - | -"
+    first_byte = theirs["pinged_at"]
+    a = f"{(first_byte - mine['connect_at']) * 1000:.0f}"
+    b = "-"
+    if cold_mine.get("pong") and "pinged_at" in cold_theirs:
+        b = f"{(cold_theirs['pinged_at'] - cold_mine['started_at']) * 1000:.0f}"
+    if mine["first_path"] == mine["path"] or not mine.get("direct_at"):
+        c = "0" if not mine["first_path"].startswith("turn-") else "-"
+    else:
+        c = f"{max(0.0, mine['direct_at'] - first_byte) * 1000:.0f}"
+    return f"{mine['first_path']} | {mine['path']} | {a} | {b} | {c}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--techniques", default=",".join(TECHNIQUES))
+    parser.add_argument("--times", action="store_true", help="issue 13's times (a), (b), (c) per pair instead")
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
     techniques = [t for t in args.techniques.split(",") if t]
@@ -72,11 +101,19 @@ def main() -> int:
             for i, site in enumerate(pair, 1):
                 site.name = f"{kind}-{i}"
             sites[kind] = pair
-        print(f"| caller | callee | {' | '.join(techniques)} |")
-        print("|---|---|" + "---|" * len(techniques))
+        if args.times:
+            print("| caller | callee | began on | ended on | (a) ms | (b) ms | (c) ms |")
+            print("|---|---|---|---|---|---|---|")
+        else:
+            print(f"| caller | callee | {' | '.join(techniques)} |")
+            print("|---|---|" + "---|" * len(techniques))
         started = time.monotonic()
         for a, b in itertools.combinations_with_replacement(kinds, 2):
-            cells = [outcome(run_pair(sites[a][0], sites[b][1], *TECHNIQUES[t])[0]) for t in techniques]
+            if args.times:
+                cells = [times(run_pair(sites[a][0], sites[b][1], f"settle={SETTLE_SECONDS:g}"),
+                               run_pair(sites[a][0], sites[b][1]))]
+            else:
+                cells = [outcome(run_pair(sites[a][0], sites[b][1], *TECHNIQUES[t])[0]) for t in techniques]
             print(f"| {a} | {b} | {' | '.join(cells)} |", flush=True)
         print(f"\n{time.monotonic() - started:.0f} s for {len(kinds) * (len(kinds) + 1) // 2} pairs x "
               f"{len(techniques)} techniques")

@@ -50,13 +50,14 @@ def twistd() -> str:
 
 
 def start_node(tmp_path: Path, *extra: str, alternate: bool = True, wait: bool = True,
-               command: str = "rendezvous") -> Node:
-    """Start ``twistd -n rendezvous`` (or ``relay``) on free loopback ports and wait until it answers."""
+               command: str = "rendezvous", launcher: list[str] | None = None) -> Node:
+    """Start ``twistd -n rendezvous`` (or ``relay``) on free loopback ports and wait until it answers;
+    ``launcher`` replaces the twistd executable (e.g. a script that patches the node first)."""
     port = free_port()
     alt_port = free_port(exclude={port}) if alternate else None
     tls_port = free_port(exclude={port, alt_port})
     args = [
-        twistd(), "-n", "--pidfile=", command,
+        *(launcher or [twistd()]), "-n", "--pidfile=", command,
         "--ip", PRIMARY_IP, "--port", str(port), "--tls-port", str(tls_port),
         "--state-dir", str(tmp_path / "state"), "--metrics", "off",
     ]

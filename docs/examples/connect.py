@@ -1,45 +1,75 @@
-"""Connect two peers through a super node and exchange a datagram, by the best path there is.
+"""Connect two peers through a super node and talk over an encrypted session, by the best path there is.
 
     python docs/examples/connect.py listen  HOST[:PORT] USER PASSWORD [--insecure] [--loopback]
     python docs/examples/connect.py connect HOST[:PORT] USER PASSWORD PEER [--insecure] [--loopback]
 
 Run ``listen`` as one user in one process (or on one host), then ``connect``
-as a buddy of that user in another. The listener answers the first
-datagram it gets with the same bytes upper-cased, then exits; the connector
-sends "hello", prints the path that won, every technique tried and the
-answer, then exits. ``--insecure`` accepts a self-signed node certificate,
-``--loopback`` offers loopback addresses (both peers on one machine).
+as a buddy of that user in another. Each side's key is made on first use in
+``~/.local/state/txrendezvous`` (or ``$XDG_STATE_HOME/txrendezvous``), and
+each pins the other's fingerprint. The connector opens a stream and sends
+"hello"; the listener answers on that stream with the bytes upper-cased,
+then exits; the connector prints the path that won, every technique tried
+and the answer, then exits. ``--insecure`` accepts a self-signed node
+certificate, ``--loopback`` offers loopback addresses (both peers on one
+machine).
 """
 
 import sys
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 
 from rendezvous.peer import connect, listen
 
 
-def describe(connection) -> None:
-    print(f"connected to {connection.peer} by {connection.path}: {connection.local} -> {connection.remote}")
-    for attempt in connection.attempts:
+def describe(session) -> None:
+    path = session.connection
+    print(f"connected to {session.peer} by {session.path}: {path.local} -> {path.remote}")
+    print(f"  peer certificate {session.peer_fingerprint}")
+    for attempt in session.attempts:
         print(f"  {attempt.technique:12} {attempt.outcome:12} {attempt.duration_ms:8.1f} ms {attempt.detail}")
     sys.stdout.flush()
+
+
+class Upper(Protocol):
+    """The listener's end of a stream: writes back what it reads, upper-cased, and ends with the peer."""
+
+    def __init__(self, done: Deferred) -> None:
+        self.done = done
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data.upper())
+
+    def connectionLost(self, reason) -> None:
+        self.done.called or self.done.callback(None)
+
+
+class Hello(Protocol):
+    """The connector's end: says hello, collects the answer until the stream ends."""
+
+    def __init__(self) -> None:
+        self.answer, self.received = Deferred(), b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"hello")
+        self.transport.loseConnection()  # FIN: the listener has everything
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason) -> None:
+        self.answer.called or self.answer.callback(self.received)
 
 
 async def answer_one(reactor, server, user: str, password: str, **options) -> None:
     answered = Deferred()
 
-    def on_connection(connection) -> None:
-        describe(connection)
+    def on_session(session) -> None:
+        describe(session)
+        session.accept_streams(Factory.forProtocol(lambda: Upper(answered)))
 
-        def received(data: bytes) -> None:
-            connection.send(data.upper())
-            if not answered.called:
-                reactor.callLater(1.0, answered.callback, None)  # time for a resend to be answered too
-
-        connection.set_receiver(received)
-
-    listener = await listen(reactor, user, password, on_connection, [server], **options)
+    listener = await listen(reactor, user, password, on_session, [server], **options)
     print(f"listening as {user}", flush=True)
     try:
         await answered
@@ -48,18 +78,14 @@ async def answer_one(reactor, server, user: str, password: str, **options) -> No
 
 
 async def say_hello(reactor, server, user: str, password: str, peer: str, **options) -> None:
-    connection = await connect(reactor, user, password, peer, [server], **options)
-    describe(connection)
-    reply = Deferred()
-    connection.set_receiver(lambda data: reply.called or reply.callback(data))
-    sender = task.LoopingCall(connection.send, b"hello")  # datagrams may be lost: repeat until answered
-    sender.clock = reactor
-    sender.start(0.5)
+    session = await connect(reactor, user, password, peer, [server], **options)
+    describe(session)
+    hello = Hello()
+    session.open_stream(hello)
     try:
-        print("answer:", (await reply.addTimeout(10, reactor)).decode(), flush=True)
+        print("answer:", (await hello.answer.addTimeout(10, reactor)).decode(), flush=True)
     finally:
-        sender.stop()
-        await connection.close()
+        await session.close()
 
 
 def main(reactor, mode: str, server: str, user: str, password: str, *rest: str) -> Deferred:

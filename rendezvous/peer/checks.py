@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from rendezvous.peer.connection import DATA_MARK, Attempt, ConnectError, Connection
 from rendezvous.peer.gathering import _Gathering
-from rendezvous.peer.ice import Agent, Send, random_credentials
+from rendezvous.peer.ice import Agent, PairState, Send, random_credentials
 from rendezvous.peer.prediction import BirthdaySpray, NatHint, keepalive_seconds, spray_role
 from rendezvous.peer.tcp_path import _tcp_target, _TcpPath
 from rendezvous.stun.addresses import Address
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from rendezvous.peer.connector import _Options
 
 log = Logger()
+
+RELAY_GRACE_SECONDS = 5.0  # the relay stays up this long after the connection moved off it
 
 
 @dataclass
@@ -52,7 +54,8 @@ class _Session(_Gathering, _TcpPath):
         self.peer_hint = NatHint(None)
         self.spray: BirthdaySpray | None = None
         self.connection: Connection | None = None
-        self.done: Deferred = Deferred()
+        self.done: Deferred = Deferred()  # the first usable Connection (on a relayed pair, with relay_first)
+        self.settled = False  # the checks are over: a path is selected (or none is)
         self._timer = None
         self._deadline = None
         self._started = None
@@ -66,6 +69,11 @@ class _Session(_Gathering, _TcpPath):
         if not punch.get("ufrag") or not punch.get("pwd"):
             self.done.errback(ConnectError("the peer sent no ICE credentials", self.attempts))
             return self.done
+        if self.turn is not None:  # now, not at the start instant: a check through the relay before its
+            # permission is installed is dropped (RFC 8656 §9) and costs a retransmission
+            candidates = [c for c in punch.get("candidates", []) if isinstance(c, dict)]
+            for ip in {c.get("ip") for c in candidates if c.get("protocol", "udp") == "udp" and c.get("ip")}:
+                self.turn.create_permission([(ip, 0)]).addErrback(lambda _: None)
         delay = max(0.0, float(punch.get("start_in_ms") or 0) / 1000)
         self.reactor.callLater(delay, self._begin, punch, peer_hint)
         self._deadline = self.reactor.callLater(delay + self.options.timeout_seconds, self._give_up)
@@ -77,9 +85,6 @@ class _Session(_Gathering, _TcpPath):
         self.peer_hint = peer_hint
         candidates = [c for c in punch.get("candidates", []) if isinstance(c, dict)]
         self.agent.set_remote(punch["ufrag"], punch["pwd"], candidates, now)
-        if self.turn is not None:
-            for ip in {c["ip"] for c in candidates if c.get("protocol", "udp") == "udp"}:
-                self.turn.create_permission([(ip, 0)]).addErrback(lambda _: None)
         self._spray_role = spray_role(self.hint, peer_hint) if self.options.direct else None
         if self.upnp_address is not None or any(c.get("type") == "upnp" for c in candidates):
             self._spray_role = None  # the random side reaches the UPnP mapping without guessing
@@ -103,11 +108,11 @@ class _Session(_Gathering, _TcpPath):
         self._tick()
 
     def packet(self, base: str, source: Address, data: bytes) -> None:
-        """A datagram on a base: application data of the selected pair, or STUN for the agent."""
+        """A datagram on a base: application data of a pair that works, or STUN for the agent."""
         if data[:1] == DATA_MARK:
-            selected = self.agent.selected
-            if self.connection is not None and selected.local.base == base and selected.remote.address == source:
-                self.connection._deliver(data[1:])
+            pair = self.agent.pairs.get((base, source))
+            if self.connection is not None and pair is not None and pair.state is PairState.SUCCEEDED:
+                self.connection._deliver(data[1:])  # the old path's too while the connection moves
             return
         if not data or data[0] > 3:
             return
@@ -120,7 +125,7 @@ class _Session(_Gathering, _TcpPath):
         if self._timer is not None and self._timer.active():  # called early, not by the timer
             self._timer.cancel()
         self._timer = None
-        if self.done.called:
+        if self.settled:
             return
         now = self.reactor.seconds()
         sends = self.agent.expire(now)
@@ -137,7 +142,7 @@ class _Session(_Gathering, _TcpPath):
         self._schedule()
 
     def _schedule(self) -> None:
-        if self.done.called:
+        if self.settled:
             return
         times = [t for t in (self.agent.deadline, self.spray.deadline if self.spray else None,
                              self._tcp_wake) if t is not None]
@@ -166,11 +171,13 @@ class _Session(_Gathering, _TcpPath):
                       error=e)
 
     def _check_done(self) -> None:
-        if self.done.called:
+        if self.settled:
             return
         selected = self.agent.selected
         if selected is not None:
             self._finish(selected)
+        elif not self.options.plaintext and self.connection is None and any(p.relayed for p in self.agent.valid()):
+            self._hand_over(next(p for p in self.agent.valid() if p.relayed))
         elif (self.agent.failed and (self.spray is None or self.spray.deadline is None)
               and self.tcp_punch is None and self.tcp_stream is None):
             self._fail("every candidate pair failed")
@@ -179,29 +186,49 @@ class _Session(_Gathering, _TcpPath):
         self._complete(self._path(pair), pair.local.base, pair.mapped or pair.local.address, pair.remote.address)
 
     def _complete(self, path: str, base: str, local: Address, remote: Address, detail: str = "") -> None:
+        """The checks are over: record the attempts, free what lost, settle the connection on the winner."""
         elapsed = self.reactor.seconds() - self._started
         techniques = self._techniques()
         for technique in techniques + ([path] if path not in techniques else []):
             outcome = "selected" if technique == path else "not-selected"
             self.attempts.append(Attempt(technique, round(elapsed * 1000, 1), outcome,
                                          detail if technique == path else ""))
+        self.settled = True
         if self.spray is not None:
             self.spray.stop()
         for name in [n for n in self.sockets if n.startswith("spray-") and n != base]:
             self._close_socket(name)
         self._cancel_timers()
         if base != "relay" and self.turn is not None:
-            self.turn.close()
-            self.turn = None
+            if self.connection is not None and self.connection.base == "relay":
+                self.reactor.callLater(RELAY_GRACE_SECONDS, self._release_relay)  # packets still in flight
+            else:
+                self._release_relay()
         if base != "tcp":
             self._close_tcp()
-        self.selected_base, self.selected_remote = base, remote
+        if self.connection is None:
+            self._hand_over_on(path, base, local, remote)
+        self.connection._settle(path, base, local, remote)
+
+    def _hand_over(self, pair) -> None:
+        """Relay first: a relayed pair works, so the connection starts on it while the checks go on."""
+        self._hand_over_on(self._path(pair), pair.local.base, pair.mapped or pair.local.address,
+                           pair.remote.address, settled=False)
+
+    def _hand_over_on(self, path: str, base: str, local: Address, remote: Address, settled: bool = True) -> None:
         interval = self.options.keepalive_seconds or keepalive_seconds([self.hint.lifetime_seconds,
                                                                         self.peer_hint.lifetime_seconds])
-        self.connection = connection = Connection(self.peer, path, local, remote, self.attempts, self, interval)
+        self.connection = connection = Connection(self.peer, path, local, remote, self.attempts, self, interval,
+                                                  base, settled)
         if base == "relay" and self.turn_transport in ("tcp", "tls"):
-            self.turn.when_closed().addCallback(lambda _: connection._path_lost("the relay connection closed"))
-        self.done.callback(self.connection)
+            self.turn.when_closed().addCallback(
+                lambda _: connection.base == "relay" and connection._path_lost("the relay connection closed"))
+        self.done.callback(connection)
+
+    def _release_relay(self) -> None:
+        if self.turn is not None and (self.connection is None or self.connection.base != "relay"):
+            self.turn.close()
+            self.turn = None
 
     def _techniques(self) -> list[str]:
         names = []
@@ -232,16 +259,23 @@ class _Session(_Gathering, _TcpPath):
         return "udp-direct"
 
     def _fail(self, reason: str) -> None:
+        self.settled = True
         elapsed = round((self.reactor.seconds() - (self._started or self.reactor.seconds())) * 1000, 1)
         for technique in self._techniques():
             self.attempts.append(Attempt(technique, elapsed, "failed"))
         self._cancel_timers()
         self.close()
-        self.done.errback(ConnectError(f"{reason} (tried: {', '.join(self._techniques()) or 'nothing'})",
-                                       self.attempts))
+        if not self.done.called:
+            self.done.errback(ConnectError(f"{reason} (tried: {', '.join(self._techniques()) or 'nothing'})",
+                                           self.attempts))
 
     def _give_up(self) -> None:
-        if not self.done.called:
+        if self.settled:
+            return
+        if self.connection is not None:  # nothing better than the relayed pair it runs on
+            connection = self.connection
+            self._complete(connection.path, connection.base, connection.local, connection.remote)
+        else:
             self._fail(f"no path within {self.options.timeout_seconds} s")
 
     def _cancel_timers(self) -> None:
@@ -254,12 +288,6 @@ class _Session(_Gathering, _TcpPath):
         self.attempts.append(Attempt(technique, round((self.reactor.seconds() - started) * 1000, 1), outcome, detail))
 
     # -- after selection ---------------------------------------------------
-
-    def write_selected(self, data: bytes) -> None:
-        self._write_one(self.selected_base, self.selected_remote, data)
-
-    def keepalive(self) -> None:
-        self.write_selected(self.agent.indication())
 
     def close(self) -> Deferred:
         """Close every socket and the relay allocation."""

@@ -66,12 +66,23 @@ class Connection:
     every 4-6 s for ``consent_timeout_seconds`` (RFC 7675; default 30). The
     punched stream gets TCP keepalives that end it after as long a silence.
     Once lost, ``send`` drops what it is given.
+
+    Under a session the connection is handed over on the first relayed pair
+    that works, before the checks end (``settled`` is then False): when they
+    select a direct pair or the punched stream, the connection moves to it
+    (``on_path_change(f)`` has ``f(path)`` called) and the relay is released
+    after RELAY_GRACE_SECONDS; data from the old path is still taken until
+    then. ``when_settled()`` fires with the path once the checks are over.
     """
 
     def __init__(self, peer: str, path: str, local: Address, remote: Address, attempts: list[Attempt],
-                 session: _Session, keepalive_seconds: float) -> None:
+                 session: _Session, keepalive_seconds: float, base: str, settled: bool = True) -> None:
         self.peer, self.path, self.local, self.remote, self.attempts = peer, path, local, remote, attempts
         self.keepalive_seconds = keepalive_seconds
+        self.base = base  # the local socket (ICE base) it sends from: "main", "relay", "tcp", "spray-N"
+        self.settled = settled
+        self._path_callbacks: list = []
+        self._settled_waiters: list[Deferred] = []
         self._session = session
         self._receiver = None
         self._early: list[bytes] = []
@@ -79,7 +90,7 @@ class Connection:
         self._lost: str | None = None
         self._lost_waiters: list[Deferred] = []
         self.signaling = None  # the login connect() made, closed with the connection
-        self._keepalive = LoopingCall(session.keepalive)
+        self._keepalive = LoopingCall(self._keep_alive)
         self._keepalive.clock = session.reactor
         self._keepalive.start(keepalive_seconds, now=False)
         self._consent = None  # the next consent check (ICE paths only: the punched stream has none)
@@ -96,7 +107,7 @@ class Connection:
         if len(data) > MAX_DATAGRAM_BYTES:
             raise ValueError(f"a datagram is at most {MAX_DATAGRAM_BYTES} bytes, not {len(data)}")
         if self._lost is None:
-            self._session.write_selected(DATA_MARK + bytes(data))
+            self._session._write_one(self.base, self.remote, DATA_MARK + bytes(data))
 
     def set_receiver(self, receiver) -> None:
         """Call ``receiver(data)`` for every datagram from the peer (queued ones first)."""
@@ -111,6 +122,36 @@ class Connection:
                 self._early.append(data)
         else:
             self._receiver(data)
+
+    def _keep_alive(self) -> None:
+        """RFC 8445 §11: a Binding indication keeps the NAT bindings of the path open."""
+        self._session._write_one(self.base, self.remote, self._session.agent.indication())
+
+    def on_path_change(self, callback) -> None:
+        """Call ``callback(path)`` each time the connection moves to another path."""
+        self._path_callbacks.append(callback)
+
+    def when_settled(self) -> Deferred:
+        """A Deferred firing with the path once the checks are over (at once if they are)."""
+        if self.settled:
+            return succeed(self.path)
+        waiter: Deferred = Deferred()
+        self._settled_waiters.append(waiter)
+        return waiter
+
+    def _settle(self, path: str, base: str, local: Address, remote: Address) -> None:
+        """The checks are over: stay on the path, or move to the one they selected."""
+        moved = (base, remote) != (self.base, self.remote)
+        self.path, self.base, self.local, self.remote, self.settled = path, base, local, remote, True
+        if self._consent is None and self._session.agent.selected is not None and self._lost is None:
+            self._consent = self._session.reactor.callLater(self._consent_interval(), self._check_consent)
+        if moved:
+            log.info("the session to {peer} moved to {path}", peer=self.peer, path=path)
+            for callback in list(self._path_callbacks):
+                callback(path)
+        waiters, self._settled_waiters = self._settled_waiters, []
+        for waiter in waiters:
+            waiter.callback(path)
 
     def when_lost(self) -> Deferred:
         """A Deferred firing with the reason (str) if the path's connection ends before ``close()``."""

@@ -5,23 +5,30 @@ presence with a NAT hint (``rendezvous.peer.prediction.NatHint``), gather
 candidates (``gathering``), exchange them with ICE credentials through the
 node (docs/PROTOCOL.md, connect / connect-answer / punch), and at the
 instant the node gives run ICE connectivity checks (``checks``, RFC 8445)
-and TCP hole punching (``tcp_path``); the path that wins is handed over as
-a ``Connection`` (``connection``). Here: the options both take, the
-waiters for pushed ``punch`` frames, and the answering side's ``Listener``.
+and TCP hole punching (``tcp_path``). Over the path that wins
+(``connection``) runs an encrypted QUIC session whose peer proved the
+fingerprint that came with its candidates (``trust``, ``session``); only
+``plaintext=True`` hands over the bare ``Connection``. Here: the options,
+the waiters for pushed ``punch`` frames, the helpers the long-lived
+``Client`` (``client``) uses, and the one-shot ``connect()`` and
+``listen()`` built on it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from pathlib import Path
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from rendezvous.peer.checks import _Session
-from rendezvous.peer.connection import ConnectError, Connection
+from rendezvous.peer.connection import Connection
 from rendezvous.peer.gathering import RELAY_TRANSPORTS
 from rendezvous.peer.ice import CONSENT_TIMEOUT_SECONDS
 from rendezvous.peer.prediction import SPRAY_PROBES, SPRAY_SOCKETS, NatHint
+from rendezvous.peer.session import Session
+from rendezvous.peer.trust import Trust, default_state_dir
 from rendezvous.stun.addresses import Address
 
 log = Logger()
@@ -29,6 +36,7 @@ log = Logger()
 DIRECT_TRANSPORTS = ("udp", "tcp")
 TCP_PUNCH_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 30.0
+RECHECK_SECONDS = 60.0
 
 
 @dataclass
@@ -49,6 +57,10 @@ class _Options:
     tcp_low_ttl: int | None = None
     tcp_punch_seconds: float = TCP_PUNCH_SECONDS
     upnp: bool | None = None  # None: when the node is not on loopback
+    plaintext: bool = False  # hand over the bare datagram Connection, no session
+    recheck_seconds: float = RECHECK_SECONDS  # a session on a relay tries for a direct path this often
+    state_dir: Path | None = None  # the identity and pins; None: the host cache's folder, else the default
+    allow_new_fingerprint: bool = False  # accept a peer whose fingerprint differs from its pin (and re-pin)
 
     def __post_init__(self) -> None:
         self.direct_transports = tuple(self.direct_transports)
@@ -59,6 +71,8 @@ class _Options:
             raise ValueError(f"relay_transports are among {RELAY_TRANSPORTS}")
         if not self.consent_timeout_seconds > 0:
             raise ValueError("consent_timeout_seconds must be positive")
+        if not self.recheck_seconds > 0:
+            raise ValueError("recheck_seconds must be positive")
 
     @property
     def direct(self) -> bool:
@@ -92,6 +106,22 @@ class _Punches:
         return d.addTimeout(seconds, reactor)
 
 
+def _trust(options: _Options, user: str, host_cache) -> Trust | None:
+    """The user's identity and pins, from the state directory (None in plaintext mode)."""
+    if options.plaintext:
+        return None
+    state_dir = options.state_dir or (Path(host_cache.path).parent if host_cache is not None else default_state_dir())
+    return Trust.load(state_dir, user, options.allow_new_fingerprint)
+
+
+def _credentials(session: _Session, trust: Trust | None) -> dict:
+    """What goes to the peer with the candidates: ICE credentials and our fingerprint."""
+    found = {"ufrag": session.agent.local_ufrag, "pwd": session.agent.local_pwd}
+    if trust is not None:
+        found["fingerprint"] = trust.identity.fingerprint
+    return found
+
+
 def _presence(signaling, hint: NatHint) -> None:
     """Advertise presence with the NAT hint (a failure only costs the peer the hint)."""
     maybeDeferred(signaling.set_presence, "online", nat_type=hint.to_presence()).addErrback(
@@ -108,7 +138,7 @@ async def _peer_hint(signaling, peer: str) -> NatHint:
 
 def connect(reactor, user: str, password: str, peer: str, servers=None, host_cache=None, *,
             tls: bool = False, tls_verify: bool = True, **options) -> Deferred:
-    """Log in as ``user`` and connect to the buddy ``peer``; fires with a Connection.
+    """Log in as ``user`` and connect to the buddy ``peer``; fires with a Session.
 
     ``servers`` are (host, port) super nodes tried after the ``host_cache``
     (a rendezvous.peer.host_cache.HostCache); ``tls`` logs in over TLS (and
@@ -126,110 +156,54 @@ def connect(reactor, user: str, password: str, peer: str, servers=None, host_cac
     peer in presence), ``relay_wait_seconds``, ``consent_timeout_seconds``
     (RFC 7675: how long the peer may leave consent checks unanswered
     before ``when_lost`` fires; default 30), ``spray_sockets``,
-    ``spray_probes``; an unknown one raises TypeError, a bad value
-    ValueError. Fails with ConnectError (its ``attempts`` say what was
-    tried), SignalingRequestError (e.g. the peer is offline or not a buddy)
-    or a login error.
+    ``spray_probes``, ``state_dir`` (where ``USER.identity.pem``, made on
+    first use, and ``USER.pins.json`` live; default: the host cache's
+    folder, else ``~/.local/state/txrendezvous``), ``allow_new_fingerprint``
+    (accept and re-pin a peer whose fingerprint changed), ``plaintext``
+    (fire with the bare datagram Connection instead of a Session); an
+    unknown one raises TypeError, a bad value ValueError. Fails with
+    ConnectError (its ``attempts`` say what was tried), FingerprintChanged,
+    SessionError (the peer did not prove its fingerprint),
+    SignalingRequestError (e.g. the peer is offline or not a buddy) or a
+    login error.
     """
-    options = _Options(tls=tls, tls_verify=tls_verify, **options)
+    from rendezvous.peer.client import Client
 
-    async def run() -> Connection:
-        from rendezvous.peer.signaling_client import SignalingClient
-
-        signaling = await SignalingClient.login(reactor, user, password, servers=servers, host_cache=host_cache,
-                                                tls=tls, tls_verify=tls_verify)
+    async def run() -> Session | Connection:
+        client = await Client.login(reactor, user, password, servers, host_cache, tls=tls, tls_verify=tls_verify,
+                                    **options)
         try:
-            return await _connect(reactor, signaling, peer, options)
+            made = await client.connect(peer)
         except BaseException:
-            signaling.close()
+            client.close()
             raise
+        if options.get("plaintext"):
+            made.signaling = client  # logged out with the connection
+        else:
+            made.when_closed().addCallback(lambda _: client.close())  # logged out with the session
+        return made
 
+    _Options(tls=tls, tls_verify=tls_verify, **options)  # bad options raise here, before any login
     return Deferred.fromCoroutine(run())
-
-
-async def _connect(reactor, signaling, peer: str, options: _Options) -> Connection:
-    session = _Session(reactor, signaling, options, controlling=True)
-    session.peer = peer
-    punches = _Punches(signaling)
-    candidates = await session.gather()
-    _presence(signaling, session.hint)
-    peer_hint = await _peer_hint(signaling, peer)
-    pending = await signaling.request("connect", to=peer, candidates=candidates,
-                                      ufrag=session.agent.local_ufrag, pwd=session.agent.local_pwd)
-    punch = await punches.wait(pending["token"], reactor, options.timeout_seconds)
-    if punch.get("op") == "connect-declined":
-        session.close()
-        raise ConnectError(f"{peer} declined", session.attempts)
-    connection = await session.start(punch, peer_hint)
-    connection.signaling = signaling
-    return connection
-
-
-class Listener:
-    """The answering side: accepts connect-requests from buddies (see ``listen``)."""
-
-    def __init__(self, reactor, signaling, on_connection, options: _Options, accept) -> None:
-        self.reactor, self.signaling, self.options = reactor, signaling, options
-        self.on_connection, self.accept = on_connection, accept
-        self.hint = NatHint(None)
-        self.connections: list[Connection] = []
-        self._punches = _Punches(signaling)
-        signaling.on("connect-request", self._request)
-
-    def _request(self, message: dict) -> None:
-        peer, token = message.get("from"), message.get("token")
-        if not self.accept(peer):
-            self.signaling.send("connect-decline", token=token)
-            return
-        Deferred.fromCoroutine(self._answer(message)).addErrback(
-            lambda f: log.info("connection from {peer} failed: {error}", peer=peer, error=f.getErrorMessage()))
-
-    async def _answer(self, request: dict) -> None:
-        session = _Session(self.reactor, self.signaling, self.options, controlling=False)
-        session.peer = request.get("from")
-        candidates = await session.gather()
-        peer_hint = await _peer_hint(self.signaling, session.peer)
-        waiting = self._punches.wait(request["token"], self.reactor, self.options.timeout_seconds)
-        # connect-answer has no reply frame: the punch is the answer.
-        self.signaling.send("connect-answer", token=request["token"], candidates=candidates,
-                            ufrag=session.agent.local_ufrag, pwd=session.agent.local_pwd)
-        punch = await waiting
-        connection = await session.start(punch, peer_hint)
-        self.connections.append(connection)
-        self.on_connection(connection)
-
-    def close(self) -> Deferred:
-        """Log out and close every connection made."""
-        for connection in self.connections:
-            connection.close()
-        return maybeDeferred(self.signaling.close)
 
 
 def listen(reactor, user: str, password: str, on_connection, servers=None, host_cache=None, *,
            tls: bool = False, tls_verify: bool = True, accept=lambda peer: True, **options) -> Deferred:
-    """Log in as ``user`` and answer connect-requests; fires with a Listener once online.
+    """Log in as ``user`` and answer connect-requests; fires with the Client once online.
 
-    ``on_connection(connection)`` is called for each peer that connects and
-    ``accept(peer)`` decides who may (default: every buddy). Options as in
-    ``connect``. Fails with a login error.
+    ``on_connection(session)`` is called for each peer that connects (with
+    a Connection when ``plaintext=True``) and ``accept(peer)`` decides who
+    may (default: every buddy). Options as in ``connect``. Fails with a
+    login error.
     """
-    options = _Options(tls=tls, tls_verify=tls_verify, **options)
+    from rendezvous.peer.client import Client
 
-    async def run() -> Listener:
-        from rendezvous.peer.signaling_client import SignalingClient
+    async def run():
+        client = await Client.login(reactor, user, password, servers, host_cache, tls=tls, tls_verify=tls_verify,
+                                    **options)
+        return await client.listen(on_connection, accept)
 
-        signaling = await SignalingClient.login(reactor, user, password, servers=servers, host_cache=host_cache,
-                                                tls=tls, tls_verify=tls_verify)
-        listener = Listener(reactor, signaling, on_connection, options, accept)
-        udp_only = replace(options, direct_transports=tuple(t for t in options.direct_transports if t == "udp"),
-                           relay_transports=(), upnp=False)
-        probe = _Session(reactor, signaling, udp_only, False)
-        try:
-            await probe.gather()
-        finally:
-            probe.close()
-        listener.hint = probe.hint
-        _presence(signaling, probe.hint)
-        return listener
-
+    _Options(tls=tls, tls_verify=tls_verify, **options)
     return Deferred.fromCoroutine(run())
+
+

@@ -8,8 +8,9 @@ RFC 5780 §4.3, and, when that mapping differs, a few fresh sockets tell how
 the NAT maps and allocates ports: the NAT hint), predicted (sequential
 allocators, ``prediction``), TCP host and server-reflexive (a port held for
 the punch, its mapping learned from the node), and relayed (TURN, RFC 8656,
-on the node over UDP, then TCP, then TLS, the last on the port signaling
-reached, which may be 443).
+on the node: UDP, the transport and port signaling reached (which may be
+TLS on 443), TCP and TLS raced, the first allocation winning). All of these
+run at once.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ UPNP_LEASE_SECONDS = 3600      # renewed at half-life while the connection lasts
 GATHER_RTO_SECONDS = 0.2
 RELAY_TRANSPORTS = ("udp", "tcp", "tls")
 RELAY_TIMEOUT_SECONDS = 3.0
+RELAY_STAGGER_SECONDS = 0.1  # between the starts of the TURN transports raced
 ALLOCATION_SAMPLES = 3
 CLOSE_TIMEOUT_SECONDS = 4.0
 
@@ -89,28 +91,33 @@ class _Gathering:
         self.sockets[name] = (protocol, port)
         return protocol
 
-    async def gather(self) -> list[dict]:
-        """Open the main socket, learn srflx and the NAT hint, allocate a relay; the candidates."""
+    async def gather(self, peer_hint: Deferred | None = None) -> list[dict]:
+        """Open the main socket; learn srflx and the NAT hint, map a UPnP port, learn the TCP
+        mapping and allocate a relay, all at once; the candidates. ``peer_hint`` (a Deferred
+        firing with the peer's NatHint, looked up meanwhile) tells whether UPnP is needed."""
         main = self._open("main")
         port = main.transport.getHost().port
         stun = self.options.stun_server or _stun_server(self.signaling)
         hosts = _host_addresses(stun[0], self.options.include_loopback)
         self.agent.add_base("main", "host", (hosts[0] if hosts else "0.0.0.0", port), 65535,
                             pair=self.options.direct)
+        work = []  # every probe at once, never one after another
         if self.options.direct:
-            upnp = None
-            if self.options.upnp or (self.options.upnp is None and not ipaddress.ip_address(stun[0]).is_loopback):
-                upnp = Deferred.fromCoroutine(self._upnp(port))
             for ip in hosts:
                 self.agent.advertise(self.agent.candidate("host", (ip, port), "main"))
-            await self._reflexive(main, stun)
-            if upnp is not None:
-                await upnp
+            reflexive = Deferred.fromCoroutine(self._reflexive(main, stun))
+            work.append(reflexive)
+            if self.options.upnp or (self.options.upnp is None and not ipaddress.ip_address(stun[0]).is_loopback):
+                work.append(Deferred.fromCoroutine(self._upnp_if_needed(port, reflexive, peer_hint)))
         if "tcp" in self.options.direct_transports:
-            await self._tcp(hosts)
+            work.append(Deferred.fromCoroutine(self._tcp(hosts)))
         if self.options.relay_transports:
-            await self._relay()
-        udp = [c.to_wire() for c in self.agent.local_candidates]
+            work.append(Deferred.fromCoroutine(self._relay()))
+        for result in await DeferredList(work, consumeErrors=True):
+            if not result[0]:
+                result[1].raiseException()
+        # best first: the peer ranks our candidates by their place in the list (ice.Candidate.from_wire)
+        udp = [c.to_wire() for c in sorted(self.agent.local_candidates, key=lambda c: -c.priority)]
         return (udp[:32 - len(self.tcp_candidates)] + self.tcp_candidates)[:32]
 
     async def _tcp(self, hosts: list[str]) -> None:
@@ -162,6 +169,26 @@ class _Gathering:
             for predicted in predicted_ports(mapped[1], self.hint.delta):
                 self.agent.advertise(self.agent.candidate("predicted", (mapped[0], predicted), "main"))
         self._attempt("srflx", started, "succeeded", f"{mapped[0]}:{mapped[1]} ({self.hint.to_presence()})")
+
+    async def _upnp_if_needed(self, port: int, reflexive: Deferred, peer_hint: Deferred | None) -> None:
+        """UPnP unless no UDP gets out (STUN went unanswered) or both NATs map endpoint-independently
+        (RFC 4787 §4.1: hole punching reaches each side's server-reflexive address): then a mapping
+        adds nothing, while looking for a gateway that is not there costs up to UPNP_SECONDS."""
+        started = self.reactor.seconds()
+        theirs = NatHint(None)
+        try:
+            await reflexive
+            if peer_hint is not None:
+                theirs = await peer_hint
+        except Exception:  # reflexive failed (reported there) or no hint: look for a gateway
+            pass
+        if self.srflx is None:
+            self._attempt("upnp", started, "skipped", "no STUN answer over UDP: no UDP gets out")
+            return
+        if self.hint.easy and theirs.easy:
+            self._attempt("upnp", started, "skipped", "both NATs map endpoint-independently")
+            return
+        await self._upnp(port)
 
     async def _upnp(self, port: int) -> None:
         """Map the main socket's port on the LAN's gateway; advertise it (in place of an equal srflx).
@@ -240,28 +267,66 @@ class _Gathering:
         return samples
 
     async def _relay(self) -> None:
-        """TURN on the node: UDP, then TCP, then TLS; the first allocation that works."""
+        """TURN on the node over every transport, raced (RFC 8305's racing, applied to TURN transports):
+        UDP and the transport and port signaling got through on (TLS on 443 behind a web-only
+        firewall) start at once, the rest RELAY_STAGGER_SECONDS apart. The first allocation wins;
+        the others are closed as they come."""
         turn = self.signaling.welcome.get("turn") if isinstance(self.signaling.welcome, dict) else None
         if not turn:
             return
-        for transport, server in _relay_targets(self.signaling, turn, self.options.relay_transports,
-                                                        self.options.tls):
-            started = self.reactor.seconds()
-            try:
-                client = await turn_client.connect(
-                    self.reactor, server, transport, username=turn["username"], password=turn["password"],
-                    realm=turn.get("realm"), tls_verify=self.options.tls_verify,
-                    connect_timeout_seconds=RELAY_TIMEOUT_SECONDS, rto_seconds=GATHER_RTO_SECONDS, rc=3, rm=4,
-                ).addTimeout(RELAY_TIMEOUT_SECONDS, self.reactor)
-                relayed = await client.allocate().addTimeout(RELAY_TIMEOUT_SECONDS + 1, self.reactor)
-            except Exception as e:  # every failure means "try the next transport"
-                self._attempt(f"turn-{transport}", started, "failed", f"allocation: {e}")
-                continue
-            self.turn, self.turn_transport = client, transport
-            client.on_data = lambda peer, data: self.packet("relay", tuple(peer), data)
-            self.agent.add_base("relay", "relay", relayed, {"udp": 3, "tcp": 2, "tls": 1}[transport])
-            self.agent.advertise(self.agent.candidate("relay", relayed, "relay"))
+        targets = _relay_targets(self.signaling, turn, self.options.relay_transports, self.options.tls)
+        won: Deferred = Deferred()
+        left = [len(targets)]
+
+        def start(transport: str, server: Address) -> None:
+            if won.called:
+                left[0] -= 1
+                return
+            Deferred.fromCoroutine(self._allocate(transport, server, turn)).addCallback(arrived)
+
+        def arrived(result) -> None:
+            left[0] -= 1
+            if result is not None and won.called:
+                result[0].close()  # a slower transport: the race is already won
+            elif result is not None:
+                won.callback(result)
+            if not left[0] and not won.called:
+                won.callback(None)
+
+        own = ("tls" if self.options.tls else "tcp", tuple(self.signaling.server))
+        delay = 0.0
+        for transport, server in targets:
+            self.reactor.callLater(delay, start, transport, server)
+            if transport != "udp" or own not in targets:  # UDP and signaling's own way start together
+                delay += RELAY_STAGGER_SECONDS
+        result = await won if targets else None
+        if result is None:
             return
+        client, transport, relayed = result
+        self.turn, self.turn_transport = client, transport
+        client.on_data = lambda peer, data: self.packet("relay", tuple(peer), data)
+        self.agent.add_base("relay", "relay", relayed, {"udp": 3, "tcp": 2, "tls": 1}[transport])
+        self.agent.advertise(self.agent.candidate("relay", relayed, "relay"))
+
+    async def _allocate(self, transport: str, server: Address, turn: dict):
+        """(client, transport, relayed address) from one TURN server, or None (recorded as an attempt)."""
+        started = self.reactor.seconds()
+        try:
+            client = await turn_client.connect(
+                self.reactor, server, transport, username=turn["username"], password=turn["password"],
+                realm=turn.get("realm"), tls_verify=self.options.tls_verify,
+                connect_timeout_seconds=RELAY_TIMEOUT_SECONDS, rto_seconds=GATHER_RTO_SECONDS, rc=3, rm=4,
+            ).addTimeout(RELAY_TIMEOUT_SECONDS, self.reactor)
+        except Exception as e:
+            self._attempt(f"turn-{transport}", started, "failed", f"allocation: {e}")
+            return None
+        try:
+            relayed = await client.allocate().addTimeout(RELAY_TIMEOUT_SECONDS + 1, self.reactor)
+        except Exception as e:
+            client.close()
+            self._attempt(f"turn-{transport}", started, "failed", f"allocation: {e}")
+            return None
+        return client, transport, relayed
 
     def _close_socket(self, name: str) -> None:
         entry = self.sockets.pop(name, None)
@@ -314,7 +379,8 @@ def _parse_turn_url(url: str) -> tuple[str, Address, str]:
 
 
 def _relay_targets(signaling, turn: dict, transports: tuple, tls: bool) -> list[tuple[str, Address]]:
-    """(transport, server) to try, UDP then TCP then TLS; the signaling port itself last."""
+    """(transport, server) to race: UDP first, then the transport and port signaling reached,
+    then TCP, then TLS."""
     targets = []
     for url in turn.get("urls") or []:
         try:
@@ -323,7 +389,6 @@ def _relay_targets(signaling, turn: dict, transports: tuple, tls: bool) -> list[
             continue
         targets.append((transport, server))
     own = ("tls" if tls else "tcp", tuple(signaling.server))
-    if own not in targets:
-        targets.append(own)
-    order = {t: i for i, t in enumerate(RELAY_TRANSPORTS)}
-    return sorted([t for t in targets if t[0] in transports], key=lambda t: order[t[0]])
+    order = {"udp": 0, "own": 1, "tcp": 2, "tls": 3}
+    ranked = sorted(set(targets) | {own}, key=lambda t: (order["own" if t == own else t[0]], t[1]))
+    return [t for t in ranked if t[0] in transports]

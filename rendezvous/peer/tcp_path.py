@@ -43,7 +43,7 @@ SELECT_MARK = b"\xd9"   # ... and the controlling side selects the stream
 class _TcpPath:
     """The punch toward the peer's TCP candidate, the proofs on its stream, and when to select it.
 
-    Uses the session's ``reactor``, ``options``, ``agent``, ``done``,
+    Uses the session's ``reactor``, ``options``, ``agent``, ``settled``,
     ``connection``, ``spray``, its TCP port and mapping (``_Gathering``), and
     its ``_tick()``, ``_schedule()``, ``_check_done()``, ``_complete()`` and
     ``_attempt()``."""
@@ -66,14 +66,14 @@ class _TcpPath:
     def _tcp_connected(self, result) -> None:
         stream, _, technique = result
         self.tcp_technique = technique
-        if self.done.called:
+        if self.settled:
             stream.transport.abortConnection()
         elif not self.agent.controlling:
             stream.write_frame(HELLO_MARK + self._proof(HELLO_MARK, self.agent.local_ufrag, self.agent.remote_ufrag))
 
     def _tcp_failed(self, failure) -> None:
         self.tcp_punch = None
-        if failure.check(CancelledError) or self.done.called:
+        if failure.check(CancelledError) or self.settled:
             return
         self._attempt("tcp-punch", self._tcp_started, "failed", failure.getErrorMessage())
         self._tcp_started = None
@@ -90,9 +90,9 @@ class _TcpPath:
         """A frame on the punched stream: the peer's proof, or data once the stream is selected."""
         mark = frame[:1]
         if mark == DATA_MARK:
-            if self.connection is not None and self.selected_base == "tcp" and stream is self.tcp_stream:
+            if self.connection is not None and self.connection.base == "tcp" and stream is self.tcp_stream:
                 self.connection._deliver(frame[1:])
-        elif mark in (HELLO_MARK, SELECT_MARK) and not self.done.called:
+        elif mark in (HELLO_MARK, SELECT_MARK) and not self.settled:
             expected_mark = HELLO_MARK if self.agent.controlling else SELECT_MARK
             proof = self._proof(mark, self.agent.remote_ufrag or "", self.agent.local_ufrag)
             if mark != expected_mark or not hmac.compare_digest(frame[1:], proof):
@@ -106,7 +106,7 @@ class _TcpPath:
 
     def _select_tcp_when_due(self, now: float) -> float | None:
         """Controlling: select the proven stream once direct UDP cannot win; else when to look again."""
-        if (self.done.called or not self.agent.controlling or self.tcp_stream is None
+        if (self.settled or not self.agent.controlling or self.tcp_stream is None
                 or self.agent.selected is not None):
             return None
         if any(not p.relayed for p in self.agent.valid()):
@@ -131,9 +131,9 @@ class _TcpPath:
 
     def stream_lost(self, stream: _Stream) -> None:
         """The punched stream closed: before selection the relay may win after all; after, the path is lost."""
-        if stream is self.tcp_stream and self.connection is not None:
+        if stream is self.tcp_stream and self.connection is not None and self.connection.base == "tcp":
             self.connection._path_lost("the TCP connection closed")
-        elif stream is self.tcp_stream and not self.done.called:
+        elif stream is self.tcp_stream and not self.settled:
             self.tcp_stream = self.tcp_punch = None
             self._tcp_started = None
             self.agent.hold_relayed = False

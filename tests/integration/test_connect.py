@@ -42,9 +42,12 @@ def servers(node, tls=False):
 
 
 async def pair(node, caller, callee, tls=False, **options):
-    """callee listens, caller connects; returns (caller's Connection, callee's Connection, listener)."""
+    """callee listens, caller connects; returns (caller's Connection, callee's Connection, listener).
+
+    These tests are about the paths under a session, so they ask for the bare Connection
+    (plaintext=True); tests/integration/test_sessions.py runs sessions over the same paths."""
     answered = Deferred()
-    options.setdefault("include_loopback", True)
+    options.update(include_loopback=True, plaintext=True)
     listener = await listen(reactor, callee, f"{callee}-pw", answered.callback, servers(node, tls), tls=tls,
                             tls_verify=False, **options)
     try:
@@ -165,20 +168,21 @@ async def test_nothing_possible_fails_with_attempts(super_node):
     """With no direct candidates and no relay, connect fails with ConnectError naming what it tried."""
     answered = Deferred()
     listener = await listen(reactor, "hank", "hank-pw", answered.callback, servers(super_node),
-                            direct_transports=(), relay_transports=(), timeout_seconds=3)
+                            direct_transports=(), relay_transports=(), timeout_seconds=3, plaintext=True)
     try:
         with pytest.raises(ConnectError):
             await connect(reactor, "gina", "gina-pw", "hank", servers(super_node), direct_transports=(),
-                          relay_transports=(), timeout_seconds=3)
+                          relay_transports=(), timeout_seconds=3, plaintext=True)
     finally:
         await listener.close()
 
 
-def test_example_connects_two_processes(super_node):
-    """docs/examples/connect.py listens in one process and connects from another; the answer comes back."""
+def test_example_connects_two_processes(super_node, tmp_path):
+    """docs/examples/connect.py listens in one process and connects from another; the answer comes back
+    over an encrypted session's stream."""
     root = Path(__file__).resolve().parents[2]
     example = [sys.executable, str(root / "docs" / "examples" / "connect.py")]
-    env = dict(os.environ, PYTHONPATH=str(root))
+    env = dict(os.environ, PYTHONPATH=str(root), XDG_STATE_HOME=str(tmp_path))  # the keys and pins go there
     server = f"{super_node.ip}:{super_node.port}"
     listener = subprocess.Popen(example + ["listen", server, "leo", "leo-pw", "--loopback"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env)

@@ -5,13 +5,25 @@
 
 Options: ``direct=udp,tcp`` and ``relay=udp,tcp,tls`` (comma lists, may be
 empty) become connect()'s ``direct_transports`` and ``relay_transports``,
-``consent=SECONDS`` its ``consent_timeout_seconds``.
+``consent=SECONDS`` its ``consent_timeout_seconds``, ``relay_wait=SECONDS``
+its ``relay_wait_seconds``; ``settle=SECONDS`` has the connector wait that
+long after logging in before it connects (a client logged in for a while).
 
-The listener prints {"ready": true} once online, then its connection's
-path and attempts, answers one "ping" datagram with "pong" and exits. The
-connector prints its path and attempts and whether the pong came back.
+Both run encrypted sessions (each process has a fresh identity in a
+temporary state directory). The listener prints {"ready": true} once
+online, answers "ping" on the first stream the peer opens with "pong", and
+once the checks settle prints its session's first and final path, its
+attempts and when the ping arrived (``pinged_at``, wall-clock seconds),
+then exits. The connector logs in, then
+opens a session (``connect_at``: when it called connect), sends "ping" on a
+stream as soon as the session is up, waits for the checks to settle, and
+prints its first and final path, its attempts, whether the pong came back,
+and ``direct_at``, when the session moved off the relay (null if it never
+did). Lab machines share one clock, so the two reports give issue 13's
+times: first byte at the peer (pinged_at - connect_at) and first byte to
+direct (direct_at - pinged_at).
 With ``watch=SECONDS`` neither ends there: each then waits that long for
-its connection's ``when_lost()`` and prints {"lost": reason or null}.
+its path's ``when_lost()`` and prints {"lost": reason or null}.
 Both give up after 40 s. ``run_pair`` runs a listener and a connector in
 two sites of a lab (tests/natlab/lab.py) and returns their reports;
 ``add_buddies`` makes the accounts it logs in with.
@@ -19,14 +31,19 @@ two sites of a lab (tests/natlab/lab.py) and returns their reports;
 
 import itertools
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 
 from rendezvous.node.accounts import AccountStore
-from rendezvous.peer import ConnectError, connect, listen
+from rendezvous.peer import Client, ConnectError, listen
 
 from .lab import ENV, ROOT, SERVER_IP, SERVER_PORT
 
@@ -68,9 +85,11 @@ def run_pair(caller, callee, *options: str) -> tuple[dict, dict]:
     try:
         ready = json.loads(listener.stdout.readline() or "{}")
         assert ready.get("ready"), listener.stderr.read() if listener.poll() is not None else ready
+        started_at = time.time()
         connector = client(caller, "connect", user(callee), *options)
         out, err = connector.communicate(timeout=60)
         mine = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-2000:]}
+        mine["started_at"] = started_at  # when the connector's process was started
         line = listener.stdout.readline()
         theirs = json.loads(line) if line.strip() else {}
     finally:
@@ -85,36 +104,67 @@ def report(**fields) -> None:
     sys.stdout.flush()
 
 
-def described(connection) -> dict:
-    return {"path": connection.path, "local": list(connection.local), "remote": list(connection.remote),
-            "attempts": [[a.technique, a.duration_ms, a.outcome, a.detail] for a in connection.attempts]}
+def described(session) -> dict:
+    connection = session.connection
+    return {"path": session.path, "local": list(connection.local), "remote": list(connection.remote),
+            "attempts": [[a.technique, a.duration_ms, a.outcome, a.detail] for a in session.attempts]}
 
 
-async def watch_loss(connection, seconds: float | None) -> None:
-    """With watch=SECONDS: report the reason the path is lost, or null if it lasts."""
+async def watch_loss(session, seconds: float | None) -> None:
+    """With watch=SECONDS: report the reason the session's path is lost, or null if it lasts."""
     if seconds is not None:
-        lost = await connection.when_lost().addTimeout(seconds, reactor).addErrback(lambda _: None)
+        lost = await session.connection.when_lost().addTimeout(seconds, reactor).addErrback(lambda _: None)
         report(lost=lost)
 
 
+class Pong(Protocol):
+    """The listener's side of the first stream: answers b"ping" with b"pong"."""
+
+    def __init__(self, pinged: Deferred) -> None:
+        self.pinged, self.data = pinged, b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if self.data == b"ping":
+            self.transport.write(b"pong")
+            self.pinged.called or self.pinged.callback(time.time())
+
+
+class Ping(Protocol):
+    """The connector's side: sends b"ping", fires ``ponged`` on b"pong"."""
+
+    def __init__(self) -> None:
+        self.ponged, self.data = Deferred(), b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"ping")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if self.data == b"pong" and not self.ponged.called:
+            self.ponged.callback(True)
+
+
 async def run_listen(server, tls, user, password, options, watch) -> None:
+    options.pop("settle_seconds", None)
     done, finished = Deferred(), Deferred()  # pinged; and, with watch, the loss reported
 
-    def connected(connection) -> None:
-        def received(data: bytes) -> None:
-            if data != b"ping":
-                return
-            for _ in range(3):
-                connection.send(b"pong")
+    def connected(session) -> None:
+        pinged, first_path = Deferred(), session.path
+
+        async def answered() -> None:
+            pinged_at = await pinged
+            await session.when_settled().addTimeout(15, reactor).addErrback(lambda _: None)
+            report(**described(session), first_path=first_path, pinged_at=pinged_at)
             if watch is None:
                 reactor.callLater(1.0, lambda: done.called or done.callback(None))
             elif not done.called:
                 done.callback(None)
-                watching = Deferred.fromCoroutine(watch_loss(connection, watch))
-                watching.addBoth(lambda _: finished.callback(None))
+                await watch_loss(session, watch)
+                finished.callback(None)
 
-        report(**described(connection))
-        connection.set_receiver(received)
+        Deferred.fromCoroutine(answered())
+        session.accept_streams(Factory.forProtocol(lambda: Pong(pinged)))
 
     listener = await listen(reactor, user, password, connected, [server], tls=tls, tls_verify=False, **options)
     report(ready=True, hint=listener.hint.to_presence())
@@ -125,19 +175,26 @@ async def run_listen(server, tls, user, password, options, watch) -> None:
 
 
 async def run_connect(server, tls, user, password, peer, options, watch) -> None:
+    settle = options.pop("settle_seconds", 0)
+    client = await Client.login(reactor, user, password, [server], tls=tls, tls_verify=False, **options)
+    await deferLater(reactor, settle)
+    connect_at = time.time()
     try:
-        connection = await connect(reactor, user, password, peer, [server], tls=tls, tls_verify=False, **options)
+        session = await client.connect(peer)
     except ConnectError as e:
         report(error=str(e), attempts=[[a.technique, a.duration_ms, a.outcome, a.detail] for a in e.attempts])
+        await client.close()
         return
-    pong = Deferred()
-    connection.set_receiver(lambda data: data == b"pong" and not pong.called and pong.callback(True))
-    for i in range(20):
-        reactor.callLater(i * 0.25, connection.send, b"ping")
-    ok = await pong.addTimeout(6, reactor).addErrback(lambda _: False)
-    report(**described(connection), pong=ok)
-    await watch_loss(connection, watch)
-    await connection.close()
+    first_path, moved = session.path, []
+    session.on_path_change(lambda path: moved.append(time.time()))
+    ping = Ping()
+    session.open_stream(ping)
+    ok = await ping.ponged.addTimeout(6, reactor).addErrback(lambda _: False)
+    await session.when_settled().addTimeout(15, reactor).addErrback(lambda _: None)
+    report(**described(session), pong=ok, first_path=first_path, connect_at=connect_at,
+           direct_at=moved[0] if moved else None)
+    await watch_loss(session, watch)
+    await client.close()
 
 
 def parse_options(words: list[str]) -> tuple[dict, float | None]:
@@ -150,6 +207,10 @@ def parse_options(words: list[str]) -> tuple[dict, float | None]:
             watch = float(value)
         elif key == "consent":
             options["consent_timeout_seconds"] = float(value)
+        elif key == "relay_wait":
+            options["relay_wait_seconds"] = float(value)
+        elif key == "settle":
+            options["settle_seconds"] = float(value)  # the connector's pause after login, not connect()'s
         else:
             options[names[key]] = tuple(v for v in value.split(",") if v)
     return options, watch
@@ -158,15 +219,19 @@ def parse_options(words: list[str]) -> tuple[dict, float | None]:
 def main(argv: list[str]) -> int:
     mode, host, port, tls, user, password, *rest = argv
     server, tls = (host, int(port)), tls == "tls"
+    options, watch = parse_options(rest if mode == "listen" else rest[1:])
+    state_dir = tempfile.mkdtemp(prefix="txr-natlab-peer-")
+    options["state_dir"] = state_dir
     if mode == "listen":
-        work = run_listen(server, tls, user, password, *parse_options(rest))
+        work = run_listen(server, tls, user, password, options, watch)
     else:
-        work = run_connect(server, tls, user, password, rest[0], *parse_options(rest[1:]))
+        work = run_connect(server, tls, user, password, rest[0], options, watch)
     finished = Deferred.fromCoroutine(work)
     finished.addErrback(lambda f: report(error=f.getErrorMessage()))
     finished.addBoth(lambda _: reactor.stop())
     reactor.callLater(LIMIT_SECONDS, lambda: reactor.running and reactor.stop())
     reactor.run()
+    shutil.rmtree(state_dir, ignore_errors=True)
     return 0
 
 

@@ -18,6 +18,9 @@ class StreamAgent:
 
     selected = None
 
+    def indication(self) -> bytes:
+        return b"\x00\x11" + bytes(18)  # a Binding indication's type, as far as the stand-in cares
+
 
 class CountingSession:
     """Stands in for a connect() session: a clock, and a count of keepalives written."""
@@ -29,11 +32,11 @@ class CountingSession:
         self.agent = agent or StreamAgent()
         self.written = []  # consent checks
 
-    def keepalive(self) -> None:
-        self.sent += 1
-
-    def write_selected(self, data: bytes) -> None:
-        self.written.append(data)
+    def _write_one(self, base: str, destination, data: bytes) -> None:
+        if data[:2] == b"\x00\x11":
+            self.sent += 1  # a keepalive: an RFC 8445 §11 Binding indication
+        else:
+            self.written.append(data)
 
     def _write(self, sends) -> None:
         self.written += sends
@@ -76,7 +79,7 @@ def test_connection_sends_keepalives_at_its_interval():
     """A Connection writes a keepalive each interval, and none after close."""
     session = CountingSession()
     connection = Connection("bob", "udp-direct", ("1.2.3.4", 5), ("5.6.7.8", 9), [], session,
-                            keepalive_seconds([20.0, None]))
+                            keepalive_seconds([20.0, None]), "main")
     assert connection.keepalive_seconds == 10.0
     session.reactor.advance(9.9)
     assert session.sent == 0
@@ -93,7 +96,7 @@ def test_consent_checks_keep_an_answered_path_and_lose_a_silent_one():
     """Every 4-6 s a check goes out; while the peer answers, the path stays; 30 s of silence loses it."""
     mine, peer, addresses, now = connected_hosts()
     session = CountingSession(mine, now)
-    connection = Connection("bob", "udp-direct", addresses[id(mine)], addresses[id(peer)], [], session, 15.0)
+    connection = Connection("bob", "udp-direct", addresses[id(mine)], addresses[id(peer)], [], session, 15.0, "main")
     lost = connection.when_lost()
     for _ in range(20):  # 20 checks, each answered: about 100 s
         before = session.reactor.seconds()
@@ -121,6 +124,6 @@ def test_consent_checks_keep_an_answered_path_and_lose_a_silent_one():
 def test_a_stream_path_has_no_consent_checks():
     """The punched TCP stream has no ICE pair: no consent checks; its loss comes from the stream."""
     session = CountingSession()
-    Connection("bob", "tcp-punch", ("1.2.3.4", 5), ("5.6.7.8", 9), [], session, 15.0)
+    Connection("bob", "tcp-punch", ("1.2.3.4", 5), ("5.6.7.8", 9), [], session, 15.0, "tcp")
     session.reactor.pump([1.0] * 60)
     assert session.written == []

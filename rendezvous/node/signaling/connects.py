@@ -13,6 +13,7 @@ import re
 import secrets
 
 from rendezvous.node.signaling.session import Session, SignalingError, text_field
+from rendezvous.wire.fingerprints import FINGERPRINT
 
 MAX_CANDIDATES = 32
 CONNECT_SECONDS = 30
@@ -23,7 +24,8 @@ PONG_WAIT_SECONDS = 1.0
 MAX_PENDING_CONNECTS = 10000
 CANDIDATE_TYPES = ("host", "srflx", "upnp", "predicted", "relay", "prflx")
 # ICE credentials (RFC 8445 §5.3; RFC 8839 §5.4: ice-char is ALPHA / DIGIT / "+" / "/").
-ICE_CREDENTIALS = {"ufrag": re.compile(r"[A-Za-z0-9+/]{4,64}"), "pwd": re.compile(r"[A-Za-z0-9+/]{22,128}")}
+ICE_CREDENTIALS = {"ufrag": re.compile(r"[A-Za-z0-9+/]{4,64}"), "pwd": re.compile(r"[A-Za-z0-9+/]{22,128}"),
+                   "fingerprint": FINGERPRINT, "session": re.compile(r"[A-Za-z0-9_-]{8,64}")}
 
 
 def _candidates(message: dict) -> list[dict]:
@@ -50,7 +52,8 @@ def _candidates(message: dict) -> list[dict]:
 
 
 def _ice_credentials(message: dict) -> dict:
-    """The optional ``ufrag`` and ``pwd`` of a connect or answer, checked, for passing on unchanged."""
+    """The optional ``ufrag``, ``pwd``, ``fingerprint`` and ``session`` of a connect or answer, checked,
+    for passing on unchanged."""
     found = {}
     for name, pattern in ICE_CREDENTIALS.items():
         value = message.get(name)
