@@ -179,3 +179,21 @@ def test_only_live_relayed_addresses_are_peers(strict_relay):
     finally:
         release(a)
         release(b)
+
+
+def test_super_node_refuses_its_firewall_echo_and_alternate_ports(tmp_path):
+    """twistd rendezvous refuses (403) its HTTP firewall port, echo port and RFC 5780 alternate endpoints as
+    peers although --allow-peer covers their addresses."""
+    http_port, echo_port = free_port(), free_port()
+    node = start_node(tmp_path, "--user", f"{TURN_USER}:{TURN_PASSWORD}", "--realm", TURN_REALM,
+                      "--allow-peer", "127.0.0.0/8", "--http-port", str(http_port), "--echo-port", str(echo_port))
+    c = udp_client(node)
+    try:
+        assert c.allocate().cls == Class.SUCCESS
+        for peer in ((PRIMARY_IP, http_port), (PRIMARY_IP, echo_port), (node.alt_ip, node.port),
+                     (node.alt_ip, node.alt_port), (PRIMARY_IP, node.tls_port)):
+            assert code(permit(c, peer)) == 403, peer
+        assert permit(c, (node.alt_ip, 9)).cls == Class.SUCCESS
+    finally:
+        release(c)
+        stop_node(node)
