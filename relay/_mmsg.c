@@ -375,9 +375,9 @@ mmsg_send(PyObject *Py_UNUSED(module), PyObject *args)
                 goto fail;
             if (parse_address(PyTuple_GET_ITEM(item, 1), family, &addresses[chunk], &len) < 0) {
                 PyBuffer_Release(&views[chunk]);
-                if (!PyErr_ExceptionMatches(PyExc_OSError))
+                if (!PyErr_ExceptionMatches(PyExc_OSError) && !PyErr_ExceptionMatches(PyExc_OverflowError))
                     goto fail;
-                PyErr_Clear();  /* like sendto's error on an unusable address: drop it */
+                PyErr_Clear();  /* an unusable address or port, as sendto refuses: drop it, send the rest */
                 done++;
                 continue;
             }

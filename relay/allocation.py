@@ -4,7 +4,14 @@ An ``Allocation`` belongs to one client five-tuple and owns one relayed
 transport address per address family. It holds permissions (peer IP ->
 expiry, RFC 8656 §9) and channel bindings (RFC 8656 §12). Expiry is swept
 once a second by ``TurnServer.expire``; the data path then only asks whether
-a key is present, which keeps per-packet work to a few dict lookups. No
+a key is present, which keeps per-packet work to a few dict lookups.
+
+Towards a host of the relay's own (``relay.peer_policy.Reach``) a permission
+is kept apart, in ``own_hosts``: data from it is let in, but data to it goes
+only to transport addresses decided one by one, on the first Send to each
+(``decide``, refusing the relay's own endpoints and relayed ports no live
+allocation holds), and then kept as keys of ``permissions`` (or of
+``refused``, until the next sweep). No
 Message objects are built on the data path: ChannelData and Data
 indications are packed by hand, and Send indications parsed by hand
 (``parse_send_indication``). ``bench/relay_datapath.py`` times it.
@@ -20,11 +27,15 @@ from rendezvous.stun import CodecError, integrity
 from rendezvous.stun.addresses import Address, decode_xor_address, encode_xor_address
 from rendezvous.stun.constants import MAGIC_COOKIE, MAGIC_COOKIE_BYTES, Attr
 
+from .peer_policy import Reach
+
 PERMISSION_LIFETIME_SECONDS = 300
 CHANNEL_LIFETIME_SECONDS = 600
 # RFC 8656 §12: after a channel binding expires, neither its number nor its
 # peer may be bound to anything else for 5 minutes.
 CHANNEL_COOLDOWN_SECONDS = 300
+# Transport addresses at hosts of the relay's own remembered per allocation, allowed and refused each.
+ENDPOINT_CACHE = 1024
 
 _CHANNEL_HEADER = struct.Struct("!HH")
 _DATA_INDICATION_TYPE = b"\x00\x17"
@@ -167,7 +178,7 @@ class Allocation:
         "relays", "expires_at", "credential_expires_at", "permissions", "channels",
         "channel_expiry", "peer_channels", "cooldown", "send", "stream",
         "packets_in", "bytes_in", "packets_out", "bytes_out", "bucket", "tcp", "closed", "routes",
-        "peer_allowed",
+        "own_hosts", "relayed_peers", "refused", "decide",
     )
 
     def __init__(
@@ -182,7 +193,6 @@ class Allocation:
         send: Callable[[bytes], None],
         credential_expires_at: float | None = None,
         bucket: "TokenBucket | None" = None,
-        peer_allowed: Callable[[Address], bool] = lambda peer: True,
     ) -> None:
         self.five_tuple = five_tuple
         self.transaction_id = transaction_id
@@ -193,9 +203,18 @@ class Allocation:
         self.relays = relays
         self.expires_at = expires_at
         self.credential_expires_at = credential_expires_at
-        self.permissions: dict[str, float] = {}
-        # number -> (peer, the relay endpoint's write)
-        self.channels: dict[int, tuple[Address, Callable[[bytes, Address], None]]] = {}
+        # Peer IP, or a transport address decided at a host of the relay's own -> expiry.
+        self.permissions: dict[str | Address, float] = {}
+        # Hosts of the relay's own with a permission -> expiry.
+        self.own_hosts: dict[str, float] = {}
+        # Relayed addresses of this relay in permissions: dropped by the sweep when their allocation ends.
+        self.relayed_peers: set[Address] = set()
+        # Transport addresses at hosts of the relay's own found closed to Sends, until the next sweep.
+        self.refused: set[Address] = set()
+        # (peer, tcp) -> Reach of one transport address (TurnServer._endpoint_reach).
+        self.decide: Callable[[Address, bool], Reach] = lambda peer, tcp: Reach.DENIED
+        # number -> (peer, the relay endpoint's write, the peer's key in permissions)
+        self.channels: dict[int, tuple[Address, Callable[[bytes, Address], None], str | Address]] = {}
         self.channel_expiry: dict[int, float] = {}
         self.peer_channels: dict[Address, int] = {}
         self.cooldown: dict[object, float] = {}
@@ -203,8 +222,6 @@ class Allocation:
         self.stream = five_tuple[0] != "udp"
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
         self.bucket = bucket
-        # A Send's peer port matters for the relay's own addresses (PeerPolicy).
-        self.peer_allowed = peer_allowed
         self.tcp = False  # an RFC 6062 TCP allocation
         self.closed = False
         # (table, key) entries that point at this allocation; close() removes them.
@@ -216,8 +233,33 @@ class Allocation:
         """Install or refresh a permission for host (RFC 8656 §9)."""
         self.permissions[host] = now + PERMISSION_LIFETIME_SECONDS
 
-    def bind_channel(self, number: int, peer: Address, now: float) -> str | None:
-        """Bind or refresh a channel (RFC 8656 §12.1); an error reason, or None."""
+    def permit_own(self, host: str, now: float, port: int | None = None) -> Address | None:
+        """Install or refresh a permission for a host of the relay's own, with port also for that
+        transport address (decided already); the transport address."""
+        expires = self.own_hosts[host] = now + PERMISSION_LIFETIME_SECONDS
+        if port is None:
+            return None
+        self.permissions[(host, port)] = expires
+        return host, port
+
+    def permitted_hosts(self) -> int:
+        """How many peer IPs hold a permission (RFC 8656 §9)."""
+        return len(self.own_hosts) + sum(1 for key in self.permissions if isinstance(key, str))
+
+    def admits(self, host: str) -> bool:
+        """Whether data from host may reach the client."""
+        return host in self.permissions or host in self.own_hosts
+
+    def revoke(self, key: Address) -> None:
+        """Drop the permission of one transport address (a relayed address whose allocation ended)."""
+        self.permissions.pop(key, None)
+        self.relayed_peers.discard(key)
+
+    def bind_channel(self, number: int, peer: Address, now: float, endpoint: bool = False) -> str | None:
+        """Bind or refresh a channel (RFC 8656 §12.1); an error reason, or None.
+
+        With endpoint the permission it installs covers peer's transport address only.
+        """
         bound = self.channels.get(number)
         if bound is not None and bound[0] != peer:
             return "channel already bound to another peer"
@@ -227,18 +269,26 @@ class Allocation:
         for key in (number, peer):
             if bound is None and self.cooldown.get(key, 0) > now:
                 return "channel or peer was bound within the last 5 minutes"
-        self.channels[number] = (peer, self.relays[family_of(peer[0])].write)
+        if endpoint:
+            key = self.permit_own(peer[0], now, peer[1])
+        else:
+            key = peer[0]
+            self.permit(key, now)
+        self.channels[number] = (peer, self.relays[family_of(peer[0])].write, key)
         self.peer_channels[peer] = number
         self.channel_expiry[number] = now + CHANNEL_LIFETIME_SECONDS
-        self.permit(peer[0], now)
         return None
 
     def expire(self, now: float) -> None:
         """Drop expired permissions and channels."""
-        for host in [h for h, t in self.permissions.items() if t <= now]:
-            del self.permissions[host]
+        for key in [k for k, t in self.permissions.items() if t <= now]:
+            del self.permissions[key]
+            self.relayed_peers.discard(key)
+        for host in [h for h, t in self.own_hosts.items() if t <= now]:
+            del self.own_hosts[host]
+        self.refused.clear()
         for number in [n for n, t in self.channel_expiry.items() if t <= now]:
-            peer, _ = self.channels.pop(number)
+            peer, _, _ = self.channels.pop(number)
             del self.channel_expiry[number]
             del self.peer_channels[peer]
             self.cooldown[number] = self.cooldown[peer] = now + CHANNEL_COOLDOWN_SECONDS
@@ -262,6 +312,9 @@ class Allocation:
         self.channels.clear()
         self.peer_channels.clear()
         self.permissions.clear()
+        self.own_hosts.clear()
+        self.relayed_peers.clear()
+        self.refused.clear()
 
     # -- data path --------------------------------------------------------
 
@@ -273,8 +326,8 @@ class Allocation:
         bound = self.channels.get(number)
         if bound is None or length > len(frame) - 4:
             return
-        peer, write = bound
-        if peer[0] not in self.permissions:
+        peer, write, key = bound
+        if key not in self.permissions:
             return
         if self.bucket is not None and not self.bucket.take(length):
             return
@@ -291,7 +344,8 @@ class Allocation:
     def send_to_peer(self, peer: Address, data: bytes) -> None:
         """Relay the payload of a Send indication (RFC 8656 §11.3)."""
         relay = self.relays.get(family_of(peer[0]))
-        if relay is None or peer[0] not in self.permissions or not self.peer_allowed(peer):
+        if relay is None or (peer[0] not in self.permissions and peer not in self.permissions
+                             and not self._decide_endpoint(peer)):
             return
         if self.bucket is not None and not self.bucket.take(len(data)):
             return
@@ -299,9 +353,26 @@ class Allocation:
         self.bytes_out += len(data)
         relay.write(data, peer)
 
+    def _decide_endpoint(self, peer: Address) -> bool:
+        """Whether a Send may go to peer at a host of the relay's own with a permission: decided once
+        (until the sweep), remembered in permissions or refused; the cache is bounded."""
+        expires = self.own_hosts.get(peer[0])
+        if expires is None or peer in self.refused:
+            return False
+        reach = self.decide(peer, self.tcp)
+        if reach is Reach.DENIED:
+            if len(self.refused) < ENDPOINT_CACHE:
+                self.refused.add(peer)
+            return False
+        if len(self.permissions) < ENDPOINT_CACHE:
+            self.permissions[peer] = expires
+            if reach is Reach.RELAYED:
+                self.relayed_peers.add(peer)
+        return True
+
     def from_peer(self, data: bytes, peer: Address) -> None:
         """Relay a datagram from a peer to the client (RFC 8656 §11.4, §12.6)."""
-        if peer[0] not in self.permissions:
+        if peer[0] not in self.permissions and peer[0] not in self.own_hosts:
             return
         n = len(data)
         if self.bucket is not None and not self.bucket.take(n):

@@ -93,8 +93,8 @@ class Outbox:
         if dirty is None:
             try:
                 self.socket.sendto(data, addr)
-            except OSError:
-                pass  # an ICMP error or a full buffer: UDP may drop
+            except (OSError, OverflowError):
+                pass  # an ICMP error, a full buffer or an unusable address: UDP may drop
             return
         if not self.queue:
             dirty.append(self)
@@ -121,7 +121,7 @@ class Outbox:
         for data, addr in queue:
             try:
                 sock.sendto(data, addr)
-            except OSError:
+            except (OSError, OverflowError):
                 pass
 
 

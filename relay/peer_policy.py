@@ -4,17 +4,26 @@ RFC 8656 §21.2.3 and §19 (security: a relay must not be turned against the
 operator's own network). Denied by default: unspecified, loopback,
 link-local, private (RFC 1918, ULA), shared/CGN (100.64.0.0/10), multicast,
 broadcast, documentation, benchmarking and reserved ranges, the relay's own
-addresses (except its relayed addresses at ports of the relay range, so two
-allocations on one relay can reach each other), and every IPv6 form that embeds one of these IPv4 addresses:
-IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d), NAT64
-(64:ff9b::/96), 6to4 (2002::/16) and Teredo (2001::/32).
+addresses (except its relayed addresses while a live allocation holds them,
+so two allocations on one relay can reach each other), and every IPv6 form
+that embeds one of these IPv4 addresses: IPv4-mapped (::ffff:a.b.c.d),
+IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::/96), 6to4 (2002::/16) and
+Teredo (2001::/32).
 
 Operator rules (``--allow-peer`` / ``--deny-peer``) win over the defaults;
-among operator rules the longest matching prefix wins, deny on a tie.
+among operator rules the longest matching prefix wins, deny on a tie. They
+never open the relay's own endpoints: its listening ports (a wildcard
+listener's on every local address), metrics, admin and echo ports, in every
+spelling of their address. A host of the relay's own (``Reach.OWN``,
+``Reach.RELAYED``) gets a permission of its own kind: the allocation decides
+each transport address once (``relay.allocation``), so the data path still
+asks only whether a key is present.
 """
 
+import enum
 import ipaddress
-from collections.abc import Iterable
+import socket
+from collections.abc import Callable, Iterable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -62,6 +71,39 @@ def denied_by_default(address: IPAddress) -> bool:
     )
 
 
+class Reach(enum.Enum):
+    """What a peer transport address is to the relay."""
+
+    DENIED = "denied"  # 403; never sent to
+    HOST = "host"  # an ordinary peer: a permission covers its IP, any port (RFC 8656 §9)
+    OWN = "own"  # at a host of the relay's own that the operator allows, not one of its endpoints
+    RELAYED = "relayed"  # at the relay's relayed IP: a peer only where a live allocation holds the port
+
+
+def is_local_address(address: IPAddress) -> bool:
+    """Whether address is one of this host's (a socket can be bound to it): what a wildcard listener hears on."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
+
+
+def _addresses(host: str) -> list[IPAddress]:
+    """host's addresses: itself if it is one, else what it resolves to (a --metrics name such as localhost)."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return []
+    return [ipaddress.ip_address(info[4][0].partition("%")[0]) for info in found]
+
+
 class PeerPolicy:
     """Decides whether a peer address may be given a permission or channel."""
 
@@ -72,6 +114,8 @@ class PeerPolicy:
         own_addresses: Iterable[str] = (),
         relayed_addresses: Iterable[str] = (),
         relay_ports: tuple[int, int] | None = None,
+        own_endpoints: Iterable[tuple[str, int]] = (),
+        is_local: Callable[[IPAddress], bool] = is_local_address,
     ) -> None:
         self.rules: list[tuple[Network, bool]] = [
             (ipaddress.ip_network(n, strict=False), True) for n in allow
@@ -79,40 +123,43 @@ class PeerPolicy:
         self.own = {ipaddress.ip_address(a) for a in own_addresses}
         self.relayed = {ipaddress.ip_address(a) for a in relayed_addresses} if relay_ports else set()
         self.relay_ports = relay_ports
-        # The data path asks about these hosts' ports (strings, as peers arrive): each
-        # maps to the operator rules' verdict on it, or None when the port decides.
-        self.port_checked = {str(a): self._operator_verdict(a) for a in self.relayed}
+        self.own_endpoints = frozenset((str(host), port) for host, port in own_endpoints)
+        specific = {(address, port) for host, port in self.own_endpoints for address in _addresses(host)}
+        # Ports listened on at a wildcard address: on every local address.
+        self.wildcard_ports = {port for address, port in specific if address.is_unspecified}
+        self.specific = {(address, port) for address, port in specific if not address.is_unspecified}
+        self.own_hosts = self.own | self.relayed | {address for address, _ in self.specific}
+        self.is_local = is_local
 
-    def allowed(self, host: str, port: int | None = None) -> bool:
-        """Whether host (at port, when the request names one) may be a peer.
-
-        The relay's own relayed addresses are peers only at relay-range ports:
-        a permission to one is asked for with the peer's full address, and
-        the data path checks each Send's port.
-        """
+    def reach(self, host: str, port: int) -> Reach:
+        """What a permission towards host:port may cover, or DENIED."""
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
-            return False
+            return Reach.DENIED
+        inner = embedded_ipv4(address) if address.version == 6 else None
+        forms = (address,) if inner is None else (address, inner)
+        if any(a.is_unspecified for a in forms):
+            return Reach.DENIED  # the kernel sends to 0.0.0.0 or :: as to loopback
+        own = [a for a in forms if self._own_host(a)]
+        if any(self._own_endpoint(a, port) for a in own):
+            return Reach.DENIED  # whatever --allow-peer says
+        own_host = bool(own)
         verdict = self._operator_verdict(address)
         if verdict is not None:
-            return verdict
+            return Reach.DENIED if not verdict else Reach.OWN if own_host else Reach.HOST
         if address in self.relayed:
-            low, high = self.relay_ports
-            return port is not None and low <= port <= high
-        if address in self.own:
-            return False
-        if address.version == 6 and (inner := embedded_ipv4(address)) is not None and inner in self.own:
-            return False
-        return not denied_by_default(address)
+            return Reach.RELAYED
+        if own_host or denied_by_default(address):
+            return Reach.DENIED
+        return Reach.HOST
 
-    def relayed_peer_allowed(self, host: str, port: int) -> bool:
-        """``allowed(host, port)`` for a host in ``port_checked``, without parsing it: the data path's check."""
-        verdict = self.port_checked[host]
-        if verdict is not None:
-            return verdict
-        low, high = self.relay_ports
-        return low <= port <= high
+    def _own_host(self, address: IPAddress) -> bool:
+        return address in self.own_hosts or (bool(self.wildcard_ports) and self.is_local(address))
+
+    def _own_endpoint(self, address: IPAddress, port: int) -> bool:
+        """Whether one of the relay's listeners hears on address:port (address is a host of its own)."""
+        return (address, port) in self.specific or port in self.wildcard_ports
 
     def _operator_verdict(self, address: IPAddress) -> bool | None:
         """What --allow-peer / --deny-peer say of address (longest prefix, deny on a tie), or None."""

@@ -1,13 +1,19 @@
-"""Allocation counts behind the quotas of RFC 8656 §7.2 step 8 (486 per user, 508 in total).
+"""Allocation counts behind the quotas of RFC 8656 §7.2 step 8 (486 per user, 508 in total),
+and the relayed addresses live allocations hold.
 
-``AllocationCounts`` counts in this process. With ``--workers N`` every
-worker counts in a file it shares with the others (``SharedAllocationCounts``,
-``STATE_DIR/run/relay-PID.quota``, PID being the first process's), so a
-quota is a limit on the whole relay, not on each worker: one region per
-worker, written only by it, holding its allocation total and a table of
-per-user counts keyed by a 64-bit hash of the username. ``claim`` sums every
-region and counts the new allocation under one exclusive lock of the file,
-so two workers never both admit the last allocation a quota allows.
+A reserved port (EVEN-PORT R, §7.2) counts like an allocation until its
+token is taken or it expires. ``AllocationCounts`` counts in this process.
+With ``--workers N`` every worker counts in a file it shares with the others
+(``SharedAllocationCounts``, ``STATE_DIR/run/relay-PID.quota``, PID being
+the first process's), so a quota is a limit on the whole relay, not on each
+worker: one region per worker, written only by it, holding its allocation
+total, a table of per-user counts keyed by a 64-bit hash of the username,
+and a bitmap of the relayed ports (per family and transport) its live
+allocations hold. ``claim`` sums every region and counts the new allocation
+under one exclusive lock of the file, so two workers never both admit the
+last allocation a quota allows; ``relayed_live`` reads every bitmap, so a
+relayed address is a peer (``relay.peer_policy``) only while some worker's
+allocation holds it.
 """
 
 import fcntl
@@ -25,37 +31,75 @@ from rendezvous.stun import Error
 log = Logger()
 
 
-class AllocationCounts:
-    """Live allocations of this process, in all and per user."""
+# A bit per relayed port for each of UDP/IPv4, UDP/IPv6, TCP/IPv4 and TCP/IPv6.
+RELAYED_BYTES = 4 * 65536 // 8
+
+
+def _relayed_bit(family: int, port: int, tcp: bool) -> int:
+    return ((2 if tcp else 0) + (1 if family == 6 else 0)) << 16 | port
+
+
+class _RelayedBitmap:
+    """Marks of the relayed addresses this process's live allocations hold (one IP per family)."""
+
+    def _bitmap(self) -> tuple[bytearray | mmap.mmap, int]:
+        """The buffer and offset of this process's bitmap."""
+        raise NotImplementedError
+
+    def _bitmaps(self) -> list[tuple[bytearray | mmap.mmap, int]]:
+        """Every process's bitmap (buffer, offset)."""
+        return [self._bitmap()]
+
+    def hold_relayed(self, family: int, port: int, tcp: bool, held: bool) -> None:
+        """An allocation of this process now holds (or no longer holds) the relayed port."""
+        buffer, offset = self._bitmap()
+        bit = _relayed_bit(family, port, tcp)
+        index, mask = offset + (bit >> 3), 1 << (bit & 7)
+        buffer[index] = buffer[index] | mask if held else buffer[index] & ~mask
+
+    def relayed_live(self, family: int, port: int, tcp: bool) -> bool:
+        """Whether a live allocation of any process of this relay holds the relayed port."""
+        bit = _relayed_bit(family, port, tcp)
+        return any(buffer[offset + (bit >> 3)] & (1 << (bit & 7)) for buffer, offset in self._bitmaps())
+
+
+class AllocationCounts(_RelayedBitmap):
+    """Live allocations (and reserved ports) of this process, in all and per user."""
 
     def __init__(self) -> None:
         self.per_user: Counter[str] = Counter()
         self.total = 0
+        self.relayed = bytearray(RELAYED_BYTES)
 
-    def claim(self, user: str, user_quota: int, total_quota: int) -> int | None:
-        """Count one more allocation for user, or the error code refusing it (quotas 0 = unlimited)."""
-        if user_quota and self.per_user[user] >= user_quota:
+    def _bitmap(self) -> tuple[bytearray, int]:
+        return self.relayed, 0
+
+    def claim(self, user: str, user_quota: int, total_quota: int, count: int = 1) -> int | None:
+        """Count count more allocations for user, or the error code refusing them (quotas 0 = unlimited)."""
+        if user_quota and self.per_user[user] + count > user_quota:
             return Error.ALLOCATION_QUOTA_REACHED
-        if total_quota and self.total >= total_quota:
+        if total_quota and self.total + count > total_quota:
             return Error.INSUFFICIENT_CAPACITY
-        self.per_user[user] += 1
-        self.total += 1
+        self.per_user[user] += count
+        self.total += count
         return None
 
-    def release(self, user: str) -> None:
-        """One allocation of user ended (or a claim was not used)."""
-        self.total -= 1
-        self.per_user[user] -= 1
+    def release(self, user: str, count: int = 1) -> None:
+        """count allocations of user ended (or a claim was not used)."""
+        self.total -= count
+        self.per_user[user] -= count
         if self.per_user[user] <= 0:
             del self.per_user[user]
 
 
 # A region: total (u32), used slots (u32), 8 bytes spare, then SLOTS entries of
-# (username hash u64, count u32, 4 bytes spare); hash 0 marks a free slot.
+# (username hash u64, count u32, 4 bytes spare), hash 0 marking a free slot,
+# then the relayed-port bitmap.
 _HEADER = struct.Struct("=II8x")
 _ENTRY = struct.Struct("=QI4x")
 SLOTS = 16384
-REGION_BYTES = _HEADER.size + SLOTS * _ENTRY.size
+_BITMAP_OFFSET = _HEADER.size + SLOTS * _ENTRY.size
+REGION_BYTES = _BITMAP_OFFSET + RELAYED_BYTES
 # Rebuild a region's table (dropping users with no allocation left) past this many used slots.
 COMPACT_AT = SLOTS * 3 // 4
 
@@ -71,7 +115,7 @@ def quota_path(state_dir, supervisor_pid: int) -> Path:
     return Path(state_dir) / "run" / f"relay-{supervisor_pid}.quota"
 
 
-class SharedAllocationCounts:
+class SharedAllocationCounts(_RelayedBitmap):
     """Allocation counts of every worker of one relay, in a file they all map."""
 
     def __init__(self, path: Path, index: int, workers: int) -> None:
@@ -94,6 +138,12 @@ class SharedAllocationCounts:
         self.map.close()
         os.close(self.fd)
 
+    def _bitmap(self) -> tuple[mmap.mmap, int]:
+        return self.map, self.own + _BITMAP_OFFSET
+
+    def _bitmaps(self) -> list[tuple[mmap.mmap, int]]:
+        return [(self.map, i * REGION_BYTES + _BITMAP_OFFSET) for i in range(self.workers)]
+
     def _find(self, region: int, key: int) -> tuple[int, int]:
         """(offset of key's entry or of the free slot ending its probe, its count) in region."""
         table = region + _HEADER.size
@@ -109,37 +159,38 @@ class SharedAllocationCounts:
     def _user_total(self, key: int) -> int:
         return sum(self._find(i * REGION_BYTES, key)[1] for i in range(self.workers))
 
-    def claim(self, user: str, user_quota: int, total_quota: int) -> int | None:
-        """Count one more allocation for user in this worker's region, or the error code refusing it."""
+    def claim(self, user: str, user_quota: int, total_quota: int, count: int = 1) -> int | None:
+        """Count count more allocations for user in this worker's region, or the error code refusing them."""
         key = user_hash(user)
         with _FileLock(self.fd):
-            if user_quota and self._user_total(key) >= user_quota:
+            if user_quota and self._user_total(key) + count > user_quota:
                 return Error.ALLOCATION_QUOTA_REACHED
             total = sum(_HEADER.unpack_from(self.map, i * REGION_BYTES)[0] for i in range(self.workers))
-            if total_quota and total >= total_quota:
+            if total_quota and total + count > total_quota:
                 return Error.INSUFFICIENT_CAPACITY
             own_total, used = _HEADER.unpack_from(self.map, self.own)
-            offset, count = self._find(self.own, key)
-            if count == 0 and _ENTRY.unpack_from(self.map, offset)[0] == 0:  # a new user here
+            offset, held = self._find(self.own, key)
+            if held == 0 and _ENTRY.unpack_from(self.map, offset)[0] == 0:  # a new user here
                 if used >= COMPACT_AT:
                     used = self._compact()
-                    offset, count = self._find(self.own, key)
+                    offset, held = self._find(self.own, key)
                 if used >= COMPACT_AT:
                     log.warn("per-user allocation table full ({slots} users on this worker)", slots=used)
                     return Error.INSUFFICIENT_CAPACITY
                 used += 1
-            _ENTRY.pack_into(self.map, offset, key, count + 1)
-            _HEADER.pack_into(self.map, self.own, own_total + 1, used)
+            _ENTRY.pack_into(self.map, offset, key, held + count)
+            _HEADER.pack_into(self.map, self.own, own_total + count, used)
         return None
 
-    def release(self, user: str) -> None:
+    def release(self, user: str, count: int = 1) -> None:
+        """count allocations of user ended (or a claim was not used)."""
         key = user_hash(user)
         with _FileLock(self.fd):
             own_total, used = _HEADER.unpack_from(self.map, self.own)
-            offset, count = self._find(self.own, key)
-            if count > 0:
-                _ENTRY.pack_into(self.map, offset, key, count - 1)
-            _HEADER.pack_into(self.map, self.own, max(0, own_total - 1), used)
+            offset, held = self._find(self.own, key)
+            if held > 0:
+                _ENTRY.pack_into(self.map, offset, key, max(0, held - count))
+            _HEADER.pack_into(self.map, self.own, max(0, own_total - count), used)
 
     def _compact(self) -> int:
         """Rebuild this worker's table with only users that have allocations; the slots now used."""

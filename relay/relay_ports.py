@@ -1,9 +1,10 @@
 """Relayed transport addresses: UDP sockets bound in the relay port range.
 
 RFC 8656 §7.2 (choosing a relayed transport address; EVEN-PORT and
-RESERVATION-TOKEN reserve the next port for 30 s; with several workers a
-token's first byte names the worker holding the port, and another worker
-asks it for the socket, ``relay.handoff``) and §14 (DONT-FRAGMENT,
+RESERVATION-TOKEN reserve the next port for ``RESERVATION_SECONDS``, and the
+reservation counts against its user's quota until taken or expired; with
+several workers a token's first byte names the worker holding the port, and
+another worker asks it for the socket, ``relay.handoff``) and §14 (DONT-FRAGMENT,
 honoured with IP_PMTUDISC_DO). Each relay socket hands datagrams from peers
 to its allocation's data path and sends through an ``Outbox``
 (``relay.datagrams``, batched per read pass): the relay data path is the hot loop of the whole suite.
@@ -13,6 +14,7 @@ import os
 import random
 import select
 import socket
+from typing import Callable
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -25,6 +27,7 @@ from .server import NoRelayPort
 
 log = Logger()
 
+# How long a reserved port (EVEN-PORT R) is held for its RESERVATION-TOKEN (RFC 8656 §7.2: "approximately 30 s").
 RESERVATION_SECONDS = 30
 # Room for a burst from a peer; the kernel default (~208 KiB) drops under load.
 RELAY_BUFFER_BYTES = 1024 * 1024
@@ -83,7 +86,8 @@ class RelayPorts:
         self.low, self.high = low, high
         self.advertise = advertise or {}
         self.clock = clock or reactor
-        self.reservations: dict[bytes, tuple[RelaySocket, float]] = {}
+        # token -> (the reserved socket, when it expires, what ends its quota count)
+        self.reservations: dict[bytes, tuple[RelaySocket, float, Callable[[], None]]] = {}
         self.open_count = 0
         self.worker_index = 0  # the first byte of the RESERVATION-TOKENs made here
         self.handoff_paths: dict = {}  # other workers' handoff sockets by index (relay.handoff)
@@ -105,8 +109,10 @@ class RelayPorts:
         return relay
 
     def open(self, family: int, even: bool = False, reserve_next: bool = False,
-             dont_fragment: bool = False) -> tuple[RelaySocket, bytes | None]:
-        """Bind a relay socket; with reserve_next also hold port+1 (RFC 8656 §7.2)."""
+             dont_fragment: bool = False, release: Callable[[], None] = lambda: None,
+             ) -> tuple[RelaySocket, bytes | None]:
+        """Bind a relay socket; with reserve_next also hold port+1 (RFC 8656 §7.2) until its token is
+        taken or expires, then call release."""
         if family not in self.ips:
             raise NoRelayPort(f"no relay address of family {family}")
         for _ in range(_ATTEMPTS):
@@ -125,7 +131,7 @@ class RelayPorts:
                 relay.close()
                 continue
             token = bytes([self.worker_index]) + os.urandom(7)
-            self.reservations[token] = (held, self.clock.seconds() + RESERVATION_SECONDS)
+            self.reservations[token] = (held, self.clock.seconds() + RESERVATION_SECONDS, release)
             return relay, token
         raise NoRelayPort("relay port range exhausted")
 
@@ -140,8 +146,11 @@ class RelayPorts:
 
     def take_held(self, token: bytes) -> RelaySocket | None:
         """The socket this process holds for an unexpired token, once."""
-        relay, until = self.reservations.pop(token, (None, 0.0))
-        if relay is not None and until <= self.clock.seconds():
+        relay, until, release = self.reservations.pop(token, (None, 0.0, None))
+        if relay is None:
+            return None
+        release()
+        if until <= self.clock.seconds():
             relay.close()
             return None
         return relay
@@ -165,11 +174,13 @@ class RelayPorts:
         return relay
 
     def expire(self, now: float) -> None:
-        for token in [t for t, (_, until) in self.reservations.items() if until <= now]:
-            relay, _ = self.reservations.pop(token)
+        for token in [t for t, (_, until, _) in self.reservations.items() if until <= now]:
+            relay, _, release = self.reservations.pop(token)
             relay.close()
+            release()
 
     def stop(self) -> None:
-        for relay, _ in self.reservations.values():
+        for relay, _, release in self.reservations.values():
             relay.close()
+            release()
         self.reservations.clear()

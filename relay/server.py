@@ -28,7 +28,7 @@ from .allocation import Allocation, family_of
 from .credentials import Credentials
 from .limits import RateLimiter
 from .nonces import Nonces
-from .peer_policy import PeerPolicy
+from .peer_policy import PeerPolicy, Reach
 from .quotas import AllocationCounts, SharedAllocationCounts
 from .server_allocate import NoRelayPort, allocate, refresh
 from .server_auth import Auth, authenticate
@@ -160,11 +160,15 @@ class TurnServer:
 
     def expire(self, now: float) -> None:
         """Remove expired allocations, permissions and channels (call each second)."""
+        counts = self.counts
         for allocation in list(self.allocations.values()):
             if allocation.expires_at <= now:
                 self._delete(allocation, "expired")
-            else:
-                allocation.expire(now)
+                continue
+            allocation.expire(now)
+            for peer in [p for p in allocation.relayed_peers
+                         if not counts.relayed_live(family_of(p[0]), p[1], allocation.tcp)]:
+                allocation.revoke(peer)
         self.ports.expire(now)
 
     def stop(self) -> None:
@@ -182,19 +186,47 @@ class TurnServer:
             return self._error(msg, Error.WRONG_CREDENTIALS, auth=auth)
         return allocation
 
-    def _peer_allowed(self, peer: Address) -> bool:
-        """The data path's check of a Send to one of the relay's own addresses (its port)."""
-        return peer[0] not in self.peers.port_checked or self.peers.relayed_peer_allowed(*peer)
+    def _reach(self, msg, allocation: Allocation, peers: list[Address], auth, endpoint: bool = False,
+               ) -> list[Reach] | bytes:
+        """What each peer is to the relay, or the 403 (a denied peer) or 443 (family) error response.
 
-    def _check_peers(self, msg, allocation: Allocation, peers: list[Address], auth) -> bytes | None:
-        """403 for a denied peer, 443 for a family mismatch."""
-        for host, port in peers:
-            if family_of(host) not in allocation.relays:
+        With endpoint (ChannelBind, Connect: the request is for that transport
+        address), a relayed address of this relay must be held by a live
+        allocation, of any worker, for the allocation's transport.
+        """
+        reaches = []
+        for peer in peers:
+            if family_of(peer[0]) not in allocation.relays:
                 return self._error(msg, Error.PEER_ADDRESS_FAMILY_MISMATCH, auth=auth)
-            if not self.peers.allowed(host, port):
+            reach = self._endpoint_reach(peer, allocation.tcp) if endpoint else self.peers.reach(*peer)
+            if reach is Reach.DENIED:
                 self.counters["forbidden_peer"] += 1
-                return self._error(msg, Error.FORBIDDEN, f"Peer {host} not allowed", auth)
-        return None
+                return self._error(msg, Error.FORBIDDEN, f"Peer {peer[0]} not allowed", auth)
+            reaches.append(reach)
+        return reaches
+
+    def _endpoint_reach(self, peer: Address, tcp: bool) -> Reach:
+        """What one transport address is to the relay, a relayed one DENIED unless a live allocation holds it."""
+        reach = self.peers.reach(*peer)
+        if reach is Reach.RELAYED and not self.counts.relayed_live(family_of(peer[0]), peer[1], tcp):
+            return Reach.DENIED
+        return reach
+
+    @staticmethod
+    def _permit(allocation: Allocation, peer: Address, reach: Reach, now: float, endpoint: bool = False) -> None:
+        """Install the permission for peer that _reach decided on (RFC 8656 §9), with endpoint also
+        for its transport address at a host of the relay's own."""
+        if reach is Reach.HOST:
+            allocation.permit(peer[0], now)
+            return
+        allocation.permit_own(peer[0], now, peer[1] if endpoint else None)
+        if endpoint and reach is Reach.RELAYED:
+            allocation.relayed_peers.add(peer)
+
+    def _hold_relayed(self, allocation: Allocation, held: bool) -> None:
+        """Mark the allocation's relayed addresses live (or no longer) for every worker's _reach."""
+        for family, relay in allocation.relays.items():
+            self.counts.hold_relayed(family, relay.address[1], allocation.tcp, held)
 
     def relayed_totals(self) -> tuple[int, int, int, int]:
         """(packets, bytes) to peers, then (packets, bytes) to clients, since start."""
@@ -221,7 +253,7 @@ class TurnServer:
             "relayed": [address_text(r.address) for r in allocation.relays.values()],
             "age_seconds": round(now - created, 1),
             "lifetime_left_seconds": round(max(0.0, allocation.expires_at - now), 1),
-            "permissions": len(allocation.permissions),
+            "permissions": allocation.permitted_hosts(),
             "channels": len(allocation.channels),
             "bytes_to_peer": allocation.bytes_out,
             "bytes_to_client": allocation.bytes_in,
@@ -250,6 +282,7 @@ class TurnServer:
         closed[2] += allocation.packets_in
         closed[3] += allocation.bytes_in
         self.counts.release(allocation.username)
+        self._hold_relayed(allocation, False)
         allocation.close()
 
     def _error(self, msg: Message, code: int, reason: str | None = None, auth: Auth | None = None,

@@ -97,39 +97,54 @@ def allocate(server, msg, five_tuple, send, auth: Auth, now) -> bytes:
         want = [4, 6]
     if family not in policy.families:
         return server._error(msg, Error.ADDRESS_FAMILY_NOT_SUPPORTED, auth=auth)
+    if token is not None:
+        return allocate_reserved(server, msg, five_tuple, send, auth, now, decode_reservation_token(token))
     # 8. Quotas: the allocation is counted now, and uncounted if it is not made.
-    refused = quota(server, msg, auth)
+    #    A port reserved for later (EVEN-PORT R) counts as one more until it is
+    #    taken or expires.
+    reserve_next = decode_even_port(even) if even is not None else False
+    refused = quota(server, msg, auth, 2 if reserve_next else 1)
     if refused:
         return refused
     # 9. Relayed transport addresses.
     relays = {}
     reservation = None
     try:
-        if token is not None:
-            relay = server.ports.take_reserved(decode_reservation_token(token))
-            if isinstance(relay, Deferred):
-                server.pending[five_tuple] = msg.transaction_id
-                relay.addCallback(reserved_arrived, server, msg, five_tuple, send, auth)
-                return None
-            if relay is None:
-                server.counts.release(auth.username)
-                return server._error(msg, Error.INSUFFICIENT_CAPACITY, "Unknown RESERVATION-TOKEN", auth)
-            relays[family_of(relay.address[0])] = relay
-        else:
-            reserve_next = decode_even_port(even) if even is not None else False
-            relay, reservation = server.ports.open(
-                family, even=even is not None, reserve_next=reserve_next, dont_fragment=dont_fragment
-            )
-            relays[family] = relay
+        relay, reservation = server.ports.open(
+            family, even=even is not None, reserve_next=reserve_next, dont_fragment=dont_fragment,
+            release=lambda: server.counts.release(auth.username),
+        )
+        relays[family] = relay
         for extra in want[1:]:
             if extra in policy.families:
                 relays[extra], _ = server.ports.open(extra, dont_fragment=dont_fragment)
     except NoRelayPort:
         for relay in relays.values():
             relay.close()
-        server.counts.release(auth.username)
+        server.counts.release(auth.username, 2 if reserve_next and reservation is None else 1)
         return server._error(msg, Error.INSUFFICIENT_CAPACITY, "No relay port available", auth)
     return allocated(server, msg, five_tuple, send, auth, now, relays, want, reservation)
+
+
+def allocate_reserved(server, msg, five_tuple, send, auth: Auth, now, token: bytes) -> bytes | None:
+    """Allocate the port a RESERVATION-TOKEN holds (RFC 8656 §7.2 steps 5 and 9); None: answered later.
+
+    Taking the port ends its reservation (and the count it held), so the
+    quota (step 8) is checked once the socket is here.
+    """
+    relay = server.ports.take_reserved(token)
+    if isinstance(relay, Deferred):
+        server.pending[five_tuple] = msg.transaction_id
+        relay.addCallback(reserved_arrived, server, msg, five_tuple, send, auth)
+        return None
+    if relay is None:
+        return server._error(msg, Error.INSUFFICIENT_CAPACITY, "Unknown RESERVATION-TOKEN", auth)
+    refused = quota(server, msg, auth)
+    if refused:
+        relay.close()
+        return refused
+    family = family_of(relay.address[0])
+    return allocated(server, msg, five_tuple, send, auth, now, {family: relay}, [family], None)
 
 
 def reserved_arrived(relay, server, msg, five_tuple, send, auth: Auth) -> None:
@@ -140,8 +155,9 @@ def reserved_arrived(relay, server, msg, five_tuple, send, auth: Auth) -> None:
         refused = server._error(msg, Error.INSUFFICIENT_CAPACITY, "Unknown RESERVATION-TOKEN", auth)
     elif server.draining:
         refused = draining(server, msg, auth)
+    elif connected:
+        refused = quota(server, msg, auth)
     if refused is not None or not connected:
-        server.counts.release(auth.username)  # counted at step 8, never made
         if relay is not None:
             relay.close()
         if connected:
@@ -173,9 +189,10 @@ def allocated(server, msg, five_tuple, send, auth: Auth, now, relays: dict, want
     return allocation.response
 
 
-def quota(server, msg: Message, auth: Auth) -> bytes | None:
-    """Count the allocation, or 486 past the per-user quota, 508 past the total (RFC 8656 §7.2 step 8)."""
-    refused = server.counts.claim(auth.username, server.policy.user_quota, server.policy.total_quota)
+def quota(server, msg: Message, auth: Auth, count: int = 1) -> bytes | None:
+    """Count the allocation (and a reservation), or 486 past the per-user quota, 508 past the total
+    (RFC 8656 §7.2 step 8)."""
+    refused = server.counts.claim(auth.username, server.policy.user_quota, server.policy.total_quota, count)
     if refused == Error.ALLOCATION_QUOTA_REACHED:
         return server._error(msg, Error.ALLOCATION_QUOTA_REACHED, auth=auth)
     if refused is not None:
@@ -183,17 +200,20 @@ def quota(server, msg: Message, auth: Auth) -> bytes | None:
     return None
 
 
-def install(server, msg, five_tuple, send, auth: Auth, now, relays) -> tuple[Allocation, int]:
+def install(server, msg, five_tuple, send, auth: Auth, now, relays, tcp: bool = False) -> tuple[Allocation, int]:
     """Create and register an allocation over relays; returns it and its lifetime."""
     lifetime = granted_lifetime(server, msg, auth, now)
     bucket = TokenBucket(server.policy.max_bps, server.clock) if server.policy.max_bps else None
     allocation = Allocation(
         five_tuple, msg.transaction_id, auth.username, auth.keys, auth.algorithm, relays,
-        now + lifetime, send, auth.keys.expires_at, bucket, server._peer_allowed,
+        now + lifetime, send, auth.keys.expires_at, bucket,
     )
+    allocation.tcp = tcp
+    allocation.decide = server._endpoint_reach
     for relay in relays.values():
         relay.allocation = allocation
     server.allocations[five_tuple] = allocation
+    server._hold_relayed(allocation, True)
     server.counters["allocations"] += 1
     allocation_id = f"{server.id_prefix}-{secrets.token_hex(6)}"
     server.records[five_tuple] = (allocation_id, now)
@@ -222,8 +242,7 @@ def allocate_tcp(server, msg, five_tuple, send, auth: Auth, now) -> bytes:
     except OSError:
         server.counts.release(auth.username)
         return server._error(msg, Error.INSUFFICIENT_CAPACITY, "No relay port available", auth)
-    allocation, lifetime = install(server, msg, five_tuple, send, auth, now, {family: endpoint})
-    allocation.tcp = True
+    allocation, lifetime = install(server, msg, five_tuple, send, auth, now, {family: endpoint}, tcp=True)
     response = success_response(msg)
     response.add_address(Attr.XOR_RELAYED_ADDRESS, endpoint.address)
     response.add(Attr.LIFETIME, encode_uint32(lifetime))

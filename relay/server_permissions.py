@@ -4,7 +4,9 @@ RFC 8656 §10.2 (CreatePermission: a permission for the IP of each
 XOR-PEER-ADDRESS, §9) and §12.2 (ChannelBind: a channel number for one peer,
 which also installs its permission), both bounded by the policy's
 per-allocation quotas (508 past them). Peers are checked against the peer policy (403) and
-the allocation's address families (443). Functions over the ``TurnServer``
+the allocation's address families (443); a channel to a host of the relay's own is refused
+unless its transport address is open (``relay.peer_policy.Reach``), while a permission
+there leaves each transport address to be decided on its first Send (``relay.allocation``). Functions over the ``TurnServer``
 core (``relay.server``).
 """
 
@@ -13,6 +15,7 @@ from rendezvous.stun.attributes import decode_uint16
 from rendezvous.stun.framing import CHANNEL_MAX, CHANNEL_MIN
 from rendezvous.stun.replies import success_response
 
+from .peer_policy import Reach
 from .server_auth import Auth
 
 
@@ -24,14 +27,15 @@ def create_permission(server, msg, five_tuple, send, auth: Auth, now) -> bytes:
     peers = msg.addresses(Attr.XOR_PEER_ADDRESS)
     if not peers:
         return server._error(msg, Error.BAD_REQUEST, "XOR-PEER-ADDRESS missing", auth)
-    refused = server._check_peers(msg, allocation, peers, auth)
-    if refused:
-        return refused
-    new = {host for host, _ in peers if host not in allocation.permissions}
-    if len(allocation.permissions) + len(new) > server.policy.max_permissions:
+    reaches = server._reach(msg, allocation, peers, auth)
+    if isinstance(reaches, bytes):
+        return reaches
+    held = allocation.permissions.keys() | allocation.own_hosts.keys()
+    new = {host for host, _ in peers} - held
+    if len(allocation.permissions) + len(allocation.own_hosts) + len(new) > server.policy.max_permissions:
         return server._error(msg, Error.INSUFFICIENT_CAPACITY, "Too many permissions", auth)
-    for host, _ in peers:
-        allocation.permit(host, now)
+    for peer, reach in zip(peers, reaches):
+        server._permit(allocation, peer, reach, now)
     return server._sign(success_response(msg), auth)
 
 
@@ -48,14 +52,18 @@ def channel_bind(server, msg, five_tuple, send, auth: Auth, now) -> bytes:
     number = decode_uint16(number_value)
     if not CHANNEL_MIN <= number <= CHANNEL_MAX:
         return server._error(msg, Error.BAD_REQUEST, "channel number out of range", auth)
-    refused = server._check_peers(msg, allocation, peers, auth)
-    if refused:
-        return refused
+    reaches = server._reach(msg, allocation, peers, auth, endpoint=True)
+    if isinstance(reaches, bytes):
+        return reaches
+    peer, reach = peers[0], reaches[0]
     if number not in allocation.channels and len(allocation.channels) >= server.policy.max_channels:
         return server._error(msg, Error.INSUFFICIENT_CAPACITY, "Too many channels", auth)
-    if peers[0][0] not in allocation.permissions and len(allocation.permissions) >= server.policy.max_permissions:
+    key = peer[0] if reach is Reach.HOST else peer
+    if key not in allocation.permissions and len(allocation.permissions) >= server.policy.max_permissions:
         return server._error(msg, Error.INSUFFICIENT_CAPACITY, "Too many permissions", auth)
-    reason = allocation.bind_channel(number, peers[0], now)
+    reason = allocation.bind_channel(number, peer, now, endpoint=reach is not Reach.HOST)
     if reason:
         return server._error(msg, Error.BAD_REQUEST, reason, auth)
+    if reach is Reach.RELAYED:
+        allocation.relayed_peers.add(peer)
     return server._sign(success_response(msg), auth)

@@ -32,13 +32,13 @@ def connect(server, msg, five_tuple, send, auth: Auth, now) -> bytes | None:
     if len(peers) != 1:
         return server._error(msg, Error.BAD_REQUEST, "one XOR-PEER-ADDRESS required", auth)
     peer = peers[0]
-    refused = server._check_peers(msg, allocation, peers, auth)
-    if refused:
-        return refused
+    reaches = server._reach(msg, allocation, peers, auth, endpoint=True)
+    if isinstance(reaches, bytes):
+        return reaches
     endpoint = next(iter(allocation.relays.values()))
     if any(c.peer == peer for c in endpoint.connections.values()):
         return server._error(msg, Error.CONNECTION_ALREADY_EXISTS, auth=auth)
-    allocation.permit(peer[0], now)
+    server._permit(allocation, peer, reaches[0], now, endpoint=True)
 
     def connected(connection_id: int) -> None:
         response = success_response(msg)

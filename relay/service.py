@@ -88,7 +88,8 @@ class RelayService(service.Service):
         turn.credentials = credentials_for(config, self.extra_sources)
         old = turn.peers
         turn.peers = PeerPolicy(config.allow_peers, config.deny_peers, own_addresses=old.own,
-                                relayed_addresses=old.relayed, relay_ports=old.relay_ports)
+                                relayed_addresses=old.relayed, relay_ports=old.relay_ports,
+                                own_endpoints=old.own_endpoints, is_local=old.is_local)
         turn.policy = _policy(config, turn.policy.families)
 
 
@@ -116,18 +117,28 @@ def _policy(config: RelayConfig, families: frozenset) -> RelayPolicy:
 
 
 def make_relay(reactor, config: RelayConfig, listen_ips=(), software: bytes | None = None,
-               extra_sources=(), reload=None, nonce_secret: bytes | None = None) -> RelayService:
-    """Build the TURN core and its relay ports from a RelayConfig."""
+               extra_sources=(), reload=None, nonce_secret: bytes | None = None,
+               own_endpoints=()) -> RelayService:
+    """Build the TURN core and its relay ports from a RelayConfig.
+
+    own_endpoints are the (address, port) pairs the process listens on (all
+    of them: STUN/TURN, TLS, firewall, metrics and admin, echo; a wildcard
+    address meaning every local one), which no peer rule opens; each is also
+    refused at the advertised address of its --relay-ip.
+    """
     ips = {family_of(ip): ip for ip in config.relay_ips}
     advertise = {family_of(ip): adv for ip, adv in zip(config.relay_ips, config.advertise_relay_ips)}
     ports = RelayPorts(reactor, ips, *config.relay_ports, advertise=advertise)
     policy = _policy(config, frozenset(ips))
+    aliases = dict(zip(config.relay_ips, config.advertise_relay_ips))
     peers = PeerPolicy(
         config.allow_peers, config.deny_peers,
         own_addresses=list(config.relay_ips) + list(config.advertise_relay_ips) + list(listen_ips),
         relayed_addresses=list(config.relay_ips) + list(config.advertise_relay_ips),
         relay_ports=config.relay_range or config.relay_ports,
+        own_endpoints=[*own_endpoints, *((aliases[ip], port) for ip, port in own_endpoints if ip in aliases)],
     )
+    warn_ephemeral_overlap(config.relay_range or config.relay_ports)
     tcp = TcpRelay(reactor, ips, *config.relay_ports, advertise=advertise)
     nonces = Nonces(policy.nonce_lifetime_seconds, nonce_secret)
     turn = TurnServer(policy, credentials_for(config, extra_sources), peers, ports, reactor,
@@ -136,6 +147,44 @@ def make_relay(reactor, config: RelayConfig, listen_ips=(), software: bytes | No
     log.info("TURN relay for realm {realm} on {ips}, ports {low}-{high}", realm=config.realm,
              ips=list(config.relay_ips), low=config.relay_ports[0], high=config.relay_ports[1])
     return RelayService(turn, ports, reactor, reload, extra_sources)
+
+
+def ephemeral_ports(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int] | None:
+    """The kernel's range of ephemeral ports (net.ipv4.ip_local_port_range), or None where unknown."""
+    try:
+        with open(path) as f:
+            low, high = (int(part) for part in f.read().split())
+    except (OSError, ValueError):
+        return None
+    return low, high
+
+
+def warn_ephemeral_overlap(relay_ports: tuple[int, int], path: str = "/proc/sys/net/ipv4/ip_local_port_range",
+                           ) -> bool:
+    """Log a warning (and return True) when the relay port range overlaps the kernel's ephemeral ports.
+
+    Other processes' sockets then sit among the relayed ports; they are never
+    peers (only live relayed addresses are), but the range and the ports they
+    take are shared. docs/OPERATING.md says how to separate them.
+    """
+    ephemeral = ephemeral_ports(path)
+    if ephemeral is None or relay_ports[1] < ephemeral[0] or ephemeral[1] < relay_ports[0]:
+        return False
+    log.warn("relay ports {low}-{high} overlap the kernel's ephemeral ports {ephemeral_low}-{ephemeral_high} "
+             "(net.ipv4.ip_local_port_range): separate them with sysctl or --relay-ports",
+             low=relay_ports[0], high=relay_ports[1], ephemeral_low=ephemeral[0], ephemeral_high=ephemeral[1])
+    return True
+
+
+def own_endpoints(addresses: Addresses, tls_port: int = 0, more=()) -> list[tuple[str, int]]:
+    """What add_listeners binds for addresses and tls_port, plus more (HOST, PORT) pairs, each
+    also at its advertised address: the endpoints a relay must never relay to (``relay.peer_policy``)."""
+    endpoints = list(addresses.endpoints())
+    if tls_port:
+        endpoints += [(ip, tls_port) for ip in (addresses.ip, addresses.alt_ip) if ip]
+    endpoints += [tuple(endpoint) for endpoint in more]
+    advertised = {addresses.ip: addresses.advertise_ip, addresses.alt_ip: addresses.advertise_alt_ip}
+    return endpoints + [(advertised[ip], port) for ip, port in endpoints if advertised.get(ip)]
 
 
 def _interface(ip: str) -> str:

@@ -110,7 +110,7 @@ class _IncomingFactory(Factory):
 
     def buildProtocol(self, addr):
         allocation = self.endpoint.allocation
-        if allocation is None or addr.host not in allocation.permissions:
+        if allocation is None or not allocation.admits(addr.host):
             return None  # refused: the connection is closed at once
         return PeerConnection(self.relay, self.endpoint, (addr.host, addr.port), incoming=True)
 

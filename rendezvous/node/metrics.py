@@ -55,7 +55,7 @@ def collect(binding=None, turn=None, signaling=None, udp_drops=None) -> dict[str
         put("txr_turn_allocations_created_total", c["allocations"])
         allocations = list(turn.allocations.values())
         put("txr_turn_allocations", len(allocations))
-        put("txr_turn_permissions", sum(len(a.permissions) for a in allocations))
+        put("txr_turn_permissions", sum(a.permitted_hosts() for a in allocations))
         put("txr_turn_channels", sum(len(a.channels) for a in allocations))
         out_packets, out_bytes, in_packets, in_bytes = turn.relayed_totals()
         put("txr_relayed_packets_total", out_packets, direction="to_peer")

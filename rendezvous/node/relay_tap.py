@@ -34,7 +34,7 @@ from relay.datagrams import receive_drops
 from relay.drain import DrainService
 from relay.handoff import MAX_WORKERS, HandoffFactory
 from relay.quotas import SharedAllocationCounts, quota_path
-from relay.service import add_listeners, make_relay
+from relay.service import add_listeners, make_relay, own_endpoints
 from relay.workers import (
     NONCE_SECRET_ENV,
     ReusePortService,
@@ -103,11 +103,13 @@ def makeService(options, reactor=None) -> service.MultiService:
         else:
             die_with_parent()
             nonce_secret = bytes.fromhex(os.environ.pop(NONCE_SECRET_ENV))
+    addresses = Addresses(ip=values["ip"], port=values["port"])
+    endpoints = own_endpoints(addresses, values["tls-port"], [values["metrics"]] if values["metrics"] else [])
     relay = make_relay(reactor, options.relay_config, [values["ip"]], software, extra_sources=accounts,
-                       reload=lambda: options.reparse().relay_config, nonce_secret=nonce_secret)
+                       reload=lambda: options.reparse().relay_config, nonce_secret=nonce_secret,
+                       own_endpoints=endpoints)
     relay.turn.id_prefix = str(options.worker_index)
     relay.setServiceParent(top)
-    addresses = Addresses(ip=values["ip"], port=values["port"])
     tls = None
     if values["tls-port"]:
         try:

@@ -15,7 +15,7 @@ from relay.config import TomlOptions, primary_address, usage_options
 from relay.datagrams import receive_drops
 from relay.drain import DrainService
 from relay.listeners import ServerStreamFactory
-from relay.service import add_listeners, make_relay
+from relay.service import add_listeners, make_relay, own_endpoints
 from rendezvous.stun.binding import Addresses, BindingServer
 
 from rendezvous.node.accounts import AccountStore
@@ -86,8 +86,11 @@ def makeService(options, reactor=None) -> service.MultiService:
         # The node hands out REST-style credentials for its own relay; with
         # no operator secret it signs them with one of its own.
         turn_secret = config.relay.auth_secrets[0] if config.relay.auth_secrets else secrets.token_urlsafe(32)
+        # Every port this process listens on, which the relay must never relay to.
+        more = [(config.ip, port) for port in (config.http_port, config.https_port, config.echo_port) if port]
+        endpoints = own_endpoints(addresses, config.tls_port, more + ([config.metrics] if config.metrics else []))
         relay = make_relay(reactor, _relay_config(options, turn_secret), listen_ips, software, extra_sources=[accounts],
-                           reload=lambda: _relay_config(options.reparse(), turn_secret))
+                           reload=lambda: _relay_config(options.reparse(), turn_secret), own_endpoints=endpoints)
         relay.setServiceParent(top)
         turn = relay.turn
         relays = _turn_urls(config)

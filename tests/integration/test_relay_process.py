@@ -38,12 +38,16 @@ def client(node, password=TURN_PASSWORD):
 
 @pytest.mark.parametrize("peer", DENIED_PEERS)
 def test_denied_peer_forms_get_403(strict_relay, peer):
-    """CreatePermission and ChannelBind to a denied peer, in any address form, get 403."""
+    """CreatePermission and ChannelBind to a denied peer, in any address form, get 403; at the relay's own
+    relayed IPs a permission is granted (it covers the relayed addresses of live allocations only)."""
     c = client(strict_relay)
     try:
         response = c.allocate((Attr.ADDITIONAL_ADDRESS_FAMILY, encode_address_family(AddressFamily.IPV6)))
         assert len(response.addresses(Attr.XOR_RELAYED_ADDRESS)) == 2
-        assert code(permit(c, (peer, 5000))) == 403
+        if peer in ("127.0.0.1", "::1"):  # its --relay-ip
+            assert permit(c, (peer, 5000)).cls == Class.SUCCESS
+        else:
+            assert code(permit(c, (peer, 5000))) == 403
         assert code(bind(c, 0x4001, (peer, 5000))) == 403
     finally:
         c.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(0)))
@@ -51,12 +55,13 @@ def test_denied_peer_forms_get_403(strict_relay, peer):
 
 
 def test_two_allocations_on_one_relay_reach_each_other(strict_relay):
-    """Relayed addresses are peers at relay-range ports under the default policy; other ports are not."""
+    """Relayed addresses are peers under the default policy while an allocation holds them; other ports are not."""
     a, b = client(strict_relay), client(strict_relay)
     try:
         a_relayed = a.allocate().address(Attr.XOR_RELAYED_ADDRESS)
         b_relayed = b.allocate().address(Attr.XOR_RELAYED_ADDRESS)
-        assert code(permit(a, (strict_relay.ip, 3478))) == 403  # below the relay range
+        assert code(permit(a, (strict_relay.ip, strict_relay.port))) == 403  # its listening port
+        assert code(bind(a, 0x4001, (strict_relay.ip, 3478))) == 403  # a port no allocation holds
         assert permit(a, b_relayed).cls == Class.SUCCESS and permit(b, a_relayed).cls == Class.SUCCESS
         send = Message(Method.SEND, Class.INDICATION)
         send.add_address(Attr.XOR_PEER_ADDRESS, b_relayed).add(Attr.DATA, b"relay to relay")

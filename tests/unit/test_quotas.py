@@ -98,3 +98,42 @@ def test_two_processes_racing_never_exceed_the_quota(ledger_path):
     for worker in workers:
         worker.join(10)
     assert sum(granted) == 50
+
+
+def test_several_count_at_once():
+    """A claim of two (an allocation and its reserved port) fits only where both fit, and is released as two."""
+    counts = AllocationCounts()
+    assert counts.claim("alice", 3, 0) is None
+    assert counts.claim("alice", 3, 0, 2) is None
+    assert counts.claim("alice", 4, 0, 2) == Error.ALLOCATION_QUOTA_REACHED
+    counts.release("alice", 2)
+    assert counts.per_user["alice"] == 1 and counts.total == 1
+
+
+def test_relayed_ports_held_by_any_worker_are_live(ledger_path):
+    """A relayed port one worker's allocation holds is live for every worker, per family and transport,
+    until released; a restarted worker's marks are gone."""
+    first, second = SharedAllocationCounts(ledger_path, 0, 2), SharedAllocationCounts(ledger_path, 1, 2)
+    try:
+        first.hold_relayed(6, 50001, False, True)
+        second.hold_relayed(4, 50002, True, True)
+        assert second.relayed_live(6, 50001, False) and first.relayed_live(4, 50002, True)
+        assert not second.relayed_live(4, 50001, False) and not second.relayed_live(6, 50001, True)
+        assert not first.relayed_live(6, 50000, False) and not first.relayed_live(6, 50003, False)
+        first.hold_relayed(6, 50001, False, False)
+        assert not second.relayed_live(6, 50001, False)
+        SharedAllocationCounts(ledger_path, 1, 2).close()  # worker 1 restarts
+        assert not first.relayed_live(4, 50002, True)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_local_relayed_ports():
+    """In one process a relayed port is live from hold to release, neighbours unaffected."""
+    counts = AllocationCounts()
+    for port in (65535, 65534, 0):
+        counts.hold_relayed(4, port, False, True)
+    counts.hold_relayed(4, 65534, False, False)
+    assert counts.relayed_live(4, 65535, False) and counts.relayed_live(4, 0, False)
+    assert not counts.relayed_live(4, 65534, False) and not counts.relayed_live(6, 65535, False)

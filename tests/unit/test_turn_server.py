@@ -1,6 +1,7 @@
 """The TURN core on a fake clock: RFC 8656 allocations, permissions, channels, auth, quotas."""
 
 import struct
+from ipaddress import ip_address
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +11,8 @@ from twisted.internet.task import Clock
 
 from relay.allocation import data_indication
 from relay.credentials import Credentials, RestSecrets, StaticUsers
-from relay.peer_policy import PeerPolicy
+from relay.peer_policy import PeerPolicy, Reach
+from relay.relay_ports import RESERVATION_SECONDS, RelayPorts
 from relay.server import NoRelayPort, RelayPolicy, TurnServer
 from rendezvous.stun import Attr, Class, Message, Method, PasswordAlgorithm
 from rendezvous.stun.attributes import (
@@ -61,7 +63,7 @@ class FakePorts:
         self.opened = []
         self.reservations = {}
 
-    def open(self, family, even=False, reserve_next=False, dont_fragment=False):
+    def open(self, family, even=False, reserve_next=False, dont_fragment=False, release=lambda: None):
         if len(self.opened) >= self.limit or family not in self.families:
             raise NoRelayPort("exhausted")
         port = self.next_port + (self.next_port & 1 if even else 0)
@@ -70,12 +72,15 @@ class FakePorts:
         self.opened.append(relay)
         token = None
         if reserve_next:
-            token = b"T" * 8
-            self.reservations[token] = FakeRelay(("198.18.0.1", port + 1))
+            token = b"T" + len(self.opened).to_bytes(7, "big")
+            self.reservations[token] = (FakeRelay(("198.18.0.1", port + 1)), release)
         return relay, token
 
     def take_reserved(self, token):
-        return self.reservations.pop(token, None)
+        relay, release = self.reservations.pop(token, (None, None))
+        if relay is not None:
+            release()
+        return relay
 
     def expire(self, now):
         pass
@@ -325,34 +330,97 @@ def test_relay_own_address_is_denied(clock):
     assert code(permit(client, PEER)) == 403
 
 
-def test_relayed_addresses_are_peers_only_at_relay_ports(clock):
-    """Two allocations on one relay may reach each other; its other ports stay refused."""
+def send_to(allocation, peer, data=b"payload"):
+    """Hand the allocation's data path a Send indication to peer."""
+    send = Message(Method.SEND, Class.INDICATION)
+    send.add_address(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, data)
+    allocation.send_indication(send.encode())
+
+
+def test_relayed_addresses_are_peers_only_while_an_allocation_holds_them(clock):
+    """Two allocations on one relay reach each other; a relay-range port no allocation holds, and a
+    relayed address whose allocation ended, are refused: ChannelBind gets 403, a Send is dropped."""
     server = make_server(clock)
-    server.peers = PeerPolicy(own_addresses=["8.8.8.8"], relayed_addresses=["8.8.8.8"], relay_ports=(49152, 65535))
-    client = Client(server)
-    client.allocate()
-    relay = server.allocations[UDP_TUPLE].relays[4]
-    assert code(bind(client, 0x4001, ("8.8.8.8", 3478))) == 403
-    assert bind(client, 0x4002, ("8.8.8.8", 50000)).cls == Class.SUCCESS
-    assert code(permit(client, ("8.8.8.8", 3478))) == 403
-    for port in (3478, 50001):
-        send = Message(Method.SEND, Class.INDICATION)
-        send.add_address(Attr.XOR_PEER_ADDRESS, ("8.8.8.8", port)).add(Attr.DATA, b"payload")
-        server.allocations[UDP_TUPLE].send_indication(send.encode())
-    assert relay.sent == [(b"payload", ("8.8.8.8", 50001))]
+    server.peers = PeerPolicy(own_addresses=["198.18.0.1"], relayed_addresses=["198.18.0.1"],
+                              relay_ports=(49152, 65535), own_endpoints=[("198.18.0.1", 3478)])
+    first, second = Client(server), Client(server, "bob", "hunter2", ("udp", ("203.0.113.11", 1), SERVER))
+    first_relayed = first.allocate().address(Attr.XOR_RELAYED_ADDRESS)
+    second.allocate()
+    allocation = server.allocations[second.five_tuple]
+    relay = allocation.relays[4]
+    host, port = first_relayed
+    assert code(bind(second, 0x4002, (host, port + 1))) == 403  # in the range, held by no allocation
+    assert code(permit(second, (host, 3478))) == 403  # a listening port
+    assert permit(second, (host, 0)).cls == Class.SUCCESS  # the relayed IP (RFC 8656 §9: the port is not part)
+    for peer_port in (3478, port + 1, port, port + 1):
+        send_to(allocation, (host, peer_port))
+    assert relay.sent == [(b"payload", first_relayed)]
+    assert allocation.refused == {(host, 3478), (host, port + 1)}
+    assert bind(second, 0x4001, first_relayed).cls == Class.SUCCESS
+    assert first.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(0))).cls == Class.SUCCESS
+    server.expire(clock.seconds())
+    send_to(allocation, first_relayed)
+    allocation.channel_to_peer(struct.pack("!HH", 0x4001, 4) + b"data")
+    assert relay.sent == [(b"payload", first_relayed)] and first_relayed not in allocation.permissions
+    assert code(bind(second, 0x4003, first_relayed)) == 403
+
+
+OWN = [("8.8.8.8", 3478), ("8.8.8.8", 5349), ("0.0.0.0", 9641)]
+LOCAL = {"8.8.8.8", "8.8.4.4", "127.0.0.1", "0.0.0.0"}
+
+
+def local_only(address):
+    """A stand-in for PeerPolicy's is_local: the addresses of LOCAL."""
+    return str(address) in LOCAL
 
 
 @settings(max_examples=200, deadline=None)
 @given(
-    rules=st.lists(st.tuples(st.sampled_from(["8.8.8.8/32", "8.8.0.0/16", "8.0.0.0/8", "9.9.9.0/24", "::/0"]),
-                             st.booleans()), max_size=4),
-    port=st.integers(0, 65535),
+    rules=st.lists(st.sampled_from(["8.8.8.8/32", "8.0.0.0/8", "0.0.0.0/0", "::/0", "127.0.0.0/8"]), max_size=3),
+    host=st.sampled_from(["8.8.8.8", "::ffff:8.8.8.8", "8.8.4.4", "127.0.0.1", "::ffff:127.0.0.1", "9.9.9.9"]),
+    permit_port=st.sampled_from([3478, 5349, 9641, 40000]),
+    send_ports=st.lists(st.sampled_from([3478, 5349, 9641, 40000, 40001]), min_size=1, max_size=4),
 )
-def test_the_data_paths_port_check_agrees_with_the_policy(rules, port):
-    """For the relay's relayed addresses the data path's precomputed check answers as allowed() does."""
-    peers = PeerPolicy(allow=[n for n, a in rules if a], deny=[n for n, a in rules if not a],
-                       own_addresses=["8.8.8.8"], relayed_addresses=["8.8.8.8"], relay_ports=(49152, 65535))
-    assert peers.relayed_peer_allowed("8.8.8.8", port) == peers.allowed("8.8.8.8", port)
+def test_no_rule_opens_the_relays_own_endpoints(rules, host, permit_port, send_ports):
+    """Whatever --allow-peer says, no permission, channel or Send reaches a port the relay listens on
+    (a wildcard listener's on every local address), in any spelling of its address."""
+    server = make_server(Clock(), ports=FakePorts(families=(4, 6)), families=frozenset({4, 6}))
+    server.peers = PeerPolicy(allow=rules, own_addresses=["8.8.8.8"], own_endpoints=OWN, is_local=local_only)
+    client = Client(server)
+    client.allocate((Attr.ADDITIONAL_ADDRESS_FAMILY, encode_address_family(AddressFamily.IPV6)))
+    allocation = server.allocations[UDP_TUPLE]
+    inner = host.removeprefix("::ffff:")
+    own_ports = {port for address, port in OWN if address in (inner, "0.0.0.0") and inner in LOCAL}
+    granted = permit(client, (host, permit_port)).cls == Class.SUCCESS
+    assert not (granted and permit_port in own_ports)
+    bound = bind(client, 0x4001, (host, permit_port)).cls == Class.SUCCESS
+    assert not (bound and permit_port in own_ports)
+    for port in send_ports:
+        send_to(allocation, (host, port))
+    allocation.channel_to_peer(struct.pack("!HH", 0x4001, 4) + b"data")
+    sent = [peer for relay in allocation.relays.values() for _, peer in relay.sent]
+    assert not [peer for peer in sent if peer[1] in own_ports]
+    assert granted or bound or not sent
+
+
+def test_wildcard_listeners_cover_every_local_address():
+    """A wildcard listener's port is an own endpoint on each local address (and its IPv4-mapped form),
+    not on other hosts; the relay's other local ports need an operator rule."""
+    peers = PeerPolicy(allow=["127.0.0.0/8", "::/0", "8.0.0.0/8"], own_endpoints=[("::", 3478)])
+    assert peers.reach("127.0.0.5", 3478) is Reach.DENIED
+    assert peers.reach("::ffff:127.0.0.5", 3478) is Reach.DENIED
+    assert peers.reach("::1", 3478) is Reach.DENIED
+    assert peers.reach("127.0.0.5", 3479) is Reach.OWN
+    assert PeerPolicy(own_endpoints=[("::", 3478)]).reach("127.0.0.5", 3479) is Reach.DENIED
+    assert peers.reach("8.8.8.8", 3478) is Reach.HOST  # not an address of this host
+    assert peers.reach("0.0.0.0", 9) is Reach.DENIED  # the kernel delivers it locally
+
+
+def test_own_endpoints_resolve_names():
+    """A --metrics HOST given as a name is refused at each address the name resolves to."""
+    peers = PeerPolicy(allow=["127.0.0.0/8"], own_endpoints=[("localhost", 9641)])
+    assert peers.reach("127.0.0.1", 9641) is Reach.DENIED
+    assert peers.reach("127.0.0.1", 9642) is Reach.OWN
 
 
 def test_channel_data_both_ways(server):
@@ -452,6 +520,53 @@ def test_even_port_and_reservation(server):
     third = Client(server, five_tuple=("udp", ("203.0.113.10", 3), SERVER))
     assert code(third.allocate((Attr.RESERVATION_TOKEN, token))) == 508
     assert code(third.allocate((Attr.RESERVATION_TOKEN, token), (Attr.EVEN_PORT, b"\x00"))) == 400
+
+
+def test_reservations_count_against_the_quotas(clock):
+    """A reserved port (EVEN-PORT R) counts against its user's quota until taken: Allocates released at once
+    leave at most user-quota reservations, then 486; taking a token frees its count for the taker's allocation."""
+    server = make_server(clock, user_quota=4, total_quota=5)
+    codes = []
+    for i in range(6):
+        client = Client(server, five_tuple=("udp", ("203.0.113.10", 100 + i), SERVER))
+        response = client.allocate((Attr.EVEN_PORT, encode_even_port(True)))
+        codes.append(code(response) if response.cls == Class.ERROR else 200)
+        if response.cls == Class.SUCCESS:
+            client.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(0)))
+    assert codes == [200, 200, 200, 486, 486, 486] and server.counts.per_user == {"alice": 3}
+    bob = Client(server, "bob", "hunter2", ("udp", ("203.0.113.11", 1), SERVER))
+    assert bob.allocate((Attr.EVEN_PORT, encode_even_port(True))).cls == Class.SUCCESS  # 4 and 5 of 5
+    assert code(Client(server, "bob", "hunter2", ("udp", ("203.0.113.11", 2), SERVER)).allocate()) == 508
+    taker = Client(server, "bob", "hunter2", ("udp", ("203.0.113.11", 3), SERVER))
+    token = next(iter(server.ports.reservations))
+    assert taker.allocate((Attr.RESERVATION_TOKEN, token)).cls == Class.SUCCESS
+    assert server.counts.per_user == {"alice": 2, "bob": 3} and server.counts.total == 5
+
+
+def test_a_reservation_is_held_thirty_seconds(clock):
+    """A reserved relay port is closed and its quota count freed RESERVATION_SECONDS after the Allocate."""
+    from twisted.internet import reactor
+
+    ports = RelayPorts(reactor, {4: "127.0.0.1"}, 61300, 61399, clock=clock)
+    server = make_server(clock, ports=ports, user_quota=2)
+    client = Client(server)
+    assert client.allocate((Attr.EVEN_PORT, encode_even_port(True))).cls == Class.SUCCESS
+    assert client.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(0))).cls == Class.SUCCESS
+    try:
+        assert ports.open_count == 1 and server.counts.per_user == {"alice": 1}
+        other = Client(server, five_tuple=("udp", ("203.0.113.10", 2), SERVER))
+        assert code(other.allocate((Attr.EVEN_PORT, encode_even_port(True)))) == 486
+        clock.advance(RESERVATION_SECONDS - 1)
+        server.expire(clock.seconds())
+        assert ports.reservations and ports.open_count == 1
+        clock.advance(1)
+        server.expire(clock.seconds())
+        assert not ports.reservations and ports.open_count == 0 and server.counts.total == 0
+        assert other.allocate((Attr.EVEN_PORT, encode_even_port(True))).cls == Class.SUCCESS
+    finally:
+        server.stop()
+        ports.stop()
+    assert ports.open_count == 0 and server.counts.total == 0
 
 
 class ElsewherePorts(FakePorts):
