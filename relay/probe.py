@@ -196,9 +196,12 @@ async def run(reactor: Any, config: ProbeConfig) -> Report:
     started = reactor.seconds()
     host, port = config.server
     try:
-        server_ip = host if _is_ip(host) else await reactor.resolve(host)
-    except DNSLookupError as e:
-        raise ProbeFailed(f"cannot resolve {host}: {e}") from None
+        server_ip = str(ipaddress.ip_address(host))
+    except ValueError:
+        try:
+            server_ip = await reactor.resolve(host)
+        except DNSLookupError as e:
+            raise ProbeFailed(f"cannot resolve {host}: {e}") from None
     session = Session(reactor, config, server_ip)
     report = Report(f"{host}:{port}", config.transport)
     try:
@@ -207,6 +210,8 @@ async def run(reactor: Any, config: ProbeConfig) -> Report:
         report.verdicts.append(await probe_checks.amplification(session))
         for protocol, family in ((UDP, 6), (TCP, 4), (TCP, 6)):
             await session.allocate(protocol, family)
+            if not isinstance(session.allocations[(protocol, family)], TurnClient):
+                report.notes.append(_missing(protocol, family, session.allocations[(protocol, family)]))
         report.verdicts += await probe_checks.peer_ranges(session)
         report.verdicts += await probe_checks.own_ports(session)
         await session.close()
@@ -216,6 +221,16 @@ async def run(reactor: Any, config: ProbeConfig) -> Report:
         await session.close()
     report.seconds = reactor.seconds() - started
     return report
+
+
+def _missing(protocol: int, family: int, why: str) -> str:
+    """What a run without the (protocol, family) allocation asks instead, for the report's notes."""
+    kind = f"{'UDP' if protocol == UDP else 'TCP'} IPv{family}"
+    if protocol == UDP:
+        return f"no {kind} allocation ({why}): IPv6 peers were asked for on the IPv4 allocation"
+    if family == 6:
+        return f"no {kind} allocation ({why}): IPv6 Connects went to the IPv4 TCP allocation, if any"
+    return f"no {kind} allocation ({why}): Connect (RFC 6062) was not tried"
 
 
 def probe(reactor: Any, config: ProbeConfig) -> Deferred:
@@ -243,10 +258,3 @@ async def _start(session: Session) -> None:
     session.allocations[(UDP, 4)] = client
     log.debug("probe allocation {relayed} on {server}", relayed=client.relayed_address, server=where)
 
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

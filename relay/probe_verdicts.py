@@ -104,6 +104,7 @@ class Report:
     transport: str
     verdicts: list[Verdict] = field(default_factory=list)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the run could not do, and what it did instead
 
     @property
     def open(self) -> list[Verdict]:
@@ -114,7 +115,7 @@ class Report:
 
     def to_json(self) -> str:
         body = {"server": self.server, "transport": self.transport, "seconds": round(self.seconds, 2),
-                "summary": self.counts(), "verdicts": [asdict(v) for v in self.verdicts]}
+                "summary": self.counts(), "notes": self.notes, "verdicts": [asdict(v) for v in self.verdicts]}
         return json.dumps(body, indent=2)
 
     def text(self) -> str:
@@ -124,6 +125,7 @@ class Report:
         lines = [f"probe of {self.server} over {self.transport}"]
         for v in self.verdicts:
             lines.append(f"{v.status:7}  {v.check:{check_width}}  {v.target:{width}}  {v.detail}")
+        lines += [f"note: {note}" for note in self.notes]
         counts = self.counts()
         lines.append(f"summary: {counts[OPEN]} open, {counts[CLOSED]} closed, {counts[SKIPPED]} skipped "
                      f"in {self.seconds:.1f} s")
