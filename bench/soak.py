@@ -54,7 +54,7 @@ USER, PASSWORD, REALM = "soak", "soak-pw", "example.org"
 RELAY_PORTS = (21000, 22999)  # below the ephemeral range, so only relay sockets sit there
 LIFETIME_SECONDS = 60  # the servers' longest allocation lifetime: abandoned allocations expire after it
 COLUMNS = ("minute", "phase", "rss_kib", "fds", "relay_sockets", "allocations", "permissions", "channels",
-           "load_runs", "load_pps", "churn_cycles")
+           "load_runs", "load_pps")
 
 
 @dataclass
@@ -130,7 +130,7 @@ def relay_sockets(pid: int) -> int:
     return count
 
 
-def sample(soak: Soak, started: float, phase: str, churn_cycles: int) -> dict:
+def sample(soak: Soak, started: float, phase: str) -> dict:
     """One row: the server's RSS, fds and relay sockets over its processes, and (ours) its gauges."""
     pid = soak.server.process.pid
     members = process_tree(pid)
@@ -138,7 +138,7 @@ def sample(soak: Soak, started: float, phase: str, churn_cycles: int) -> dict:
            "rss_kib": sum(_or_zero(rss_kib, m) for m in members),
            "fds": sum(_or_zero(lambda p: len(os.listdir(f"/proc/{p}/fd")), m) for m in members),
            "relay_sockets": relay_sockets(pid), "load_runs": len(soak.load_pps),
-           "load_pps": round(soak.load_pps[-1]) if soak.load_pps else "", "churn_cycles": churn_cycles}
+           "load_pps": round(soak.load_pps[-1]) if soak.load_pps else ""}
     gauges = metric_values(soak.metrics_port) if soak.metrics_port else {}
     for name in ("allocations", "permissions", "channels"):
         row[name] = int(gauges[name]) if name in gauges else ""
@@ -195,7 +195,7 @@ def soak_one(kind: str, args: argparse.Namespace, directory: Path) -> Soak:
     started = time.monotonic()
     try:
         time.sleep(2)
-        idle = sample(soak, started, "idle", 0)
+        idle = sample(soak, started, "idle")
         until = time.monotonic() + args.minutes * 60
         stop = threading.Event()
         loader = threading.Thread(target=load_loop, args=(soak, args, until, stop), daemon=True)
@@ -203,7 +203,7 @@ def soak_one(kind: str, args: argparse.Namespace, directory: Path) -> Soak:
         churn = start_churn(soak, args, args.minutes * 60)
         while time.monotonic() < until:
             time.sleep(min(args.interval, max(0.0, until - time.monotonic())))
-            row = sample(soak, started, "load", 0)
+            row = sample(soak, started, "load")
             print(_line(kind, row), flush=True)
         stop.set()
         out, err = churn.communicate(timeout=120)
@@ -213,7 +213,7 @@ def soak_one(kind: str, args: argparse.Namespace, directory: Path) -> Soak:
         deadline = time.monotonic() + LIFETIME_SECONDS + args.interval + 30
         while time.monotonic() < deadline:
             time.sleep(args.interval)
-            row = sample(soak, started, "drain", sum(v for k, v in soak.churn.items() if k in ("released", "abandoned")))
+            row = sample(soak, started, "drain")
             print(_line(kind, row), flush=True)
             if _settled(row, idle, args) and time.monotonic() - until > LIFETIME_SECONDS:
                 break
@@ -268,7 +268,18 @@ def write_csv(soaks: list[Soak], path: Path) -> None:
                 writer.writerow({"server": soak.kind, **row})
 
 
-def plot(soaks: list[Soak], path: Path, title: str) -> None:
+def read_csv(path: Path) -> dict[str, list[dict]]:
+    """A soak.csv back into rows per server (numbers as numbers, blanks kept blank)."""
+    runs: dict[str, list[dict]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            kind = row.pop("server")
+            runs.setdefault(kind, []).append(
+                {k: v if k == "phase" or v == "" else float(v) for k, v in row.items()})
+    return runs
+
+
+def plot(runs: dict[str, list[dict]], path: Path, title: str) -> None:
     """Four panels over minutes: RSS, open fds, allocations and permissions, relay sockets."""
     import matplotlib
 
@@ -280,24 +291,26 @@ def plot(soaks: list[Soak], path: Path, title: str) -> None:
               ("allocations / permissions", [("allocations", 1, " allocations"), ("permissions", 1, " permissions")]),
               ("relay sockets", [("relay_sockets", 1, "")])]
     for axis, (label, series) in zip(axes, panels):
-        for soak in soaks:
+        for kind, rows in runs.items():
             for column, scale, suffix in series:
-                points = [(r["minute"], r[column] * scale) for r in soak.rows if r[column] != ""]
+                points = [(r["minute"], r[column] * scale) for r in rows if r[column] != ""]
                 if points:
-                    axis.plot(*zip(*points), marker=".", linewidth=1, label=soak.kind + suffix)
+                    axis.plot(*zip(*points), marker=".", linewidth=1, label=kind + suffix)
         axis.set_ylabel(label)
         axis.grid(True, alpha=0.3)
         if axis.get_lines():
             axis.legend(loc="upper right", fontsize="small")
-    for soak in soaks:
-        drain = [r["minute"] for r in soak.rows if r["phase"] == "drain"]
-        if drain:
+    for rows in runs.values():
+        load = [r["minute"] for r in rows if r["phase"] == "load"]
+        drain = [r["minute"] for r in rows if r["phase"] == "drain"]
+        if load and drain:
             for axis in axes:
-                axis.axvspan(drain[0], drain[-1], color="grey", alpha=0.08)
+                axis.axvspan(load[-1], drain[-1], color="grey", alpha=0.08)
+    axes[0].set_ylim(bottom=0)  # RSS from zero, so a flat line looks flat
     axes[0].set_title(title, fontsize="medium")
     axes[-1].set_xlabel("minutes (grey: load stopped, waiting for lifetimes)")
     figure.tight_layout()
-    figure.savefig(path, format="svg")
+    figure.savefig(path)  # the format from the suffix: .svg
     pyplot.close(figure)
 
 
@@ -317,7 +330,13 @@ def main() -> None:
     parser.add_argument("--rss-tolerance", type=float, default=10.0, help="RSS growth percent counted as flat")
     parser.add_argument("--warmup-fraction", type=float, default=0.2, help="share of the run that is warm-up")
     parser.add_argument("--out", type=Path, default=None, help="folder for soak.csv and soak.svg (default: a temp dir)")
+    parser.add_argument("--plot-only", type=Path, metavar="CSV",
+                        help="draw the SVG of an earlier run's soak.csv (beside it, titled --title) and stop")
+    parser.add_argument("--title", default="soak", help="the plot's title with --plot-only")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(read_csv(args.plot_only), args.plot_only.with_suffix(".svg"), args.title)
+        return
     if not 0.5 <= args.minutes <= 24 * 60 or not 1 <= args.interval <= 60 or not 0 < args.churn_rate <= 50:
         parser.error("--minutes must be 0.5-1440, --interval 1-60, --churn-rate in (0, 50]")
     kinds = [k for k in args.servers.split(",") if k]
@@ -341,7 +360,7 @@ def main() -> None:
         print(f"{soak.kind}: churn {json.dumps(soak.churn)}")
         for line in verdict(soak, args):
             print(f"{soak.kind}: {line}")
-    plot(soaks, out / "soak.svg", f"soak: {args.minutes:g} min, {args.load_clients} x {args.load_rate} pkt/s "
+    plot({s.kind: s.rows for s in soaks}, out / "soak.svg", f"soak: {args.minutes:g} min, {args.load_clients} x {args.load_rate} pkt/s "
                                    f"+ {args.churn_rate:g} allocations/s churn")
     print(f"\nCSV: {out / 'soak.csv'}\nplot: {out / 'soak.svg'}")
 

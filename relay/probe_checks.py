@@ -29,8 +29,7 @@ from rendezvous.stun.constants import Error
 from .client import CHANNEL_MIN, ConnectionClosed, TransactionTimeout, TurnClient, TurnError
 from .client_transactions import error_code, request, transact
 from .probe_targets import TARGET_PORT, TARGETS, Target
-from .probe_verdicts import CLOSED, OPEN, SKIPPED, Outcome, Verdict, amplification as amplification_verdict, combine
-from .probe_verdicts import peer_outcome
+from .probe_verdicts import CLOSED, OPEN, SKIPPED, Outcome, Verdict, amplification_verdict, combine, peer_outcome
 
 _NOT_ANSWERED = (TimeoutError, TransactionTimeout, ConnectionClosed)
 UDP, TCP = 17, 6  # REQUESTED-TRANSPORT values, RFC 8656 §18.7 and RFC 6062 §6.1

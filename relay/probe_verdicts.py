@@ -79,7 +79,7 @@ def combine(check: str, target: str, category: str, what: str, outcomes: list[Ou
     return Verdict(check, target, status, f"{what} - {detail}" if what else detail, category, outcomes)
 
 
-def amplification(sizes: list[tuple[int, int]], limit: float) -> Verdict:
+def amplification_verdict(sizes: list[tuple[int, int]], limit: float) -> Verdict:
     """The largest answer-to-request size ratio of unauthenticated Allocates; OPEN above limit.
 
     ``sizes`` holds (request bytes, answer bytes) per Allocate that got an

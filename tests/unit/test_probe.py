@@ -9,7 +9,8 @@ import pytest
 from relay.loadgen_config import ConfigError
 from relay.probe import QUOTA_CHECK_MAX, ProbeConfig
 from relay.probe_targets import EMBEDDED_IPV4, IPV4_TARGETS, IPV6_NATIVE, IPV6_TARGETS, TARGETS, spellings
-from relay.probe_verdicts import CLOSED, OPEN, SKIPPED, Outcome, Report, Verdict, amplification, combine, peer_outcome
+from relay.probe_verdicts import (CLOSED, OPEN, SKIPPED, Outcome, Report, Verdict, amplification_verdict, combine,
+                                  peer_outcome)
 from rendezvous.cli import main as cli_main
 from rendezvous.cli.probe_relay import add_arguments, config_from_args, credentials
 
@@ -98,10 +99,10 @@ def test_combine_lets_open_win_then_closed():
 
 def test_amplification_compares_the_worst_ratio_with_the_limit():
     """The largest answer/request ratio decides: above the limit is OPEN; no answer at all is skipped."""
-    assert amplification([(20, 116), (28, 116)], 5.0).status == OPEN
-    within = amplification([(20, 92), (28, 92)], 5.0)
+    assert amplification_verdict([(20, 116), (28, 116)], 5.0).status == OPEN
+    within = amplification_verdict([(20, 92), (28, 92)], 5.0)
     assert within.status == CLOSED and "ratio 4.6" in within.detail
-    assert amplification([], 5.0).status == SKIPPED
+    assert amplification_verdict([], 5.0).status == SKIPPED
 
 
 def test_report_text_and_json():
