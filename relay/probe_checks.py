@@ -19,6 +19,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 
 from rendezvous.stun import Attr, Class, Message, Method
@@ -31,6 +33,9 @@ from .client_transactions import error_code, request, transact
 from .probe_targets import TARGET_PORT, TARGETS, Target
 from .probe_verdicts import CLOSED, OPEN, SKIPPED, Outcome, Verdict, amplification_verdict, combine, peer_outcome
 
+if TYPE_CHECKING:
+    from .probe import Session
+
 _NOT_ANSWERED = (TimeoutError, TransactionTimeout, ConnectionClosed)
 UDP, TCP = 17, 6  # REQUESTED-TRANSPORT values, RFC 8656 §18.7 and RFC 6062 §6.1
 
@@ -38,7 +43,7 @@ UDP, TCP = 17, 6  # REQUESTED-TRANSPORT values, RFC 8656 §18.7 and RFC 6062 §6
 # -- credentials and amplification ---------------------------------------------------------
 
 
-async def credentials(session) -> list[Verdict]:
+async def credentials(session: Session) -> list[Verdict]:
     """Allocate with no credentials, then with a wrong password: each must be refused."""
     verdicts = []
     client = await session.client()
@@ -83,7 +88,7 @@ def _error_text(response: Message) -> str:
     return f"{code} {reason}".rstrip()
 
 
-async def amplification(session) -> Verdict:
+async def amplification(session: Session) -> Verdict:
     """Answer size over request size for the smallest unauthenticated Allocates, over UDP."""
     try:
         client = await session.client("udp")
@@ -106,7 +111,7 @@ async def amplification(session) -> Verdict:
 # -- peers in forbidden ranges ---------------------------------------------------------
 
 
-async def peer_ranges(session) -> list[Verdict]:
+async def peer_ranges(session: Session) -> list[Verdict]:
     """Each target address: CreatePermission, ChannelBind and Connect; one verdict per address."""
     asked = []
     for index, target in enumerate(TARGETS):
@@ -118,21 +123,21 @@ async def peer_ranges(session) -> list[Verdict]:
     ]
 
 
-async def _permission(session, target: Target) -> Outcome:
+async def _permission(session: Session, target: Target) -> Outcome:
     client, note = session.allocation(UDP, target.family)
     if client is None:
         return Outcome("CreatePermission", SKIPPED, note)
     return await _outcome(session, "CreatePermission", lambda: client.create_permission([(target.address, TARGET_PORT)]))
 
 
-async def _channel(session, target: Target, channel: int) -> Outcome:
+async def _channel(session: Session, target: Target, channel: int) -> Outcome:
     client, note = session.allocation(UDP, target.family)
     if client is None:
         return Outcome("ChannelBind", SKIPPED, note)
     return await _outcome(session, "ChannelBind", lambda: client.channel_bind(channel, (target.address, TARGET_PORT)))
 
 
-def _connect_outcome(session, target: Target) -> Deferred:
+def _connect_outcome(session: Session, target: Target) -> Deferred:
     client, note = session.allocation(TCP, target.family)
     if client is None:
         return Deferred.fromCoroutine(_skipped("Connect", f"no TCP allocation: {note}"))
@@ -143,7 +148,7 @@ async def _skipped(method: str, why: str) -> Outcome:
     return Outcome(method, SKIPPED, why)
 
 
-async def _outcome(session, method: str, make) -> Outcome:
+async def _outcome(session: Session, method: str, make) -> Outcome:
     """Send one request towards a peer and classify the relay's answer (relay.probe_verdicts.peer_outcome)."""
     if session.time_left() <= 0:
         return Outcome(method, SKIPPED, "not sent: the run's time budget is spent")
@@ -168,7 +173,7 @@ def connect_peer(client: TurnClient, peer: Address) -> Deferred:
 # -- the relay's own ports ------------------------------------------------------------
 
 
-def own_addresses(session) -> list[tuple[str, int, bool]]:
+def own_addresses(session: Session) -> list[tuple[str, int, bool]]:
     """(host, port, stun) for the relay's own addresses and ports; stun: the port answers STUN over UDP."""
     config = session.config
     hosts = [session.server_ip]
@@ -189,7 +194,7 @@ def own_addresses(session) -> list[tuple[str, int, bool]]:
     return found
 
 
-async def own_ports(session) -> list[Verdict]:
+async def own_ports(session: Session) -> list[Verdict]:
     """Each of the relay's own (address, port): data through the relay and back, and a Connect."""
     verdicts = []
     for host, port, stun in own_addresses(session):
@@ -206,7 +211,7 @@ async def own_ports(session) -> list[Verdict]:
     return verdicts
 
 
-async def _echo(session, host: str, port: int, family: int) -> Outcome:
+async def _echo(session: Session, host: str, port: int, family: int) -> Outcome:
     """Permission for host, a Binding request to host:port in a Send indication; OPEN if answered back."""
     method = "Send Binding"
     client, note = session.allocation(UDP, family)
@@ -228,7 +233,7 @@ async def _echo(session, host: str, port: int, family: int) -> Outcome:
     return Outcome(method, OPEN, f"answered through the relay from {_text(*peer)}")
 
 
-async def _own_connect(session, client: TurnClient, peer: Address) -> Outcome:
+async def _own_connect(session: Session, client: TurnClient, peer: Address) -> Outcome:
     """Connect to the relay's own host:port: OPEN only when the relay connects."""
     if session.time_left() <= 0:
         return Outcome("Connect", SKIPPED, "not sent: the run's time budget is spent")
@@ -250,7 +255,7 @@ def _text(host: str, port: int) -> str:
 # -- the per-user quota -----------------------------------------------------------------
 
 
-async def quota(session) -> Verdict:
+async def quota(session: Session) -> Verdict:
     """Up to ``quota_check`` allocations for one user: closed if 486 stops them; all released after."""
     bound = session.config.quota_check
     clients: list[TurnClient] = []
