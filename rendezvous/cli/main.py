@@ -63,6 +63,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "report packets/s, Mbit/s, loss and round-trip percentiles. Works against any TURN "
         "server (RFC 8656). Progress goes to stderr once a second, the report to stdout.",
     ),
+    Subcommand("probe-relay", "rendezvous.cli.probe_relay",
+               "security self-test of a TURN relay: internal peers, its own ports, auth, amplification, quota"),
 )
 
 
