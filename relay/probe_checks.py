@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, TimeoutError, gatherResults
@@ -124,10 +125,24 @@ async def peer_ranges(session: Session) -> list[Verdict]:
 
 
 async def _permission(session: Session, target: Target) -> Outcome:
+    """CreatePermission for the target. Granted for an IP on which this relay holds relayed addresses
+    it proves nothing (RFC 8656 §9: permissions are per IP, and clients of one relay must reach each
+    other's relayed addresses): ChannelBind and Connect then decide."""
     client, note = session.allocation(UDP, target.family)
     if client is None:
         return Outcome("CreatePermission", SKIPPED, note)
-    return await _outcome(session, "CreatePermission", lambda: client.create_permission([(target.address, TARGET_PORT)]))
+    outcome = await _outcome(session, "CreatePermission",
+                             lambda: client.create_permission([(target.address, TARGET_PORT)]))
+    if outcome.status == OPEN and _relayed_here(session, target.address):
+        return Outcome("CreatePermission", SKIPPED, "granted: an IP of the relay's own relayed addresses")
+    return outcome
+
+
+def _relayed_here(session: Session, address: str) -> bool:
+    """Whether this relay holds one of the probe's relayed addresses on ``address`` (any spelling)."""
+    wanted = ipaddress.ip_address(address)
+    return any(isinstance(c, TurnClient) and c.relayed_address is not None
+               and ipaddress.ip_address(c.relayed_address[0]) == wanted for c in session.allocations.values())
 
 
 async def _channel(session: Session, target: Target, channel: int) -> Outcome:
