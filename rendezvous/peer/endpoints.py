@@ -74,6 +74,7 @@ class _Shared:
         self._peer_locks: dict[str, DeferredLock] = {}
         self._linger = None
         self._shutdown = reactor.addSystemEventTrigger("before", "shutdown", self.close) if self.owned else None
+        self._closed: Deferred | None = None  # fires once the Client is closed
 
     def hold(self) -> None:
         self.users += 1
@@ -111,20 +112,30 @@ class _Shared:
             return await (await self.logged_in()).connect(peer)
 
     def close(self) -> Deferred:
-        """Forget this login; an owned Client closes its sessions and logs out."""
-        if _logins.get(self.key) is self:
-            del _logins[self.key]
-        if self._linger is not None and self._linger.active():
-            self._linger.cancel()
-        self._linger = None
+        """Forget this login; an owned Client closes its sessions and logs out. Fires when that is
+        done (the reactor's shutdown waits for it too)."""
+        if self._closed is None:
+            if _logins.get(self.key) is self:
+                del _logins[self.key]
+            if self._linger is not None and self._linger.active():
+                self._linger.cancel()
+            self._linger = None
+            client, self.client = self.client, None
+            if self.owned and client is not None:
+                log.info("{user} logs out: no endpoint uses the login", user=client.user)
+                self._closed = client.close()
+            else:
+                self._closed = succeed(None)
+            self._closed.addBoth(self._forget_shutdown)
+        waiter = Deferred()
+        self._closed.addBoth(lambda result: (waiter.callback(None), result)[1])
+        return waiter
+
+    def _forget_shutdown(self, result):
         if self._shutdown is not None:
             self.reactor.removeSystemEventTrigger(self._shutdown)
             self._shutdown = None
-        if not self.owned or self.client is None:
-            return succeed(None)
-        client, self.client = self.client, None
-        log.info("{user} logs out: no endpoint uses the login", user=client.user)
-        return client.close()
+        return result
 
 
 _logins: dict[tuple, _Shared] = {}
@@ -277,7 +288,7 @@ def _login(args: tuple, params: dict) -> Login:
     port = int(params.pop("port", DEFAULT_TLS_PORT if tls else DEFAULT_PORT))
     if not 0 < port < 65536:
         raise ValueError(f"port={port} is out of range")
-    password = _password(params.pop("password-file", None), params.pop("password-env", None))
+    password = read_password(params.pop("password-file", None), params.pop("password-env", None))
     tls_verify = not _flag(params.pop("insecure", "no"), "insecure")
     options = {}
     if "state-dir" in params:
@@ -295,7 +306,9 @@ def _login(args: tuple, params: dict) -> Login:
     return Login(((host, port),), user, password, tls, tls_verify, tuple(sorted(options.items())))
 
 
-def _password(path: str | None, variable: str | None) -> str:
+def read_password(path: str | None, variable: str | None) -> str:
+    """The first line of the file at ``path``, or environment variable ``variable`` (give one);
+    ValueError when neither or both are given, or the password is unreadable or empty."""
     if (path is None) == (variable is None):
         raise ValueError("a rendezvous: endpoint needs one of password-file=PATH or password-env=NAME")
     if path is not None:
