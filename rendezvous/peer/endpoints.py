@@ -95,6 +95,8 @@ class _Shared:
 
     async def logged_in(self) -> Client:
         async with self._login_lock:
+            if self._closed is not None:
+                raise ConnectError("the login was closed (the reactor is shutting down)")
             if self.owned and self.client is not None and not self.client.signaling.connected:
                 await self.client.close()  # the node dropped us: log in again
                 self.client = None
