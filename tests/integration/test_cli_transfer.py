@@ -15,8 +15,7 @@ import time
 
 import pytest
 
-from rendezvous.node.accounts import AccountStore
-from tests.conftest import ROOT, start_node, stop_node
+from tests.conftest import ROOT, add_buddies, start_node, stop_node
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +26,7 @@ PAIRS = (("ann", "ben"), ("cat", "dan"), ("eve", "fay"), ("gus", "hal"), ("ivy",
 def node(tmp_path_factory):
     """A node whose accounts come in buddy pairs."""
     tmp = tmp_path_factory.mktemp("transfer")
-    store = AccountStore(tmp / "state" / "accounts.sqlite")
-    for a, b in PAIRS:
-        store.add(a, f"{a}-pw", "txrendezvous")
-        store.add(b, f"{b}-pw", "txrendezvous")
-        store.request_buddy(a, b)
-        store.accept_buddy(b, a)
-    store.close()
+    add_buddies(tmp / "state", PAIRS)
     started = start_node(tmp, "--allow-peer", "127.0.0.0/8")
     yield started
     stop_node(started)

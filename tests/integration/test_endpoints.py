@@ -5,6 +5,7 @@ sessions, and log out when done."""
 import os
 import subprocess
 import sys
+from itertools import combinations
 
 import pytest
 import pytest_twisted
@@ -14,10 +15,9 @@ from twisted.internet.endpoints import clientFromString, connectProtocol, server
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
-from rendezvous.node.accounts import AccountStore
 from rendezvous.peer import Client, ConnectError
 from rendezvous.peer.endpoints import _logins
-from tests.conftest import ROOT, start_node, stop_node
+from tests.conftest import ROOT, add_buddies, start_node, stop_node
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +28,7 @@ USERS = ("alice", "bob", "carol", "watcher")
 def node(tmp_path_factory):
     """A node where alice, bob and carol are each other's buddies, and watcher is everyone's."""
     tmp = tmp_path_factory.mktemp("endpoints")
-    store = AccountStore(tmp / "state" / "accounts.sqlite")
-    for name in USERS:
-        store.add(name, f"{name}-pw", "txrendezvous")
-    for i, a in enumerate(USERS):
-        for b in USERS[i + 1:]:
-            store.request_buddy(a, b)
-            store.accept_buddy(b, a)
-    store.close()
+    add_buddies(tmp / "state", list(combinations(USERS, 2)))
     started = start_node(tmp, "--allow-peer", "127.0.0.0/8")
     yield started
     stop_node(started)

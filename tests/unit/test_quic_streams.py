@@ -61,6 +61,16 @@ class Pusher:
         self.stopped = True
 
 
+def registered(clock):
+    """A session stream with a Pusher registered as its streaming producer, and the peer's sinks and path."""
+    client, sinks, path = sessions(clock)
+    transport = client.open_stream(Collect())
+    pusher = Pusher()
+    pusher.transport = transport
+    transport.registerProducer(pusher, True)
+    return transport, pusher, sinks, path
+
+
 def test_a_file_sender_moves_a_file_with_a_bounded_buffer():
     """FileSender (a pull producer) sends 6 MB intact; the stream never holds much more than the bound."""
     clock = Clock()
@@ -86,11 +96,7 @@ def test_a_streaming_producer_is_paused_until_the_peer_acknowledges():
     """Above the bound the producer is paused; it stays paused while the path drops everything and is
     resumed once acknowledgements bring the buffer down to the low mark."""
     clock = Clock()
-    client, sinks, path = sessions(clock)
-    transport = client.open_stream(Collect())
-    pusher = Pusher()
-    pusher.transport = transport
-    transport.registerProducer(pusher, True)
+    transport, pusher, sinks, path = registered(clock)
     path.drop = True
     pusher.push(40)
     assert pusher.paused and pusher.pauses == 1 and transport.buffered() > WRITE_BUFFER_HIGH_BYTES
@@ -104,11 +110,7 @@ def test_a_streaming_producer_is_paused_until_the_peer_acknowledges():
 def test_the_producer_is_stopped_when_the_stream_is_reset():
     """A stream that ends under a registered producer tells it to stop."""
     clock = Clock()
-    client, sinks, _ = sessions(clock)
-    transport = client.open_stream(Collect())
-    pusher = Pusher()
-    pusher.transport = transport
-    transport.registerProducer(pusher, True)
+    transport, pusher, sinks, _ = registered(clock)
     pusher.push(1)
     run(clock, 0.1)
     transport.abortConnection()
@@ -118,11 +120,7 @@ def test_the_producer_is_stopped_when_the_stream_is_reset():
 def test_lose_connection_waits_for_the_producer_to_unregister():
     """loseConnection with a producer registered sends the FIN only after unregisterProducer."""
     clock = Clock()
-    client, sinks, _ = sessions(clock)
-    transport = client.open_stream(Collect())
-    pusher = Pusher()
-    pusher.transport = transport
-    transport.registerProducer(pusher, True)
+    transport, pusher, sinks, _ = registered(clock)
     pusher.push(2)
     transport.loseConnection()
     run(clock, 0.5)
