@@ -45,7 +45,8 @@ UPNP_LEASE_SECONDS = 3600      # renewed at half-life while the connection lasts
 GATHER_RTO_SECONDS = 0.2
 RELAY_TRANSPORTS = ("udp", "tcp", "tls")
 RELAY_TIMEOUT_SECONDS = 3.0
-RELAY_STAGGER_SECONDS = 0.1  # between the starts of the TURN transports raced
+RELAY_STAGGER_SECONDS = 0.1
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # of the main socket, as the relay's  # between the starts of the TURN transports raced
 ALLOCATION_SAMPLES = 3
 CLOSE_TIMEOUT_SECONDS = 4.0
 
@@ -89,6 +90,8 @@ class _Gathering:
     def _open(self, name: str) -> _Socket:
         protocol = _Socket(self.reactor, name, self)
         port = self.reactor.listenUDP(0, protocol, interface="0.0.0.0")
+        if name == "main":  # a session's packets: the default buffer drops bursts, and QUIC halves its window
+            turn_client.set_socket_buffers(port.socket, SOCKET_BUFFER_BYTES)
         self.sockets[name] = (protocol, port)
         return protocol
 
