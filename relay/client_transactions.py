@@ -117,7 +117,8 @@ def expire(client, tid: bytes) -> None:
         return
     if again is not None and not client._gone:
         client._write(again)
-    pending.timer = client.clock.callLater(transaction.deadline - client.clock.seconds(), expire, client, tid)
+    # max: a reactor running late must not hand callLater a negative delay
+    pending.timer = client.clock.callLater(max(0.0, transaction.deadline - client.clock.seconds()), expire, client, tid)
 
 
 def forget(client, tid: bytes) -> None:

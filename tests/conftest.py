@@ -147,3 +147,16 @@ def plain_node(tmp_path_factory):
     started = start_node(tmp_path_factory.mktemp("plain"), alternate=False)
     yield started
     stop_node(started)
+
+
+def add_buddies(state_dir: Path, pairs) -> None:
+    """Accounts NAME with password NAME-pw for everyone in pairs, each pair made buddies, in a node's store."""
+    from rendezvous.node.accounts import AccountStore
+
+    store = AccountStore(state_dir / "accounts.sqlite")
+    for name in dict.fromkeys(name for pair in pairs for name in pair):
+        store.add(name, f"{name}-pw", "txrendezvous")
+    for a, b in pairs:
+        store.request_buddy(a, b)
+        store.accept_buddy(b, a)
+    store.close()

@@ -45,7 +45,8 @@ UPNP_LEASE_SECONDS = 3600      # renewed at half-life while the connection lasts
 GATHER_RTO_SECONDS = 0.2
 RELAY_TRANSPORTS = ("udp", "tcp", "tls")
 RELAY_TIMEOUT_SECONDS = 3.0
-RELAY_STAGGER_SECONDS = 0.1  # between the starts of the TURN transports raced
+RELAY_STAGGER_SECONDS = 0.1
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # of the main socket, as the relay's  # between the starts of the TURN transports raced
 ALLOCATION_SAMPLES = 3
 CLOSE_TIMEOUT_SECONDS = 4.0
 
@@ -77,6 +78,7 @@ class _Gathering:
         self.turn_transport: str | None = None
         self.hint = NatHint(None, lifetime_seconds=self.options.binding_lifetime_seconds)
         self.srflx: Address | None = None
+        self.udp_silent = False  # set by the client: STUN over UDP went unanswered lately, do not wait again
         self.tcp_port: int | None = None
         self.tcp_mapped: Address | None = None
         self.tcp_candidates: list[dict] = []
@@ -88,6 +90,8 @@ class _Gathering:
     def _open(self, name: str) -> _Socket:
         protocol = _Socket(self.reactor, name, self)
         port = self.reactor.listenUDP(0, protocol, interface="0.0.0.0")
+        if name == "main":  # a session's packets: the default buffer drops bursts, and QUIC halves its window
+            turn_client.set_socket_buffers(port.socket, SOCKET_BUFFER_BYTES)
         self.sockets[name] = (protocol, port)
         return protocol
 
@@ -140,6 +144,9 @@ class _Gathering:
 
     async def _reflexive(self, main: _Socket, stun: Address) -> None:
         started = self.reactor.seconds()
+        if self.udp_silent:
+            self._attempt("srflx", started, "skipped", "STUN over UDP went unanswered a moment ago")
+            return
         try:
             response, _ = await main.request(Message(Method.BINDING, Class.REQUEST), stun)
         except TransactionTimeout:

@@ -370,3 +370,8 @@ class Session:
         closed = self.connection.close()  # the path goes with the session, whoever ended it
         if self._closing is not None:
             closed.chainDeferred(self._closing)
+
+    def stream_buffered(self, stream_id: int) -> int:
+        """Bytes written to the stream that the peer has not acknowledged yet (queued or in flight)."""
+        stream = self._quic._streams.get(stream_id) if self._quic is not None else None
+        return 0 if stream is None else stream.sender._buffer_stop - stream.sender._buffer_start
