@@ -81,6 +81,18 @@ class Echo(Protocol):
         self.transport.write(data)
 
 
+def keep_streams(session) -> list[bytes]:
+    """Accept the peer's streams on ``session``; the list gets each stream's bytes when it ends."""
+    received = []
+
+    class Keep(Collect):
+        def connectionLost(self, reason):
+            received.append(self.data)
+
+    session.accept_streams(Factory.forProtocol(Keep))
+    return received
+
+
 def ready(session):
     results = []
     session.handshake().addBoth(results.append)
@@ -197,13 +209,7 @@ def test_close_right_after_a_finished_stream_still_delivers_it():
     clock = Clock()
     client, server, a, _ = pair(clock)
     run(clock, 0.2)
-    received = []
-
-    class Keep(Collect):
-        def connectionLost(self, reason):
-            received.append(self.data)
-
-    server.accept_streams(Factory.forProtocol(Keep))
+    received = keep_streams(server)
     transport = client.open_stream(Collect())
     payload = bytes(range(256)) * 400
     transport.write(payload)
@@ -220,13 +226,7 @@ def test_a_lost_path_is_replaced_and_a_running_stream_loses_nothing():
     clock = Clock()
     client, server, a, b = pair(clock)
     run(clock, 0.2)
-    received = []
-
-    class Keep(Collect):
-        def connectionLost(self, reason):
-            received.append(self.data)
-
-    server.accept_streams(Factory.forProtocol(Keep))
+    received = keep_streams(server)
     a2, b2 = Path(clock, "bob", "turn-udp"), Path(clock, "alice", "turn-udp")
     a2.other, b2.other = b2, a2
 
