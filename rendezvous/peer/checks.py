@@ -67,6 +67,7 @@ class _Session(_Gathering, _TcpPath):
     def start(self, punch: dict, peer_hint: NatHint) -> Deferred:
         """Take the peer's candidates and credentials; begin at the node's start instant."""
         if not punch.get("ufrag") or not punch.get("pwd"):
+            self.close()
             self.done.errback(ConnectError("the peer sent no ICE credentials", self.attempts))
             return self.done
         if self.turn is not None:  # now, not at the start instant: a check through the relay before its
@@ -274,6 +275,9 @@ class _Session(_Gathering, _TcpPath):
             return
         if self.connection is not None:  # nothing better than the relayed pair it runs on
             connection = self.connection
+            pair = self.agent.pairs.get((connection.base, connection.remote))
+            if pair is not None:
+                self.agent.settle_on(pair, self.reactor.seconds())  # consent watches it from now on
             self._complete(connection.path, connection.base, connection.local, connection.remote)
         else:
             self._fail(f"no path within {self.options.timeout_seconds} s")
@@ -290,7 +294,8 @@ class _Session(_Gathering, _TcpPath):
     # -- after selection ---------------------------------------------------
 
     def close(self) -> Deferred:
-        """Close every socket and the relay allocation."""
+        """Close every socket and the relay allocation; the checks are over."""
+        self.settled = True  # late packets (the relay deallocating) must not revive the checks
         self._cancel_timers()
         if self.spray is not None:
             self.spray.stop()

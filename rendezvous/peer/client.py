@@ -102,6 +102,13 @@ class Client:
         With ``fingerprint`` (a restart), the peer must present the one the session was made with."""
         session = self._session(controlling=True)
         session.peer = peer
+        try:
+            return await self._exchange(session, peer, name, fingerprint)
+        except BaseException:
+            session.close()  # its sockets, UPnP lease and TURN allocation
+            raise
+
+    async def _exchange(self, session: _Session, peer: str, name: str, fingerprint: str | None):
         looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, peer))  # meanwhile
         candidates = await session.gather(_copy(looked_up))
         self.hint = session.hint
@@ -113,10 +120,8 @@ class Client:
         pending = await self.signaling.request("connect", to=peer, candidates=candidates, **fields)
         punch = await self._punches.wait(pending["token"], self.reactor, self.options.timeout_seconds)
         if punch.get("op") == "connect-declined":
-            session.close()
             raise ConnectError(f"{peer} declined", session.attempts)
         if fingerprint is not None and punch.get("fingerprint") != fingerprint:
-            session.close()
             raise ConnectError(f"{peer} answered the restart with another fingerprint", session.attempts)
         return await session.start(punch, peer_hint), punch
 
@@ -129,7 +134,10 @@ class Client:
         return Deferred.fromCoroutine(run())
 
     def _recheck(self, made: Session) -> None:
-        """Every ``recheck_seconds`` while the session runs on a relay, try for a direct path again."""
+        """Every ``recheck_seconds`` while the session runs on a relay, try for a direct path again
+        (not when direct paths are off: the restart would only find the relay again)."""
+        if not self.options.direct_transports:
+            return
         def due() -> None:
             if made._closed_reason is None and made.path.startswith("turn-") and not busy:
                 busy.append(True)
@@ -182,6 +190,13 @@ class Client:
     async def _answer(self, request: dict) -> None:
         session = self._session(controlling=False)
         session.peer = request.get("from")
+        try:
+            await self._answer_with(session, request)
+        except BaseException:
+            session.close()
+            raise
+
+    async def _answer_with(self, session: _Session, request: dict) -> None:
         looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, session.peer))  # meanwhile
         candidates = await session.gather(_copy(looked_up))
         peer_hint = await looked_up
@@ -273,7 +288,7 @@ class Client:
 
     def close(self) -> Deferred:
         """Close every session and log out; fires when done."""
-        closing = [maybeDeferred(s.close) for s in self.sessions]
+        closing = [maybeDeferred(s.close) for s in list(self.sessions)]  # each close takes itself out
         self.sessions = []
         closing.append(maybeDeferred(self.signaling.close))
         return DeferredList(closing).addCallback(lambda _: None)

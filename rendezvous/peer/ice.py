@@ -523,6 +523,12 @@ class Agent:
         best.use_candidate = True
         return [self._check(best, now)]
 
+    def settle_on(self, pair: Pair, now: float) -> None:
+        """Take ``pair`` as the selected one without nominating it: the pair a connection already runs
+        on when the checks time out with nothing better, so that consent (RFC 7675) watches it."""
+        if self.selected is None:
+            self._select(pair, now)
+
     def _select(self, pair: Pair, now: float) -> None:
         pair.nominated = True
         self.selected = pair
