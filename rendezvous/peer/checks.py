@@ -212,7 +212,9 @@ class _Session(_Gathering, _TcpPath):
         self.connection._settle(path, base, local, remote)
 
     def _hand_over(self, pair) -> None:
-        """Relay first: a relayed pair works, so the connection starts on it while the checks go on."""
+        """Relay first: a relayed pair works, so the connection starts on it while the checks go on,
+        with consent watching it (a peer that vanishes now is noticed, not only after the checks)."""
+        self.agent.watch(pair, self.reactor.seconds())
         self._hand_over_on(self._path(pair), pair.local.base, pair.mapped or pair.local.address,
                            pair.remote.address, settled=False)
 
@@ -275,9 +277,6 @@ class _Session(_Gathering, _TcpPath):
             return
         if self.connection is not None:  # nothing better than the relayed pair it runs on
             connection = self.connection
-            pair = self.agent.pairs.get((connection.base, connection.remote))
-            if pair is not None:
-                self.agent.settle_on(pair, self.reactor.seconds())  # consent watches it from now on
             self._complete(connection.path, connection.base, connection.local, connection.remote)
         else:
             self._fail(f"no path within {self.options.timeout_seconds} s")

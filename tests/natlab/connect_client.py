@@ -32,6 +32,7 @@ two sites of a lab (tests/natlab/lab.py) and returns their reports;
 
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -224,6 +225,10 @@ def run_work(make_work, options: dict) -> int:
     ``state=`` named one; an error is reported as a JSON line; bounded by LIMIT_SECONDS."""
     state_dir = tempfile.mkdtemp(prefix="txr-natlab-peer-")
     options.setdefault("state_dir", state_dir)
+    if os.environ.get("NATLAB_CLIENT_LOG"):  # debugging: the client's log on stderr
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     finished = Deferred.fromCoroutine(make_work(options))
     finished.addErrback(lambda f: report(error=f.getErrorMessage()))
     finished.addBoth(lambda _: reactor.stop())

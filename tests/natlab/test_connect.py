@@ -285,7 +285,12 @@ def test_a_peer_that_vanishes_ends_the_session_soon(lab):
         assert json.loads(connector.stdout.readline() or "{}").get("up"), connector.stderr.read()
         listener.kill()  # SIGKILL: no goodbye on any channel
         killed = time.monotonic()
-        out, err = connector.communicate(timeout=30)
+        try:
+            out, err = connector.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            connector.kill()
+            out, err = connector.communicate()
+            pytest.fail(f"the caller's session outlived its peer by 30 s: {out[-1000:]} {err[-3000:]}")
         ended = time.monotonic() - killed
         final = json.loads(out.strip().splitlines()[-1])
         assert "offline" in final["summary"].get("error", ""), (final, err[-2000:])
