@@ -37,7 +37,7 @@ from upnp_helper import discover_gateway
 
 log = Logger()
 
-NETWORK_MEMORY_SECONDS = 300.0  # how long "no gateway here" or "no UDP answer here" is believed
+NO_GATEWAY_SECONDS = 300.0  # how long "no gateway here" is believed
 
 
 class Client:
@@ -56,7 +56,6 @@ class Client:
         self._accept = None
         self._named: dict[tuple[str, str], Session] = {}  # (peer, session name): sessions a restart may reach
         self._no_gateway_until = 0.0  # no UPnP/NAT-PMP/PCP gateway answered: do not look again before
-        self._udp_silent_until = 0.0  # STUN over UDP went unanswered: do not wait for it again before
         self._punches = _Punches(signaling)
         signaling.on("connect-request", self._request)
 
@@ -172,7 +171,6 @@ class Client:
                 await probe.gather()
             finally:
                 probe.close()
-            self._learn(None, probe)
             self.hint = probe.hint
             _presence(self.signaling, probe.hint)
             return self
@@ -234,7 +232,7 @@ class Client:
 
     def _look_for_gateway(self) -> None:
         """Look for a UPnP/NAT-PMP/PCP gateway once, in the background, so that no session waits
-        UPNP_SECONDS for one that is not there (remembered for NETWORK_MEMORY_SECONDS)."""
+        UPNP_SECONDS for one that is not there (remembered for NO_GATEWAY_SECONDS)."""
         if self.options.upnp is False or (self.options.upnp is None
                                           and ipaddress.ip_address(self.signaling.server[0]).is_loopback):
             return
@@ -243,7 +241,7 @@ class Client:
             lambda gateway: gateway.close(), lambda _: self._no_gateway())
 
     def _no_gateway(self) -> None:
-        self._no_gateway_until = self.reactor.seconds() + NETWORK_MEMORY_SECONDS
+        self._no_gateway_until = self.reactor.seconds() + NO_GATEWAY_SECONDS
 
     def _session(self, controlling: bool) -> _Session:
         """A connection attempt with this client's options, less what the network is known not to have."""
@@ -251,17 +249,12 @@ class Client:
         if self.reactor.seconds() < self._no_gateway_until:
             options = replace(options, upnp=False)
         session = _Session(self.reactor, self.signaling, options, controlling)
-        session.udp_silent = self.reactor.seconds() < self._udp_silent_until
         session.done.addBoth(self._learn, session)
         return session
 
     def _learn(self, result, session: _Session):
-        """Remember what a gathering found missing: a gateway, or any answer to STUN over UDP."""
-        outcomes = {(a.technique, a.outcome) for a in session.attempts}
-        if ("upnp", "failed") in outcomes:
+        if any(a.technique == "upnp" and a.outcome == "failed" for a in session.attempts):
             self._no_gateway()
-        if ("srflx", "failed") in outcomes:
-            self._udp_silent_until = self.reactor.seconds() + NETWORK_MEMORY_SECONDS
         return result
 
     # -- buddies and presence --------------------------------------------------
