@@ -67,6 +67,7 @@ class _Session(_Gathering, _TcpPath):
     def start(self, punch: dict, peer_hint: NatHint) -> Deferred:
         """Take the peer's candidates and credentials; begin at the node's start instant."""
         if not punch.get("ufrag") or not punch.get("pwd"):
+            self.close()
             self.done.errback(ConnectError("the peer sent no ICE credentials", self.attempts))
             return self.done
         if self.turn is not None:  # now, not at the start instant: a check through the relay before its
@@ -211,7 +212,9 @@ class _Session(_Gathering, _TcpPath):
         self.connection._settle(path, base, local, remote)
 
     def _hand_over(self, pair) -> None:
-        """Relay first: a relayed pair works, so the connection starts on it while the checks go on."""
+        """Relay first: a relayed pair works, so the connection starts on it while the checks go on,
+        with consent watching it (a peer that vanishes now is noticed, not only after the checks)."""
+        self.agent.watch(pair, self.reactor.seconds())
         self._hand_over_on(self._path(pair), pair.local.base, pair.mapped or pair.local.address,
                            pair.remote.address, settled=False)
 
@@ -290,7 +293,8 @@ class _Session(_Gathering, _TcpPath):
     # -- after selection ---------------------------------------------------
 
     def close(self) -> Deferred:
-        """Close every socket and the relay allocation."""
+        """Close every socket and the relay allocation; the checks are over."""
+        self.settled = True  # late packets (the relay deallocating) must not revive the checks
         self._cancel_timers()
         if self.spray is not None:
             self.spray.stop()

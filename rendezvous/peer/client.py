@@ -37,7 +37,7 @@ from upnp_helper import discover_gateway
 
 log = Logger()
 
-NETWORK_MEMORY_SECONDS = 300.0  # how long "no gateway here" or "no UDP answer here" is believed
+NO_GATEWAY_SECONDS = 300.0  # how long "no gateway here" is believed
 
 
 class Client:
@@ -56,7 +56,6 @@ class Client:
         self._accept = None
         self._named: dict[tuple[str, str], Session] = {}  # (peer, session name): sessions a restart may reach
         self._no_gateway_until = 0.0  # no UPnP/NAT-PMP/PCP gateway answered: do not look again before
-        self._udp_silent_until = 0.0  # STUN over UDP went unanswered: do not wait for it again before
         self._punches = _Punches(signaling)
         signaling.on("connect-request", self._request)
 
@@ -102,6 +101,13 @@ class Client:
         With ``fingerprint`` (a restart), the peer must present the one the session was made with."""
         session = self._session(controlling=True)
         session.peer = peer
+        try:
+            return await self._exchange(session, peer, name, fingerprint)
+        except BaseException:
+            session.close()  # its sockets, UPnP lease and TURN allocation
+            raise
+
+    async def _exchange(self, session: _Session, peer: str, name: str, fingerprint: str | None):
         looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, peer))  # meanwhile
         candidates = await session.gather(_copy(looked_up))
         self.hint = session.hint
@@ -113,10 +119,8 @@ class Client:
         pending = await self.signaling.request("connect", to=peer, candidates=candidates, **fields)
         punch = await self._punches.wait(pending["token"], self.reactor, self.options.timeout_seconds)
         if punch.get("op") == "connect-declined":
-            session.close()
             raise ConnectError(f"{peer} declined", session.attempts)
         if fingerprint is not None and punch.get("fingerprint") != fingerprint:
-            session.close()
             raise ConnectError(f"{peer} answered the restart with another fingerprint", session.attempts)
         return await session.start(punch, peer_hint), punch
 
@@ -129,7 +133,10 @@ class Client:
         return Deferred.fromCoroutine(run())
 
     def _recheck(self, made: Session) -> None:
-        """Every ``recheck_seconds`` while the session runs on a relay, try for a direct path again."""
+        """Every ``recheck_seconds`` while the session runs on a relay, try for a direct path again
+        (not when direct paths are off: the restart would only find the relay again)."""
+        if not self.options.direct_transports:
+            return
         def due() -> None:
             if made._closed_reason is None and made.path.startswith("turn-") and not busy:
                 busy.append(True)
@@ -164,7 +171,6 @@ class Client:
                 await probe.gather()
             finally:
                 probe.close()
-            self._learn(None, probe)
             self.hint = probe.hint
             _presence(self.signaling, probe.hint)
             return self
@@ -182,6 +188,13 @@ class Client:
     async def _answer(self, request: dict) -> None:
         session = self._session(controlling=False)
         session.peer = request.get("from")
+        try:
+            await self._answer_with(session, request)
+        except BaseException:
+            session.close()
+            raise
+
+    async def _answer_with(self, session: _Session, request: dict) -> None:
         looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, session.peer))  # meanwhile
         candidates = await session.gather(_copy(looked_up))
         peer_hint = await looked_up
@@ -219,7 +232,7 @@ class Client:
 
     def _look_for_gateway(self) -> None:
         """Look for a UPnP/NAT-PMP/PCP gateway once, in the background, so that no session waits
-        UPNP_SECONDS for one that is not there (remembered for NETWORK_MEMORY_SECONDS)."""
+        UPNP_SECONDS for one that is not there (remembered for NO_GATEWAY_SECONDS)."""
         if self.options.upnp is False or (self.options.upnp is None
                                           and ipaddress.ip_address(self.signaling.server[0]).is_loopback):
             return
@@ -228,7 +241,7 @@ class Client:
             lambda gateway: gateway.close(), lambda _: self._no_gateway())
 
     def _no_gateway(self) -> None:
-        self._no_gateway_until = self.reactor.seconds() + NETWORK_MEMORY_SECONDS
+        self._no_gateway_until = self.reactor.seconds() + NO_GATEWAY_SECONDS
 
     def _session(self, controlling: bool) -> _Session:
         """A connection attempt with this client's options, less what the network is known not to have."""
@@ -236,17 +249,12 @@ class Client:
         if self.reactor.seconds() < self._no_gateway_until:
             options = replace(options, upnp=False)
         session = _Session(self.reactor, self.signaling, options, controlling)
-        session.udp_silent = self.reactor.seconds() < self._udp_silent_until
         session.done.addBoth(self._learn, session)
         return session
 
     def _learn(self, result, session: _Session):
-        """Remember what a gathering found missing: a gateway, or any answer to STUN over UDP."""
-        outcomes = {(a.technique, a.outcome) for a in session.attempts}
-        if ("upnp", "failed") in outcomes:
+        if any(a.technique == "upnp" and a.outcome == "failed" for a in session.attempts):
             self._no_gateway()
-        if ("srflx", "failed") in outcomes:
-            self._udp_silent_until = self.reactor.seconds() + NETWORK_MEMORY_SECONDS
         return result
 
     # -- buddies and presence --------------------------------------------------
@@ -273,7 +281,7 @@ class Client:
 
     def close(self) -> Deferred:
         """Close every session and log out; fires when done."""
-        closing = [maybeDeferred(s.close) for s in self.sessions]
+        closing = [maybeDeferred(s.close) for s in list(self.sessions)]  # each close takes itself out
         self.sessions = []
         closing.append(maybeDeferred(self.signaling.close))
         return DeferredList(closing).addCallback(lambda _: None)

@@ -94,7 +94,7 @@ class Connection:
         self._keepalive.clock = session.reactor
         self._keepalive.start(keepalive_seconds, now=False)
         self._consent = None  # the next consent check (ICE paths only: the punched stream has none)
-        if session.agent.selected is not None:
+        if session.agent.consent_pair is not None:
             self._consent = session.reactor.callLater(self._consent_interval(), self._check_consent)
 
     def __repr__(self) -> str:
@@ -141,9 +141,11 @@ class Connection:
 
     def _settle(self, path: str, base: str, local: Address, remote: Address) -> None:
         """The checks are over: stay on the path, or move to the one they selected."""
+        if self._closed is not None:
+            return
         moved = (base, remote) != (self.base, self.remote)
         self.path, self.base, self.local, self.remote, self.settled = path, base, local, remote, True
-        if self._consent is None and self._session.agent.selected is not None and self._lost is None:
+        if self._consent is None and self._session.agent.consent_pair is not None and self._lost is None:
             self._consent = self._session.reactor.callLater(self._consent_interval(), self._check_consent)
         if moved:
             log.info("the session to {peer} moved to {path}", peer=self.peer, path=path)
@@ -198,6 +200,9 @@ class Connection:
 
     def close(self) -> Deferred:
         """Close the sockets and release the relay allocation; fires when done."""
+        waiters, self._settled_waiters = self._settled_waiters, []
+        for waiter in waiters:  # closed before the checks were over: this is the path it ended on
+            waiter.callback(self.path)
         if self._closed is None:
             self._stop_timers()
             self._closed = self._session.close()

@@ -168,7 +168,8 @@ class Agent:
         self._nominating: Pair | None = None
         self._early: list[tuple[Message, str, Address]] = []  # checks that came before the peer's credentials
         self._paired: set[str] = set()  # bases paired with every remote candidate
-        self.consent_at: float | None = None  # the last authenticated answer on the selected pair
+        self.consent_at: float | None = None  # the last authenticated answer on the consent pair
+        self.watched: Pair | None = None  # a valid pair in use before selection (see watch)
         self._consent: dict[bytes, float] = {}  # consent checks sent, by transaction id
 
     # -- candidates ------------------------------------------------------
@@ -523,6 +524,17 @@ class Agent:
         best.use_candidate = True
         return [self._check(best, now)]
 
+    def watch(self, pair: Pair, now: float) -> None:
+        """Keep consent (RFC 7675) on ``pair`` before any selection: the valid pair a connection
+        already runs on (relay first) while the checks go on. Selection then watches its own pair."""
+        self.watched = pair
+        self.consent_at = now
+
+    @property
+    def consent_pair(self) -> Pair | None:
+        """The pair consent checks go on: the selected one, else the one watched."""
+        return self.selected or self.watched
+
     def _select(self, pair: Pair, now: float) -> None:
         pair.nominated = True
         self.selected = pair
@@ -545,8 +557,8 @@ class Agent:
         return Message(Method.BINDING, Class.INDICATION).encode(fingerprint=True)
 
     def consent_check(self, now: float) -> Send | None:
-        """RFC 7675 §5.1: a Binding request on the selected pair, sent once (the next one is the retry)."""
-        pair = self.selected
+        """RFC 7675 §5.1: a Binding request on the consent pair, sent once (the next one is the retry)."""
+        pair = self.consent_pair
         if pair is None or self._remote_key is None:
             return None
         horizon = now - self.consent_timeout_seconds
@@ -556,12 +568,12 @@ class Agent:
         return Send(pair.local.base, pair.remote.address, data)
 
     def consent_expired(self, now: float) -> bool:
-        """RFC 7675 §5.1: no authenticated answer on the selected pair for the consent timeout."""
+        """RFC 7675 §5.1: no authenticated answer on the consent pair for the consent timeout."""
         return self.consent_at is not None and now - self.consent_at >= self.consent_timeout_seconds
 
     def _consent_answer(self, response: Message, base: str, source: Address, now: float) -> None:
-        """A success answer from the selected pair's remote address, signed with its password, renews consent."""
-        pair = self.selected
+        """A success answer from the consent pair's remote address, signed with its password, renews consent."""
+        pair = self.consent_pair
         if pair is None or not response.check_integrity(self._remote_key):
             self.counters["unauthenticated"] += 1
             return

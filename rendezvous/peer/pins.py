@@ -33,15 +33,18 @@ class PinStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.pins: dict[str, str] = {}
+        self.pins: dict[str, str] = self._read()
+
+    def _read(self) -> dict[str, str]:
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            return
+            return {}
         pins = data.get("pins") if isinstance(data, dict) else None
-        if isinstance(pins, dict):
-            self.pins = {user: value for user, value in pins.items()
-                         if isinstance(user, str) and isinstance(value, str) and FINGERPRINT.fullmatch(value)}
+        if not isinstance(pins, dict):
+            return {}
+        return {user: value for user, value in pins.items()
+                if isinstance(user, str) and isinstance(value, str) and FINGERPRINT.fullmatch(value)}
 
     def check(self, peer: str, presented: str, allow_change: bool = False) -> None:
         """Raise FingerprintChanged if ``peer`` has a pin other than ``presented`` (unless ``allow_change``)."""
@@ -49,8 +52,11 @@ class PinStore:
         if pinned is not None and pinned != presented and not allow_change:
             raise FingerprintChanged(peer, pinned, presented)
 
-    def pin(self, peer: str, presented: str) -> None:
-        """Record ``presented`` as ``peer``'s fingerprint (after the peer proved it)."""
+    def pin(self, peer: str, presented: str, allow_change: bool = False) -> None:
+        """Record ``presented`` as ``peer``'s fingerprint (after the peer proved it), checked again
+        against the file as it is now: another session or process may have pinned meanwhile."""
+        self.pins = {**self.pins, **self._read()}  # the file wins: another process may have pinned since
+        self.check(peer, presented, allow_change)
         if self.pins.get(peer) == presented:
             return
         if peer not in self.pins and len(self.pins) >= MAX_PINS:

@@ -21,7 +21,7 @@ from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import pull_quic_header
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
@@ -214,6 +214,8 @@ class Session:
                 header = pull_quic_header(Buffer(data=data), host_cid_length=self._configuration.connection_id_length)
             except ValueError:
                 return
+            if header.packet_type != QuicPacketType.INITIAL:
+                return  # only a client's Initial may open the connection (RFC 9000 §7)
             self._quic = _ListeningConnection(configuration=self._configuration,
                                               original_destination_connection_id=header.destination_cid)
         self._quic.receive_datagram(data, PEER_ADDRESS, now)
@@ -224,9 +226,16 @@ class Session:
             self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
             self._pump()
 
-    def _reset_stream(self, stream_id: int) -> None:
+    def _reset_stream(self, stream_id: int, receiving: bool = True) -> None:
+        """End both halves of a stream at once: RESET_STREAM for ours and, while the peer may still
+        send, STOP_SENDING for theirs (RFC 9000 §3.5), so QUIC can forget the stream."""
         if self._quic is not None and self._closed_reason is None:
-            self._quic.reset_stream(stream_id, error_code=STREAM_RESET_CODE)
+            try:
+                self._quic.reset_stream(stream_id, error_code=STREAM_RESET_CODE)
+                if receiving:
+                    self._quic.stop_stream(stream_id, error_code=STREAM_RESET_CODE)
+            except ValueError:  # that half is already finished
+                pass
             self._pump()
 
     def _forget_stream(self, stream_id: int) -> None:
@@ -262,10 +271,12 @@ class Session:
             self._verify_peer()
         elif isinstance(event, events.StreamDataReceived):
             self._stream_data(event)
-        elif isinstance(event, events.StreamReset):
+        elif isinstance(event, (events.StreamReset, events.StopSendingReceived)):
             transport = self._streams.get(event.stream_id)
-            if transport is not None:
-                transport.lost(Failure(ConnectionLost(f"the peer reset the stream ({event.error_code})")))
+            if transport is not None:  # a reset of either half ends the stream; ours is reset in turn
+                what = "reset" if isinstance(event, events.StreamReset) else "stopped reading"
+                self._reset_stream(event.stream_id, receiving=isinstance(event, events.StopSendingReceived))
+                transport.lost(Failure(ConnectionLost(f"the peer {what} the stream ({event.error_code})")))
         elif isinstance(event, events.DatagramFrameReceived):
             if self._datagram_receiver is not None:
                 self._datagram_receiver(event.data)
@@ -282,6 +293,8 @@ class Session:
             reason = (f"{self.peer} presented the certificate {presented}, not the fingerprint "
                       f"{self.peer_fingerprint} the node passed on")
             self._quic.close(error_code=FINGERPRINT_MISMATCH, reason_phrase="fingerprint mismatch")
+            for data, _ in self._quic.datagrams_to_send(now=self.reactor.seconds()):
+                self.connection.send(data)  # the peer learns at once, not at its idle timeout
             self._ended(reason)
             return
         if not self._ready.called:

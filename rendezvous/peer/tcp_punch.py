@@ -192,14 +192,21 @@ class _Punch:
         return inner
 
     def announce(self, result) -> None:
-        """Fire with the winner once the listener's socket is closed too."""
-        self.listener_closed.addCallback(lambda _: self.done.callback(result))
+        """Fire with the winner once the listener's socket is closed too; a punch cancelled meanwhile
+        drops the winner instead."""
+        def fire(_) -> None:
+            if self.done.called:
+                result[0].transport.abortConnection()
+            else:
+                self.done.callback(result)
+
+        self.listener_closed.addCallback(fire)
 
     def _expire(self) -> None:
         if not self.finished:
             self._finish()
             failure = TcpPunchFailed(self.errors or {peer: "no answer" for peer in self.peers})
-            self.listener_closed.addCallback(lambda _: self.done.errback(failure))
+            self.listener_closed.addCallback(lambda _: self.done.called or self.done.errback(failure))
 
     def _finish(self, keep=None) -> None:
         self.finished = True

@@ -63,8 +63,8 @@ class Trust:
         session = Session(reactor, connection, self.identity, presented, is_client, self.user)
         try:
             await session.handshake().addTimeout(HANDSHAKE_SECONDS, reactor)
+            self.pins.pin(connection.peer, presented, self.allow_new_fingerprint)
         except BaseException:
             session.close()
             raise
-        self.pins.pin(connection.peer, presented)
         return session

@@ -7,6 +7,7 @@ refused.
 """
 
 import json
+import os
 import shutil
 import sys
 
@@ -15,15 +16,18 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 
 from rendezvous.node.accounts import AccountStore
 from rendezvous.peer import Client, FingerprintChanged, SessionError, connect, listen
+from rendezvous.peer.signaling_client import SignalingRequestError
 from rendezvous.peer.identity import Identity
 from tests.conftest import start_node, stop_node
 
 pytestmark = pytest.mark.integration
 
-PAIRS = (("alice", "bob"), ("carol", "dave"), ("erin", "frank"), ("gina", "hank"), ("ivan", "judy"))
+PAIRS = (("alice", "bob"), ("carol", "dave"), ("erin", "frank"), ("gina", "hank"), ("ivan", "judy"),
+         ("max", "nia"))
 STRANGERS = ("kay", "lou")  # accounts that are nobody's buddies yet
 ATTACKER = Identity.generate("mallory")
 
@@ -197,3 +201,30 @@ async def test_a_long_lived_client_makes_buddies_and_many_sessions(nodes, tmp_pa
     finally:
         await kay.close()
         await lou.close()
+
+
+def open_sockets() -> int:
+    """This process's open sockets (each a /proc/self/fd link to socket:[...])."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:  # the descriptor listdir itself used
+            pass
+    return count
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_connect_leaves_no_socket_or_allocation_behind(nodes, tmp_path):
+    """A connect to a buddy who is offline fails, and the attempt's sockets and TURN allocation go with it."""
+    server = [(nodes["honest"].ip, nodes["honest"].port)]
+    client = await Client.login(reactor, "max", "max-pw", server, include_loopback=True, state_dir=tmp_path / "max")
+    try:
+        before = open_sockets()
+        for _ in range(3):
+            with pytest.raises(SignalingRequestError, match="offline"):
+                await client.connect("nia")
+        await deferLater(reactor, 1.0, lambda: None)  # TURN deallocations and socket closes finish
+        assert open_sockets() <= before, (open_sockets(), before)
+    finally:
+        await client.close()

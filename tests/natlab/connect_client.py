@@ -7,7 +7,8 @@ Options: ``direct=udp,tcp`` and ``relay=udp,tcp,tls`` (comma lists, may be
 empty) become connect()'s ``direct_transports`` and ``relay_transports``,
 ``consent=SECONDS`` its ``consent_timeout_seconds``, ``relay_wait=SECONDS``
 its ``relay_wait_seconds``; ``settle=SECONDS`` has the connector wait that
-long after logging in before it connects (a client logged in for a while).
+long after logging in before it connects (a client logged in for a while);
+``state=DIR`` keeps the identity and pins there instead of in a fresh folder.
 
 Both run encrypted sessions (each process has a fresh identity in a
 temporary state directory). The listener prints {"ready": true} once
@@ -31,6 +32,7 @@ two sites of a lab (tests/natlab/lab.py) and returns their reports;
 
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -211,28 +213,38 @@ def parse_options(words: list[str]) -> tuple[dict, float | None]:
             options["relay_wait_seconds"] = float(value)
         elif key == "settle":
             options["settle_seconds"] = float(value)  # the connector's pause after login, not connect()'s
+        elif key == "state":
+            options["state_dir"] = value  # keys and pins kept across runs (default: a fresh folder)
         else:
             options[names[key]] = tuple(v for v in value.split(",") if v)
     return options, watch
 
 
-def main(argv: list[str]) -> int:
-    mode, host, port, tls, user, password, *rest = argv
-    server, tls = (host, int(port)), tls == "tls"
-    options, watch = parse_options(rest if mode == "listen" else rest[1:])
+def run_work(make_work, options: dict) -> int:
+    """Run the coroutine ``make_work(options)`` on the reactor, the identity in a fresh folder unless
+    ``state=`` named one; an error is reported as a JSON line; bounded by LIMIT_SECONDS."""
     state_dir = tempfile.mkdtemp(prefix="txr-natlab-peer-")
-    options["state_dir"] = state_dir
-    if mode == "listen":
-        work = run_listen(server, tls, user, password, options, watch)
-    else:
-        work = run_connect(server, tls, user, password, rest[0], options, watch)
-    finished = Deferred.fromCoroutine(work)
+    options.setdefault("state_dir", state_dir)
+    if os.environ.get("NATLAB_CLIENT_LOG"):  # debugging: the client's log on stderr
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    finished = Deferred.fromCoroutine(make_work(options))
     finished.addErrback(lambda f: report(error=f.getErrorMessage()))
     finished.addBoth(lambda _: reactor.stop())
     reactor.callLater(LIMIT_SECONDS, lambda: reactor.running and reactor.stop())
     reactor.run()
     shutil.rmtree(state_dir, ignore_errors=True)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    mode, host, port, tls, user, password, *rest = argv
+    server, tls = (host, int(port)), tls == "tls"
+    options, watch = parse_options(rest if mode == "listen" else rest[1:])
+    if mode == "listen":
+        return run_work(lambda o: run_listen(server, tls, user, password, o, watch), options)
+    return run_work(lambda o: run_connect(server, tls, user, password, rest[0], o, watch), options)
 
 
 if __name__ == "__main__":

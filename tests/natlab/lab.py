@@ -229,7 +229,8 @@ class Lab:
         self._ns(self.server_ns, "ip", "addr", "add", f"{SERVER_ALT_IP}/{PUBLIC_PREFIX}", "dev", "eth0")
 
     def start_server(self, *extra: str, port: int = SERVER_PORT, alternate: bool = True, relay: bool = False,
-                     web_ports: bool = False, echo: bool = True) -> subprocess.Popen:
+                     web_ports: bool = False, echo: bool = True, launcher: list[str] | None = None
+                     ) -> subprocess.Popen:
         """``twistd -n rendezvous`` in the super node namespace; waits until it answers.
 
         With alternate, on both public addresses and ports (RFC 5780), else on
@@ -238,13 +239,14 @@ class Lab:
         WAN addresses there). With web_ports, it also listens on the firewall
         ports TCP 80 (plain) and 443 (TLS). With echo, the echo service for
         ALG detection runs on UDP+TCP 5060. extra are more options (they win
-        over these); metrics are off unless extra asks for them.
+        over these); metrics are off unless extra asks for them. ``launcher``
+        replaces the twistd executable (e.g. a script that patches the node).
         """
         name = f"twistd-{port}"
         state = self.workdir / f"{name}-state"
         log_path = self.workdir / f"{name}.log"
         twistd = str(Path(sys.executable).with_name("twistd"))
-        argv = ["ip", "netns", "exec", self.server_ns, twistd, "-n", "--pidfile=", "rendezvous",
+        argv = ["ip", "netns", "exec", self.server_ns, *(launcher or [twistd]), "-n", "--pidfile=", "rendezvous",
                 "--ip", SERVER_IP, "--port", str(port), "--tls-port", "0", "--metrics", "off",
                 "--state-dir", str(state)]
         argv += ["--allow-peer", PUBLIC_RANGE] if relay else ["--no-relay"]

@@ -15,10 +15,8 @@ arrived once, in order, intact).
 """
 
 import json
-import shutil
 import struct
 import sys
-import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -29,7 +27,7 @@ from zope.interface import implementer
 
 from rendezvous.peer import Client, listen
 
-from .connect_client import LIMIT_SECONDS, parse_options, report
+from .connect_client import parse_options, report, run_work
 
 CHUNK_BYTES = 1024
 INTERVAL_SECONDS = 0.01
@@ -125,20 +123,10 @@ async def run_connect(server, tls, user, password, peer, seconds, options) -> No
 def main(argv: list[str]) -> int:
     mode, host, port, tls, user, password, *rest = argv
     server, tls = (host, int(port)), tls == "tls"
-    state_dir = tempfile.mkdtemp(prefix="txr-natlab-peer-")
     if mode == "listen":
-        options, _ = parse_options(rest)
-        work = run_listen(server, tls, user, password, dict(options, state_dir=state_dir))
-    else:
-        options, _ = parse_options(rest[2:])
-        work = run_connect(server, tls, user, password, rest[0], float(rest[1]), dict(options, state_dir=state_dir))
-    finished = Deferred.fromCoroutine(work)
-    finished.addErrback(lambda f: report(error=f.getErrorMessage()))
-    finished.addBoth(lambda _: reactor.stop())
-    reactor.callLater(LIMIT_SECONDS, lambda: reactor.running and reactor.stop())
-    reactor.run()
-    shutil.rmtree(state_dir, ignore_errors=True)
-    return 0
+        return run_work(lambda o: run_listen(server, tls, user, password, o), parse_options(rest)[0])
+    return run_work(lambda o: run_connect(server, tls, user, password, rest[0], float(rest[1]), o),
+                    parse_options(rest[2:])[0])
 
 
 if __name__ == "__main__":

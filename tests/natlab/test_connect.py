@@ -7,6 +7,7 @@ connector in the other (tests/natlab/connect_client.py).
 
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -217,4 +218,85 @@ def test_a_session_moves_relay_direct_relay_without_losing_a_byte(lab):
         for process in (connector, listener):
             if process is not None and process.poll() is None:
                 process.terminate()
+                process.wait(10)
+
+
+TAMPERING_PORT = 3490
+
+
+@pytest.fixture(scope="module")
+def tampering_node(lab):
+    """A second node in the lab that swaps the fingerprints it passes on (tests/tampering_node.py), with
+    the same accounts; (port, the attacker's fingerprint)."""
+    from rendezvous.peer.identity import Identity
+
+    attacker = Identity.generate("mallory").fingerprint
+    state = lab.workdir / f"twistd-{TAMPERING_PORT}-state"
+    state.mkdir()
+    shutil.copy(lab.workdir / f"twistd-{SERVER_PORT}-state" / "accounts.sqlite", state / "accounts.sqlite")
+    lab.start_server(port=TAMPERING_PORT, alternate=False, relay=True, echo=False,
+                     launcher=[sys.executable, "-m", "tests.tampering_node", attacker])
+    return TAMPERING_PORT, attacker
+
+
+def pair_via(caller, callee, port: int, *options: str) -> tuple[dict, dict]:
+    """connect_client listen/connect between two sites through the node on ``port``."""
+    def start(site, *argv: str) -> subprocess.Popen:
+        command = site.exec_argv(sys.executable, "-m", "tests.natlab.connect_client", argv[0], SERVER_IP, str(port),
+                                 "tcp", user(site), "pw-" + user(site), *argv[1:])
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                env=ENV)
+
+    listener = start(callee, "listen", *options)
+    try:
+        assert json.loads(listener.stdout.readline() or "{}").get("ready"), listener.stderr.read()
+        out, err = start(caller, "connect", user(callee), *options).communicate(timeout=60)
+        return (json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-2000:]}), {}
+    finally:
+        listener.terminate()
+        listener.wait(10)
+
+
+def test_a_tampering_node_is_refused_through_real_nats(lab, tampering_node, tmp_path):
+    """Through two NATs: a node that swaps fingerprints fails the first handshake (the real peer cannot
+    prove the attacker's key); once the peers have met through an honest node, it is refused before any
+    handshake (the pin differs)."""
+    port, attacker = tampering_node
+    caller, callee = lab.kinds["eim-apdf"]
+    mine, _ = pair_via(caller, callee, port)
+    assert "fingerprint" in mine.get("error", ""), mine
+    states = [f"state={tmp_path / name}" for name in ("caller", "callee")]
+    honest, _ = pair_via(caller, callee, SERVER_PORT, states[0])  # the caller pins the callee
+    assert honest.get("pong"), honest
+    mine, _ = pair_via(caller, callee, port, states[0])
+    assert "fingerprint changed" in mine.get("error", "") and attacker in mine["error"], mine
+
+
+def test_a_peer_that_vanishes_ends_the_session_soon(lab):
+    """The listener is killed in the middle of a stream: the caller's consent checks go unanswered, its
+    ICE restart finds the peer offline, and its session ends with that reason within seconds."""
+    caller, callee = lab.kinds["eim-adf"]
+    options = ("consent=2",)
+    listener = stream_client(callee, "listen", *options)
+    connector = None
+    try:
+        assert json.loads(listener.stdout.readline() or "{}").get("ready"), listener.stderr.read()
+        connector = stream_client(caller, "connect", user(callee), "30", *options)
+        assert json.loads(connector.stdout.readline() or "{}").get("up"), connector.stderr.read()
+        listener.kill()  # SIGKILL: no goodbye on any channel
+        killed = time.monotonic()
+        try:
+            out, err = connector.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            connector.kill()
+            out, err = connector.communicate()
+            pytest.fail(f"the caller's session outlived its peer by 30 s: {out[-1000:]} {err[-3000:]}")
+        ended = time.monotonic() - killed
+        final = json.loads(out.strip().splitlines()[-1])
+        assert "offline" in final["summary"].get("error", ""), (final, err[-2000:])
+        assert ended < 2 + 1.5 + 3, ended  # consent timeout, a check interval, the restart's exchange
+    finally:
+        for process in (connector, listener):
+            if process is not None and process.poll() is None:
+                process.kill()
                 process.wait(10)

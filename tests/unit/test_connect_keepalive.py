@@ -16,7 +16,7 @@ from tests.unit.test_ice import connected_hosts
 class StreamAgent:
     """An agent with no selected pair: the path is the punched TCP stream."""
 
-    selected = None
+    selected = consent_pair = None
 
     def indication(self) -> bytes:
         return b"\x00\x11" + bytes(18)  # a Binding indication's type, as far as the stand-in cares
