@@ -38,7 +38,7 @@ IDLE_TIMEOUT_SECONDS = 60.0
 MAX_DATAGRAM_FRAME_BYTES = 1100  # fits the 1200-byte QUIC packets with room for the headers
 FINGERPRINT_MISMATCH = 0x101  # our application close code
 CLOSE_GRACE_SECONDS = 3.0  # how long close() waits for the peer to acknowledge finished streams
-MAX_UNCLAIMED_STREAMS = 16  # peer streams held until the application accepts streams
+MAX_UNCLAIMED_STREAMS = 16  # peer streams (not frames) held until the application accepts streams
 
 
 class SessionError(Exception):
@@ -90,6 +90,7 @@ class Session:
         self._datagram_receiver: Callable[[bytes], None] | None = None
         self._early_datagrams: list[bytes] = []
         self._unclaimed: list[events.StreamDataReceived] = []
+        self._refused: set[int] = set()  # peer streams refused: later frames are dropped
         self._ready: Deferred = Deferred()
         self._closed_reason: str | None = None
         self._closed_waiters: list[Deferred] = []
@@ -304,10 +305,13 @@ class Session:
         transport = self._streams.get(event.stream_id)
         if transport is not None:
             transport.data_received(event.data, event.end_stream)
-        elif (event.stream_id & 1) == (0 if self.is_client else 1):
-            pass  # late data for a stream of ours that has ended
-        elif self.stream_factory is None and len(self._unclaimed) < MAX_UNCLAIMED_STREAMS and not event.stream_id & 2:
-            self._unclaimed.append(event)  # the application has not called accept_streams yet
+        elif (event.stream_id & 1) == (0 if self.is_client else 1) or event.stream_id in self._refused:
+            pass  # late data for a stream of ours that has ended, or for one we refused
+        elif self.stream_factory is None and not event.stream_id & 2 and (
+                event.stream_id in {e.stream_id for e in self._unclaimed}
+                or len({e.stream_id for e in self._unclaimed}) < MAX_UNCLAIMED_STREAMS):
+            # the application has not called accept_streams yet: held whole (QUIC's per-stream credit bounds it)
+            self._unclaimed.append(event)
         else:
             self._accept(event)
 
@@ -317,6 +321,7 @@ class Session:
         if self.stream_factory is not None and not event.stream_id & 2:  # we use bidirectional streams only
             protocol = self.stream_factory.buildProtocol(PeerAddress(self.peer, event.stream_id))
         if protocol is None:
+            self._refused.add(event.stream_id)  # its later frames are dropped, not offered again
             self._quic.stop_stream(event.stream_id, error_code=STREAM_RESET_CODE)
             if not event.stream_id & 2:
                 self._quic.reset_stream(event.stream_id, error_code=STREAM_RESET_CODE)

@@ -262,3 +262,39 @@ def test_the_listening_side_waits_for_a_restart_and_a_failed_restart_ends_the_se
     client.when_closed().addCallback(reasons.append)
     a._lost.callback("consent expired")
     assert reasons == ["the path was lost: consent expired; no new one: bob is offline"]
+
+
+def test_an_early_stream_is_held_whole_however_many_frames_it_takes():
+    """A stream the peer writes in many frames before accept_streams arrives complete once accepted."""
+    clock = Clock()
+    client, server, _, _ = pair(clock)
+    run(clock, 0.2)
+    transport = client.open_stream(Collect())
+    for i in range(40):  # more frames than streams may be held
+        transport.write(bytes([i]) * 100)
+        run(clock, 0.005)
+    transport.loseConnection()
+    run(clock, 0.2)
+    received = keep_streams(server)
+    run(clock, 0.5)
+    assert received == [b"".join(bytes([i]) * 100 for i in range(40))]
+
+
+def test_a_refused_stream_is_not_offered_again():
+    """Once the factory refuses a peer's stream, its later frames never reach the factory."""
+    clock = Clock()
+    client, server, _, _ = pair(clock)
+    run(clock, 0.2)
+    offered = []
+
+    class Refuse(Factory):
+        def buildProtocol(self, addr):
+            offered.append(addr)
+            return None
+
+    server.accept_streams(Refuse())
+    transport = client.open_stream(Collect())
+    for _ in range(5):
+        transport.write(b"x" * 100)
+        run(clock, 0.01)
+    assert len(offered) == 1
