@@ -112,31 +112,42 @@ def _worker_process(config: LoadConfig, worker: int, first: int, count: int, que
         queue.put(("result", worker, result))
 
 
-def run(config: LoadConfig, progress: Callable[[str], Any] | None = None) -> WorkerResult:
+def run(config: LoadConfig, progress: Callable[[str], Any] | None = None, *, stopping: StopFlag | None = None,
+        spawn: bool = False, short_progress: bool = False) -> WorkerResult:
     """Run a whole load test and return the merged result.
 
     ``progress`` receives one line a second while packets flow (the CLI
-    prints them to stderr). With ``processes`` > 1 the clients are shared
-    among that many spawned processes, started together once all are set
-    up. Ctrl-C ends sending early and still reports. Raises LoadTestFailed
-    when no client could be set up.
+    prints them to stderr; ``short_progress`` makes it just the rates).
+    With ``processes`` > 1, or ``spawn``, the clients are shared among that
+    many spawned processes, started together once all are set up (a ramp
+    spawns even one: a reactor runs once per process). Ctrl-C ends sending
+    early and still reports; a caller running several tests passes its own
+    ``stopping`` flag, already installed. Raises LoadTestFailed when no
+    client could be set up.
     """
     config.validate()
     shares = split_clients(config.clients, config.processes)
-    printer = Progress(progress or (lambda line: None), len(shares))
-    stopping = _StopFlag()
-    with stopping.on_interrupt():
-        if len(shares) == 1:
-            result = _run_here(config, printer, stopping)
-        else:
-            result = _run_processes(config, shares, printer, stopping)
+    printer = Progress(progress or (lambda line: None), len(shares), short=short_progress)
+    if stopping is None:
+        stopping = StopFlag()
+        with stopping.on_interrupt():
+            result = _run_shares(config, shares, printer, stopping, spawn)
+    else:
+        result = _run_shares(config, shares, printer, stopping, spawn)
     if not result.allocated:
         reasons = "; ".join(f"{message} (x{count})" for message, count in result.errors.items())
         raise LoadTestFailed(f"no allocation succeeded: {reasons or 'no reason given'}")
     return result
 
 
-class _StopFlag:
+def _run_shares(config: LoadConfig, shares: list[int], printer: Progress, stopping: StopFlag,
+                spawn: bool) -> WorkerResult:
+    if len(shares) == 1 and not spawn:
+        return _run_here(config, printer, stopping)
+    return _run_processes(config, shares, printer, stopping)
+
+
+class StopFlag:
     """Set by the first Ctrl-C; a second one interrupts as usual."""
 
     def __init__(self) -> None:
@@ -169,7 +180,7 @@ class _StopFlag:
         return installed()
 
 
-def _run_here(config: LoadConfig, printer: Progress, stopping: _StopFlag) -> WorkerResult:
+def _run_here(config: LoadConfig, printer: Progress, stopping: StopFlag) -> WorkerResult:
     def report(kind: str, payload: Any) -> None:
         if kind == "progress":
             printer.update(0, payload)
@@ -178,7 +189,7 @@ def _run_here(config: LoadConfig, printer: Progress, stopping: _StopFlag) -> Wor
 
 
 def _run_processes(config: LoadConfig, shares: list[int], printer: Progress,
-                   stopping: _StopFlag) -> WorkerResult:
+                   stopping: StopFlag) -> WorkerResult:
     import multiprocessing
     import queue as queue_module
 

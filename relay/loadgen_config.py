@@ -53,16 +53,16 @@ class LoadConfig:
             raise ConfigError("--transport must be udp, tcp or tls")
         if self.mode not in ("channel", "send"):
             raise ConfigError("--mode must be channel or send")
-        _check_range("--clients", self.clients, 1, MAX_CLIENTS)
-        _check_range("--processes", self.processes, 1, MAX_PROCESSES)
-        _check_range("--size", self.size, MIN_SIZE_BYTES, MAX_SIZE_BYTES)
-        _check_range("--rate", self.rate, 0.001, MAX_RATE_PPS)
-        _check_range("--seconds", self.seconds, 0.1, MAX_SECONDS)
+        check_range("--clients", self.clients, 1, MAX_CLIENTS)
+        check_range("--processes", self.processes, 1, MAX_PROCESSES)
+        check_range("--size", self.size, MIN_SIZE_BYTES, MAX_SIZE_BYTES)
+        check_range("--rate", self.rate, 0.001, MAX_RATE_PPS)
+        check_range("--seconds", self.seconds, 0.1, MAX_SECONDS)
         if self.tick_seconds is not None:
-            _check_range("--tick-ms", self.tick_seconds * 1000, 1, 1000)
-        _check_range("--setup-timeout", self.setup_timeout_seconds, 0.5, 600)
-        _check_range("--drain", self.drain_seconds, 0, 60)
-        _check_range("--max-packets", self.max_packets, 1, HARD_CAP_PACKETS)
+            check_range("--tick-ms", self.tick_seconds * 1000, 1, 1000)
+        check_range("--setup-timeout", self.setup_timeout_seconds, 0.5, 600)
+        check_range("--drain", self.drain_seconds, 0, 60)
+        check_range("--max-packets", self.max_packets, 1, HARD_CAP_PACKETS)
         try:
             ipaddress.ip_address(self.peer_ip)
         except ValueError:
@@ -77,7 +77,7 @@ class LoadConfig:
         return per_client_budget(self.rate, self.seconds, self.clients, self.max_packets)
 
 
-def _check_range(option: str, value: float, low: float, high: float) -> None:
+def check_range(option: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise ConfigError(f"{option} must be between {low:g} and {high:g}, not {value:g}")
 

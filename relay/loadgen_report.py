@@ -261,9 +261,10 @@ Snapshot = tuple[float, int, int, int, int, int]  # elapsed, sent, sent_bytes, p
 class Progress:
     """Merges per-worker cumulative snapshots into one line a second."""
 
-    def __init__(self, write: Callable[[str], Any], workers: int = 1) -> None:
+    def __init__(self, write: Callable[[str], Any], workers: int = 1, short: bool = False) -> None:
         self.write = write
         self.workers = workers
+        self.short = short
         self.latest: dict[int, Snapshot] = {}
         self._rounds: dict[int, int] = {}
         self._printed = 0
@@ -290,6 +291,9 @@ class Progress:
             return None
         elapsed, sent, _, peer, received, received_bytes = total
         lost = _ratio_lost(sent, received)
+        if self.short:
+            return (f"sent {(sent - previous[1]) / dt:,.0f} pkt/s, back {(received - previous[4]) / dt:,.0f} pkt/s, "
+                    f"not back yet {lost or 0:.2f} %")
         return (f"[{elapsed:6.1f} s] sent {(sent - previous[1]) / dt:>10,.0f} pkt/s  "
                 f"at peer {(peer - previous[3]) / dt:>10,.0f} pkt/s  "
                 f"back {(received - previous[4]) / dt:>10,.0f} pkt/s  "

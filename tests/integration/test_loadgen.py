@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 from cryptography import x509
@@ -168,3 +169,29 @@ def test_wrong_password_fails_clearly(coturn):
                           text=True, timeout=60, check=False)
     assert done.returncode == 1
     assert "no allocation succeeded: ALLOCATE failed: 401" in done.stderr
+
+
+def test_ramp_reports_the_highest_rate_that_held_and_plots_it(coturn, tmp_path):
+    """--ramp climbs to --ramp-max on loopback, reports every step and the highest that held, and plots them."""
+    plot = tmp_path / "ramp.svg"
+    status, report, stderr = load_test(coturn["port"], "--clients", "2", "--ramp", "--ramp-start", "200",
+                                       "--ramp-factor", "2", "--ramp-max", "800", "--step-seconds", "0.5",
+                                       "--plot", str(plot), timeout=120)
+    assert status == 0, stderr
+    assert [step["offered_pps"] for step in report["steps"]] == [200, 400, 800]
+    assert all(step["held"] for step in report["steps"])
+    held = report["held"]["summary"]
+    assert report["held"]["offered_pps"] == 800 and held["received_pps"] > 700 and held["loss_percent"] <= 1
+    assert 0 < held["rtt_ms"]["p50"] <= held["rtt_ms"]["p99"] < 1000 and held["received_mbps"] > 0
+    assert "--ramp-max 800" in report["stopped"]
+    assert "offered pkt/s" in stderr and "held" in stderr  # each step as it finishes
+    assert ET.parse(plot).getroot().tag.endswith("svg")
+
+
+def test_ramp_stops_at_the_p99_bound(coturn):
+    """A step whose p99 round trip passes --max-p99-ms fails, and with none held the command exits 1."""
+    status, _, stderr = load_test(coturn["port"], "--clients", "1", "--ramp", "--ramp-start", "100",
+                                  "--step-seconds", "0.5", "--max-p99-ms", "0.001", timeout=120)
+    assert status == 1
+    assert "p99 RTT" in stderr and "> 0.001 ms" in stderr
+    assert "no step held (the first step failed; lower --ramp-start)" in stderr
