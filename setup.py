@@ -1,7 +1,8 @@
 """The compiled parts of the relay data path (metadata is in setup.cfg).
 
 relay._indications, the Send indication parser, is portable C; relay._mmsg,
-batched UDP reads and writes (recvmmsg, sendmmsg), is built on Linux only.
+batched UDP reads and writes (recvmmsg, sendmmsg) with the STUN Binding fast
+path (relay/_binding.c) inside, is built on Linux only.
 """
 
 import sys
@@ -9,5 +10,9 @@ import sys
 from setuptools import Extension, setup
 
 FLAGS = ["-O2", "-Wall", "-Wextra"]
-names = ["_indications"] + (["_mmsg"] if sys.platform.startswith("linux") else [])
-setup(ext_modules=[Extension(f"relay.{name}", [f"relay/{name}.c"], extra_compile_args=FLAGS) for name in names])
+extensions = [Extension("relay._indications", ["relay/_indications.c"], extra_compile_args=FLAGS)]
+if sys.platform.startswith("linux"):
+    # relay/_binding.c, the STUN Binding fast path, answers inside _mmsg's batched read.
+    extensions.append(Extension("relay._mmsg", ["relay/_mmsg.c", "relay/_binding.c"], depends=["relay/_binding.h"],
+                                extra_compile_args=FLAGS))
+setup(ext_modules=extensions)

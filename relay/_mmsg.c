@@ -6,6 +6,10 @@
  * This module reads up to a batch of datagrams in one recvmmsg and sends a
  * list of datagrams in one sendmmsg, with the GIL released during each call.
  *
+ * Receiver.recv_answering also answers, inside the batch, the plain STUN
+ * Binding requests the fast path of relay/_binding.c takes, and sends those
+ * answers in one sendmmsg: only the other datagrams become Python objects.
+ *
  * Addresses are what socket.recvfrom gives, cut to (host, port): IPv4 and
  * IPv6 hosts as numeric strings, a scoped IPv6 host as "addr%scope" (from
  * getnameinfo, as CPython does), so they key the same dicts.
@@ -19,6 +23,8 @@
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
+
+#include "_binding.h"
 
 #define MAX_BATCH 1024
 
@@ -210,6 +216,9 @@ typedef struct {
     struct iovec *vectors;
     struct sockaddr_storage *addresses;
     CachedAddress *cache;
+    unsigned char *answers;            /* recv_answering's answers, BINDING_ANSWER_BYTES each */
+    struct mmsghdr *answer_headers;
+    struct iovec *answer_vectors;
 } Receiver;
 
 static void
@@ -219,6 +228,9 @@ Receiver_dealloc(Receiver *self)
     PyMem_Free(self->headers);
     PyMem_Free(self->vectors);
     PyMem_Free(self->addresses);
+    PyMem_Free(self->answers);
+    PyMem_Free(self->answer_headers);
+    PyMem_Free(self->answer_vectors);
     if (self->cache != NULL) {
         for (int i = 0; i < ADDRESS_CACHE; i++)
             Py_XDECREF(self->cache[i].value);
@@ -270,17 +282,14 @@ PyDoc_STRVAR(Receiver_recv_doc,
 "recvmmsg; [] when there are none. ICMP errors pending on the socket\n"
 "(ECONNREFUSED) are cleared and skipped; other errors raise OSError.");
 
-static PyObject *
-Receiver_recv(Receiver *self, PyObject *arg)
+/* recvmmsg into the buffers: how many datagrams came (0: none), or -1 with an exception set. */
+static int
+receive_batch(Receiver *self, int fd)
 {
-    int fd = PyObject_AsFileDescriptor(arg);
     int received, tries = 0;
-    PyObject *result;
-    if (fd < 0)
-        return NULL;
     if (self->buffers == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Receiver not initialised");
-        return NULL;
+        return -1;
     }
     for (unsigned int i = 0; i < self->count; i++)
         self->headers[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
@@ -291,37 +300,143 @@ Receiver_recv(Receiver *self, PyObject *arg)
     } while (received < 0 && (errno == EINTR || errno == ECONNREFUSED) && ++tries < 4);
     if (received < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNREFUSED)
-            return PyList_New(0);
-        return PyErr_SetFromErrno(PyExc_OSError);
+            return 0;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
     }
+    return received;
+}
+
+/* The i-th datagram of the batch as (bytes, (host, port)). */
+static PyObject *
+datagram_item(Receiver *self, int i)
+{
+    PyObject *data, *addr, *item;
+    data = PyBytes_FromStringAndSize(self->vectors[i].iov_base, self->headers[i].msg_len);
+    if (data == NULL)
+        return NULL;
+    addr = cached_address(self->cache, &self->addresses[i]);
+    if (addr == NULL) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    item = PyTuple_Pack(2, data, addr);
+    Py_DECREF(data);
+    Py_DECREF(addr);
+    return item;
+}
+
+/* sendmmsg count prepared headers; a datagram the kernel refuses is dropped. Returns how many it took. */
+static Py_ssize_t
+send_prepared(int fd, struct mmsghdr *headers, int count)
+{
+    int offset = 0, result;
+    Py_ssize_t sent = 0;
+    while (offset < count) {
+        Py_BEGIN_ALLOW_THREADS
+        result = sendmmsg(fd, headers + offset, (unsigned int)(count - offset), MSG_DONTWAIT);
+        Py_END_ALLOW_THREADS
+        if (result > 0) {
+            sent += result;
+            offset += result;
+        } else if (result < 0 && errno == EINTR) {
+            continue;
+        } else {
+            offset++;  /* refused: drop this datagram, send the rest */
+        }
+    }
+    return sent;
+}
+
+static PyObject *
+Receiver_recv(Receiver *self, PyObject *arg)
+{
+    int fd = PyObject_AsFileDescriptor(arg);
+    int received;
+    PyObject *result;
+    if (fd < 0)
+        return NULL;
+    received = receive_batch(self, fd);
+    if (received < 0)
+        return NULL;
     result = PyList_New(received);
     if (result == NULL)
         return NULL;
     for (int i = 0; i < received; i++) {
-        PyObject *data, *addr, *item;
-        data = PyBytes_FromStringAndSize(self->vectors[i].iov_base, self->headers[i].msg_len);
-        if (data == NULL)
-            goto fail;
-        addr = cached_address(self->cache, &self->addresses[i]);
-        if (addr == NULL) {
-            Py_DECREF(data);
-            goto fail;
+        PyObject *item = datagram_item(self, i);
+        if (item == NULL) {
+            Py_DECREF(result);
+            return NULL;
         }
-        item = PyTuple_Pack(2, data, addr);
-        Py_DECREF(data);
-        Py_DECREF(addr);
-        if (item == NULL)
-            goto fail;
         PyList_SET_ITEM(result, i, item);
     }
     return result;
-fail:
-    Py_DECREF(result);
-    return NULL;
+}
+
+PyDoc_STRVAR(Receiver_recv_answering_doc,
+"recv_answering(fd, tail) -> (received, list of (bytes, (host, port)))\n\n"
+"As recv, but the plain STUN Binding requests among the datagrams are\n"
+"answered in C (relay/_binding.c: XOR-MAPPED-ADDRESS, MAPPED-ADDRESS, then\n"
+"the encoded attributes in tail, then FINGERPRINT when asked) and sent back\n"
+"to their sources from fd in one sendmmsg. Returns how many datagrams were\n"
+"read and the ones left for Python; received - len(list) were answered.");
+
+static PyObject *
+Receiver_recv_answering(Receiver *self, PyObject *args)
+{
+    PyObject *fdobj, *tail, *rest, *result;
+    int fd, received, answered = 0;
+    if (!PyArg_ParseTuple(args, "OO!", &fdobj, &PyBytes_Type, &tail))
+        return NULL;
+    fd = PyObject_AsFileDescriptor(fdobj);
+    if (fd < 0)
+        return NULL;
+    if (self->answers == NULL && self->buffers != NULL) {
+        self->answers = PyMem_Malloc((size_t)self->count * BINDING_ANSWER_BYTES);
+        self->answer_headers = PyMem_Calloc(self->count, sizeof(struct mmsghdr));
+        self->answer_vectors = PyMem_Calloc(self->count, sizeof(struct iovec));
+        if (!self->answers || !self->answer_headers || !self->answer_vectors)
+            return PyErr_NoMemory();
+    }
+    received = receive_batch(self, fd);
+    if (received < 0)
+        return NULL;
+    rest = PyList_New(0);
+    if (rest == NULL)
+        return NULL;
+    for (int i = 0; i < received; i++) {
+        unsigned char *out = self->answers + (size_t)answered * BINDING_ANSWER_BYTES;
+        size_t size = binding_answer(self->vectors[i].iov_base, self->headers[i].msg_len, &self->addresses[i],
+                                     (const unsigned char *)PyBytes_AS_STRING(tail),
+                                     (size_t)PyBytes_GET_SIZE(tail), out, BINDING_ANSWER_BYTES);
+        if (size > 0) {
+            struct msghdr *header = &self->answer_headers[answered].msg_hdr;
+            self->answer_vectors[answered].iov_base = out;
+            self->answer_vectors[answered].iov_len = size;
+            header->msg_iov = &self->answer_vectors[answered];
+            header->msg_iovlen = 1;
+            header->msg_name = &self->addresses[i];
+            header->msg_namelen = self->headers[i].msg_hdr.msg_namelen;
+            answered++;
+        } else {
+            PyObject *item = datagram_item(self, i);
+            if (item == NULL || PyList_Append(rest, item) < 0) {
+                Py_XDECREF(item);
+                Py_DECREF(rest);
+                return NULL;
+            }
+            Py_DECREF(item);
+        }
+    }
+    if (answered > 0)
+        send_prepared(fd, self->answer_headers, answered);
+    result = Py_BuildValue("(iN)", received, rest);
+    return result;
 }
 
 static PyMethodDef Receiver_methods[] = {
     {"recv", (PyCFunction)Receiver_recv, METH_O, Receiver_recv_doc},
+    {"recv_answering", (PyCFunction)Receiver_recv_answering, METH_VARARGS, Receiver_recv_answering_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -362,7 +477,7 @@ mmsg_send(PyObject *Py_UNUSED(module), PyObject *args)
         return NULL;
     /* The size is read again after each call: the GIL was released meanwhile. */
     while (done < PyList_GET_SIZE(datagrams)) {
-        int chunk = 0, result;
+        int chunk = 0;
         memset(headers, 0, sizeof headers);
         while (chunk < 64 && done + chunk < PyList_GET_SIZE(datagrams)) {
             PyObject *item = PyList_GET_ITEM(datagrams, done + chunk);
@@ -389,22 +504,7 @@ mmsg_send(PyObject *Py_UNUSED(module), PyObject *args)
             headers[chunk].msg_hdr.msg_namelen = len;
             chunk++;
         }
-        {
-            int offset = 0;
-            while (offset < chunk) {
-                Py_BEGIN_ALLOW_THREADS
-                result = sendmmsg(fd, headers + offset, (unsigned int)(chunk - offset), MSG_DONTWAIT);
-                Py_END_ALLOW_THREADS
-                if (result > 0) {
-                    sent += result;
-                    offset += result;
-                } else if (result < 0 && errno == EINTR) {
-                    continue;
-                } else {
-                    offset++;  /* refused: drop this datagram, send the rest */
-                }
-            }
-        }
+        sent += send_prepared(fd, headers, chunk);
         for (int i = 0; i < chunk; i++)
             PyBuffer_Release(&views[i]);
         done += chunk;
@@ -417,8 +517,41 @@ fail:
     return PyLong_FromSsize_t(sent);
 }
 
+PyDoc_STRVAR(answer_binding_doc,
+"answer_binding(data, (host, port), tail) -> bytes or None\n\n"
+"What recv_answering sends for the datagram data from (host, port), or None\n"
+"when the fast path leaves it to Python (relay/_binding.c).");
+
+static PyObject *
+mmsg_answer_binding(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer data;
+    PyObject *addr, *tail, *host;
+    struct sockaddr_storage source;
+    socklen_t length;
+    unsigned char out[BINDING_ANSWER_BYTES];
+    size_t size;
+    int family;
+    if (!PyArg_ParseTuple(args, "y*OO!", &data, &addr, &PyBytes_Type, &tail))
+        return NULL;
+    host = PyTuple_Check(addr) && PyTuple_GET_SIZE(addr) >= 2 ? PyTuple_GET_ITEM(addr, 0) : NULL;
+    family = host != NULL && PyUnicode_Check(host) && PyUnicode_FindChar(host, ':', 0, PyUnicode_GET_LENGTH(host), 1) >= 0
+        ? AF_INET6 : AF_INET;
+    if (parse_address(addr, family, &source, &length) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    size = binding_answer(data.buf, (size_t)data.len, &source, (const unsigned char *)PyBytes_AS_STRING(tail),
+                          (size_t)PyBytes_GET_SIZE(tail), out, sizeof out);
+    PyBuffer_Release(&data);
+    if (size == 0)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)size);
+}
+
 static PyMethodDef module_methods[] = {
     {"send", mmsg_send, METH_VARARGS, send_doc},
+    {"answer_binding", mmsg_answer_binding, METH_VARARGS, answer_binding_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -174,7 +174,7 @@ class StreamOutbox:
             transport.write(data[sent:])
 
 
-def read_loop(port, handler) -> None:
+def read_loop(port, handler, binding_tail: bytes | None = None, answered=None) -> None:
     """Make a listening ``twisted.internet.udp.Port`` hand datagrams straight to handler(data, addr).
 
     It replaces the port's ``doRead`` with one read pass doing what
@@ -182,19 +182,30 @@ def read_loop(port, handler) -> None:
     MAX_READS_PER_WAKEUP datagrams; ignore EAGAIN, EINTR and ECONNREFUSED;
     log an exception from the handler and go on), with addresses reduced to
     (host, port) and up to BATCH datagrams per system call.
+
+    With ``binding_tail`` (``BindingServer.plain_answer_tail``) and the
+    extension, plain STUN Binding requests are answered in C inside each
+    batch (relay/_binding.c) and ``answered(count)`` is told how many; only
+    the other datagrams reach handler.
     """
     sock = port.socket
     ipv6 = port.addressFamily == socket.AF_INET6
 
     def read_batches() -> None:
         for _ in range(MAX_READS_PER_WAKEUP // BATCH):
-            batch = _receiver.recv(sock)
+            if binding_tail is None:
+                batch = _receiver.recv(sock)
+                received = len(batch)
+            else:
+                received, batch = _receiver.recv_answering(sock, binding_tail)
+                if received > len(batch):
+                    answered(received - len(batch))
             for data, addr in batch:
                 try:
                     handler(data, addr)
                 except Exception:
                     log.failure("handling a datagram from {addr}", addr=addr)
-            if len(batch) < BATCH:
+            if received < BATCH:
                 return  # the socket is empty
 
     def read_one_by_one() -> None:

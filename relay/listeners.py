@@ -64,7 +64,10 @@ class ServerDatagramProtocol(DatagramProtocol):
     def startProtocol(self) -> None:
         set_buffers(self.transport.socket, UDP_BUFFER_BYTES)
         self.outbox = Outbox(self.transport.socket)
-        read_loop(self.transport, self.datagramReceived)
+        binding = self.endpoints.binding
+        # Plain Binding requests are answered in C within the read pass (relay/_binding.c).
+        read_loop(self.transport, self.datagramReceived, binding.plain_answer_tail(self.local),
+                  binding.count_fast_answers)
 
     def datagramReceived(self, data: bytes, addr) -> None:
         if data and self.turn is not None:

@@ -126,6 +126,25 @@ class BindingServer:
         reply = self.answer(request, source, local, datagram=False)
         return reply.data if reply else None
 
+    def plain_answer_tail(self, local: Address) -> bytes:
+        """What follows XOR-MAPPED-ADDRESS and MAPPED-ADDRESS in the answer to a plain request on local.
+
+        A plain request is one whose attributes leave the answer alone (no
+        CHANGE-REQUEST, RESPONSE-PORT or PADDING; not classic), so the rest
+        of its answer (RESPONSE-ORIGIN, OTHER-ADDRESS, SOFTWARE, encoded)
+        is the same for every source: a fast path (relay/_binding.c) writes
+        the two addresses and appends these bytes.
+        """
+        probe = Message(Method.BINDING, Class.REQUEST, bytes(12))
+        source = ("0.0.0.0", 0)
+        encoded = self._success(probe, source, local, local).encode()
+        return encoded[20 + 2 * 12:]
+
+    def count_fast_answers(self, count: int) -> None:
+        """Count requests a fast path answered as answer() counts its own."""
+        self.counters["requests"] += count
+        self.counters["answered"] += count
+
     def decode(self, data: bytes) -> Message | None:
         """Decode a message, or count and drop it (RFC 8489 §6.3)."""
         try:

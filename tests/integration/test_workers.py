@@ -20,7 +20,16 @@ from relay.handoff import HandoffFactory
 from relay.relay_ports import RESERVATION_SECONDS, RelayPorts
 from rendezvous.stun import Attr, Class, Message, Method
 from rendezvous.stun.attributes import encode_even_port, encode_uint32
-from tests.conftest import PRIMARY_IP, TURN_PASSWORD, TURN_REALM, TURN_USER, free_port, start_relay, stop_node
+from tests.conftest import (
+    PRIMARY_IP,
+    TURN_PASSWORD,
+    TURN_REALM,
+    TURN_USER,
+    binding_request,
+    free_port,
+    start_relay,
+    stop_node,
+)
 from tests.integration.test_metrics import scrape
 from tests.turn_helpers import TcpTurnClient, UdpTurnClient, code, permit
 
@@ -327,3 +336,49 @@ async def test_reserved_socket_moves_between_processes_ports(tmp_path):
         owner.stop()
         asker.stop()
         await listening.stopListening()
+
+
+def worker_metrics(node, index: int) -> dict[str, float]:
+    """One worker's own /metrics, from its private unix socket (the public port sums them all)."""
+    import http.client
+
+    from rendezvous.node.worker_view import socket_path
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(5)
+            self.sock.connect(str(socket_path(node.state_dir, node.process.pid, index)))
+
+    connection = UnixConnection("localhost")
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_every_worker_answers_stun_binding(tmp_path):
+    """With --workers 2 both processes answer Binding requests on the shared UDP port (the C fast path
+    counts them as the core does); one scrape counts them all."""
+    metrics = free_port(ips=(PRIMARY_IP,))
+    node = start_relay(tmp_path, "--workers", "2", "--relay-ports", f"{LOW}-{HIGH}",
+                       "--metrics", f"127.0.0.1:{metrics}")
+    try:
+        wait_for_second_worker(node)
+        total, second = scrape(metrics)["txr_stun_answered_total"], worker_metrics(node, 1)["txr_stun_answered_total"]
+        for _ in range(CLIENTS):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.bind((PRIMARY_IP, 0))
+                client.settimeout(3)
+                request = binding_request()
+                client.sendto(request, (node.ip, node.port))
+                response = Message.decode(client.recvfrom(2048)[0])
+                assert response.cls == Class.SUCCESS and response.transaction_id == request[8:20]
+                assert response.address(Attr.XOR_MAPPED_ADDRESS) == client.getsockname()
+        assert scrape(metrics)["txr_stun_answered_total"] == total + CLIENTS
+        assert 0 < worker_metrics(node, 1)["txr_stun_answered_total"] - second < CLIENTS
+    finally:
+        stop_node(node)

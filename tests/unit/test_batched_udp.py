@@ -45,11 +45,12 @@ def settle(sock, count):
 
 
 def test_the_extensions_are_built_on_linux():
-    """On Linux the relay reads and writes in batches and walks Send indications in C: scripts/setup
-    built relay._mmsg and relay._indications."""
+    """On Linux the relay reads and writes in batches, answers plain Binding requests and walks Send
+    indications in C: scripts/setup built relay._mmsg (with relay/_binding.c) and relay._indications."""
     from relay import _indications, allocation
 
     assert datagrams._mmsg is not None and allocation._walk is _indications.parse_send
+    assert callable(datagrams._mmsg.answer_binding) and hasattr(datagrams._mmsg.Receiver, "recv_answering")
 
 
 def test_receiver_reads_a_batch_with_the_addresses_recvfrom_gives(pair):
@@ -224,3 +225,33 @@ def test_a_failing_flush_does_not_strand_other_queues(pair):
     read_pass(during)
     assert broken.queue == [] and fine.queue == []
     assert settle(a, 1) == [(b"still sent", b.getsockname())]
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_read_loop_answers_plain_binding_requests_in_the_batch(pair, monkeypatch, batched):
+    """Given a Binding tail, plain Binding requests are answered in C from the socket they reached, as the
+    Python core answers, and counted; every other datagram reaches the handler (all of them without the
+    extension)."""
+    from rendezvous.stun import Attr, Class, Message, Method
+    from rendezvous.stun.binding import Addresses, BindingServer
+
+    if not batched:
+        monkeypatch.setattr(datagrams, "_mmsg", None)
+    a, b = pair
+    local = a.getsockname()
+    server = BindingServer(Addresses(*local), software="bench")
+    plain = [Message(Method.BINDING, Class.REQUEST).encode(fingerprint=i % 2 == 1) for i in range(3)]
+    other = [Message(Method.BINDING, Class.REQUEST).add(Attr.CHANGE_REQUEST, bytes(4)).encode(), b"hello"]
+    handled, answered = [], []
+    port = type("Port", (), {"socket": a, "addressFamily": socket.AF_INET})()
+    read_loop(port, lambda data, addr: handled.append(data), server.plain_answer_tail(local), answered.append)
+    for data in (plain[0], other[0], plain[1], other[1], plain[2]):
+        b.sendto(data, local)
+    time.sleep(0.05)
+    port.doRead()
+    if batched:
+        expected = [server.handle_datagram(data, b.getsockname(), local).data for data in plain]
+        assert sorted(data for data, _ in settle(b, 3)) == sorted(expected)
+        assert (handled, answered) == (other, [3])
+    else:
+        assert (handled, answered) == ([plain[0], other[0], plain[1], other[1], plain[2]], [])

@@ -1,11 +1,18 @@
-"""The Binding server core on bytes: RFC 8489 §7.3, RFC 5780 §6.1, RFC 3489 classic."""
+"""The Binding server core on bytes: RFC 8489 §7.3, RFC 5780 §6.1, RFC 3489 classic.
+
+Every test runs twice: on the Python core alone, and as the UDP read pass
+answers (the C fast path of relay/_binding.c first, the Python core for
+what it leaves), so both paths keep the same behaviour.
+"""
 
 import os
 import struct
+import sys
 
 import pytest
 
-from rendezvous.stun.binding import Addresses, BindingServer
+from relay.datagrams import _mmsg
+from rendezvous.stun.binding import Addresses, BindingServer, Reply
 from rendezvous.stun import Attr, Class, Error, Message, Method
 from rendezvous.stun.attributes import (
     decode_error_code,
@@ -16,6 +23,36 @@ from rendezvous.stun.attributes import (
 
 P, A = ("198.18.0.1", 3478), ("198.18.0.2", 3479)
 CLIENT = ("203.0.113.5", 40000)
+
+
+FAST_ANSWERS: list[bytes] = []  # what the C fast path answered in the test under way
+
+
+def fast_path_first(python_handle):
+    """handle_datagram as the UDP read pass answers: the C fast path first, the Python core for the rest."""
+
+    def handle_datagram(self, data, source, local):
+        answer = _mmsg.answer_binding(data, source, self.plain_answer_tail(local))
+        if answer is None:
+            return python_handle(self, data, source, local)
+        FAST_ANSWERS.append(answer)
+        self.count_fast_answers(1)
+        return Reply(answer, local, source)
+
+    return handle_datagram
+
+
+@pytest.fixture(autouse=True, params=["python", "c"])
+def answering(request, monkeypatch):
+    """Which path answers datagrams: the Python core, or the C fast path before it."""
+    FAST_ANSWERS.clear()
+    if request.param == "c":
+        if _mmsg is None:
+            if sys.platform.startswith("linux"):
+                pytest.fail("relay._mmsg is missing: scripts/setup builds it")
+            pytest.skip("relay._mmsg is built on Linux only")
+        monkeypatch.setattr(BindingServer, "handle_datagram", fast_path_first(BindingServer.handle_datagram))
+    return request.param
 
 
 @pytest.fixture
@@ -211,3 +248,16 @@ def test_minimal_request_response_ratio(server):
     raw = struct.pack("!HHI", 1, 0, 0x2112A442) + os.urandom(12)
     reply = server.handle_datagram(raw, CLIENT, P)
     assert len(reply.data) <= 68
+
+
+def test_plain_requests_take_the_fast_path(server, answering):
+    """In the read pass, plain requests (FINGERPRINT or optional attributes allowed) are answered in C,
+    counted as the core counts, and every other request is left to the Python core."""
+    for msg, fingerprint in ((request(), False), (request(), True), (request((Attr.SOFTWARE, b"client")), True)):
+        ask(server, msg, fingerprint=fingerprint)
+    assert len(FAST_ANSWERS) == (3 if answering == "c" else 0)
+    for msg in (request((Attr.CHANGE_REQUEST, encode_change_request(False, False))), request(classic=True),
+                request((Attr.PADDING, b"x" * 8)), request((Attr.USERNAME, b"u:v"))):
+        ask(server, msg)
+    assert len(FAST_ANSWERS) == (3 if answering == "c" else 0)
+    assert server.counters["requests"] == server.counters["answered"] == 7
