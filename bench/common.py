@@ -5,9 +5,12 @@ the repository root, which puts this folder on the import path.
 """
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 STOP_TIMEOUT_SECONDS = 10
@@ -115,3 +118,59 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+class CpuQuota:
+    """A control group we make, capping the CPU time of the servers started in it (CFS bandwidth).
+
+    ``percent`` of one core in every 10 ms period: cgroup v2's ``cpu.max``
+    where the v2 hierarchy has the cpu controller, else v1's
+    ``cpu.cfs_quota_us``. Needs root. ``remove`` deletes the group once
+    its processes have ended.
+    """
+
+    PERIOD_US = 10_000
+
+    def __init__(self, percent: float | None) -> None:
+        name = f"txr-bench-{os.getpid()}-{id(self):x}"
+        unified, v1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu")
+        if "cpu" in self._read(unified / "cgroup.controllers").split():
+            (unified / "cgroup.subtree_control").write_text("+cpu")
+            self.path = unified / name
+            self.path.mkdir()
+        elif (v1 / "cpu.cfs_quota_us").exists():
+            self.path = v1 / name
+            self.path.mkdir()
+            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+        else:
+            raise OSError("no cgroup cpu controller at /sys/fs/cgroup (v2) or /sys/fs/cgroup/cpu (v1)")
+        self.set_percent(percent)
+
+    def set_percent(self, percent: float | None) -> None:
+        """Cap the group at percent of one core from now on; None lifts the cap."""
+        quota = -1 if percent is None else int(self.PERIOD_US * percent / 100)
+        if self.path.parent.name == "cpu":
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            (self.path / "cpu.max").write_text(f"{'max' if quota < 0 else quota} {self.PERIOD_US}")
+
+    @staticmethod
+    def _read(path: Path) -> str:
+        try:
+            return path.read_text()
+        except OSError:
+            return ""
+
+    def wrap(self, command: list[str]) -> list[str]:
+        """command, started inside the group (so every process and thread it makes is in it)."""
+        return ["sh", "-c", f'echo $$ > {shlex.quote(str(self.path / "cgroup.procs"))} && exec "$@"', "sh",
+                *command]
+
+    def remove(self) -> None:
+        for _ in range(50):  # the last process may take a moment to leave
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+        print(f"could not remove {self.path}", file=sys.stderr)

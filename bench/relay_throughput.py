@@ -58,7 +58,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import coturn_version, cpu_model, cpu_seconds, exchange, free_port, process_tree, stop, tree_cpu_split
+from common import (
+    CpuQuota,
+    coturn_version,
+    cpu_model,
+    cpu_seconds,
+    exchange,
+    free_port,
+    process_tree,
+    stop,
+    tree_cpu_split,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 IP = "127.0.0.1"
@@ -251,56 +261,6 @@ def server_command(kind: str, workdir: Path, port: int, relay_ports: tuple[int, 
     if kind == "coturn1":
         command += ["--relay-threads", "1"]
     return command
-
-
-class CpuQuota:
-    """A control group we make, capping the CPU time of the servers started in it (CFS bandwidth).
-
-    ``percent`` of one core in every 10 ms period: cgroup v2's ``cpu.max``
-    where the v2 hierarchy has the cpu controller, else v1's
-    ``cpu.cfs_quota_us``. Needs root. ``remove`` deletes the group once
-    its processes have ended.
-    """
-
-    PERIOD_US = 10_000
-
-    def __init__(self, percent: float) -> None:
-        quota = int(self.PERIOD_US * percent / 100)
-        name = f"relay-bench-{os.getpid()}"
-        unified, v1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu")
-        if "cpu" in self._read(unified / "cgroup.controllers").split():
-            (unified / "cgroup.subtree_control").write_text("+cpu")
-            self.path = unified / name
-            self.path.mkdir()
-            (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
-        elif (v1 / "cpu.cfs_quota_us").exists():
-            self.path = v1 / name
-            self.path.mkdir()
-            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
-            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
-        else:
-            raise OSError("no cgroup cpu controller at /sys/fs/cgroup (v2) or /sys/fs/cgroup/cpu (v1)")
-
-    @staticmethod
-    def _read(path: Path) -> str:
-        try:
-            return path.read_text()
-        except OSError:
-            return ""
-
-    def wrap(self, command: list[str]) -> list[str]:
-        """command, started inside the group (so every process and thread it makes is in it)."""
-        return ["sh", "-c", f'echo $$ > {shlex.quote(str(self.path / "cgroup.procs"))} && exec "$@"', "sh",
-                *command]
-
-    def remove(self) -> None:
-        for _ in range(50):  # the last process may take a moment to leave
-            try:
-                self.path.rmdir()
-                return
-            except OSError:
-                time.sleep(0.1)
-        print(f"could not remove {self.path}", file=sys.stderr)
 
 
 def start_server(kind: str, workdir: Path, relay_ports: tuple[int, int], base_root: Path | None = None,

@@ -101,7 +101,8 @@ def pin_prefix(pin: bool) -> list[str]:
     return ["taskset", "-c", "0"] if pin else []
 
 
-def start_rendezvous(workdir: Path, pin: bool, alternate: bool = False) -> Server:
+def start_rendezvous(workdir: Path, pin: bool, alternate: bool = False, wrap=lambda command: command) -> Server:
+    """``twistd rendezvous`` on free ports; wrap(command) may run it in a CpuQuota."""
     port = free_port((LOOPBACK, ALT_LOOPBACK) if alternate else (LOOPBACK,))
     twistd = str(Path(sys.executable).with_name("twistd"))
     command = pin_prefix(pin) + [
@@ -115,7 +116,7 @@ def start_rendezvous(workdir: Path, pin: bool, alternate: bool = False) -> Serve
     log_path = workdir / "twistd.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
+        process = subprocess.Popen(wrap(command), stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
     import twisted
 
     server = Server("txrendezvous", f"twisted {twisted.__version__}", process, (LOOPBACK, port), log_path, command)
@@ -123,7 +124,8 @@ def start_rendezvous(workdir: Path, pin: bool, alternate: bool = False) -> Serve
     return server
 
 
-def start_coturn(workdir: Path, pin: bool) -> Server:
+def start_coturn(workdir: Path, pin: bool, wrap=lambda command: command) -> Server:
+    """``turnserver --stun-only`` on a free port; wrap(command) may run it in a CpuQuota."""
     port = free_port()
     command = pin_prefix(pin) + [
         "turnserver", "-n", "--stun-only",
@@ -135,7 +137,7 @@ def start_coturn(workdir: Path, pin: bool) -> Server:
     ]
     log_path = workdir / "turnserver.out"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+        process = subprocess.Popen(wrap(command), stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     server = Server("coturn", coturn_version(), process, (LOOPBACK, port), log_path, command)
     server.wait_until_answering()
     return server
