@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from relay.loadgen import StopFlag, run
+from relay.loadgen import LoadTestFailed, StopFlag, run
 from relay.loadgen_config import MAX_RATE_PPS, ConfigError, LoadConfig, check_range
 from relay.loadgen_report import summarize
 
@@ -159,7 +159,8 @@ def run_ramp(
 
     ``on_step_start(index, offered_pps)`` and ``on_step(step)`` frame each
     step; ``progress`` gets a short rates line each second. Raises
-    loadgen.LoadTestFailed when a step could allocate no client.
+    loadgen.LoadTestFailed when the first step could allocate no client; a
+    later step that cannot ends the ramp, which says so.
     """
     config.validate()
     ramp.validate(config.clients)
@@ -170,7 +171,14 @@ def run_ramp(
         while not stopping() and (rate := plan.next_rate()) is not None:
             on_step_start(len(result.steps), rate)
             step = step_config(config, ramp, rate)
-            summary = summarize(step, run(step, progress, stopping=stopping, spawn=True, short_progress=True))
+            try:
+                measured = run(step, progress, stopping=stopping, spawn=True, short_progress=True)
+            except LoadTestFailed as e:
+                if not result.steps:
+                    raise
+                result.reason = f"step {len(result.steps) + 1} at {rate:,.0f} pkt/s failed: {e}"
+                return result
+            summary = summarize(step, measured)
             ramp_step = RampStep(rate, summary, verdict(summary, ramp))
             plan.record(rate, ramp_step.held)
             result.steps.append(ramp_step)

@@ -285,6 +285,14 @@ def test_progress_lines_show_per_second_rates():
     assert "sent      2,000 pkt/s" in lines[1]
 
 
+def test_short_progress_lines_give_just_the_rates():
+    """The short form (a ramp's progress bar) gives the sent and returned rates and what is not back yet."""
+    lines = []
+    progress = Progress(lines.append, short=True)
+    progress.update(0, (1.0, 1000, 0, 1000, 990, 0))
+    assert lines == ["sent 1,000 pkt/s, back 990 pkt/s, not back yet 1.00 %"]
+
+
 # -- options ------------------------------------------------------------------------------
 
 

@@ -218,3 +218,22 @@ def test_progress_shows_the_bar_and_each_step(monkeypatch):
     assert "offered pkt/s" in text and "step 1: 1,000 pkt/s offered" in text
     assert "back 998 pkt/s" in text and "1/4" in text
     assert loadgen_ramp.step_line(step) in text
+
+
+def test_a_later_step_that_cannot_allocate_ends_the_ramp_with_the_steps_so_far(monkeypatch):
+    """If a step after the first sets up no client, the ramp stops there, keeps what it measured and says why;
+    a first step that cannot is an error."""
+    def fake_run(step, progress, *, stopping, spawn, short_progress):
+        if step.rate * step.clients > 1000:
+            raise loadgen_ramp.LoadTestFailed("no allocation succeeded: ALLOCATE failed: 486 (x4)")
+        result = WorkerResult(clients=4, allocated=4, duration_seconds=1.0, sent=1000, peer_received=1000,
+                              received=1000, offered=1000)
+        result.rtt.record(0.001)
+        return result
+
+    monkeypatch.setattr(loadgen_ramp, "run", fake_run)
+    result = run_ramp(CONFIG, RampConfig(start_pps=1000, factor=2))
+    assert [step.offered_pps for step in result.steps] == [1000]
+    assert result.reason == "step 2 at 2,000 pkt/s failed: no allocation succeeded: ALLOCATE failed: 486 (x4)"
+    with pytest.raises(loadgen_ramp.LoadTestFailed):
+        run_ramp(CONFIG, RampConfig(start_pps=2000))
