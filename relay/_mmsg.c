@@ -384,7 +384,7 @@ PyDoc_STRVAR(Receiver_recv_answering_doc,
 static PyObject *
 Receiver_recv_answering(Receiver *self, PyObject *args)
 {
-    PyObject *fdobj, *tail, *rest, *result;
+    PyObject *fdobj, *tail, *rest;
     int fd, received, answered = 0;
     if (!PyArg_ParseTuple(args, "OO!", &fdobj, &PyBytes_Type, &tail))
         return NULL;
@@ -395,8 +395,15 @@ Receiver_recv_answering(Receiver *self, PyObject *args)
         self->answers = PyMem_Malloc((size_t)self->count * BINDING_ANSWER_BYTES);
         self->answer_headers = PyMem_Calloc(self->count, sizeof(struct mmsghdr));
         self->answer_vectors = PyMem_Calloc(self->count, sizeof(struct iovec));
-        if (!self->answers || !self->answer_headers || !self->answer_vectors)
+        if (!self->answers || !self->answer_headers || !self->answer_vectors) {
+            PyMem_Free(self->answers);
+            PyMem_Free(self->answer_headers);
+            PyMem_Free(self->answer_vectors);
+            self->answers = NULL;
+            self->answer_headers = NULL;
+            self->answer_vectors = NULL;
             return PyErr_NoMemory();
+        }
     }
     received = receive_batch(self, fd);
     if (received < 0)
@@ -430,8 +437,7 @@ Receiver_recv_answering(Receiver *self, PyObject *args)
     }
     if (answered > 0)
         send_prepared(fd, self->answer_headers, answered);
-    result = Py_BuildValue("(iN)", received, rest);
-    return result;
+    return Py_BuildValue("(iN)", received, rest);
 }
 
 static PyMethodDef Receiver_methods[] = {
