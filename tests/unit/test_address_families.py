@@ -2,7 +2,6 @@
 §10.2, §11.2, §12.2): REQUESTED- and ADDITIONAL-ADDRESS-FAMILY, 440 and 443 where the RFC puts them."""
 
 import pytest
-from twisted.internet.task import Clock
 
 from rendezvous.stun import Attr, Class, Method
 from rendezvous.stun.attributes import (
@@ -13,7 +12,7 @@ from rendezvous.stun.attributes import (
 )
 from rendezvous.stun.constants import AddressFamily
 from tests.turn_helpers import bind, code, permit
-from tests.unit.test_turn_server import Client, FakePorts, make_server
+from tests.unit.test_turn_server import Client, FakePorts, clock, make_server  # noqa: F401 (clock: a fixture)
 
 V4, V6 = AddressFamily.IPV4, AddressFamily.IPV6
 SERVER6 = ("2001:db8::53", 3478)
@@ -35,13 +34,6 @@ def relayed(response):
 
 def address_errors(response):
     return [decode_address_error_code(value)[:2] for value in response.get_all(Attr.ADDRESS_ERROR_CODE)]
-
-
-@pytest.fixture
-def clock():
-    c = Clock()
-    c.advance(1_000_000)
-    return c
 
 
 @pytest.fixture
