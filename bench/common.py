@@ -17,9 +17,9 @@ STOP_TIMEOUT_SECONDS = 10
 
 
 def free_port(ips=("127.0.0.1",), exclude=()) -> int:
-    """A port that is free for UDP and TCP on every one of ips, not in exclude (bounded search)."""
+    """A port that is free for UDP and TCP on every one of ips (IPv4 or IPv6), not in exclude (bounded search)."""
     for _ in range(200):
-        with socket.socket() as probe:
+        with socket.socket(socket.AF_INET6 if ":" in ips[0] else socket.AF_INET) as probe:
             probe.bind((ips[0], 0))
             port = probe.getsockname()[1]
         if port in exclude:
@@ -28,8 +28,10 @@ def free_port(ips=("127.0.0.1",), exclude=()) -> int:
         try:
             for ip in ips:
                 for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    s = socket.socket(socket.AF_INET, kind)
+                    s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, kind)
                     held.append(s)
+                    if ":" in ip:  # as the servers bind it (relay.listening), beside an IPv4 socket
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                     s.bind((ip, port))
             return port
         except OSError:

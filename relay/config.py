@@ -18,6 +18,8 @@ from pathlib import Path
 
 from twisted.python import usage
 
+from .peer_policy import NAT64_PREFIX_LENGTHS
+
 
 class ConfigError(ValueError):
     """A bad option value or config file; the message says which and why."""
@@ -33,17 +35,22 @@ def default_state_dir() -> Path:
     return Path(base) / "txrendezvous"
 
 
-def primary_address() -> str:
-    """The IPv4 address of the default route, or 127.0.0.1 without one.
+# The default listening addresses: every IPv4 and every IPv6 address, on separate sockets (relay.listening).
+DUAL_STACK = ("0.0.0.0", "::")
+
+
+def primary_address(version: int = 4) -> str | None:
+    """The address of the default route of an IP version: IPv4 falls back to 127.0.0.1, IPv6 to None.
 
     A UDP connect() only consults the routing table; nothing is sent.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))
+    family, target = (socket.AF_INET, "192.0.2.1") if version == 4 else (socket.AF_INET6, "2001:db8::1")
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((target, 9))
             return probe.getsockname()[0]
-        except OSError:
-            return "127.0.0.1"
+    except OSError:
+        return "127.0.0.1" if version == 4 else None
 
 
 def parse_ip(value) -> str:
@@ -104,6 +111,17 @@ def parse_network(value) -> str:
         raise ConfigError(f"{value!r} is not an address range (CIDR)") from None
 
 
+def parse_nat64_prefix(value) -> str:
+    """An IPv6 prefix a NAT64 translates, of a length RFC 6052 §2.2 allows."""
+    try:
+        network = ipaddress.IPv6Network(str(value))
+    except ValueError:
+        raise ConfigError(f"{value!r} is not an IPv6 prefix (like 2001:db8:64::/96)") from None
+    if network.prefixlen not in NAT64_PREFIX_LENGTHS:
+        raise ConfigError(f"NAT64 prefix {network} must be /32, /40, /48, /56, /64 or /96 (RFC 6052)")
+    return str(network)
+
+
 def parse_host_port(value) -> tuple[str, int]:
     host, sep, port = str(value).rpartition(":")
     if not sep or not host:
@@ -139,7 +157,9 @@ class Option:
 
 
 LISTENER_OPTIONS = [
-    Option("ip", parse_ip, "0.0.0.0", "Primary IP to listen on (default: all IPv4 addresses)."),
+    Option("ip", parse_ip, DUAL_STACK,
+           "IP to listen on (repeatable; default: every IPv4 and every IPv6 address, on separate sockets).",
+           multi=True),
     Option("port", parse_port, 3478, "STUN/TURN port for UDP and TCP."),
     Option("tls-port", parse_port, 5349, "STUN/TURN over TLS port; 0 disables TLS."),
     Option("cert", parse_path, None, "TLS certificate chain (PEM); self-signed when omitted."),
@@ -161,14 +181,17 @@ RELAY_OPTIONS = [
            "SQLite account store to take TURN users from (see `txrendezvous accounts`); "
            "twistd rendezvous uses STATE_DIR/accounts.sqlite when not given."),
     Option("relay-ip", parse_ip, (),
-           "Address to bind relayed ports on, one per family (repeatable; default: --ip, or "
-           "the address of the default route when --ip is a wildcard).", multi=True),
+           "Address to bind relayed ports on, one per family (repeatable; default: the first --ip of each "
+           "family, or the address of that family's default route when it is a wildcard).", multi=True),
     Option("advertise-relay-ip", parse_ip, (),
            "Public address of a --relay-ip behind a 1:1 NAT (repeatable, same order).", multi=True),
     Option("relay-ports", parse_range, (49152, 65535), "Relay port range LOW-HIGH."),
     Option("allow-peer", parse_network, (), "Peer range the relay may reach despite the default deny (repeatable).",
            multi=True),
     Option("deny-peer", parse_network, (), "Peer range the relay must not reach (repeatable).", multi=True),
+    Option("nat64-prefix", parse_nat64_prefix, (),
+           "A local NAT64 prefix (RFC 6052: /32 to /96): a peer under it is judged by the IPv4 address "
+           "it carries, as under 64:ff9b::/96 (repeatable).", multi=True),
     Option("default-lifetime", parse_count, 600, "Allocation lifetime when the client asks for less, seconds."),
     Option("max-lifetime", parse_count, 3600, "Longest allocation lifetime granted, seconds."),
     Option("user-quota", parse_count, 0, "Allocations per user; 0 = unlimited (486 when exceeded)."),
@@ -296,6 +319,30 @@ def build(options: Sequence[Option], command_line: dict, config_file: Path | Non
     return values
 
 
+def check_listen_ips(ips: Sequence[str]) -> tuple[str, ...]:
+    """The --ip values, checked: no repeats, and no wildcard beside a specific address of its family
+    (both would want the same ports)."""
+    if len(set(ips)) != len(ips):
+        raise ConfigError("an --ip is given twice")
+    for ip in ips:
+        address = ipaddress.ip_address(ip)
+        if address.is_unspecified and any(ipaddress.ip_address(other).version == address.version
+                                          for other in ips if other != ip):
+            raise ConfigError(f"--ip {ip} already covers every IPv{address.version} address")
+    return tuple(ips)
+
+
+def default_relay_ips(listen_ips: Sequence[str], default_route=primary_address) -> tuple[str, ...]:
+    """One relayed address per family listened on: the first --ip of the family, or for a wildcard the
+    address of the family's default route (none for IPv6 without one)."""
+    chosen = {}
+    for ip in listen_ips:
+        version = ipaddress.ip_address(ip).version
+        if version not in chosen:
+            chosen[version] = default_route(version) if ipaddress.ip_address(ip).is_unspecified else ip
+    return tuple(ip for ip in chosen.values() if ip)
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     """What the TURN relay runs with, validated."""
@@ -311,6 +358,7 @@ class RelayConfig:
     relay_range: tuple | None = None
     allow_peers: tuple = ()
     deny_peers: tuple = ()
+    nat64_prefixes: tuple = ()
     default_lifetime: int = 600
     max_lifetime: int = 3600
     user_quota: int = 0
@@ -323,10 +371,8 @@ class RelayConfig:
     drain_timeout: int = 600
 
     @classmethod
-    def from_values(cls, values: dict, listen_ip: str) -> "RelayConfig":
-        relay_ips = values["relay-ip"] or (
-            (primary_address(),) if ipaddress.ip_address(listen_ip).is_unspecified else (listen_ip,)
-        )
+    def from_values(cls, values: dict, listen_ips: Sequence[str]) -> "RelayConfig":
+        relay_ips = values["relay-ip"] or default_relay_ips(listen_ips)
         families = [ipaddress.ip_address(ip).version for ip in relay_ips]
         if len(set(families)) != len(families):
             raise ConfigError("at most one --relay-ip per address family")
@@ -346,6 +392,7 @@ class RelayConfig:
             relay_ports=values["relay-ports"],
             allow_peers=values["allow-peer"],
             deny_peers=values["deny-peer"],
+            nat64_prefixes=values["nat64-prefix"],
             default_lifetime=values["default-lifetime"],
             max_lifetime=values["max-lifetime"],
             user_quota=values["user-quota"],

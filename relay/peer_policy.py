@@ -2,13 +2,19 @@
 
 RFC 8656 §21.2.3 and §19 (security: a relay must not be turned against the
 operator's own network). Denied by default: unspecified, loopback,
-link-local, private (RFC 1918, ULA), shared/CGN (100.64.0.0/10), multicast,
-broadcast, documentation, benchmarking and reserved ranges, the relay's own
-addresses (except its relayed addresses while a live allocation holds them,
-so two allocations on one relay can reach each other), and every IPv6 form
-that embeds one of these IPv4 addresses: IPv4-mapped (::ffff:a.b.c.d),
-IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::/96), 6to4 (2002::/16) and
-Teredo (2001::/32).
+link-local (169.254.0.0/16, fe80::/10), private (RFC 1918, ULA fc00::/7,
+site-local fec0::/10), shared/CGN (100.64.0.0/10), multicast, broadcast,
+documentation (RFC 5737, 2001:db8::/32, 3fff::/20), benchmarking, discard
+(100::/64) and reserved ranges, the local-use NAT64 prefix 64:ff9b:1::/48
+(RFC 8215: where its IPv4 address sits is the operator's choice), the
+relay's own addresses (except its relayed addresses while a live allocation
+holds them, so two allocations on one relay can reach each other), and
+every IPv6 form that embeds one of these IPv4 addresses: IPv4-mapped
+(::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d), NAT64 (the well-known
+64:ff9b::/96 and each ``--nat64-prefix`` of the operator, RFC 6052 §2.2),
+6to4 (2002::/16) and Teredo (2001::/32). An address under a NAT64 prefix is
+judged by the IPv4 address it carries: a public one is a peer, through the
+NAT64.
 
 Operator rules (``--allow-peer`` / ``--deny-peer``) win over the defaults;
 among operator rules the longest matching prefix wins, deny on a tie. They
@@ -23,7 +29,7 @@ asks only whether a key is present.
 import enum
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -36,17 +42,39 @@ _V4_DENIED = [
         "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
     )
 ]
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Named here rather than left to ipaddress.is_global, whose tables differ between Python versions.
+_V6_DENIED = [
+    ipaddress.ip_network(n)
+    for n in (
+        "64:ff9b:1::/48", "100::/64", "2001:2::/48", "2001:db8::/32", "3fff::/20", "5f00::/16",
+        "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+    )
+]
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+# RFC 6052 §2.2: the prefix lengths an IPv4-embedded IPv6 address may have.
+NAT64_PREFIX_LENGTHS = (32, 40, 48, 56, 64, 96)
 _COMPATIBLE = ipaddress.ip_network("::/96")
 
 
-def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries, in any of the common forms."""
+def nat64_ipv4(address: ipaddress.IPv6Address, prefix: ipaddress.IPv6Network) -> ipaddress.IPv4Address:
+    """The IPv4 address embedded after prefix (RFC 6052 §2.2): bits 64-71 (the "u" octet) are skipped."""
+    packed = address.packed
+    if prefix.prefixlen == 96:
+        return ipaddress.IPv4Address(packed[12:])
+    without_u = packed[:8] + packed[9:]
+    start = prefix.prefixlen // 8
+    return ipaddress.IPv4Address(without_u[start:start + 4])
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address,
+                  nat64: Sequence[ipaddress.IPv6Network] = ()) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries, in any of the common forms or under a NAT64 prefix."""
+    for prefix in (*nat64, NAT64_WELL_KNOWN):
+        if address in prefix:
+            return nat64_ipv4(address, prefix)
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
     if address in _COMPATIBLE:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    if address in _NAT64:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address.sixtofour is not None:
         return address.sixtofour
@@ -55,20 +83,31 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
     return None
 
 
-def denied_by_default(address: IPAddress) -> bool:
-    """True for addresses a relay must not reach unless the operator allows it."""
+def denied_by_default(address: IPAddress, nat64: Sequence[ipaddress.IPv6Network] = ()) -> bool:
+    """True for addresses a relay must not reach unless the operator allows it.
+
+    nat64 are the operator's NAT64 prefixes (longest first), each judged by
+    the IPv4 address it carries even inside a range denied otherwise.
+    """
     if address.version == 4:
         return any(address in network for network in _V4_DENIED)
-    inner = embedded_ipv4(address)
+    inner = embedded_ipv4(address, nat64)
     if inner is not None:
         return True if address.teredo is not None else denied_by_default(inner)
     return (
-        not address.is_global
+        any(address in network for network in _V6_DENIED)
+        or not address.is_global
         or address.is_multicast
         or address.is_reserved
         or address.is_link_local
         or address.is_site_local
     )
+
+
+def nat64_prefixes(prefixes: Iterable[str]) -> tuple[ipaddress.IPv6Network, ...]:
+    """The operator's NAT64 prefixes as networks, longest first (a more specific one decides)."""
+    networks = {ipaddress.IPv6Network(p) for p in prefixes}
+    return tuple(sorted(networks, key=lambda n: n.prefixlen, reverse=True))
 
 
 class Reach(enum.Enum):
@@ -116,6 +155,7 @@ class PeerPolicy:
         relay_ports: tuple[int, int] | None = None,
         own_endpoints: Iterable[tuple[str, int]] = (),
         is_local: Callable[[IPAddress], bool] = is_local_address,
+        nat64: Iterable[str] = (),
     ) -> None:
         self.rules: list[tuple[Network, bool]] = [
             (ipaddress.ip_network(n, strict=False), True) for n in allow
@@ -130,6 +170,7 @@ class PeerPolicy:
         self.specific = {(address, port) for address, port in specific if not address.is_unspecified}
         self.own_hosts = self.own | self.relayed | {address for address, _ in self.specific}
         self.is_local = is_local
+        self.nat64 = nat64_prefixes(nat64)
 
     def reach(self, host: str, port: int) -> Reach:
         """What a permission towards host:port may cover, or DENIED."""
@@ -137,7 +178,7 @@ class PeerPolicy:
             address = ipaddress.ip_address(host)
         except ValueError:
             return Reach.DENIED
-        inner = embedded_ipv4(address) if address.version == 6 else None
+        inner = embedded_ipv4(address, self.nat64) if address.version == 6 else None
         forms = (address,) if inner is None else (address, inner)
         if any(a.is_unspecified for a in forms):
             return Reach.DENIED  # the kernel sends to 0.0.0.0 or :: as to loopback
@@ -150,7 +191,7 @@ class PeerPolicy:
             return Reach.DENIED if not verdict else Reach.OWN if own_host else Reach.HOST
         if address in self.relayed:
             return Reach.RELAYED
-        if own_host or denied_by_default(address):
+        if own_host or denied_by_default(address, self.nat64):
             return Reach.DENIED
         return Reach.HOST
 

@@ -78,52 +78,61 @@ def allocate(server, msg, five_tuple, send, auth: Auth, now) -> bytes:
         return server._error(msg, Error.UNSUPPORTED_TRANSPORT_PROTOCOL, auth=auth)
     # 4. DONT-FRAGMENT is honoured by the relay sockets (IP_PMTUDISC_DO).
     dont_fragment = Attr.DONT_FRAGMENT in msg
-    # 5-7. RESERVATION-TOKEN, EVEN-PORT and the address families.
+    # 5. RESERVATION-TOKEN goes with neither EVEN-PORT nor a family attribute.
     token = msg.get(Attr.RESERVATION_TOKEN)
     even = msg.get(Attr.EVEN_PORT)
     requested = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
     additional = msg.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+    if additional is None:
+        additional = msg.get(Attr.DRAFT_ADDITIONAL_ADDRESS_FAMILY)  # coturn's clients
     if token is not None and (even is not None or requested is not None or additional is not None):
         return server._error(msg, Error.BAD_REQUEST, "RESERVATION-TOKEN with EVEN-PORT or a family", auth)
+    # 6. Not both families attributes.
     if requested is not None and additional is not None:
         return server._error(msg, Error.BAD_REQUEST, "both REQUESTED- and ADDITIONAL-ADDRESS-FAMILY", auth)
-    if even is not None and additional is not None:
-        return server._error(msg, Error.BAD_REQUEST, "EVEN-PORT with ADDITIONAL-ADDRESS-FAMILY", auth)
+    # 7. The family asked for (IPv4 without REQUESTED-ADDRESS-FAMILY) must be served here: 440.
     family = 6 if requested is not None and decode_address_family(requested) == AddressFamily.IPV6 else 4
-    want = [family]
-    if additional is not None:
-        if decode_address_family(additional) != AddressFamily.IPV6:
-            return server._error(msg, Error.BAD_REQUEST, "ADDITIONAL-ADDRESS-FAMILY must be IPv6", auth)
-        want = [4, 6]
     if family not in policy.families:
         return server._error(msg, Error.ADDRESS_FAMILY_NOT_SUPPORTED, auth=auth)
     if token is not None:
         return allocate_reserved(server, msg, five_tuple, send, auth, now, decode_reservation_token(token))
-    # 8. Quotas: the allocation is counted now, and uncounted if it is not made.
-    #    A port reserved for later (EVEN-PORT R) counts as one more until it is
-    #    taken or expires.
+    # 8. EVEN-PORT with the R bit (a reserved pair) and a dual allocation do not go together.
     reserve_next = decode_even_port(even) if even is not None else False
+    if reserve_next and additional is not None:
+        return server._error(msg, Error.BAD_REQUEST, "EVEN-PORT R with ADDITIONAL-ADDRESS-FAMILY", auth)
+    # 9. ADDITIONAL-ADDRESS-FAMILY asks for an IPv6 address beside the IPv4 one (never IPv4: 400).
+    extras = []
+    if additional is not None:
+        if decode_address_family(additional) != AddressFamily.IPV6:
+            return server._error(msg, Error.BAD_REQUEST, "ADDITIONAL-ADDRESS-FAMILY must be IPv6", auth)
+        extras = [6]
+    # 10. Quotas: the allocation is counted now, and uncounted if it is not made.
+    #     A port reserved for later (EVEN-PORT R) counts as one more until it is
+    #     taken or expires.
     refused = quota(server, msg, auth, 2 if reserve_next else 1)
     if refused:
         return refused
-    # 9. Relayed transport addresses.
-    relays = {}
-    reservation = None
+    # The relayed transport addresses. The first family must be had (508);
+    # of a dual allocation's second, a failure is told in ADDRESS-ERROR-CODE
+    # (440 for a family not served here, 508 for no port).
     try:
         relay, reservation = server.ports.open(
             family, even=even is not None, reserve_next=reserve_next, dont_fragment=dont_fragment,
             release=lambda: server.counts.release(auth.username),
         )
-        relays[family] = relay
-        for extra in want[1:]:
-            if extra in policy.families:
-                relays[extra], _ = server.ports.open(extra, dont_fragment=dont_fragment)
     except NoRelayPort:
-        for relay in relays.values():
-            relay.close()
-        server.counts.release(auth.username, 2 if reserve_next and reservation is None else 1)
+        server.counts.release(auth.username, 2 if reserve_next else 1)
         return server._error(msg, Error.INSUFFICIENT_CAPACITY, "No relay port available", auth)
-    return allocated(server, msg, five_tuple, send, auth, now, relays, want, reservation)
+    relays, failed = {family: relay}, {}
+    for extra in extras:
+        if extra not in policy.families:
+            failed[extra] = Error.ADDRESS_FAMILY_NOT_SUPPORTED
+            continue
+        try:
+            relays[extra], _ = server.ports.open(extra, even=even is not None, dont_fragment=dont_fragment)
+        except NoRelayPort:
+            failed[extra] = Error.INSUFFICIENT_CAPACITY
+    return allocated(server, msg, five_tuple, send, auth, now, relays, failed, reservation)
 
 
 def allocate_reserved(server, msg, five_tuple, send, auth: Auth, now, token: bytes) -> bytes | None:
@@ -144,7 +153,7 @@ def allocate_reserved(server, msg, five_tuple, send, auth: Auth, now, token: byt
         relay.close()
         return refused
     family = family_of(relay.address[0])
-    return allocated(server, msg, five_tuple, send, auth, now, {family: relay}, [family], None)
+    return allocated(server, msg, five_tuple, send, auth, now, {family: relay}, {}, None)
 
 
 def reserved_arrived(relay, server, msg, five_tuple, send, auth: Auth) -> None:
@@ -164,23 +173,28 @@ def reserved_arrived(relay, server, msg, five_tuple, send, auth: Auth) -> None:
             send(refused)
         return
     family = family_of(relay.address[0])
-    send(allocated(server, msg, five_tuple, send, auth, server.clock.seconds(), {family: relay}, [family], None))
+    send(allocated(server, msg, five_tuple, send, auth, server.clock.seconds(), {family: relay}, {}, None))
 
 
-def allocated(server, msg, five_tuple, send, auth: Auth, now, relays: dict, want: list,
+_FAMILY_ERRORS = {Error.ADDRESS_FAMILY_NOT_SUPPORTED: "Address Family not Supported",
+                  Error.INSUFFICIENT_CAPACITY: "Insufficient Capacity"}
+
+
+def allocated(server, msg, five_tuple, send, auth: Auth, now, relays: dict, failed: dict,
               reservation: bytes | None) -> bytes:
-    """Install the allocation over relays and sign the success response (RFC 8656 §7.2 step 11)."""
+    """Install the allocation over relays and sign the success response (RFC 8656 §7.2): an
+    XOR-RELAYED-ADDRESS per relay, an ADDRESS-ERROR-CODE per family of failed (family -> error)."""
     allocation, lifetime = install(server, msg, five_tuple, send, auth, now, relays)
     response = success_response(msg)
-    for relay_family in want:
-        if relay_family in relays:
-            response.add_address(Attr.XOR_RELAYED_ADDRESS, relays[relay_family].address)
-        else:
-            response.add(
-                Attr.ADDRESS_ERROR_CODE,
-                encode_address_error_code(AddressFamily.IPV6, Error.ADDRESS_FAMILY_NOT_SUPPORTED,
-                                          "Address Family not Supported"),
-            )
+    for relay in relays.values():
+        response.add_address(Attr.XOR_RELAYED_ADDRESS, relay.address)
+    draft = Attr.DRAFT_ADDITIONAL_ADDRESS_FAMILY in msg and Attr.ADDITIONAL_ADDRESS_FAMILY not in msg
+    for family, error in failed.items():
+        response.add(
+            Attr.DRAFT_ADDRESS_ERROR_CODE if draft else Attr.ADDRESS_ERROR_CODE,
+            encode_address_error_code(AddressFamily.IPV6 if family == 6 else AddressFamily.IPV4, error,
+                                      _FAMILY_ERRORS[error]),
+        )
     response.add(Attr.LIFETIME, encode_uint32(lifetime))
     if reservation is not None:
         response.add(Attr.RESERVATION_TOKEN, reservation)
@@ -227,7 +241,8 @@ def install(server, msg, five_tuple, send, auth: Auth, now, relays, tcp: bool = 
 
 def allocate_tcp(server, msg, five_tuple, send, auth: Auth, now) -> bytes:
     """Allocate with REQUESTED-TRANSPORT TCP over a TCP/TLS control connection (RFC 6062 §5.1)."""
-    for attr_type in (Attr.DONT_FRAGMENT, Attr.RESERVATION_TOKEN, Attr.EVEN_PORT, Attr.ADDITIONAL_ADDRESS_FAMILY):
+    for attr_type in (Attr.DONT_FRAGMENT, Attr.RESERVATION_TOKEN, Attr.EVEN_PORT, Attr.ADDITIONAL_ADDRESS_FAMILY,
+                      Attr.DRAFT_ADDITIONAL_ADDRESS_FAMILY):
         if attr_type in msg:
             return server._error(msg, Error.BAD_REQUEST, f"{Attr(attr_type).name} with a TCP allocation", auth)
     requested = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)

@@ -7,8 +7,9 @@ and ``twistd rendezvous`` use it.
 """
 
 import signal
+from collections.abc import Sequence
 
-from twisted.application import internet, service, strports
+from twisted.application import service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
@@ -18,13 +19,13 @@ from rendezvous.stun.binding import Addresses, BindingServer
 from .allocation import family_of
 from .config import ConfigError, RelayConfig
 from .credentials import Credentials, RestSecrets, StaticUsers
+from .listening import ListeningPort
 from .listeners import ServerStreamFactory, UdpEndpoints
 from .peer_policy import PeerPolicy
 from .relay_ports import RelayPorts
 from .nonces import Nonces
 from .server import RelayPolicy, TurnServer
 from .tcp_relay import TcpRelay
-from .workers import ReusePortService
 
 log = Logger()
 
@@ -89,7 +90,8 @@ class RelayService(service.Service):
         old = turn.peers
         turn.peers = PeerPolicy(config.allow_peers, config.deny_peers, own_addresses=old.own,
                                 relayed_addresses=old.relayed, relay_ports=old.relay_ports,
-                                own_endpoints=old.own_endpoints, is_local=old.is_local)
+                                own_endpoints=old.own_endpoints, is_local=old.is_local,
+                                nat64=config.nat64_prefixes)
         turn.policy = _policy(config, turn.policy.families)
 
 
@@ -137,6 +139,7 @@ def make_relay(reactor, config: RelayConfig, listen_ips=(), software: bytes | No
         relayed_addresses=list(config.relay_ips) + list(config.advertise_relay_ips),
         relay_ports=config.relay_range or config.relay_ports,
         own_endpoints=[*own_endpoints, *((aliases[ip], port) for ip, port in own_endpoints if ip in aliases)],
+        nat64=config.nat64_prefixes,
     )
     warn_ephemeral_overlap(config.relay_range or config.relay_ports)
     tcp = TcpRelay(reactor, ips, *config.relay_ports, advertise=advertise)
@@ -176,52 +179,53 @@ def warn_ephemeral_overlap(relay_ports: tuple[int, int], path: str = "/proc/sys/
     return True
 
 
-def own_endpoints(addresses: Addresses, tls_port: int = 0, more=()) -> list[tuple[str, int]]:
-    """What add_listeners binds for addresses and tls_port, plus more (HOST, PORT) pairs, each
+def own_endpoints(groups: Sequence[Addresses], tls_port: int = 0, more=()) -> list[tuple[str, int]]:
+    """What add_listeners binds for the address groups and tls_port, plus more (HOST, PORT) pairs, each
     also at its advertised address: the endpoints a relay must never relay to (``relay.peer_policy``)."""
-    endpoints = list(addresses.endpoints())
+    endpoints = [endpoint for addresses in groups for endpoint in addresses.endpoints()]
     if tls_port:
-        endpoints += [(ip, tls_port) for ip in (addresses.ip, addresses.alt_ip) if ip]
+        endpoints += [(ip, tls_port) for ip in tls_ips(groups)]
     endpoints += [tuple(endpoint) for endpoint in more]
-    advertised = {addresses.ip: addresses.advertise_ip, addresses.alt_ip: addresses.advertise_alt_ip}
+    advertised = {}
+    for addresses in groups:
+        advertised.update({addresses.ip: addresses.advertise_ip, addresses.alt_ip: addresses.advertise_alt_ip})
     return endpoints + [(advertised[ip], port) for ip, port in endpoints if advertised.get(ip)]
 
 
-def _interface(ip: str) -> str:
-    return ip.replace(":", "\\:")
+def tls_ips(groups: Sequence[Addresses]) -> list[str]:
+    """The IPs TLS listens on: each group's primary and alternate."""
+    return [ip for addresses in groups for ip in (addresses.ip, addresses.alt_ip) if ip]
 
 
-def add_listeners(parent: service.MultiService, addresses: Addresses, binding: BindingServer,
+def add_listeners(parent: service.MultiService, groups: Sequence[Addresses], binding: BindingServer,
                   turn: TurnServer | None, tls_port: int = 0, tls_options=None, wrap=None,
-                  reuse_port_reactor=None) -> None:
-    """UDP and TCP on every endpoint of addresses; TLS on each IP at tls_port.
+                  reactor=None, reuse_port: bool = False) -> None:
+    """UDP and TCP on every endpoint of each address group; TLS on each IP at tls_port.
 
+    Each socket is bound by ``relay.listening`` (an IPv6 one IPv6-only).
     wrap, if given, wraps each stream factory (to share the port with
     another protocol, as the super node does with signaling). With
-    reuse_port_reactor the sockets are bound with SO_REUSEPORT, for
-    workers sharing the ports (relay.workers); otherwise a busy port fails
-    the start.
+    reuse_port the sockets are bound with SO_REUSEPORT, for workers sharing
+    the ports (relay.workers); otherwise a busy port fails the start.
     """
+    if reactor is None:
+        from twisted.internet import reactor
     wrap = wrap or (lambda factory: factory)
     udp = UdpEndpoints(binding, turn)
-    shared = reuse_port_reactor
-    for ip, port in addresses.endpoints():
-        stream = wrap(ServerStreamFactory(binding, turn, (ip, port), "tcp"))
-        if turn is not None and turn.tcp is not None:
-            turn.tcp.listeners[(ip, port)] = stream
-        if shared:
-            ReusePortService(shared, "udp", ip, port, udp.protocol((ip, port))).setServiceParent(parent)
-            ReusePortService(shared, "tcp", ip, port, stream).setServiceParent(parent)
-        else:
-            internet.UDPServer(port, udp.protocol((ip, port)), interface=ip).setServiceParent(parent)
-            strports.service(f"tcp:{port}:interface={_interface(ip)}", stream).setServiceParent(parent)
+
+    def listen(kind, ip, port, target, tls=None) -> None:
+        ListeningPort(reactor, kind, ip, port, target, tls, reuse_port).setServiceParent(parent)
+
+    for addresses in groups:
+        for ip, port in addresses.endpoints():
+            stream = wrap(ServerStreamFactory(binding, turn, (ip, port), "tcp"))
+            if turn is not None and turn.tcp is not None:
+                turn.tcp.listeners[(ip, port)] = stream
+            listen("udp", ip, port, udp.protocol((ip, port)))
+            listen("tcp", ip, port, stream)
     if tls_port:
-        ips = [addresses.ip] + ([addresses.alt_ip] if addresses.alt_ip else [])
-        for ip in ips:
+        for ip in tls_ips(groups):
             stream = wrap(ServerStreamFactory(binding, turn, (ip, tls_port), "tls"))
             if turn is not None and turn.tcp is not None:
                 turn.tcp.listeners[(ip, tls_port)] = stream  # the plain side, for TlsProxy pairs
-            if shared:
-                ReusePortService(shared, "tcp", ip, tls_port, stream, tls_options).setServiceParent(parent)
-            else:
-                internet.SSLServer(tls_port, stream, tls_options, interface=ip).setServiceParent(parent)
+            listen("tcp", ip, tls_port, stream, tls_options)

@@ -20,15 +20,13 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import sys
 
 from twisted.application import service
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from .datagrams import MAX_DATAGRAM_BYTES
+from .listening import ListeningPort
 
 log = Logger()
 
@@ -63,66 +61,6 @@ def die_with_parent() -> None:
         log.warn("cannot set the parent-death signal; stop workers with their parent")
 
 
-class ReusePortService(service.Service):
-    """A listening UDP or TCP (optionally TLS) socket bound with SO_REUSEPORT."""
-
-    def __init__(self, reactor, kind: str, ip: str, port: int, target, tls_options=None) -> None:
-        self.reactor = reactor
-        self.kind = kind
-        self.ip, self.port_number = ip, port
-        self.target = target  # a DatagramProtocol for UDP, a Factory for TCP
-        self.tls_options = tls_options
-        self.port = None
-        self.inherited_fd: int | None = None  # the socket the first process bound for this worker
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return self.kind, self.ip, self.port_number
-
-    def bind(self) -> socket.socket:
-        """A new socket bound to this service's address with SO_REUSEPORT; raises OSError."""
-        family = socket.AF_INET6 if ":" in self.ip else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM if self.kind == "udp" else socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((self.ip, self.port_number))
-        except OSError:
-            sock.close()
-            raise
-        return sock
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        if self.inherited_fd is not None:
-            sock, self.inherited_fd = socket.socket(fileno=self.inherited_fd), None
-        else:
-            sock = self.bind()
-        family = sock.family
-        try:
-            sock.setblocking(False)
-            if self.kind == "udp":
-                self.port = self.reactor.adoptDatagramPort(sock.fileno(), family, self.target, MAX_DATAGRAM_BYTES)
-            else:
-                sock.listen(1024)
-                factory = self.target
-                if self.tls_options is not None:
-                    factory = TLSMemoryBIOFactory(self.tls_options, False, factory)
-                self.port = self.reactor.adoptStreamPort(sock.fileno(), family, factory)
-        finally:
-            sock.close()  # the reactor holds its own duplicate
-
-    def startService(self) -> None:
-        if self.port is None:
-            self.privilegedStartService()
-        super().startService()
-
-    def stopService(self):
-        super().stopService()
-        port, self.port = self.port, None
-        return port.stopListening() if port is not None else None
-
-
 class _Worker(ProcessProtocol):
     def __init__(self, supervisor: "WorkerSupervisor", index: int) -> None:
         self.supervisor = supervisor
@@ -142,7 +80,7 @@ class WorkerSupervisor(service.Service):
         self.env = dict(os.environ, **{NONCE_SECRET_ENV: nonce_secret.hex()})
         self.processes: dict[int, object] = {}
         self.draining = False
-        self.listeners: list[ReusePortService] = []  # this process's; the others get copies
+        self.listeners: list[ListeningPort] = []  # this process's; the others get copies
         self.sockets: dict[int, list] = {}  # worker index -> [(listener key, socket)]
 
     def privilegedStartService(self) -> None:

@@ -50,15 +50,18 @@ def twistd() -> str:
 
 
 def start_node(tmp_path: Path, *extra: str, alternate: bool = True, wait: bool = True,
-               command: str = "rendezvous", launcher: list[str] | None = None) -> Node:
+               command: str = "rendezvous", launcher: list[str] | None = None,
+               ips: tuple[str, ...] | None = (PRIMARY_IP,)) -> Node:
     """Start ``twistd -n rendezvous`` (or ``relay``) on free loopback ports and wait until it answers;
-    ``launcher`` replaces the twistd executable (e.g. a script that patches the node first)."""
-    port = free_port()
-    alt_port = free_port(exclude={port}) if alternate else None
-    tls_port = free_port(exclude={port, alt_port})
+    ``launcher`` replaces the twistd executable (e.g. a script that patches the node first). Each of ips is
+    an --ip; None gives none, so the node listens on its dual-stack default (every IPv4 and IPv6 address)."""
+    probe = ("0.0.0.0", "::") if ips is None else (*ips, *([ALT_IP] if alternate else []))
+    port = free_port(probe)
+    alt_port = free_port(probe, exclude={port}) if alternate else None
+    tls_port = free_port(probe, exclude={port, alt_port})
     args = [
         *(launcher or [twistd()]), "-n", "--pidfile=", command,
-        "--ip", PRIMARY_IP, "--port", str(port), "--tls-port", str(tls_port),
+        *(arg for ip in ips or () for arg in ("--ip", ip)), "--port", str(port), "--tls-port", str(tls_port),
         "--state-dir", str(tmp_path / "state"), "--metrics", "off",
     ]
     if alternate:
@@ -68,7 +71,7 @@ def start_node(tmp_path: Path, *extra: str, alternate: bool = True, wait: bool =
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
-    node = Node(process, PRIMARY_IP, port, ALT_IP if alternate else None, alt_port, tls_port,
+    node = Node(process, ips[0] if ips else PRIMARY_IP, port, ALT_IP if alternate else None, alt_port, tls_port,
                 tmp_path / "state", log_path)
     if wait:
         _wait_until_answering(node)
@@ -77,7 +80,7 @@ def start_node(tmp_path: Path, *extra: str, alternate: bool = True, wait: bool =
 
 def _wait_until_answering(node: Node, seconds: float = 20.0) -> None:
     deadline = time.monotonic() + seconds
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with socket.socket(socket.AF_INET6 if ":" in node.ip else socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
         while time.monotonic() < deadline:
             if node.process.poll() is not None:
@@ -124,12 +127,13 @@ TURN_USER, TURN_PASSWORD, TURN_REALM = "alice", "wonderland-secret", "example.or
 TURN_SECRET = "rest-api-secret"
 
 
-def start_relay(tmp_path: Path, *extra: str) -> Node:
-    """``twistd relay`` on loopback with a static user and a REST secret, loopback peers allowed."""
+def start_relay(tmp_path: Path, *extra: str, ips: tuple[str, ...] | None = (PRIMARY_IP,)) -> Node:
+    """``twistd relay`` on loopback (or its dual-stack default, ips None) with a static user and a REST
+    secret, loopback peers allowed."""
     return start_node(
         tmp_path, "--user", f"{TURN_USER}:{TURN_PASSWORD}", "--realm", TURN_REALM,
         "--auth-secret", TURN_SECRET, "--allow-peer", "127.0.0.0/8", "--allow-peer", "::1/128",
-        *extra, alternate=False, command="relay",
+        *extra, alternate=False, command="relay", ips=ips,
     )
 
 
@@ -137,6 +141,15 @@ def start_relay(tmp_path: Path, *extra: str) -> Node:
 def relay_node(tmp_path_factory):
     """One ``twistd relay`` whose peers may be on loopback (for tests only)."""
     started = start_relay(tmp_path_factory.mktemp("relay"))
+    yield started
+    stop_node(started)
+
+
+@pytest.fixture(scope="module")
+def dual_relay(tmp_path_factory):
+    """One ``twistd relay`` on its dual-stack default (no --ip), relayed addresses on loopback in both families."""
+    started = start_relay(tmp_path_factory.mktemp("dual-relay"), "--relay-ip", "127.0.0.1", "--relay-ip", "::1",
+                          "--workers", "1", ips=None)
     yield started
     stop_node(started)
 

@@ -9,12 +9,15 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from rendezvous.stun.binding import Addresses
+
 from relay.config import (
     LISTENER_OPTIONS,
     RELAY_OPTIONS,
     ConfigError,
     Option,
     RelayConfig,
+    check_listen_ips,
     parse_bool,
     parse_host_port,
     parse_ip,
@@ -24,10 +27,16 @@ from relay.config import (
 
 
 RENDEZVOUS_OPTIONS = LISTENER_OPTIONS + [
-    Option("alt-ip", parse_ip, None, "Second IP for RFC 5780 CHANGE-REQUEST (needs a specific --ip)."),
+    Option("alt-ip", parse_ip, (),
+           "Second IP for RFC 5780 CHANGE-REQUEST, paired with the one specific --ip of its family "
+           "(repeatable, one per family).", multi=True),
     Option("alt-port", parse_port, 3479, "Second port for RFC 5780 CHANGE-REQUEST (used with --alt-ip)."),
-    Option("advertise-ip", parse_ip, None, "Public address of --ip when behind a 1:1 NAT."),
-    Option("advertise-alt-ip", parse_ip, None, "Public address of --alt-ip when behind a 1:1 NAT."),
+    Option("advertise-ip", parse_ip, (),
+           "Public address of the --ip of its family when behind a 1:1 NAT (repeatable, one per family).",
+           multi=True),
+    Option("advertise-alt-ip", parse_ip, (),
+           "Public address of the --alt-ip of its family when behind a 1:1 NAT (repeatable, one per family).",
+           multi=True),
     Option("no-relay", parse_bool, False, "Run without the TURN relay.", flag=True),
     Option("open-registration", parse_bool, False, "Let anyone register an account over signaling.", flag=True),
     Option("latest-client-version", parse_text, None, "Client version announced at login, so clients can upgrade."),
@@ -45,17 +54,36 @@ RENDEZVOUS_OPTIONS = LISTENER_OPTIONS + [
 ] + RELAY_OPTIONS
 
 
+def _version(ip: str) -> int:
+    return ipaddress.ip_address(ip).version
+
+
+def _by_family(ips: tuple, option: str) -> dict[int, str]:
+    """--alt-ip and the --advertise-* options: at most one per address family."""
+    chosen: dict[int, str] = {}
+    for ip in ips:
+        if _version(ip) in chosen:
+            raise ConfigError(f"at most one --{option} per address family")
+        chosen[_version(ip)] = ip
+    return chosen
+
+
 @dataclass(frozen=True)
 class RendezvousConfig:
-    """What ``twistd rendezvous`` runs with, validated."""
+    """What ``twistd rendezvous`` runs with, validated.
 
-    ip: str
+    ``ips`` are the listening addresses (by default the IPv4 and the IPv6
+    wildcard); the alternate and advertised addresses are keyed by IP
+    version and belong to the one --ip of their family.
+    """
+
+    ips: tuple
     port: int
     tls_port: int
-    alt_ip: str | None
+    alt_ips: dict
     alt_port: int
-    advertise_ip: str | None
-    advertise_alt_ip: str | None
+    advertise_ips: dict
+    advertise_alt_ips: dict
     cert: Path | None
     key: Path | None
     state_dir: Path
@@ -71,35 +99,56 @@ class RendezvousConfig:
     metrics: tuple | None = None
     echo_port: int = 0
 
+    def address_groups(self, ips: tuple | None = None) -> list[Addresses]:
+        """A Binding address group per listening IP (of ips, by default all), with its family's alternate."""
+        groups = []
+        for ip in self.ips if ips is None else ips:
+            version = _version(ip)
+            alt_ip = self.alt_ips.get(version)
+            groups.append(Addresses(
+                ip=ip, port=self.port, alt_ip=alt_ip, alt_port=self.alt_port if alt_ip else None,
+                advertise_ip=self.advertise_ips.get(version), advertise_alt_ip=self.advertise_alt_ips.get(version),
+            ))
+        return groups
+
     @classmethod
     def from_values(cls, values: dict) -> "RendezvousConfig":
-        ip, alt_ip = values["ip"], values["alt-ip"]
-        if alt_ip is not None:
+        ips = check_listen_ips(values["ip"])
+        alt_ips = _by_family(values["alt-ip"], "alt-ip")
+        advertise_ips = _by_family(values["advertise-ip"], "advertise-ip")
+        advertise_alt_ips = _by_family(values["advertise-alt-ip"], "advertise-alt-ip")
+        for option, chosen in (("alt-ip", alt_ips), ("advertise-ip", advertise_ips)):
+            for version, ip in chosen.items():
+                own = [listen for listen in ips if _version(listen) == version]
+                if not own:
+                    raise ConfigError(f"--{option} {ip} needs an --ip of the same address family")
+                if len(own) > 1:
+                    raise ConfigError(f"--{option} {ip} needs one --ip of its family, not {len(own)}")
+        for version, alt_ip in alt_ips.items():
+            (ip,) = [ip for ip in ips if _version(ip) == version]
             if ipaddress.ip_address(ip).is_unspecified:
-                raise ConfigError("--alt-ip needs a specific --ip, not a wildcard")
-            if ipaddress.ip_address(ip).version != ipaddress.ip_address(alt_ip).version:
-                raise ConfigError("--ip and --alt-ip must be of the same address family")
+                raise ConfigError("--alt-ip needs a specific --ip of its family, not a wildcard")
             if alt_ip == ip:
                 raise ConfigError("--alt-ip must differ from --ip")
-            if values["alt-port"] == values["port"]:
-                raise ConfigError("--alt-port must differ from --port")
-        if values["advertise-alt-ip"] and not alt_ip:
-            raise ConfigError("--advertise-alt-ip needs --alt-ip")
+        if alt_ips and values["alt-port"] == values["port"]:
+            raise ConfigError("--alt-port must differ from --port")
+        if set(advertise_alt_ips) - set(alt_ips):
+            raise ConfigError("--advertise-alt-ip needs --alt-ip of its family")
         if (values["cert"] is None) != (values["key"] is None):
             raise ConfigError("--cert and --key go together")
         return cls(
-            ip=ip,
+            ips=ips,
             port=values["port"],
             tls_port=values["tls-port"],
-            alt_ip=alt_ip,
+            alt_ips=alt_ips,
             alt_port=values["alt-port"],
-            advertise_ip=values["advertise-ip"],
-            advertise_alt_ip=values["advertise-alt-ip"],
+            advertise_ips=advertise_ips,
+            advertise_alt_ips=advertise_alt_ips,
             cert=values["cert"],
             key=values["key"],
             state_dir=values["state-dir"],
             software=values["software"],
-            relay=None if values["no-relay"] else RelayConfig.from_values(values, ip),
+            relay=None if values["no-relay"] else RelayConfig.from_values(values, ips),
             open_registration=values["open-registration"],
             latest_client_version=values["latest-client-version"],
             peer_nodes=values["peer-node"],

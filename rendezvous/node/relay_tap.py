@@ -27,17 +27,18 @@ from relay.config import (
     Option,
     RelayConfig,
     TomlOptions,
+    check_listen_ips,
     parse_count,
     usage_options,
 )
 from relay.datagrams import receive_drops
 from relay.drain import DrainService
+from relay.listening import ListeningPort, listening_ips
 from relay.handoff import MAX_WORKERS, HandoffFactory
 from relay.quotas import SharedAllocationCounts, quota_path
 from relay.service import add_listeners, make_relay, own_endpoints
 from relay.workers import (
     NONCE_SECRET_ENV,
-    ReusePortService,
     WorkerSupervisor,
     cores,
     die_with_parent,
@@ -68,7 +69,8 @@ class Options(TomlOptions):
     def validate(self) -> None:
         if (self.values["cert"] is None) != (self.values["key"] is None):
             raise ConfigError("--cert and --key go together")
-        config = RelayConfig.from_values(self.values, self.values["ip"])
+        self.ips = check_listen_ips(self.values["ip"])
+        config = RelayConfig.from_values(self.values, self.ips)
         low, high = config.relay_ports
         # By default one per core, as many as the relay port range has room for.
         workers = self.values["workers"] or max(1, min(cores(), MAX_WORKERS, (high - low + 1) // 2))
@@ -103,9 +105,10 @@ def makeService(options, reactor=None) -> service.MultiService:
         else:
             die_with_parent()
             nonce_secret = bytes.fromhex(os.environ.pop(NONCE_SECRET_ENV))
-    addresses = Addresses(ip=values["ip"], port=values["port"])
-    endpoints = own_endpoints(addresses, values["tls-port"], [values["metrics"]] if values["metrics"] else [])
-    relay = make_relay(reactor, options.relay_config, [values["ip"]], software, extra_sources=accounts,
+    ips = listening_ips(options.ips)
+    groups = [Addresses(ip=ip, port=values["port"]) for ip in ips]
+    endpoints = own_endpoints(groups, values["tls-port"], [values["metrics"]] if values["metrics"] else [])
+    relay = make_relay(reactor, options.relay_config, ips, software, extra_sources=accounts,
                        reload=lambda: options.reparse().relay_config, nonce_secret=nonce_secret,
                        own_endpoints=endpoints)
     relay.turn.id_prefix = str(options.worker_index)
@@ -124,10 +127,10 @@ def makeService(options, reactor=None) -> service.MultiService:
         drain.hooks.append(supervisor.drain)
         drain.sessions = lambda: len(supervisor.processes)
     drain.setServiceParent(top)
-    binding = BindingServer(addresses, software=values["software"])
-    add_listeners(top, addresses, binding, relay.turn, values["tls-port"], tls,
-                  reuse_port_reactor=reactor if options.workers > 1 else None)
-    shared = [s for s in top if isinstance(s, ReusePortService)]
+    binding = BindingServer(groups, software=values["software"])
+    add_listeners(top, groups, binding, relay.turn, values["tls-port"], tls, reactor=reactor,
+                  reuse_port=options.workers > 1)
+    shared = [s for s in top if isinstance(s, ListeningPort)]
     if supervisor is not None:
         supervisor.listeners = shared
     elif options.workers > 1:

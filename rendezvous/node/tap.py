@@ -6,17 +6,19 @@ TCP and TLS, built from a ``RendezvousConfig``.
 """
 
 import dataclasses
+import ipaddress
 import secrets
 
-from twisted.application import internet, service, strports
+from twisted.application import internet, service
 from twisted.python import usage
 
 from relay.config import TomlOptions, primary_address, usage_options
 from relay.datagrams import receive_drops
 from relay.drain import DrainService
+from relay.listening import ListeningPort, listening_ips
 from relay.listeners import ServerStreamFactory
 from relay.service import add_listeners, make_relay, own_endpoints
-from rendezvous.stun.binding import Addresses, BindingServer
+from rendezvous.stun.binding import BindingServer
 
 from rendezvous.node.accounts import AccountStore
 from rendezvous.node.admin import AdminResource, LocalView, admin_token
@@ -66,39 +68,35 @@ def makeService(options, reactor=None) -> service.MultiService:
         from twisted.internet import reactor
     config: RendezvousConfig = options.config
     top = TopService(options.values["log-format"])
-    addresses = Addresses(
-        ip=config.ip,
-        port=config.port,
-        alt_ip=config.alt_ip,
-        alt_port=config.alt_port if config.alt_ip else None,
-        advertise_ip=config.advertise_ip,
-        advertise_alt_ip=config.advertise_alt_ip,
-    )
+    ips = listening_ips(config.ips)
+    groups = config.address_groups(ips)
     software = config.software.encode("utf-8") if config.software else None
-    binding = BindingServer(addresses, software=config.software)
+    binding = BindingServer(groups, software=config.software)
+    hosts = _public_hosts(config, ips)
     accounts_path = (config.relay.accounts if config.relay else None) or config.state_dir / ACCOUNTS_FILE
     accounts = AccountStore(accounts_path)
     turn = None
     turn_secret = None
     relays = []
     if config.relay is not None:
-        listen_ips = [ip for ip in (config.ip, config.alt_ip, config.advertise_ip, config.advertise_alt_ip) if ip]
+        listen_ips = [*ips, *config.alt_ips.values(), *config.advertise_ips.values(),
+                      *config.advertise_alt_ips.values()]
         # The node hands out REST-style credentials for its own relay; with
         # no operator secret it signs them with one of its own.
         turn_secret = config.relay.auth_secrets[0] if config.relay.auth_secrets else secrets.token_urlsafe(32)
         # Every port this process listens on, which the relay must never relay to.
-        more = [(config.ip, port) for port in (config.http_port, config.https_port, config.echo_port) if port]
-        endpoints = own_endpoints(addresses, config.tls_port, more + ([config.metrics] if config.metrics else []))
+        more = [(ip, port) for ip in ips for port in (config.http_port, config.https_port, config.echo_port) if port]
+        endpoints = own_endpoints(groups, config.tls_port, more + ([config.metrics] if config.metrics else []))
         relay = make_relay(reactor, _relay_config(options, turn_secret), listen_ips, software, extra_sources=[accounts],
                            reload=lambda: _relay_config(options.reparse(), turn_secret), own_endpoints=endpoints)
         relay.setServiceParent(top)
         turn = relay.turn
-        relays = _turn_urls(config)
+        relays = _turn_urls(config, hosts)
     name = config.node_name or node_name()
     static_cache = [{"host": host, "port": port} for host, port in config.peer_nodes]
     directory = None
     if config.redis:
-        directory = RedisDirectory(reactor, config.redis, name, _public_host(config), config.port)
+        directory = RedisDirectory(reactor, config.redis, name, hosts[0], config.port)
         directory.setServiceParent(top)
     node = SignalingNode(accounts, reactor, SignalingConfig(
         realm=config.relay.realm if config.relay else "txrendezvous",
@@ -108,7 +106,8 @@ def makeService(options, reactor=None) -> service.MultiService:
         host_cache=list(static_cache),
         relays=relays,
         turn_secret=turn_secret,
-        address=(_public_host(config), config.port),
+        address=(hosts[0], config.port),
+        public_ips=tuple(hosts),
     ), directory)
     if directory is not None:
         directory.node = node
@@ -127,22 +126,21 @@ def makeService(options, reactor=None) -> service.MultiService:
     signaling = SignalingFactory(node)
     reloads = relay.reload_hooks if config.relay is not None else []
     tls = _tls(config, ALPN_PROTOCOLS, reloads) if config.tls_port else None
-    add_listeners(top, addresses, binding, turn, config.tls_port, tls,
-                  wrap=lambda stun: DemuxFactory(stun, signaling))
-    _add_web_ports(top, config, binding, turn, signaling, site(node), reloads)
+    add_listeners(top, groups, binding, turn, config.tls_port, tls,
+                  wrap=lambda stun: DemuxFactory(stun, signaling), reactor=reactor)
+    _add_web_ports(top, reactor, config, ips, binding, turn, signaling, site(node), reloads)
     if config.echo_port:
-        _add_echo(top, config, reactor)
+        _add_echo(top, config, ips, reactor)
     top.binding_server = binding
     return top
 
 
-def _add_echo(top, config: RendezvousConfig, reactor) -> None:
-    """The rate-limited echo service for ALG detection, on UDP and TCP (rendezvous.node.echo)."""
+def _add_echo(top, config: RendezvousConfig, ips: tuple, reactor) -> None:
+    """The rate-limited echo service for ALG detection, on UDP and TCP at each IP (rendezvous.node.echo)."""
     core = EchoCore()
-    internet.UDPServer(config.echo_port, EchoDatagramProtocol(core, reactor),
-                       interface=config.ip).setServiceParent(top)
-    internet.TCPServer(config.echo_port, EchoStreamFactory(core, reactor),
-                       interface=config.ip).setServiceParent(top)
+    for ip in ips:
+        ListeningPort(reactor, "udp", ip, config.echo_port, EchoDatagramProtocol(core, reactor)).setServiceParent(top)
+        ListeningPort(reactor, "tcp", ip, config.echo_port, EchoStreamFactory(core, reactor)).setServiceParent(top)
 
 
 def _tls(config: RendezvousConfig, protocols: list[bytes], reloads: list) -> ReloadableTLS:
@@ -155,38 +153,52 @@ def _tls(config: RendezvousConfig, protocols: list[bytes], reloads: list) -> Rel
     return tls
 
 
-def _add_web_ports(top, config: RendezvousConfig, binding, turn, signaling, web, reloads) -> None:
-    """The firewall ports: STUN/TURN, signaling and HTTP told apart by first bytes.
+def _add_web_ports(top, reactor, config: RendezvousConfig, ips: tuple, binding, turn, signaling, web,
+                   reloads) -> None:
+    """The firewall ports at each IP: STUN/TURN, signaling and HTTP told apart by first bytes.
 
     Ports below 1024 are bound during twistd's privileged start-up, before
     --uid/--gid drop root (or with CAP_NET_BIND_SERVICE).
     """
-    interface = config.ip.replace(":", "\\:")
-    if config.http_port:
-        stun = ServerStreamFactory(binding, turn, (config.ip, config.http_port), "tcp")
-        strports.service(f"tcp:{config.http_port}:interface={interface}",
-                         DemuxFactory(stun, signaling, web)).setServiceParent(top)
-    if config.https_port:
-        tls = _tls(config, WEB_ALPN_PROTOCOLS, reloads)
-        stun = ServerStreamFactory(binding, turn, (config.ip, config.https_port), "tls")
-        internet.SSLServer(config.https_port, DemuxFactory(stun, signaling, web), tls,
-                           interface=config.ip).setServiceParent(top)
+    tls = _tls(config, WEB_ALPN_PROTOCOLS, reloads) if config.https_port else None
+    for ip in ips:
+        if config.http_port:
+            stun = ServerStreamFactory(binding, turn, (ip, config.http_port), "tcp")
+            ListeningPort(reactor, "tcp", ip, config.http_port,
+                          DemuxFactory(stun, signaling, web)).setServiceParent(top)
+        if config.https_port:
+            stun = ServerStreamFactory(binding, turn, (ip, config.https_port), "tls")
+            ListeningPort(reactor, "tcp", ip, config.https_port, DemuxFactory(stun, signaling, web),
+                          tls).setServiceParent(top)
 
 
-def _public_host(config: RendezvousConfig) -> str:
-    """The address clients should use for this node."""
-    if config.advertise_ip:
-        return config.advertise_ip
-    if config.ip not in ("0.0.0.0", "::"):
-        return config.ip
-    return config.relay.relay_ips[0] if config.relay else primary_address()
+def _public_hosts(config: RendezvousConfig, ips: tuple) -> list[str]:
+    """The addresses clients should use for this node, one per family listened on, in the order of ips.
+
+    A family's advertised address, else its specific --ip, else its relayed
+    address or the address of its default route.
+    """
+    hosts: dict[int, str] = {}
+    relay_ips = {ipaddress.ip_address(ip).version: ip for ip in (config.relay.relay_ips if config.relay else ())}
+    for ip in ips:
+        version = ipaddress.ip_address(ip).version
+        if version in hosts:
+            continue
+        host = config.advertise_ips.get(version)
+        if host is None and not ipaddress.ip_address(ip).is_unspecified:
+            host = ip
+        host = host or relay_ips.get(version) or primary_address(version)
+        if host:
+            hosts[version] = host
+    return list(hosts.values()) or [primary_address()]
 
 
-def _turn_urls(config: RendezvousConfig) -> list[str]:
-    """The TURN URLs (RFC 7065) of this node's relay, for clients."""
-    host = _public_host(config)
-    host = f"[{host}]" if ":" in host else host
-    urls = [f"turn:{host}:{config.port}?transport=udp", f"turn:{host}:{config.port}?transport=tcp"]
-    if config.tls_port:
-        urls.append(f"turns:{host}:{config.tls_port}?transport=tcp")
+def _turn_urls(config: RendezvousConfig, hosts: list[str]) -> list[str]:
+    """The TURN URLs (RFC 7065) of this node's relay at each of its public addresses, for clients."""
+    urls = []
+    for host in hosts:
+        host = f"[{host}]" if ":" in host else host
+        urls += [f"turn:{host}:{config.port}?transport=udp", f"turn:{host}:{config.port}?transport=tcp"]
+        if config.tls_port:
+            urls.append(f"turns:{host}:{config.tls_port}?transport=tcp")
     return urls

@@ -351,7 +351,8 @@ async def _login(cls, reactor, order: list[tuple[str, int]], host_cache: HostCac
             continue
         client._welcomed(reply, server)
         if host_cache is not None:
-            host_cache.merge([{"host": server[0], "port": server[1]}] + list(reply.get("host_cache") or []))
+            this = {"host": server[0], "port": server[1], "ips": reply.get("node_ips")}  # both families
+            host_cache.merge([this] + list(reply.get("host_cache") or []))
             try:
                 host_cache.save()
             except OSError as e:

@@ -5,14 +5,18 @@ behaviour discovery: CHANGE-REQUEST, RESPONSE-ORIGIN, OTHER-ADDRESS,
 RESPONSE-PORT, PADDING); RFC 3489 §8.2 (classic clients: MAPPED-ADDRESS,
 SOURCE-ADDRESS, CHANGED-ADDRESS).
 
-The server owns up to four UDP endpoints, the primary and alternate IP
-crossed with the primary and alternate port. ``handle_datagram`` takes the
+The server owns up to four UDP endpoints per address group (``Addresses``),
+the primary and alternate IP crossed with the primary and alternate port; a
+dual-stack server has a group per listening IP (one IPv4, one IPv6 at the
+least), and a reply never leaves its group, so an IPv4 client gets IPv4
+addresses back and an IPv6 client IPv6 ones. ``handle_datagram`` takes the
 bytes, who sent them and which local endpoint got them, and returns a
 ``Reply`` naming the bytes, the local endpoint to send from and the
 destination; or None when nothing is to be sent.
 """
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .addresses import Address
@@ -101,15 +105,17 @@ class Addresses:
 
 
 class BindingServer:
-    """Answers Binding requests; counts what it sees in ``counters``."""
+    """Answers Binding requests for one or more address groups; counts what it sees in ``counters``."""
 
-    def __init__(self, addresses: Addresses, software: str | None = None) -> None:
-        self.addresses = addresses
+    def __init__(self, addresses: Addresses | Sequence[Addresses], software: str | None = None) -> None:
+        self.groups = (addresses,) if isinstance(addresses, Addresses) else tuple(addresses)
         self.software = software.encode("utf-8") if software else None
         self.counters: Counter[str] = Counter()
-        self._understood = (
-            _UNDERSTOOD_WITH_ALTERNATE if addresses.has_alternate else _UNDERSTOOD
-        )
+        self._by_ip = {ip: group for group in reversed(self.groups) for ip in (group.ip, group.alt_ip) if ip}
+
+    def group(self, local: Address) -> Addresses:
+        """The address group a local endpoint belongs to."""
+        return self._by_ip.get(local[0], self.groups[0])
 
     def handle_datagram(self, data: bytes, source: Address, local: Address) -> Reply | None:
         """Answer one UDP datagram; None when it must be dropped or not answered."""
@@ -166,7 +172,8 @@ class BindingServer:
         self.counters["requests"] += 1
         if request.method != Method.BINDING:
             return self._error(request, source, local, Error.BAD_REQUEST, "Unsupported method")
-        unknown = unknown_required(request, self._understood)
+        addresses = self.group(local)
+        unknown = unknown_required(request, _UNDERSTOOD_WITH_ALTERNATE if addresses.has_alternate else _UNDERSTOOD)
         if unknown:
             return self._error(request, source, local, Error.UNKNOWN_ATTRIBUTE, unknown=unknown)
         try:
@@ -195,16 +202,16 @@ class BindingServer:
             return self._error(
                 request, source, local, Error.BAD_REQUEST, "CHANGE-REQUEST and RESPONSE-PORT need UDP"
             )
-        send_from = self.addresses.changed(local, change_ip, change_port)
+        send_from = addresses.changed(local, change_ip, change_port)
         destination = (source[0], response_port) if response_port else source
-        response = self._success(request, source, local, send_from)
+        response = self._success(request, addresses, source, local, send_from)
         if padding is not None and datagram:
             response.add(Attr.PADDING, bytes(len(padding)))
         self.counters["answered"] += 1
         return Reply(self._encode(request, response), send_from, destination)
 
-    def _success(self, request: Message, source: Address, local: Address, send_from: Address) -> Message:
-        addresses = self.addresses
+    def _success(self, request: Message, addresses: Addresses, source: Address, local: Address,
+                 send_from: Address) -> Message:
         response = success_response(request)
         origin = addresses.advertised(send_from)
         other = (

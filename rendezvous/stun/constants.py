@@ -89,6 +89,11 @@ class Attr(IntEnum):
     ICE_CONTROLLING = 0x802A
     RESPONSE_ORIGIN = 0x802B
     OTHER_ADDRESS = 0x802C
+    # The code points of draft-ietf-tram-turnbis that coturn (4.6) still sends
+    # and answers for the two attributes above that RFC 8656 put at 0x8000 and
+    # 0x8001; unassigned by IANA, accepted so its dual allocation (-Z) works.
+    DRAFT_ADDITIONAL_ADDRESS_FAMILY = 0x8032
+    DRAFT_ADDRESS_ERROR_CODE = 0x8033
 
 
 def comprehension_required(attr_type: int) -> bool:

@@ -261,3 +261,51 @@ def test_plain_requests_take_the_fast_path(server, answering):
         ask(server, msg)
     assert len(FAST_ANSWERS) == (3 if answering == "c" else 0)
     assert server.counters["requests"] == server.counters["answered"] == 7
+
+
+P6, A6 = ("2001:db8::1", 3478), ("2001:db8::2", 3479)
+CLIENT6 = ("2001:db8:ffff::9", 40000)
+
+
+def ask_from(server, msg, client, local):
+    reply = server.handle_datagram(msg.encode(), client, local)
+    return reply, Message.decode(reply.data)
+
+
+@pytest.mark.parametrize("flags", [(False, False), (True, False), (False, True), (True, True)])
+def test_dual_stack_groups_answer_within_their_family(flags):
+    """With an IPv4 and an IPv6 group, each with an alternate, a CHANGE-REQUEST moves within the family it
+    arrived on: an IPv4 client gets only IPv4 addresses back and an IPv6 client only IPv6 ones (RFC 5780 §6.1)."""
+    server = BindingServer([Addresses(P[0], P[1], A[0], A[1]), Addresses(P6[0], P6[1], A6[0], A6[1])])
+    change = request((Attr.CHANGE_REQUEST, encode_change_request(*flags)))
+    for client, primary, alternate in ((CLIENT, P, A), (CLIENT6, P6, A6)):
+        reply, response = ask_from(server, change, client, primary)
+        expected = (alternate[0] if flags[0] else primary[0], alternate[1] if flags[1] else primary[1])
+        assert reply.source == expected and reply.destination == client
+        assert response.address(Attr.XOR_MAPPED_ADDRESS) == client
+        assert response.address(Attr.RESPONSE_ORIGIN) == expected
+        assert response.address(Attr.OTHER_ADDRESS) == alternate
+
+
+def test_wildcard_groups_of_both_families():
+    """The dual-stack default (0.0.0.0 and :: groups): each client gets its own family's XOR-MAPPED-ADDRESS
+    and no RESPONSE-ORIGIN; CHANGE-REQUEST is 420 there."""
+    server = BindingServer([Addresses("0.0.0.0", 3478), Addresses("::", 3478)])
+    for client, local in ((CLIENT, ("0.0.0.0", 3478)), (CLIENT6, ("::", 3478))):
+        reply, response = ask_from(server, request(), client, local)
+        assert reply.source == local and response.address(Attr.XOR_MAPPED_ADDRESS) == client
+        assert Attr.RESPONSE_ORIGIN not in response
+        _, response = ask_from(server, request((Attr.CHANGE_REQUEST, encode_change_request(True, False))),
+                               client, local)
+        assert error_of(response) == Error.UNKNOWN_ATTRIBUTE
+
+
+def test_change_request_needs_an_alternate_in_its_own_group():
+    """CHANGE-REQUEST arriving on a group without an alternate is 420 though another family has one."""
+    server = BindingServer([Addresses(P[0], P[1], A[0], A[1]), Addresses(P6[0], P6[1])])
+    _, response = ask_from(server, request((Attr.CHANGE_REQUEST, encode_change_request(True, False))), CLIENT6, P6)
+    assert error_of(response) == Error.UNKNOWN_ATTRIBUTE
+    _, response = ask_from(server, request(), CLIENT6, P6)
+    assert Attr.OTHER_ADDRESS not in response and response.address(Attr.RESPONSE_ORIGIN) == P6
+    reply, _ = ask_from(server, request((Attr.CHANGE_REQUEST, encode_change_request(True, False))), CLIENT, P)
+    assert reply.source == (A[0], P[1])

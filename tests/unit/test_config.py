@@ -3,7 +3,7 @@
 import pytest
 from twisted.python import usage
 
-from relay.config import RELAY_OPTIONS
+from relay.config import RELAY_OPTIONS, default_relay_ips
 from rendezvous.node.relay_tap import Options as RelayOptions
 from rendezvous.node.config import RENDEZVOUS_OPTIONS
 from rendezvous.node.tap import Options
@@ -16,12 +16,35 @@ def parse(*args, options_class=Options):
 
 
 def test_defaults():
-    """With nothing given, the embedded defaults apply and the relay is on."""
+    """With nothing given, the node listens dual-stack (IPv4 and IPv6 wildcards) and the relay is on."""
     config = parse().config
-    assert (config.ip, config.port, config.tls_port, config.alt_ip) == ("0.0.0.0", 3478, 5349, None)
+    assert (config.ips, config.port, config.tls_port, config.alt_ips) == (("0.0.0.0", "::"), 3478, 5349, {})
     assert config.software is None
     assert config.relay.relay_ports == (49152, 65535) and config.relay.realm == "txrendezvous"
-    assert len(config.relay.relay_ips) == 1
+    assert config.relay.relay_ips == default_relay_ips(("0.0.0.0", "::"))
+    assert [(g.ip, g.alt_ip) for g in config.address_groups()] == [("0.0.0.0", None), ("::", None)]
+
+
+def test_default_relay_addresses_follow_each_family():
+    """A relayed address per listened family: a specific --ip itself, a wildcard's default route, none without."""
+    routes = {4: "192.0.2.7", 6: None}
+    assert default_relay_ips(("0.0.0.0", "::"), routes.get) == ("192.0.2.7",)
+    routes[6] = "2001:db8::7"
+    assert default_relay_ips(("0.0.0.0", "::"), routes.get) == ("192.0.2.7", "2001:db8::7")
+    assert default_relay_ips(("::1", "127.0.0.1", "127.0.0.2"), routes.get) == ("::1", "127.0.0.1")
+
+
+def test_several_addresses_with_an_alternate_per_family():
+    """--ip, --alt-ip and --advertise-ip repeat; each alternate and advertised address joins its family's --ip."""
+    config = parse("--ip", "127.0.0.1", "--ip", "::1", "--alt-ip", "fd00:15::2", "--alt-ip", "127.0.0.2",
+                   "--advertise-ip", "198.51.100.1", "--advertise-alt-ip", "198.51.100.2").config
+    assert config.ips == ("127.0.0.1", "::1")
+    groups = config.address_groups()
+    assert [(g.ip, g.alt_ip, g.advertise_ip, g.advertise_alt_ip) for g in groups] == [
+        ("127.0.0.1", "127.0.0.2", "198.51.100.1", "198.51.100.2"), ("::1", "fd00:15::2", None, None)]
+    assert config.relay.relay_ips == ("127.0.0.1", "::1")
+    relay = parse("--ip", "127.0.0.1", "--ip", "::1", options_class=RelayOptions)
+    assert relay.ips == ("127.0.0.1", "::1") and relay.relay_config.relay_ips == ("127.0.0.1", "::1")
 
 
 def test_toml_then_command_line(tmp_path):
@@ -32,7 +55,7 @@ def test_toml_then_command_line(tmp_path):
         'user = ["a:1", "b:2"]\nallow-peer = ["198.18.0.0/15"]\nno-relay = false\n'
     )
     config = parse("--config", str(path), "--port", "4001").config
-    assert (config.ip, config.alt_ip, config.port, config.software) == ("127.0.0.1", "127.0.0.2", 4001, "x")
+    assert (config.ips, config.alt_ips, config.port, config.software) == (("127.0.0.1",), {4: "127.0.0.2"}, 4001, "x")
     assert config.relay.users == {"a": "1", "b": "2"}
     assert config.relay.allow_peers == ("198.18.0.0/15",)
     assert config.relay.relay_ips == ("127.0.0.1",)
@@ -56,6 +79,12 @@ def test_repeatable_options_on_the_command_line():
         ('ip = "nowhere"\n', "not an IP"),
         ('alt-ip = "127.0.0.2"\n', "specific --ip"),
         ('ip = "127.0.0.1"\nalt-ip = "::1"\n', "same address family"),
+        ('ip = ["127.0.0.1", "127.0.0.2"]\nalt-ip = "127.0.0.3"\n', "one --ip of its family, not 2"),
+        ('ip = ["127.0.0.1", "::1"]\nalt-ip = ["127.0.0.2", "127.0.0.3"]\n', "one --alt-ip per address family"),
+        ('ip = ["127.0.0.1", "127.0.0.1"]\n', "given twice"),
+        ('ip = ["0.0.0.0", "127.0.0.1"]\n', "already covers every IPv4 address"),
+        ('ip = ["::", "::1"]\n', "already covers every IPv6 address"),
+        ('advertise-ip = ["198.51.100.1", "198.51.100.2"]\n', "one --advertise-ip per address family"),
         ('ip = "127.0.0.1"\nalt-ip = "127.0.0.1"\n', "must differ"),
         ('cert = "/x.pem"\n', "go together"),
         ('advertise-alt-ip = "198.18.0.1"\n', "needs --alt-ip"),

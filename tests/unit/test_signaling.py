@@ -538,6 +538,43 @@ def test_a_huge_load_cannot_swell_the_welcome(node):
     assert len(encode(welcome)) < MAX_FRAME_BYTES
 
 
+def test_host_entries_carry_both_families(node):
+    """A dual-stack node's entry carries its other family's address in ips (bad or extra ones dropped), and the
+    cache hands it on."""
+    node.learn_hosts([{"host": "198.18.4.4", "port": 3478, "load": 1,
+                       "ips": ["198.18.4.4", "2001:db8:4::4", "nonsense", 7, "2001:db8:4::5"]}])
+    assert node.host_cache()[0] == {"host": "198.18.4.4", "port": 3478, "load": 1,
+                                    "ips": ["198.18.4.4", "2001:db8:4::4"]}
+    node.learn_hosts([{"host": "2001:db8:5::5", "port": 3478, "ips": "2001:db8:5::6"}])
+    assert node.host_cache()[0] == {"host": "2001:db8:5::5", "port": 3478, "load": 0}
+
+
+def test_welcome_and_hosts_name_this_nodes_addresses_of_both_families(tmp_path, clock):
+    """welcome carries node_ips, and the hosts reply this node's entry with ips; neither address of its own is
+    learned into its cache."""
+    store = AccountStore(tmp_path / "accounts.sqlite")
+    store.add("alice", "alice-pw", "example.org")
+    config = SignalingConfig(realm="example.org", node_name="node-d", address=("198.18.0.1", 3478),
+                             public_ips=("198.18.0.1", "2001:db8::1"))
+    dual = SignalingNode(store, clock, config)
+    assert logged_in(dual, "alice").welcome["node_ips"] == ["198.18.0.1", "2001:db8::1"]
+    reply = Peer(dual, ("198.18.3.3", 5555)).do("hosts", port=3478)
+    assert reply["hosts"][0] == {"host": "198.18.0.1", "port": 3478, "load": 1, "ips": ["198.18.0.1", "2001:db8::1"]}
+    dual.learn_hosts([{"host": "2001:db8::1", "port": 3478}, {"host": "198.18.0.1", "port": 3478}])
+    assert [e["host"] for e in dual.host_cache()] == ["198.18.3.3"]
+
+
+def test_a_cache_of_long_ipv6_entries_still_fits_one_frame(node):
+    """200 entries of the longest kind (IPv6 host, both families, the largest load) are cut to what fits, so
+    the welcome is still one frame; the newest are kept."""
+    node.learn_hosts([{"host": f"ffff:ffff:ffff:ffff:ffff:ffff:ffff:{i:x}", "port": 65535, "load": 2**31 - 1,
+                       "ips": [f"ffff:ffff:ffff:ffff:ffff:ffff:ffff:{i:x}", "255.255.255.254"]} for i in range(200)])
+    welcome = logged_in(node, "alice").welcome
+    assert len(encode(welcome)) < MAX_FRAME_BYTES
+    assert welcome["host_cache"][0]["host"] == "ffff:ffff:ffff:ffff:ffff:ffff:ffff:c7"
+    assert 40 < len(welcome["host_cache"]) < 200
+
+
 def test_connect_passes_ice_credentials_through(node):
     """ufrag/pwd of the connect reach the buddy's connect-request, and each punch carries the peer's."""
     alice = logged_in(node, "alice", ("198.18.0.7", 40000))

@@ -13,6 +13,7 @@ register, log in, resume or answer pings; a session that sends too many bad
 frames is closed. Logs carry session ids, never passwords.
 """
 
+import json
 import os
 import secrets
 from collections import OrderedDict
@@ -33,6 +34,8 @@ MAX_PING_TOKEN = 64  # characters of a client's ping token echoed in the pong
 ERROR_DECAY_SECONDS = 10
 HOST_CACHE_SIZE = 200
 HOST_TTL_SECONDS = 3600
+# Bytes of host entries a welcome, hosts or redirect carries: the newest that fit, so the frame always does.
+HOST_CACHE_BYTES = 12 * 1024
 
 
 class SignalingNode(Login, Buddies, Connects):
@@ -128,7 +131,7 @@ class SignalingNode(Login, Buddies, Connects):
         seen = self.clock.seconds() if seen is None else seen
         for entry in entries if isinstance(entries, list) else []:
             clean = host_entry(entry)
-            if clean is None or (clean["host"], clean["port"]) == self.config.address:
+            if clean is None or self._is_me(clean["host"], clean["port"]):
                 continue
             key = (clean["host"], clean["port"])
             self.hosts.pop(key, None)
@@ -136,12 +139,30 @@ class SignalingNode(Login, Buddies, Connects):
         while len(self.hosts) > HOST_CACHE_SIZE:
             self.hosts.popitem(last=False)
 
+    def _is_me(self, host: str, port: int) -> bool:
+        """Whether host:port is this node, at any of its public addresses."""
+        return port == self.config.address[1] and host in (self.config.address[0], *self.config.public_ips)
+
     def host_cache(self) -> list[dict]:
-        """Known super nodes, most recently seen first, without entries unseen for an hour."""
+        """Known super nodes, most recently seen first, without entries unseen for an hour, as many as
+        fit in HOST_CACHE_BYTES."""
         cutoff = self.clock.seconds() - HOST_TTL_SECONDS
         for key in [k for k, e in self.hosts.items() if e["seen"] < cutoff]:
             del self.hosts[key]
-        return [{"host": e["host"], "port": e["port"], "load": e["load"]} for e in reversed(self.hosts.values())]
+        kept, size = [], 0
+        for entry in reversed(self.hosts.values()):
+            entry = {key: value for key, value in entry.items() if key != "seen"}
+            size += len(json.dumps(entry, separators=(",", ":"))) + 1
+            if size > HOST_CACHE_BYTES:
+                break
+            kept.append(entry)
+        return kept
+
+    def own_entry(self) -> dict:
+        """This node's host-cache entry: its public address, load and, dual-stack, every public address."""
+        host, port = self.config.address
+        return host_entry({"host": host, "port": port, "load": len(self.sessions),
+                           "ips": list(self.config.public_ips)}) or {"host": host, "port": port, "load": 0}
 
     def _hosts(self, session: Session, message: dict):
         """Host-cache exchange between super nodes: learn the caller, answer with our cache.
@@ -152,8 +173,7 @@ class SignalingNode(Login, Buddies, Connects):
         port = message.get("port")
         if isinstance(port, int):
             self.learn_hosts([{"host": session.address[0], "port": port, "load": message.get("load", 0)}])
-        me = {"host": self.config.address[0], "port": self.config.address[1], "load": len(self.sessions)}
-        return {"op": "hosts", "node": self.config.node_name, "hosts": [me] + self.host_cache()}
+        return {"op": "hosts", "node": self.config.node_name, "hosts": [self.own_entry()] + self.host_cache()}
 
     def _ping(self, session: Session, message: dict):
         token = message.get("token")

@@ -144,6 +144,7 @@ class Login:
             "resume_seconds": RESUME_SECONDS,
             "mapped": list(session.address),
             "node": self.config.node_name,
+            "node_ips": list(self.config.public_ips),
             "host_cache": self.host_cache(),
             "relays": self.config.relays,
             "latest_client_version": self.config.latest_client_version,

@@ -54,6 +54,7 @@ class SignalingConfig:
     relays: list = field(default_factory=list)
     turn_secret: str | None = None
     address: tuple = ("", 0)  # this node's public (host, port), left out of its own host cache
+    public_ips: tuple = ()  # every public address of this node, address[0] first (IPv4 and IPv6)
     turn_credential_seconds: int = 3600
 
 
