@@ -143,7 +143,7 @@ class BindingServer:
         """
         probe = Message(Method.BINDING, Class.REQUEST, bytes(12))
         source = ("0.0.0.0", 0)
-        encoded = self._success(probe, source, local, local).encode()
+        encoded = self._success(probe, self.group(local), source, local, local).encode()
         return encoded[20 + 2 * 12:]
 
     def count_fast_answers(self, count: int) -> None:
