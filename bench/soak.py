@@ -1,6 +1,7 @@
 """Soak: a relay under steady load and allocation churn for --minutes, watched for leaks. Not a test.
 
     .venv/bin/python bench/soak.py --minutes 30 [--servers ours,coturn] [--out DIR]
+    .venv/bin/python bench/soak.py --minutes 10 --trace DIR --trace-at 2,10     (where memory goes)
 
 For each server (ours: ``twistd relay``; coturn: ``turnserver``), started
 by this script on 127.0.0.1 with a short allocation lifetime:
@@ -24,7 +25,10 @@ sockets back to 0, file descriptors back to the idle count (within
 ``--fd-tolerance``) and RSS flat (end of run within ``--rss-tolerance``
 percent of the end of warm-up). It prints the verdict and draws an SVG
 (matplotlib). Traffic stays on loopback; every loop is bounded by the
-deadline.
+deadline. With ``--trace DIR`` our relay runs under tracemalloc
+(bench/soak_trace.py), each of its processes dumps what it holds at the
+``--trace-at`` minutes, and the script prints what grew between the first
+and last dump of each.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +52,7 @@ from pathlib import Path
 from common import coturn_version, cpu_model, free_port, process_tree
 from relay_memory import rss_kib
 from relay_throughput import Server, server_inodes
+from soak_trace import DIR_ENV, compare
 
 ROOT = Path(__file__).resolve().parent.parent
 IP = "127.0.0.1"
@@ -70,8 +76,9 @@ class Soak:
     churn: dict = field(default_factory=dict)
 
 
-def start(kind: str, directory: Path) -> tuple[Server, int | None]:
-    """Our relay or coturn on 127.0.0.1, loopback peers allowed, allocations living LIFETIME_SECONDS."""
+def start(kind: str, directory: Path, trace: Path | None = None) -> tuple[Server, int | None]:
+    """Our relay or coturn on 127.0.0.1, loopback peers allowed, allocations living LIFETIME_SECONDS;
+    with trace, ours under bench/soak_trace.py dumping into that folder."""
     directory.mkdir(parents=True)
     port = free_port((IP,))
     low, high = RELAY_PORTS
@@ -83,6 +90,8 @@ def start(kind: str, directory: Path) -> tuple[Server, int | None]:
                    "--realm", REALM, "--allow-peer", "127.0.0.0/8", "--relay-ports", f"{low}-{high}",
                    "--default-lifetime", str(LIFETIME_SECONDS // 2), "--max-lifetime", str(LIFETIME_SECONDS),
                    "--state-dir", str(directory / "state"), "--metrics", f"{IP}:{metrics_port}"]
+        if trace is not None:
+            command[:1] = [sys.executable, str(ROOT / "bench" / "soak_trace.py")]
     else:
         command = ["turnserver", "-n", "--listening-ip", IP, "--listening-port", str(port), "--relay-ip", IP,
                    "--min-port", str(low), "--max-port", str(high), "--realm", REALM,
@@ -93,7 +102,8 @@ def start(kind: str, directory: Path) -> tuple[Server, int | None]:
     log_path = directory / "server.out"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   cwd=directory, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                                   cwd=directory, env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                                           **({DIR_ENV: str(trace)} if trace else {})))
     server = Server(kind, command, process, (IP, port), log_path)
     server.wait_until_answering()
     print("server: " + " ".join(command), flush=True)
@@ -190,7 +200,8 @@ def start_churn(soak: Soak, args: argparse.Namespace, seconds: float) -> subproc
 
 
 def soak_one(kind: str, args: argparse.Namespace, directory: Path) -> Soak:
-    server, metrics_port = start(kind, directory)
+    trace = args.trace if kind == "ours" else None
+    server, metrics_port = start(kind, directory, trace)
     soak = Soak(kind, server, metrics_port)
     started = time.monotonic()
     try:
@@ -201,10 +212,15 @@ def soak_one(kind: str, args: argparse.Namespace, directory: Path) -> Soak:
         loader = threading.Thread(target=load_loop, args=(soak, args, until, stop), daemon=True)
         loader.start()
         churn = start_churn(soak, args, args.minutes * 60)
+        dumps = sorted(args.trace_at) if trace else []
         while time.monotonic() < until:
             time.sleep(min(args.interval, max(0.0, until - time.monotonic())))
             row = sample(soak, started, "load")
             print(_line(kind, row), flush=True)
+            if dumps and row["minute"] >= dumps[0] - 0.01:
+                dumps.pop(0)
+                for pid in process_tree(server.process.pid):
+                    os.kill(pid, signal.SIGUSR2)
         stop.set()
         out, err = churn.communicate(timeout=120)
         soak.churn = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-500:]}
@@ -220,6 +236,14 @@ def soak_one(kind: str, args: argparse.Namespace, directory: Path) -> Soak:
     finally:
         server.stop()
     return soak
+
+
+def print_trace(directory: Path) -> None:
+    """What grew in each traced process between its first and its last dump."""
+    for pid in sorted({p.name.split("-")[0] for p in directory.glob("*.pickle")}):
+        dumps = sorted(directory.glob(f"{pid}-*.pickle"), key=lambda p: int(p.stem.split("-")[1]))
+        if len(dumps) >= 2:
+            print("\n".join(compare(dumps[0], dumps[-1])), flush=True)
 
 
 def _line(kind: str, row: dict) -> str:
@@ -333,6 +357,10 @@ def main() -> None:
     parser.add_argument("--plot-only", type=Path, metavar="CSV",
                         help="draw the SVG of an earlier run's soak.csv (beside it, titled --title) and stop")
     parser.add_argument("--title", default="soak", help="the plot's title with --plot-only")
+    parser.add_argument("--trace", type=Path, metavar="DIR",
+                        help="run our relay under tracemalloc (bench/soak_trace.py), its dumps in DIR (slower)")
+    parser.add_argument("--trace-at", default="2,10", type=lambda text: [float(m) for m in text.split(",")],
+                        help="minutes at which each relay process dumps with --trace (default 2,10)")
     args = parser.parse_args()
     if args.plot_only:
         plot(read_csv(args.plot_only), args.plot_only.with_suffix(".svg"), args.title)
@@ -346,6 +374,9 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     out = args.out or Path(tempfile.mkdtemp(prefix="soak-"))
     out.mkdir(parents=True, exist_ok=True)
+    if args.trace:
+        args.trace = args.trace.resolve()
+        args.trace.mkdir(parents=True, exist_ok=True)
     print(f"soak: {args.minutes:g} min per server on {cpu_model()}, {os.cpu_count()} CPUs; "
           f"coturn {coturn_version() if 'coturn' in kinds else 'not run'}; output in {out}", flush=True)
     soaks = []
@@ -360,6 +391,8 @@ def main() -> None:
         print(f"{soak.kind}: churn {json.dumps(soak.churn)}")
         for line in verdict(soak, args):
             print(f"{soak.kind}: {line}")
+    if args.trace:
+        print_trace(args.trace)
     plot({s.kind: s.rows for s in soaks}, out / "soak.svg", f"soak: {args.minutes:g} min, {args.load_clients} x {args.load_rate} pkt/s "
                                    f"+ {args.churn_rate:g} allocations/s churn")
     print(f"\nCSV: {out / 'soak.csv'}\nplot: {out / 'soak.svg'}")
