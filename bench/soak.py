@@ -26,7 +26,8 @@ sockets back to 0, file descriptors back to the idle count (within
 percent of the end of warm-up). It prints the verdict and draws an SVG
 (matplotlib). Traffic stays on loopback; every loop is bounded by the
 deadline. With ``--trace DIR`` our relay runs under tracemalloc
-(bench/soak_trace.py), each of its processes dumps what it holds at the
+(bench/soak_trace.py; ``--trace-frames 0``: without it, at full speed, for
+the heap figures), each of its processes dumps what it holds at the
 ``--trace-at`` minutes, and the script prints what grew between the first
 and last dump of each.
 """
@@ -52,7 +53,7 @@ from pathlib import Path
 from common import coturn_version, cpu_model, free_port, process_tree
 from relay_memory import rss_kib
 from relay_throughput import Server, server_inodes
-from soak_trace import DIR_ENV, compare
+from soak_trace import DIR_ENV, FRAMES_ENV, compare
 
 ROOT = Path(__file__).resolve().parent.parent
 IP = "127.0.0.1"
@@ -76,7 +77,7 @@ class Soak:
     churn: dict = field(default_factory=dict)
 
 
-def start(kind: str, directory: Path, trace: Path | None = None) -> tuple[Server, int | None]:
+def start(kind: str, directory: Path, trace: Path | None = None, frames: int = 10) -> tuple[Server, int | None]:
     """Our relay or coturn on 127.0.0.1, loopback peers allowed, allocations living LIFETIME_SECONDS;
     with trace, ours under bench/soak_trace.py dumping into that folder."""
     directory.mkdir(parents=True)
@@ -103,7 +104,8 @@ def start(kind: str, directory: Path, trace: Path | None = None) -> tuple[Server
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    cwd=directory, env=dict(os.environ, PYTHONPATH=str(ROOT),
-                                                           **({DIR_ENV: str(trace)} if trace else {})))
+                                                           **({DIR_ENV: str(trace), FRAMES_ENV: str(frames)}
+                                                              if trace else {})))
     server = Server(kind, command, process, (IP, port), log_path)
     server.wait_until_answering()
     print("server: " + " ".join(command), flush=True)
@@ -201,7 +203,7 @@ def start_churn(soak: Soak, args: argparse.Namespace, seconds: float) -> subproc
 
 def soak_one(kind: str, args: argparse.Namespace, directory: Path) -> Soak:
     trace = args.trace if kind == "ours" else None
-    server, metrics_port = start(kind, directory, trace)
+    server, metrics_port = start(kind, directory, trace, args.trace_frames)
     soak = Soak(kind, server, metrics_port)
     started = time.monotonic()
     try:
@@ -257,6 +259,24 @@ def _settled(row: dict, idle: dict, args: argparse.Namespace) -> bool:
     return row["relay_sockets"] == 0 and not any(gauges) and row["fds"] <= idle["fds"] + args.fd_tolerance
 
 
+def rss_slope(rows: list[dict], warmup_minutes: float) -> tuple[float, float]:
+    """(MiB a minute, KiB per hour) of RSS under load after warm-up: the least-squares line's slope."""
+    points = [(r["minute"], r["rss_kib"]) for r in rows if r["phase"] == "load" and r["minute"] > warmup_minutes]
+    if len(points) < 2:
+        return 0.0, 0.0
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    slope = (sum((x - mean_x) * (y - mean_y) for x, y in points)
+             / sum((x - mean_x) ** 2 for x, _ in points))  # KiB a minute
+    return slope / 1024, slope * 60
+
+
+def slope_line(rows: list[dict], minutes: float, fraction: float) -> str:
+    mib_per_minute, kib_per_hour = rss_slope(rows, max(1.0, minutes * fraction))
+    return (f"RSS slope under load after warm-up (least squares over the samples): {mib_per_minute:+.4f} MiB a "
+            f"minute ({kib_per_hour:+,.0f} KiB an hour)")
+
+
 def verdict(soak: Soak, args: argparse.Namespace) -> list[str]:
     """What leaked, if anything: one line per quantity, each ending in ok or LEAK."""
     idle, end = soak.rows[0], soak.rows[-1]
@@ -277,6 +297,7 @@ def verdict(soak: Soak, args: argparse.Namespace) -> list[str]:
     lines.append(f"RSS: {warm_rss / 1024:.1f} MiB at the end of warm-up (first {args.warmup_fraction:.0%} of the run), "
                  f"{end_load / 1024:.1f} MiB at the end of the load ({growth:+.1f} %), {end['rss_kib'] / 1024:.1f} MiB "
                  f"after the drain; tolerance {args.rss_tolerance:g} %: {'ok' if growth <= args.rss_tolerance else 'LEAK'}")
+    lines.append(slope_line(soak.rows, args.minutes, args.warmup_fraction))
     return lines
 
 
@@ -304,14 +325,20 @@ def read_csv(path: Path) -> dict[str, list[dict]]:
 
 
 def plot(runs: dict[str, list[dict]], path: Path, title: str) -> None:
-    """Four panels over minutes: RSS, open fds, allocations and permissions, relay sockets."""
+    """Five panels over minutes: RSS, its growth since the first sample under load, open fds, allocations
+    and permissions, relay sockets."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(4, 1, figsize=(9, 10), sharex=True)
-    panels = [("RSS (MiB)", [("rss_kib", 1 / 1024, "")]), ("open file descriptors", [("fds", 1, "")]),
+    for rows in runs.values():
+        first = next((r["rss_kib"] for r in rows if r["phase"] == "load"), rows[0]["rss_kib"])
+        for r in rows:
+            r["rss_growth"] = r["rss_kib"] - first
+    figure, axes = pyplot.subplots(5, 1, figsize=(9, 12), sharex=True)
+    panels = [("RSS (MiB)", [("rss_kib", 1 / 1024, "")]),
+              ("RSS since load began (MiB)", [("rss_growth", 1 / 1024, "")]), ("open file descriptors", [("fds", 1, "")]),
               ("allocations / permissions", [("allocations", 1, " allocations"), ("permissions", 1, " permissions")]),
               ("relay sockets", [("relay_sockets", 1, "")])]
     for axis, (label, series) in zip(axes, panels):
@@ -361,9 +388,16 @@ def main() -> None:
                         help="run our relay under tracemalloc (bench/soak_trace.py), its dumps in DIR (slower)")
     parser.add_argument("--trace-at", default="2,10", type=lambda text: [float(m) for m in text.split(",")],
                         help="minutes at which each relay process dumps with --trace (default 2,10)")
+    parser.add_argument("--trace-frames", type=int, default=10,
+                        help="tracemalloc frames with --trace (default 10; 0: no tracemalloc, the relay at full "
+                             "speed, its dumps with heap figures, counts and tables only)")
     args = parser.parse_args()
     if args.plot_only:
-        plot(read_csv(args.plot_only), args.plot_only.with_suffix(".svg"), args.title)
+        runs = read_csv(args.plot_only)
+        for kind, rows in runs.items():
+            minutes = max(r["minute"] for r in rows if r["phase"] == "load")
+            print(f"{kind}: {slope_line(rows, minutes, args.warmup_fraction)}")
+        plot(runs, args.plot_only.with_suffix(".svg"), args.title)
         return
     if not 0.5 <= args.minutes <= 24 * 60 or not 1 <= args.interval <= 60 or not 0 < args.churn_rate <= 50:
         parser.error("--minutes must be 0.5-1440, --interval 1-60, --churn-rate in (0, 50]")

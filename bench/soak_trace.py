@@ -2,27 +2,31 @@
 
     python bench/soak_trace.py -n relay ...        (what bench/soak.py --trace DIR runs instead of twistd)
 
-It starts tracemalloc (``SOAK_TRACE_FRAMES`` frames, default 10) and runs
-twistd with the same arguments; the relay's workers, spawned with this
-script as their twistd (``relay.workers``), do the same. On SIGUSR2 a
+It starts tracemalloc (``SOAK_TRACE_FRAMES`` frames, default 10; 0: not)
+and runs twistd with the same arguments; the relay's workers, spawned with
+this script as their twistd (``relay.workers``), do the same. On SIGUSR2 a
 process writes ``SOAK_TRACE_DIR/PID-N.pickle``: its tracemalloc snapshot
-and, to see growth that tracemalloc cannot (memory from plain malloc, an
-object leaked by a missing Py_DECREF is still traced), the garbage
-collector's counts, its objects counted by type, and the length of every
-dict, set, list and deque attribute of every object of a ``relay.``,
-``rendezvous.`` or ``twisted.logger`` class. ``compare`` prints two dumps'
-differences.
+(an object a C extension leaks by a missing Py_DECREF shows there, at the
+line that called it); for what tracemalloc cannot see, glibc's and
+pymalloc's heap figures and the RSS before and after ``malloc_trim(0)``
+(memory from plain malloc, fragmentation); the garbage collector's counts
+and objects by type; and the summed length of every container attribute of
+the ``relay.``, ``rendezvous.`` and ``twisted.logger`` objects and of our
+``lru_cache`` tables. ``compare`` prints what changed between two dumps.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import pickle
+import re
 import signal
 import sys
+import tempfile
 import tracemalloc
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from pathlib import Path
 
 DIR_ENV, FRAMES_ENV = "SOAK_TRACE_DIR", "SOAK_TRACE_FRAMES"
@@ -44,7 +48,7 @@ def tables() -> dict[str, int]:
                 value = getattr(obj, name, None)
             except Exception:  # a property that fails on this instance
                 continue
-            if isinstance(value, (dict, set, frozenset, list, deque, OrderedDict, bytearray)):
+            if isinstance(value, (dict, set, frozenset, list, deque, bytearray)):
                 lengths[f"{module}.{cls.__qualname__}.{name}"] += len(value)
     for name, module in list(sys.modules.items()):  # lru_cache'd functions of our modules
         if name.startswith(("relay", "rendezvous")):
@@ -52,6 +56,42 @@ def tables() -> dict[str, int]:
                 if hasattr(value, "cache_info"):
                     lengths[f"{name}.{attr}()"] = value.cache_info().currsize
     return dict(lengths)
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def heap() -> dict[str, int]:
+    """glibc's heap (mallinfo2: arena = brk heap, hblkhd = mmapped, uordblks in use, fordblks free) and
+    pymalloc's (sys._debugmallocstats: its '# ... = N' lines), in bytes; RSS before and after malloc_trim(0)."""
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _Mallinfo2
+    info = libc.mallinfo2()
+    stats = {f"malloc {name}": getattr(info, name) for name in ("arena", "hblkhd", "uordblks", "fordblks")}
+    with tempfile.TemporaryFile() as out:  # _debugmallocstats writes to the C stderr
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(out.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode("ascii", "replace")
+    for name, value in re.findall(r"^# (.+?)\s+=\s+([\d,]+)$", text, re.M):
+        stats[f"pymalloc {name}"] = int(value.replace(",", ""))
+    stats["rss before trim"] = rss_kib() * 1024
+    libc.malloc_trim(0)
+    stats["rss after trim"] = rss_kib() * 1024
+    return stats
 
 
 def dump() -> None:
@@ -66,10 +106,12 @@ def _dump() -> None:
     directory = Path(os.environ[DIR_ENV])
     number = len(list(directory.glob(f"{os.getpid()}-*.pickle")))
     gc.collect()
+    tracing = tracemalloc.is_tracing()
     record = {
         "pid": os.getpid(), "argv": sys.argv,
-        "snapshot": tracemalloc.take_snapshot(),
-        "traced": tracemalloc.get_traced_memory(),
+        "snapshot": tracemalloc.take_snapshot() if tracing else None,
+        "traced": tracemalloc.get_traced_memory() if tracing else (0, 0),
+        "heap": heap(),
         "gc_count": gc.get_count(), "gc_objects": len(gc.get_objects()),
         "types": Counter(type(o).__qualname__ for o in gc.get_objects()),
         "tables": tables(),
@@ -78,22 +120,31 @@ def _dump() -> None:
         pickle.dump(record, f)
 
 
+_SHOWN = {"arena", "hblkhd", "uordblks", "fordblks", "arenas allocated current", "bytes in allocated blocks",
+          "bytes in available blocks", "before trim", "after trim"}
+
+
 def compare(before: Path, after: Path, top: int = 12) -> list[str]:
-    """What grew between two dumps of one process: tracebacks, object types and tables."""
+    """What grew between two dumps of one process: heap figures, tracebacks, object types and tables."""
     with open(before, "rb") as f:
         a = pickle.load(f)
     with open(after, "rb") as f:
         b = pickle.load(f)
     lines = [f"pid {b['pid']}: traced {a['traced'][0] / 1024:.0f} -> {b['traced'][0] / 1024:.0f} KiB, "
              f"gc objects {a['gc_objects']} -> {b['gc_objects']}"]
-    for stat in b["snapshot"].compare_to(a["snapshot"], "traceback")[:top]:
+    shown = [name for name in b["heap"] if name in a["heap"] and name.split(" ", 1)[1] in _SHOWN]
+    lines.append("  heap: " + ", ".join(
+        f"{name} {a['heap'][name]} -> {b['heap'][name]}" if "arenas" in name
+        else f"{name} {a['heap'][name] / 1024:,.0f} -> {b['heap'][name] / 1024:,.0f} KiB" for name in shown))
+    stats = b["snapshot"].compare_to(a["snapshot"], "traceback") if a["snapshot"] and b["snapshot"] else []
+    for stat in stats[:top]:
         frames = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in list(stat.traceback)[::-1][:5])
         lines.append(f"  {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks  {frames}")
     grown = (b["types"] - a["types"]).most_common(top)
     lines.append("  objects by type (grown): " + ", ".join(f"{name} +{n}" for name, n in grown))
     changed = sorted(((name, a["tables"].get(name, 0), n) for name, n in b["tables"].items()
                       if n != a["tables"].get(name, 0)), key=lambda t: t[1] - t[2])
-    lines.append("  tables (grown): " + ", ".join(f"{name} {m} -> {n}" for name, m, n in changed[:top]))
+    lines.append("  tables (changed, grown first): " + ", ".join(f"{name} {m} -> {n}" for name, m, n in changed[:top]))
     return lines
 
 
@@ -105,7 +156,9 @@ def _later(signum, frame) -> None:
 
 
 def main() -> None:
-    tracemalloc.start(int(os.environ.get(FRAMES_ENV, "10")))
+    frames = int(os.environ.get(FRAMES_ENV, "10"))
+    if frames:
+        tracemalloc.start(frames)
     signal.signal(signal.SIGUSR2, _later)
     from twisted.scripts.twistd import run
 
