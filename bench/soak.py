@@ -1,6 +1,7 @@
 """Soak: a relay under steady load and allocation churn for --minutes, watched for leaks. Not a test.
 
     .venv/bin/python bench/soak.py --minutes 30 [--servers ours,coturn] [--out DIR]
+    .venv/bin/python bench/soak.py --minutes 10 --trace DIR --trace-at 2,10     (where memory goes)
 
 For each server (ours: ``twistd relay``; coturn: ``turnserver``), started
 by this script on 127.0.0.1 with a short allocation lifetime:
@@ -24,7 +25,11 @@ sockets back to 0, file descriptors back to the idle count (within
 ``--fd-tolerance``) and RSS flat (end of run within ``--rss-tolerance``
 percent of the end of warm-up). It prints the verdict and draws an SVG
 (matplotlib). Traffic stays on loopback; every loop is bounded by the
-deadline.
+deadline. With ``--trace DIR`` our relay runs under tracemalloc
+(bench/soak_trace.py; ``--trace-frames 0``: without it, at full speed, for
+the heap figures), each of its processes dumps what it holds at the
+``--trace-at`` minutes, and the script prints what grew between the first
+and last dump of each.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +53,7 @@ from pathlib import Path
 from common import coturn_version, cpu_model, free_port, process_tree
 from relay_memory import rss_kib
 from relay_throughput import Server, server_inodes
+from soak_trace import DIR_ENV, FRAMES_ENV, compare
 
 ROOT = Path(__file__).resolve().parent.parent
 IP = "127.0.0.1"
@@ -70,8 +77,9 @@ class Soak:
     churn: dict = field(default_factory=dict)
 
 
-def start(kind: str, directory: Path) -> tuple[Server, int | None]:
-    """Our relay or coturn on 127.0.0.1, loopback peers allowed, allocations living LIFETIME_SECONDS."""
+def start(kind: str, directory: Path, trace: Path | None = None, frames: int = 10) -> tuple[Server, int | None]:
+    """Our relay or coturn on 127.0.0.1, loopback peers allowed, allocations living LIFETIME_SECONDS;
+    with trace, ours under bench/soak_trace.py dumping into that folder."""
     directory.mkdir(parents=True)
     port = free_port((IP,))
     low, high = RELAY_PORTS
@@ -83,6 +91,8 @@ def start(kind: str, directory: Path) -> tuple[Server, int | None]:
                    "--realm", REALM, "--allow-peer", "127.0.0.0/8", "--relay-ports", f"{low}-{high}",
                    "--default-lifetime", str(LIFETIME_SECONDS // 2), "--max-lifetime", str(LIFETIME_SECONDS),
                    "--state-dir", str(directory / "state"), "--metrics", f"{IP}:{metrics_port}"]
+        if trace is not None:
+            command[:1] = [sys.executable, str(ROOT / "bench" / "soak_trace.py")]
     else:
         command = ["turnserver", "-n", "--listening-ip", IP, "--listening-port", str(port), "--relay-ip", IP,
                    "--min-port", str(low), "--max-port", str(high), "--realm", REALM,
@@ -93,7 +103,9 @@ def start(kind: str, directory: Path) -> tuple[Server, int | None]:
     log_path = directory / "server.out"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   cwd=directory, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                                   cwd=directory, env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                                           **({DIR_ENV: str(trace), FRAMES_ENV: str(frames)}
+                                                              if trace else {})))
     server = Server(kind, command, process, (IP, port), log_path)
     server.wait_until_answering()
     print("server: " + " ".join(command), flush=True)
@@ -190,7 +202,8 @@ def start_churn(soak: Soak, args: argparse.Namespace, seconds: float) -> subproc
 
 
 def soak_one(kind: str, args: argparse.Namespace, directory: Path) -> Soak:
-    server, metrics_port = start(kind, directory)
+    trace = args.trace if kind == "ours" else None
+    server, metrics_port = start(kind, directory, trace, args.trace_frames)
     soak = Soak(kind, server, metrics_port)
     started = time.monotonic()
     try:
@@ -201,10 +214,15 @@ def soak_one(kind: str, args: argparse.Namespace, directory: Path) -> Soak:
         loader = threading.Thread(target=load_loop, args=(soak, args, until, stop), daemon=True)
         loader.start()
         churn = start_churn(soak, args, args.minutes * 60)
+        dumps = sorted(args.trace_at) if trace else []
         while time.monotonic() < until:
             time.sleep(min(args.interval, max(0.0, until - time.monotonic())))
             row = sample(soak, started, "load")
             print(_line(kind, row), flush=True)
+            if dumps and row["minute"] >= dumps[0] - 0.01:
+                dumps.pop(0)
+                for pid in process_tree(server.process.pid):
+                    os.kill(pid, signal.SIGUSR2)
         stop.set()
         out, err = churn.communicate(timeout=120)
         soak.churn = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-500:]}
@@ -222,6 +240,14 @@ def soak_one(kind: str, args: argparse.Namespace, directory: Path) -> Soak:
     return soak
 
 
+def print_trace(directory: Path) -> None:
+    """What grew in each traced process between its first and its last dump."""
+    for pid in sorted({p.name.split("-")[0] for p in directory.glob("*.pickle")}):
+        dumps = sorted(directory.glob(f"{pid}-*.pickle"), key=lambda p: int(p.stem.split("-")[1]))
+        if len(dumps) >= 2:
+            print("\n".join(compare(dumps[0], dumps[-1])), flush=True)
+
+
 def _line(kind: str, row: dict) -> str:
     return (f"[{kind} {row['minute']:6.2f} min {row['phase']:5}] RSS {row['rss_kib'] / 1024:7.1f} MiB  "
             f"fds {row['fds']:5}  relay sockets {row['relay_sockets']:5}  allocations {row['allocations']!s:>5}  "
@@ -231,6 +257,24 @@ def _line(kind: str, row: dict) -> str:
 def _settled(row: dict, idle: dict, args: argparse.Namespace) -> bool:
     gauges = [row[name] for name in ("allocations", "permissions", "channels") if row[name] != ""]
     return row["relay_sockets"] == 0 and not any(gauges) and row["fds"] <= idle["fds"] + args.fd_tolerance
+
+
+def rss_slope(rows: list[dict], warmup_minutes: float) -> tuple[float, float]:
+    """(MiB a minute, KiB per hour) of RSS under load after warm-up: the least-squares line's slope."""
+    points = [(r["minute"], r["rss_kib"]) for r in rows if r["phase"] == "load" and r["minute"] > warmup_minutes]
+    if len(points) < 2:
+        return 0.0, 0.0
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    slope = (sum((x - mean_x) * (y - mean_y) for x, y in points)
+             / sum((x - mean_x) ** 2 for x, _ in points))  # KiB a minute
+    return slope / 1024, slope * 60
+
+
+def slope_line(rows: list[dict], minutes: float, fraction: float) -> str:
+    mib_per_minute, kib_per_hour = rss_slope(rows, max(1.0, minutes * fraction))
+    return (f"RSS slope under load after warm-up (least squares over the samples): {mib_per_minute:+.4f} MiB a "
+            f"minute ({kib_per_hour:+,.0f} KiB an hour)")
 
 
 def verdict(soak: Soak, args: argparse.Namespace) -> list[str]:
@@ -253,6 +297,7 @@ def verdict(soak: Soak, args: argparse.Namespace) -> list[str]:
     lines.append(f"RSS: {warm_rss / 1024:.1f} MiB at the end of warm-up (first {args.warmup_fraction:.0%} of the run), "
                  f"{end_load / 1024:.1f} MiB at the end of the load ({growth:+.1f} %), {end['rss_kib'] / 1024:.1f} MiB "
                  f"after the drain; tolerance {args.rss_tolerance:g} %: {'ok' if growth <= args.rss_tolerance else 'LEAK'}")
+    lines.append(slope_line(soak.rows, args.minutes, args.warmup_fraction))
     return lines
 
 
@@ -280,14 +325,20 @@ def read_csv(path: Path) -> dict[str, list[dict]]:
 
 
 def plot(runs: dict[str, list[dict]], path: Path, title: str) -> None:
-    """Four panels over minutes: RSS, open fds, allocations and permissions, relay sockets."""
+    """Five panels over minutes: RSS, its growth since the first sample under load, open fds, allocations
+    and permissions, relay sockets."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(4, 1, figsize=(9, 10), sharex=True)
-    panels = [("RSS (MiB)", [("rss_kib", 1 / 1024, "")]), ("open file descriptors", [("fds", 1, "")]),
+    for rows in runs.values():
+        first = next((r["rss_kib"] for r in rows if r["phase"] == "load"), rows[0]["rss_kib"])
+        for r in rows:
+            r["rss_growth"] = r["rss_kib"] - first
+    figure, axes = pyplot.subplots(5, 1, figsize=(9, 12), sharex=True)
+    panels = [("RSS (MiB)", [("rss_kib", 1 / 1024, "")]),
+              ("RSS since load began (MiB)", [("rss_growth", 1 / 1024, "")]), ("open file descriptors", [("fds", 1, "")]),
               ("allocations / permissions", [("allocations", 1, " allocations"), ("permissions", 1, " permissions")]),
               ("relay sockets", [("relay_sockets", 1, "")])]
     for axis, (label, series) in zip(axes, panels):
@@ -333,9 +384,20 @@ def main() -> None:
     parser.add_argument("--plot-only", type=Path, metavar="CSV",
                         help="draw the SVG of an earlier run's soak.csv (beside it, titled --title) and stop")
     parser.add_argument("--title", default="soak", help="the plot's title with --plot-only")
+    parser.add_argument("--trace", type=Path, metavar="DIR",
+                        help="run our relay under tracemalloc (bench/soak_trace.py), its dumps in DIR (slower)")
+    parser.add_argument("--trace-at", default="2,10", type=lambda text: [float(m) for m in text.split(",")],
+                        help="minutes at which each relay process dumps with --trace (default 2,10)")
+    parser.add_argument("--trace-frames", type=int, default=10,
+                        help="tracemalloc frames with --trace (default 10; 0: no tracemalloc, the relay at full "
+                             "speed, its dumps with heap figures, counts and tables only)")
     args = parser.parse_args()
     if args.plot_only:
-        plot(read_csv(args.plot_only), args.plot_only.with_suffix(".svg"), args.title)
+        runs = read_csv(args.plot_only)
+        for kind, rows in runs.items():
+            minutes = max(r["minute"] for r in rows if r["phase"] == "load")
+            print(f"{kind}: {slope_line(rows, minutes, args.warmup_fraction)}")
+        plot(runs, args.plot_only.with_suffix(".svg"), args.title)
         return
     if not 0.5 <= args.minutes <= 24 * 60 or not 1 <= args.interval <= 60 or not 0 < args.churn_rate <= 50:
         parser.error("--minutes must be 0.5-1440, --interval 1-60, --churn-rate in (0, 50]")
@@ -346,6 +408,9 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     out = args.out or Path(tempfile.mkdtemp(prefix="soak-"))
     out.mkdir(parents=True, exist_ok=True)
+    if args.trace:
+        args.trace = args.trace.resolve()
+        args.trace.mkdir(parents=True, exist_ok=True)
     print(f"soak: {args.minutes:g} min per server on {cpu_model()}, {os.cpu_count()} CPUs; "
           f"coturn {coturn_version() if 'coturn' in kinds else 'not run'}; output in {out}", flush=True)
     soaks = []
@@ -360,6 +425,8 @@ def main() -> None:
         print(f"{soak.kind}: churn {json.dumps(soak.churn)}")
         for line in verdict(soak, args):
             print(f"{soak.kind}: {line}")
+    if args.trace:
+        print_trace(args.trace)
     plot({s.kind: s.rows for s in soaks}, out / "soak.svg", f"soak: {args.minutes:g} min, {args.load_clients} x {args.load_rate} pkt/s "
                                    f"+ {args.churn_rate:g} allocations/s churn")
     print(f"\nCSV: {out / 'soak.csv'}\nplot: {out / 'soak.svg'}")

@@ -677,6 +677,38 @@ def test_401_rate_limit_and_bounded_memory(server, clock):
     assert len(server._limiter.buckets) <= server._limiter.max_keys
 
 
+def test_released_allocations_leave_no_state_per_client(clock):
+    """Once its 401 budget has refilled, a client whose allocation ended leaves nothing behind in the core."""
+    server = make_server(clock, ports=FakePorts(limit=300))
+    for i in range(300):  # the soak's churn: a new source address a cycle, ten a second
+        client = Client(server, five_tuple=("udp", (f"203.0.{i // 250}.{1 + i % 250}", 40000 + i), SERVER))
+        assert client.allocate().cls == Class.SUCCESS
+        permit(client, PEER)
+        assert client.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(0))).cls == Class.SUCCESS
+        clock.advance(0.1)
+    refill = server.policy.unauthorized_burst / server.policy.unauthorized_per_second
+    clock.advance(refill)
+    server.expire(clock.seconds())
+    last = Client(server, five_tuple=("udp", ("203.0.113.99", 1), SERVER))
+    assert code(last.ask(last.raw(Method.ALLOCATE, sign=False))) == 401
+    assert list(server._limiter.buckets) == ["203.0.113.99"]
+    assert not server.allocations and not server.records and not server.by_id and not server.pending
+    assert server.counts.total == 0 and not server.counts.per_user
+
+
+def test_limited_source_is_remembered_until_its_budget_refills(server, clock):
+    """A source past its 401 burst stays limited while other sources come and go, until its bucket refills."""
+    flooder = Client(server, five_tuple=("udp", ("203.0.113.66", 1), SERVER))
+    request = flooder.raw(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, encode_requested_transport(17)), sign=False)
+    assert sum(flooder.ask(request) is not None for _ in range(200)) == server.policy.unauthorized_burst
+    for i in range(40):  # 4 s of other sources, a bucket refills in 5
+        clock.advance(0.1)
+        other = Client(server, five_tuple=("udp", (f"203.0.114.{i}", 1), SERVER))
+        assert other.ask(request) is not None
+    answers = sum(flooder.ask(request) is not None for _ in range(200))
+    assert 75 <= answers < server.policy.unauthorized_burst  # 4 s at 20 a second, not a fresh burst
+
+
 def test_data_indication_layout():
     """A hand-packed Data indication decodes to the peer and data it was given."""
     msg = Message.decode(data_indication(("2001:db8::5", 7), b"abcde"))
