@@ -42,6 +42,9 @@ RENDEZVOUS_OPTIONS = LISTENER_OPTIONS + [
     Option("https-port", parse_port, None, "TLS firewall port (STUN/TURN, signaling, HTTPS); 443 with --web-ports."),
     Option("echo-port", parse_port, 0,
            "UDP+TCP port of the rate-limited echo service for ALG detection (nat-check uses 5060); 0 = off."),
+    Option("database", parse_text, None,
+           "Account store: postgresql://USER:PASSWORD@HOST/DB, shared by super nodes, or an SQLite file "
+           "(default: --accounts, else STATE_DIR/accounts.sqlite)."),
 ] + RELAY_OPTIONS
 
 
@@ -70,6 +73,7 @@ class RendezvousConfig:
     redis: str | None = None
     metrics: tuple | None = None
     echo_port: int = 0
+    database: str | None = None
 
     @classmethod
     def from_values(cls, values: dict) -> "RendezvousConfig":
@@ -109,4 +113,5 @@ class RendezvousConfig:
             redis=values["redis"],
             metrics=values["metrics"],
             echo_port=values["echo-port"],
+            database=values["database"],
         )
