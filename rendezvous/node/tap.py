@@ -99,7 +99,7 @@ def makeService(options, reactor=None) -> service.MultiService:
     name = config.node_name or node_name()
     static_cache = [{"host": host, "port": port} for host, port in config.peer_nodes]
     directory = None
-    if isinstance(turn_keys, KeyMirror):
+    if isinstance(turn_keys, KeyMirror) and config.relay is not None:
         turn_keys.setServiceParent(top)
     if config.redis:
         directory = RedisDirectory(reactor, config.redis, name, _public_host(config), config.port)
