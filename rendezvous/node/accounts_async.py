@@ -4,8 +4,9 @@ A store call blocks (SQLite file I/O, a PostgreSQL round trip, the scrypt
 hash of a login), so the node never makes one on the reactor thread: each
 pool thread opens its own ``AccountStore`` (one connection each) and keeps
 it. A call unanswered after CALL_SECONDS fails with StoreUnavailable, so a
-stuck database never holds a session's requests for ever. ``AsyncAccounts.inline`` runs calls at once on the caller's thread
-instead, for the sans-IO core on a fake clock.
+stuck database never holds a session's requests for ever.
+``AsyncAccounts.inline`` runs calls at once on the caller's thread instead,
+for the sans-IO core on a fake clock.
 
 ``KeyMirror`` is the TURN credential source of a node whose accounts are in
 PostgreSQL: the relay asks for keys on the reactor thread, so it answers
