@@ -51,6 +51,9 @@ RENDEZVOUS_OPTIONS = LISTENER_OPTIONS + [
     Option("https-port", parse_port, None, "TLS firewall port (STUN/TURN, signaling, HTTPS); 443 with --web-ports."),
     Option("echo-port", parse_port, 0,
            "UDP+TCP port of the rate-limited echo service for ALG detection (nat-check uses 5060); 0 = off."),
+    Option("database", parse_text, None,
+           "Account store: postgresql://USER:PASSWORD@HOST/DB, shared by super nodes, or an SQLite file "
+           "(default: --accounts, else STATE_DIR/accounts.sqlite)."),
 ] + RELAY_OPTIONS
 
 
@@ -98,6 +101,7 @@ class RendezvousConfig:
     redis: str | None = None
     metrics: tuple | None = None
     echo_port: int = 0
+    database: str | None = None
 
     def address_groups(self, ips: tuple | None = None) -> list[Addresses]:
         """A Binding address group per listening IP (of ips, by default all), with its family's alternate."""
@@ -158,4 +162,5 @@ class RendezvousConfig:
             redis=values["redis"],
             metrics=values["metrics"],
             echo_port=values["echo-port"],
+            database=values["database"],
         )

@@ -20,7 +20,8 @@ from relay.listeners import ServerStreamFactory
 from relay.service import add_listeners, make_relay, own_endpoints
 from rendezvous.stun.binding import BindingServer
 
-from rendezvous.node.accounts import AccountStore
+from rendezvous.node.accounts import AccountError, AccountStore, StoreUnavailable
+from rendezvous.node.accounts_async import AsyncAccounts, KeyMirror
 from rendezvous.node.admin import AdminResource, LocalView, admin_token
 from rendezvous.node.config import RENDEZVOUS_OPTIONS, RendezvousConfig
 from rendezvous.node.echo import EchoCore, EchoDatagramProtocol, EchoStreamFactory
@@ -73,8 +74,9 @@ def makeService(options, reactor=None) -> service.MultiService:
     software = config.software.encode("utf-8") if config.software else None
     binding = BindingServer(groups, software=config.software)
     hosts = _public_hosts(config, ips)
-    accounts_path = (config.relay.accounts if config.relay else None) or config.state_dir / ACCOUNTS_FILE
-    accounts = AccountStore(accounts_path)
+    realm = config.relay.realm if config.relay else "txrendezvous"
+    accounts, turn_keys = _accounts(config, reactor, realm)
+    accounts.setServiceParent(top)
     turn = None
     turn_secret = None
     relays = []
@@ -87,19 +89,22 @@ def makeService(options, reactor=None) -> service.MultiService:
         # Every port this process listens on, which the relay must never relay to.
         more = [(ip, port) for ip in ips for port in (config.http_port, config.https_port, config.echo_port) if port]
         endpoints = own_endpoints(groups, config.tls_port, more + ([config.metrics] if config.metrics else []))
-        relay = make_relay(reactor, _relay_config(options, turn_secret), listen_ips, software, extra_sources=[accounts],
-                           reload=lambda: _relay_config(options.reparse(), turn_secret), own_endpoints=endpoints)
+        relay = make_relay(reactor, _relay_config(options, turn_secret), listen_ips, software,
+                           extra_sources=[turn_keys], own_endpoints=endpoints,
+                           reload=lambda: _relay_config(options.reparse(), turn_secret))
         relay.setServiceParent(top)
         turn = relay.turn
         relays = _turn_urls(config, hosts)
     name = config.node_name or node_name()
     static_cache = [{"host": host, "port": port} for host, port in config.peer_nodes]
     directory = None
+    if isinstance(turn_keys, KeyMirror) and config.relay is not None:
+        turn_keys.setServiceParent(top)
     if config.redis:
         directory = RedisDirectory(reactor, config.redis, name, hosts[0], config.port)
         directory.setServiceParent(top)
     node = SignalingNode(accounts, reactor, SignalingConfig(
-        realm=config.relay.realm if config.relay else "txrendezvous",
+        realm=realm,
         node_name=name,
         open_registration=config.open_registration,
         latest_client_version=config.latest_client_version,
@@ -133,6 +138,25 @@ def makeService(options, reactor=None) -> service.MultiService:
         _add_echo(top, config, ips, reactor)
     top.binding_server = binding
     return top
+
+
+def _accounts(config: RendezvousConfig, reactor, realm: str) -> tuple[AsyncAccounts, object]:
+    """The account store (its schema made or upgraded now) and the relay's source of TURN keys.
+
+    An SQLite file answers the relay's key lookups directly; a PostgreSQL
+    database, a network away, through a KeyMirror.
+    """
+    database = config.database or (config.relay.accounts if config.relay else None) \
+        or config.state_dir / ACCOUNTS_FILE
+    try:
+        store = AccountStore(database)
+    except (AccountError, StoreUnavailable) as e:
+        raise usage.UsageError(f"account store: {e}") from None
+    accounts = AsyncAccounts(lambda: AccountStore(database, upgrade=False), reactor)
+    if str(database).startswith(("postgresql://", "postgres://")):
+        store.close()
+        return accounts, KeyMirror(accounts, realm, reactor)
+    return accounts, store
 
 
 def _add_echo(top, config: RendezvousConfig, ips: tuple, reactor) -> None:
