@@ -564,7 +564,7 @@ def test_welcome_and_hosts_name_this_nodes_addresses_of_both_families(tmp_path, 
     store.add("alice", "alice-pw", "example.org")
     config = SignalingConfig(realm="example.org", node_name="node-d", address=("198.18.0.1", 3478),
                              public_ips=("198.18.0.1", "2001:db8::1"))
-    dual = SignalingNode(store, clock, config)
+    dual = SignalingNode(AsyncAccounts.inline(store), clock, config)
     assert logged_in(dual, "alice").welcome["node_ips"] == ["198.18.0.1", "2001:db8::1"]
     reply = Peer(dual, ("198.18.3.3", 5555)).do("hosts", port=3478)
     assert reply["hosts"][0] == {"host": "198.18.0.1", "port": 3478, "load": 1, "ips": ["198.18.0.1", "2001:db8::1"]}
