@@ -24,7 +24,7 @@ from relay.credentials import Keys
 from rendezvous.stun import CodecError
 from rendezvous.stun.integrity import opaque_string
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MAX_BUDDIES = 500
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MAX_NAME_BYTES = 128

@@ -29,6 +29,9 @@ from rendezvous.node.redis_directory import RedisDirectory
 from rendezvous.node.signaling import SignalingConfig, SignalingNode, node_name
 from rendezvous.node.signaling_protocol import DemuxFactory, SignalingFactory, SignalingService
 from rendezvous.node.tls import ALPN_PROTOCOLS, WEB_ALPN_PROTOCOLS, ReloadableTLS
+from rendezvous.node.results.retention import retention_service
+from rendezvous.node.results.store import ResultsStore
+from rendezvous.node.results.view import ResultsView
 from rendezvous.node.web import site
 
 
@@ -129,7 +132,8 @@ def makeService(options, reactor=None) -> service.MultiService:
     tls = _tls(config, ALPN_PROTOCOLS, reloads) if config.tls_port else None
     add_listeners(top, addresses, binding, turn, config.tls_port, tls,
                   wrap=lambda stun: DemuxFactory(stun, signaling))
-    _add_web_ports(top, config, binding, turn, signaling, site(node), reloads)
+    _add_web_ports(top, config, binding, turn, signaling, site(node, _results(top, config, accounts, reactor), reactor),
+                   reloads)
     if config.echo_port:
         _add_echo(top, config, reactor)
     top.binding_server = binding
@@ -143,6 +147,16 @@ def _add_echo(top, config: RendezvousConfig, reactor) -> None:
                        interface=config.ip).setServiceParent(top)
     internet.TCPServer(config.echo_port, EchoStreamFactory(core, reactor),
                        interface=config.ip).setServiceParent(top)
+
+
+def _results(top, config: RendezvousConfig, accounts: AccountStore, reactor) -> ResultsView | None:
+    """The field test's view over the account store's database, with its retention sweep."""
+    if not config.results:
+        return None
+    store = ResultsStore(accounts.db)
+    if config.results_retention_days:
+        retention_service(store, reactor, config.results_retention_days).setServiceParent(top)
+    return ResultsView(store, reactor)
 
 
 def _tls(config: RendezvousConfig, protocols: list[bytes], reloads: list) -> ReloadableTLS:
