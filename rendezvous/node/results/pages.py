@@ -18,7 +18,7 @@ import re
 
 from twisted.logger import Logger
 from twisted.web import resource
-from twisted.web.template import XMLString, flattenString, tags
+from twisted.web.template import Tag, XMLString, flattenString, tags
 
 from relay.limits import RateLimiter
 from rendezvous.node.metrics import answer_later
@@ -32,8 +32,9 @@ log = Logger()
 SUBMIT_BURST, SUBMIT_PER_SECOND = 10, 1 / 30
 _ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _STYLE = """
-body { font-family: sans-serif; max-width: 72em; margin: 1em auto; padding: 0 1em; color: #222; }
-section { display: flex; flex-wrap: wrap; gap: 1em 2em; align-items: flex-start; margin: 1.5em 0; }
+body { font-family: sans-serif; max-width: 90em; margin: 1em auto; padding: 0 1em; color: #222; }
+main { display: grid; grid-template-columns: repeat(auto-fill, minmax(32em, 1fr)); gap: 0 3em; }
+section { display: flex; flex-wrap: wrap; gap: 0.5em 2em; align-items: flex-start; margin: 1em 0; }
 section h2 { flex-basis: 100%; margin: 0; font-size: 1.15em; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.2em 0.6em; text-align: left; }
@@ -93,13 +94,13 @@ class ResultsPage(resource.Resource):
     def render_GET(self, request):
         def page(built) -> object:
             summary, charts = built
-            intro = tags.p(f"NAT checks: {summary['submissions']} (from {summary['networks']} /24 or /48 "
-                           f"networks). Reported sessions: {summary['sessions']}. The numbers as JSON: ",
+            intro = tags.p(f"NAT checks: {summary['submissions']}. Reported sessions: {summary['sessions']}. "
+                           f"Networks (/24 or /48) they came from: {summary['networks']}. The numbers as JSON: ",
                            tags.a("/api/results", href="/api/results"), ".")
-            return _document("NAT field test: results", intro, *[
+            return _document("NAT field test: results", intro, Tag("main")(*[
                 tags.section(tags.h2(s.title), XMLString(charts[s.chart_id]).load(),
                              _table(s.headers, s.rows, f"table-{s.chart_id}"), id=s.chart_id)
-                for s in sections(summary)])
+                for s in sections(summary)]))
 
         return _html(request, self.view.charts().addCallback(page))
 
