@@ -11,7 +11,7 @@ then holds what could be determined), 4 when ``--submit`` failed (the report
 is still printed), 1 for a bad argument.
 
 ``--submit [NODE]`` sends the report, with the optional form fields, to a
-node's field test (docs/RESULTS.md) and prints the permanent link it gets back.
+node's field test (docs/NAT_CHECK.md, the field test) and prints the permanent link it gets back.
 """
 
 from __future__ import annotations

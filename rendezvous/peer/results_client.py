@@ -1,4 +1,4 @@
-"""Sending a field-test submission to a node's ``/api/results`` (docs/RESULTS.md).
+"""Sending a field-test submission to a node's ``/api/results`` (docs/NAT_CHECK.md, the field test).
 
 Submissions are opt-in: ``txrendezvous nat-check --submit`` and
 ``connect(report_outcome=True)`` call this; nothing else does.

@@ -1,4 +1,4 @@
-"""What the node keeps of a field-test submission (docs/RESULTS.md, privacy).
+"""What the node keeps of a field-test submission (docs/NAT_CHECK.md, the field test).
 
 A checked submission (``rendezvous.wire.results``) becomes a *record*: the
 NAT behaviour words and numbers the charts need, the form's free text, and

@@ -1,4 +1,4 @@
-"""The views of ``/results``: counts over every stored record (docs/RESULTS.md).
+"""The views of ``/results``: counts over every stored record (docs/NAT_CHECK.md, the field test).
 
 Pure functions of the records, so the page, its charts and ``/api/results``
 show the same numbers. Each count view is a list of ``[label, count]``,

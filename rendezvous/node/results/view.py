@@ -44,7 +44,7 @@ def _ranked(chart_id: str, title: str, rows: list[list]) -> Section:
 
 
 def sections(summary: dict) -> list[Section]:
-    """The page's views, in reading order (docs/RESULTS.md explains each)."""
+    """The page's views, in reading order (docs/NAT_CHECK.md explains each)."""
     return [
         _counted("nat-types", "NAT types (RFC 3489 names)", summary["nat_types"]),
         _counted("mapping", "Mapping behaviour (RFC 4787 §4.1)", summary["mapping"]),

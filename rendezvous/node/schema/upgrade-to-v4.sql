@@ -1,4 +1,4 @@
--- Version 3 to 4: field-test results (docs/RESULTS.md). ``body`` is the
+-- Version 3 to 4: field-test results (docs/NAT_CHECK.md, the field test). ``body`` is the
 -- record as JSON (rendezvous/node/results/records.py says what it keeps);
 -- ``network`` is the submitter's /24 or /48, never a full address.
 CREATE TABLE results (

@@ -27,7 +27,7 @@ CREATE TABLE buddies (
 );
 CREATE INDEX buddies_by_buddy ON buddies (buddy);
 
--- Field-test results (docs/RESULTS.md): the record as JSON; network is the
+-- Field-test results (docs/NAT_CHECK.md, the field test): the record as JSON; network is the
 -- submitter's /24 or /48, never a full address.
 CREATE TABLE results (
     id TEXT PRIMARY KEY,
