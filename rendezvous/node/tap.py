@@ -112,6 +112,7 @@ def makeService(options, reactor=None) -> service.MultiService:
         relays=relays,
         turn_secret=turn_secret,
         address=(_public_host(config), config.port),
+        results_url=_results_url(config),
     ), directory)
     if directory is not None:
         directory.node = node
@@ -194,6 +195,17 @@ def _public_host(config: RendezvousConfig) -> str:
     if config.ip not in ("0.0.0.0", "::"):
         return config.ip
     return config.relay.relay_ips[0] if config.relay else primary_address()
+
+
+def _results_url(config: RendezvousConfig) -> str | None:
+    """Where clients submit field-test results: the TLS firewall port, else the plain one."""
+    if not config.results or not (config.https_port or config.http_port):
+        return None
+    host = _public_host(config)
+    host = f"[{host}]" if ":" in host else host
+    if config.https_port:
+        return f"https://{host}:{config.https_port}/api/results"
+    return f"http://{host}:{config.http_port}/api/results"
 
 
 def _turn_urls(config: RendezvousConfig) -> list[str]:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from .connect_client import add_buddies, run_pair, user
 from .lab import ENV, MINIUPNPD, ROOT, SERVER_HTTP_PORT, SERVER_IP, SERVER_PORT
 
 pytestmark = pytest.mark.natlab
@@ -77,3 +78,32 @@ def test_submissions_from_behind_nats(natlab):
 
 def before_count(summary: dict, name: str) -> int:
     return next((n for router, n, *_ in summary["routers"] if router.casefold() == name.casefold()), 0)
+
+
+def test_connect_outcomes_from_behind_nats(natlab):
+    """connect(report_outcome=True) between a cone and a random-mapping NAT, and between two random-mapping
+    NATs, reports what was tried and the path that won; the views count one session per connect."""
+    # hop=True: a second site of the kind (the factory keeps one per kind and options), one router further out.
+    cone, random_a, random_b = natlab("eim-eif"), natlab("apdm-random"), natlab("apdm-random", hop=True)
+    add_buddies(natlab.lab, [user(site) for site in (cone, random_a, random_b)])
+    before = fetch(cone, "/api/results")
+    reports = []
+    for caller, callee in ((cone, random_a), (random_a, random_b)):
+        mine, theirs = run_pair(caller, callee, "report=1")
+        assert mine.get("pong") and mine.get("reported"), mine
+        record = fetch(cone, f"/api/results/{mine['reported']['id']}")
+        assert record["path"] == mine["path"]
+        assert [a["technique"] for a in record["attempts"]] == [a[0] for a in mine["attempts"]]
+        reports.append((record, mine))
+    (direct, _), (relayed, _) = reports
+    assert direct["local"]["mapping"] == "endpoint-independent" and direct["remote"]["mapping"] == (
+        "address-and-port-dependent")
+    assert relayed["path"] == "turn-udp" and relayed["local"] == relayed["remote"] == {
+        "mapping": "address-and-port-dependent"}
+    after = fetch(cone, "/api/results")
+    assert after["sessions"] == before["sessions"] + 2
+    pairs = {(a, b): (n, d) for a, b, n, d in after["direct_by_pair"]}
+    old = {(a, b): (n, d) for a, b, n, d in before["direct_by_pair"]}
+    both_random = ("address-and-port-dependent", "address-and-port-dependent")
+    assert pairs[both_random][0] == old.get(both_random, (0, 0))[0] + 1
+    assert pairs[both_random][1] == old.get(both_random, (0, 0))[1]  # the relay is not direct

@@ -94,13 +94,18 @@ def is_direct(path: str | None) -> bool:
 
 
 def _direct_by_pair(sessions: list[dict]) -> list[list]:
-    """[NAT kind, NAT kind, sessions, direct] per unordered pair of the two sides' NAT types."""
+    """[NAT kind, NAT kind, sessions, direct] per unordered pair of the two sides' NAT kinds: the
+    NAT type where known, else the mapping behaviour (what connect() measures)."""
     total, direct = Counter(), Counter()
     for session in sessions:
-        pair = tuple(sorted(session[side].get("nat_type") or UNKNOWN for side in ("local", "remote")))
+        pair = tuple(sorted(_kind(session[side]) for side in ("local", "remote")))
         total[pair] += 1
         direct[pair] += is_direct(session["path"])
     return [[*pair, total[pair], direct[pair]] for pair in sorted(total, key=lambda p: (-total[p], p))]
+
+
+def _kind(side: dict) -> str:
+    return side.get("nat_type") or side.get("mapping") or UNKNOWN
 
 
 def _ranking(checks: list[dict], field: str) -> list[list]:

@@ -55,6 +55,7 @@ class SignalingConfig:
     turn_secret: str | None = None
     address: tuple = ("", 0)  # this node's public (host, port), left out of its own host cache
     turn_credential_seconds: int = 3600
+    results_url: str | None = None  # where clients may POST field-test submissions (rendezvous.node.results)
 
 
 class LocalDirectory:

@@ -1,0 +1,85 @@
+"""connect(report_outcome=True) on loopback: the caller's session outcome reaches the node's field test."""
+
+import json
+import urllib.request
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from rendezvous.node.accounts import AccountStore
+from rendezvous.peer.outcomes import outcome_document
+from rendezvous.peer.prediction import NatHint
+from rendezvous.wire.results import parse_submission
+from tests.conftest import free_port, start_node, stop_node
+from tests.integration.test_sessions import pair
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def results_node(tmp_path):
+    store = AccountStore(tmp_path / "state" / "accounts.sqlite")
+    for name in ("olga", "piet"):
+        store.add(name, f"{name}-pw", "txrendezvous")
+    store.request_buddy("olga", "piet")
+    store.accept_buddy("piet", "olga")
+    store.close()
+    http_port = free_port()
+    node = start_node(tmp_path, "--allow-peer", "127.0.0.0/8", "--http-port", str(http_port))
+    node.http_port = http_port
+    yield node
+    stop_node(node)
+
+
+def summary(node) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/api/results", timeout=5) as answer:
+        return json.load(answer)
+
+
+async def sessions_reported(node, count: int, seconds: float = 15.0) -> dict:
+    for _ in range(int(seconds / 0.25)):
+        found = summary(node)
+        if found["sessions"] >= count:
+            return found
+        await deferLater(reactor, 0.25)
+    return summary(node)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_caller_reports_its_session_once(results_node, tmp_path):
+    """The caller's outcome (its attempts and the settled path) is stored once; the answering side sends none."""
+    mine, theirs, listener = await pair(results_node, "olga", "piet", tmp_path, report_outcome=True)
+    try:
+        path = await mine.when_settled()
+        found = await sessions_reported(results_node, 1)
+        assert found["sessions"] == 1
+        techniques = {technique for technique, _, _ in found["techniques"]}
+        assert path in techniques and {a.technique for a in mine.attempts if a.outcome != "skipped"} == techniques
+        assert found["direct_by_pair"] == [["endpoint-independent", "endpoint-independent", 1,
+                                            0 if path.startswith("turn-") else 1]]
+        await deferLater(reactor, 1.0)
+        assert summary(results_node)["sessions"] == 1  # the listener did not report too
+    finally:
+        await mine.close()
+        await theirs.close()
+        await listener.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_report_unless_asked(results_node, tmp_path):
+    """Without report_outcome nothing is sent to the field test."""
+    mine, theirs, listener = await pair(results_node, "olga", "piet", tmp_path)
+    try:
+        await mine.when_settled()
+        await deferLater(reactor, 1.0)
+        assert summary(results_node)["sessions"] == 0
+        # What would have been sent passes the node's schema as it is.
+        hint = NatHint("address-and-port-dependent", "random")
+        assert parse_submission(json.dumps(outcome_document(mine, hint, hint)).encode())["path"] == mine.path
+    finally:
+        await mine.close()
+        await theirs.close()
+        await listener.close()
+
