@@ -6,8 +6,11 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
+
+from rendezvous.node.results.view import REBUILD_SECONDS
 
 from .connect_client import add_buddies, run_pair, user
 from .lab import ENV, MINIUPNPD, ROOT, SERVER_HTTP_PORT, SERVER_IP, SERVER_PORT
@@ -33,6 +36,14 @@ def fetch(site, path: str) -> dict:
     done = subprocess.run(site.exec_argv(sys.executable, "-c", code, f"{RESULTS}{path}"), capture_output=True,
                           text=True, timeout=30, check=True)
     return json.loads(done.stdout)
+
+
+def views_after(site, ready, seconds: float = 3 * REBUILD_SECONDS) -> dict:
+    """/api/results once ready(summary) holds (the views are recounted at most every REBUILD_SECONDS)."""
+    deadline = time.monotonic() + seconds
+    while not ready(summary := fetch(site, "/api/results")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return summary
 
 
 def stored_rows(lab) -> list[tuple[str, str]]:
@@ -61,7 +72,7 @@ def test_submissions_from_behind_nats(natlab):
     assert record["gateways"] == {"igd": True, "natpmp": True, "pcp": True}
     assert record["form"] == {"router": "Lab Router", "isp": "Lab ISP", "connection": "veth"}
 
-    after = fetch(symmetric, "/api/results")
+    after = views_after(symmetric, lambda found: found["submissions"] >= before["submissions"] + 2)
     counts = dict(map(tuple, after["nat_types"]))
     old = dict(map(tuple, before["nat_types"]))
     assert counts["symmetric"] == old.get("symmetric", 0) + 1
@@ -100,7 +111,7 @@ def test_connect_outcomes_from_behind_nats(natlab):
         "address-and-port-dependent")
     assert relayed["path"] == "turn-udp" and relayed["local"] == relayed["remote"] == {
         "mapping": "address-and-port-dependent"}
-    after = fetch(cone, "/api/results")
+    after = views_after(cone, lambda found: found["sessions"] >= before["sessions"] + 2)
     assert after["sessions"] == before["sessions"] + 2
     pairs = {(a, b): (n, d) for a, b, n, d in after["direct_by_pair"]}
     old = {(a, b): (n, d) for a, b, n, d in before["direct_by_pair"]}

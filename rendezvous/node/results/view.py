@@ -84,10 +84,20 @@ class ResultsView:
         self.clock = clock
         self.in_thread = in_thread
         self._built: tuple | None = None  # (revision, summary, charts, when)
+        self._counted: tuple | None = None  # (revision, summary, when)
         self._waiting: list[defer.Deferred] | None = None
 
     def summary(self) -> dict:
-        return summarize(self.store.records(), self.store.networks())
+        """The views' numbers, recounted when the records changed, at most every REBUILD_SECONDS."""
+        return self._count()[1]
+
+    def _count(self) -> tuple[tuple, dict]:
+        """(the store's revision the summary was counted at, the summary)."""
+        now, counted = self.clock.seconds(), self._counted
+        if counted is None or (now - counted[2] >= REBUILD_SECONDS and counted[0] != self.store.revision()):
+            revision = self.store.revision()
+            counted = self._counted = (revision, summarize(self.store.records(), self.store.networks()), now)
+        return counted[0], counted[1]
 
     def charts(self) -> defer.Deferred:
         """Fires with (summary, {chart id: svg}) for the records as they are now (or REBUILD_SECONDS ago)."""
@@ -100,7 +110,7 @@ class ResultsView:
             self._waiting.append(waiter)
             return waiter
         self._waiting = [waiter]
-        revision, summary = self.store.revision(), self.summary()
+        revision, summary = self._count()
         self.in_thread(_draw, sections(summary)).addCallbacks(
             self._done, self._failed, callbackArgs=(revision, summary, now))
         return waiter
