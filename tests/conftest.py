@@ -167,3 +167,28 @@ def add_buddies(state_dir: Path, pairs) -> None:
         store.request_buddy(a, b)
         store.accept_buddy(b, a)
     store.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server of our own on loopback for the session (skips where PostgreSQL is missing)."""
+    from tests.postgres_server import PostgresServer, missing_reason
+
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    """An empty account database, in each back end: an SQLite path or the URL of a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state" / "accounts.sqlite")
+    server = request.getfixturevalue("postgres_server")
+    server.sql("DROP SCHEMA public CASCADE")
+    server.sql("CREATE SCHEMA public")
+    return server.url

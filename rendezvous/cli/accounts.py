@@ -1,6 +1,7 @@
 """``txrendezvous accounts``: add, remove and list users, reset a password.
 
     txrendezvous accounts --db STATE_DIR/accounts.sqlite add alice
+    txrendezvous accounts --db postgresql://txr@db.example/accounts list
     txrendezvous accounts --db ... passwd alice
     txrendezvous accounts --db ... remove alice
     txrendezvous accounts --db ... list
@@ -14,18 +15,16 @@ users could see them. New names and passwords follow the rules of
 import argparse
 import datetime
 import getpass
-import sqlite3
 import sys
-from pathlib import Path
 
 from relay.config import default_state_dir
 
-from rendezvous.node.accounts import AccountError, AccountStore, check_new_account
+from rendezvous.node.accounts import AccountError, AccountStore, StoreUnavailable, check_new_account
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, default=default_state_dir() / "accounts.sqlite",
-                        help="the account store (default: %(default)s)")
+    parser.add_argument("--db", default=str(default_state_dir() / "accounts.sqlite"),
+                        help="the account store: an SQLite file or a postgresql:// URL (default: %(default)s)")
     parser.add_argument("--realm", default="txrendezvous",
                         help="TURN realm the relay keys are made for (default: %(default)s)")
     parser.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
@@ -63,7 +62,7 @@ def run_command(args: argparse.Namespace) -> int:
                 when = datetime.datetime.fromtimestamp(created, datetime.timezone.utc).strftime("%Y-%m-%d")
                 print(f"{name}\t{realm}\t{when}")
         store.close()
-    except (AccountError, OSError, sqlite3.Error) as e:
+    except (AccountError, StoreUnavailable, OSError) as e:
         print(f"txrendezvous accounts: {e}", file=sys.stderr)
         return 1
     return 0

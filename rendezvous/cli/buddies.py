@@ -52,8 +52,10 @@ def run_command(args: argparse.Namespace) -> int:
         client = await SignalingClient.login(reactor, args.user, args.password, servers=[args.server],
                                              tls=args.tls, tls_verify=not args.insecure)
         try:
-            fields = {} if args.action == "list" else {"user": args.name}
-            answer = await client.request(OPS[args.action], **fields)
+            if args.action == "list":
+                answer = {"op": "buddies", "buddies": await client.buddy_list()}
+            else:
+                answer = await client.request(OPS[args.action], user=args.name)
         finally:
             await client.close()
         sys.stdout.write((json.dumps(answer) if args.json else _text(answer)) + "\n")

@@ -1,8 +1,14 @@
-"""The account store: users in an SQLite file, passwords hashed with scrypt.
+"""The account store: users and buddy lists in SQLite or PostgreSQL, passwords hashed with scrypt.
 
-Schemas are versioned SQL files in ``rendezvous/node/schema``: ``vN.sql`` makes a
-fresh database at version N and ``upgrade-to-vN.sql`` takes version N-1 to
-N, so a store opened by newer code is upgraded in place.
+``AccountStore`` holds the logic once, over a ``Database`` back end: an
+SQLite file (``accounts_sqlite``, the embedded default) or a PostgreSQL
+server that several nodes share (``accounts_postgres``). Its methods block;
+the node calls them in a thread pool (``accounts_async``).
+
+Schemas are versioned SQL files, ``rendezvous/node/schema`` for SQLite and
+``schema/postgresql`` for PostgreSQL: ``vN.sql`` makes a fresh database at
+version N and ``upgrade-to-vN.sql`` takes version N-1 to N, so a store
+opened by newer code is upgraded in place, inside one transaction.
 
 A TURN server cannot verify a long-term credential from a password hash:
 it needs the RFC 8489 §9.2.2 key, MD5 or SHA-256 of "user:realm:password".
@@ -15,17 +21,19 @@ import hashlib
 import hmac
 import os
 import re
-import sqlite3
 import time
+from contextlib import AbstractContextManager
 from importlib import resources
 from pathlib import Path
+from typing import Protocol
 
 from relay.credentials import Keys
 from rendezvous.stun import CodecError
 from rendezvous.stun.integrity import opaque_string
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MAX_BUDDIES = 500
+BUDDY_PAGE = 50  # buddy-list entries per answer: 50 of at most ~200 bytes fit a 16 KB frame
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MAX_NAME_BYTES = 128
 
@@ -38,6 +46,10 @@ MIN_PASSWORD_CHARS = 8
 
 class AccountError(ValueError):
     """A refused account operation; the message says why."""
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or failed; the operation may work later."""
 
 
 class AccountPolicyError(AccountError):
@@ -66,8 +78,65 @@ def check_new_account(name: str | None, password: str) -> None:
         raise AccountPolicyError("bad-password", "the password contains control characters") from None
 
 
-def _schema(name: str) -> str:
-    return resources.files("rendezvous.node.schema").joinpath(name).read_text()
+class Cursor(Protocol):
+    """A DB-API cursor whose statements use ``?`` placeholders, in either back end."""
+
+    rowcount: int
+
+    def execute(self, sql: str, params: tuple = ()) -> "Cursor": ...
+
+    def fetchone(self) -> tuple | None: ...
+
+    def fetchall(self) -> list[tuple]: ...
+
+
+class Database(Protocol):
+    """One connection to an account database (used by one thread at a time)."""
+
+    schema_package: str  # where its vN.sql and upgrade-to-vN.sql files are
+
+    def transaction(self) -> AbstractContextManager[Cursor]:
+        """A cursor in a transaction, committed on leaving, rolled back on an error; StoreUnavailable when
+        the database cannot be reached (the next transaction connects again)."""
+
+    def schema_version(self, cursor: Cursor) -> int | None:
+        """The version in the version table; None when there are no tables yet (take the schema lock first)."""
+
+    def run_script(self, cursor: Cursor, sql: str) -> None:
+        """Run a schema file's statements in the transaction."""
+
+    def close(self) -> None: ...
+
+
+def open_database(database: "str | Path") -> Database:
+    """``postgresql://...`` (or ``postgres://``) is a PostgreSQL server; anything else an SQLite file path."""
+    if str(database).startswith(("postgresql://", "postgres://")):
+        from rendezvous.node.accounts_postgres import PostgresDatabase
+
+        return PostgresDatabase(str(database))
+    from rendezvous.node.accounts_sqlite import SQLiteDatabase
+
+    return SQLiteDatabase(Path(database))
+
+
+def migrate(db: Database) -> None:
+    """Make db's tables at SCHEMA_VERSION, or upgrade older ones step by step, in one transaction."""
+    with db.transaction() as cursor:
+        version = db.schema_version(cursor)
+        if version is None:
+            db.run_script(cursor, _schema(db.schema_package, f"v{SCHEMA_VERSION}.sql"))
+            cursor.execute("INSERT INTO version VALUES (?)", (SCHEMA_VERSION,))
+            return
+        if version > SCHEMA_VERSION:
+            raise AccountError(f"{db} has schema v{version}, newer than this code (v{SCHEMA_VERSION})")
+        while version < SCHEMA_VERSION:
+            version += 1
+            db.run_script(cursor, _schema(db.schema_package, f"upgrade-to-v{version}.sql"))
+            cursor.execute("UPDATE version SET version = ?", (version,))
+
+
+def _schema(package: str, name: str) -> str:
+    return resources.files(package).joinpath(name).read_text()
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
@@ -75,32 +144,32 @@ def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 
 
 class AccountStore:
-    """Accounts in one SQLite file; also a TURN credential source."""
+    """Accounts and buddy lists in one database; also a TURN credential source. Every call blocks."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+    def __init__(self, database: "str | Path | Database", upgrade: bool = True) -> None:
+        """Open database (a path, a postgresql:// URL or a Database); with upgrade, make or upgrade its schema."""
+        self.db = open_database(database) if isinstance(database, (str, Path)) else database
+        if upgrade:
+            migrate(self.db)
 
-    def _migrate(self) -> None:
-        tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "version" not in tables:
-            self.db.executescript(_schema(f"v{SCHEMA_VERSION}.sql"))
-            self.db.execute("INSERT INTO version VALUES (?)", (SCHEMA_VERSION,))
-            return
-        version = self.db.execute("SELECT version FROM version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise AccountError(f"{self.path} has schema v{version}, newer than this code (v{SCHEMA_VERSION})")
-        while version < SCHEMA_VERSION:
-            version += 1
-            self.db.executescript(_schema(f"upgrade-to-v{version}.sql"))
-            self.db.execute("UPDATE version SET version = ?", (version,))
+    def __str__(self) -> str:
+        return str(self.db)
 
     def close(self) -> None:
         self.db.close()
+
+    def version(self) -> int | None:
+        """The schema version of the database."""
+        with self.db.transaction() as cursor:
+            return self.db.schema_version(cursor)
+
+    def _one(self, sql: str, params: tuple = ()) -> tuple | None:
+        with self.db.transaction() as cursor:
+            return cursor.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self.db.transaction() as cursor:
+            return [tuple(row) for row in cursor.execute(sql, params).fetchall()]
 
     @staticmethod
     def _name(name: str) -> str:
@@ -126,35 +195,34 @@ class AccountStore:
     def add(self, name: str, password: str, realm: str) -> None:
         """Create an account; AccountError if the name is taken or invalid."""
         name = self._name(name)
-        try:
-            self.db.execute(
-                "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, *self._row(name, password, realm), time.time()),
-            )
-        except sqlite3.IntegrityError:
-            raise AccountError(f"user {name!r} already exists") from None
+        row = self._row(name, password, realm)  # hashed before the transaction, which stays short
+        with self.db.transaction() as cursor:
+            cursor.execute("INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                           (name, *row, time.time()))
+            if cursor.rowcount == 0:
+                raise AccountError(f"user {name!r} already exists")
 
     def set_password(self, name: str, password: str, realm: str) -> None:
         """Reset a password (and the TURN keys, for realm)."""
         name = self._name(name)
-        cursor = self.db.execute(
-            "UPDATE accounts SET password_hash=?, salt=?, scrypt_n=?, scrypt_r=?, scrypt_p=?, "
-            "turn_realm=?, turn_key_md5=?, turn_key_sha256=? WHERE name=?",
-            (*self._row(name, password, realm), name),
-        )
-        if cursor.rowcount == 0:
-            raise AccountError(f"no user {name!r}")
+        row = self._row(name, password, realm)
+        with self.db.transaction() as cursor:
+            cursor.execute("UPDATE accounts SET password_hash=?, salt=?, scrypt_n=?, scrypt_r=?, scrypt_p=?, "
+                           "turn_realm=?, turn_key_md5=?, turn_key_sha256=? WHERE name=?", (*row, name))
+            if cursor.rowcount == 0:
+                raise AccountError(f"no user {name!r}")
 
     def remove(self, name: str) -> None:
         """Delete an account, its buddy rows and the rows naming it; AccountError if there is none."""
         name = self._name(name)
-        if self.db.execute("DELETE FROM accounts WHERE name=?", (name,)).rowcount == 0:
-            raise AccountError(f"no user {name!r}")
-        self.db.execute("DELETE FROM buddies WHERE buddy=?", (name,))
+        with self.db.transaction() as cursor:
+            if cursor.execute("DELETE FROM accounts WHERE name=?", (name,)).rowcount == 0:
+                raise AccountError(f"no user {name!r}")
+            cursor.execute("DELETE FROM buddies WHERE buddy=?", (name,))
 
     def names(self) -> list[tuple[str, str, float]]:
         """(name, TURN realm, created_at) of every account, by name."""
-        return list(self.db.execute("SELECT name, turn_realm, created_at FROM accounts ORDER BY name"))
+        return self._all("SELECT name, turn_realm, created_at FROM accounts ORDER BY name")
 
     def check_password(self, name: str, password: str) -> bool:
         """Whether password is the account's, compared in constant time."""
@@ -162,22 +230,25 @@ class AccountStore:
             name = self._name(name)
         except AccountError:
             return False
-        row = self.db.execute(
-            "SELECT password_hash, salt, scrypt_n, scrypt_r, scrypt_p FROM accounts WHERE name=?", (name,)
-        ).fetchone()
+        row = self._one("SELECT password_hash, salt, scrypt_n, scrypt_r, scrypt_p FROM accounts WHERE name=?",
+                        (name,))
         if row is None:
             # Spend the same work for unknown users, so timing does not tell.
             _scrypt(password, b"\0" * 16, SCRYPT_N, SCRYPT_R, SCRYPT_P)
             return False
         stored, salt, n, r, p = row
-        return hmac.compare_digest(stored, _scrypt(password, salt, n, r, p))
+        return hmac.compare_digest(bytes(stored), _scrypt(password, bytes(salt), n, r, p))
 
     def keys(self, username: str, realm: str, now: float) -> Keys | None:
         """The TURN keys of username, if they were made for realm."""
-        row = self.db.execute(
-            "SELECT turn_key_md5, turn_key_sha256 FROM accounts WHERE name=? AND turn_realm=?", (username, realm)
-        ).fetchone()
-        return Keys(row[0], row[1]) if row else None
+        row = self._one("SELECT turn_key_md5, turn_key_sha256 FROM accounts WHERE name=? AND turn_realm=?",
+                        (username, realm))
+        return Keys(bytes(row[0]), bytes(row[1])) if row else None
+
+    def all_keys(self, realm: str) -> dict[str, Keys]:
+        """The TURN keys of every account made for realm, by name."""
+        return {name: Keys(bytes(md5), bytes(sha256)) for name, md5, sha256 in self._all(
+            "SELECT name, turn_key_md5, turn_key_sha256 FROM accounts WHERE turn_realm=?", (realm,))}
 
     # -- buddy lists ---------------------------------------------------------
 
@@ -191,47 +262,56 @@ class AccountStore:
         """
         if owner == buddy:
             raise AccountError("one cannot be one's own buddy")
-        count = self.db.execute("SELECT COUNT(*) FROM buddies WHERE owner=?", (owner,)).fetchone()[0]
-        if count >= MAX_BUDDIES:
-            raise AccountError("buddy list is full")
-        reverse = self.db.execute("SELECT state FROM buddies WHERE owner=? AND buddy=?", (buddy, owner)).fetchone()
-        if reverse is not None:
-            return self.accept_buddy(owner, buddy)
-        self.db.execute("INSERT OR IGNORE INTO buddies VALUES (?, ?, 'requested', ?)", (owner, buddy, time.time()))
-        return self.db.execute("SELECT state FROM buddies WHERE owner=? AND buddy=?", (owner, buddy)).fetchone()[0]
+        with self.db.transaction() as cursor:
+            count = cursor.execute("SELECT COUNT(*) FROM buddies WHERE owner=?", (owner,)).fetchone()[0]
+            if count >= MAX_BUDDIES:
+                raise AccountError("buddy list is full")
+            reverse = cursor.execute("SELECT state FROM buddies WHERE owner=? AND buddy=?", (buddy, owner)).fetchone()
+            if reverse is not None:
+                return self._accept(cursor, owner, buddy)
+            cursor.execute("INSERT INTO buddies VALUES (?, ?, 'requested', ?) ON CONFLICT (owner, buddy) DO NOTHING",
+                           (owner, buddy, time.time()))
+            return cursor.execute("SELECT state FROM buddies WHERE owner=? AND buddy=?", (owner, buddy)).fetchone()[0]
 
     def accept_buddy(self, owner: str, requester: str) -> str:
         """owner accepts requester's request; AccountError without one."""
-        if self.db.execute("SELECT 1 FROM buddies WHERE owner=? AND buddy=?", (requester, owner)).fetchone() is None:
-            raise AccountError(f"no buddy request from {requester!r}")
+        with self.db.transaction() as cursor:
+            if cursor.execute("SELECT 1 FROM buddies WHERE owner=? AND buddy=?", (requester, owner)).fetchone() is None:
+                raise AccountError(f"no buddy request from {requester!r}")
+            return self._accept(cursor, owner, requester)
+
+    @staticmethod
+    def _accept(cursor: Cursor, owner: str, requester: str) -> str:
         now = time.time()
-        self.db.execute("BEGIN")
-        try:
-            self.db.execute("UPDATE buddies SET state='accepted', since=? WHERE owner=? AND buddy=?",
-                            (now, requester, owner))
-            self.db.execute("INSERT OR REPLACE INTO buddies VALUES (?, ?, 'accepted', ?)", (owner, requester, now))
-            self.db.execute("COMMIT")
-        except sqlite3.Error:
-            self.db.execute("ROLLBACK")
-            raise
+        cursor.execute("UPDATE buddies SET state='accepted', since=? WHERE owner=? AND buddy=?",
+                       (now, requester, owner))
+        cursor.execute("INSERT INTO buddies VALUES (?, ?, 'accepted', ?) ON CONFLICT (owner, buddy) DO UPDATE "
+                       "SET state=excluded.state, since=excluded.since", (owner, requester, now))
         return "accepted"
 
     def remove_buddy(self, owner: str, buddy: str) -> None:
         """End the relation (or request) both ways."""
-        self.db.execute("DELETE FROM buddies WHERE (owner=? AND buddy=?) OR (owner=? AND buddy=?)",
-                        (owner, buddy, buddy, owner))
+        with self.db.transaction() as cursor:
+            cursor.execute("DELETE FROM buddies WHERE (owner=? AND buddy=?) OR (owner=? AND buddy=?)",
+                           (owner, buddy, buddy, owner))
 
-    def buddies(self, owner: str) -> list[tuple[str, str]]:
-        """(name, state) for owner's buddies and outgoing requests, and ('name', 'incoming') requests."""
-        rows = list(self.db.execute("SELECT buddy, state FROM buddies WHERE owner=? ORDER BY buddy", (owner,)))
-        incoming = self.db.execute(
-            "SELECT owner FROM buddies WHERE buddy=? AND state='requested' ORDER BY owner", (owner,))
-        return rows + [(name, "incoming") for (name,) in incoming]
+    def buddies(self, owner: str, after: str = "", limit: int = BUDDY_PAGE) -> tuple[list[tuple[str, str]], bool]:
+        """One page of owner's list, by name after ``after``, and whether more follow.
+
+        Entries are (name, state): 'accepted' or 'requested' (owner asked)
+        for owner's own rows, 'incoming' for requests to owner. A name is in
+        one of these at most (crossed requests are accepted at once).
+        """
+        rows = self._all(
+            "SELECT name, relation FROM (SELECT buddy AS name, state AS relation FROM buddies WHERE owner=? "
+            "UNION ALL SELECT owner, 'incoming' FROM buddies WHERE buddy=? AND state='requested') AS entries "
+            "WHERE name > ? ORDER BY name LIMIT ?", (owner, owner, after, limit + 1))
+        return rows[:limit], len(rows) > limit
 
     def accepted(self, owner: str) -> list[str]:
-        return [name for (name,) in self.db.execute(
-            "SELECT buddy FROM buddies WHERE owner=? AND state='accepted'", (owner,))]
+        """The names of owner's accepted buddies."""
+        return [name for (name,) in self._all("SELECT buddy FROM buddies WHERE owner=? AND state='accepted'",
+                                              (owner,))]
 
     def are_buddies(self, a: str, b: str) -> bool:
-        return self.db.execute("SELECT 1 FROM buddies WHERE owner=? AND buddy=? AND state='accepted'",
-                               (a, b)).fetchone() is not None
+        return self._one("SELECT 1 FROM buddies WHERE owner=? AND buddy=? AND state='accepted'", (a, b)) is not None

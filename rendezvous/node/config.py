@@ -48,6 +48,9 @@ RENDEZVOUS_OPTIONS = LISTENER_OPTIONS + [
            flag=True),
     Option("results-retention-days", parse_count, 365,
            "Delete field-test submissions older than this many days; 0 keeps them forever."),
+    Option("database", parse_text, None,
+           "Account store: postgresql://USER:PASSWORD@HOST/DB, shared by super nodes, or an SQLite file "
+           "(default: --accounts, else STATE_DIR/accounts.sqlite)."),
 ] + RELAY_OPTIONS
 
 
@@ -78,6 +81,7 @@ class RendezvousConfig:
     echo_port: int = 0
     results: bool = True
     results_retention_days: int = 365
+    database: str | None = None
 
     @classmethod
     def from_values(cls, values: dict) -> "RendezvousConfig":
@@ -119,4 +123,5 @@ class RendezvousConfig:
             echo_port=values["echo-port"],
             results=not values["no-results"],
             results_retention_days=values["results-retention-days"],
+            database=values["database"],
         )

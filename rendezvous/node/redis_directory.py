@@ -5,7 +5,8 @@ With ``--redis URL`` super nodes keep
 - ``txr:presence`` (hash): user -> {node, state, nat_type} of online users;
 - ``txr:nodes`` (hash): node -> {host, port, load, seen}, refreshed every
   5 s; a node not seen for 30 s is dropped from host caches and its users
-  count as offline;
+  count as offline; a node that finds its own entry gone (Redis restarted
+  without its data) publishes its users' presence again;
 - channel ``txr:presence``: every presence change, so each node answers
   ``locate`` from memory;
 - channel ``txr:node:NAME``: envelopes other nodes route to NAME (a message,
@@ -50,6 +51,7 @@ class RedisDirectory(service.Service):
         self._commands = ThreadPool(minthreads=1, maxthreads=1, name="redis-commands")
         self._listening = threading.Event()
         self._stopping = threading.Event()
+        self._registered = False  # this node's registry entry has been written once
         self._refresh = LoopingCall(self.refresh_nodes)
         self._refresh.clock = reactor
 
@@ -127,16 +129,20 @@ class RedisDirectory(service.Service):
         load = len(self.node.sessions) if self.node is not None else 0
         me = {"host": self.host, "port": self.port, "load": load, "seen": time.time()}
 
-        def exchange() -> tuple[dict, dict]:
+        def exchange() -> tuple[bool, dict, dict]:
+            known = self._client.hexists(f"{PREFIX}nodes", self.node_name)
             self._client.hset(f"{PREFIX}nodes", self.node_name, json.dumps(me))
-            return self._client.hgetall(f"{PREFIX}nodes"), self._client.hgetall(f"{PREFIX}presence")
+            return known, self._client.hgetall(f"{PREFIX}nodes"), self._client.hgetall(f"{PREFIX}presence")
 
         return self._run(exchange).addCallback(self._refreshed)
 
     def _refreshed(self, result) -> None:
         if result is None:
             return
-        nodes, presence = result
+        known, nodes, presence = result
+        if not known and self._registered and self.node is not None:
+            self._republish()
+        self._registered = True
         now = time.time()
         fresh = {}
         for name, text in nodes.items():
@@ -157,6 +163,15 @@ class RedisDirectory(service.Service):
         if self.node is not None:
             self.node.learn_hosts([{"host": e["host"], "port": e["port"], "load": e.get("load", 0)}
                                    for name, e in sorted(fresh.items()) if name != self.node_name])
+
+    def _republish(self) -> None:
+        """Redis lost this node's registry entry (a restart without persistence, a flush): write the
+        presence of this node's users again, so the other nodes and the directory have them."""
+        sessions = list(self.node.sessions.values())
+        log.warn("redis lost the directory; publishing the presence of this node's {count} users again",
+                 count=len(sessions))
+        for session in sessions:
+            self.publish_presence(session.user, session.state, session.nat_type)
 
     # -- service ----------------------------------------------------------
 

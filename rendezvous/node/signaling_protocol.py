@@ -56,6 +56,7 @@ class SignalingProtocol(BoundedWrites, Protocol, TimeoutMixin):
         self.reader = FrameReader()
         self.session: Session | None = None
         self.closing = False
+        self.given_up = False  # a bad frame header: nothing after it is read
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
@@ -77,14 +78,12 @@ class SignalingProtocol(BoundedWrites, Protocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         # Every whole frame before bad bytes is applied, whatever the TCP
-        # segments were; then bad-frame, and the stream is given up.
+        # segments were (the core answers them in order, even those that wait
+        # for the account store); then bad-frame, and the stream is given up.
         for message in self.reader.feed(data):
-            if self.closing:
+            if self.closing or self.given_up:
                 return
-            if isinstance(message, FrameError) and message.fatal:
-                self.send({"op": "error", "id": None, "code": "bad-frame", "reason": str(message)})
-                self.close()
-                return
+            self.given_up = isinstance(message, FrameError) and message.fatal
             self.node.receive(self.session, message)
         if self.session.user is not None and self.timeOut != IDLE_TIMEOUT_SECONDS:
             self.setTimeout(IDLE_TIMEOUT_SECONDS)  # logged in: from the login timeout to the idle one

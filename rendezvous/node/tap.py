@@ -18,7 +18,8 @@ from relay.listeners import ServerStreamFactory
 from relay.service import add_listeners, make_relay, own_endpoints
 from rendezvous.stun.binding import Addresses, BindingServer
 
-from rendezvous.node.accounts import AccountStore
+from rendezvous.node.accounts import AccountError, AccountStore, StoreUnavailable
+from rendezvous.node.accounts_async import AsyncAccounts, KeyMirror
 from rendezvous.node.admin import AdminResource, LocalView, admin_token
 from rendezvous.node.config import RENDEZVOUS_OPTIONS, RendezvousConfig
 from rendezvous.node.echo import EchoCore, EchoDatagramProtocol, EchoStreamFactory
@@ -79,8 +80,9 @@ def makeService(options, reactor=None) -> service.MultiService:
     )
     software = config.software.encode("utf-8") if config.software else None
     binding = BindingServer(addresses, software=config.software)
-    accounts_path = (config.relay.accounts if config.relay else None) or config.state_dir / ACCOUNTS_FILE
-    accounts = AccountStore(accounts_path)
+    realm = config.relay.realm if config.relay else "txrendezvous"
+    accounts, turn_keys = _accounts(config, reactor, realm)
+    accounts.setServiceParent(top)
     turn = None
     turn_secret = None
     relays = []
@@ -92,19 +94,21 @@ def makeService(options, reactor=None) -> service.MultiService:
         # Every port this process listens on, which the relay must never relay to.
         more = [(config.ip, port) for port in (config.http_port, config.https_port, config.echo_port) if port]
         endpoints = own_endpoints(addresses, config.tls_port, more + ([config.metrics] if config.metrics else []))
-        relay = make_relay(reactor, _relay_config(options, turn_secret), listen_ips, software, extra_sources=[accounts],
-                           reload=lambda: _relay_config(options.reparse(), turn_secret), own_endpoints=endpoints)
+        relay = make_relay(reactor, _relay_config(options, turn_secret), listen_ips, software,
+                           extra_sources=[turn_keys], reload=lambda: _relay_config(options.reparse(), turn_secret), own_endpoints=endpoints)
         relay.setServiceParent(top)
         turn = relay.turn
         relays = _turn_urls(config)
     name = config.node_name or node_name()
     static_cache = [{"host": host, "port": port} for host, port in config.peer_nodes]
     directory = None
+    if isinstance(turn_keys, KeyMirror):
+        turn_keys.setServiceParent(top)
     if config.redis:
         directory = RedisDirectory(reactor, config.redis, name, _public_host(config), config.port)
         directory.setServiceParent(top)
     node = SignalingNode(accounts, reactor, SignalingConfig(
-        realm=config.relay.realm if config.relay else "txrendezvous",
+        realm=realm,
         node_name=name,
         open_registration=config.open_registration,
         latest_client_version=config.latest_client_version,
@@ -141,6 +145,25 @@ def makeService(options, reactor=None) -> service.MultiService:
     return top
 
 
+def _accounts(config: RendezvousConfig, reactor, realm: str) -> tuple[AsyncAccounts, object]:
+    """The account store (its schema made or upgraded now) and the relay's source of TURN keys.
+
+    An SQLite file answers the relay's key lookups directly; a PostgreSQL
+    database, a network away, through a KeyMirror.
+    """
+    database = config.database or (config.relay.accounts if config.relay else None) \
+        or config.state_dir / ACCOUNTS_FILE
+    try:
+        store = AccountStore(database)
+    except (AccountError, StoreUnavailable) as e:
+        raise usage.UsageError(f"account store: {e}") from None
+    accounts = AsyncAccounts(lambda: AccountStore(database, upgrade=False), reactor)
+    if str(database).startswith(("postgresql://", "postgres://")):
+        store.close()
+        return accounts, KeyMirror(accounts, realm, reactor)
+    return accounts, store
+
+
 def _add_echo(top, config: RendezvousConfig, reactor) -> None:
     """The rate-limited echo service for ALG detection, on UDP and TCP (rendezvous.node.echo)."""
     core = EchoCore()
@@ -150,11 +173,11 @@ def _add_echo(top, config: RendezvousConfig, reactor) -> None:
                        interface=config.ip).setServiceParent(top)
 
 
-def _results(top, config: RendezvousConfig, accounts: AccountStore, reactor) -> ResultsView | None:
+def _results(top, config: RendezvousConfig, accounts: AsyncAccounts, reactor) -> ResultsView | None:
     """The field test's view over the account store's database, with its retention sweep."""
     if not config.results:
         return None
-    store = ResultsStore(accounts.db)
+    store = ResultsStore(accounts)
     if config.results_retention_days:
         retention_service(store, reactor, config.results_retention_days).setServiceParent(top)
     return ResultsView(store, reactor)

@@ -281,8 +281,9 @@ class Client:
     # -- buddies and presence --------------------------------------------------
 
     def buddies(self) -> Deferred:
-        """Fires with the buddy list: [{"user", "relation", "state"?}] (docs/PROTOCOL.md buddy-list)."""
-        return self.signaling.request("buddy-list").addCallback(lambda reply: reply["buddies"])
+        """Fires with the buddy list, every page of it: [{"user", "relation", "state"?}] (docs/PROTOCOL.md
+        buddy-list)."""
+        return self.signaling.buddy_list()
 
     def add_buddy(self, name: str) -> Deferred:
         """Ask ``name`` to be a buddy (accepting its request if it asked first); fires with the state."""

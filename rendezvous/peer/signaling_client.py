@@ -219,6 +219,24 @@ class SignalingClient:
         fields = {"state": state} if nat_type is None else {"state": state, "nat_type": nat_type}
         return self.request("presence", **fields)
 
+    def buddy_list(self) -> Deferred:
+        """Fires with the whole buddy list, [{"user", "relation", "state"?}], read page by page
+        (docs/PROTOCOL.md, "Paged buddy lists"); fails as ``request`` does, or with SignalingRequestError
+        ("bad-page") when a page's ``next`` does not move forward."""
+        async def pages() -> list[dict]:
+            entries, after = [], ""
+            while True:
+                reply = await self.request("buddy-list", **({"after": after} if after else {}))
+                entries += reply["buddies"]
+                following = reply.get("next")
+                if following is None:
+                    return entries
+                if not isinstance(following, str) or following <= after:
+                    raise SignalingRequestError("bad-page", f"next {following!r} does not follow {after!r}")
+                after = following
+
+        return Deferred.fromCoroutine(pages())
+
     def close(self) -> Deferred:
         """Close the connection; fires when it is gone."""
         closed = self.when_closed()

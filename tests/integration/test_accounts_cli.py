@@ -1,4 +1,4 @@
-"""``txrendezvous accounts`` manages a real account store file."""
+"""``txrendezvous accounts`` manages a real account store: an SQLite file or a PostgreSQL server."""
 
 import subprocess
 import sys
@@ -20,9 +20,9 @@ def accounts(db, *args, password=None):
     )
 
 
-def test_add_passwd_list_remove(tmp_path):
-    """Users are added, listed, re-passworded and removed; errors exit non-zero with a message."""
-    db = tmp_path / "accounts.sqlite"
+def test_add_passwd_list_remove(database):
+    """Users are added, listed, re-passworded and removed, in either store; errors exit non-zero with a message."""
+    db = database
     assert accounts(db, "add", "alice", password="first-pw").returncode == 0
     assert AccountStore(db).check_password("alice", "first-pw")
     listed = accounts(db, "list")
@@ -54,3 +54,12 @@ def test_user_name_outside_the_syntax_is_refused(tmp_path, name):
     result = accounts(tmp_path / "a.sqlite", "add", name, password="long-enough")
     assert result.returncode == 1 and "a-z0-9" in result.stderr
     assert AccountStore(tmp_path / "a.sqlite").names() == []
+
+
+def test_an_unreachable_database_is_a_clear_error():
+    """A PostgreSQL URL nobody answers exits 1 with a message naming the database, not a traceback."""
+    from tests.conftest import free_port
+
+    result = accounts(f"postgresql://postgres@127.0.0.1:{free_port()}/accounts", "list")
+    assert result.returncode == 1 and result.stderr.startswith("txrendezvous accounts: postgresql://")
+    assert "Traceback" not in result.stderr

@@ -16,6 +16,7 @@ from twisted.internet import reactor, threads
 from twisted.internet.protocol import Factory
 
 from rendezvous.node.accounts import AccountStore
+from rendezvous.node.accounts_async import AsyncAccounts
 from rendezvous.node.signaling import SignalingConfig, SignalingNode
 from rendezvous.node.signaling_protocol import DemuxFactory, SignalingFactory
 from rendezvous.node.tls import WEB_ALPN_PROTOCOLS, ReloadableTLS
@@ -38,7 +39,7 @@ def node(tmp_path):
     """A signaling node in this process, on a plain and a TLS port demultiplexed as the firewall ports are."""
     store = AccountStore(tmp_path / "accounts.sqlite")
     store.add("alice", "alice-pw", "txrendezvous")
-    core = SignalingNode(store, reactor, SignalingConfig())
+    core = SignalingNode(AsyncAccounts.inline(store), reactor, SignalingConfig())
     demux = DemuxFactory(Factory(), SignalingFactory(core), site(core))
     plain = reactor.listenTCP(0, demux, interface="127.0.0.1")
     secure = reactor.listenSSL(0, demux, ReloadableTLS(None, None, tmp_path, WEB_ALPN_PROTOCOLS),

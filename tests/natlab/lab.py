@@ -415,6 +415,13 @@ class Lab:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False, timeout=30)
         self.namespaces.clear()
 
+    def add_host(self, role: str, ip: str) -> str:
+        """A host of a test's own on the public segment at ip, without NAT (a database, another super
+        node); use 198.18.0.100-199, which no site or hop takes. Returns its namespace."""
+        namespace = self._namespace(role)
+        self._to_public(namespace, "eth0", f"{ip}/{PUBLIC_PREFIX}")
+        return namespace
+
 
 MINIUPNPD = "/usr/sbin/miniupnpd"
 

@@ -1,16 +1,17 @@
-"""The SQLite account store: scrypt passwords, TURN keys, schema versions (a real file)."""
+"""The account store in both back ends (a real SQLite file, a real PostgreSQL server): scrypt passwords,
+TURN keys, buddy lists and their pages, schema versions and upgrades."""
 
 import sqlite3
 
 import pytest
 
 from relay.credentials import Keys
-from rendezvous.node.accounts import SCHEMA_VERSION, AccountError, AccountStore
+from rendezvous.node.accounts import BUDDY_PAGE, SCHEMA_VERSION, AccountError, AccountStore, StoreUnavailable
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = AccountStore(tmp_path / "state" / "accounts.sqlite")
+def store(database):
+    s = AccountStore(database)
     yield s
     s.close()
 
@@ -24,8 +25,9 @@ def test_add_check_and_list(store):
     assert [(n, r) for n, r, _ in store.names()] == [("alice", "example.org")]
 
 
-def test_password_is_not_stored_in_clear(store, tmp_path):
-    """The file holds an scrypt hash, not the password."""
+def test_password_is_not_stored_in_clear(tmp_path):
+    """The SQLite file holds an scrypt hash, not the password."""
+    store = AccountStore(tmp_path / "state" / "accounts.sqlite")
     store.add("alice", "correct horse", "example.org")
     assert b"correct horse" not in (tmp_path / "state" / "accounts.sqlite").read_bytes()
 
@@ -69,17 +71,18 @@ def test_duplicate_is_refused(store):
         store.add("alice", "pw2", "example.org")
 
 
-def test_reopen_keeps_accounts_and_refuses_newer_schemas(tmp_path):
-    """Reopening keeps the data; a file from a newer schema is refused, not damaged."""
-    path = tmp_path / "accounts.sqlite"
-    AccountStore(path).add("alice", "pw", "example.org")
-    assert AccountStore(path).check_password("alice", "pw")
-    db = sqlite3.connect(path)
-    db.execute("UPDATE version SET version = 99")
-    db.commit()
-    db.close()
+def test_reopen_keeps_accounts_and_refuses_newer_schemas(database):
+    """Reopening keeps the data; a database from a newer schema is refused, not damaged."""
+    AccountStore(database).add("alice", "pw", "example.org")
+    store = AccountStore(database)
+    assert store.check_password("alice", "pw")
+    with store.db.transaction() as cursor:
+        cursor.execute("UPDATE version SET version = 99")
     with pytest.raises(AccountError, match="newer than this code"):
-        AccountStore(path)
+        AccountStore(database)
+    with store.db.transaction() as cursor:
+        cursor.execute("UPDATE version SET version = ?", (SCHEMA_VERSION,))
+    assert store.check_password("alice", "pw")
 
 
 def test_buddy_request_accept_and_remove(store):
@@ -87,8 +90,8 @@ def test_buddy_request_accept_and_remove(store):
     for name in ("alice", "bob", "carol"):
         store.add(name, "pw", "example.org")
     assert store.request_buddy("alice", "bob") == "requested"
-    assert store.buddies("alice") == [("bob", "requested")]
-    assert store.buddies("bob") == [("alice", "incoming")]
+    assert store.buddies("alice") == ([("bob", "requested")], False)
+    assert store.buddies("bob") == ([("alice", "incoming")], False)
     assert not store.are_buddies("alice", "bob")
     with pytest.raises(AccountError, match="no buddy request"):
         store.accept_buddy("alice", "carol")
@@ -96,17 +99,17 @@ def test_buddy_request_accept_and_remove(store):
     assert store.are_buddies("alice", "bob") and store.are_buddies("bob", "alice")
     assert store.accepted("bob") == ["alice"]
     store.remove_buddy("bob", "alice")
-    assert store.buddies("alice") == [] and store.buddies("bob") == []
+    assert store.buddies("alice") == ([], False) and store.buddies("bob") == ([], False)
 
 
 def test_a_request_to_an_unknown_name_is_kept_like_any_other(store):
     """A buddy request to a name with no account is stored as requested, so it tells nothing about who exists."""
     store.add("alice", "pw", "example.org")
     assert store.request_buddy("alice", "nobody") == "requested"
-    assert store.buddies("alice") == [("nobody", "requested")]
+    assert store.buddies("alice") == ([("nobody", "requested")], False)
     assert not store.are_buddies("alice", "nobody")
     store.add("nobody", "pw", "example.org")
-    assert store.buddies("nobody") == [("alice", "incoming")]
+    assert store.buddies("nobody") == ([("alice", "incoming")], False)
 
 
 def test_crossed_requests_become_buddies(store):
@@ -123,7 +126,56 @@ def test_removing_an_account_removes_its_buddy_rows(store):
     store.add("bob", "pw", "example.org")
     store.request_buddy("alice", "bob")
     store.remove("bob")
-    assert store.buddies("alice") == []
+    assert store.buddies("alice") == ([], False)
+
+
+def test_buddy_list_pages_by_name(store):
+    """buddies() gives pages of BUDDY_PAGE entries by name, own rows and incoming requests mixed, until no more."""
+    store.add("owner", "pw", "example.org")
+    names = [f"user{i:03d}" for i in range(2 * BUDDY_PAGE + 7)]
+    for i, name in enumerate(names):
+        if i % 3 == 0:
+            store.add(name, "pw", "example.org")
+            store.request_buddy(name, "owner")  # incoming
+        else:
+            store.request_buddy("owner", name)
+    store.accept_buddy("owner", names[0])
+    pages, after, more = [], "", True
+    while more:
+        page, more = store.buddies("owner", after)
+        assert 0 < len(page) <= BUDDY_PAGE
+        pages.append(page)
+        after = page[-1][0]
+    assert [len(page) for page in pages] == [BUDDY_PAGE, BUDDY_PAGE, 7]
+    entries = [entry for page in pages for entry in page]
+    assert [name for name, _ in entries] == names
+    assert entries[0] == (names[0], "accepted")
+    assert dict(entries)[names[3]] == "incoming" and dict(entries)[names[1]] == "requested"
+
+
+def test_an_unreachable_database_is_store_unavailable(postgres_server):
+    """A PostgreSQL server that is not there gives StoreUnavailable, and the URL's password is not in the error."""
+    from tests.conftest import free_port
+
+    store = AccountStore(f"postgresql://postgres:secret@127.0.0.1:{free_port()}/accounts", upgrade=False)
+    with pytest.raises(StoreUnavailable) as raised:
+        store.check_password("alice", "pw")
+    assert "secret" not in str(raised.value)
+
+
+def test_a_restarted_server_is_reconnected(postgres_server):
+    """After the PostgreSQL server restarts, the same store answers again (it connects anew)."""
+    postgres_server.sql("DROP SCHEMA public CASCADE")
+    postgres_server.sql("CREATE SCHEMA public")
+    store = AccountStore(postgres_server.url)
+    store.add("alice", "pw", "example.org")
+    postgres_server.kill()
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.check_password("alice", "pw")
+    finally:
+        postgres_server.start()
+    assert store.check_password("alice", "pw")
 
 
 def test_upgrade_from_v1_keeps_accounts(tmp_path):
@@ -140,7 +192,7 @@ def test_upgrade_from_v1_keeps_accounts(tmp_path):
     store.add("alice", "pw", "example.org")
     store.add("bob", "pw", "example.org")
     assert store.request_buddy("alice", "bob") == "requested"
-    assert store.db.execute("SELECT version FROM version").fetchone()[0] == SCHEMA_VERSION
+    assert store.version() == SCHEMA_VERSION
 
 
 def test_upgrade_from_v2_keeps_buddies(tmp_path):
@@ -157,8 +209,30 @@ def test_upgrade_from_v2_keeps_buddies(tmp_path):
     db.commit()
     db.close()
     store = AccountStore(path)
-    assert store.db.execute("SELECT version FROM version").fetchone()[0] == SCHEMA_VERSION
-    assert store.buddies("alice") == [("bob", "requested")]
+    assert store.version() == SCHEMA_VERSION
+    assert store.buddies("alice") == ([("bob", "requested")], False)
     assert store.request_buddy("alice", "nobody") == "requested"
     store.remove("bob")
-    assert store.buddies("alice") == [("nobody", "requested")]
+    assert store.buddies("alice") == ([("nobody", "requested")], False)
+
+
+def test_upgrade_from_v3_keeps_buddies_and_indexes_incoming_requests(tmp_path):
+    """A version 3 file is upgraded in place: its rows stay and incoming requests get their own index."""
+    from importlib import resources
+
+    path = tmp_path / "v3.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(resources.files("rendezvous.node.schema").joinpath("v3.sql").read_text())
+    db.execute("INSERT INTO version VALUES (3)")
+    db.execute("INSERT INTO accounts VALUES ('alice', x'00', x'00', 1, 1, 1, 'example.org', x'00', x'00', 0)")
+    db.execute("INSERT INTO buddies VALUES ('alice', 'bob', 'requested', 0)")
+    db.commit()
+    db.close()
+    store = AccountStore(path)
+    assert store.version() == SCHEMA_VERSION
+    assert store.buddies("alice") == ([("bob", "requested")], False)
+    assert store.buddies("bob") == ([("alice", "incoming")], False)
+    with store.db.transaction() as cursor:
+        indexes = {row[0] for row in cursor.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "buddies_incoming" in indexes and "buddies_by_buddy" not in indexes
+

@@ -87,10 +87,10 @@ def test_dockerfile_builds_the_relay_extensions():
 
 
 def test_setup_cfg_installs_every_package_of_the_tree():
-    """Each folder of ours with an __init__.py (and the schema folder) is a package setup.cfg installs."""
+    """Each folder of ours with an __init__.py (and the schema folders) is a package setup.cfg installs."""
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
     listed = set(config["options"]["packages"].split())
     found = {".".join(path.parent.relative_to(ROOT).parts)
              for top in ("rendezvous", "relay", "upnp_helper") for path in (ROOT / top).rglob("__init__.py")}
-    assert found | {"rendezvous.node.schema", "twisted.plugins"} == listed
+    assert found | {"rendezvous.node.schema", "rendezvous.node.schema.postgresql", "twisted.plugins"} == listed

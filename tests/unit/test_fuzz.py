@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from rendezvous.node.accounts import AccountStore
+from rendezvous.node.accounts_async import AsyncAccounts
 from rendezvous.node.signaling import Session, SignalingConfig, SignalingNode
 from rendezvous.wire.frames import FrameError, FrameReader
 
@@ -157,7 +158,7 @@ def fuzz_store(tmp_path_factory):
        st.booleans())
 def test_signaling_core_never_raises(fuzz_store, op, fields, logged_in):
     """Any op with any JSON fields gets a reply, an error frame or nothing, never an exception."""
-    node = SignalingNode(fuzz_store, Clock(), SignalingConfig())
+    node = SignalingNode(AsyncAccounts.inline(fuzz_store), Clock(), SignalingConfig())
     out = []
     session = Session(send=out.append, close=lambda: None, address=("198.18.0.1", 1))
     if logged_in:

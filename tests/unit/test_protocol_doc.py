@@ -10,6 +10,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from rendezvous.node.accounts import AccountStore
+from rendezvous.node.accounts_async import AsyncAccounts
 from rendezvous.node.signaling import SignalingConfig, SignalingNode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +23,7 @@ LIMIT_MODULES = ["rendezvous.node.signaling.core", "rendezvous.node.signaling.se
                  "rendezvous.node.signaling.login", "rendezvous.node.signaling.buddies",
                  "rendezvous.node.signaling.connects", "rendezvous.node.signaling_protocol",
                  "rendezvous.wire.frames", "rendezvous.wire.streams", "rendezvous.wire.host_entries"]
-LIMITS_ELSEWHERE = {"rendezvous.node.accounts": ["MAX_BUDDIES", "MIN_PASSWORD_CHARS"]}
+LIMITS_ELSEWHERE = {"rendezvous.node.accounts": ["MAX_BUDDIES", "MIN_PASSWORD_CHARS", "BUDDY_PAGE"]}
 NOT_LIMITS = {"MAGIC", "VERSION"}  # the frame header, documented in its own diagram
 
 
@@ -64,7 +65,7 @@ def literals() -> tuple[set, set]:
 @pytest.fixture(scope="module")
 def core(tmp_path_factory):
     store = AccountStore(tmp_path_factory.mktemp("doc") / "accounts.sqlite")
-    yield SignalingNode(store, Clock(), SignalingConfig())
+    yield SignalingNode(AsyncAccounts.inline(store), Clock(), SignalingConfig())
     store.close()
 
 

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, task
 
-from rendezvous.node.accounts import SCHEMA_VERSION, AccountStore
+from rendezvous.node.accounts import SCHEMA_VERSION, AccountStore, StoreUnavailable
+from rendezvous.node.accounts_async import AsyncAccounts
 from rendezvous.node.results.charts import bar_chart
 from rendezvous.node.results.records import network_of, record_of
 from rendezvous.node.results.retention import DAY_SECONDS, SWEEP_SECONDS, retention_service
@@ -180,44 +181,77 @@ def test_summary_of_nothing():
 
 
 @pytest.fixture
-def store(tmp_path):
-    accounts = AccountStore(tmp_path / "accounts.sqlite")
-    yield ResultsStore(accounts.db)
-    accounts.close()
+def accounts(database):
+    """A blocking AccountStore in each back end (a real SQLite file, a real PostgreSQL server)."""
+    store = AccountStore(database)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def store(accounts):
+    """The results store, its calls run inline (they fire before they return)."""
+    return ResultsStore(AsyncAccounts.inline(accounts))
+
+
+def now(d: defer.Deferred):
+    """The result of a Deferred that has fired (an inline store's)."""
+    return d.result
+
+
+def ids(store) -> list[str]:
+    return [r["id"] for r in now(store.snapshot())[1]]
 
 
 def test_store_keeps_and_expires(store):
-    """Records are kept by a random permanent id, listed oldest first, and expire by age."""
-    first = store.add(record_of(submission()), "198.19.7.0/24", now=1000.0)
-    second = store.add(record_of(outcome()), "198.19.8.0/24", now=2000.0)
+    """Records are kept by a random permanent id, listed oldest first, and expire by age, in either back end."""
+    first = now(store.add(record_of(submission()), "198.19.7.0/24", now=1000.0))
+    second = now(store.add(record_of(outcome()), "198.19.8.0/24", now=2000.0))
     assert first != second and len(first) == 12
-    assert store.get(first)["mapping"] == "endpoint-independent" and store.get(first)["received"] == 1000.0
-    assert "network" not in store.get(first)
-    assert store.get("nope") is None
-    assert [r["id"] for r in store.records()] == [first, second]
-    assert store.networks() == 2
-    before = store.revision()
-    assert store.expire(1500.0) == 1
-    assert store.revision() != before and [r["id"] for r in store.records()] == [second]
+    record = now(store.get(first))
+    assert record["mapping"] == "endpoint-independent" and record["received"] == 1000.0
+    assert "network" not in record
+    assert now(store.get("nope")) is None
+    revision, records, networks = now(store.snapshot())
+    assert [r["id"] for r in records] == [first, second] and networks == 2
+    assert now(store.revision()) == revision
+    assert now(store.expire(1500.0)) == 1
+    assert now(store.revision()) != revision and ids(store) == [second]
 
 
-def test_a_v3_store_gains_the_results_table(tmp_path):
-    """An account store made at schema v3 is upgraded in place and can keep results."""
+@pytest.mark.parametrize("version", [3, 4])
+def test_an_older_sqlite_store_gains_the_results_table(tmp_path, version):
+    """An SQLite account store made at schema v3 or v4 is upgraded in place and can keep results."""
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
-    db.executescript(_schema("v3.sql"))
-    db.execute("INSERT INTO version VALUES (3)")
+    db.executescript(_schema("rendezvous.node.schema", f"v{version}.sql"))
+    db.execute("INSERT INTO version VALUES (?)", (version,))
     db.commit()
     db.close()
     accounts = AccountStore(path)
-    assert accounts.db.execute("SELECT version FROM version").fetchone()[0] == SCHEMA_VERSION
-    assert ResultsStore(accounts.db).add(record_of(outcome()), "198.19.7.0/24", 1.0)
+    assert accounts.version() == SCHEMA_VERSION == 5
+    assert now(ResultsStore(AsyncAccounts.inline(accounts)).add(record_of(outcome()), "198.19.7.0/24", 1.0))
     accounts.close()
 
 
-def _schema(name: str) -> str:
+def test_a_v4_postgresql_store_gains_the_results_table(postgres_server):
+    """A PostgreSQL account store made at schema v4 is upgraded in place and can keep results."""
+    postgres_server.sql("DROP SCHEMA public CASCADE")
+    postgres_server.sql("CREATE SCHEMA public")
+    old = AccountStore(postgres_server.url, upgrade=False)
+    with old.db.transaction() as cursor:
+        old.db.run_script(cursor, _schema("rendezvous.node.schema.postgresql", "v4.sql"))
+        cursor.execute("INSERT INTO version VALUES (4)")
+    old.close()
+    accounts = AccountStore(postgres_server.url)
+    assert accounts.version() == SCHEMA_VERSION
+    assert now(ResultsStore(AsyncAccounts.inline(accounts)).add(record_of(outcome()), "198.19.7.0/24", 1.0))
+    accounts.close()
+
+
+def _schema(package: str, name: str) -> str:
     from importlib import resources
-    return resources.files("rendezvous.node.schema").joinpath(name).read_text()
+    return resources.files(package).joinpath(name).read_text()
 
 
 def test_chart_writes_each_count_as_text():
@@ -229,7 +263,7 @@ def test_chart_writes_each_count_as_text():
 
 
 def test_charts_are_redrawn_only_when_records_change(store):
-    """The view redraws after a change, at most every REBUILD_SECONDS, and serves the cache otherwise."""
+    """The view recounts after a change, at most every REBUILD_SECONDS, and draws only for a new count."""
     clock, drawn = task.Clock(), []
 
     def in_thread(function, *args):
@@ -237,14 +271,17 @@ def test_charts_are_redrawn_only_when_records_change(store):
         return defer.succeed(function(*args))
 
     view = ResultsView(store, clock, in_thread)
-    summary, charts = view.charts().result
+    summary, charts = now(view.charts())
     assert summary["submissions"] == 0 and "nat-types-empty" in charts["nat-types"]
-    view.charts()
+    now(view.charts())
     assert len(drawn) == 1
     store.add(record_of(submission()), "198.19.7.0/24", now=1.0)
-    assert view.charts().result[0]["submissions"] == 0  # drawn less than REBUILD_SECONDS ago
+    assert now(view.charts())[0]["submissions"] == 0  # counted less than REBUILD_SECONDS ago
+    assert now(view.summary())["submissions"] == 0
     clock.advance(REBUILD_SECONDS)
-    assert view.charts().result[0]["submissions"] == 1 and len(drawn) == 2
+    assert now(view.charts())[0]["submissions"] == 1 and len(drawn) == 2
+    clock.advance(REBUILD_SECONDS)
+    assert now(view.charts())[0]["submissions"] == 1 and len(drawn) == 2  # nothing changed: no new drawing
 
 
 def test_waiters_share_one_drawing(store):
@@ -258,6 +295,22 @@ def test_waiters_share_one_drawing(store):
     assert first.result[1] == second.result[1] == {"nat-types": "<svg/>"}
 
 
+def test_a_failed_drawing_fails_every_waiter_and_the_next_call_tries_again(store):
+    """An error while drawing reaches everyone waiting; the next request draws afresh."""
+    pending = defer.Deferred()
+
+    def in_thread(function, *args):
+        return pending if not pending.called else defer.succeed(function(*args))
+
+    view = ResultsView(store, task.Clock(), in_thread)
+    first, second = view.charts(), view.charts()
+    pending.errback(RuntimeError("no fonts"))
+    for waiting in (first, second):
+        assert waiting.result.check(RuntimeError)
+        waiting.addErrback(lambda _: None)
+    assert "nat-types" in now(view.charts())[1]
+
+
 def test_retention_sweeps_old_records(store):
     """Records older than the retention are removed at start and on every sweep."""
     clock = task.Clock()
@@ -266,9 +319,26 @@ def test_retention_sweeps_old_records(store):
     store.add(record_of(outcome()), "198.19.7.0/24", now=clock.seconds() - 6.99 * DAY_SECONDS)
     service = retention_service(store, clock, days=7)
     service.startService()
-    assert len(store.records()) == 1
+    assert len(ids(store)) == 1
     clock.advance(0.02 * DAY_SECONDS + SWEEP_SECONDS)
-    assert store.records() == []
+    assert ids(store) == []
+    service.stopService()
+
+
+def test_a_sweep_with_the_database_away_is_logged_and_retried():
+    """A failed sweep does not stop the retention service; the next one runs."""
+    calls = []
+
+    class Away:
+        def expire(self, before):
+            calls.append(before)
+            return defer.fail(StoreUnavailable("database away"))
+
+    clock = task.Clock()
+    service = retention_service(Away(), clock, days=1)
+    service.startService()
+    clock.advance(SWEEP_SECONDS)
+    assert len(calls) == 2
     service.stopService()
 
 
@@ -288,3 +358,21 @@ def test_submit_url_refuses_other_schemes():
     """Only http and https URLs are accepted."""
     with pytest.raises(ValueError):
         submit_url("ftp://node.example.org")
+
+
+def test_the_pages_answer_503_while_the_database_is_away():
+    """With the account database away, /api/results and /results answer 503 with a reason, not a crash."""
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from rendezvous.node.results.pages import RecordApi, ResultsApi, ResultsPage
+
+    class Away:
+        def run(self, function, *args):
+            return defer.fail(StoreUnavailable("database away"))
+
+    view = ResultsView(ResultsStore(Away()), task.Clock())
+    for resource_, path in ((ResultsApi(view, task.Clock()), b""), (RecordApi(view, "AAAAAAAAAAAA"), b"x"),
+                            (ResultsPage(view), b"")):
+        request = DummyRequest([path])
+        resource_.render_GET(request)
+        assert request.responseCode == 503 and b"unavailable" in b"".join(request.written)

@@ -16,11 +16,13 @@ import datetime
 import json
 import re
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.template import Tag, XMLString, flattenString, tags
 
 from relay.limits import RateLimiter
+from rendezvous.node.accounts import StoreUnavailable
 from rendezvous.node.metrics import answer_later
 from rendezvous.node.results.records import network_of, record_of
 from rendezvous.node.results.view import GATEWAY_NAMES, ResultsView, sections
@@ -62,14 +64,19 @@ def _html(request, document) -> int:
     """Answer with document (tags, or a Deferred firing with them) once it is flattened."""
     request.setHeader(b"content-type", b"text/html; charset=utf-8")
     request.setHeader(b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'")
-    body = flattenString(request, document).addCallback(lambda html: b"<!DOCTYPE html>\n" + html)
+    ready = document if isinstance(document, Deferred) else succeed(document)  # flattened once it is whole
+    body = ready.addCallback(lambda tree: flattenString(request, tree))
+    body.addCallback(lambda html: b"<!DOCTYPE html>\n" + html)
     return answer_later(request, body.addErrback(_failed, request))
 
 
 def _failed(failure, request) -> bytes:
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    if failure.check(StoreUnavailable):
+        request.setResponseCode(503)
+        return b"the results database is unavailable; try again later\n"
     log.failure("drawing a results page failed", failure)
     request.setResponseCode(500)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     return b"this page could not be drawn; see the node's log\n"
 
 
@@ -77,6 +84,17 @@ def _json(request, code: int, value) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+def _json_later(request, answer: Deferred) -> int:
+    """Answer with the (code, value) answer fires with; 503 while the database is away, 500 on a bug."""
+    def failed(failure) -> bytes:
+        if failure.check(StoreUnavailable):
+            return _json(request, 503, {"error": "the results database is unavailable; try again later"})
+        log.failure("a results API call failed", failure)
+        return _json(request, 500, {"error": "internal error; see the node's log"})
+
+    return answer_later(request, answer.addCallback(lambda done: _json(request, *done)).addErrback(failed))
 
 
 class ResultsPage(resource.Resource):
@@ -116,20 +134,22 @@ class RecordPage(resource.Resource):
         self.record_id = record_id
 
     def render_GET(self, request):
-        record = self.view.store.get(self.record_id) if _ID.fullmatch(self.record_id) else None
+        return _html(request, Deferred.fromCoroutine(self._page(request)))
+
+    async def _page(self, request):
+        record = await self.view.store.get(self.record_id) if _ID.fullmatch(self.record_id) else None
         if record is None:
             request.setResponseCode(404)
-            return _html(request, _document("No such result", tags.p("There is no result with this link."),
-                                            tags.p(tags.a("All results", href="/results"))))
+            return _document("No such result", tags.p("There is no result with this link."),
+                             tags.p(tags.a("All results", href="/results")))
         when = datetime.datetime.fromtimestamp(record["received"], datetime.timezone.utc).strftime("%Y-%m-%d")
-        rows = _record_rows(record)
         body = [tags.p(f"Received {when}. ", tags.a("All results", href="/results"), " · ",
                        tags.a("JSON", href=f"/api/results/{record['id']}")),
-                _table(("finding", "value"), rows, "record")]
+                _table(("finding", "value"), _record_rows(record), "record")]
         if record["kind"] == "outcome":
             body.append(_table(("technique", "outcome", "ms"), [
                 (a["technique"], a["outcome"], round(a["duration_ms"])) for a in record["attempts"]], "attempts"))
-        return _html(request, _document(f"Result {record['id']}", *body))
+        return _document(f"Result {record['id']}", *body)
 
 
 def _word(value) -> str:
@@ -173,24 +193,27 @@ class ResultsApi(resource.Resource):
             return self
         return RecordApi(self.view, path.decode("ascii", "replace"))
 
-    def render_GET(self, request) -> bytes:
-        return _json(request, 200, self.view.summary())
+    def render_GET(self, request) -> int:
+        return _json_later(request, self.view.summary().addCallback(lambda summary: (200, summary)))
 
-    def render_POST(self, request) -> bytes:
+    def render_POST(self, request) -> int:
+        return _json_later(request, Deferred.fromCoroutine(self._take(request)))
+
+    async def _take(self, request) -> tuple[int, dict]:
         network = network_of(request.getClientAddress().host)
         if not self.limiter.allow(network, self.clock.seconds()):
             request.setHeader(b"retry-after", str(round(1 / SUBMIT_PER_SECOND)).encode())
-            return _json(request, 429, {"error": "too many submissions from your network; try again later"})
+            return 429, {"error": "too many submissions from your network; try again later"}
         try:
             submission = parse_submission(request.content.read(MAX_SUBMISSION_BYTES + 1))
         except SubmissionError as e:
-            return _json(request, 400, {"error": str(e)})
-        record_id = self.view.store.add(record_of(submission), network, self.clock.seconds())
+            return 400, {"error": str(e)}
+        record_id = await self.view.store.add(record_of(submission), network, self.clock.seconds())
         scheme = "https" if request.isSecure() else "http"
         host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
         log.info("field-test {kind} submission {id} from {network}", kind=submission["kind"], id=record_id,
                  network=network)
-        return _json(request, 201, {"id": record_id, "link": f"{scheme}://{host}/results/{record_id}"})
+        return 201, {"id": record_id, "link": f"{scheme}://{host}/results/{record_id}"}
 
 
 class RecordApi(resource.Resource):
@@ -201,11 +224,12 @@ class RecordApi(resource.Resource):
         self.view = view
         self.record_id = record_id
 
-    def render_GET(self, request) -> bytes:
-        record = self.view.store.get(self.record_id) if _ID.fullmatch(self.record_id) else None
-        if record is None:
-            return _json(request, 404, {"error": "no such result"})
-        return _json(request, 200, record)
+    def render_GET(self, request) -> int:
+        if not _ID.fullmatch(self.record_id):
+            return _json_later(request, succeed((404, {"error": "no such result"})))
+        found = self.view.store.get(self.record_id)
+        return _json_later(request, found.addCallback(
+            lambda record: (404, {"error": "no such result"}) if record is None else (200, record)))
 
 
 def add_results(root: resource.Resource, view: ResultsView, clock) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from twisted.internet import defer, threads
+from twisted.python import failure
 
-from rendezvous.node.results.store import ResultsStore
+from rendezvous.node.results.store import ResultsStore, snapshot
 from rendezvous.node.results.summary import summarize
 
 REBUILD_SECONDS = 5.0
@@ -77,54 +78,76 @@ def sections(summary: dict) -> list[Section]:
 
 
 class ResultsView:
-    """The summary and its SVG charts; charts are redrawn in a thread at most every REBUILD_SECONDS."""
+    """The summary and its SVG charts for the pages and /api/results.
+
+    Counting reads every record (on the account store's thread pool) and is
+    done again only when the records changed and the last count is at least
+    REBUILD_SECONDS old; charts are drawn in a thread for each new count.
+    Callers arriving meanwhile share the count or drawing under way.
+    """
 
     def __init__(self, store: ResultsStore, clock, in_thread=threads.deferToThread) -> None:
         self.store = store
         self.clock = clock
         self.in_thread = in_thread
-        self._built: tuple | None = None  # (revision, summary, charts, when)
         self._counted: tuple | None = None  # (revision, summary, when)
-        self._waiting: list[defer.Deferred] | None = None
+        self._drawn: tuple | None = None  # (revision, charts)
+        self._counting = _Shared(self._count)
+        self._drawing = _Shared(self._draw)
 
-    def summary(self) -> dict:
-        """The views' numbers, recounted when the records changed, at most every REBUILD_SECONDS."""
-        return self._count()[1]
-
-    def _count(self) -> tuple[tuple, dict]:
-        """(the store's revision the summary was counted at, the summary)."""
-        now, counted = self.clock.seconds(), self._counted
-        if counted is None or (now - counted[2] >= REBUILD_SECONDS and counted[0] != self.store.revision()):
-            revision = self.store.revision()
-            counted = self._counted = (revision, summarize(self.store.records(), self.store.networks()), now)
-        return counted[0], counted[1]
+    def summary(self) -> defer.Deferred:
+        """Fires with the views' numbers (a dict, as /api/results shows them)."""
+        return self._counting.get().addCallback(lambda counted: counted[1])
 
     def charts(self) -> defer.Deferred:
-        """Fires with (summary, {chart id: svg}) for the records as they are now (or REBUILD_SECONDS ago)."""
-        now = self.clock.seconds()
-        built = self._built
-        if built is not None and (built[0] == self.store.revision() or now - built[3] < REBUILD_SECONDS):
-            return defer.succeed((built[1], built[2]))
+        """Fires with (summary, {chart id: svg}) for the same count."""
+        return self._drawing.get()
+
+    async def _count(self) -> tuple[tuple, dict]:
+        counted, now = self._counted, self.clock.seconds()
+        if counted is not None:
+            if now - counted[2] < REBUILD_SECONDS:
+                return counted[0], counted[1]
+            if await self.store.revision() == counted[0]:
+                self._counted = (counted[0], counted[1], now)
+                return counted[0], counted[1]
+        revision, summary = await self.store.accounts.run(_snapshot_summary)
+        self._counted = (revision, summary, now)
+        return revision, summary
+
+    async def _draw(self) -> tuple[dict, dict]:
+        revision, summary = await self._counting.get()
+        if self._drawn is None or self._drawn[0] != revision:
+            self._drawn = (revision, await self.in_thread(_draw, sections(summary)))
+        return summary, self._drawn[1]
+
+
+class _Shared:
+    """One run of an async function at a time; callers meanwhile get its result too."""
+
+    def __init__(self, function) -> None:
+        self.function = function
+        self.waiting: list[defer.Deferred] | None = None
+
+    def get(self) -> defer.Deferred:
         waiter = defer.Deferred()
-        if self._waiting is not None:
-            self._waiting.append(waiter)
+        if self.waiting is not None:
+            self.waiting.append(waiter)
             return waiter
-        self._waiting = [waiter]
-        revision, summary = self._count()
-        self.in_thread(_draw, sections(summary)).addCallbacks(
-            self._done, self._failed, callbackArgs=(revision, summary, now))
+        self.waiting = [waiter]
+        defer.Deferred.fromCoroutine(self.function()).addBoth(self._done)
         return waiter
 
-    def _done(self, charts: dict, revision: tuple, summary: dict, when: float) -> None:
-        waiting, self._waiting = self._waiting, None
-        self._built = (revision, summary, charts, when)
+    def _done(self, result) -> None:
+        waiting, self.waiting = self.waiting, None
         for waiter in waiting:
-            waiter.callback((summary, charts))
+            waiter.callback(result) if not isinstance(result, failure.Failure) else waiter.errback(result)
 
-    def _failed(self, failure) -> None:
-        waiting, self._waiting = self._waiting, None
-        for waiter in waiting:
-            waiter.errback(failure)
+
+def _snapshot_summary(store) -> tuple[tuple, dict]:
+    """On the store's thread: (revision, summary) of every record."""
+    revision, records, networks = snapshot(store)
+    return revision, summarize(records, networks)
 
 
 def _draw(views: list[Section]) -> dict[str, str]:

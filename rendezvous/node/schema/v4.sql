@@ -1,4 +1,4 @@
--- Account store, schema version 4: accounts, buddy lists and field-test results.
+-- Account store, schema version 4: accounts and buddy lists.
 CREATE TABLE version (version INTEGER NOT NULL);
 
 CREATE TABLE accounts (
@@ -25,15 +25,4 @@ CREATE TABLE buddies (
     since REAL NOT NULL,
     PRIMARY KEY (owner, buddy)
 );
-CREATE INDEX buddies_by_buddy ON buddies (buddy);
-
--- Field-test results (docs/NAT_CHECK.md, the field test): the record as JSON; network is the
--- submitter's /24 or /48, never a full address.
-CREATE TABLE results (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL CHECK (kind IN ('nat-check', 'outcome')),
-    received DOUBLE PRECISION NOT NULL,
-    network TEXT NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX results_by_received ON results (received);
+CREATE INDEX buddies_incoming ON buddies (buddy, state, owner);  -- incoming requests, a page at a time

@@ -69,11 +69,13 @@ def _ice_credentials(message: dict) -> dict:
 class Connects:
     """Mixed into SignalingNode: the connect, connect-answer and connect-decline ops."""
 
-    def _connect(self, session: Session, message: dict):
+    async def _connect(self, session: Session, message: dict):
         to = text_field(message, "to")
         candidates = _candidates(message)
         credentials = _ice_credentials(message)
-        self._check_buddy_online(session, to)
+        await self._check_buddy_online(session, to)
+        if session.gone:
+            return None
         self._expire_connects()
         if len(self.pending) >= MAX_PENDING_CONNECTS:
             raise SignalingError("busy", "too many connects in progress")

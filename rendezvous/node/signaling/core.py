@@ -8,27 +8,40 @@ The ops live in mixins by job: ``Login`` (login.py), ``Buddies``
 holds the sessions, dispatch, pings, delivery here or on another node, and
 the host cache.
 
+Ops that ask the account store are coroutines: the store answers in a
+thread (``accounts_async``), and a session's later frames wait in its
+backlog, so each session's requests are answered in order. When the store
+cannot be reached, requests that need it get ``unavailable``, and what a
+logged-in session does with its buddies falls back on the buddy list it
+read last.
+
 Every field, list and table is bounded; an unauthenticated session may only
 register, log in, resume or answer pings; a session that sends too many bad
 frames is closed. Logs carry session ids, never passwords.
 """
 
+import inspect
 import os
 import secrets
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from rendezvous.node.accounts import AccountStore
+from rendezvous.node.accounts import StoreUnavailable
+from rendezvous.node.accounts_async import AsyncAccounts
 from rendezvous.node.signaling.buddies import Buddies
 from rendezvous.node.signaling.connects import Connects
 from rendezvous.node.signaling.login import Login
 from rendezvous.node.signaling.session import LocalDirectory, Session, SignalingConfig, SignalingError
+from rendezvous.wire.frames import FrameError
 from rendezvous.wire.host_entries import host_entry
 
 log = Logger()
 
 MAX_ERRORS = 5
+MAX_BACKLOG = 32  # frames kept while an earlier request of the session waits for the account store
 MAX_PING_TOKEN = 64  # characters of a client's ping token echoed in the pong
 ERROR_DECAY_SECONDS = 10
 HOST_CACHE_SIZE = 200
@@ -38,7 +51,7 @@ HOST_TTL_SECONDS = 3600
 class SignalingNode(Login, Buddies, Connects):
     """Sessions, presence and connect coordination of one super node."""
 
-    def __init__(self, accounts: AccountStore, clock, config: SignalingConfig, directory=None) -> None:
+    def __init__(self, accounts: AsyncAccounts, clock, config: SignalingConfig, directory=None) -> None:
         self.accounts = accounts
         self.clock = clock
         self.config = config
@@ -70,12 +83,21 @@ class SignalingNode(Login, Buddies, Connects):
 
     def closed(self, session: Session) -> None:
         """A connection went away: its user goes offline (resumable for a while)."""
+        session.gone = True
+        session.backlog = None
         if session.user is not None and self.sessions.get(session.user) is session:
             self.keep_resumable(session)
-            del self.sessions[session.user]
-            self.directory.publish_presence(session.user, "offline", session.nat_type)
-            self._notify_buddies(session.user, "offline", session.nat_type)
+            self._offline(session)
             log.info("session {session} of {user} closed", session=session.id, user=session.user)
+
+    def _offline(self, session: Session) -> None:
+        del self.sessions[session.user]
+        self.directory.publish_presence(session.user, "offline", session.nat_type)
+        self._background(self._notify_buddies(session, "offline"))
+
+    def _background(self, work) -> None:
+        """Run a coroutine that nobody waits for; a failure is logged."""
+        Deferred.fromCoroutine(work).addErrback(lambda failure: log.failure("background signaling work", failure))
 
     def send_ping(self, session: Session) -> None:
         """Ping session; its pong measures the round-trip time from now.
@@ -88,10 +110,39 @@ class SignalingNode(Login, Buddies, Connects):
         session.send({"op": "ping", "token": session.ping_token})
 
     def receive(self, session: Session, message) -> None:
-        """Apply one frame (a dict, or a FrameError for a frame that was not JSON)."""
-        request_id = message.get("id") if isinstance(message, dict) else None
-        if not isinstance(request_id, (int, type(None))) or isinstance(request_id, bool):
-            request_id = None
+        """Apply one frame (a dict, or a FrameError for a frame that was not JSON).
+
+        While an earlier request waits for the account store the frame waits
+        in the session's backlog (up to MAX_BACKLOG; past that it is refused
+        with ``busy``).
+        """
+        if session.backlog is not None:
+            if len(session.backlog) < MAX_BACKLOG:
+                session.backlog.append(message)
+            else:
+                session.send({"op": "error", "id": _request_id(message), "code": "busy",
+                              "reason": "too many requests waiting; wait for the answers"})
+            return
+        self._apply(session, message)
+
+    def _apply(self, session: Session, message) -> None:
+        answered = Deferred.fromCoroutine(self._answer(session, message))
+        if answered.called:  # the usual case: nothing waited; an error in the code is raised here
+            outcome = []
+            answered.addBoth(outcome.append)
+            if isinstance(outcome[0], Failure):
+                outcome[0].raiseException()
+            return
+        session.backlog = deque()  # later frames wait their turn
+        answered.addErrback(lambda failure: log.failure("request of session {session}", failure, session=session.id))
+        answered.addCallback(lambda _: self._resume_backlog(session))
+
+    async def _answer(self, session: Session, message) -> None:
+        request_id = _request_id(message)
+        if isinstance(message, FrameError) and message.fatal:  # after the frames before it are answered
+            session.send({"op": "error", "id": None, "code": "bad-frame", "reason": str(message)})
+            session.close()
+            return
         try:
             if not isinstance(message, dict):
                 raise SignalingError("bad-request", str(message))
@@ -101,6 +152,13 @@ class SignalingNode(Login, Buddies, Connects):
             if session.user is None and message["op"] not in self._open_ops:
                 raise SignalingError("unauthenticated", "log in first", abuse=True)
             reply = handler(session, message)
+            if inspect.iscoroutine(reply):
+                reply = await reply
+        except StoreUnavailable as e:
+            log.warn("account store unavailable for session {session}: {error}", session=session.id, error=e)
+            session.send({"op": "error", "id": request_id, "code": "unavailable",
+                          "reason": "the account database cannot be reached; try again later"})
+            return
         except SignalingError as e:
             session.send({"op": "error", "id": request_id, "code": e.code, "reason": e.reason})
             if e.abuse and self._count_error(session) >= MAX_ERRORS:
@@ -112,6 +170,16 @@ class SignalingNode(Login, Buddies, Connects):
             session.send(reply)
             if reply["op"] == "welcome":
                 self.send_ping(session)  # the first RTT, timed after the password hashing
+
+    def _resume_backlog(self, session: Session) -> None:
+        """After a request that waited: apply the frames that came meanwhile, until one waits again."""
+        if session.backlog is None:  # closed meanwhile
+            return
+        backlog, session.backlog = session.backlog, None
+        while backlog and session.backlog is None and not session.gone:
+            self._apply(session, backlog.popleft())
+        if session.backlog is not None:
+            session.backlog.extend(backlog)
 
     def _count_error(self, session: Session) -> float:
         """Count one bad request; the count falls by one every ERROR_DECAY_SECONDS."""
@@ -204,6 +272,13 @@ class SignalingNode(Login, Buddies, Connects):
             self._complete_connect(envelope)
         elif kind == "connect-decline":
             self._decline(envelope)
+
+
+def _request_id(message) -> int | None:
+    request_id = message.get("id") if isinstance(message, dict) else None
+    if not isinstance(request_id, (int, type(None))) or isinstance(request_id, bool):
+        return None
+    return request_id
 
 
 def node_name() -> str:

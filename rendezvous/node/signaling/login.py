@@ -7,7 +7,7 @@ from twisted.logger import Logger
 
 from relay.limits import RateLimiter
 
-from rendezvous.node.accounts import AccountError, AccountPolicyError, check_new_account
+from rendezvous.node.accounts import AccountError, AccountPolicyError, StoreUnavailable, check_new_account
 from rendezvous.node.signaling.session import MAX_PASSWORD_BYTES, Session, SignalingError, text_field
 
 log = Logger()
@@ -35,7 +35,7 @@ def source_key(ip: str) -> str:
 class Login:
     """Mixed into SignalingNode: who a session is."""
 
-    def _register(self, session: Session, message: dict):
+    async def _register(self, session: Session, message: dict):
         if not self.config.open_registration:
             raise SignalingError("forbidden", "registration is closed on this node")
         user, password = text_field(message, "user"), text_field(message, "password", MAX_PASSWORD_BYTES)
@@ -43,24 +43,33 @@ class Login:
             raise SignalingError("rate-limited", "too many attempts from this address")
         try:
             check_new_account(user, password)
-            self.accounts.add(user, password, self.config.realm)
+            await self.accounts.add(user, password, self.config.realm)
         except AccountPolicyError as e:
             raise SignalingError(e.code, str(e)) from None
         except AccountError as e:
             raise SignalingError("conflict", str(e)) from None
         return {"op": "registered", "user": user}
 
-    def _login(self, session: Session, message: dict):
+    async def _login(self, session: Session, message: dict):
         user, password = text_field(message, "user"), text_field(message, "password", MAX_PASSWORD_BYTES)
         self._check_logged_out(session)
         buckets = self._take_login_tokens(user, source_key(session.address[0]))
         if buckets is None:
             raise SignalingError("rate-limited", "too many failed logins; try again later")
-        if not self.accounts.check_password(user, password):
+        try:
+            right = await self.accounts.check_password(user, password)
+        except StoreUnavailable:
+            right = None
+        if right is not False:  # only failures count against the limits
+            for limiter, key in buckets:
+                limiter.refund(key)
+        if right is None:
+            raise StoreUnavailable("no answer to a login")
+        if not right:
             log.info("failed login for {user} from {client}", user=user, client=session.address[0])
             raise SignalingError("unauthenticated", "wrong user name or password")
-        for limiter, key in buckets:  # only failures count against the limits
-            limiter.refund(key)
+        if session.gone:  # closed while the password was checked
+            return None
         return self._start(session, user)
 
     def _init_login_limits(self) -> None:
@@ -89,10 +98,13 @@ class Login:
         token = text_field(message, "token")
         self._check_logged_out(session)
         user = self.live_tokens.pop(token, None)
-        if user is None:
-            user, expires = self.resume_tokens.pop(token, (None, 0))
+        if user is not None:
+            buddies = self.sessions[user].buddies
+        else:
+            user, expires, buddies = self.resume_tokens.pop(token, (None, 0, frozenset()))
             if expires < self.clock.seconds():
                 raise SignalingError("unauthenticated", "unknown or expired resume token")
+        session.buddies = buddies  # until the store is read again
         return self._start(session, user, resumed=True)
 
     def _check_logged_out(self, session: Session) -> None:
@@ -102,7 +114,8 @@ class Login:
     def keep_resumable(self, session: Session) -> None:
         """The connection of a logged-in session closed: its token works for RESUME_SECONDS more."""
         if self.live_tokens.pop(session.resume_token, None) is not None:
-            self.resume_tokens[session.resume_token] = (session.user, self.clock.seconds() + RESUME_SECONDS)
+            self.resume_tokens[session.resume_token] = (session.user, self.clock.seconds() + RESUME_SECONDS,
+                                                        session.buddies)
             while len(self.resume_tokens) > 4 * len(self.sessions) + 1000:
                 self.resume_tokens.popitem(last=False)
 
@@ -132,7 +145,7 @@ class Login:
         session.resume_token = token = secrets.token_urlsafe(24)
         self.live_tokens[token] = user
         self.directory.publish_presence(user, "online", session.nat_type)
-        self._notify_buddies(user, "online", session.nat_type)
+        self._background(self._notify_buddies(session, "online"))
         log.info("session {session} logged in as {user} from {client}", session=session.id, user=user,
                  client=session.address[0])
         return {
@@ -171,7 +184,8 @@ class Login:
     def _logout(self, session: Session, message: dict):
         user = session.user
         self.live_tokens.pop(session.resume_token, None)  # a logout is not resumable
-        self.closed(session)
+        if self.sessions.get(user) is session:
+            self._offline(session)
         session.user = None
         session.state = "offline"
         return {"op": "logged-out", "user": user}

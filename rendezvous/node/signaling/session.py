@@ -5,6 +5,7 @@ is the presence directory of a node alone (docs/PROTOCOL.md, "Signaling v1").
 """
 
 import secrets
+from collections import deque
 from dataclasses import dataclass, field
 
 
@@ -42,6 +43,9 @@ class Session:
     ping_token: str | None = None
     started_at: float | None = None  # when it logged in
     resume_token: str | None = None  # of its welcome
+    gone: bool = False  # its connection closed
+    backlog: deque | None = None  # frames that came while a request waited for the account store
+    buddies: frozenset = frozenset()  # accepted buddies last read, for when the store cannot answer
 
 
 @dataclass
