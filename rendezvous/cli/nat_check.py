@@ -19,9 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from rendezvous.peer import nat_memory
 from rendezvous.peer.nat_check import DEFAULT_ECHO_PORT, DEFAULT_TCP_FALLBACK_PORT, NatCheckError, check
 from rendezvous.peer.results_client import SubmitError, submit, submit_url
+from rendezvous.peer.trust import default_state_dir
 from rendezvous.wire.results import FORM_FIELDS, MAX_FORM_CHARS, nat_check_submission
 
 PROG = "txrendezvous nat-check"
@@ -52,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rto-seconds", type=float, default=0.2, metavar="S",
                         help="first STUN retransmission timeout; a lost answer counts after 15 x S "
                              "(default: %(default)g)")
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                        help="where the report is kept for connect()'s outcome reports (default: "
+                             "$XDG_STATE_HOME/txrendezvous or ~/.local/state/txrendezvous)")
     parser.add_argument("--submit", nargs="?", const="", default=None, metavar="NODE",
                         help="send the report to a node's field test (HOST[:PORT] over HTTPS, or an http(s) URL; "
                              "default: the SERVER's host on 443) and print its permanent link")
@@ -123,6 +129,8 @@ def run_command(args: argparse.Namespace) -> int:
         except NatCheckError as e:
             outcome["error"] = str(e)
             return
+        if outcome["report"].server_answered:
+            nat_memory.save(args.state_dir or default_state_dir(), outcome["report"].to_dict(), reactor.seconds())
         if url is not None and outcome["report"].server_answered:
             progress(f"submitting the report to {url}")
             try:

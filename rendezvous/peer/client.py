@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from dataclasses import replace
+from pathlib import Path
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
@@ -29,7 +30,8 @@ from twisted.logger import Logger
 
 from rendezvous.peer.checks import _Session
 from rendezvous.peer.connection import ConnectError, Connection
-from rendezvous.peer.connector import _credentials, _Options, _peer_hint, _presence, _Punches, _trust
+from rendezvous.peer import nat_memory
+from rendezvous.peer.connector import _credentials, _Options, _peer_hint, _presence, _Punches, _state_dir, _trust
 from rendezvous.peer.gathering import UPNP_DISCOVERY_SECONDS, UPNP_SECONDS
 from rendezvous.peer.outcomes import report_when_settled
 from rendezvous.peer.prediction import NatHint
@@ -50,12 +52,13 @@ class Client:
     the field test's answer, or None when it was not reported).
     """
 
-    def __init__(self, reactor, signaling, options: _Options, trust) -> None:
+    def __init__(self, reactor, signaling, options: _Options, trust, state_dir: Path | None = None) -> None:
         self.reactor, self.signaling, self.options, self.trust = reactor, signaling, options, trust
         self.user = signaling.user
         self.hint = NatHint(None)
         self.sessions: list[Session | Connection] = []
         self.reports: list[Deferred] = []
+        self.state_dir = state_dir
         self._on_session = None
         self._accept = None
         self._named: dict[tuple[str, str], Session] = {}  # (peer, session name): sessions a restart may reach
@@ -77,7 +80,7 @@ class Client:
 
             signaling = await SignalingClient.login(reactor, user, password, servers=servers,
                                                     host_cache=host_cache, tls=tls, tls_verify=tls_verify)
-            client = cls(reactor, signaling, options, trust)
+            client = cls(reactor, signaling, options, trust, _state_dir(options, host_cache))
             client._look_for_gateway()
             return client
 
@@ -112,8 +115,9 @@ class Client:
 
         async def run() -> dict | None:
             remote = await _peer_hint(self.signaling, made.peer)
-            return await report_when_settled(self.reactor, made, self.hint, remote, url,
-                                             verify=self.options.tls_verify)
+            local = self.state_dir and nat_memory.recent(self.state_dir, self.reactor.seconds())
+            return await report_when_settled(self.reactor, made, local or {"mapping": self.hint.mapping},
+                                             {"mapping": remote.mapping}, url, verify=self.options.tls_verify)
 
         self.reports.append(Deferred.fromCoroutine(run()))
 

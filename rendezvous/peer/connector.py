@@ -107,12 +107,16 @@ class _Punches:
         return d.addTimeout(seconds, reactor)
 
 
+def _state_dir(options: _Options, host_cache) -> Path:
+    """Where the identity, pins and the last NAT check live: the option, the host cache's folder, the default."""
+    return options.state_dir or (Path(host_cache.path).parent if host_cache is not None else default_state_dir())
+
+
 def _trust(options: _Options, user: str, host_cache) -> Trust | None:
     """The user's identity and pins, from the state directory (None in plaintext mode)."""
     if options.plaintext:
         return None
-    state_dir = options.state_dir or (Path(host_cache.path).parent if host_cache is not None else default_state_dir())
-    return Trust.load(state_dir, user, options.allow_new_fingerprint)
+    return Trust.load(_state_dir(options, host_cache), user, options.allow_new_fingerprint)
 
 
 def _credentials(session: _Session, trust: Trust | None) -> dict:

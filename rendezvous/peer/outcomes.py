@@ -2,10 +2,11 @@
 
 Opt-in: ``report_outcome=True`` on ``connect()`` or ``Client.login``. Only the side
 that called ``connect()`` reports, once the checks are over (or after
-SETTLE_WAIT_SECONDS), so each session is counted once. What is sent: each side's
-mapping behaviour as the two sides' gathering measured it (this side's, and the
-peer's from its presence), every technique tried with its outcome and duration,
-and the path the session runs on. No address is sent.
+SETTLE_WAIT_SECONDS), so each session is counted once. What is sent: this side's
+NAT as its last ``txrendezvous nat-check`` saw it (``rendezvous.peer.nat_memory``;
+else the mapping behaviour its gathering measured), the peer's mapping behaviour
+from its presence, every technique tried with its outcome and duration, and the
+path the session runs on. No address is sent.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from rendezvous.peer.prediction import NatHint
 from rendezvous.peer.results_client import SubmitError, submit
 from rendezvous.wire.results import MAX_TECHNIQUES, SUBMISSION_VERSION
 
@@ -21,15 +21,17 @@ log = Logger()
 
 SETTLE_WAIT_SECONDS = 30.0
 MAX_DURATION_MS = 600000
+SIDE_FIELDS = ("nat_type", "mapping", "filtering")
 
 
-def outcome_document(made, local: NatHint, remote: NatHint) -> dict:
-    """The ``outcome`` submission for a session (or plaintext Connection) as it runs now."""
+def outcome_document(made, local: dict, remote: dict) -> dict:
+    """The ``outcome`` submission for a session (or plaintext Connection) as it runs now; local and
+    remote are each side's {nat_type, mapping, filtering} as far as known."""
     return {
         "kind": "outcome",
         "version": SUBMISSION_VERSION,
-        "local": {"mapping": local.mapping},
-        "remote": {"mapping": remote.mapping},
+        "local": {name: value for name, value in local.items() if name in SIDE_FIELDS},
+        "remote": {name: value for name, value in remote.items() if name in SIDE_FIELDS},
         "attempts": [{"technique": a.technique, "outcome": a.outcome,
                       "duration_ms": round(min(max(a.duration_ms, 0.0), MAX_DURATION_MS), 1)}
                      for a in made.attempts[:MAX_TECHNIQUES]],
@@ -37,7 +39,7 @@ def outcome_document(made, local: NatHint, remote: NatHint) -> dict:
     }
 
 
-def report_when_settled(reactor, made, local: NatHint, remote: NatHint, url: str, verify: bool = True) -> Deferred:
+def report_when_settled(reactor, made, local: dict, remote: dict, url: str, verify: bool = True) -> Deferred:
     """Submit the outcome once ``made`` settles; fires with the node's answer, or None if not submitted
     (the reason is logged: reporting never fails a session)."""
 

@@ -11,7 +11,7 @@ from twisted.internet.task import deferLater
 
 from rendezvous.node.accounts import AccountStore
 from rendezvous.peer.outcomes import outcome_document
-from rendezvous.peer.prediction import NatHint
+from rendezvous.peer import nat_memory
 from rendezvous.wire.results import parse_submission
 from tests.conftest import free_port, start_node, stop_node
 from tests.integration.test_sessions import pair
@@ -39,6 +39,14 @@ def stored_outcomes(node) -> int:
     db = sqlite3.connect(f"file:{node.state_dir / 'accounts.sqlite'}?mode=ro", uri=True)
     try:
         return db.execute("SELECT COUNT(*) FROM results WHERE kind='outcome'").fetchone()[0]
+    finally:
+        db.close()
+
+
+def outcome_records(node) -> list[dict]:
+    db = sqlite3.connect(f"file:{node.state_dir / 'accounts.sqlite'}?mode=ro", uri=True)
+    try:
+        return [json.loads(body) for (body,) in db.execute("SELECT body FROM results WHERE kind='outcome'")]
     finally:
         db.close()
 
@@ -86,10 +94,32 @@ async def test_no_report_unless_asked(results_node, tmp_path):
         await deferLater(reactor, 1.0)
         assert stored_outcomes(results_node) == 0
         # What would have been sent passes the node's schema as it is.
-        hint = NatHint("address-and-port-dependent", "random")
-        assert parse_submission(json.dumps(outcome_document(mine, hint, hint)).encode())["path"] == mine.path
+        side = {"nat_type": "symmetric", "mapping": "address-and-port-dependent", "filtering": None}
+        assert parse_submission(json.dumps(outcome_document(mine, side, side)).encode())["path"] == mine.path
     finally:
         await mine.close()
         await theirs.close()
         await listener.close()
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_this_sides_nat_is_named_by_its_last_nat_check(results_node, tmp_path):
+    """A recent nat-check report in the caller's state directory names its NAT in the outcome."""
+    nat_memory.save(tmp_path / "olga", {"nat_type": "port restricted cone", "mapping": "endpoint-independent",
+                                        "filtering": "address-and-port-dependent", "mapped_address": "x"},
+                    reactor.seconds())
+    mine, theirs, listener = await pair(results_node, "olga", "piet", tmp_path, report_outcome=True)
+    try:
+        for _ in range(60):
+            if stored_outcomes(results_node):
+                break
+            await deferLater(reactor, 0.25)
+        [record] = outcome_records(results_node)
+        assert record["local"] == {"nat_type": "port restricted cone", "mapping": "endpoint-independent",
+                                   "filtering": "address-and-port-dependent"}
+        assert record["remote"] == {"mapping": "endpoint-independent"}
+    finally:
+        await mine.close()
+        await theirs.close()
+        await listener.close()
