@@ -376,3 +376,18 @@ def test_the_pages_answer_503_while_the_database_is_away():
         request = DummyRequest([path])
         resource_.render_GET(request)
         assert request.responseCode == 503 and b"unavailable" in b"".join(request.written)
+
+
+def test_the_last_nat_check_is_remembered_for_a_day(tmp_path):
+    """nat-check's saved verdict names this side's NAT while younger than a day; a bad file is ignored."""
+    from rendezvous.peer import nat_memory
+
+    nat_memory.save(tmp_path, nat_report(), now=1000.0)
+    assert nat_memory.recent(tmp_path, now=1000.0 + nat_memory.MAX_AGE_SECONDS - 1) == {
+        "nat_type": "port restricted cone", "mapping": "endpoint-independent",
+        "filtering": "address-and-port-dependent"}
+    assert nat_memory.recent(tmp_path, now=1000.0 + nat_memory.MAX_AGE_SECONDS) is None
+    assert nat_memory.recent(tmp_path, now=999.0) is None  # from the future: the clock moved
+    (tmp_path / nat_memory.FILE).write_text("{not json")
+    assert nat_memory.recent(tmp_path, now=1000.0) is None
+    assert nat_memory.recent(tmp_path / "missing", now=1000.0) is None
