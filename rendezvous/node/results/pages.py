@@ -5,7 +5,8 @@
     GET  /api/results          the views as JSON
     GET  /api/results/ID       one record as JSON
     POST /api/results          a submission (rendezvous.wire.results); 201 {"id", "link"},
-                               400 {"error"} when refused, 429 past the per-network rate
+                               400 {"error"} when refused, 429 past the per-network rate,
+                               503 while the account database is away
 
 Pages are rendered by ``twisted.web.template`` and need no JavaScript.
 """
