@@ -13,7 +13,7 @@ from rendezvous.node.accounts_async import AsyncAccounts
 from rendezvous.node.results.charts import bar_chart
 from rendezvous.node.results.records import network_of, record_of
 from rendezvous.node.results.retention import DAY_SECONDS, SWEEP_SECONDS, retention_service
-from rendezvous.node.results.store import ResultsStore
+from rendezvous.node.results.store import ResultsStore, snapshot
 from rendezvous.node.results.summary import binding_bin, summarize
 from rendezvous.node.results.view import REBUILD_SECONDS, ResultsView
 from rendezvous.peer.nat_check.decisions import PortAllocation
@@ -200,7 +200,7 @@ def now(d: defer.Deferred):
 
 
 def ids(store) -> list[str]:
-    return [r["id"] for r in now(store.snapshot())[1]]
+    return [r["id"] for r in now(store.accounts.run(snapshot))[1]]
 
 
 def test_store_keeps_and_expires(store):
@@ -212,7 +212,7 @@ def test_store_keeps_and_expires(store):
     assert record["mapping"] == "endpoint-independent" and record["received"] == 1000.0
     assert "network" not in record
     assert now(store.get("nope")) is None
-    revision, records, networks = now(store.snapshot())
+    revision, records, networks = now(store.accounts.run(snapshot))
     assert [r["id"] for r in records] == [first, second] and networks == 2
     assert now(store.revision()) == revision
     assert now(store.expire(1500.0)) == 1

@@ -70,9 +70,6 @@ class ResultsStore:
     def get(self, record_id: str) -> Deferred:
         return self.accounts.run(get, record_id)
 
-    def snapshot(self) -> Deferred:
-        return self.accounts.run(snapshot)
-
     def revision(self) -> Deferred:
         return self.accounts.run(revision)
 
