@@ -3,8 +3,10 @@
 A store call blocks (SQLite file I/O, a PostgreSQL round trip, the scrypt
 hash of a login), so the node never makes one on the reactor thread: each
 pool thread opens its own ``AccountStore`` (one connection each) and keeps
-it. ``AsyncAccounts.inline`` runs calls at once on the caller's thread
-instead, for the sans-IO core on a fake clock.
+it. A call unanswered after CALL_SECONDS fails with StoreUnavailable, so a
+stuck database never holds a session's requests for ever.
+``AsyncAccounts.inline`` runs calls at once on the caller's thread instead,
+for the sans-IO core on a fake clock.
 
 ``KeyMirror`` is the TURN credential source of a node whose accounts are in
 PostgreSQL: the relay asks for keys on the reactor thread, so it answers
@@ -15,7 +17,7 @@ import threading
 from collections.abc import Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -27,6 +29,7 @@ from rendezvous.node.accounts import BUDDY_PAGE, AccountStore, StoreUnavailable
 log = Logger()
 
 POOL_THREADS = 4  # concurrent store calls: logins hash in parallel (scrypt releases the GIL)
+CALL_SECONDS = 15  # a call not answered by then fails with StoreUnavailable (its thread goes on)
 KEYS_REFRESH_SECONDS = 30
 
 
@@ -72,7 +75,13 @@ class AsyncAccounts(Service):
 
         if self._pool is None:
             return maybeDeferred(call)
-        return deferToThreadPool(self._reactor, self._pool, call)
+
+        def late(failure):
+            failure.trap(TimeoutError)
+            raise StoreUnavailable(f"no answer from the account store in {CALL_SECONDS} s")
+
+        answer = deferToThreadPool(self._reactor, self._pool, call)
+        return answer.addTimeout(CALL_SECONDS, self._reactor).addErrback(late)
 
     # Each fires with what the AccountStore method returns, or fails with its
     # AccountError, or StoreUnavailable when the database cannot answer.

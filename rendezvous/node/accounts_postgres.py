@@ -4,10 +4,13 @@ psycopg 3 speaks to the server. A connection that fails is dropped and the
 next transaction connects again, so a node rides out a database restart;
 until then every operation raises StoreUnavailable. CONNECT_SECONDS and
 TCP_USER_TIMEOUT_MS bound how long a call waits for a host that is gone,
-unless the URL sets them. Schema changes take an advisory lock, so nodes
-starting together make the tables once.
+unless the URL sets them. A connection idle for IDLE_CHECK_SECONDS is
+checked before use, so a server that restarted meanwhile costs a reconnect,
+not a failed call. Schema changes take an advisory lock, so nodes starting
+together make the tables once.
 """
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +18,7 @@ from rendezvous.node.accounts import StoreUnavailable
 
 CONNECT_SECONDS = 5
 TCP_USER_TIMEOUT_MS = 5000
+IDLE_CHECK_SECONDS = 5  # a connection idle this long is checked (SELECT 1) before use: the server may have restarted
 SCHEMA_LOCK = 0x7478_7264  # pg_advisory_xact_lock key of schema changes ("txrd")
 
 
@@ -57,6 +61,7 @@ class PostgresDatabase:
         self.url = url
         self.psycopg = _driver()
         self.connection = None
+        self.used_at = 0.0
 
     def __str__(self) -> str:
         """The URL without its password."""
@@ -76,12 +81,14 @@ class PostgresDatabase:
     def transaction(self) -> Iterator[_Cursor]:
         psycopg = self.psycopg
         try:
+            self._check_idle()
             if self.connection is None or self.connection.closed:
                 self.connection = self._connect()
             cursor = self.connection.cursor()
         except psycopg.Error as e:
             self.connection = None
             raise StoreUnavailable(f"{self}: {e}") from None
+        self.used_at = time.monotonic()
         try:
             yield _Cursor(cursor)
             self.connection.commit()
@@ -96,6 +103,16 @@ class PostgresDatabase:
             if isinstance(e, psycopg.Error):
                 raise StoreUnavailable(f"{self}: {e}") from None
             raise
+
+    def _check_idle(self) -> None:
+        """Drop an idle connection that no longer answers (the next step connects again)."""
+        if self.connection is None or time.monotonic() - self.used_at < IDLE_CHECK_SECONDS:
+            return
+        try:
+            self.connection.execute("SELECT 1")
+            self.connection.rollback()
+        except self.psycopg.Error:
+            self._drop()
 
     def _drop(self) -> None:
         try:

@@ -95,14 +95,15 @@ def makeService(options, reactor=None) -> service.MultiService:
         more = [(config.ip, port) for port in (config.http_port, config.https_port, config.echo_port) if port]
         endpoints = own_endpoints(addresses, config.tls_port, more + ([config.metrics] if config.metrics else []))
         relay = make_relay(reactor, _relay_config(options, turn_secret), listen_ips, software,
-                           extra_sources=[turn_keys], reload=lambda: _relay_config(options.reparse(), turn_secret), own_endpoints=endpoints)
+                           extra_sources=[turn_keys], own_endpoints=endpoints,
+                           reload=lambda: _relay_config(options.reparse(), turn_secret))
         relay.setServiceParent(top)
         turn = relay.turn
         relays = _turn_urls(config)
     name = config.node_name or node_name()
     static_cache = [{"host": host, "port": port} for host, port in config.peer_nodes]
     directory = None
-    if isinstance(turn_keys, KeyMirror):
+    if isinstance(turn_keys, KeyMirror) and config.relay is not None:
         turn_keys.setServiceParent(top)
     if config.redis:
         directory = RedisDirectory(reactor, config.redis, name, _public_host(config), config.port)

@@ -13,6 +13,7 @@ with ``event`` and ``t``, this host's CLOCK_MONOTONIC (the test's clock too).
 """
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -97,6 +98,10 @@ async def once(name: str, password: str, where: tuple[str, int], register: bool)
 
 
 def main(argv: list[str]) -> int:
+    if os.environ.get("NATLAB_CLIENT_LOG"):  # the client's log on stderr, for a failing test to show
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     mode, name, password, *rest = argv
     if mode == "once":
         work = once(name, password, server(rest[0]), rest[1:] == ["register"])

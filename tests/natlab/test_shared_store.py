@@ -12,6 +12,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -130,39 +131,55 @@ def hosts(tmp_path_factory):
 
 
 def client(site, *args: str, stdin: bool = False) -> subprocess.Popen:
-    """tests/natlab/presence_client.py in the site's namespace."""
-    return subprocess.Popen(site.exec_argv(sys.executable, "-m", "tests.natlab.presence_client", *args),
-                            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
+    """tests/natlab/presence_client.py in the site's namespace; its stderr (and log) in a file beside."""
+    errors = tempfile.NamedTemporaryFile("w+", prefix=f"presence-{args[1]}-", suffix=".err", delete=False)
+    process = subprocess.Popen(site.exec_argv(sys.executable, "-m", "tests.natlab.presence_client", *args),
+                               stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=errors, cwd=ROOT, env={**ENV, "NATLAB_CLIENT_LOG": "1"})
+    process.errors_path = errors.name
+    return process
 
 
 def once(site, *args: str) -> dict:
     """The last line a one-shot presence_client prints."""
-    out, err = client(site, "once", *args).communicate(timeout=60)
-    assert out.strip(), err
-    return json.loads(out.strip().splitlines()[-1])
+    process = client(site, "once", *args)
+    out, _ = process.communicate(timeout=60)
+    assert out.strip(), Path(process.errors_path).read_text()
+    return json.loads(out.decode().strip().splitlines()[-1])
 
 
 def until(process: subprocess.Popen, wanted, seconds: float = WAIT_SECONDS) -> dict:
-    """The first line process prints for which wanted(event) holds; fails after seconds."""
+    """The first line process prints for which wanted(event) holds; fails after seconds.
+
+    Lines are split here from raw reads of the pipe: a buffered readline
+    after select would leave a second line that came in the same read in
+    the file object's buffer, where select cannot see it.
+    """
     deadline = time.monotonic() + seconds
     seen = []
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        line = process.stdout.readline()
-        if not line:
-            break
-        event = json.loads(line)
-        seen.append(event)
-        if wanted(event):
-            return event
-    raise AssertionError(f"no such event in {seconds} s; saw {seen}")
+    pending = getattr(process, "pending", b"")
+    try:
+        while True:
+            if b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                event = json.loads(line)
+                seen.append(event)
+                if wanted(event):
+                    return event
+                continue
+            ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(process.stdout.fileno(), 65536) if ready else b""
+            if not chunk:
+                break
+            pending += chunk
+    finally:
+        process.pending = pending
+    errors = Path(process.errors_path).read_text(errors="replace")[-3000:]
+    raise AssertionError(f"no such event in {seconds} s; saw {seen}; its log ends:\n{errors}")
 
 
 def request(process: subprocess.Popen, **fields) -> dict:
-    process.stdin.write(json.dumps(fields) + "\n")
+    process.stdin.write(json.dumps(fields).encode() + b"\n")
     process.stdin.flush()
     return until(process, lambda e: e["event"] == "reply")
 
@@ -264,6 +281,9 @@ def carol_and_dan(hosts):
     try:
         assert until(carol, lambda e: e["event"] == "welcome")["node"] == "node-a"
         assert until(dan, lambda e: e["event"] == "welcome")["node"] == "node-b"
+        # A node answers presence only after reading the user's buddies (which it then keeps in memory).
+        for user in (carol, dan):
+            assert request(user, op="presence", state="online")["reply"]["op"] == "presence-set"
         yield carol, dan
     finally:
         stop(carol, dan)

@@ -236,3 +236,18 @@ def test_upgrade_from_v3_keeps_buddies_and_indexes_incoming_requests(tmp_path):
         indexes = {row[0] for row in cursor.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert "buddies_incoming" in indexes and "buddies_by_buddy" not in indexes
 
+
+
+def test_an_idle_connection_to_a_restarted_server_is_replaced_before_use(postgres_server, monkeypatch):
+    """A connection idle past IDLE_CHECK_SECONDS is checked first, so the first call after a server restart
+    already answers instead of failing on the stale connection."""
+    from rendezvous.node import accounts_postgres
+
+    postgres_server.sql("DROP SCHEMA public CASCADE")
+    postgres_server.sql("CREATE SCHEMA public")
+    store = AccountStore(postgres_server.url)
+    store.add("alice", "pw", "example.org")
+    postgres_server.kill()
+    postgres_server.start()
+    monkeypatch.setattr(accounts_postgres, "IDLE_CHECK_SECONDS", 0)
+    assert store.check_password("alice", "pw")

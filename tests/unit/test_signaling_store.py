@@ -9,7 +9,7 @@ from rendezvous.node.accounts import BUDDY_PAGE, AccountStore, StoreUnavailable
 from rendezvous.node.accounts_async import AsyncAccounts
 from rendezvous.node.signaling import SignalingConfig, SignalingNode
 from rendezvous.node.signaling.core import MAX_BACKLOG
-from rendezvous.wire.frames import MAX_FRAME_BYTES, encode
+from rendezvous.wire.frames import MAX_FRAME_BYTES, FrameError, encode
 from tests.unit.test_signaling import Peer, buddies, logged_in
 
 
@@ -89,6 +89,21 @@ def test_a_full_backlog_answers_busy(node, accounts):
     for _ in range(MAX_BACKLOG + 1):
         accounts.release()
     assert [m["id"] for m in peer.out if m["op"] == "buddies"] == list(range(MAX_BACKLOG + 1))
+
+
+def test_a_bad_frame_behind_a_full_backlog_still_closes_the_connection(node, accounts):
+    """A fatal frame error that comes while the backlog is full is kept, answered bad-frame in its turn, and
+    the connection is closed (the adapter reads nothing after it, so dropping it would leave it open)."""
+    peer = logged_in(node, "alice")
+    accounts.held = []
+    peer.out.clear()
+    for request_id in range(MAX_BACKLOG + 1):
+        node.receive(peer.session, {"op": "buddy-list", "id": request_id})
+    node.receive(peer.session, FrameError("bad frame header", fatal=True))
+    for _ in range(MAX_BACKLOG + 1):
+        accounts.release()
+    assert [m["op"] for m in peer.out][-2:] == ["buddies", "error"] and peer.out[-1]["code"] == "bad-frame"
+    assert peer.closed
 
 
 def test_a_connection_closed_during_the_password_check_never_logs_in(node, accounts):

@@ -117,7 +117,7 @@ class SignalingNode(Login, Buddies, Connects):
         with ``busy``).
         """
         if session.backlog is not None:
-            if len(session.backlog) < MAX_BACKLOG:
+            if len(session.backlog) < MAX_BACKLOG or _fatal(message):  # the adapter reads nothing after a fatal one
                 session.backlog.append(message)
             else:
                 session.send({"op": "error", "id": _request_id(message), "code": "busy",
@@ -139,7 +139,7 @@ class SignalingNode(Login, Buddies, Connects):
 
     async def _answer(self, session: Session, message) -> None:
         request_id = _request_id(message)
-        if isinstance(message, FrameError) and message.fatal:  # after the frames before it are answered
+        if _fatal(message):  # after the frames before it are answered
             session.send({"op": "error", "id": None, "code": "bad-frame", "reason": str(message)})
             session.close()
             return
@@ -272,6 +272,10 @@ class SignalingNode(Login, Buddies, Connects):
             self._complete_connect(envelope)
         elif kind == "connect-decline":
             self._decline(envelope)
+
+
+def _fatal(message) -> bool:
+    return isinstance(message, FrameError) and message.fatal
 
 
 def _request_id(message) -> int | None:

@@ -1,0 +1,71 @@
+"""The account store off the reactor: calls in a thread pool fire Deferreds, and the relay's key mirror."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from relay.credentials import Keys
+from rendezvous.node.accounts import AccountError, AccountStore, StoreUnavailable
+from rendezvous.node.accounts_async import KEYS_REFRESH_SECONDS, AsyncAccounts, KeyMirror
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_run_in_pool_threads_with_a_store_each(database):
+    """Each pool thread opens its own store; answers and refusals come back as Deferreds in either back end."""
+    import threading
+
+    AccountStore(database).close()  # the schema, as the node makes it at start
+    opened = []
+
+    def open_store():
+        opened.append(threading.get_ident())
+        return AccountStore(database, upgrade=False)
+
+    accounts = AsyncAccounts(open_store, reactor, threads=2)
+    accounts.startService()
+    try:
+        await accounts.add("alice", "alice-pw", "example.org")
+        answers = await Deferred.fromCoroutine(_both(accounts))
+        assert answers == [True, False]
+        with pytest.raises(AccountError, match="already exists"):
+            await accounts.add("alice", "again-pw", "example.org")
+        assert await accounts.buddies("alice") == ([], False)
+        assert threading.get_ident() not in opened and 1 <= len(set(opened)) == len(opened) <= 2
+    finally:
+        accounts.stopService()
+
+
+async def _both(accounts):
+    from twisted.internet.defer import gatherResults
+
+    return await gatherResults([accounts.check_password("alice", "alice-pw"),
+                                accounts.check_password("alice", "wrong-pw")])
+
+
+def test_the_key_mirror_reloads_and_keeps_its_keys_while_the_store_is_away():
+    """KeyMirror answers keys() from its last load, reloads every KEYS_REFRESH_SECONDS, and keeps the old
+    keys (with a log line) when a reload finds the store unavailable."""
+    keys = {"alice": Keys.from_password("alice", "example.org", "pw")}
+
+    class Store:
+        answer = succeed(keys)
+
+        def all_keys(self, realm):
+            assert realm == "example.org"
+            return self.answer
+
+    store, clock = Store(), Clock()
+    mirror = KeyMirror(store, "example.org", clock)
+    mirror.startService()
+    assert mirror.keys("alice", "example.org", 0) == keys["alice"]
+    assert mirror.keys("alice", "other.realm", 0) is None and mirror.keys("bob", "example.org", 0) is None
+    store.answer = Deferred()
+    store.answer.errback(StoreUnavailable("down"))
+    clock.advance(KEYS_REFRESH_SECONDS)
+    assert mirror.keys("alice", "example.org", 0) == keys["alice"]
+    store.answer = succeed({})
+    clock.advance(KEYS_REFRESH_SECONDS)
+    assert mirror.keys("alice", "example.org", 0) is None
+    mirror.stopService()
