@@ -18,9 +18,16 @@ PRIMARY_IP = "127.0.0.1"
 ALT_IP = "127.0.0.2"
 
 
+# Every port free_port has handed out in this run: two picks made before either is bound (a
+# metrics port, then the node's own ports) must not get the same port from the kernel.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(ips=(PRIMARY_IP, ALT_IP), exclude=()) -> int:
-    """A port free for UDP and TCP on 127.0.0.1 and 127.0.0.2 (or the given ips)."""
-    return common.free_port(ips, exclude)
+    """A port free for UDP and TCP on 127.0.0.1 and 127.0.0.2 (or the given ips), never one handed out before."""
+    port = common.free_port(ips, _HANDED_OUT | set(exclude))
+    _HANDED_OUT.add(port)
+    return port
 
 
 def binding_request() -> bytes:

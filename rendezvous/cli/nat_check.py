@@ -2,24 +2,38 @@
 
     txrendezvous nat-check stun.example.org
     txrendezvous nat-check 198.51.100.1:3478 --json --lifetime-max-seconds 30 --no-tcp
+    txrendezvous nat-check stun.example.org --submit --router AVM --isp "Example Telecom"
 
 Progress goes to stderr while the tests run; the report (text, or JSON with
 ``--json``) to stdout. Exit status: 0 when the check ran, 2 when the server
 did not answer at all, 3 when it answered but lacks RFC 5780 (the report
-then holds what could be determined), 1 for a bad argument.
+then holds what could be determined), 4 when ``--submit`` failed (the report
+is still printed), 1 for a bad argument.
+
+``--submit [NODE]`` sends the report, with the optional form fields, to a
+node's field test (docs/NAT_CHECK.md, the field test) and prints the permanent link it gets back.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
+from rendezvous.peer import nat_memory
 from rendezvous.peer.nat_check import DEFAULT_ECHO_PORT, DEFAULT_TCP_FALLBACK_PORT, NatCheckError, check
+from rendezvous.peer.results_client import SubmitError, submit, submit_url
+from rendezvous.peer.trust import default_state_dir
+from rendezvous.wire.results import FORM_FIELDS, MAX_FORM_CHARS, nat_check_submission
 
 PROG = "txrendezvous nat-check"
 DEFAULT_PORT = 3478
 EXIT_NO_ANSWER = 2
 EXIT_NO_RFC5780 = 3
+EXIT_NOT_SUBMITTED = 4
+FORM_HELP = {"router": "your router's brand", "model": "its model", "firmware": "its firmware version",
+             "isp": "your Internet provider", "connection": "the kind of connection (DSL, cable, fibre, mobile...)"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rto-seconds", type=float, default=0.2, metavar="S",
                         help="first STUN retransmission timeout; a lost answer counts after 15 x S "
                              "(default: %(default)g)")
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                        help="where the report is kept for connect()'s outcome reports (default: "
+                             "$XDG_STATE_HOME/txrendezvous or ~/.local/state/txrendezvous)")
+    parser.add_argument("--submit", nargs="?", const="", default=None, metavar="NODE",
+                        help="send the report to a node's field test (HOST[:PORT] over HTTPS, or an http(s) URL; "
+                             "default: the SERVER's host on 443) and print its permanent link")
+    for name in FORM_FIELDS:
+        parser.add_argument(f"--{name}", metavar="TEXT", help=f"with --submit: {FORM_HELP[name]}")
+    parser.add_argument("--insecure", action="store_true",
+                        help="with --submit: accept a self-signed node certificate (development nodes only)")
+    parser.add_argument("--ca-file", metavar="PEM", help="with --submit: trust this CA or self-signed certificate")
 
 
 def parse_server(text: str) -> tuple[str, int]:
@@ -75,6 +100,15 @@ def run_command(args: argparse.Namespace) -> int:
     if not 0 <= args.tcp_fallback_port < 65536 or not 0 <= args.echo_port < 65536:
         print(f"{PROG}: --tcp-fallback-port and --echo-port must be 0-65535", file=sys.stderr)
         return 1
+    try:
+        url = None if args.submit is None else submit_url(args.submit or server[0])
+        form = {name: getattr(args, name) for name in FORM_FIELDS if getattr(args, name)}
+        for name, value in form.items():
+            if len(value) > MAX_FORM_CHARS or not value.isprintable():
+                raise ValueError(f"--{name} must be at most {MAX_FORM_CHARS} printable characters")
+    except ValueError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
 
     from twisted.internet import task
     from twisted.internet.defer import Deferred
@@ -94,6 +128,17 @@ def run_command(args: argparse.Namespace) -> int:
                 echo_port=args.echo_port or None)
         except NatCheckError as e:
             outcome["error"] = str(e)
+            return
+        if outcome["report"].server_answered:
+            nat_memory.save(args.state_dir or default_state_dir(), outcome["report"].to_dict(), reactor.seconds())
+        if url is not None and outcome["report"].server_answered:
+            progress(f"submitting the report to {url}")
+            try:
+                outcome["submitted"] = await submit(reactor, url, nat_check_submission(outcome["report"].to_dict(),
+                                                                                       form),
+                                                    verify=not args.insecure, ca_file=args.ca_file)
+            except SubmitError as e:
+                outcome["submit_error"] = str(e)
 
     try:
         task.react(lambda r: Deferred.fromCoroutine(main(r)))
@@ -107,9 +152,18 @@ def _finish(outcome: dict, args: argparse.Namespace) -> int:
     if "error" in outcome:
         print(f"{PROG}: {outcome['error']}", file=sys.stderr)
         return 1
-    report = outcome["report"]
-    sys.stdout.write(report.to_json() + "\n" if args.json else report.to_text())
+    report, submitted = outcome["report"], outcome.get("submitted")
+    if args.json:
+        document = report.to_dict()
+        if submitted:
+            document["submission"] = {"id": submitted["id"], "link": submitted["link"]}
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        sys.stdout.write(report.to_text() + (f"  {'Permanent link:':<22}{submitted['link']}\n" if submitted else ""))
     sys.stdout.flush()
+    if "submit_error" in outcome:
+        print(f"{PROG}: not submitted: {outcome['submit_error']}", file=sys.stderr)
+        return EXIT_NOT_SUBMITTED
     if not report.server_answered:
         print(f"{PROG}: no answer from {report.server}"
               + (" over UDP (TCP not tried)" if args.no_tcp else " over UDP or TCP"), file=sys.stderr)

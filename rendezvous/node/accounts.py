@@ -31,7 +31,7 @@ from relay.credentials import Keys
 from rendezvous.stun import CodecError
 from rendezvous.stun.integrity import opaque_string
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MAX_BUDDIES = 500
 BUDDY_PAGE = 50  # buddy-list entries per answer: 50 of at most ~200 bytes fit a 16 KB frame
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1

@@ -64,6 +64,11 @@ class AsyncAccounts(Service):
             store = self._local.store = self._open_store()
         return store
 
+    def run(self, function: Callable, *args) -> Deferred:
+        """``function(store, *args)`` where the store's own calls run (a pool thread, or inline);
+        fires with what it returns, fails as the store's calls do."""
+        return self._run(function, *args)
+
     def _run(self, method: Callable, *args) -> Deferred:
         def call():
             return method(self._store(), *args)

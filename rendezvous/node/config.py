@@ -19,6 +19,7 @@ from relay.config import (
     RelayConfig,
     check_listen_ips,
     parse_bool,
+    parse_count,
     parse_host_port,
     parse_ip,
     parse_port,
@@ -51,6 +52,11 @@ RENDEZVOUS_OPTIONS = LISTENER_OPTIONS + [
     Option("https-port", parse_port, None, "TLS firewall port (STUN/TURN, signaling, HTTPS); 443 with --web-ports."),
     Option("echo-port", parse_port, 0,
            "UDP+TCP port of the rate-limited echo service for ALG detection (nat-check uses 5060); 0 = off."),
+    Option("no-results", parse_bool, False,
+           "Do not serve the field test (/results pages, /api/results submissions) on the firewall ports.",
+           flag=True),
+    Option("results-retention-days", parse_count, 365,
+           "Delete field-test submissions older than this many days; 0 keeps them forever."),
     Option("database", parse_text, None,
            "Account store: postgresql://USER:PASSWORD@HOST/DB, shared by super nodes, or an SQLite file "
            "(default: --accounts, else STATE_DIR/accounts.sqlite)."),
@@ -101,6 +107,8 @@ class RendezvousConfig:
     redis: str | None = None
     metrics: tuple | None = None
     echo_port: int = 0
+    results: bool = True
+    results_retention_days: int = 365
     database: str | None = None
 
     def address_groups(self, ips: tuple | None = None) -> list[Addresses]:
@@ -162,5 +170,7 @@ class RendezvousConfig:
             redis=values["redis"],
             metrics=values["metrics"],
             echo_port=values["echo-port"],
+            results=not values["no-results"],
+            results_retention_days=values["results-retention-days"],
             database=values["database"],
         )

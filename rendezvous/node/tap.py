@@ -32,6 +32,9 @@ from rendezvous.node.redis_directory import RedisDirectory
 from rendezvous.node.signaling import SignalingConfig, SignalingNode, node_name
 from rendezvous.node.signaling_protocol import DemuxFactory, SignalingFactory, SignalingService
 from rendezvous.node.tls import ALPN_PROTOCOLS, WEB_ALPN_PROTOCOLS, ReloadableTLS
+from rendezvous.node.results.retention import retention_service
+from rendezvous.node.results.store import ResultsStore
+from rendezvous.node.results.view import ResultsView
 from rendezvous.node.web import site
 
 
@@ -113,6 +116,7 @@ def makeService(options, reactor=None) -> service.MultiService:
         turn_secret=turn_secret,
         address=(hosts[0], config.port),
         public_ips=tuple(hosts),
+        results_url=_results_url(config, hosts[0]),
     ), directory)
     if directory is not None:
         directory.node = node
@@ -133,7 +137,8 @@ def makeService(options, reactor=None) -> service.MultiService:
     tls = _tls(config, ALPN_PROTOCOLS, reloads) if config.tls_port else None
     add_listeners(top, groups, binding, turn, config.tls_port, tls,
                   wrap=lambda stun: DemuxFactory(stun, signaling), reactor=reactor)
-    _add_web_ports(top, reactor, config, ips, binding, turn, signaling, site(node), reloads)
+    web = site(node, _results(top, config, accounts, reactor), reactor)
+    _add_web_ports(top, reactor, config, ips, binding, turn, signaling, web, reloads)
     if config.echo_port:
         _add_echo(top, config, ips, reactor)
     top.binding_server = binding
@@ -165,6 +170,16 @@ def _add_echo(top, config: RendezvousConfig, ips: tuple, reactor) -> None:
     for ip in ips:
         ListeningPort(reactor, "udp", ip, config.echo_port, EchoDatagramProtocol(core, reactor)).setServiceParent(top)
         ListeningPort(reactor, "tcp", ip, config.echo_port, EchoStreamFactory(core, reactor)).setServiceParent(top)
+
+
+def _results(top, config: RendezvousConfig, accounts: AsyncAccounts, reactor) -> ResultsView | None:
+    """The field test's view over the account store's database, with its retention sweep."""
+    if not config.results:
+        return None
+    store = ResultsStore(accounts)
+    if config.results_retention_days:
+        retention_service(store, reactor, config.results_retention_days).setServiceParent(top)
+    return ResultsView(store, reactor)
 
 
 def _tls(config: RendezvousConfig, protocols: list[bytes], reloads: list) -> ReloadableTLS:
@@ -215,6 +230,17 @@ def _public_hosts(config: RendezvousConfig, ips: tuple) -> list[str]:
         if host:
             hosts[version] = host
     return list(hosts.values()) or [primary_address()]
+
+
+def _results_url(config: RendezvousConfig, host: str) -> str | None:
+    """Where clients submit field-test results (host: this node's public address): the TLS firewall port,
+    else the plain one."""
+    if not config.results or not (config.https_port or config.http_port):
+        return None
+    host = f"[{host}]" if ":" in host else host
+    if config.https_port:
+        return f"https://{host}:{config.https_port}/api/results"
+    return f"http://{host}:{config.http_port}/api/results"
 
 
 def _turn_urls(config: RendezvousConfig, hosts: list[str]) -> list[str]:

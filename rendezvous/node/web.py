@@ -1,4 +1,5 @@
-"""The HTTP side of the firewall ports: ``/healthz`` and signaling over WebSocket.
+"""The HTTP side of the firewall ports: ``/healthz``, signaling over WebSocket
+and the field test's ``/results`` (``rendezvous.node.results``).
 
 Browsers and clients that can only reach TCP 80/443 speak the same
 signaling protocol over WebSocket at ``/signaling`` (RFC 6455; one JSON
@@ -13,8 +14,11 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.web import resource, server
 
+from rendezvous.node.results.pages import add_results
+from rendezvous.node.results.view import ResultsView
 from rendezvous.node.signaling import Session, SignalingNode
 from rendezvous.wire.frames import MAX_FRAME_BYTES, FrameError
+from rendezvous.wire.results import MAX_SUBMISSION_BYTES
 from rendezvous.wire.streams import PING_SECONDS
 
 
@@ -24,6 +28,40 @@ class HealthResource(resource.Resource):
     def render_GET(self, request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"ok\n"
+
+
+class BoundedRequest(server.Request):
+    """A request whose body may not pass MAX_SUBMISSION_BYTES (the largest POST any page takes).
+
+    Past it, by Content-Length or by what arrives, the client gets 413 and the
+    connection closes, so no body is buffered beyond the bound.
+    """
+
+    _body_bytes = 0
+    _refused = False
+
+    def gotLength(self, length) -> None:
+        super().gotLength(length)
+        if length is not None and length > MAX_SUBMISSION_BYTES:
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_bytes += len(data)
+        if self._body_bytes > MAX_SUBMISSION_BYTES:
+            self._refuse()
+        if not self._refused:
+            super().handleContentChunk(data)
+
+    def requestReceived(self, command, path, version) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        if not self._refused:
+            self._refused = True
+            self.channel.transport.write(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n"
+                                         b"connection: close\r\n\r\n")
+            self.channel.loseConnection()
 
 
 class SignalingWebSocket(WebSocketServerProtocol):
@@ -52,8 +90,8 @@ class SignalingWebSocket(WebSocketServerProtocol):
             self.factory.node.closed(self.session)
 
 
-def site(node: SignalingNode) -> server.Site:
-    """The HTTP site: /healthz and /signaling (WebSocket)."""
+def site(node: SignalingNode, results: ResultsView | None = None, clock=None) -> server.Site:
+    """The HTTP site: /healthz, /signaling (WebSocket) and, given a results view, /results and /api/results."""
     factory = WebSocketServerFactory()
     factory.protocol = SignalingWebSocket
     factory.node = node
@@ -66,7 +104,9 @@ def site(node: SignalingNode) -> server.Site:
     root = resource.Resource()
     root.putChild(b"healthz", HealthResource())
     root.putChild(b"signaling", WebSocketResource(factory))
-    web = server.Site(root)
+    if results is not None:
+        add_results(root, results, clock)
+    web = server.Site(root, requestFactory=BoundedRequest)
     web.noisy = False
     web.timeOut = 60
     return web

@@ -22,15 +22,18 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from dataclasses import replace
+from pathlib import Path
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from rendezvous.peer.checks import _Session
 from rendezvous.peer.connection import ConnectError, Connection
-from rendezvous.peer.connector import _credentials, _Options, _peer_hint, _presence, _Punches, _trust
+from rendezvous.peer import nat_memory
+from rendezvous.peer.connector import _credentials, _Options, _peer_hint, _presence, _Punches, _state_dir, _trust
 from rendezvous.peer.gathering import UPNP_DISCOVERY_SECONDS, UPNP_SECONDS
+from rendezvous.peer.outcomes import report_when_settled
 from rendezvous.peer.prediction import NatHint
 from rendezvous.peer.session import Session
 from upnp_helper import discover_gateway
@@ -44,14 +47,18 @@ class Client:
     """A user logged in to a super node (``signaling``, a SignalingClient).
 
     Known data are attributes: ``user``, ``hint`` (this side's NAT as the
-    last gathering saw it), ``sessions`` (made and accepted, open or not).
+    last gathering saw it), ``sessions`` (made and accepted, open or not),
+    ``reports`` (with ``report_outcome``: a Deferred per connect() firing with
+    the field test's answer, or None when it was not reported).
     """
 
-    def __init__(self, reactor, signaling, options: _Options, trust) -> None:
+    def __init__(self, reactor, signaling, options: _Options, trust, state_dir: Path | None = None) -> None:
         self.reactor, self.signaling, self.options, self.trust = reactor, signaling, options, trust
         self.user = signaling.user
         self.hint = NatHint(None)
         self.sessions: list[Session | Connection] = []
+        self.reports: list[Deferred] = []
+        self.state_dir = state_dir
         self._on_session = None
         self._accept = None
         self._named: dict[tuple[str, str], Session] = {}  # (peer, session name): sessions a restart may reach
@@ -73,7 +80,7 @@ class Client:
 
             signaling = await SignalingClient.login(reactor, user, password, servers=servers,
                                                     host_cache=host_cache, tls=tls, tls_verify=tls_verify)
-            client = cls(reactor, signaling, options, trust)
+            client = cls(reactor, signaling, options, trust, _state_dir(options, host_cache))
             client._look_for_gateway()
             return client
 
@@ -94,7 +101,25 @@ class Client:
             self._name(made, name)
             made.restarter = self._restart
             self._recheck(made)
+        if self.options.report_outcome:
+            self._report(made)
         return self._made(made)
+
+    def _report(self, made: Session | Connection) -> None:
+        """Submit the outcome to the node's field test once the checks are over (if the node takes them)."""
+        url = (self.signaling.welcome or {}).get("results")
+        if not url:
+            log.info("session outcome not reported: the node takes no field-test results")
+            self.reports.append(succeed(None))
+            return
+
+        async def run() -> dict | None:
+            remote = await _peer_hint(self.signaling, made.peer)
+            local = self.state_dir and nat_memory.recent(self.state_dir, self.reactor.seconds())
+            return await report_when_settled(self.reactor, made, local or {"mapping": self.hint.mapping},
+                                             {"mapping": remote.mapping}, url, verify=self.options.tls_verify)
+
+        self.reports.append(Deferred.fromCoroutine(run()))
 
     async def _path(self, peer: str, name: str, fingerprint: str | None = None) -> tuple[Connection, dict]:
         """A new path to ``peer`` for the session ``name`` (relay first): the Connection and the punch.

@@ -61,6 +61,7 @@ class _Options:
     recheck_seconds: float = RECHECK_SECONDS  # a session on a relay tries for a direct path this often
     state_dir: Path | None = None  # the identity and pins; None: the host cache's folder, else the default
     allow_new_fingerprint: bool = False  # accept a peer whose fingerprint differs from its pin (and re-pin)
+    report_outcome: bool = False  # tell the node's field test how each connect() went (rendezvous.peer.outcomes)
 
     def __post_init__(self) -> None:
         self.direct_transports = tuple(self.direct_transports)
@@ -106,12 +107,16 @@ class _Punches:
         return d.addTimeout(seconds, reactor)
 
 
+def _state_dir(options: _Options, host_cache) -> Path:
+    """Where the identity, pins and the last NAT check live: the option, the host cache's folder, the default."""
+    return options.state_dir or (Path(host_cache.path).parent if host_cache is not None else default_state_dir())
+
+
 def _trust(options: _Options, user: str, host_cache) -> Trust | None:
     """The user's identity and pins, from the state directory (None in plaintext mode)."""
     if options.plaintext:
         return None
-    state_dir = options.state_dir or (Path(host_cache.path).parent if host_cache is not None else default_state_dir())
-    return Trust.load(state_dir, user, options.allow_new_fingerprint)
+    return Trust.load(_state_dir(options, host_cache), user, options.allow_new_fingerprint)
 
 
 def _credentials(session: _Session, trust: Trust | None) -> dict:
@@ -160,7 +165,9 @@ def connect(reactor, user: str, password: str, peer: str, servers=None, host_cac
     first use, and ``USER.pins.json`` live; default: the host cache's
     folder, else ``~/.local/state/txrendezvous``), ``allow_new_fingerprint``
     (accept and re-pin a peer whose fingerprint changed), ``plaintext``
-    (fire with the bare datagram Connection instead of a Session); an
+    (fire with the bare datagram Connection instead of a Session),
+    ``report_outcome`` (default False: tell the node's field test what was
+    tried and which path won, once the checks are over; no address is sent); an
     unknown one raises TypeError, a bad value ValueError. Fails with
     ConnectError (its ``attempts`` say what was tried), FingerprintChanged,
     SessionError (the peer did not prove its fingerprint),

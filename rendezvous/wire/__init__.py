@@ -2,7 +2,8 @@
 
 The signaling frame codec (``frames``), a host-cache entry as the node sends it
 (``host_entries``), the keepalive timing and write bound of a signaling stream
-(``streams``) and the echo service's probe format (``echo_probe``). Each is
+(``streams``), the echo service's probe format (``echo_probe``) and the field
+test's submissions (``results``). Each is
 imported by ``rendezvous.node`` and ``rendezvous.peer`` alike, so neither side
 needs the other. May import ``rendezvous.stun`` and Twisted, nothing else of ours.
 """

@@ -8,7 +8,9 @@ empty) become connect()'s ``direct_transports`` and ``relay_transports``,
 ``consent=SECONDS`` its ``consent_timeout_seconds``, ``relay_wait=SECONDS``
 its ``relay_wait_seconds``; ``settle=SECONDS`` has the connector wait that
 long after logging in before it connects (a client logged in for a while);
-``state=DIR`` keeps the identity and pins there instead of in a fresh folder.
+``state=DIR`` keeps the identity and pins there instead of in a fresh folder;
+``report=1`` sets ``report_outcome`` (the connector then waits for the field
+test's answer and prints it as ``reported``).
 
 Both run encrypted sessions (each process has a fresh identity in a
 temporary state directory). The listener prints {"ready": true} once
@@ -193,8 +195,9 @@ async def run_connect(server, tls, user, password, peer, options, watch) -> None
     session.open_stream(ping)
     ok = await ping.ponged.addTimeout(6, reactor).addErrback(lambda _: False)
     await session.when_settled().addTimeout(15, reactor).addErrback(lambda _: None)
+    reported = [await d for d in client.reports]
     report(**described(session), pong=ok, first_path=first_path, connect_at=connect_at,
-           direct_at=moved[0] if moved else None)
+           direct_at=moved[0] if moved else None, **({"reported": reported[0]} if reported else {}))
     await watch_loss(session, watch)
     await client.close()
 
@@ -215,6 +218,8 @@ def parse_options(words: list[str]) -> tuple[dict, float | None]:
             options["settle_seconds"] = float(value)  # the connector's pause after login, not connect()'s
         elif key == "state":
             options["state_dir"] = value  # keys and pins kept across runs (default: a fresh folder)
+        elif key == "report":
+            options["report_outcome"] = value == "1"
         else:
             options[names[key]] = tuple(v for v in value.split(",") if v)
     return options, watch

@@ -217,7 +217,7 @@ def test_upgrade_from_v2_keeps_buddies(tmp_path):
 
 
 def test_upgrade_from_v3_keeps_buddies_and_indexes_incoming_requests(tmp_path):
-    """A version 3 file is upgraded to 4 in place: its rows stay and incoming requests get their own index."""
+    """A version 3 file is upgraded in place: its rows stay and incoming requests get their own index."""
     from importlib import resources
 
     path = tmp_path / "v3.sqlite"
@@ -229,7 +229,7 @@ def test_upgrade_from_v3_keeps_buddies_and_indexes_incoming_requests(tmp_path):
     db.commit()
     db.close()
     store = AccountStore(path)
-    assert store.version() == SCHEMA_VERSION == 4
+    assert store.version() == SCHEMA_VERSION
     assert store.buddies("alice") == ([("bob", "requested")], False)
     assert store.buddies("bob") == ([("alice", "incoming")], False)
     with store.db.transaction() as cursor:

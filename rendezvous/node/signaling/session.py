@@ -60,6 +60,7 @@ class SignalingConfig:
     address: tuple = ("", 0)  # this node's public (host, port), left out of its own host cache
     public_ips: tuple = ()  # every public address of this node, address[0] first (IPv4 and IPv6)
     turn_credential_seconds: int = 3600
+    results_url: str | None = None  # where clients may POST field-test submissions (rendezvous.node.results)
 
 
 class LocalDirectory:

@@ -1,0 +1,243 @@
+"""Benchmark: authenticated allocations per second on one core, our relay beside coturn (issue 16, goal 3).
+
+    sudo .venv/bin/python bench/allocation_rate.py [--seconds 20] [--lanes 32] [--rate 300]
+
+Not a test. Each server runs pinned to core 0 (``taskset``), the generator on
+core 1. A *cycle* is one client's whole allocation life on a fresh UDP socket
+bound to a rotating loopback address (as clients come from many hosts):
+Allocate without credentials (401, RFC 8656 §7.2 / RFC 8489 §9.2), Allocate
+with the long-term credential, CreatePermission (§10), ChannelBind (§12), and
+Refresh with LIFETIME 0 (§8), each answered with success. ``--lanes`` cycles
+run side by side; each lane starts its next cycle as soon as one ends.
+
+Two measurements per server:
+- capacity: lanes run flat out for ``--seconds``; cycles/s, and the server's
+  and the generator's CPU (a generator at 100 % makes the figure a floor);
+- cost: cycles paced at ``--rate`` per second (one that both servers keep up
+  with), and the server's CPU milliseconds per cycle.
+Both servers get every quota unlimited. Bounded: every phase has a deadline,
+every request a timeout; servers are stopped by their process handles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import coturn_version, cpu_model, free_port, stop, tree_cpu_split
+from relay_throughput import IP, PASSWORD, REALM, USER, server_command
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rendezvous.stun import Attr, Class, Message, Method  # noqa: E402
+from rendezvous.stun.attributes import encode_requested_transport, encode_uint32  # noqa: E402
+from rendezvous.stun.integrity import long_term_key  # noqa: E402
+
+RELAY_PORTS = (40000, 60000)
+REQUEST_TIMEOUT_SECONDS = 2.0
+KEY = long_term_key(USER, REALM, PASSWORD)
+PEER = (IP, 9)
+CHANNEL = 0x4000
+
+
+def source_ip(number: int) -> str:
+    """127.0.1.1 ... 127.0.200.250 in turn: one loopback 'host' per cycle, as per-source limits expect."""
+    return f"127.0.{1 + (number // 250) % 200}.{1 + number % 250}"
+
+
+class Lane:
+    """One client after another, each walking the five requests of a cycle."""
+
+    STEPS = ("challenge", "allocate", "permission", "channel", "release")
+
+    def __init__(self, server: tuple[str, int], selector: selectors.BaseSelector, numbers) -> None:
+        self.server, self.selector, self.numbers = server, selector, numbers
+        self.sock: socket.socket | None = None
+        self.step = 0
+        self.nonce = b""
+        self.transaction = b""
+        self.sent_at = 0.0
+        self.cycles = self.failures = 0
+
+    def start(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((source_ip(next(self.numbers)), 0))
+        self.sock.setblocking(False)
+        self.selector.register(self.sock, selectors.EVENT_READ, self)
+        self.step = 0
+        self.send()
+
+    def request(self) -> bytes:
+        name = self.STEPS[self.step]
+        if name == "challenge":
+            return Message(Method.ALLOCATE, Class.REQUEST).add(
+                Attr.REQUESTED_TRANSPORT, encode_requested_transport(17)).encode()
+        method = {"allocate": Method.ALLOCATE, "permission": Method.CREATE_PERMISSION,
+                  "channel": Method.CHANNEL_BIND, "release": Method.REFRESH}[name]
+        message = Message(method, Class.REQUEST)
+        if name == "allocate":
+            message.add(Attr.REQUESTED_TRANSPORT, encode_requested_transport(17))
+        elif name == "permission":
+            message.add_address(Attr.XOR_PEER_ADDRESS, PEER)
+        elif name == "channel":
+            message.add(Attr.CHANNEL_NUMBER, encode_uint32(CHANNEL << 16)).add_address(Attr.XOR_PEER_ADDRESS, PEER)
+        else:
+            message.add(Attr.LIFETIME, encode_uint32(0))
+        message.add(Attr.USERNAME, USER.encode()).add(Attr.REALM, REALM.encode()).add(Attr.NONCE, self.nonce)
+        return message.encode(integrity_key=KEY)
+
+    def send(self) -> None:
+        data = self.request()
+        self.transaction = data[8:20]
+        self.sent_at = time.monotonic()
+        self.sock.sendto(data, self.server)
+
+    def readable(self, now: float) -> bool:
+        """Take an answer; True when the cycle is over (the lane is then idle)."""
+        try:
+            data = self.sock.recv(4096)
+        except BlockingIOError:
+            return False
+        if data[8:20] != self.transaction:
+            return False
+        answer = Message.decode(data)
+        expected = Class.ERROR if self.step == 0 else Class.SUCCESS
+        if answer.cls != expected:
+            return self.fail()
+        if self.step == 0:
+            self.nonce = answer.get(Attr.NONCE)
+        self.step += 1
+        if self.step == len(self.STEPS):
+            self.cycles += 1
+            self.close()
+            return True
+        self.send()
+        return False
+
+    def late(self, now: float) -> bool:
+        return self.sock is not None and now - self.sent_at > REQUEST_TIMEOUT_SECONDS and self.fail()
+
+    def fail(self) -> bool:
+        self.failures += 1
+        self.close()
+        return True
+
+    def close(self) -> None:
+        self.selector.unregister(self.sock)
+        self.sock.close()
+        self.sock = None
+
+
+def drive(server: tuple[str, int], lanes: int, seconds: float, rate: float | None, first: int) -> dict:
+    """Run lanes for seconds; with rate, start at most rate cycles a second. Cycles, failures, generator CPU."""
+    selector = selectors.DefaultSelector()
+    numbers = iter(range(first, first + 10**7))
+    pool = [Lane(server, selector, numbers) for _ in range(lanes)]
+    idle = list(pool)
+    started = time.monotonic()
+    cpu_started = time.process_time()
+    begun = 0
+    while True:
+        now = time.monotonic()
+        if now - started >= seconds:
+            break
+        while idle and (rate is None or begun < rate * (now - started)):
+            idle.pop().start()
+            begun += 1
+        for key, _ in selector.select(0.002):
+            lane = key.data
+            if lane.readable(now):
+                idle.append(lane)
+        for lane in pool:
+            if lane.late(now):
+                idle.append(lane)
+    busy = [lane for lane in pool if lane.sock is not None]
+    for lane in busy:
+        lane.close()
+    elapsed = time.monotonic() - started
+    return {"cycles": sum(lane.cycles for lane in pool), "failures": sum(lane.failures for lane in pool),
+            "abandoned_in_flight": len(busy), "seconds": round(elapsed, 2),
+            "generator_cpu_percent": round(100 * (time.process_time() - cpu_started) / elapsed, 1)}
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds of the server and any workers it started."""
+    return sum(tree_cpu_split(pid))
+
+
+def answering(server: tuple[str, int], seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while time.monotonic() < deadline:
+            s.sendto(Message(Method.BINDING, Class.REQUEST).encode(), server)
+            try:
+                s.recv(2048)
+                return True
+            except OSError:
+                continue
+    return False
+
+
+def measure(kind: str, args) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"txr-alloc-{kind}-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "state").mkdir()
+        port = free_port()
+        process = subprocess.Popen(server_command(kind, workdir, port, RELAY_PORTS), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, cwd=workdir, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        try:
+            server = (IP, port)
+            if not answering(server):
+                raise SystemExit(f"{kind} did not answer")
+            time.sleep(1.0)
+            before = server_cpu(process.pid)
+            capacity = drive(server, args.lanes, args.seconds, None, 0)
+            capacity["server_cpu_percent"] = round(100 * (server_cpu(process.pid) - before) / capacity["seconds"],
+                                                   1)
+            capacity["cycles_per_second"] = round(capacity["cycles"] / capacity["seconds"])
+            time.sleep(2.0)
+            before = server_cpu(process.pid)
+            paced = drive(server, args.lanes, args.seconds, args.rate, 10**7)
+            paced["server_cpu_ms_per_cycle"] = round(1000 * (server_cpu(process.pid) - before)
+                                                     / max(paced["cycles"], 1), 3)
+            paced["cycles_per_second"] = round(paced["cycles"] / paced["seconds"])
+        finally:
+            stop(process)
+    return {"capacity": capacity, "paced": paced}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase (at most 300)")
+    parser.add_argument("--lanes", type=int, default=32, help="cycles in flight at once (at most 256)")
+    parser.add_argument("--rate", type=float, default=300.0, help="paced cycles per second (at most 5000)")
+    args = parser.parse_args()
+    if not 0 < args.seconds <= 300 or not 0 < args.lanes <= 256 or not 0 < args.rate <= 5000:
+        parser.error("--seconds in (0, 300], --lanes in (0, 256], --rate in (0, 5000]")
+    os.sched_setaffinity(0, {1})
+    kinds = ["ours"] + (["coturn"] if shutil.which("turnserver") else [])
+    figures = {"cpu": cpu_model(), "coturn_version": coturn_version(), "lanes": args.lanes, "paced_rate": args.rate}
+    for kind in kinds:
+        figures[kind] = measure(kind, args)
+    if "coturn" in figures:
+        figures["ours_over_coturn_capacity"] = round(
+            figures["ours"]["capacity"]["cycles_per_second"] / figures["coturn"]["capacity"]["cycles_per_second"], 2)
+        figures["coturn_over_ours_cpu_per_cycle"] = round(
+            figures["coturn"]["paced"]["server_cpu_ms_per_cycle"] / figures["ours"]["paced"]["server_cpu_ms_per_cycle"],
+            2)
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
