@@ -1,26 +1,11 @@
 """The ramp's picture: throughput and round-trip time against offered load, as SVG (matplotlib).
 
-matplotlib is the ``plot`` extra (``pip install 'txrendezvous[plot]'``;
-scripts/setup installs it): ``require_matplotlib()`` says so before a ramp
-starts, and ``plot_ramp()`` draws on a bare Figure, with no pyplot state
-and no display.
+``plot_ramp()`` draws on a bare Figure, with no pyplot state and no display.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-
-class PlotUnavailable(RuntimeError):
-    """--plot was asked for but matplotlib is not installed."""
-
-
-def require_matplotlib() -> None:
-    """Raise PlotUnavailable, saying how to install it, when matplotlib is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise PlotUnavailable("--plot needs matplotlib: pip install 'txrendezvous[plot]'") from None
 
 
 def plot_ramp(report: dict[str, Any], path: str) -> None:
@@ -32,7 +17,6 @@ def plot_ramp(report: dict[str, Any], path: str) -> None:
     with their bounds. The highest step that held is marked in both. Raises OSError when path cannot be
     written.
     """
-    require_matplotlib()
     from matplotlib.figure import Figure
 
     steps = sorted(report["steps"], key=lambda step: step["offered_pps"])

@@ -8,7 +8,7 @@ import pytest
 
 from relay import loadgen_ramp
 from relay.loadgen_config import ConfigError, LoadConfig
-from relay.loadgen_plot import PlotUnavailable, plot_ramp, require_matplotlib
+from relay.loadgen_plot import plot_ramp
 from relay.loadgen_ramp import (
     RampConfig,
     RampPlan,
@@ -176,15 +176,6 @@ def test_cli_refuses_inconsistent_ramp_options(capsys, argv, message):
     """Options that contradict --ramp end the command with status 2 before any network use."""
     assert cli.main(["load-test", "--server", "127.0.0.1:9", "--user", "a:b", *argv]) == 2
     assert message in capsys.readouterr().err
-
-
-def test_plot_without_matplotlib_exits_2_with_the_extra_to_install(monkeypatch, capsys):
-    """--plot without matplotlib names the plot extra and exits 2 before the ramp starts."""
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(PlotUnavailable, match=r"txrendezvous\[plot\]"):
-        require_matplotlib()
-    assert cli.main(["load-test", "--server", "127.0.0.1:9", "--user", "a:b", "--ramp", "--plot", "x.svg"]) == 2
-    assert "pip install 'txrendezvous[plot]'" in capsys.readouterr().err
 
 
 def _report():
