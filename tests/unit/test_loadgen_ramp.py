@@ -1,7 +1,6 @@
 """The load generator's ramp: the plan, the verdicts, the loop on a simulated relay, the report, plot and CLI."""
 
 import io
-import sys
 import xml.etree.ElementTree as ET
 
 import pytest
