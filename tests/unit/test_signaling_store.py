@@ -9,6 +9,7 @@ from rendezvous.node.accounts import BUDDY_PAGE, AccountStore, StoreUnavailable
 from rendezvous.node.accounts_async import AsyncAccounts
 from rendezvous.node.signaling import SignalingConfig, SignalingNode
 from rendezvous.node.signaling.core import MAX_BACKLOG
+from rendezvous.node.signaling.login import LOGIN_SOURCE_BURST
 from rendezvous.wire.frames import MAX_FRAME_BYTES, FrameError, encode
 from tests.unit.test_signaling import Peer, buddies, logged_in
 
@@ -178,3 +179,39 @@ def test_a_short_list_is_one_page(node):
     assert alice.do("buddy-list") == {"op": "buddies", "id": 7, "next": None,
                                       "buddies": [{"user": "bob", "relation": "requested"}]}
     assert alice.do("buddy-list", after=5)["code"] == "bad-request"
+
+
+def test_many_logins_from_one_address_at_once_all_get_in(tmp_path):
+    """Logins from one address beyond the per-source burst wait for those in flight instead of being
+    refused: 60 users behind one NAT logging in at once (after a failover) all get a welcome."""
+    store = AccountStore(tmp_path / "many.sqlite")
+    names = [f"user{n}" for n in range(60)]
+    for name in names:
+        store.add(name, f"{name}-pw", "example.org")
+    accounts = Switchable(store)
+    node = SignalingNode(accounts, Clock(), SignalingConfig(realm="example.org", node_name="node-a"))
+    accounts.held = []
+    peers = [Peer(node, ("198.51.100.7", 40000 + n)) for n in range(len(names))]
+    for peer, name in zip(peers, names):
+        node.receive(peer.session, {"op": "login", "id": 1, "user": name, "password": f"{name}-pw"})
+    for _ in range(len(names)):
+        accounts.release()
+    assert [[m["op"] for m in p.out if m.get("id") == 1] for p in peers] == [["welcome"]] * len(names)
+    store.close()
+
+
+def test_guesses_from_one_address_at_once_are_still_limited(tmp_path):
+    """Wrong passwords sent all at once keep their tokens: past the per-source burst they are refused."""
+    store = AccountStore(tmp_path / "guess.sqlite")
+    store.add("alice", "alice-pw", "example.org")
+    accounts = Switchable(store)
+    node = SignalingNode(accounts, Clock(), SignalingConfig(realm="example.org", node_name="node-a"))
+    accounts.held = []
+    peers = [Peer(node, ("198.51.100.8", 40000 + n)) for n in range(40)]
+    for n, peer in enumerate(peers):
+        node.receive(peer.session, {"op": "login", "id": 1, "user": f"user{n}", "password": "guess"})
+    for _ in range(40):
+        accounts.release()
+    codes = [[m.get("code") for m in p.out if m.get("id") == 1][-1] for p in peers]
+    assert codes.count("unauthenticated") == LOGIN_SOURCE_BURST and codes.count("rate-limited") == 40 - LOGIN_SOURCE_BURST
+    store.close()

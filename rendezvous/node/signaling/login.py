@@ -2,7 +2,9 @@
 
 import ipaddress
 import secrets
+from collections import deque
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from relay.limits import RateLimiter
@@ -17,6 +19,9 @@ RESUME_SECONDS = 120
 LOGIN_BURST, LOGIN_PER_SECOND = 5, 0.2  # per account and source
 LOGIN_SOURCE_BURST, LOGIN_SOURCE_PER_SECOND = 20, 0.8  # per source, all accounts (and registrations)
 LOGIN_ACCOUNT_BURST, LOGIN_ACCOUNT_PER_SECOND = 100, 1.0  # per account, all sources
+# Logins from one source that may wait for that source's logins in flight (their tokens come back
+# when they succeed), rather than be refused while the buckets are only lent out.
+LOGIN_QUEUE = 256
 
 
 def source_key(ip: str) -> str:
@@ -53,16 +58,20 @@ class Login:
     async def _login(self, session: Session, message: dict):
         user, password = text_field(message, "user"), text_field(message, "password", MAX_PASSWORD_BYTES)
         self._check_logged_out(session)
-        buckets = self._take_login_tokens(user, source_key(session.address[0]))
+        source = source_key(session.address[0])
+        buckets = await self._login_tokens(user, source)
         if buckets is None:
             raise SignalingError("rate-limited", "too many failed logins; try again later")
         try:
-            right = await self.accounts.check_password(user, password)
-        except StoreUnavailable:
-            right = None
-        if right is not False:  # only failures count against the limits
-            for limiter, key in buckets:
-                limiter.refund(key)
+            try:
+                right = await self.accounts.check_password(user, password)
+            except StoreUnavailable:
+                right = None
+            if right is not False:  # only failures count against the limits
+                for limiter, key in buckets:
+                    limiter.refund(key)
+        finally:
+            self._login_done(source)
         if right is None:
             raise StoreUnavailable("no answer to a login")
         if not right:
@@ -73,9 +82,52 @@ class Login:
         return self._start(session, user)
 
     def _init_login_limits(self) -> None:
+        self._logins_in_flight: dict[str, int] = {}
+        self._logins_waiting: dict[str, deque] = {}
         self._login_by_account_source = RateLimiter(LOGIN_BURST, LOGIN_PER_SECOND)
         self._login_by_source = RateLimiter(LOGIN_SOURCE_BURST, LOGIN_SOURCE_PER_SECOND)
         self._login_by_account = RateLimiter(LOGIN_ACCOUNT_BURST, LOGIN_ACCOUNT_PER_SECOND)
+
+    async def _login_tokens(self, user: str, source: str) -> list | None:
+        """The login's tokens (see _take_login_tokens), once there are some; None when refused.
+
+        While the source's buckets are empty only because its other logins
+        hold their tokens (a password check takes a while), a login waits for
+        one of them to finish, at most LOGIN_QUEUE of them: many users behind
+        one NAT logging in at once (after a node failover, say) get in at the
+        rate their passwords are checked. Failed guesses keep their tokens, so
+        the limits on guessing stay as they are.
+        """
+        while True:
+            buckets = self._take_login_tokens(user, source)
+            if buckets is not None:
+                self._logins_in_flight[source] = self._logins_in_flight.get(source, 0) + 1
+                return buckets
+            waiting = self._logins_waiting.setdefault(source, deque())
+            if not self._logins_in_flight.get(source) or len(waiting) >= LOGIN_QUEUE:
+                if not waiting:
+                    del self._logins_waiting[source]
+                return None
+            turn = Deferred()
+            waiting.append(turn)
+            await turn
+
+    def _login_done(self, source: str) -> None:
+        """A login of source has its answer: with others still in flight the next waiting one tries
+        for tokens again; with none, every waiting one does (those that find none are refused)."""
+        left = self._logins_in_flight[source] - 1
+        if left:
+            self._logins_in_flight[source] = left
+        else:
+            del self._logins_in_flight[source]
+        waiting = self._logins_waiting.get(source)
+        if not waiting:
+            return
+        turns = [waiting.popleft()] if left else [waiting.popleft() for _ in range(len(waiting))]
+        if not waiting:
+            del self._logins_waiting[source]
+        for turn in turns:
+            turn.callback(None)
 
     def _take_login_tokens(self, user: str, source: str) -> list | None:
         """A token from each login bucket, narrowest first, or None (and none taken) when one is empty.
