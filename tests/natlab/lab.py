@@ -185,6 +185,7 @@ class Lab:
     _v6_hosts: list[str] = field(default_factory=list)  # namespaces on the public segment with IPv6
     _v6_routes: list[tuple[str, str, str]] = field(default_factory=list)  # (prefix, via, owner namespace)
     _netns_etc: list[Path] = field(default_factory=list)  # /etc/netns/NAME folders we made
+    dns_root: bool = False  # start_dns_root ran: clients of later sites resolve through it
 
     @property
     def public_ns(self) -> str:
@@ -262,7 +263,9 @@ class Lab:
     def start_dns_root(self) -> subprocess.Popen:
         """unbound in the super node namespace at DNS_ROOT_IP and DNS_ROOT_IP6: the
         lab's only DNS server on the "internet" (ipv4only.arpa, node.lab)."""
-        return self._start_unbound(self.server_ns, "root", transition.dns_root_config(str(self.workdir)))
+        process = self._start_unbound(self.server_ns, "root", transition.dns_root_config(str(self.workdir)))
+        self.dns_root = True
+        return process
 
     def start_server(self, *extra: str, port: int = SERVER_PORT, alternate: bool = True, relay: bool = False,
                      web_ports: bool = False, echo: bool = True, launcher: list[str] | None = None,
@@ -280,7 +283,7 @@ class Lab:
         ``ip`` and ``alt_ip`` are its addresses (SERVER_IP6 and SERVER_ALT_IP6
         for a node on IPv6; one node per family and port).
         """
-        name = f"twistd-{ip}-{port}"
+        name = f"twistd-{port}" if ip == SERVER_IP else f"twistd-{ip}-{port}"
         state = self.workdir / f"{name}-state"
         log_path = self.workdir / f"{name}.log"
         twistd = str(Path(sys.executable).with_name("twistd"))
@@ -395,6 +398,8 @@ class Lab:
                                           client_ip6))
 
     def _named(self, label: str, n: int, site: Site) -> Site:
+        if self.dns_root and site.nat64_prefix is None:  # a NAT64 site's client asks its DNS64
+            self._resolv_conf(site.client_ns, DNS_ROOT_IP)
         if label in self.sites:
             site.name = label = f"{label}#{n}"
         self.sites[label] = site
