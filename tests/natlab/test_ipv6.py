@@ -1,11 +1,15 @@
 """The IPv6 kinds of the NAT lab: nat-check's per-family verdicts behind a
 dual-stack home with an IPv6 stateful firewall, on an IPv6-only access with
-NAT64/DNS64, and behind DS-Lite; and connect() between two firewalled homes.
+NAT64/DNS64, and behind DS-Lite; connect() between two firewalled homes and
+from DS-Lite to a cone NAT; and the teardown of these kinds.
 
 One lab per module: the super node on IPv4 (RFC 5780, TURN) and a second
 node on the IPv6 addresses (RFC 5780), the lab's DNS root, and one site of
-each kind (two firewalled homes).
+each kind (two firewalled homes, and a restricted cone for DS-Lite to reach).
 """
+
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -34,8 +38,9 @@ def lab6(tmp_path_factory):
         lab.build_public()
         lab.start_dns_root()
         homes = (lab.add_site("eim-apdf", ipv6=True), lab.add_site("eim-apdf", ipv6=True))
-        lab.kinds = {FIREWALL: homes, "nat64": lab.add_site("nat64"), "ds-lite": lab.add_site("ds-lite")}
-        add_buddies(lab, [user(site) for site in homes])
+        lab.kinds = {FIREWALL: homes, "nat64": lab.add_site("nat64"), "ds-lite": lab.add_site("ds-lite"),
+                     "eim-adf": lab.add_site("eim-adf")}
+        add_buddies(lab, [user(site) for site in (*homes, lab.kinds["ds-lite"], lab.kinds["eim-adf"])])
         lab.start_server(relay=True)
         lab.start_server(ip=SERVER_IP6, alt_ip=SERVER_ALT_IP6, echo=False)
         yield lab
@@ -105,3 +110,36 @@ def test_connect_between_firewalled_homes_goes_direct_over_ipv6(lab6):
     assert mine["pong"], (mine, theirs)
     assert mine["path"] == "udp-direct", mine
     assert mine["remote"][0] == callee.client_ip6 and mine["local"][0] == caller.client_ip6, mine
+
+
+def test_connect_from_ds_lite_to_a_cone_nat(lab6):
+    """A DS-Lite client reaches a restricted-cone peer directly over IPv4, through its AFTR's mapping."""
+    caller, callee = lab6.kinds["ds-lite"], lab6.kinds["eim-adf"]
+    mine, theirs = run_pair(caller, callee)
+    assert "error" not in mine, mine
+    assert mine["pong"], (mine, theirs)
+    assert mine["path"] == "udp-direct", mine
+    assert mine["remote"][0] == callee.wan_ip and theirs["remote"][0] == caller.wan_ip, (mine, theirs)
+
+
+def test_teardown_removes_the_ipv6_kinds(tmp_path):
+    """Closing a lab with the IPv6 kinds ends tayga, unbound and the softwires and deletes every namespace
+    and resolver file it made."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    lab = Lab(tmp_path)
+    try:
+        lab.build_public()
+        lab.start_dns_root()
+        lab.add_site("eim-apdf", ipv6=True)
+        nat64 = lab.add_site("nat64")
+        lab.add_site("ds-lite")
+        made, processes = list(lab.namespaces), list(lab.processes)
+    finally:
+        lab.close()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, check=False, text=True).stdout
+    assert len(made) == 9 and not any(name in listed for name in made)
+    # unbound twice, tayga, the two ends of the softwire: all ended
+    assert len(processes) == 5 and all(process.poll() is not None for process in processes)
+    assert not Path("/etc/netns", nat64.client_ns).exists()
