@@ -184,7 +184,7 @@ class Lab:
     _next_site: int = 0
     _v6_hosts: list[str] = field(default_factory=list)  # namespaces on the public segment with IPv6
     _v6_routes: list[tuple[str, str, str]] = field(default_factory=list)  # (prefix, via, owner namespace)
-    _netns_etc: list[Path] = field(default_factory=list)  # /etc/netns/NAME folders we made
+    resolver_files: list[Path] = field(default_factory=list)  # /etc/netns/NAME folders we made
     dns_root: bool = False  # start_dns_root ran: clients of later sites resolve through it
 
     @property
@@ -525,7 +525,7 @@ class Lab:
         """The namespace's resolver (``ip netns exec`` mounts /etc/netns/NS/resolv.conf)."""
         folder = Path("/etc/netns") / ns
         folder.mkdir(parents=True)
-        self._netns_etc.append(folder)
+        self.resolver_files.append(folder)
         (folder / "resolv.conf").write_text(f"nameserver {nameserver}\n")
 
     def _wan(self, router: str, n: int, wan_ip: str, hop: bool) -> str | None:
@@ -594,9 +594,9 @@ class Lab:
         for name in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False, timeout=30)
         self.namespaces.clear()
-        for folder in self._netns_etc:
+        for folder in self.resolver_files:
             shutil.rmtree(folder, ignore_errors=True)
-        self._netns_etc.clear()
+        self.resolver_files.clear()
 
 
 MINIUPNPD = "/usr/sbin/miniupnpd"

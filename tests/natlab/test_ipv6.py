@@ -1,23 +1,20 @@
 """The IPv6 kinds of the NAT lab: nat-check's per-family verdicts behind a
 dual-stack home with an IPv6 stateful firewall, on an IPv6-only access with
 NAT64/DNS64, and behind DS-Lite; connect() between two firewalled homes and
-from DS-Lite to a cone NAT; and the teardown of these kinds.
+from DS-Lite to a cone NAT. (test_nat_check.py checks their teardown.)
 
 One lab per module: the super node on IPv4 (RFC 5780, TURN) and a second
 node on the IPv6 addresses (RFC 5780), the lab's DNS root, and one site of
 each kind (two firewalled homes, and a restricted cone for DS-Lite to reach).
 """
 
-import subprocess
-from pathlib import Path
-
 import pytest
 
 from rendezvous.peer.nat_check import ADDRESS_AND_PORT_DEPENDENT as APDF
 from rendezvous.peer.nat_check import ENDPOINT_INDEPENDENT as EI
 
+from .conftest import opened_lab
 from .connect_client import add_buddies, run_pair, user
-from .lab import Lab, LabError, unavailable_reason
 from .test_nat_check import SERVER, run_nat_check
 from .transition import AFTR_IP, SERVER_ALT_IP6, SERVER_IP6
 
@@ -29,12 +26,9 @@ pytestmark = pytest.mark.natlab
 
 @pytest.fixture(scope="module")
 def lab6(tmp_path_factory):
-    """Two dual-stack homes behind IPv6 firewalls, an IPv6-only NAT64 access, a DS-Lite home; nodes on both families."""
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    lab = Lab(tmp_path_factory.mktemp("natlab-ipv6"))
-    try:
+    """Two dual-stack homes behind IPv6 firewalls, an IPv6-only NAT64 access, a DS-Lite home and a restricted
+    cone; nodes on both families."""
+    with opened_lab(tmp_path_factory.mktemp("natlab-ipv6")) as lab:
         lab.build_public()
         lab.start_dns_root()
         homes = (lab.add_site("eim-apdf", ipv6=True), lab.add_site("eim-apdf", ipv6=True))
@@ -44,10 +38,6 @@ def lab6(tmp_path_factory):
         lab.start_server(relay=True)
         lab.start_server(ip=SERVER_IP6, alt_ip=SERVER_ALT_IP6, echo=False)
         yield lab
-    except LabError as e:
-        pytest.fail(f"the NAT lab could not be built: {e}")
-    finally:
-        lab.close()
 
 
 def check_both(site) -> dict:
@@ -121,25 +111,3 @@ def test_connect_from_ds_lite_to_a_cone_nat(lab6):
     assert mine["path"] == "udp-direct", mine
     assert mine["remote"][0] == callee.wan_ip and theirs["remote"][0] == caller.wan_ip, (mine, theirs)
 
-
-def test_teardown_removes_the_ipv6_kinds(tmp_path):
-    """Closing a lab with the IPv6 kinds ends tayga, unbound and the softwires and deletes every namespace
-    and resolver file it made."""
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    lab = Lab(tmp_path)
-    try:
-        lab.build_public()
-        lab.start_dns_root()
-        lab.add_site("eim-apdf", ipv6=True)
-        nat64 = lab.add_site("nat64")
-        lab.add_site("ds-lite")
-        made, processes = list(lab.namespaces), list(lab.processes)
-    finally:
-        lab.close()
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, check=False, text=True).stdout
-    assert len(made) == 9 and not any(name in listed for name in made)
-    # unbound twice, tayga, the two ends of the softwire: all ended
-    assert len(processes) == 5 and all(process.poll() is not None for process in processes)
-    assert not Path("/etc/netns", nat64.client_ns).exists()
