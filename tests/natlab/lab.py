@@ -121,7 +121,7 @@ PUBLIC_PREFIX = 24
 
 KINDS = ("eim-eif", "eim-adf", "eim-apdf", "apdm-random", "udp-blocked", "tcp-web-only")
 # IPv6 transition kinds (see the module docstring); they take no NAT options.
-TRANSITION_KINDS = ("nat64", "ds-lite")
+TRANSITION_KINDS = ("nat64", "464xlat", "ds-lite")
 DNAT_KINDS = ("eim-eif", "eim-adf")
 
 
@@ -422,7 +422,8 @@ class Lab:
         return client_ip6
 
     def _transition_site(self, kind: str) -> Site:
-        """An IPv6-only access with NAT64 and DNS64, or a DS-Lite home with its AFTR."""
+        """An IPv6-only access with NAT64 and DNS64 (and a CLAT in the client: 464XLAT),
+        or a DS-Lite home with its AFTR."""
         self._next_site += 1
         n = self._next_site
         if n > 200:
@@ -433,6 +434,11 @@ class Lab:
         self._link(home, "lan", client, "eth0")
         if kind == "nat64":
             return self._named(kind, n, self._nat64_site(n, home, client, wan_ip))
+        if kind == "464xlat":
+            site = self._nat64_site(n, home, client, wan_ip)
+            site.name = site.kind = kind
+            site.client_ip = self._clat(n, client)
+            return self._named(kind, n, site)
         return self._named(kind, n, self._dslite_site(n, home, client, wan_ip))
 
     def _nat64_site(self, n: int, router: str, client: str, wan_ip: str) -> Site:
@@ -468,6 +474,26 @@ class Lab:
         self._start_unbound(router, f"dns64-{n}", transition.dns64_config(n, str(self.workdir)))
         self._resolv_conf(client, transition.lan6(n, 1))
         return Site("nat64", "nat64", client, None, [router], wan_ip, client_ip6=client_ip6, nat64_prefix=prefix)
+
+    def _clat(self, n: int, client: str) -> str:
+        """RFC 6877's CLAT in the client, as clatd sets one up: a second tayga (device
+        clat) gives the host an IPv4 address, CLAT_HOST_IP with the default IPv4 route,
+        and translates it statelessly to a dedicated IPv6 address (proxied on eth0 for
+        neighbour discovery) and IPv4 destinations into the NAT64 prefix; the
+        router's tayga (the PLAT) translates it back. Returns the host's IPv4 address."""
+        conf = self.workdir / f"clat-{n}.conf"
+        conf.write_text(transition.clat_config(n))
+        self._ns(client, TAYGA, "--mktun", "-c", str(conf))
+        self._ns(client, "ip", "link", "set", "clat", "up")
+        self._ns(client, "ip", "addr", "add", f"{transition.CLAT_HOST_IP}/{SOFTWIRE_PREFIX}", "dev", "clat")
+        self._ns(client, "ip", "route", "add", "default", "dev", "clat")
+        clat6 = transition.clat6(n)
+        self._ns(client, "ip", "-6", "route", "add", clat6, "dev", "clat")
+        for key in ("net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.eth0.proxy_ndp=1"):
+            self._ns(client, "sysctl", "-qw", key)
+        self._ns(client, "ip", "-6", "neigh", "add", "proxy", clat6, "dev", "eth0")
+        self._start_logged(client, f"clat-{n}", ["stdbuf", "-oL", TAYGA, "-d", "-c", str(conf)], "NAT64 prefix")
+        return transition.CLAT_HOST_IP
 
     def _dslite_site(self, n: int, home: str, client: str, wan_ip: str) -> Site:
         """RFC 6333: the home router (B4) has IPv6 only on the public segment, a

@@ -1,6 +1,6 @@
 """The IPv6 kinds of the NAT lab: nat-check's per-family verdicts behind a
 dual-stack home with an IPv6 stateful firewall, on an IPv6-only access with
-NAT64/DNS64, and behind DS-Lite; connect() between two firewalled homes and
+NAT64/DNS64 (and with a CLAT: 464XLAT), and behind DS-Lite; connect() between two firewalled homes and
 from DS-Lite to a cone NAT. (test_nat_check.py checks their teardown.)
 
 One lab per module: the super node on IPv4 (RFC 5780, TURN) and a second
@@ -26,14 +26,14 @@ pytestmark = pytest.mark.natlab
 
 @pytest.fixture(scope="module")
 def lab6(tmp_path_factory):
-    """Two dual-stack homes behind IPv6 firewalls, an IPv6-only NAT64 access, a DS-Lite home and a restricted
-    cone; nodes on both families."""
+    """Two dual-stack homes behind IPv6 firewalls, an IPv6-only NAT64 access (one with a CLAT), a DS-Lite home
+    and a restricted cone; nodes on both families."""
     with opened_lab(tmp_path_factory.mktemp("natlab-ipv6")) as lab:
         lab.build_public()
         lab.start_dns_root()
         homes = (lab.add_site("eim-apdf", ipv6=True), lab.add_site("eim-apdf", ipv6=True))
-        lab.kinds = {FIREWALL: homes, "nat64": lab.add_site("nat64"), "ds-lite": lab.add_site("ds-lite"),
-                     "eim-adf": lab.add_site("eim-adf")}
+        lab.kinds = {FIREWALL: homes, "nat64": lab.add_site("nat64"), "464xlat": lab.add_site("464xlat"),
+                     "ds-lite": lab.add_site("ds-lite"), "eim-adf": lab.add_site("eim-adf")}
         add_buddies(lab, [user(site) for site in (*homes, lab.kinds["ds-lite"], lab.kinds["eim-adf"])])
         lab.start_server(relay=True)
         lab.start_server(ip=SERVER_IP6, alt_ip=SERVER_ALT_IP6, echo=False)
@@ -77,6 +77,18 @@ def test_ipv6_only_access_with_nat64(lab6):
     assert report["server"].startswith("[2001:db8:64:")  # the node's IPv4 address under the prefix
     six = report["ipv6"]
     assert six["nat_present"] is False and six["filtering"] == EI and six["nat_type"] == "open internet", six
+
+
+def test_464xlat_is_told_from_its_clat(lab6):
+    """Behind a CLAT, IPv4 works natively from the host's 192.0.0.0/29 address and DNS64 finds the prefix: 464XLAT."""
+    site = lab6.kinds["464xlat"]
+    report = check_both(site)
+    transition = report["transition"]
+    assert transition["ipv4_path"] == "464xlat", transition
+    assert transition["continuity_address"] == f"{site.client_ip} on clat" and transition["aftr_address"] is None
+    assert transition["nat64_prefixes"] == [site.nat64_prefix]
+    assert report["server"] == SERVER and report["mapped_address"].startswith(site.wan_ip + ":"), report
+    assert (report["mapping"], report["filtering"]) == (EI, APDF)
 
 
 def test_ds_lite_leaves_through_the_aftr(lab6):

@@ -395,7 +395,7 @@ def test_lab_teardown_removes_its_namespaces(tmp_path):
         only_nat = len(lab.namespaces)
         lab.start_dns_root()
         lab.add_site("eim-apdf", ipv6=True)
-        nat64 = lab.add_site("nat64")
+        nat64 = lab.add_site("464xlat")  # NAT64 and DNS64 in the router, a CLAT in the client
         lab.add_site("ds-lite")
         made, processes, resolvers = list(lab.namespaces), list(lab.processes), list(lab.resolver_files)
     finally:
@@ -403,7 +403,7 @@ def test_lab_teardown_removes_its_namespaces(tmp_path):
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, check=False, text=True).stdout
     assert only_nat == 4 and len(made) == 11
     assert not any(name in listed for name in made)
-    # unbound twice (the DNS root, the DNS64), tayga, the two ends of the softwire
-    assert len(processes) == 5 and all(process.poll() is not None for process in processes)
+    # unbound twice (the DNS root, the DNS64), tayga twice (NAT64, CLAT), the two ends of the softwire
+    assert len(processes) == 6 and all(process.poll() is not None for process in processes)
     assert len(resolvers) == 3 and not any(path.exists() for path in resolvers)
     assert nat64.client_ns in str(resolvers)

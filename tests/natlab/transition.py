@@ -12,7 +12,9 @@ Addresses (documentation prefix 2001:db8::/32 only)::
                            §2.2: tayga refuses 64:ff9b::/96 for the lab's
                            non-global 198.18.0.0/15)
     192.0.0.0/29           the DS-Lite softwire: AFTR 192.0.0.1, B4 192.0.0.2
-                           (RFC 6333 §5.7)
+                           (RFC 6333 §5.7); a 464XLAT client's CLAT: the host
+                           192.0.0.4, tayga 192.0.0.5 (RFC 7335)
+    2001:db8:N::c1a7       a 464XLAT client's CLAT address (RFC 6877 §6.3)
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ B4_IP = "192.0.0.2"
 SOFTWIRE_PREFIX = 29
 # The IPv4 MTU of the softwire: the IPv6 header (40 bytes) below the 1500-byte links.
 SOFTWIRE_MTU = 1460
+CLAT_HOST_IP = "192.0.0.4"
+CLAT_TAYGA_IP = "192.0.0.5"
 TAYGA_POOL = "192.168.255.0/24"
 TAYGA_IP = "192.168.255.1"
 TAYGA = "/usr/sbin/tayga"
@@ -53,6 +57,10 @@ def lan6(n: int, host: int) -> str:
 
 def nat64_prefix(n: int) -> str:
     return f"2001:db8:64:{n}::/96"
+
+
+def clat6(n: int) -> str:
+    return f"2001:db8:{n}::c1a7"
 
 
 # RFC 6092 §3.2 in nftables: replies (established, related) come in, nothing
@@ -102,6 +110,17 @@ def tayga_config(n: int, data_dir: str) -> str:
         f"prefix {nat64_prefix(n)}\n"
         f"dynamic-pool {TAYGA_POOL}\n"
         f"data-dir {data_dir}\n"
+    )
+
+
+def clat_config(n: int) -> str:
+    """tayga.conf for site n's CLAT (device clat): the host's IPv4 address maps to its
+    CLAT IPv6 address, other IPv4 addresses into the site's NAT64 prefix."""
+    return (
+        "tun-device clat\n"
+        f"ipv4-addr {CLAT_TAYGA_IP}\n"
+        f"prefix {nat64_prefix(n)}\n"
+        f"map {CLAT_HOST_IP} {clat6(n)}\n"
     )
 
 

@@ -22,7 +22,7 @@ from rendezvous.peer.interfaces import ipv4_interface_addresses
 from rendezvous.peer.nat_check.decisions import classic_type, prediction_easy
 from rendezvous.peer.nat_check.discovery import dns64_prefixes, ipv4_hops
 from rendezvous.peer.nat_check.probes import Checker, is_alternate, local_ip_toward, mapped_address, show
-from rendezvous.peer.nat_check.transition import (Transition, ipv4_path, is_continuity_address, nptv6,
+from rendezvous.peer.nat_check.transition import (DS_LITE, Transition, ipv4_path, is_continuity_address, nptv6,
                                                   synthesize)
 from rendezvous.peer.nat_check.report import NatReport
 from rendezvous.peer.nat_check.tcp import DEFAULT_TCP_FALLBACK_PORT, measure_tcp
@@ -240,9 +240,10 @@ def check(reactor, server: tuple[str, int], *, lifetime_max_seconds: float = 120
                                                         "no IPv6 server address (give --ipv6-server or a name)")
         found.continuity_address = _continuity_address()
         found.ipv4_hops = results.get("hops", [])
-        found.aftr_address = next((hop for hop in found.ipv4_hops if is_continuity_address(hop)), None)
+        hop = next((hop for hop in found.ipv4_hops if is_continuity_address(hop)), None)
         found.ipv4_path = ipv4_path(native4, not native4 and "ipv4" in results, bool(prefixes),
-                                    found.continuity_address, found.aftr_address)
+                                    found.continuity_address, hop)
+        found.aftr_address = hop if found.ipv4_path == DS_LITE else None  # else a CLAT's
         if found.nat64 is False:
             report.notes.append(f"NAT64: {why_not}")
         report.transition = found
