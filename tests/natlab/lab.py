@@ -327,20 +327,24 @@ class Lab:
 
     def add_site(self, kind: str, hairpin: bool = False, carrier: str | None = None,
                  udp_timeout_seconds: int | None = None, upnp: bool = False, sip_alg: bool = False,
-                 hop: bool = False, ipv6: bool = False) -> Site:
+                 hop: bool = False, ipv6: str | None = None) -> Site:
         """A client behind a router of this kind; with carrier, behind a carrier NAT too.
 
         udp_timeout_seconds sets the router's conntrack UDP timeout (the
         binding lifetime of conntrack-filtered mappings). upnp runs a miniupnpd
         gateway in the router, sip_alg the kernel's SIP ALG, hop an ISP router
         between the outermost router and the bridge, ipv6 makes the site
-        dual-stack behind an IPv6 stateful firewall (see the module docstring).
+        dual-stack behind an IPv6 stateful firewall: "firewall", with the LAN
+        on 2001:db8:N::/64, or "nptv6", the LAN on fd00:N::/64 translated to
+        2001:db8:N::/64 (see the module docstring).
         The transition kinds ("nat64", "ds-lite") take none of these options.
         """
         if kind in TRANSITION_KINDS:
             if hairpin or carrier or udp_timeout_seconds or upnp or sip_alg or hop or ipv6:
                 raise ValueError(f"{kind} takes no NAT options")
             return self._transition_site(kind)
+        if ipv6 not in (None, "firewall", "nptv6"):
+            raise ValueError(f"unknown IPv6 kind {ipv6!r}")
         if ipv6 and (carrier is not None or hop):
             raise ValueError("ipv6 needs a single router on the public segment")
         if kind not in KINDS or (carrier is not None and carrier not in KINDS):
@@ -383,7 +387,7 @@ class Lab:
         self._ns(client, "ip", "route", "add", "default", "via", f"192.168.{n}.1")
         self._router(home, kind, home_wan, f"192.168.{n}.0/24", client_ip, hairpin, udp_timeout_seconds, upnp,
                      sip_alg)
-        client_ip6 = self._firewall6(home, client, n, wan=True) if ipv6 else None
+        client_ip6 = self._firewall6(home, client, n, wan=True, nptv6=ipv6 == "nptv6") if ipv6 else None
         label = kind if carrier is None else f"{kind}+cgn-{carrier}"
         if sip_alg:
             label += "+sip-alg"
@@ -393,7 +397,7 @@ class Lab:
             label += "+upnp"
             self._start_miniupnpd(home, n)
         if ipv6:
-            label += "+ipv6-firewall"
+            label += f"+ipv6-{ipv6}"
         return self._named(label, n, Site(label, kind, client, client_ip, routers, wan_ip, hairpin, upnp, hop_ns,
                                           client_ip6))
 
@@ -407,17 +411,21 @@ class Lab:
 
     # -- IPv6 and the transition kinds -----------------------------------
 
-    def _firewall6(self, router: str, client: str, n: int, wan: bool) -> str:
+    def _firewall6(self, router: str, client: str, n: int, wan: bool, nptv6: bool = False) -> str:
         """Site n's IPv6 LAN 2001:db8:n::/64 behind an RFC 6092 stateful firewall in
-        router (on the public segment at wan6(n), added when wan); the client's address."""
+        router (on the public segment at wan6(n), added when wan); with nptv6 the LAN
+        is fd00:n::/64 and leaves as 2001:db8:n::/64. The client's address."""
+        lan = transition.ula6 if nptv6 else transition.lan6
         if wan:
             self._ns(router, "ip", "addr", "add", f"{transition.wan6(n)}/{PUBLIC6_PREFIX}", "dev", "wan")
-        self._ns(router, "ip", "addr", "add", f"{transition.lan6(n, 1)}/64", "dev", "lan")
+        self._ns(router, "ip", "addr", "add", f"{lan(n, 1)}/64", "dev", "lan")
         self._ns(router, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         self._ns(router, "nft", "-f", "-", input=transition.FIREWALL6_RULESET)
-        client_ip6 = transition.lan6(n, 2)
+        if nptv6:
+            self._ns(router, "nft", "-f", "-", input=transition.nptv6_ruleset(n))
+        client_ip6 = lan(n, 2)
         self._ns(client, "ip", "addr", "add", f"{client_ip6}/64", "dev", "eth0")
-        self._ns(client, "ip", "-6", "route", "add", "default", "via", transition.lan6(n, 1))
+        self._ns(client, "ip", "-6", "route", "add", "default", "via", lan(n, 1))
         self._public_v6(router, transition.lan6_prefix(n), transition.wan6(n))
         return client_ip6
 

@@ -20,19 +20,20 @@ from .transition import AFTR_IP, SERVER_ALT_IP6, SERVER_IP6
 
 SERVER6 = f"[{SERVER_IP6}]:3478"
 FIREWALL = "eim-apdf+ipv6-firewall"
+NPTV6 = "eim-apdf+ipv6-nptv6"
 
 pytestmark = pytest.mark.natlab
 
 
 @pytest.fixture(scope="module")
 def lab6(tmp_path_factory):
-    """Two dual-stack homes behind IPv6 firewalls, an IPv6-only NAT64 access (one with a CLAT), a DS-Lite home
+    """Two dual-stack homes behind IPv6 firewalls, one behind NPTv6, an IPv6-only NAT64 access (one with a CLAT), a DS-Lite home
     and a restricted cone; nodes on both families."""
     with opened_lab(tmp_path_factory.mktemp("natlab-ipv6")) as lab:
         lab.build_public()
         lab.start_dns_root()
-        homes = (lab.add_site("eim-apdf", ipv6=True), lab.add_site("eim-apdf", ipv6=True))
-        lab.kinds = {FIREWALL: homes, "nat64": lab.add_site("nat64"), "464xlat": lab.add_site("464xlat"),
+        homes = (lab.add_site("eim-apdf", ipv6="firewall"), lab.add_site("eim-apdf", ipv6="firewall"))
+        lab.kinds = {FIREWALL: homes, NPTV6: lab.add_site("eim-apdf", ipv6="nptv6"), "nat64": lab.add_site("nat64"), "464xlat": lab.add_site("464xlat"),
                      "ds-lite": lab.add_site("ds-lite"), "eim-adf": lab.add_site("eim-adf")}
         add_buddies(lab, [user(site) for site in (*homes, lab.kinds["ds-lite"], lab.kinds["eim-adf"])])
         lab.start_server(relay=True)
@@ -62,6 +63,16 @@ def test_dual_stack_home_behind_an_ipv6_firewall(lab6):
     transition = report["transition"]
     assert transition["ipv4_path"] == "native" and transition["nat64"] is False, transition
     assert transition["aftr_address"] is None and transition["continuity_address"] is None
+
+
+def test_prefix_translation_is_told_from_nat66(lab6):
+    """Behind NPTv6 the IPv6 mapped address has the global prefix and the client's interface identifier."""
+    site = lab6.kinds[NPTV6]
+    six = check_both(site)["ipv6"]
+    assert six["nat_present"] is True and six["nptv6"] is True, six
+    assert six["local_address"].startswith(f"[{site.client_ip6}]:") and site.client_ip6.startswith("fd00:")
+    assert six["mapped_address"].startswith(f"[{site.client_ip6.replace('fd00:', '2001:db8:')}]:"), six
+    assert (six["mapping"], six["filtering"]) == (EI, APDF)
 
 
 def test_ipv6_only_access_with_nat64(lab6):

@@ -394,7 +394,7 @@ def test_lab_teardown_removes_its_namespaces(tmp_path):
         lab.add_site("eim-apdf")
         only_nat = len(lab.namespaces)
         lab.start_dns_root()
-        lab.add_site("eim-apdf", ipv6=True)
+        lab.add_site("eim-apdf", ipv6="firewall")
         nat64 = lab.add_site("464xlat")  # NAT64 and DNS64 in the router, a CLAT in the client
         lab.add_site("ds-lite")
         made, processes, resolvers = list(lab.namespaces), list(lab.processes), list(lab.resolver_files)

@@ -8,6 +8,7 @@ Addresses (documentation prefix 2001:db8::/32 only)::
                            DNS root ::3, router N ::(10+N), AFTR N ::af:N
     2001:db8:N::/64        site N's LAN (router ::1, client ::2), routed to
                            router N by every host on the public segment
+    fd00:N::/64            site N's LAN behind NPTv6 (it leaves as 2001:db8:N::/64)
     2001:db8:64:N::/96     site N's NAT64 prefix (network-specific, RFC 6052
                            §2.2: tayga refuses 64:ff9b::/96 for the lab's
                            non-global 198.18.0.0/15)
@@ -55,6 +56,10 @@ def lan6(n: int, host: int) -> str:
     return f"2001:db8:{n}::{host}"
 
 
+def ula6(n: int, host: int) -> str:
+    return f"fd00:{n}::{host}"
+
+
 def nat64_prefix(n: int) -> str:
     return f"2001:db8:64:{n}::/96"
 
@@ -81,6 +86,19 @@ FIREWALL6_RULESET = """table ip6 natlab6 {
 	}
 }
 """
+
+def nptv6_ruleset(n: int) -> str:
+    """Prefix translation of site n's ULA LAN to its global prefix (RFC 6296's effect:
+    the interface identifier kept; done by conntrack's prefix NAT, so replies map back)."""
+    return (
+        "table ip6 natlab6_npt {\n"
+        "\tchain postrouting {\n"
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+        f"\t\toifname \"wan\" ip6 saddr fd00:{n}::/64 snat ip6 prefix to {lan6_prefix(n)}\n"
+        "\t}\n"
+        "}\n"
+    )
+
 
 # A NAT64 router: tayga hands IPv4 from its pool out of device nat64; NAT44
 # then masquerades the pool to the router's WAN address (EIM, APDF).

@@ -53,9 +53,6 @@ async def _analyse(checker: Checker) -> NatReport:
     report.classic = classic_type(report.udp_blocked, report.nat_present, report.mapping, report.filtering)
     report.port_prediction_easy = None if report.udp_blocked else prediction_easy(
         report.mapping, report.port_allocation)
-    if report.family == "ipv6" and report.mapped_address is not None:
-        report.nptv6 = nptv6(report.local_address.rpartition(":")[0].strip("[]"),
-                             report.mapped_address.rpartition(":")[0].strip("[]"))
     return report
 
 
@@ -85,6 +82,8 @@ async def _run(checker: Checker) -> None:
     report.mapped_address = show(mapped)
     report.nat_present = mapped is None or (ipaddress.ip_address(mapped[0]), mapped[1]) != (
         ipaddress.ip_address(local_ip), first.port)
+    if report.family == "ipv6" and mapped is not None:
+        report.nptv6 = nptv6(local_ip, mapped[0])
     report.port_preservation = mapped is not None and mapped[1] == first.port
     plain = response.address(Attr.MAPPED_ADDRESS)
     if response.get(Attr.XOR_MAPPED_ADDRESS) is not None and plain is not None:
@@ -165,8 +164,8 @@ def check(reactor, server: tuple[str, int], *, lifetime_max_seconds: float = 120
 
     ``server`` is (host, port) of the server's primary address: a literal of
     either family, or a name resolving to one address of each. ``ipv6_server``
-    names the IPv6 server when the server is given as an IPv4 literal (or
-    overrides the name's AAAA record). The UDP binding lifetime search runs
+    is (IPv6 address, port) of the IPv6 server when the server is given as an
+    IPv4 literal (or overrides the name's AAAA record). The UDP binding lifetime search runs
     alongside the other tests and takes at most ``lifetime_max_seconds`` (0
     skips it). ``progress`` is called with a line as each test starts. When
     the server's port does not answer over TCP, ``tcp_fallback_port`` (a
