@@ -123,7 +123,7 @@ def _finish(outcome: dict, args: argparse.Namespace) -> int:
     tested_ipv6 = full.ipv6 is not None and full.ipv6.server_answered
     report = full.ipv6 if not full.server_answered and tested_ipv6 else full
     if not report.server_answered:
-        print(f"{PROG}: no answer from {report.server}"
+        print(f"{PROG}: no answer from {report.server or args.server}"
               + (" over UDP (TCP not tried)" if args.no_tcp else " over UDP or TCP"), file=sys.stderr)
         return EXIT_NO_ANSWER
     if report.rfc5780 is False:

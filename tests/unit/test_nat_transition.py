@@ -96,3 +96,9 @@ def test_nameservers_come_from_resolv_conf(tmp_path):
     conf.write_text("# comment\nsearch lab\nnameserver 2001:db8:2::1\nnameserver fe80::1%eth0\nnameserver\n")
     assert system_nameservers(conf) == [("2001:db8:2::1", 53), ("fe80::1", 53)]
     assert system_nameservers(tmp_path / "missing") == []
+
+
+def test_a_family_not_tested_says_why():
+    """A family without a server address reads "not tested" with the reason, not as a silent server."""
+    report = NatReport(server="198.18.0.1:3478", ipv6=NatReport(server="", family="ipv6", notes=["no IPv6 route"]))
+    assert "IPv6 NAT check: not tested (no IPv6 route)" in report.to_text()

@@ -224,6 +224,7 @@ def check(reactor, server: tuple[str, int], *, lifetime_max_seconds: float = 120
                                                        **settings), "over IPv6"))
         elif target6 is not None:
             notes6.append(f"no IPv6 route to {target6[0]}")
+            target6 = None
         try:
             done = await defer.gatherResults([Deferred.fromCoroutine(t) for t in tests.values()],
                                              consumeErrors=True)
@@ -234,8 +235,8 @@ def check(reactor, server: tuple[str, int], *, lifetime_max_seconds: float = 120
             prefixes, why_not = await asked  # asked alongside the tests
         if asking:
             found.nat64, found.nat64_prefixes = bool(prefixes), prefixes
-        report = results.get("ipv4") or _untested("ipv4", target4, server, _why_no_ipv4(target4, why_not))
-        report.ipv6 = results.get("ipv6") or _untested("ipv6", target6, server, "; ".join(notes6) or
+        report = results.get("ipv4") or _untested("ipv4", _why_no_ipv4(target4, why_not))
+        report.ipv6 = results.get("ipv6") or _untested("ipv6", "; ".join(notes6) or
                                                         "no IPv6 server address (give --ipv6-server or a name)")
         found.continuity_address = _continuity_address()
         found.ipv4_hops = results.get("hops", [])
@@ -269,9 +270,9 @@ def _udp_only(checker: Checker, where: str) -> Checker:
     return checker
 
 
-def _untested(family: str, target, server, reason: str) -> NatReport:
-    shown = show(target) if target is not None else f"{server[0]}:{server[1]}"
-    return NatReport(server=shown, family=family, notes=[reason])
+def _untested(family: str, reason: str) -> NatReport:
+    """The report of a family not tested (no server address of it, no route): no server, why in its notes."""
+    return NatReport(server="", family=family, notes=[reason])
 
 
 def _why_no_ipv4(target4, why_no_nat64: str | None) -> str:

@@ -83,7 +83,10 @@ class NatReport:
         return "\n".join(lines) + "\n"
 
     def _family_lines(self) -> list[str]:
-        lines = [f"{'IPv6' if self.family == 'ipv6' else 'IPv4'} NAT check against {self.server}"
+        family = "IPv6" if self.family == "ipv6" else "IPv4"
+        if not self.server:
+            return [f"{family} NAT check: not tested ({'; '.join(self.notes)})"]
+        lines = [f"{family} NAT check against {self.server}"
                  + (f" (alternate {self.other_address})" if self.other_address else "")]
 
         def row(name: str, value: str) -> None:
