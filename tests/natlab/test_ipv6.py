@@ -1,7 +1,7 @@
 """The IPv6 kinds of the NAT lab: nat-check's per-family verdicts behind a
 dual-stack home with an IPv6 stateful firewall, on an IPv6-only access with
-NAT64/DNS64 (and with a CLAT: 464XLAT), and behind DS-Lite; connect() between two firewalled homes and
-from DS-Lite to a cone NAT. (test_nat_check.py checks their teardown.)
+NAT64/DNS64 (and with a CLAT: 464XLAT), and behind DS-Lite; connect() between two firewalled homes, and
+from DS-Lite and from behind a CLAT to an IPv4-only cone NAT. (test_nat_check.py checks their teardown.)
 
 One lab per module: the super node on IPv4 (RFC 5780, TURN) and a second
 node on the IPv6 addresses (RFC 5780), the lab's DNS root, and one site of
@@ -35,7 +35,8 @@ def lab6(tmp_path_factory):
         homes = (lab.add_site("eim-apdf", ipv6="firewall"), lab.add_site("eim-apdf", ipv6="firewall"))
         lab.kinds = {FIREWALL: homes, NPTV6: lab.add_site("eim-apdf", ipv6="nptv6"), "nat64": lab.add_site("nat64"), "464xlat": lab.add_site("464xlat"),
                      "ds-lite": lab.add_site("ds-lite"), "eim-adf": lab.add_site("eim-adf")}
-        add_buddies(lab, [user(site) for site in (*homes, lab.kinds["ds-lite"], lab.kinds["eim-adf"])])
+        add_buddies(lab, [user(site) for site in (*homes, lab.kinds["ds-lite"], lab.kinds["464xlat"],
+                                                  lab.kinds["eim-adf"])])
         lab.start_server(relay=True)
         lab.start_server(ip=SERVER_IP6, alt_ip=SERVER_ALT_IP6, echo=False)
         yield lab
@@ -134,3 +135,13 @@ def test_connect_from_ds_lite_to_a_cone_nat(lab6):
     assert mine["path"] == "udp-direct", mine
     assert mine["remote"][0] == callee.wan_ip and theirs["remote"][0] == caller.wan_ip, (mine, theirs)
 
+
+
+def test_connect_from_behind_a_clat_to_an_ipv4_only_peer(lab6):
+    """An IPv6-only client with a CLAT reaches an IPv4-only peer directly through 464XLAT (CLAT, then NAT64)."""
+    caller, callee = lab6.kinds["464xlat"], lab6.kinds["eim-adf"]
+    mine, theirs = run_pair(caller, callee)
+    assert "error" not in mine, mine
+    assert mine["pong"], (mine, theirs)
+    assert mine["path"] == "udp-direct", mine
+    assert mine["remote"][0] == callee.wan_ip and theirs["remote"][0] == caller.wan_ip, (mine, theirs)

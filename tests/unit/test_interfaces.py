@@ -1,6 +1,7 @@
 """Which interface addresses become IPv6 host candidates (rendezvous.peer.interfaces)."""
 
-from rendezvous.peer.interfaces import ipv4_interface_addresses, parse_if_inet6
+from rendezvous.peer import interfaces
+from rendezvous.peer.interfaces import ipv4_interface_addresses, ipv6_host_addresses, parse_if_inet6
 
 # /proc/net/if_inet6 as a dual-stack client shows it: link-local, loopback,
 # a stable global, a temporary global (flag 0x01), a ULA, a deprecated
@@ -32,3 +33,12 @@ def test_temporary_addresses_when_asked():
 def test_ipv4_interface_addresses_include_loopback():
     """Each interface's primary IPv4 address is read; loopback has 127.0.0.1."""
     assert ipv4_interface_addresses().get("lo") == "127.0.0.1"
+
+
+def test_host_addresses_read_the_kernel_list(tmp_path, monkeypatch):
+    """ipv6_host_addresses reads /proc/net/if_inet6 and passes the temporary choice on."""
+    listing = tmp_path / "if_inet6"
+    listing.write_text(IF_INET6)
+    monkeypatch.setattr(interfaces, "IF_INET6", listing)
+    assert ipv6_host_addresses() == ["2001:db8:3::2", "fd00:0:0:1::2"]
+    assert "2001:db8:3:0:1122:3344:5566:77aa" in ipv6_host_addresses(temporary=True)
