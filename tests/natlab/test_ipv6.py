@@ -126,20 +126,11 @@ def test_connect_between_firewalled_homes_goes_direct_over_ipv6(lab6):
     assert mine["remote"][0] == callee.client_ip6 and mine["local"][0] == caller.client_ip6, mine
 
 
-def test_connect_from_ds_lite_to_a_cone_nat(lab6):
-    """A DS-Lite client reaches a restricted-cone peer directly over IPv4, through its AFTR's mapping."""
-    caller, callee = lab6.kinds["ds-lite"], lab6.kinds["eim-adf"]
-    mine, theirs = run_pair(caller, callee)
-    assert "error" not in mine, mine
-    assert mine["pong"], (mine, theirs)
-    assert mine["path"] == "udp-direct", mine
-    assert mine["remote"][0] == callee.wan_ip and theirs["remote"][0] == caller.wan_ip, (mine, theirs)
-
-
-
-def test_connect_from_behind_a_clat_to_an_ipv4_only_peer(lab6):
-    """An IPv6-only client with a CLAT reaches an IPv4-only peer directly through 464XLAT (CLAT, then NAT64)."""
-    caller, callee = lab6.kinds["464xlat"], lab6.kinds["eim-adf"]
+@pytest.mark.parametrize("kind", ["ds-lite", "464xlat"])
+def test_connect_over_the_transition_to_an_ipv4_only_cone(lab6, kind):
+    """From DS-Lite (through the AFTR's mapping) and from behind a CLAT (464XLAT: CLAT, then NAT64), a client
+    reaches an IPv4-only restricted cone directly over IPv4, at the public addresses of their translators."""
+    caller, callee = lab6.kinds[kind], lab6.kinds["eim-adf"]
     mine, theirs = run_pair(caller, callee)
     assert "error" not in mine, mine
     assert mine["pong"], (mine, theirs)
