@@ -1,6 +1,7 @@
 """The NAT traversal success matrix: every pair of NAT-lab kinds x each technique alone (root).
 
     sudo .venv/bin/python bench/traversal_matrix.py [--kinds K1,K2,...] [--techniques udp,tcp,relay,auto]
+                                                    [--with K1,K2,...]
 
 Builds one NAT lab (tests/natlab/lab.py: two sites per kind, a super node
 with TURN and the firewall ports) and, for each unordered pair of kinds,
@@ -13,7 +14,10 @@ runs a listener behind the second and a connector behind the first
     auto   everything, as connect() does by default: the path that wins
 
 Prints a Markdown table: the path each try took and the connector's time
-from the start instant to selection (ms), or "-" when it failed.
+from the start instant to selection (ms), or "-" when it failed. The IPv6
+kinds (IPV6_KINDS: a dual-stack home behind an IPv6 stateful firewall,
+DS-Lite, an IPv6-only access with a CLAT) are not in the default list;
+``--with`` keeps only the pairs that have one of the kinds it names.
 
 With ``--times`` it runs each pair with everything on (sessions, relay
 first) and prints issue 13's times instead (lab machines share one clock):
@@ -39,6 +43,7 @@ from tests.natlab.connect_client import add_buddies, run_pair, user  # noqa: E40
 from tests.natlab.lab import Lab, unavailable_reason  # noqa: E402
 
 KINDS = ("eim-eif", "eim-adf", "eim-apdf", "apdm-random", "udp-blocked", "tcp-web-only", "eim-apdf+upnp")
+IPV6_KINDS = ("eim-apdf+ipv6-firewall", "ds-lite", "464xlat")
 SETTLE_SECONDS = 2.0  # --times: the connector is logged in this long before it connects
 TECHNIQUES = {
     "udp": ("direct=udp", "relay="),
@@ -73,15 +78,26 @@ def times(settled: tuple[dict, dict], cold: tuple[dict, dict]) -> str:
     return f"{mine['first_path']} | {mine['path']} | {a} | {b} | {c}"
 
 
+def add_site(lab: Lab, kind: str):
+    """A site of a kind of KINDS (but +upnp) or IPV6_KINDS."""
+    if kind.endswith("+ipv6-firewall"):
+        return lab.add_site(kind.split("+")[0], ipv6="firewall")
+    return lab.add_site(kind)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--techniques", default=",".join(TECHNIQUES))
     parser.add_argument("--times", action="store_true", help="issue 13's times (a), (b), (c) per pair instead")
+    parser.add_argument("--with", dest="with_kinds", default="", help="only pairs with one of these kinds")
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
+    with_kinds = {k for k in args.with_kinds.split(",") if k}
     techniques = [t for t in args.techniques.split(",") if t]
-    if unknown := [k for k in kinds if k not in KINDS] + [t for t in techniques if t not in TECHNIQUES]:
+    known = KINDS + IPV6_KINDS
+    unknown = [k for k in kinds + sorted(with_kinds) if k not in known] + [t for t in techniques if t not in TECHNIQUES]
+    if unknown:
         parser.error(f"unknown: {', '.join(unknown)}")
     reason = unavailable_reason()
     if reason:
@@ -90,7 +106,7 @@ def main() -> int:
     try:
         lab.build_public()
         plain = [k for k in kinds if not k.endswith("+upnp")]
-        sites = {kind: (lab.add_site(kind), lab.add_site(kind)) for kind in plain}
+        sites = {kind: (add_site(lab, kind), add_site(lab, kind)) for kind in plain}
         upnp = [k for k in kinds if k.endswith("+upnp")]
         names = [user(site) for pair in sites.values() for site in pair]
         names += [f"{k}-{i}".replace("+", "-") for k in upnp for i in (1, 2)]
@@ -108,14 +124,16 @@ def main() -> int:
             print(f"| caller | callee | {' | '.join(techniques)} |")
             print("|---|---|" + "---|" * len(techniques))
         started = time.monotonic()
-        for a, b in itertools.combinations_with_replacement(kinds, 2):
+        pairs = [(a, b) for a, b in itertools.combinations_with_replacement(kinds, 2)
+                 if not with_kinds or {a, b} & with_kinds]
+        for a, b in pairs:
             if args.times:
                 cells = [times(run_pair(sites[a][0], sites[b][1], f"settle={SETTLE_SECONDS:g}"),
                                run_pair(sites[a][0], sites[b][1]))]
             else:
                 cells = [outcome(run_pair(sites[a][0], sites[b][1], *TECHNIQUES[t])[0]) for t in techniques]
             print(f"| {a} | {b} | {' | '.join(cells)} |", flush=True)
-        print(f"\n{time.monotonic() - started:.0f} s for {len(kinds) * (len(kinds) + 1) // 2} pairs x "
+        print(f"\n{time.monotonic() - started:.0f} s for {len(pairs)} pairs x "
               f"{len(techniques)} techniques")
     finally:
         lab.close()

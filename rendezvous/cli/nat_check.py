@@ -2,13 +2,15 @@
 
     txrendezvous nat-check stun.example.org
     txrendezvous nat-check 198.51.100.1:3478 --json --lifetime-max-seconds 30 --no-tcp
+    txrendezvous nat-check 198.51.100.1 --ipv6-server [2001:db8::1]:3478
     txrendezvous nat-check stun.example.org --submit --router AVM --isp "Example Telecom"
 
 Progress goes to stderr while the tests run; the report (text, or JSON with
-``--json``) to stdout. Exit status: 0 when the check ran, 2 when the server
-did not answer at all, 3 when it answered but lacks RFC 5780 (the report
-then holds what could be determined), 4 when ``--submit`` failed (the report
-is still printed), 1 for a bad argument.
+``--json``) to stdout: IPv4, IPv6 and the IPv6 transition. Exit status
+(from the IPv4 tests, or the IPv6 ones when IPv4 was not tested): 0 when
+the check ran, 2 when the server did not answer at all, 3 when it answered
+but lacks RFC 5780 (the report then holds what could be determined), 4 when
+``--submit`` failed (the report is still printed), 1 for a bad argument.
 
 ``--submit [NODE]`` sends the report, with the optional form fields, to a
 node's field test (docs/NAT_CHECK.md, the field test) and prints the permanent link it gets back.
@@ -40,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("server", metavar="SERVER[:PORT]",
                         help=f"an RFC 5780 STUN server, such as a super node (port {DEFAULT_PORT} by default)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--ipv6-server", metavar="[ADDRESS]:PORT",
+                        help="the server's IPv6 address (default: the AAAA record of SERVER when it is a name)")
+    parser.add_argument("--no-dns64", action="store_true",
+                        help="do not ask the DNS resolver for ipv4only.arpa (NAT64 discovery, RFC 7050)")
     parser.add_argument("--lifetime-max-seconds", type=float, default=120.0, metavar="N",
                         help="longest the UDP binding lifetime search may take; 0 skips it (default: %(default)g)")
     parser.add_argument("--no-tcp", action="store_true", help="skip the TCP mapping test")
@@ -88,6 +94,9 @@ def parse_server(text: str) -> tuple[str, int]:
 def run_command(args: argparse.Namespace) -> int:
     try:
         server = parse_server(args.server)
+        ipv6_server = parse_server(args.ipv6_server) if args.ipv6_server else None
+        if ipv6_server is not None and ":" not in ipv6_server[0]:
+            raise ValueError(f"--ipv6-server wants an IPv6 address, not {ipv6_server[0]!r}")
     except ValueError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
@@ -125,7 +134,7 @@ def run_command(args: argparse.Namespace) -> int:
                 reactor, server, lifetime_max_seconds=args.lifetime_max_seconds, tcp=not args.no_tcp,
                 rto_seconds=args.rto_seconds, progress=progress, tcp_fallback_port=args.tcp_fallback_port or None,
                 upnp_timeout_seconds=None if args.no_upnp else args.upnp_timeout_seconds,
-                echo_port=args.echo_port or None)
+                echo_port=args.echo_port or None, ipv6_server=ipv6_server, dns64=False if args.no_dns64 else None)
         except NatCheckError as e:
             outcome["error"] = str(e)
             return
@@ -152,20 +161,22 @@ def _finish(outcome: dict, args: argparse.Namespace) -> int:
     if "error" in outcome:
         print(f"{PROG}: {outcome['error']}", file=sys.stderr)
         return 1
-    report, submitted = outcome["report"], outcome.get("submitted")
+    full, submitted = outcome["report"], outcome.get("submitted")
     if args.json:
-        document = report.to_dict()
+        document = full.to_dict()
         if submitted:
             document["submission"] = {"id": submitted["id"], "link": submitted["link"]}
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
-        sys.stdout.write(report.to_text() + (f"  {'Permanent link:':<22}{submitted['link']}\n" if submitted else ""))
+        sys.stdout.write(full.to_text() + (f"  {'Permanent link:':<22}{submitted['link']}\n" if submitted else ""))
     sys.stdout.flush()
     if "submit_error" in outcome:
         print(f"{PROG}: not submitted: {outcome['submit_error']}", file=sys.stderr)
         return EXIT_NOT_SUBMITTED
+    tested_ipv6 = full.ipv6 is not None and full.ipv6.server_answered
+    report = full.ipv6 if not full.server_answered and tested_ipv6 else full
     if not report.server_answered:
-        print(f"{PROG}: no answer from {report.server}"
+        print(f"{PROG}: no answer from {report.server or args.server}"
               + (" over UDP (TCP not tried)" if args.no_tcp else " over UDP or TCP"), file=sys.stderr)
         return EXIT_NO_ANSWER
     if report.rfc5780 is False:

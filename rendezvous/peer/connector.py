@@ -42,6 +42,7 @@ RECHECK_SECONDS = 60.0
 @dataclass
 class _Options:
     include_loopback: bool = False
+    ipv6_temporary: bool = False  # also offer temporary (RFC 8981 privacy) IPv6 host candidates
     direct_transports: tuple = DIRECT_TRANSPORTS
     relay_transports: tuple = RELAY_TRANSPORTS
     tls_verify: bool = True
@@ -154,7 +155,8 @@ def connect(reactor, user: str, password: str, peer: str, servers=None, host_cac
     the first punching SYN; default None, a full TTL), ``tcp_punch_seconds``,
     ``upnp`` (map the UDP port on the LAN's gateway: True, False, or None,
     the default: unless the node is on loopback),
-    ``include_loopback``, ``stun_server``, ``timeout_seconds``,
+    ``include_loopback``, ``ipv6_temporary`` (also offer temporary IPv6
+    host candidates), ``stun_server``, ``timeout_seconds``,
     ``keepalive_seconds`` (default: half the shorter of the two sides'
     measured binding lifetimes, else 15 s), ``binding_lifetime_seconds``
     (this side's, e.g. nat_check's ``binding_lifetime_seconds``; sent to the

@@ -1,6 +1,8 @@
 """Gathering a session's candidates (RFC 8445 §5.1.1), mixed into ``checks._Session``.
 
-Host (this machine's addresses, the one toward the node first), UPnP-mapped
+Host (this machine's IPv4 addresses, the one toward the node first, and its
+global IPv6 addresses, one socket each: no link-local ones, temporary
+ones only with ``ipv6_temporary``), UPnP-mapped
 (``upnp_helper``: PCP, NAT-PMP or UPnP IGD maps the main socket's port,
 renewed at half-life, removed on close), server-reflexive (STUN to the node
 from the same socket, RFC 8489; a Binding to the node's other address,
@@ -22,10 +24,12 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relay import client as turn_client
+from rendezvous.peer.interfaces import ipv6_host_addresses
 from rendezvous.peer.prediction import NatHint, hint_from_probes, predicted_ports
 from rendezvous.peer.stun_client import StunClientProtocol, TransactionTimeout
 from rendezvous.peer.tcp_binding import reuse_port
@@ -48,6 +52,7 @@ RELAY_TIMEOUT_SECONDS = 3.0
 RELAY_STAGGER_SECONDS = 0.1
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # of the main socket, as the relay's  # between the starts of the TURN transports raced
 ALLOCATION_SAMPLES = 3
+MAX_IPV6_HOSTS = 4             # IPv6 host candidates (one socket each), at most
 CLOSE_TIMEOUT_SECONDS = 4.0
 
 
@@ -86,9 +91,9 @@ class _Gathering:
         self._upnp_keeper: LeaseKeeper | None = None
         self._tcp_placeholder: socket.socket | None = None
 
-    def _open(self, name: str) -> _Socket:
+    def _open(self, name: str, interface: str = "0.0.0.0") -> _Socket:
         protocol = _Socket(self.reactor, name, self)
-        port = self.reactor.listenUDP(0, protocol, interface="0.0.0.0")
+        port = self.reactor.listenUDP(0, protocol, interface=interface)
         if name == "main":  # a session's packets: the default buffer drops bursts, and QUIC halves its window
             turn_client.set_socket_buffers(port.socket, SOCKET_BUFFER_BYTES)
         self.sockets[name] = (protocol, port)
@@ -108,6 +113,7 @@ class _Gathering:
         if self.options.direct:
             for ip in hosts:
                 self.agent.advertise(self.agent.candidate("host", (ip, port), "main"))
+            self._ipv6_hosts()
             reflexive = Deferred.fromCoroutine(self._reflexive(main, stun))
             work.append(reflexive)
             if self.options.upnp or (self.options.upnp is None and not ipaddress.ip_address(stun[0]).is_loopback):
@@ -122,6 +128,19 @@ class _Gathering:
         # best first: the peer ranks our candidates by their place in the list (ice.Candidate.from_wire)
         udp = [c.to_wire() for c in sorted(self.agent.local_candidates, key=lambda c: -c.priority)]
         return (udp[:32 - len(self.tcp_candidates)] + self.tcp_candidates)[:32]
+
+    def _ipv6_hosts(self) -> None:
+        """RFC 8445 §5.1.1.1: a base and host candidate per global IPv6 address (its own socket)."""
+        for index, ip in enumerate(ipv6_host_addresses(self.options.ipv6_temporary)[:MAX_IPV6_HOSTS]):
+            name = f"host6-{index}"
+            try:
+                sock = self._open(name, interface=ip)
+            except CannotListenError as e:  # gone since it was listed
+                log.debug("no socket on {ip}: {error}", ip=ip, error=e)
+                continue
+            address = (ip, sock.transport.getHost().port)
+            self.agent.add_base(name, "host", address, 65534 - index)
+            self.agent.advertise(self.agent.candidate("host", address, name))
 
     async def _tcp(self, hosts: list[str]) -> None:
         """A TCP port held for the punch (SO_REUSEPORT), its host and mapped candidates."""

@@ -6,20 +6,34 @@ later tests of the module. Everything is torn down when the module ends,
 failed or not. Tests skip, saying why, without root or ``ip netns``.
 """
 
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 
 from .lab import Lab, LabError, unavailable_reason
 
 
-@pytest.fixture(scope="module")
-def natlab(tmp_path_factory):
-    """A factory of NAT sites sharing one public segment and one super node (relay and ports 80/443 on)."""
+@contextmanager
+def opened_lab(workdir: Path):
+    """A Lab in workdir, closed on the way out; skips without root, fails the test when a build step fails."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    lab = Lab(tmp_path_factory.mktemp("natlab"))
-    cache = {}
+    lab = Lab(workdir)
     try:
+        yield lab
+    except LabError as e:
+        pytest.fail(f"the NAT lab could not be built: {e}")
+    finally:
+        lab.close()
+
+
+@pytest.fixture(scope="module")
+def natlab(tmp_path_factory):
+    """A factory of NAT sites sharing one public segment and one super node (relay and ports 80/443 on)."""
+    cache = {}
+    with opened_lab(tmp_path_factory.mktemp("natlab")) as lab:
         lab.build_public()
         lab.start_server(relay=True, web_ports=True)
 
@@ -33,7 +47,3 @@ def natlab(tmp_path_factory):
 
         site.lab = lab
         yield site
-    except LabError as e:
-        pytest.fail(f"the NAT lab could not be built: {e}")
-    finally:
-        lab.close()

@@ -100,6 +100,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import stop_process
+from tests.natlab import transition
+from tests.natlab.transition import (AFTR_IP, B4_IP, DNS_ROOT_IP, DNS_ROOT_IP6, PUBLIC6_PREFIX, SERVER_ALT_IP6,
+                                     SERVER_IP6, SOFTWIRE_MTU, SOFTWIRE_PREFIX, TAYGA, TAYGA_IP, TAYGA_POOL, UNBOUND)
 
 ROOT = Path(__file__).resolve().parents[2]
 # The environment of processes the lab runs from this checkout.
@@ -117,6 +120,8 @@ WEB_PORTS = (SERVER_HTTP_PORT, SERVER_HTTPS_PORT)
 PUBLIC_PREFIX = 24
 
 KINDS = ("eim-eif", "eim-adf", "eim-apdf", "apdm-random", "udp-blocked", "tcp-web-only")
+# IPv6 transition kinds (see the module docstring); they take no NAT options.
+TRANSITION_KINDS = ("nat64", "464xlat", "ds-lite")
 DNAT_KINDS = ("eim-eif", "eim-adf")
 
 
@@ -158,6 +163,8 @@ class Site:
     hairpin: bool = False
     upnp: bool = False           # a miniupnpd gateway runs in the (only) router
     hop: str | None = None       # the ISP router namespace outside the routers, if any
+    client_ip6: str | None = None  # the client's global IPv6 address, on a site with IPv6
+    nat64_prefix: str | None = None  # the NAT64 prefix of an IPv6-only site
 
     def exec_argv(self, *argv: str) -> list[str]:
         """argv that runs a command inside the client namespace."""
@@ -175,6 +182,10 @@ class Lab:
     sites: dict[str, Site] = field(default_factory=dict)
     _next_port: int = 0
     _next_site: int = 0
+    _v6_hosts: list[str] = field(default_factory=list)  # namespaces on the public segment with IPv6
+    _v6_routes: list[tuple[str, str, str]] = field(default_factory=list)  # (prefix, via, owner namespace)
+    resolver_files: list[Path] = field(default_factory=list)  # /etc/netns/NAME folders we made
+    dns_root: bool = False  # start_dns_root ran: clients of later sites resolve through it
 
     @property
     def public_ns(self) -> str:
@@ -193,7 +204,10 @@ class Lab:
         self._ns(name, "ip", "link", "set", "lo", "up")
         for key, value in (("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.conf.default.rp_filter", "0"),
                            ("net.ipv4.conf.all.send_redirects", "0"),
-                           ("net.ipv4.conf.default.send_redirects", "0")):
+                           ("net.ipv4.conf.default.send_redirects", "0"),
+                           # IPv6 addresses usable at once (no duplicate address detection), no autoconfiguration
+                           ("net.ipv6.conf.all.accept_dad", "0"), ("net.ipv6.conf.default.accept_dad", "0"),
+                           ("net.ipv6.conf.all.accept_ra", "0"), ("net.ipv6.conf.default.accept_ra", "0")):
             self._ns(name, "sysctl", "-qw", f"{key}={value}")
         return name
 
@@ -220,17 +234,42 @@ class Lab:
     # -- the public segment and the super node ---------------------------
 
     def build_public(self) -> None:
-        """The public bridge and the super node namespace with its two addresses."""
+        """The public bridge and the super node namespace with its two addresses of each family
+        (and the DNS root's, used by ``start_dns_root``)."""
         self._namespace("pub")
         self._ns(self.public_ns, "ip", "link", "add", "br0", "type", "bridge")
         self._ns(self.public_ns, "ip", "link", "set", "br0", "up")
         self._namespace("sn")
         self._to_public(self.server_ns, "eth0", f"{SERVER_IP}/{PUBLIC_PREFIX}")
-        self._ns(self.server_ns, "ip", "addr", "add", f"{SERVER_ALT_IP}/{PUBLIC_PREFIX}", "dev", "eth0")
+        for cidr in (f"{SERVER_ALT_IP}/{PUBLIC_PREFIX}", f"{DNS_ROOT_IP}/{PUBLIC_PREFIX}",
+                     f"{SERVER_IP6}/{PUBLIC6_PREFIX}", f"{SERVER_ALT_IP6}/{PUBLIC6_PREFIX}",
+                     f"{DNS_ROOT_IP6}/{PUBLIC6_PREFIX}"):
+            self._ns(self.server_ns, "ip", "addr", "add", cidr, "dev", "eth0")
+        self._public_v6(self.server_ns)
+
+    def _public_v6(self, ns: str, own_prefix: str | None = None, via: str | None = None) -> None:
+        """ns is on the public segment with IPv6: it learns every site's LAN route, and
+        every host learns own_prefix via ``via`` (each host routes the LANs, as a
+        provider's routers would; the bridge only switches)."""
+        for prefix, hop, owner in self._v6_routes:
+            if owner != ns:
+                self._ns(ns, "ip", "-6", "route", "add", prefix, "via", hop)
+        if own_prefix is not None:
+            for host in self._v6_hosts:
+                self._ns(host, "ip", "-6", "route", "add", own_prefix, "via", via)
+            self._v6_routes.append((own_prefix, via, ns))
+        self._v6_hosts.append(ns)
+
+    def start_dns_root(self) -> subprocess.Popen:
+        """unbound in the super node namespace at DNS_ROOT_IP and DNS_ROOT_IP6: the
+        lab's only DNS server on the "internet" (ipv4only.arpa, node.lab)."""
+        process = self._start_unbound(self.server_ns, "root", transition.dns_root_config(str(self.workdir)))
+        self.dns_root = True
+        return process
 
     def start_server(self, *extra: str, port: int = SERVER_PORT, alternate: bool = True, relay: bool = False,
-                     web_ports: bool = False, echo: bool = True, launcher: list[str] | None = None
-                     ) -> subprocess.Popen:
+                     web_ports: bool = False, echo: bool = True, launcher: list[str] | None = None,
+                     ip: str = SERVER_IP, alt_ip: str = SERVER_ALT_IP) -> subprocess.Popen:
         """``twistd -n rendezvous`` in the super node namespace; waits until it answers.
 
         With alternate, on both public addresses and ports (RFC 5780), else on
@@ -241,26 +280,28 @@ class Lab:
         ALG detection runs on UDP+TCP 5060. extra are more options (they win
         over these); metrics are off unless extra asks for them. ``launcher``
         replaces the twistd executable (e.g. a script that patches the node).
+        ``ip`` and ``alt_ip`` are its addresses (SERVER_IP6 and SERVER_ALT_IP6
+        for a node on IPv6; one node per family and port).
         """
-        name = f"twistd-{port}"
+        name = f"twistd-{port}" if ip == SERVER_IP else f"twistd-{ip}-{port}"
         state = self.workdir / f"{name}-state"
         log_path = self.workdir / f"{name}.log"
         twistd = str(Path(sys.executable).with_name("twistd"))
         argv = ["ip", "netns", "exec", self.server_ns, *(launcher or [twistd]), "-n", "--pidfile=", "rendezvous",
-                "--ip", SERVER_IP, "--port", str(port), "--tls-port", "0", "--metrics", "off",
+                "--ip", ip, "--port", str(port), "--tls-port", "0", "--metrics", "off",
                 "--state-dir", str(state)]
         argv += ["--allow-peer", PUBLIC_RANGE] if relay else ["--no-relay"]
-        udp = [(SERVER_IP, port)]
+        udp = [(ip, port)]
         tcp = []
         if alternate:
-            argv += ["--alt-ip", SERVER_ALT_IP, "--alt-port", str(SERVER_ALT_PORT)]
-            udp.append((SERVER_ALT_IP, SERVER_ALT_PORT))
+            argv += ["--alt-ip", alt_ip, "--alt-port", str(SERVER_ALT_PORT)]
+            udp.append((alt_ip, SERVER_ALT_PORT))
         if web_ports:
             argv += ["--http-port", str(SERVER_HTTP_PORT), "--https-port", str(SERVER_HTTPS_PORT)]
-            tcp += [(SERVER_IP, p) for p in WEB_PORTS]
+            tcp += [(ip, p) for p in WEB_PORTS]
         if echo:
             argv += ["--echo-port", str(SERVER_ECHO_PORT)]
-            tcp.append((SERVER_IP, SERVER_ECHO_PORT))
+            tcp.append((ip, SERVER_ECHO_PORT))
         argv += extra
         with open(log_path, "wb") as log:
             # `ip netns exec` execs the command, so this pid is twistd's own.
@@ -286,14 +327,26 @@ class Lab:
 
     def add_site(self, kind: str, hairpin: bool = False, carrier: str | None = None,
                  udp_timeout_seconds: int | None = None, upnp: bool = False, sip_alg: bool = False,
-                 hop: bool = False) -> Site:
+                 hop: bool = False, ipv6: str | None = None) -> Site:
         """A client behind a router of this kind; with carrier, behind a carrier NAT too.
 
         udp_timeout_seconds sets the router's conntrack UDP timeout (the
         binding lifetime of conntrack-filtered mappings). upnp runs a miniupnpd
         gateway in the router, sip_alg the kernel's SIP ALG, hop an ISP router
-        between the outermost router and the bridge (see the module docstring).
+        between the outermost router and the bridge, ipv6 makes the site
+        dual-stack behind an IPv6 stateful firewall: "firewall", with the LAN
+        on 2001:db8:N::/64, or "nptv6", the LAN on fd00:N::/64 translated to
+        2001:db8:N::/64 (see the module docstring).
+        The transition kinds ("nat64", "ds-lite") take none of these options.
         """
+        if kind in TRANSITION_KINDS:
+            if hairpin or carrier or udp_timeout_seconds or upnp or sip_alg or hop or ipv6:
+                raise ValueError(f"{kind} takes no NAT options")
+            return self._transition_site(kind)
+        if ipv6 not in (None, "firewall", "nptv6"):
+            raise ValueError(f"unknown IPv6 kind {ipv6!r}")
+        if ipv6 and (carrier is not None or hop):
+            raise ValueError("ipv6 needs a single router on the public segment")
         if kind not in KINDS or (carrier is not None and carrier not in KINDS):
             raise ValueError(f"unknown NAT kind {kind!r}")
         if hairpin and kind not in DNAT_KINDS:
@@ -334,6 +387,7 @@ class Lab:
         self._ns(client, "ip", "route", "add", "default", "via", f"192.168.{n}.1")
         self._router(home, kind, home_wan, f"192.168.{n}.0/24", client_ip, hairpin, udp_timeout_seconds, upnp,
                      sip_alg)
+        client_ip6 = self._firewall6(home, client, n, wan=True, nptv6=ipv6 == "nptv6") if ipv6 else None
         label = kind if carrier is None else f"{kind}+cgn-{carrier}"
         if sip_alg:
             label += "+sip-alg"
@@ -342,11 +396,171 @@ class Lab:
         if upnp:
             label += "+upnp"
             self._start_miniupnpd(home, n)
+        if ipv6:
+            label += f"+ipv6-{ipv6}"
+        return self._named(label, n, Site(label, kind, client, client_ip, routers, wan_ip, hairpin, upnp, hop_ns,
+                                          client_ip6))
+
+    def _named(self, label: str, n: int, site: Site) -> Site:
+        if self.dns_root and site.nat64_prefix is None:  # a NAT64 site's client asks its DNS64
+            self._resolv_conf(site.client_ns, DNS_ROOT_IP)
         if label in self.sites:
-            label += f"#{n}"
-        site = Site(label, kind, client, client_ip, routers, wan_ip, hairpin, upnp, hop_ns)
+            site.name = label = f"{label}#{n}"
         self.sites[label] = site
         return site
+
+    # -- IPv6 and the transition kinds -----------------------------------
+
+    def _firewall6(self, router: str, client: str, n: int, wan: bool, nptv6: bool = False) -> str:
+        """Site n's IPv6 LAN 2001:db8:n::/64 behind an RFC 6092 stateful firewall in
+        router (on the public segment at wan6(n), added when wan); with nptv6 the LAN
+        is fd00:n::/64 and leaves as 2001:db8:n::/64. The client's address."""
+        lan = transition.ula6 if nptv6 else transition.lan6
+        if wan:
+            self._ns(router, "ip", "addr", "add", f"{transition.wan6(n)}/{PUBLIC6_PREFIX}", "dev", "wan")
+        self._ns(router, "ip", "addr", "add", f"{lan(n, 1)}/64", "dev", "lan")
+        self._ns(router, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        self._ns(router, "nft", "-f", "-", input=transition.FIREWALL6_RULESET)
+        if nptv6:
+            self._ns(router, "nft", "-f", "-", input=transition.nptv6_ruleset(n))
+        client_ip6 = lan(n, 2)
+        self._ns(client, "ip", "addr", "add", f"{client_ip6}/64", "dev", "eth0")
+        self._ns(client, "ip", "-6", "route", "add", "default", "via", lan(n, 1))
+        self._public_v6(router, transition.lan6_prefix(n), transition.wan6(n))
+        return client_ip6
+
+    def _transition_site(self, kind: str) -> Site:
+        """An IPv6-only access with NAT64 and DNS64 (and a CLAT in the client: 464XLAT),
+        or a DS-Lite home with its AFTR."""
+        self._next_site += 1
+        n = self._next_site
+        if n > 200:
+            raise ValueError("too many sites")
+        wan_ip = f"198.18.0.{10 + n}"
+        home = self._namespace(f"r{n}")
+        client = self._namespace(f"c{n}")
+        self._link(home, "lan", client, "eth0")
+        if kind == "nat64":
+            return self._named(kind, n, self._nat64_site(n, home, client, wan_ip))
+        if kind == "464xlat":
+            site = self._nat64_site(n, home, client, wan_ip)
+            site.name = site.kind = kind
+            site.client_ip = self._clat(n, client)
+            return self._named(kind, n, site)
+        return self._named(kind, n, self._dslite_site(n, home, client, wan_ip))
+
+    def _nat64_site(self, n: int, router: str, client: str, wan_ip: str) -> Site:
+        """The client has IPv6 only; the router (on the public segment with both
+        families) routes IPv6 natively, unfiltered, and translates the NAT64 prefix
+        with tayga, its IPv4 pool masqueraded to wan_ip (NAT44); unbound on the LAN
+        is the client's DNS64."""
+        for tool in (TAYGA, UNBOUND):
+            if not os.path.exists(tool):
+                raise LabError(f"nat64 needs {tool} (Debian packages tayga and unbound)")
+        prefix = transition.nat64_prefix(n)
+        self._to_public(router, "wan", f"{wan_ip}/{PUBLIC_PREFIX}")
+        self._ns(router, "ip", "addr", "add", f"{transition.wan6(n)}/{PUBLIC6_PREFIX}", "dev", "wan")
+        for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
+            self._ns(router, "sysctl", "-qw", key)
+        self._ns(router, "ip", "addr", "add", f"{transition.lan6(n, 1)}/64", "dev", "lan")
+        client_ip6 = transition.lan6(n, 2)
+        self._ns(client, "ip", "addr", "add", f"{client_ip6}/64", "dev", "eth0")
+        self._ns(client, "ip", "-6", "route", "add", "default", "via", transition.lan6(n, 1))
+        self._public_v6(router, transition.lan6_prefix(n), transition.wan6(n))
+        data = self.workdir / f"tayga-{n}"
+        data.mkdir()
+        conf = self.workdir / f"tayga-{n}.conf"
+        conf.write_text(transition.tayga_config(n, str(data)))
+        self._ns(router, TAYGA, "--mktun", "-c", str(conf))  # a persistent device, gone with the namespace
+        self._ns(router, "ip", "link", "set", "nat64", "up")
+        self._ns(router, "ip", "addr", "add", "192.168.254.1/32", "dev", "nat64")  # the router's own, beside tayga's
+        self._ns(router, "ip", "route", "add", TAYGA_POOL, "dev", "nat64")
+        self._ns(router, "ip", "-6", "route", "add", prefix, "dev", "nat64")
+        self._ns(router, "nft", "-f", "-", input=transition.NAT64_RULESET)
+        # tayga -d logs to a buffered stdout: stdbuf makes it line-buffered, so its start shows
+        self._start_logged(router, f"tayga-{n}", ["stdbuf", "-oL", TAYGA, "-d", "-c", str(conf)], "Dynamic pool")
+        self._start_unbound(router, f"dns64-{n}", transition.dns64_config(n, str(self.workdir)))
+        self._resolv_conf(client, transition.lan6(n, 1))
+        return Site("nat64", "nat64", client, None, [router], wan_ip, client_ip6=client_ip6, nat64_prefix=prefix)
+
+    def _clat(self, n: int, client: str) -> str:
+        """RFC 6877's CLAT in the client, as clatd sets one up: a second tayga (device
+        clat) gives the host an IPv4 address, CLAT_HOST_IP with the default IPv4 route,
+        and translates it statelessly to a dedicated IPv6 address (proxied on eth0 for
+        neighbour discovery) and IPv4 destinations into the NAT64 prefix; the
+        router's tayga (the PLAT) translates it back. Returns the host's IPv4 address."""
+        conf = self.workdir / f"clat-{n}.conf"
+        conf.write_text(transition.clat_config(n))
+        self._ns(client, TAYGA, "--mktun", "-c", str(conf))
+        self._ns(client, "ip", "link", "set", "clat", "up")
+        self._ns(client, "ip", "addr", "add", f"{transition.CLAT_HOST_IP}/{SOFTWIRE_PREFIX}", "dev", "clat")
+        self._ns(client, "ip", "route", "add", "default", "dev", "clat")
+        clat6 = transition.clat6(n)
+        self._ns(client, "ip", "-6", "route", "add", clat6, "dev", "clat")
+        for key in ("net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.eth0.proxy_ndp=1"):
+            self._ns(client, "sysctl", "-qw", key)
+        self._ns(client, "ip", "-6", "neigh", "add", "proxy", clat6, "dev", "eth0")
+        self._start_logged(client, f"clat-{n}", ["stdbuf", "-oL", TAYGA, "-d", "-c", str(conf)], "NAT64 prefix")
+        return transition.CLAT_HOST_IP
+
+    def _dslite_site(self, n: int, home: str, client: str, wan_ip: str) -> Site:
+        """RFC 6333: the home router (B4) has IPv6 only on the public segment, a
+        dual-stack LAN with the IPv6 firewall, and sends IPv4 through a softwire
+        (tests/natlab/softwire.py) to an AFTR namespace, which masquerades it to
+        wan_ip (NAT44, EIM and APDF)."""
+        aftr = self._namespace(f"aftr{n}")
+        self._to_public(aftr, "wan", f"{wan_ip}/{PUBLIC_PREFIX}")
+        self._ns(aftr, "ip", "addr", "add", f"{transition.aftr6(n)}/{PUBLIC6_PREFIX}", "dev", "wan")
+        self._to_public(home, "wan", f"{transition.wan6(n)}/{PUBLIC6_PREFIX}")
+        self._public_v6(aftr)
+        lan_net = f"192.168.{n}.0/24"
+        client_ip = f"192.168.{n}.2"
+        self._ns(home, "ip", "addr", "add", f"192.168.{n}.1/24", "dev", "lan")
+        self._ns(client, "ip", "addr", "add", f"{client_ip}/24", "dev", "eth0")
+        self._ns(client, "ip", "route", "add", "default", "via", f"192.168.{n}.1")
+        client_ip6 = self._firewall6(home, client, n, wan=False)
+        for ns, device, local, remote, address in ((home, "sw0", transition.wan6(n), transition.aftr6(n), B4_IP),
+                                                   (aftr, "lan", transition.aftr6(n), transition.wan6(n), AFTR_IP)):
+            self._start_logged(ns, f"softwire-{ns}", [sys.executable, str(Path(__file__).with_name("softwire.py")),
+                                                      device, local, remote], "ready")
+            self._ns(ns, "ip", "link", "set", device, "mtu", str(SOFTWIRE_MTU), "up")
+            self._ns(ns, "ip", "addr", "add", f"{address}/{SOFTWIRE_PREFIX}", "dev", device)
+            self._ns(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            self._ns(ns, "sysctl", "-qw", f"net.ipv4.conf.{device}.rp_filter=0")
+        self._ns(home, "ip", "route", "add", "default", "dev", "sw0")
+        self._ns(aftr, "ip", "route", "add", lan_net, "dev", "lan")
+        self._ns(aftr, "nft", "-f", "-", input=ruleset("eim-apdf", wan_ip, lan_net, client_ip, False))
+        return Site("ds-lite", "ds-lite", client, client_ip, [aftr, home], wan_ip, client_ip6=client_ip6)
+
+    def _start_unbound(self, ns: str, name: str, config: str) -> subprocess.Popen:
+        conf = self.workdir / f"unbound-{name}.conf"
+        conf.write_text(config)
+        return self._start_logged(ns, f"unbound-{name}", [UNBOUND, "-d", "-c", str(conf)], "start of service")
+
+    def _start_logged(self, ns: str, name: str, argv: list[str], ready: str, seconds: float = 20.0
+                      ) -> subprocess.Popen:
+        """argv in namespace ns, its output in workdir/name.log; waits until the log says ``ready``."""
+        log_path = self.workdir / f"{name}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=log, stderr=subprocess.STDOUT,
+                                       cwd=self.workdir, env=ENV)
+        self.processes.append(process)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            text = log_path.read_text(errors="replace")
+            if ready in text:
+                return process
+            if process.poll() is not None:
+                raise LabError(f"{name} exited early:\n{text}")
+            time.sleep(0.05)
+        raise LabError(f"{name} did not start in {seconds} s:\n{log_path.read_text(errors='replace')}")
+
+    def _resolv_conf(self, ns: str, nameserver: str) -> None:
+        """The namespace's resolver (``ip netns exec`` mounts /etc/netns/NS/resolv.conf)."""
+        folder = Path("/etc/netns") / ns
+        folder.mkdir(parents=True)
+        self.resolver_files.append(folder)
+        (folder / "resolv.conf").write_text(f"nameserver {nameserver}\n")
 
     def _wan(self, router: str, n: int, wan_ip: str, hop: bool) -> str | None:
         """The outermost router's ``wan``: on the bridge, or behind an ISP router hop (returned)."""
@@ -414,6 +628,9 @@ class Lab:
         for name in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False, timeout=30)
         self.namespaces.clear()
+        for folder in self.resolver_files:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.resolver_files.clear()
 
     def add_host(self, role: str, ip: str) -> str:
         """A host of a test's own on the public segment at ip, without NAT (a database, another super
@@ -570,7 +787,8 @@ def ruleset(kind: str, wan_ip: str, lan_net: str, inside_ip: str, hairpin: bool,
 # Sends STUN Binding requests (argv: ip port tries), exits 0 on the first answer.
 _STUN_PROBE = (
     "import os, socket, sys\n"
-    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.2)\n"
+    "s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.settimeout(0.2)\n"
     "for _ in range(int(sys.argv[3])):\n"
     "    s.sendto(bytes.fromhex('000100002112a442') + os.urandom(12), (sys.argv[1], int(sys.argv[2])))\n"
     "    try:\n"

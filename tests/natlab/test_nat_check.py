@@ -381,7 +381,8 @@ def test_module_exports_check():
 
 @natlab_test
 def test_lab_teardown_removes_its_namespaces(tmp_path):
-    """Closing a lab deletes every namespace it made, and only those."""
+    """Closing a lab deletes every namespace it made, and only those, ends the processes it started
+    (unbound, tayga, the softwires) and removes the resolver files it wrote."""
     from .lab import Lab, unavailable_reason
 
     reason = unavailable_reason()
@@ -391,9 +392,18 @@ def test_lab_teardown_removes_its_namespaces(tmp_path):
     try:
         lab.build_public()
         lab.add_site("eim-apdf")
-        made = list(lab.namespaces)
+        only_nat = len(lab.namespaces)
+        lab.start_dns_root()
+        lab.add_site("eim-apdf", ipv6="firewall")
+        nat64 = lab.add_site("464xlat")  # NAT64 and DNS64 in the router, a CLAT in the client
+        lab.add_site("ds-lite")
+        made, processes, resolvers = list(lab.namespaces), list(lab.processes), list(lab.resolver_files)
     finally:
         lab.close()
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, check=False, text=True).stdout
-    assert len(made) == 4
+    assert only_nat == 4 and len(made) == 11
     assert not any(name in listed for name in made)
+    # unbound twice (the DNS root, the DNS64), tayga twice (NAT64, CLAT), the two ends of the softwire
+    assert len(processes) == 6 and all(process.poll() is not None for process in processes)
+    assert len(resolvers) == 3 and not any(path.exists() for path in resolvers)
+    assert nat64.client_ns in str(resolvers)

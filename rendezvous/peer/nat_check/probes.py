@@ -4,7 +4,9 @@
 not ask for: a hairpinned request (RFC 5780 §4.5) or a response aimed at it
 with RESPONSE-PORT (RFC 5780 §4.6). ``binding_request`` builds the RFC 5780
 §7 requests (CHANGE-REQUEST, RESPONSE-PORT). ``Checker`` holds one run's
-settings, report and sockets, and the exchanges every test is made of.
+settings, report and sockets, and the exchanges every test is made of; one
+run measures one address family (IPv4 also through a NAT64 prefix, where
+``reach`` turns the server's IPv4 addresses into the IPv6 ones we send to).
 """
 
 from __future__ import annotations
@@ -93,14 +95,22 @@ def raise_for_error(response: Message) -> Message:
 
 
 def show(address: Address | None) -> str | None:
-    """The address as "host:port"; None for None."""
-    return None if address is None else f"{address[0]}:{address[1]}"
+    """The address as "host:port" ("[host]:port" for IPv6); None for None."""
+    if address is None:
+        return None
+    return f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+
+
+def family_of(ip: str) -> int:
+    """socket.AF_INET6 for an IPv6 literal, else socket.AF_INET."""
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 
 def local_ip_toward(server: Address) -> str:
-    """The local address the kernel routes toward the server (no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect(server)
+    """The local address the kernel routes toward the server (no packet is sent);
+    OSError when there is no route."""
+    with socket.socket(family_of(server[0]), socket.SOCK_DGRAM) as s:
+        s.connect(server[:2])
         return s.getsockname()[0]
 
 
@@ -111,8 +121,12 @@ class Checker:
     def __init__(self, reactor, server: Address, lifetime_max_seconds: float, tcp: bool,
                  rto_seconds: float, allocation_samples: int, progress: Callable[[str], None] | None,
                  tcp_fallback_port: int | None = None, upnp_timeout_seconds: float | None = None,
-                 echo_port: int | None = None) -> None:
+                 echo_port: int | None = None, reach: Callable[[Address], Address] | None = None) -> None:
         self.reactor = reactor
+        # Where to send to reach an address the server names (OTHER-ADDRESS, a mapped address).
+        self.reach = reach or (lambda address: address)
+        self.no_tcp_reason = "TCP not tested (--no-tcp)"
+        self.no_alg_reason = "not asked for"
         self.echo_port = echo_port
         self.upnp_timeout_seconds = upnp_timeout_seconds
         self.server = server
@@ -125,13 +139,13 @@ class Checker:
         self.allocation_samples = allocation_samples
         self.progress = progress or (lambda line: None)
         self.ports: list = []
-        self.report = NatReport(server=show(server))
+        self.report = NatReport(server=show(server), family="ipv6" if ":" in server[0] else "ipv4")
 
     # -- sockets ------------------------------------------------------------
 
     def open(self) -> ProbeSocket:
         probe = ProbeSocket(self.reactor, **self.timing)
-        listening = self.reactor.listenUDP(0, probe)
+        listening = self.reactor.listenUDP(0, probe, interface="::" if ":" in self.server[0] else "")
         probe.port = listening.getHost().port
         self.ports.append(listening)
         return probe

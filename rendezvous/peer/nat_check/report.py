@@ -1,6 +1,8 @@
 """What the NAT check found (``NatReport``), as JSON or as text in the
 manner of the TUM NAT Analyzer; the words are RFC 5780 §4.3/§4.4's and
-RFC 3489 §5's (see ``decisions``).
+RFC 3489 §5's (see ``decisions``). The report is the IPv4 one; its ``ipv6``
+is the same kind of report for IPv6, and ``transition`` says how IPv4
+leaves the host (native, NAT64, 464XLAT, DS-Lite; see ``transition``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from upnp_helper.probe import NAMES as GATEWAY_NAMES
 from upnp_helper.probe import GatewayAnswer
 
 from rendezvous.peer.nat_check.decisions import SEQUENTIAL, PortAllocation
+from rendezvous.peer.nat_check.transition import Transition
 
 ALG_UNSUPPORTED = "unsupported by server"
 
@@ -21,6 +24,7 @@ class NatReport:
     """What the check found; None anywhere means "not determined" (see ``notes``)."""
 
     server: str
+    family: str = "ipv4"
     other_address: str | None = None
     server_answered: bool = False
     rfc5780: bool | None = None
@@ -45,6 +49,9 @@ class NatReport:
     alg_reason: str | None = ALG_UNSUPPORTED
     alg_rewritten: dict[str, list[str] | None] | None = None
     upnp: dict[str, GatewayAnswer] | None = None
+    nptv6: bool | None = None  # IPv6: the prefix was translated, the interface identifier kept (RFC 6296)
+    ipv6: NatReport | None = None
+    transition: Transition | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -59,6 +66,7 @@ class NatReport:
         }
         data["nat_type"] = self.classic
         data["upnp"] = None if self.upnp is None else {name: a.to_dict() for name, a in self.upnp.items()}
+        data["ipv6"] = None if self.ipv6 is None else self.ipv6.to_dict()
         return data
 
     def to_json(self) -> str:
@@ -66,8 +74,19 @@ class NatReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def to_text(self) -> str:
-        """A readable report, in the manner of the TUM NAT Analyzer."""
-        lines = [f"NAT check against {self.server}"
+        """A readable report, in the manner of the TUM NAT Analyzer; IPv6 and the transition after IPv4."""
+        lines = self._family_lines()
+        if self.ipv6 is not None:
+            lines += self.ipv6._family_lines()
+        if self.transition is not None:
+            lines += _transition_lines(self.transition)
+        return "\n".join(lines) + "\n"
+
+    def _family_lines(self) -> list[str]:
+        family = "IPv6" if self.family == "ipv6" else "IPv4"
+        if not self.server:
+            return [f"{family} NAT check: not tested ({'; '.join(self.notes)})"]
+        lines = [f"{family} NAT check against {self.server}"
                  + (f" (alternate {self.other_address})" if self.other_address else "")]
 
         def row(name: str, value: str) -> None:
@@ -77,6 +96,8 @@ class NatReport:
             row("Result", "the server did not answer (see the notes)")
         row("Local address", self.local_address or "unknown")
         row("Mapped address", self.mapped_address or "unknown")
+        if self.nptv6:
+            row("Prefix translation", "NPTv6: another prefix, the same interface identifier (RFC 6296)")
         row("NAT type", self.classic or "unknown")
         if self.udp_blocked:
             row("UDP", "blocked (no answer over UDP, but over TCP)")
@@ -106,7 +127,7 @@ class NatReport:
         row("Port mapping", self._gateway_text())
         for note in self.notes:
             lines.append(f"  note: {note}")
-        return "\n".join(lines) + "\n"
+        return lines
 
     def _alg_text(self) -> str:
         if self.alg is None:
@@ -136,6 +157,21 @@ class NatReport:
         if lower is None:
             return f"less than {upper:g} s"
         return f"between {lower:g} and {upper:g} s"
+
+
+def _transition_lines(found: Transition) -> list[str]:
+    """The transition section: how IPv4 leaves, NAT64 and its prefixes, the 192.0.0.0/29 clues."""
+    lines = ["IPv6 transition"]
+    path = {"native": "native", "nat64": "through NAT64 (this host has no IPv4 route)",
+            "464xlat": "464XLAT: a CLAT on this host, then NAT64", "ds-lite": "DS-Lite: tunnelled to an AFTR"}
+    lines.append(f"  {'IPv4 path:':<22}{path.get(found.ipv4_path, 'none')}")
+    nat64 = "unknown" if found.nat64 is None else ("no" if not found.nat64 else ", ".join(found.nat64_prefixes))
+    lines.append(f"  {'NAT64 prefix:':<22}{nat64}")
+    if found.continuity_address:
+        lines.append(f"  {'192.0.0.0/29 here:':<22}{found.continuity_address}")
+    if found.aftr_address:
+        lines.append(f"  {'AFTR on the path:':<22}{found.aftr_address}")
+    return lines
 
 
 def _behaviour_text(value: str | None, what: str) -> str:

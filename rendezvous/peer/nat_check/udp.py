@@ -77,7 +77,7 @@ async def measure_hairpinning(checker: Checker, first: ProbeSocket, mapped: Addr
     if mapped is None:
         return
     checker.progress(f"hairpinning: a second socket sends to our mapped address {show(mapped)}")
-    outcome = await checker.arrives(first, checker.open(), binding_request(), mapped)
+    outcome = await checker.arrives(first, checker.open(), binding_request(), checker.reach(mapped))
     checker.report.hairpinning = outcome == "arrived"
 
 
