@@ -582,3 +582,72 @@ def test_bad_ice_credentials_are_refused(node, fields):
     token = [m for m in bob.out if m["op"] == "connect-request"][0]["token"]
     assert bob.do("connect-answer", token=token, candidates=[], **fields)["code"] == "bad-request"
     assert token in node.pending
+
+
+def udp(kind, ip, port):
+    return {"type": kind, "ip": ip, "port": port, "protocol": "udp"}
+
+
+def test_candidates_trickled_before_the_answer_ride_in_the_peers_punch(node):
+    """RFC 8838: a caller's candidates trickled before the answer join the candidates the callee's punch
+    carries (a callee that does not trickle gets them too); later ones are pushed to it, end marked."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob", ("198.18.0.8", 50000))
+    buddies(node, alice, bob)
+    assert alice.welcome["trickle"] is True
+    host, srflx, relay = udp("host", "10.0.0.1", 4000), udp("srflx", "198.18.0.7", 4000), udp("relay", "198.18.0.1", 9)
+    token = alice.do("connect", to="bob", candidates=[host], trickle=True)["token"]
+    request = [m for m in bob.out if m["op"] == "connect-request"][0]
+    assert request["trickle"] is True and request["candidates"] == [host]
+    assert alice.do("connect-candidates", token=token, candidates=[srflx]) is None and alice.out == []
+    bob.do("connect-answer", token=token, candidates=[udp("srflx", "198.18.0.8", 5000)])
+    to_bob = [m for m in bob.out if m["op"] == "punch"][0]
+    assert to_bob["candidates"] == [host, srflx] and to_bob["trickle"] is True
+    assert "trickle" not in [m for m in alice.out if m["op"] == "punch"][0]
+    bob.out.clear()
+    alice.do("connect-candidates", token=token, candidates=[relay], end=True)
+    assert bob.out == [{"op": "connect-candidates", "token": token, "candidates": [relay], "end": True}]
+    assert alice.do("connect-candidates", token=token, candidates=[], end=True)["code"] == "not-found"
+    assert bob.do("connect-candidates", token=token, candidates=[])["code"] == "not-found"
+
+
+def test_both_sides_trickle_to_each_other_after_the_punch(node):
+    """A callee that answers with trickle gets a punch without it until end-of-candidates, and its
+    trickled candidates reach the caller; a side past its end is refused."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob", ("198.18.0.8", 50000))
+    buddies(node, alice, bob)
+    token = alice.do("connect", to="bob", candidates=[], trickle=True)["token"]
+    alice.do("connect-candidates", token=token, candidates=[udp("host", "10.0.0.1", 4000)], end=True)
+    alice.out.clear()
+    bob.do("connect-answer", token=token, candidates=[udp("host", "10.0.1.1", 5000)], trickle=True)
+    to_alice = [m for m in alice.out if m["op"] == "punch"][0]
+    to_bob = [m for m in bob.out if m["op"] == "punch"][0]
+    assert to_alice["trickle"] is True and "trickle" not in to_bob
+    assert to_bob["candidates"] == [udp("host", "10.0.0.1", 4000)]
+    alice.out.clear()
+    bob.do("connect-candidates", token=token, candidates=[udp("relay", "198.18.0.1", 7)])
+    bob.do("connect-candidates", token=token, candidates=[], end=True)
+    assert alice.out == [
+        {"op": "connect-candidates", "token": token, "candidates": [udp("relay", "198.18.0.1", 7)], "end": False},
+        {"op": "connect-candidates", "token": token, "candidates": [], "end": True}]
+    assert alice.do("connect-candidates", token=token, candidates=[])["code"] == "not-found"
+
+
+def test_trickled_candidates_are_bounded_and_checked(node, clock):
+    """Past 32 candidates for one side, after end, without trickle, with a bad flag or an unknown token:
+    refused; a trickling connect's state ends with its token."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob", ("198.18.0.8", 50000))
+    buddies(node, alice, bob)
+    many = [udp("host", "10.0.0.1", 1000 + i) for i in range(20)]
+    token = alice.do("connect", to="bob", candidates=many, trickle=True)["token"]
+    assert alice.do("connect-candidates", token=token, candidates=many)["code"] == "bad-request"
+    assert alice.do("connect-candidates", token=token, candidates=many[:5], end="yes")["code"] == "bad-request"
+    assert alice.do("connect-candidates", token="nope.node-a", candidates=[])["code"] == "not-found"
+    assert alice.do("connect", to="bob", candidates=[], trickle=1)["code"] == "bad-request"
+    plain = alice.do("connect", to="bob", candidates=[])["token"]
+    assert alice.do("connect-candidates", token=plain, candidates=[])["code"] == "bad-request"
+    bob.do("connect-answer", token=token, candidates=[], trickle=True)
+    assert bob.do("connect-candidates", token=token, candidates=many[:10]) is None
+    assert token in node.trickling
+    clock.advance(31)
+    assert bob.do("connect-candidates", token=token, candidates=[])["code"] == "not-found"
+    assert token not in node.trickling

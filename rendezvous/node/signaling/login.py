@@ -148,6 +148,7 @@ class Login:
             "relays": self.config.relays,
             "latest_client_version": self.config.latest_client_version,
             "turn": self.turn_credentials(user),
+            "trickle": True,
         }
 
 
