@@ -109,20 +109,37 @@ class Client:
 
     async def _exchange(self, session: _Session, peer: str, name: str, fingerprint: str | None):
         looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, peer))  # meanwhile
-        candidates = await session.gather(_copy(looked_up))
-        self.hint = session.hint
-        _presence(self.signaling, session.hint)
-        peer_hint = await looked_up
+        trickle = self._trickles()
+        candidates = await session.gather(_copy(looked_up), trickle=trickle)
+        session.gathered.addCallback(self._gathered, session)
         fields = _credentials(session, self.trust)
         if self.trust is not None:
             fields["session"] = name
+        if trickle:
+            fields["trickle"] = True
         pending = await self.signaling.request("connect", to=peer, candidates=candidates, **fields)
+        if trickle:
+            self._punches.trickle(pending["token"], session, candidates)
+        peer_hint = await looked_up
         punch = await self._punches.wait(pending["token"], self.reactor, self.options.timeout_seconds)
         if punch.get("op") == "connect-declined":
             raise ConnectError(f"{peer} declined", session.attempts)
         if fingerprint is not None and punch.get("fingerprint") != fingerprint:
             raise ConnectError(f"{peer} answered the restart with another fingerprint", session.attempts)
         return await session.start(punch, peer_hint), punch
+
+    def _trickles(self, request: dict | None = None) -> bool:
+        """Whether to trickle candidates (RFC 8838): the node passes them on (its welcome says so),
+        the options allow it and, when answering, the caller trickles too."""
+        welcome = self.signaling.welcome if isinstance(self.signaling.welcome, dict) else {}
+        return (self.options.trickle and welcome.get("trickle") is True
+                and (request is None or request.get("trickle") is True))
+
+    def _gathered(self, results, session: _Session):
+        """Gathering ended: this side's NAT hint is known; presence says it to the buddies."""
+        self.hint = session.hint
+        _presence(self.signaling, session.hint)
+        return results
 
     def _restart(self, made: Session) -> Deferred:
         """ICE restart for ``made``: fires with its new Connection."""
@@ -196,12 +213,15 @@ class Client:
 
     async def _answer_with(self, session: _Session, request: dict) -> None:
         looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, session.peer))  # meanwhile
-        candidates = await session.gather(_copy(looked_up))
-        peer_hint = await looked_up
+        trickle = self._trickles(request)
+        candidates = await session.gather(_copy(looked_up), trickle=trickle)
         waiting = self._punches.wait(request["token"], self.reactor, self.options.timeout_seconds)
         # connect-answer has no reply frame: the punch is the answer.
         self.signaling.send("connect-answer", token=request["token"], candidates=candidates,
-                            **_credentials(session, self.trust))
+                            **_credentials(session, self.trust), **({"trickle": True} if trickle else {}))
+        if trickle:
+            self._punches.trickle(request["token"], session, candidates)
+        peer_hint = await looked_up
         punch = await waiting
         connection = await session.start(punch, peer_hint)
         restarted = self._named.get((session.peer, request.get("session")))

@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 from relay.credentials import RestSecrets
 from rendezvous.node.accounts import MAX_BUDDIES, AccountStore
 from rendezvous.node.signaling import ERROR_DECAY_SECONDS, MAX_ERRORS, Session, SignalingConfig, SignalingNode
-from rendezvous.node.signaling.connects import PONG_WAIT_SECONDS, RTT_FRESH_SECONDS
+from rendezvous.node.signaling.connects import END_WAIT_SECONDS, PONG_WAIT_SECONDS, RTT_FRESH_SECONDS
 from rendezvous.node.signaling.login import LOGIN_ACCOUNT_BURST, LOGIN_BURST
 from rendezvous.wire.frames import MAX_FRAME_BYTES, FrameError, FrameReader, encode
 
@@ -590,7 +590,7 @@ def udp(kind, ip, port):
 
 def test_candidates_trickled_before_the_answer_ride_in_the_peers_punch(node):
     """RFC 8838: a caller's candidates trickled before the answer join the candidates the callee's punch
-    carries (a callee that does not trickle gets them too); later ones are pushed to it, end marked."""
+    carries; later ones are pushed to it, end marked, and nothing after the end is taken."""
     alice, bob = logged_in(node, "alice"), logged_in(node, "bob", ("198.18.0.8", 50000))
     buddies(node, alice, bob)
     assert alice.welcome["trickle"] is True
@@ -599,10 +599,11 @@ def test_candidates_trickled_before_the_answer_ride_in_the_peers_punch(node):
     request = [m for m in bob.out if m["op"] == "connect-request"][0]
     assert request["trickle"] is True and request["candidates"] == [host]
     assert alice.do("connect-candidates", token=token, candidates=[srflx]) is None and alice.out == []
-    bob.do("connect-answer", token=token, candidates=[udp("srflx", "198.18.0.8", 5000)])
+    bob.do("connect-answer", token=token, candidates=[udp("srflx", "198.18.0.8", 5000)], trickle=True)
     to_bob = [m for m in bob.out if m["op"] == "punch"][0]
     assert to_bob["candidates"] == [host, srflx] and to_bob["trickle"] is True
-    assert "trickle" not in [m for m in alice.out if m["op"] == "punch"][0]
+    assert [m for m in alice.out if m["op"] == "punch"][0]["trickle"] is True
+    bob.do("connect-candidates", token=token, candidates=[], end=True)
     bob.out.clear()
     alice.do("connect-candidates", token=token, candidates=[relay], end=True)
     assert bob.out == [{"op": "connect-candidates", "token": token, "candidates": [relay], "end": True}]
@@ -651,3 +652,23 @@ def test_trickled_candidates_are_bounded_and_checked(node, clock):
     clock.advance(31)
     assert bob.do("connect-candidates", token=token, candidates=[])["code"] == "not-found"
     assert token not in node.trickling
+
+
+def test_a_callee_that_does_not_trickle_gets_the_callers_candidates_up_to_the_end(node, clock):
+    """The punch for a callee that answered without trickle waits for the caller's end-of-candidates
+    (at most END_WAIT_SECONDS), so that punch carries them all."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob", ("198.18.0.8", 50000))
+    buddies(node, alice, bob)
+    host, relay = udp("host", "10.0.0.1", 4000), udp("relay", "198.18.0.1", 9)
+    token = alice.do("connect", to="bob", candidates=[host], trickle=True)["token"]
+    bob.do("connect-answer", token=token, candidates=[udp("srflx", "198.18.0.8", 5000)])
+    assert ops(bob, "punch") == []
+    alice.do("connect-candidates", token=token, candidates=[relay], end=True)
+    (to_bob,) = [m for m in bob.out if m["op"] == "punch"]
+    assert to_bob["candidates"] == [host, relay] and "trickle" not in to_bob
+    assert token not in node.trickling
+    token = alice.do("connect", to="bob", candidates=[host], trickle=True)["token"]
+    bob.do("connect-answer", token=token, candidates=[])
+    clock.advance(END_WAIT_SECONDS)
+    (to_bob,) = [m for m in bob.out if m["op"] == "punch"]
+    assert to_bob["candidates"] == [host] and to_bob["trickle"] is True

@@ -27,6 +27,7 @@ PUNCH_MARGIN_SECONDS = 0.05
 DEFAULT_RTT_SECONDS = 0.2
 RTT_FRESH_SECONDS = 10
 PONG_WAIT_SECONDS = 1.0
+END_WAIT_SECONDS = 2.0
 MAX_PENDING_CONNECTS = 10000
 CANDIDATE_TYPES = ("host", "srflx", "upnp", "predicted", "relay", "prflx")
 # ICE credentials (RFC 8445 §5.3; RFC 8839 §5.4: ice-char is ALPHA / DIGIT / "+" / "/").
@@ -55,6 +56,12 @@ def _candidates(message: dict) -> list[dict]:
             raise SignalingError("bad-request", "candidate port must be 1-65535")
         clean.append({"type": kind, "ip": ip, "port": port, "protocol": protocol})
     return clean
+
+
+def _awaits_end(entry: dict, answer: dict) -> bool:
+    """The caller trickles and its end-of-candidates has not come, but the callee does not trickle:
+    its punch is all it will learn, so the punch waits for that end (at most END_WAIT_SECONDS)."""
+    return not entry["end"] and not answer.get("trickle")
 
 
 def _flag(message: dict, name: str) -> bool:
@@ -139,11 +146,12 @@ class Connects:
             return
         del self.pending[token]
         waiting = [side for side in (entry["from"], self.sessions.get(b_user)) if side and side.ping_token]
-        if not waiting or len(self.starting) >= MAX_PENDING_CONNECTS:  # else no room to wait: known RTTs
-            self._punch(token, entry, answer)
+        if (not waiting and not _awaits_end(entry, answer)) or len(self.starting) >= MAX_PENDING_CONNECTS:
+            self._punch(token, entry, answer)  # else no room to wait: known RTTs, what came so far
             return
-        self.starting[token] = (entry, answer, waiting, self.clock.seconds() + PONG_WAIT_SECONDS)
-        self.clock.callLater(PONG_WAIT_SECONDS, self.release_starts)
+        wait = END_WAIT_SECONDS if _awaits_end(entry, answer) else PONG_WAIT_SECONDS
+        self.starting[token] = (entry, answer, waiting, self.clock.seconds() + wait)
+        self.clock.callLater(wait, self.release_starts)
 
     def refresh_rtt(self, session: Session) -> None:
         """Ping session unless its RTT is fresh or a ping is already out."""
@@ -155,7 +163,7 @@ class Connects:
         """Punch every held connect whose pongs have come, or whose wait is over."""
         now = self.clock.seconds()
         for token, (entry, answer, waiting, deadline) in list(self.starting.items()):
-            if deadline <= now or not any(side.ping_token for side in waiting):
+            if deadline <= now or not (any(side.ping_token for side in waiting) or _awaits_end(entry, answer)):
                 del self.starting[token]
                 self._punch(token, entry, answer)
 
@@ -222,6 +230,8 @@ class Connects:
                 raise SignalingError("bad-request", f"at most {MAX_CANDIDATES} candidates per connect")
             side["candidates"] = side["candidates"] + candidates
             side["end"] = end
+            if end and token in self.starting:
+                self.release_starts()
             return
         state = self.trickling.get(token)
         if state is None or user not in state["counts"]:
