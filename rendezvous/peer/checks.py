@@ -76,6 +76,8 @@ class _Session(_Gathering, _TcpPath):
         self._signaled: list[dict] = []
         self._trickle_ended = False
         self._tcp_tried = False
+        self._peer_trickled = False
+        self.on_gathered = None  # called with this session when gathering ends, before end-of-candidates
 
     # -- checks ------------------------------------------------------------
 
@@ -86,7 +88,8 @@ class _Session(_Gathering, _TcpPath):
             self.done.errback(ConnectError("the peer sent no ICE credentials", self.attempts))
             return self.done
         self._remote_wire = [c for c in punch.get("candidates", []) if isinstance(c, dict)][:32]
-        self.agent.remote_complete = punch.get("trickle") is not True
+        self._peer_trickled = punch.get("trickle") is True
+        self.agent.remote_complete = not self._peer_trickled
         self._permit()
         delay = max(0.0, float(punch.get("start_in_ms") or 0) / 1000)
         self.reactor.callLater(delay, self._begin, punch, peer_hint)
@@ -167,12 +170,33 @@ class _Session(_Gathering, _TcpPath):
         self._tick()
 
     def _maybe_spray(self, now: float) -> None:
-        """The birthday spray, once both sides' candidates are complete (NAT hints and UPnP known)."""
+        """The birthday spray, once both sides' candidates are complete (NAT hints and UPnP known).
+        A trickling peer told its NAT hint (presence) just before its end-of-candidates, after
+        the lookup at the start: it is looked up again."""
         if self._spray_decided or not (self.agent.local_complete and self.agent.remote_complete):
             return
         self._spray_decided = True
+        if not self.options.direct:
+            return
+        if not self._peer_trickled:
+            self._spray(now)
+            return
+
+        async def fresh() -> None:
+            try:
+                found = await self.signaling.request("lookup", user=self.peer)
+                self.peer_hint = NatHint.from_presence(found.get("nat_type"))
+            except Exception as e:  # the hint from the start stands
+                log.info("no fresh NAT hint of {peer}: {error}", peer=self.peer, error=e)
+            if not self.settled:
+                self._spray(self.reactor.seconds())
+                self._tick()
+
+        Deferred.fromCoroutine(fresh())
+
+    def _spray(self, now: float) -> None:
         candidates = self._remote_wire
-        self._spray_role = spray_role(self.hint, self.peer_hint) if self.options.direct else None
+        self._spray_role = spray_role(self.hint, self.peer_hint)
         if self.upnp_address is not None or any(c.get("type") == "upnp" for c in candidates):
             self._spray_role = None  # the random side reaches the UPnP mapping without guessing
         srflx = next((c for c in candidates if c.get("type") == "srflx"), None)

@@ -110,8 +110,8 @@ class Client:
     async def _exchange(self, session: _Session, peer: str, name: str, fingerprint: str | None):
         looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, peer))  # meanwhile
         trickle = self._trickles()
+        session.on_gathered = self._gathered
         candidates = await session.gather(_copy(looked_up), trickle=trickle)
-        session.gathered.addCallback(self._gathered, session)
         fields = _credentials(session, self.trust)
         if self.trust is not None:
             fields["session"] = name
@@ -135,11 +135,11 @@ class Client:
         return (self.options.trickle and welcome.get("trickle") is True
                 and (request is None or request.get("trickle") is True))
 
-    def _gathered(self, results, session: _Session):
-        """Gathering ended: this side's NAT hint is known; presence says it to the buddies."""
+    def _gathered(self, session: _Session) -> None:
+        """Gathering ended: this side's NAT hint is known; presence says it to the buddies
+        (a trickling peer looks it up after our end-of-candidates)."""
         self.hint = session.hint
         _presence(self.signaling, session.hint)
-        return results
 
     def _restart(self, made: Session) -> Deferred:
         """ICE restart for ``made``: fires with its new Connection."""
@@ -214,6 +214,8 @@ class Client:
     async def _answer_with(self, session: _Session, request: dict) -> None:
         looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, session.peer))  # meanwhile
         trickle = self._trickles(request)
+        if trickle:
+            session.on_gathered = self._gathered
         candidates = await session.gather(_copy(looked_up), trickle=trickle)
         waiting = self._punches.wait(request["token"], self.reactor, self.options.timeout_seconds)
         # connect-answer has no reply frame: the punch is the answer.

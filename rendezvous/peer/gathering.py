@@ -155,6 +155,8 @@ class _Gathering:
 
     def _gathering_over(self, results: list) -> list:
         self.agent.local_complete = True
+        if self.on_gathered is not None and not self.closed:
+            self.on_gathered(self)  # presence with the NAT hint goes out before end-of-candidates
         self._more_candidates()
         return results
 

@@ -237,7 +237,9 @@ class Agent:
             known = next((r for r in self.remote_candidates if r.address == remote.address), None)
             if known is None:
                 self.remote_candidates.append(remote)
-            elif known.kind == "prflx":  # RFC 8838 §11.1: the signaled candidate replaces a peer-reflexive one
+            elif known.kind == "prflx" or (known.kind, remote.kind) == ("srflx", "upnp"):
+                # RFC 8838 §11.1: the signaled candidate replaces a peer-reflexive one; a UPnP
+                # mapping found later replaces the server-reflexive address it equals
                 self.remote_candidates[self.remote_candidates.index(known)] = remote
                 for pair in self.pairs.values():
                     if pair.remote is known:
