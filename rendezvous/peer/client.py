@@ -155,13 +155,10 @@ class Client:
         if not self.options.direct_transports:
             return
         def due() -> None:
-            if made._closed_reason is None and made.path.startswith("turn-") and not busy:
-                busy.append(True)
-                self._restart(made).addCallbacks(made.replace_path, lambda f: log.info(
-                    "re-check of the path to {peer} failed: {error}", peer=made.peer, error=f.getErrorMessage())
-                ).addBoth(lambda _: busy.clear())
+            if made._closed_reason is None and made.path.startswith("turn-"):
+                made.restart().addErrback(lambda f: log.info(
+                    "re-check of the path to {peer} failed: {error}", peer=made.peer, error=f.getErrorMessage()))
 
-        busy: list = []
         loop = LoopingCall(due)
         loop.clock = self.reactor
         loop.start(self.options.recheck_seconds, now=False)
@@ -212,6 +209,8 @@ class Client:
             raise
 
     async def _answer_with(self, session: _Session, request: dict) -> None:
+        restarted = self._named.get((session.peer, request.get("session")))
+        generation = restarted.begin_restart() if restarted is not None else None
         looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, session.peer))  # meanwhile
         trickle = self._trickles(request)
         if trickle:
@@ -226,12 +225,11 @@ class Client:
         peer_hint = await looked_up
         punch = await waiting
         connection = await session.start(punch, peer_hint)
-        restarted = self._named.get((session.peer, request.get("session")))
         if restarted is not None:  # an ICE restart of a running session: same peer key, new path
             if punch.get("fingerprint") != restarted.peer_fingerprint:
                 connection.close()
                 raise ConnectError(f"{session.peer} restarted with another fingerprint", session.attempts)
-            restarted.replace_path(connection)
+            restarted.adopt(generation, connection)  # unless a later restart came meanwhile
             return
         made = await self._secure(connection, punch, is_client=False)
         if isinstance(made, Session) and isinstance(request.get("session"), str):
