@@ -23,7 +23,7 @@ import ipaddress
 import secrets
 from dataclasses import replace
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -56,6 +56,7 @@ class Client:
         self._accept = None
         self._named: dict[tuple[str, str], Session] = {}  # (peer, session name): sessions a restart may reach
         self._no_gateway_until = 0.0  # no UPnP/NAT-PMP/PCP gateway answered: do not look again before
+        self._search: Deferred | None = None  # the background gateway search
         self._punches = _Punches(signaling)
         signaling.on("connect-request", self._request)
 
@@ -256,9 +257,9 @@ class Client:
         if self.options.upnp is False or (self.options.upnp is None
                                           and ipaddress.ip_address(self.signaling.server[0]).is_loopback):
             return
-        search = discover_gateway(self.reactor, timeout_seconds=UPNP_DISCOVERY_SECONDS)
+        self._search = search = discover_gateway(self.reactor, timeout_seconds=UPNP_DISCOVERY_SECONDS)
         search.addTimeout(UPNP_SECONDS, self.reactor).addCallbacks(
-            lambda gateway: gateway.close(), lambda _: self._no_gateway())
+            lambda gateway: gateway.close(), lambda f: f.check(CancelledError) or self._no_gateway())
 
     def _no_gateway(self) -> None:
         self._no_gateway_until = self.reactor.seconds() + NO_GATEWAY_SECONDS
@@ -301,6 +302,8 @@ class Client:
 
     def close(self) -> Deferred:
         """Close every session and log out; fires when done."""
+        if self._search is not None:
+            self._search.cancel()  # a search still running stops being waited for; its thread ends alone
         closing = [maybeDeferred(s.close) for s in list(self.sessions)]  # each close takes itself out
         self.sessions = []
         closing.append(maybeDeferred(self.signaling.close))
