@@ -86,6 +86,7 @@ class Session:
         self._configuration = _configuration(identity, is_client)
         self._quic: QuicConnection | None = None
         self._timer = None
+        self._batch = None  # the pump after datagrams that arrived in this reactor turn
         self._streams: dict[int, StreamTransport] = {}
         self._datagram_receiver: Callable[[bytes], None] | None = None
         self._early_datagrams: list[bytes] = []
@@ -223,7 +224,8 @@ class Session:
             self._quic = _ListeningConnection(configuration=self._configuration,
                                               original_destination_connection_id=header.destination_cid)
         self._quic.receive_datagram(data, PEER_ADDRESS, now)
-        self._pump()
+        if self._batch is None:  # once per read batch: the reactor reads every datagram waiting first
+            self._batch = self.reactor.callLater(0, self._pump)
 
     def _send_stream(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         if self._quic is not None and self._closed_reason is None:
@@ -253,6 +255,9 @@ class Session:
 
     def _pump(self) -> None:
         """Send what QUIC has to send, handle its events, and arm its timer."""
+        if self._batch is not None and self._batch.active():
+            self._batch.cancel()
+        self._batch = None
         quic = self._quic
         now = self.reactor.seconds()
         for data, _ in quic.datagrams_to_send(now=now):
@@ -408,9 +413,10 @@ class Session:
         if self._closed_reason is not None:
             return
         self._closed_reason = reason
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._batch):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._batch = None
         for transport in list(self._streams.values()):
             transport.lost(Failure(ConnectionLost(reason)))
         if not self._ready.called:
