@@ -175,7 +175,9 @@ def connect(reactor, user: str, password: str, peer: str, servers=None, host_cac
     ``spray_probes``, ``state_dir`` (where ``USER.identity.pem``, made on
     first use, and ``USER.pins.json`` live; default: the host cache's
     folder, else ``~/.local/state/txrendezvous``), ``allow_new_fingerprint``
-    (accept and re-pin a peer whose fingerprint changed), ``plaintext``
+    (accept and re-pin a peer whose fingerprint changed), ``trickle``
+    (default True: send candidates as they are found, RFC 8838, where the
+    node passes them on), ``plaintext``
     (fire with the bare datagram Connection instead of a Session); an
     unknown one raises TypeError, a bad value ValueError. Fails with
     ConnectError (its ``attempts`` say what was tried), FingerprintChanged,
