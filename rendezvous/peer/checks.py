@@ -54,7 +54,8 @@ class _Session(_Gathering, _TcpPath):
     def __post_init__(self) -> None:
         ufrag, pwd = random_credentials()
         self.agent = Agent(self.controlling, ufrag, pwd, relay_wait_seconds=self.options.relay_wait_seconds,
-                           consent_timeout_seconds=self.options.consent_timeout_seconds)
+                           consent_timeout_seconds=self.options.consent_timeout_seconds,
+                           relay_first=not self.options.plaintext)
         self._init_gathering()
         self._init_tcp_path()
         self.peer_hint = NatHint(None)

@@ -152,6 +152,7 @@ class Agent:
     direct_wait_seconds: float = DIRECT_WAIT_SECONDS
     relay_wait_seconds: float = RELAY_WAIT_SECONDS
     hold_relayed: bool = False  # the caller has a better path pending: do not nominate a relayed pair
+    relay_first: bool = False  # check a relayed pair first (a session starts on it)
     consent_timeout_seconds: float = CONSENT_TIMEOUT_SECONDS
 
     def __post_init__(self) -> None:
@@ -322,11 +323,18 @@ class Agent:
         return sends
 
     def _next_check(self, now: float) -> Send | None:
-        """§6.1.4.2: a triggered check first, else the best Waiting pair, else unfreeze one."""
+        """§6.1.4.2: a triggered check first, else the best Waiting pair, else unfreeze one.
+        With ``relay_first``, while no relayed pair is valid or being checked, the best waiting
+        relayed pair goes before the rest: the relay is the path a session starts on."""
         while self._triggered:
             pair = self._triggered.pop(0)
             if pair.state is not PairState.SUCCEEDED or pair.use_candidate:
                 return self._check(pair, now)
+        if self.relay_first and not any(p.relayed and p.state in (PairState.SUCCEEDED, PairState.IN_PROGRESS)
+                                        for p in self.pairs.values()):
+            relayed = [p for p in self.ordered() if p.relayed and p.state is PairState.WAITING and not p.probe]
+            if relayed:
+                return self._check(relayed[0], now)
         waiting = [p for p in self.ordered() if p.state is PairState.WAITING and not p.probe]
         if not waiting:
             frozen = [p for p in self.ordered() if p.state is PairState.FROZEN and not p.probe]

@@ -303,3 +303,21 @@ def test_no_failure_before_end_of_candidates():
     assert not a.failed
     a.remote_complete = True
     assert a.failed
+
+
+def test_relay_first_checks_a_relayed_pair_before_the_direct_ones():
+    """With relay_first the first check goes to the best relayed pair (a session starts on the relay),
+    then the direct pairs by priority; without it the relayed pair waits its turn."""
+    for relay_first in (True, False):
+        a, b = agents(relay_first=relay_first)
+        a.add_base("main", "host", ("192.168.1.2", 5000), 65535)
+        a.add_base("relay", "relay", ("198.18.0.1", 49152), 0)
+        remote = [{"type": "host", "ip": "192.168.2.2", "port": 6000}, {"type": "srflx", "ip": "198.18.0.12", "port": 6000},
+                  {"type": "relay", "ip": "198.18.0.1", "port": 49153}]
+        a.set_remote(b.local_ufrag, b.local_pwd, remote, 0.0)
+        sends = [s for t in (0.0, 0.02, 0.04) for s in a.expire(t)]
+        relayed = [a.pairs[(s.base, s.destination)].relayed for s in sends]
+        if relay_first:
+            assert relayed == [True, False, False]  # then the direct pairs by priority
+        else:
+            assert not relayed[0]
