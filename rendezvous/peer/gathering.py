@@ -364,6 +364,10 @@ class _Gathering:
         client.on_data = lambda peer, data: self.packet("relay", tuple(peer), data)
         self.agent.add_base("relay", "relay", relayed, {"udp": 3, "tcp": 2, "tls": 1}[transport])
         self.agent.advertise(self.agent.candidate("relay", relayed, "relay"))
+        # A peer on the same relay sends from that relay's address: permit it now, before its candidate
+        # comes, so the first check between the two relayed addresses is not dropped (RFC 8656 §9).
+        self._permitted.add(relayed[0])
+        client.create_permission([(relayed[0], 0)]).addErrback(lambda _: None)
         self._permit()
 
     async def _allocate(self, transport: str, server: Address, turn: dict):

@@ -333,8 +333,9 @@ class Agent:
         if self.relay_first and not any(p.relayed and p.state in (PairState.SUCCEEDED, PairState.IN_PROGRESS)
                                         for p in self.pairs.values()):
             relayed = [p for p in self.ordered() if p.relayed and p.state is PairState.WAITING and not p.probe]
-            if relayed:
-                return self._check(relayed[0], now)
+            if relayed:  # relay to relay first: it needs no NAT's leave, only the relays' permissions
+                both = [p for p in relayed if p.local.kind == "relay" and p.remote.kind == "relay"]
+                return self._check((both or relayed)[0], now)
         waiting = [p for p in self.ordered() if p.state is PairState.WAITING and not p.probe]
         if not waiting:
             frozen = [p for p in self.ordered() if p.state is PairState.FROZEN and not p.probe]
