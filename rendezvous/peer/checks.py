@@ -219,6 +219,10 @@ class _Session(_Gathering, _TcpPath):
         if self._udp_hopeless:
             self.agent.relay_wait_seconds = 0.0  # a relayed pair need not wait for direct ones
 
+    def _hopeless_so_far(self) -> bool:
+        """Direct UDP looks hopeless from the candidates signaled so far (not yet all of them)."""
+        return _direct_udp_hopeless(self.local_wire_candidates(), self._remote_wire)
+
     def _maybe_start_tcp(self, now: float) -> None:
         """The TCP punch, once this side's mapping is learned and the peer's TCP target is known
         (its server-reflexive TCP candidate, or its end-of-candidates)."""

@@ -122,10 +122,12 @@ class _Gathering:
                 work.append(Deferred.fromCoroutine(self._upnp_if_needed(port, reflexive, peer_hint)))
         else:
             self.reflexive_done = True
+        tcp = None
         if "tcp" in self.options.direct_transports:
             self.tcp_candidates = [{"type": "host", "ip": ip, "port": self._hold_tcp_port(), "protocol": "tcp"}
                                    for ip in hosts]
-            work.append(Deferred.fromCoroutine(self._tcp(hosts)))
+            tcp = Deferred.fromCoroutine(self._tcp(hosts))
+            work.append(tcp)
         else:
             self.tcp_done = True
         if self.options.relay_transports:
@@ -140,6 +142,12 @@ class _Gathering:
                     result[1].raiseException()
         else:
             self.gathered.addCallback(_log_failures)
+            if tcp is not None:
+                # The TCP mapping (one round trip to the node, over the way signaling already gets
+                # through) goes in the first frame: both sides then punch from the node's shared
+                # instant. Started later, each when it learned the other's, the punched stream
+                # between two NATs carried data one way only in the NAT lab.
+                await _copy(tcp)
         return self.local_wire_candidates()
 
     def local_wire_candidates(self) -> list[dict]:
@@ -394,6 +402,13 @@ class _Gathering:
         entry = self.sockets.pop(name, None)
         if entry is not None:
             entry[1].stopListening()
+
+
+def _copy(d: Deferred) -> Deferred:
+    """A Deferred firing (with None) when ``d`` has, leaving ``d``'s result to its own callbacks."""
+    copy: Deferred = Deferred()
+    d.addBoth(lambda result: (copy.callback(None), result)[1])
+    return copy
 
 
 def _log_failures(results: list) -> list:
