@@ -23,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .errors import MappingRefused, NoGateway, UpnpError, UpnpErrorCode, translate
 
@@ -257,8 +258,26 @@ def discover(reactor, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, inter
         return gateway
 
     def failed(failure):
+        if failure.check(CancelledError):
+            return failure  # the pool goes once the thread is done (settle)
         close()
         failure.trap(Exception)
         raise translate(failure.value, "discover")
 
-    return call(find).addCallbacks(found, failed)
+    # miniupnpc's discovery blocks its thread and cannot be interrupted: cancelling stops the waiting
+    # at once (CancelledError), and the thread's result, when it comes, is let go with the pool.
+    cancelled: list = []
+    searching = call(find)
+    out = Deferred(lambda _: cancelled.append(True))
+
+    def settle(result):
+        if cancelled:
+            close()  # the thread has finished: stopping its pool does not wait
+            if isinstance(result, Failure):
+                result.trap(Exception)
+            return None
+        out.callback(result)  # a Failure goes to the errbacks
+        return None
+
+    searching.addBoth(settle)
+    return out.addCallbacks(found, failed)

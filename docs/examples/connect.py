@@ -8,8 +8,9 @@ as a buddy of that user in another. Each side's key is made on first use in
 ``~/.local/state/txrendezvous`` (or ``$XDG_STATE_HOME/txrendezvous``), and
 each pins the other's fingerprint. The connector opens a stream and sends
 "hello"; the listener answers on that stream with the bytes upper-cased,
-then exits; the connector prints the path that won, every technique tried
-and the answer, then exits. ``--insecure`` accepts a self-signed node
+then exits; the connector prints the answer, then the path that won (the
+session starts on the relay and moves to a direct path once the checks
+confirm one) and every technique tried, then exits. ``--insecure`` accepts a self-signed node
 certificate, ``--loopback`` offers loopback addresses (both peers on one
 machine).
 """
@@ -65,25 +66,30 @@ class Hello(Protocol):
 async def answer_one(reactor, server, user: str, password: str, **options) -> None:
     answered = Deferred()
 
+    sessions = []
+
     def on_session(session) -> None:
-        describe(session)
+        sessions.append(session)
         session.accept_streams(Factory.forProtocol(lambda: Upper(answered)))
 
     listener = await listen(reactor, user, password, on_session, [server], **options)
     print(f"listening as {user}", flush=True)
     try:
         await answered
+        await sessions[0].when_settled()  # the checks are over: the path that won
+        describe(sessions[0])
     finally:
         await listener.close()
 
 
 async def say_hello(reactor, server, user: str, password: str, peer: str, **options) -> None:
     session = await connect(reactor, user, password, peer, [server], **options)
-    describe(session)
     hello = Hello()
-    session.open_stream(hello)
+    session.open_stream(hello)  # at once, on whatever path the session has now
     try:
         print("answer:", (await hello.answer.addTimeout(10, reactor)).decode(), flush=True)
+        await session.when_settled()
+        describe(session)
     finally:
         await session.close()
 

@@ -130,6 +130,7 @@ async def _send(reactor, args: argparse.Namespace, login) -> str:
     await connectProtocol(ClientEndpoint(reactor, login, args.peer, linger_seconds=0), sending)
     sys.stderr.write(f"sending {offer.name} ({offer.size} bytes) to {args.peer} over "
                      f"{sending.transport.session.path}\n")
+    sending.transport.session.on_path_change(lambda path: sys.stderr.write(f"moved to {path}\n"))
     progress = _Progress(reactor, offer.name, offer.size, lambda: sending.bytes_done, args.quiet)
     try:
         digest = await sending.done

@@ -10,6 +10,12 @@ none over UDP, so its NAT lets no UDP out, and the two are not behind one
 public address), nothing waits for it: the punched stream, else the relay,
 is taken as soon as it works. Gathering (``gathering``) and the TCP punch
 (``tcp_path``) are mixed in.
+
+Trickle ICE (RFC 8838): candidates found after the first signaling frame
+go to the peer through the node as they come (``trickle``), the peer's
+join the checks as they arrive (``add_candidates``), and what needs both
+sides' candidates (the spray, the TCP punch's target, whether direct UDP
+is hopeless) waits for them, not the checks.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ class _Session(_Gathering, _TcpPath):
     def __post_init__(self) -> None:
         ufrag, pwd = random_credentials()
         self.agent = Agent(self.controlling, ufrag, pwd, relay_wait_seconds=self.options.relay_wait_seconds,
-                           consent_timeout_seconds=self.options.consent_timeout_seconds)
+                           consent_timeout_seconds=self.options.consent_timeout_seconds,
+                           relay_first=not self.options.plaintext)
         self._init_gathering()
         self._init_tcp_path()
         self.peer_hint = NatHint(None)
@@ -60,7 +67,18 @@ class _Session(_Gathering, _TcpPath):
         self._deadline = None
         self._started = None
         self._spray_role = None
-        self._udp_hopeless = False  # no direct UDP pair can work (set when the checks begin)
+        self._spray_decided = False
+        self._udp_hopeless = False  # no direct UDP pair can work (decided once both sides' candidates are known)
+        self._remote_wire: list[dict] = []  # the peer's signaled candidates
+        self._early_remote: list[dict] = []  # trickled before the start instant
+        self._early_end = False
+        self._permitted: set[str] = set()  # peer IPs the relay has a permission for
+        self._trickle = None  # sends our later candidates to the peer
+        self._signaled: list[dict] = []
+        self._trickle_ended = False
+        self._tcp_tried = False
+        self._peer_trickled = False
+        self.on_gathered = None  # called with this session when gathering ends, before end-of-candidates
 
     # -- checks ------------------------------------------------------------
 
@@ -70,23 +88,116 @@ class _Session(_Gathering, _TcpPath):
             self.close()
             self.done.errback(ConnectError("the peer sent no ICE credentials", self.attempts))
             return self.done
-        if self.turn is not None:  # now, not at the start instant: a check through the relay before its
-            # permission is installed is dropped (RFC 8656 §9) and costs a retransmission
-            candidates = [c for c in punch.get("candidates", []) if isinstance(c, dict)]
-            for ip in {c.get("ip") for c in candidates if c.get("protocol", "udp") == "udp" and c.get("ip")}:
-                self.turn.create_permission([(ip, 0)]).addErrback(lambda _: None)
+        self._remote_wire = [c for c in punch.get("candidates", []) if isinstance(c, dict)][:32]
+        self._peer_trickled = punch.get("trickle") is True
+        self.agent.remote_complete = not self._peer_trickled
+        self._permit()
         delay = max(0.0, float(punch.get("start_in_ms") or 0) / 1000)
         self.reactor.callLater(delay, self._begin, punch, peer_hint)
         self._deadline = self.reactor.callLater(delay + self.options.timeout_seconds, self._give_up)
         return self.done
 
     def _begin(self, punch: dict, peer_hint: NatHint) -> None:
+        if self.settled:
+            return
         now = self.reactor.seconds()
-        self._started = self.reactor.seconds()
+        self._started = now
         self.peer_hint = peer_hint
-        candidates = [c for c in punch.get("candidates", []) if isinstance(c, dict)]
-        self.agent.set_remote(punch["ufrag"], punch["pwd"], candidates, now)
-        self._spray_role = spray_role(self.hint, peer_hint) if self.options.direct else None
+        self._remote_wire += self._early_remote[:32 - len(self._remote_wire)]
+        self.agent.set_remote(punch["ufrag"], punch["pwd"], self._remote_wire, now)
+        self.agent.remote_complete = self.agent.remote_complete or self._early_end
+        self._permit()
+        self._progress()
+
+    # -- trickle ICE (RFC 8838) ---------------------------------------------
+
+    def trickle(self, send, signaled: list[dict]) -> None:
+        """Send the candidates found after ``signaled`` with ``send(candidates, end)`` as they come,
+        the last with ``end`` True (end-of-candidates, RFC 8838 §8.2)."""
+        self._trickle, self._signaled = send, list(signaled)
+        self._send_trickled()
+
+    def _send_trickled(self) -> None:
+        if self._trickle is None or self._trickle_ended or self.closed:
+            return
+        new = [c for c in self.local_wire_candidates() if c not in self._signaled][:32 - len(self._signaled)]
+        end = self.agent.local_complete
+        if new or end:
+            self._signaled += new
+            self._trickle_ended = end
+            try:
+                self._trickle(new, end)
+            except Exception as e:  # signaling gone: the checks go on with what the peer has
+                log.info("candidates not trickled: {error}", error=e)
+
+    def _more_candidates(self) -> None:
+        """A gathering probe ended: trickle what it found, and let the running checks use it."""
+        self._send_trickled()
+        if self._started is not None and not self.settled:
+            self._progress()
+
+    def add_candidates(self, candidates: list, end: bool) -> None:
+        """The peer's trickled candidates (a ``connect-candidates`` frame), and its end-of-candidates."""
+        if self.settled:
+            return
+        candidates = [c for c in candidates if isinstance(c, dict)]
+        if self._started is None:
+            self._early_remote = (self._early_remote + candidates)[:32]
+            self._early_end = self._early_end or end
+            return
+        candidates = candidates[:32 - len(self._remote_wire)]
+        self._remote_wire += candidates
+        self.agent.add_remote(candidates)
+        self.agent.remote_complete = self.agent.remote_complete or end
+        self._permit()
+        self._progress()
+
+    def _permit(self) -> None:
+        """Relay permissions for the peer's addresses, as soon as both are known: a check through the
+        relay before its permission is installed is dropped (RFC 8656 §9) and costs a retransmission."""
+        if self.turn is None:
+            return
+        for ip in {c.get("ip") for c in self._remote_wire if c.get("protocol", "udp") == "udp" and c.get("ip")}:
+            if isinstance(ip, str) and ip not in self._permitted:
+                self._permitted.add(ip)
+                self.turn.create_permission([(ip, 0)]).addErrback(lambda _: None)
+
+    def _progress(self) -> None:
+        """Candidates came on either side: start what waited for them, and check."""
+        now = self.reactor.seconds()
+        self._maybe_spray(now)
+        self._refresh_hopeless()
+        self._maybe_start_tcp(now)
+        self._tick()
+
+    def _maybe_spray(self, now: float) -> None:
+        """The birthday spray, once both sides' candidates are complete (NAT hints and UPnP known).
+        A trickling peer told its NAT hint (presence) just before its end-of-candidates, after
+        the lookup at the start: it is looked up again."""
+        if self._spray_decided or not (self.agent.local_complete and self.agent.remote_complete):
+            return
+        self._spray_decided = True
+        if not self.options.direct:
+            return
+        if not self._peer_trickled:
+            self._spray(now)
+            return
+
+        async def fresh() -> None:
+            try:
+                found = await self.signaling.request("lookup", user=self.peer)
+                self.peer_hint = NatHint.from_presence(found.get("nat_type"))
+            except Exception as e:  # the hint from the start stands
+                log.info("no fresh NAT hint of {peer}: {error}", peer=self.peer, error=e)
+            if not self.settled:
+                self._spray(self.reactor.seconds())
+                self._tick()
+
+        Deferred.fromCoroutine(fresh())
+
+    def _spray(self, now: float) -> None:
+        candidates = self._remote_wire
+        self._spray_role = spray_role(self.hint, self.peer_hint)
         if self.upnp_address is not None or any(c.get("type") == "upnp" for c in candidates):
             self._spray_role = None  # the random side reaches the UPnP mapping without guessing
         srflx = next((c for c in candidates if c.get("type") == "srflx"), None)
@@ -99,14 +210,31 @@ class _Session(_Gathering, _TcpPath):
                     self.agent.add_base(sock.name, "host", (host.host, host.port), 0, pair=False)
             self.spray = BirthdaySpray(self._spray_role, peer, now, sockets=self.options.spray_sockets,
                                        probes=self.options.spray_probes)
-        mine = [c.to_wire() for c in self.agent.local_candidates] + self.tcp_candidates
-        self._udp_hopeless = _direct_udp_hopeless(mine, candidates)
+
+    def _refresh_hopeless(self) -> None:
+        """Decide whether direct UDP is hopeless once both sides' UDP and TCP candidates are known."""
+        if self._udp_hopeless or not (self.reflexive_done and self.tcp_done and self.agent.remote_complete):
+            return
+        self._udp_hopeless = _direct_udp_hopeless(self.local_wire_candidates(), self._remote_wire)
         if self._udp_hopeless:
             self.agent.relay_wait_seconds = 0.0  # a relayed pair need not wait for direct ones
-        target = _tcp_target(self.tcp_mapped, [c for c in candidates if c.get("protocol") == "tcp"])
-        if self.tcp_port is not None and target is not None:
+
+    def _hopeless_so_far(self) -> bool:
+        """Direct UDP looks hopeless from the candidates signaled so far (not yet all of them)."""
+        return _direct_udp_hopeless(self.local_wire_candidates(), self._remote_wire)
+
+    def _maybe_start_tcp(self, now: float) -> None:
+        """The TCP punch, once this side's mapping is learned and the peer's TCP target is known
+        (its server-reflexive TCP candidate, or its end-of-candidates)."""
+        if self._tcp_tried or self.tcp_port is None or not self.tcp_done or self.settled:
+            return
+        theirs = [c for c in self._remote_wire if c.get("protocol") == "tcp"]
+        if not self.agent.remote_complete and not any(c.get("type") == "srflx" for c in theirs):
+            return
+        self._tcp_tried = True
+        target = _tcp_target(self.tcp_mapped, theirs)
+        if target is not None:
             self._start_tcp(target, now)
-        self._tick()
 
     def packet(self, base: str, source: Address, data: bytes) -> None:
         """A datagram on a base: application data of a pair that works, or STUN for the agent."""
@@ -294,7 +422,7 @@ class _Session(_Gathering, _TcpPath):
 
     def close(self) -> Deferred:
         """Close every socket and the relay allocation; the checks are over."""
-        self.settled = True  # late packets (the relay deallocating) must not revive the checks
+        self.settled = self.closed = True  # late packets (the relay deallocating) must not revive the checks
         self._cancel_timers()
         if self.spray is not None:
             self.spray.stop()

@@ -24,7 +24,7 @@ import secrets
 from dataclasses import replace
 from pathlib import Path
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -63,6 +63,7 @@ class Client:
         self._accept = None
         self._named: dict[tuple[str, str], Session] = {}  # (peer, session name): sessions a restart may reach
         self._no_gateway_until = 0.0  # no UPnP/NAT-PMP/PCP gateway answered: do not look again before
+        self._search: Deferred | None = None  # the background gateway search
         self._punches = _Punches(signaling)
         signaling.on("connect-request", self._request)
 
@@ -134,20 +135,37 @@ class Client:
 
     async def _exchange(self, session: _Session, peer: str, name: str, fingerprint: str | None):
         looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, peer))  # meanwhile
-        candidates = await session.gather(_copy(looked_up))
-        self.hint = session.hint
-        _presence(self.signaling, session.hint)
-        peer_hint = await looked_up
+        trickle = self._trickles()
+        session.on_gathered = self._gathered
+        candidates = await session.gather(_copy(looked_up), trickle=trickle)
         fields = _credentials(session, self.trust)
         if self.trust is not None:
             fields["session"] = name
+        if trickle:
+            fields["trickle"] = True
         pending = await self.signaling.request("connect", to=peer, candidates=candidates, **fields)
+        if trickle:
+            self._punches.trickle(pending["token"], session, candidates)
+        peer_hint = await looked_up
         punch = await self._punches.wait(pending["token"], self.reactor, self.options.timeout_seconds)
         if punch.get("op") == "connect-declined":
             raise ConnectError(f"{peer} declined", session.attempts)
         if fingerprint is not None and punch.get("fingerprint") != fingerprint:
             raise ConnectError(f"{peer} answered the restart with another fingerprint", session.attempts)
         return await session.start(punch, peer_hint), punch
+
+    def _trickles(self, request: dict | None = None) -> bool:
+        """Whether to trickle candidates (RFC 8838): the node passes them on (its welcome says so),
+        the options allow it and, when answering, the caller trickles too."""
+        welcome = self.signaling.welcome if isinstance(self.signaling.welcome, dict) else {}
+        return (self.options.trickle and welcome.get("trickle") is True
+                and (request is None or request.get("trickle") is True))
+
+    def _gathered(self, session: _Session) -> None:
+        """Gathering ended: this side's NAT hint is known; presence says it to the buddies
+        (a trickling peer looks it up after our end-of-candidates)."""
+        self.hint = session.hint
+        _presence(self.signaling, session.hint)
 
     def _restart(self, made: Session) -> Deferred:
         """ICE restart for ``made``: fires with its new Connection."""
@@ -163,13 +181,10 @@ class Client:
         if not self.options.direct_transports:
             return
         def due() -> None:
-            if made._closed_reason is None and made.path.startswith("turn-") and not busy:
-                busy.append(True)
-                self._restart(made).addCallbacks(made.replace_path, lambda f: log.info(
-                    "re-check of the path to {peer} failed: {error}", peer=made.peer, error=f.getErrorMessage())
-                ).addBoth(lambda _: busy.clear())
+            if made._closed_reason is None and made.path.startswith("turn-"):
+                made.restart().addErrback(lambda f: log.info(
+                    "re-check of the path to {peer} failed: {error}", peer=made.peer, error=f.getErrorMessage()))
 
-        busy: list = []
         loop = LoopingCall(due)
         loop.clock = self.reactor
         loop.start(self.options.recheck_seconds, now=False)
@@ -220,21 +235,27 @@ class Client:
             raise
 
     async def _answer_with(self, session: _Session, request: dict) -> None:
+        restarted = self._named.get((session.peer, request.get("session")))
+        generation = restarted.begin_restart() if restarted is not None else None
         looked_up = Deferred.fromCoroutine(_peer_hint(self.signaling, session.peer))  # meanwhile
-        candidates = await session.gather(_copy(looked_up))
-        peer_hint = await looked_up
+        trickle = self._trickles(request)
+        if trickle:
+            session.on_gathered = self._gathered
+        candidates = await session.gather(_copy(looked_up), trickle=trickle)
         waiting = self._punches.wait(request["token"], self.reactor, self.options.timeout_seconds)
         # connect-answer has no reply frame: the punch is the answer.
         self.signaling.send("connect-answer", token=request["token"], candidates=candidates,
-                            **_credentials(session, self.trust))
+                            **_credentials(session, self.trust), **({"trickle": True} if trickle else {}))
+        if trickle:
+            self._punches.trickle(request["token"], session, candidates)
+        peer_hint = await looked_up
         punch = await waiting
         connection = await session.start(punch, peer_hint)
-        restarted = self._named.get((session.peer, request.get("session")))
         if restarted is not None:  # an ICE restart of a running session: same peer key, new path
             if punch.get("fingerprint") != restarted.peer_fingerprint:
                 connection.close()
                 raise ConnectError(f"{session.peer} restarted with another fingerprint", session.attempts)
-            restarted.replace_path(connection)
+            restarted.adopt(generation, connection)  # unless a later restart came meanwhile
             return
         made = await self._secure(connection, punch, is_client=False)
         if isinstance(made, Session) and isinstance(request.get("session"), str):
@@ -261,9 +282,9 @@ class Client:
         if self.options.upnp is False or (self.options.upnp is None
                                           and ipaddress.ip_address(self.signaling.server[0]).is_loopback):
             return
-        search = discover_gateway(self.reactor, timeout_seconds=UPNP_DISCOVERY_SECONDS)
+        self._search = search = discover_gateway(self.reactor, timeout_seconds=UPNP_DISCOVERY_SECONDS)
         search.addTimeout(UPNP_SECONDS, self.reactor).addCallbacks(
-            lambda gateway: gateway.close(), lambda _: self._no_gateway())
+            lambda gateway: gateway.close(), lambda f: f.check(CancelledError) or self._no_gateway())
 
     def _no_gateway(self) -> None:
         self._no_gateway_until = self.reactor.seconds() + NO_GATEWAY_SECONDS
@@ -307,6 +328,8 @@ class Client:
 
     def close(self) -> Deferred:
         """Close every session and log out; fires when done."""
+        if self._search is not None:
+            self._search.cancel()  # a search still running stops being waited for; its thread ends alone
         closing = [maybeDeferred(s.close) for s in list(self.sessions)]  # each close takes itself out
         self.sessions = []
         closing.append(maybeDeferred(self.signaling.close))

@@ -145,6 +145,12 @@ class Connection:
             return
         moved = (base, remote) != (self.base, self.remote)
         self.path, self.base, self.local, self.remote, self.settled = path, base, local, remote, True
+        if base == "tcp":  # the punched stream has no ICE pair: its TCP keepalives are its consent, and the
+            # relayed pair watched until now goes with the relay (its silence must not lose this path)
+            self._session.agent.watched = None
+            consent, self._consent = self._consent, None
+            if consent is not None and consent.active():
+                consent.cancel()
         if self._consent is None and self._session.agent.consent_pair is not None and self._lost is None:
             self._consent = self._session.reactor.callLater(self._consent_interval(), self._check_consent)
         if moved:

@@ -60,6 +60,7 @@ class _Options:
     upnp: bool | None = None  # None: when the node is not on loopback
     plaintext: bool = False  # hand over the bare datagram Connection, no session
     recheck_seconds: float = RECHECK_SECONDS  # a session on a relay tries for a direct path this often
+    trickle: bool = True  # send candidates as they are found (RFC 8838) where the node passes them on
     state_dir: Path | None = None  # the identity and pins; None: the host cache's folder, else the default
     allow_new_fingerprint: bool = False  # accept a peer whose fingerprint differs from its pin (and re-pin)
     report_outcome: bool = False  # tell the node's field test how each connect() went (rendezvous.peer.outcomes)
@@ -83,13 +84,28 @@ class _Options:
 
 
 class _Punches:
-    """Per-token waiters for pushed ``punch`` and ``connect-declined`` frames."""
+    """Per-token waiters for pushed ``punch`` and ``connect-declined`` frames, and the sessions that
+    take a connect's trickled candidates (``connect-candidates``)."""
 
     def __init__(self, signaling) -> None:
         self.waiters: dict[str, Deferred] = {}
         self.early: dict[str, dict] = {}
+        self.trickling: dict[str, _Session] = {}
         signaling.on("punch", self._frame)
         signaling.on("connect-declined", self._frame)
+        signaling.on("connect-candidates", self._candidates)
+
+    def trickle(self, token: str, session: _Session, signaled: list[dict]) -> None:
+        """Send ``session``'s candidates found after ``signaled`` for ``token``, and give it the peer's."""
+        self.trickling = {t: s for t, s in self.trickling.items() if not s.settled}
+        self.trickling[token] = session
+        session.trickle(lambda candidates, end: session.signaling.send(
+            "connect-candidates", token=token, candidates=candidates, end=end), signaled)
+
+    def _candidates(self, message: dict) -> None:
+        session = self.trickling.get(message.get("token"))
+        if session is not None and isinstance(message.get("candidates"), list):
+            session.add_candidates(message["candidates"], message.get("end") is True)
 
     def _frame(self, message: dict) -> None:
         token = message.get("token")
@@ -166,7 +182,9 @@ def connect(reactor, user: str, password: str, peer: str, servers=None, host_cac
     ``spray_probes``, ``state_dir`` (where ``USER.identity.pem``, made on
     first use, and ``USER.pins.json`` live; default: the host cache's
     folder, else ``~/.local/state/txrendezvous``), ``allow_new_fingerprint``
-    (accept and re-pin a peer whose fingerprint changed), ``plaintext``
+    (accept and re-pin a peer whose fingerprint changed), ``trickle``
+    (default True: send candidates as they are found, RFC 8838, where the
+    node passes them on), ``plaintext``
     (fire with the bare datagram Connection instead of a Session),
     ``report_outcome`` (default False: tell the node's field test what was
     tried and which path won, once the checks are over; no address is sent); an

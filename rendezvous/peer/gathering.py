@@ -12,7 +12,9 @@ allocators, ``prediction``), TCP host and server-reflexive (a port held for
 the punch, its mapping learned from the node), and relayed (TURN, RFC 8656,
 on the node: UDP, the transport and port signaling reached (which may be
 TLS on 443), TCP and TLS raced, the first allocation winning). All of these
-run at once.
+run at once. With trickle ICE (RFC 8838) ``gather`` returns the host
+candidates at once and the rest follow through ``_more_candidates`` as
+each probe ends; ``gathered`` fires when the last one has.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ class _Gathering:
     """The candidates of a session and what holds them: sockets, a UPnP mapping, a TCP port, a TURN allocation.
 
     Uses the session's ``reactor``, ``signaling``, ``options``, ``agent``,
-    ``packet()`` (where datagrams go) and ``_attempt()``."""
+    ``packet()`` (where datagrams go), ``_more_candidates()`` (a probe
+    ended), ``_permit()`` (the relay is allocated) and ``_attempt()``."""
 
     def _init_gathering(self) -> None:
         self.sockets: dict[str, tuple[_Socket, object]] = {}
@@ -90,6 +93,10 @@ class _Gathering:
         self._upnp_gateway = None
         self._upnp_keeper: LeaseKeeper | None = None
         self._tcp_placeholder: socket.socket | None = None
+        self.gathered: Deferred | None = None  # fires once every probe has ended
+        self.closed = False
+        self.reflexive_done = False  # STUN over UDP answered or gave up: this side's UDP is known
+        self.tcp_done = False  # the TCP mapping is learned (or cannot be)
 
     def _open(self, name: str, interface: str = "0.0.0.0") -> _Socket:
         protocol = _Socket(self.reactor, name, self)
@@ -99,10 +106,11 @@ class _Gathering:
         self.sockets[name] = (protocol, port)
         return protocol
 
-    async def gather(self, peer_hint: Deferred | None = None) -> list[dict]:
+    async def gather(self, peer_hint: Deferred | None = None, trickle: bool = False) -> list[dict]:
         """Open the main socket; learn srflx and the NAT hint, map a UPnP port, learn the TCP
         mapping and allocate a relay, all at once; the candidates. ``peer_hint`` (a Deferred
-        firing with the peer's NatHint, looked up meanwhile) tells whether UPnP is needed."""
+        firing with the peer's NatHint, looked up meanwhile) tells whether UPnP is needed.
+        With ``trickle`` the host candidates come back at once and the probes go on."""
         main = self._open("main")
         port = main.transport.getHost().port
         stun = self.options.stun_server or _stun_server(self.signaling)
@@ -118,15 +126,41 @@ class _Gathering:
             work.append(reflexive)
             if self.options.upnp or (self.options.upnp is None and not ipaddress.ip_address(stun[0]).is_loopback):
                 work.append(Deferred.fromCoroutine(self._upnp_if_needed(port, reflexive, peer_hint)))
+        else:
+            self.reflexive_done = True
+        tcp = None
         if "tcp" in self.options.direct_transports:
-            work.append(Deferred.fromCoroutine(self._tcp(hosts)))
+            self.tcp_candidates = [{"type": "host", "ip": ip, "port": self._hold_tcp_port(), "protocol": "tcp"}
+                                   for ip in hosts]
+            tcp = Deferred.fromCoroutine(self._tcp(hosts))
+            work.append(tcp)
+        else:
+            self.tcp_done = True
         if self.options.relay_transports:
             work.append(Deferred.fromCoroutine(self._relay()))
-        for result in await DeferredList(work, consumeErrors=True):
-            if not result[0]:
-                result[1].raiseException()
-        # best first: the peer ranks our candidates by their place in the list (ice.Candidate.from_wire)
-        udp = [c.to_wire() for c in sorted(self.agent.local_candidates, key=lambda c: -c.priority)]
+        self.agent.local_complete = False
+        for d in work:
+            d.addBoth(self._probe_ended)
+        self.gathered = DeferredList(work, consumeErrors=True).addCallback(self._gathering_over)
+        if not trickle:
+            for result in await self.gathered:
+                if not result[0]:
+                    result[1].raiseException()
+        else:
+            self.gathered.addCallback(_log_failures)
+            if tcp is not None:
+                # The TCP mapping (one round trip to the node, over the way signaling already gets
+                # through) goes in the first frame: both sides then punch from the node's shared
+                # instant. Started later, each when it learned the other's, the punched stream
+                # between two NATs carried data one way only in the NAT lab.
+                await _copy(tcp)
+        return self.local_wire_candidates()
+
+    def local_wire_candidates(self) -> list[dict]:
+        """What to signal: best first (the peer ranks our candidates by their place in the list,
+        ice.Candidate.from_wire), TCP last, at most 32; never peer-reflexive ones (RFC 8445 §5.1.1)."""
+        udp = [c.to_wire() for c in sorted(self.agent.local_candidates, key=lambda c: -c.priority)
+               if c.kind != "prflx"]
         return (udp[:32 - len(self.tcp_candidates)] + self.tcp_candidates)[:32]
 
     def _ipv6_hosts(self) -> None:
@@ -142,13 +176,27 @@ class _Gathering:
             self.agent.add_base(name, "host", address, 65534 - index)
             self.agent.advertise(self.agent.candidate("host", address, name))
 
-    async def _tcp(self, hosts: list[str]) -> None:
-        """A TCP port held for the punch (SO_REUSEPORT), its host and mapped candidates."""
+    def _probe_ended(self, result):
+        self._more_candidates()
+        return result
+
+    def _gathering_over(self, results: list) -> list:
+        self.agent.local_complete = True
+        if self.on_gathered is not None and not self.closed:
+            self.on_gathered(self)  # presence with the NAT hint goes out before end-of-candidates
+        self._more_candidates()
+        return results
+
+    def _hold_tcp_port(self) -> int:
+        """A TCP port held for the punch (SO_REUSEPORT)."""
         placeholder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         reuse_port(placeholder)
         placeholder.bind(("0.0.0.0", 0))
         self._tcp_placeholder, self.tcp_port = placeholder, placeholder.getsockname()[1]
-        self.tcp_candidates = [{"type": "host", "ip": ip, "port": self.tcp_port, "protocol": "tcp"} for ip in hosts]
+        return self.tcp_port
+
+    async def _tcp(self, hosts: list[str]) -> None:
+        """The held TCP port's mapped candidate, learned from the node."""
         started = self.reactor.seconds()
         try:
             self.tcp_mapped = await tcp_mapped_address(self.reactor, self.tcp_port, tuple(self.signaling.server),
@@ -156,11 +204,19 @@ class _Gathering:
         except Exception as e:  # no TCP to the node from here: host candidates only
             self._attempt("tcp-srflx", started, "failed", str(e))
             return
+        finally:
+            self.tcp_done = True
         if self.tcp_mapped != (hosts[0] if hosts else None, self.tcp_port):
             self.tcp_candidates.insert(0, {"type": "srflx", "ip": self.tcp_mapped[0], "port": self.tcp_mapped[1],
                                            "protocol": "tcp"})
 
     async def _reflexive(self, main: _Socket, stun: Address) -> None:
+        try:
+            await self._learn_reflexive(main, stun)
+        finally:
+            self.reflexive_done = True
+
+    async def _learn_reflexive(self, main: _Socket, stun: Address) -> None:
         started = self.reactor.seconds()
         try:
             response, _ = await main.request(Message(Method.BINDING, Class.REQUEST), stun)
@@ -180,7 +236,7 @@ class _Gathering:
             except TransactionTimeout:
                 pass
         samples = []
-        if toward_other is not None and toward_other != mapped:
+        if toward_other is not None and toward_other != mapped and not self.closed:
             samples = await self._samples(stun)
         self.hint = replace(hint_from_probes(mapped, toward_other, samples),
                             lifetime_seconds=self.options.binding_lifetime_seconds)
@@ -230,6 +286,9 @@ class _Gathering:
             self._attempt("upnp", started, "failed", str(e) or type(e).__name__)
             if gateway is not None:
                 self._release(gateway, mapping)
+            return
+        if self.closed:  # the session ended meanwhile: nothing would remove the mapping
+            self._release(gateway, mapping)
             return
         self._upnp_gateway = gateway
         self.upnp_address = (external, mapping.external_port)
@@ -325,10 +384,18 @@ class _Gathering:
         if result is None:
             return
         client, transport, relayed = result
+        if self.closed or self.settled:  # the session ended, or went direct, before the relay came
+            client.close()
+            return
         self.turn, self.turn_transport = client, transport
         client.on_data = lambda peer, data: self.packet("relay", tuple(peer), data)
         self.agent.add_base("relay", "relay", relayed, {"udp": 3, "tcp": 2, "tls": 1}[transport])
         self.agent.advertise(self.agent.candidate("relay", relayed, "relay"))
+        # A peer on the same relay sends from that relay's address: permit it now, before its candidate
+        # comes, so the first check between the two relayed addresses is not dropped (RFC 8656 §9).
+        self._permitted.add(relayed[0])
+        client.create_permission([(relayed[0], 0)]).addErrback(lambda _: None)
+        self._permit()
 
     async def _allocate(self, transport: str, server: Address, turn: dict):
         """(client, transport, relayed address) from one TURN server, or None (recorded as an attempt)."""
@@ -354,6 +421,20 @@ class _Gathering:
         entry = self.sockets.pop(name, None)
         if entry is not None:
             entry[1].stopListening()
+
+
+def _copy(d: Deferred) -> Deferred:
+    """A Deferred firing (with None) when ``d`` has, leaving ``d``'s result to its own callbacks."""
+    copy: Deferred = Deferred()
+    d.addBoth(lambda result: (copy.callback(None), result)[1])
+    return copy
+
+
+def _log_failures(results: list) -> list:
+    for ok, failure in results:
+        if not ok:
+            log.failure("a gathering probe failed", failure)
+    return results
 
 
 def _host_addresses(toward: str, include_loopback: bool) -> list[str]:

@@ -9,6 +9,10 @@ and §7.2.5 its response (symmetric addresses, 487 role switch,
 peer-reflexive local candidates); §7.3 answering a check (400 / 401 /
 487, XOR-MAPPED-ADDRESS, peer-reflexive remote candidates, triggered
 checks, USE-CANDIDATE); §8.1.1 regular nomination by the controlling agent.
+Trickle ICE (RFC 8838): remote candidates and local bases may come after
+the checks began (``add_remote``, ``add_base``) and join the check list
+(§11); the checks do not fail before both sides' candidates are complete
+(``remote_complete``, ``local_complete``: end-of-candidates, §8.2).
 After selection, RFC 7675 consent freshness: ``consent_check`` makes a
 Binding request on the selected pair (each sent once, a new one every
 4-6 s), and consent expires 30 s after the last authenticated answer.
@@ -148,6 +152,7 @@ class Agent:
     direct_wait_seconds: float = DIRECT_WAIT_SECONDS
     relay_wait_seconds: float = RELAY_WAIT_SECONDS
     hold_relayed: bool = False  # the caller has a better path pending: do not nominate a relayed pair
+    relay_first: bool = False  # check a relayed pair first (a session starts on it)
     consent_timeout_seconds: float = CONSENT_TIMEOUT_SECONDS
 
     def __post_init__(self) -> None:
@@ -171,6 +176,9 @@ class Agent:
         self.consent_at: float | None = None  # the last authenticated answer on the consent pair
         self.watched: Pair | None = None  # a valid pair in use before selection (see watch)
         self._consent: dict[bytes, float] = {}  # consent checks sent, by transaction id
+        self._remote_count = 0  # remote candidates signaled so far: the next one's place in the peer's list
+        self.remote_complete = True  # RFC 8838 §8.2: the peer's end-of-candidates came (or it does not trickle)
+        self.local_complete = True   # ... and ours were all gathered
 
     # -- candidates ------------------------------------------------------
 
@@ -186,6 +194,8 @@ class Agent:
             for remote in self.remote_candidates:
                 self._pair(candidate, remote)
             self._paired.add(name)
+            if self.started_at is not None:
+                self._unfreeze_by_foundation()  # RFC 8838 §11: a new base joins the running checks
         return candidate
 
     def advertise(self, candidate: Candidate) -> None:
@@ -204,20 +214,41 @@ class Agent:
         """The peer's credentials and candidates (§6.1.2); checks start at ``now``."""
         self.remote_ufrag, self.remote_pwd = ufrag, pwd
         self._remote_key = short_term_key(pwd)
-        for index, entry in enumerate(candidates):
-            if entry.get("protocol", "udp") != "udp":
-                continue
-            remote = Candidate.from_wire(entry, index)
-            if all(r.address != remote.address for r in self.remote_candidates):
-                self.remote_candidates.append(remote)
-                for name in self._paired:
-                    self._pair(self.bases[name], remote)
+        self._add_remote(candidates)
         self._unfreeze_by_foundation()
         self.started_at = now
         self._next_check_at = now
         early, self._early = self._early, []
         for request, base, source in early:
             self._learn_from_check(request, base, source, now)
+
+    def add_remote(self, candidates: list[dict]) -> None:
+        """RFC 8838 §11: the peer's trickled candidates join the check list (after ``set_remote``)."""
+        self._add_remote(candidates)
+        if self.started_at is not None:
+            self._unfreeze_by_foundation()
+
+    def _add_remote(self, candidates: list[dict]) -> None:
+        """Signaled candidates, ranked by their place in everything the peer has signaled."""
+        for entry in candidates:
+            index, self._remote_count = self._remote_count, self._remote_count + 1
+            if entry.get("protocol", "udp") != "udp":
+                continue
+            remote = Candidate.from_wire(entry, index)
+            known = next((r for r in self.remote_candidates if r.address == remote.address), None)
+            if known is None:
+                self.remote_candidates.append(remote)
+            elif known.kind == "prflx" or (known.kind, remote.kind) == ("srflx", "upnp"):
+                # RFC 8838 §11.1: the signaled candidate replaces a peer-reflexive one; a UPnP
+                # mapping found later replaces the server-reflexive address it equals
+                self.remote_candidates[self.remote_candidates.index(known)] = remote
+                for pair in self.pairs.values():
+                    if pair.remote is known:
+                        pair.remote = remote
+            else:
+                continue
+            for name in self._paired:
+                self._pair(self.bases[name], remote)
 
     def _pair(self, base: Candidate, remote: Candidate, state: PairState = PairState.FROZEN) -> Pair | None:
         """§6.1.2.2, §6.1.2.4: one pair per (base, remote address); IPv4 with IPv4."""
@@ -292,11 +323,19 @@ class Agent:
         return sends
 
     def _next_check(self, now: float) -> Send | None:
-        """§6.1.4.2: a triggered check first, else the best Waiting pair, else unfreeze one."""
+        """§6.1.4.2: a triggered check first, else the best Waiting pair, else unfreeze one.
+        With ``relay_first``, while no relayed pair is valid or being checked, the best waiting
+        relayed pair goes before the rest: the relay is the path a session starts on."""
         while self._triggered:
             pair = self._triggered.pop(0)
             if pair.state is not PairState.SUCCEEDED or pair.use_candidate:
                 return self._check(pair, now)
+        if self.relay_first and not any(p.relayed and p.state in (PairState.SUCCEEDED, PairState.IN_PROGRESS)
+                                        for p in self.pairs.values()):
+            relayed = [p for p in self.ordered() if p.relayed and p.state is PairState.WAITING and not p.probe]
+            if relayed:  # relay to relay first: it needs no NAT's leave, only the relays' permissions
+                both = [p for p in relayed if p.local.kind == "relay" and p.remote.kind == "relay"]
+                return self._check((both or relayed)[0], now)
         waiting = [p for p in self.ordered() if p.state is PairState.WAITING and not p.probe]
         if not waiting:
             frozen = [p for p in self.ordered() if p.state is PairState.FROZEN and not p.probe]
@@ -513,7 +552,8 @@ class Agent:
             return []
         best = self.valid()[0]
         if best.relayed:
-            waiting = any(not p.relayed and self._pending(p) for p in self.pairs.values())
+            waiting = not (self.remote_complete and self.local_complete) or any(
+                not p.relayed and self._pending(p) for p in self.pairs.values())
         else:
             rank = self.pair_priority(best)
             waiting = any(self._pending(p) and not p.probe and self.pair_priority(p) > rank
@@ -545,8 +585,9 @@ class Agent:
 
     @property
     def failed(self) -> bool:
-        """Checks started and every pair failed, with nothing left to try."""
-        if self.started_at is None or self.selected is not None or self._transactions or self._triggered:
+        """Checks started and every pair failed, with nothing left to try and no candidate to come."""
+        if (self.started_at is None or self.selected is not None or self._transactions or self._triggered
+                or not (self.remote_complete and self.local_complete)):
             return False
         return all(p.state is PairState.FAILED for p in self.pairs.values())
 

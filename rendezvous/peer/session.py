@@ -86,6 +86,7 @@ class Session:
         self._configuration = _configuration(identity, is_client)
         self._quic: QuicConnection | None = None
         self._timer = None
+        self._batch = None  # the pump after datagrams that arrived in this reactor turn
         self._streams: dict[int, StreamTransport] = {}
         self._datagram_receiver: Callable[[bytes], None] | None = None
         self._early_datagrams: list[bytes] = []
@@ -98,6 +99,9 @@ class Session:
         self._grace = None  # the timer that closes at the latest
         self.id = ""  # the calling side's name for the session, sent again with a restart
         self.restarter = None  # the calling side: finds a new path when this one is lost
+        self._generation = 0  # ICE restarts begun; a path found by an older one is dropped
+        self._restarting = False  # the calling side's restart is in flight
+        self._restart_waiters: list[Deferred] = []
         self._path_callbacks: list[Callable[[str], None]] = []
         self._use(connection)
         if is_client:
@@ -220,7 +224,8 @@ class Session:
             self._quic = _ListeningConnection(configuration=self._configuration,
                                               original_destination_connection_id=header.destination_cid)
         self._quic.receive_datagram(data, PEER_ADDRESS, now)
-        self._pump()
+        if self._batch is None:  # once per read batch: the reactor reads every datagram waiting first
+            self._batch = self.reactor.callLater(0, self._pump)
 
     def _send_stream(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         if self._quic is not None and self._closed_reason is None:
@@ -250,6 +255,9 @@ class Session:
 
     def _pump(self) -> None:
         """Send what QUIC has to send, handle its events, and arm its timer."""
+        if self._batch is not None and self._batch.active():
+            self._batch.cancel()
+        self._batch = None
         quic = self._quic
         now = self.reactor.seconds()
         for data, _ in quic.datagrams_to_send(now=now):
@@ -354,9 +362,43 @@ class Session:
         if self._quic is not None:
             self._pump()
 
+    def begin_restart(self) -> int:
+        """A new ICE restart generation (RFC 8445 §2.4): paths found by older ones are dropped (``adopt``)."""
+        self._generation += 1
+        return self._generation
+
+    def adopt(self, generation: int, connection) -> bool:
+        """Move to ``connection`` if the restart of ``generation`` is still the latest; else close it."""
+        if generation != self._generation or self._closed_reason is not None:
+            log.info("a stale restart's path to {peer} is dropped", peer=self.peer)
+            connection.close()
+            return False
+        self.replace_path(connection)
+        return True
+
+    def restart(self) -> Deferred:
+        """The calling side's ICE restart through ``restarter``, one at a time: a restart asked for
+        while one runs joins it. Fires with the path it moved to; fails as the restarter did."""
+        waiter: Deferred = Deferred()
+        self._restart_waiters.append(waiter)
+        if not self._restarting:
+            self._restarting = True
+            self.restarter(self).addBoth(self._restart_over, self.begin_restart())
+        return waiter
+
+    def _restart_over(self, result, generation: int) -> None:
+        self._restarting = False
+        if not isinstance(result, Failure):
+            self.adopt(generation, result)
+            result = self.path
+        waiters, self._restart_waiters = self._restart_waiters, []
+        for waiter in waiters:
+            waiter.callback(result) if not isinstance(result, Failure) else waiter.errback(result)
+
     def _path_lost(self, connection, reason: str) -> None:
         """The path under the session is gone: the calling side restarts (ICE restart through the
-        node, relay first); the other waits for it, until QUIC's idle timeout ends the session."""
+        node, relay first, or the one already running); the other waits for it, until QUIC's idle
+        timeout ends the session."""
         if connection is not self.connection or self._closed_reason is not None:
             return
         if self.restarter is None:
@@ -364,17 +406,17 @@ class Session:
                      reason=reason)
             return
         log.info("the path to {peer} was lost ({reason}); restarting", peer=self.peer, reason=reason)
-        self.restarter(self).addCallbacks(
-            self.replace_path, lambda f: self._ended(f"the path was lost: {reason}; no new one: "
-                                                     f"{f.getErrorMessage()}"))
+        self.restart().addErrback(lambda f: self._ended(f"the path was lost: {reason}; no new one: "
+                                                        f"{f.getErrorMessage()}"))
 
     def _ended(self, reason: str) -> None:
         if self._closed_reason is not None:
             return
         self._closed_reason = reason
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._batch):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._batch = None
         for transport in list(self._streams.values()):
             transport.lost(Failure(ConnectionLost(reason)))
         if not self._ready.called:

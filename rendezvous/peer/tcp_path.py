@@ -111,7 +111,11 @@ class _TcpPath:
             return None
         if any(not p.relayed for p in self.agent.valid()):
             return None  # direct UDP works: the agent nominates it
-        udp_pending = not self._udp_hopeless and (
+        # Hopeless as far as the candidates so far tell (a side with a TCP mapping and no UDP one
+        # yet): a proven stream left idle for a second or so stopped carrying the controlling
+        # side's frames in the NAT lab, so it is not kept waiting for the full answer.
+        hopeless = self._udp_hopeless or self._hopeless_so_far()
+        udp_pending = not hopeless and (
             any(not p.relayed and self.agent._pending(p) for p in self.agent.pairs.values())
             or (self.spray is not None and self.spray.deadline is not None))
         wake = (self.agent.started_at or now) + self.options.relay_wait_seconds

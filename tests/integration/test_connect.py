@@ -130,6 +130,32 @@ async def test_forced_relay(super_node, transport):
         await close(mine, theirs, listener)
 
 
+@pytest.mark.parametrize("caller_trickles, callee_trickles", [(True, True), (True, False), (False, True)])
+@pytest_twisted.ensureDeferred
+async def test_relay_candidates_trickle_and_old_style_peers_still_connect(super_node, caller_trickles,
+                                                                          callee_trickles):
+    """With only a relay, no candidate exists when the connect or answer leaves: the relayed ones
+    trickle through the node (RFC 8838), and a side that sends all at once still connects."""
+    answered = Deferred()
+    options = dict(include_loopback=True, plaintext=True, direct_transports=(), relay_transports=("udp",))
+    listener = await listen(reactor, "leo", "leo-pw", answered.callback, servers(super_node),
+                            trickle=callee_trickles, **options)
+    try:
+        mine = await connect(reactor, "kim", "kim-pw", "leo", servers(super_node), trickle=caller_trickles,
+                             **options)
+        theirs = await answered.addTimeout(10, reactor)
+    except BaseException:
+        await listener.close()
+        raise
+    try:
+        if caller_trickles:  # none in the connect, the relay one after it
+            assert [c["type"] for c in mine._session._signaled] == ["relay"]
+        assert mine.path == theirs.path == "turn-udp"
+        await exchange(mine, theirs)
+    finally:
+        await close(mine, theirs, listener)
+
+
 @pytest.mark.parametrize("route, caller, callee", [("direct", "mia", "ned"), ("relay", "olga", "pete")])
 @pytest_twisted.ensureDeferred
 async def test_consent_keeps_a_live_path_and_loses_a_silent_one(super_node, route, caller, callee):

@@ -127,3 +127,19 @@ def test_a_stream_path_has_no_consent_checks():
     Connection("bob", "tcp-punch", ("1.2.3.4", 5), ("5.6.7.8", 9), [], session, 15.0, "tcp")
     session.reactor.pump([1.0] * 60)
     assert session.written == []
+
+
+def test_moving_from_the_relay_to_the_punched_stream_ends_the_relayed_pairs_consent():
+    """A connection handed over on a watched relayed pair that settles on the punched TCP stream stops
+    the consent checks of that pair: the relay is released, and its silence must not lose the stream."""
+    mine, peer, addresses, now = connected_hosts()
+    session = CountingSession(mine, now)
+    mine.watch(mine.selected, now)
+    mine.selected = None  # as before selection: the connection runs on the watched pair
+    connection = Connection("bob", "turn-udp", addresses[id(mine)], addresses[id(peer)], [], session, 15.0,
+                            "relay", settled=False)
+    lost = connection.when_lost()
+    connection._settle("tcp-punch", "tcp", ("1.2.3.4", 5), ("5.6.7.8", 9))
+    written = len(session.written)
+    session.reactor.pump([1.0] * 60)  # nobody answers on the relayed pair any more
+    assert len(session.written) == written and not lost.called

@@ -258,3 +258,66 @@ def test_inbound_bytes_never_raise(data, where, patch):
         forged[0:2] = b"\x01\x01"
         forged[8:20] = tid
         b.receive(bytes(forged[:where + 20]) + data, "main", ("198.18.0.11", 4), 0.0)
+
+
+def test_trickled_candidates_join_running_checks():
+    """RFC 8838 §11: a relay base and a remote candidate that come after the checks began are paired and
+    checked, and a peer-reflexive remote candidate takes its signaled type (so the pair counts as relayed)."""
+    a, b = agents(relay_wait_seconds=60)
+    a.add_base("main", "host", ("192.168.1.2", 5000), 65535)
+    a.advertise(a.candidate("host", ("192.168.1.2", 5000), "main"))
+    b.add_base("main", "host", ("192.168.2.2", 6000), 65535)
+    b.advertise(b.candidate("host", ("192.168.2.2", 6000), "main"))
+    a.set_remote(b.local_ufrag, b.local_pwd, [c.to_wire() for c in b.local_candidates], 0.0)
+    b.set_remote(a.local_ufrag, a.local_pwd, [c.to_wire() for c in a.local_candidates], 0.0)
+    a.remote_complete = b.remote_complete = False
+    run(a, b, lambda sender, send: None, until=5)
+    assert not a.failed and not a.valid()  # the host pairs failed, but more candidates may come
+    b.add_base("relay", "relay", ("198.18.0.1", 49152), 0)  # b's allocation came late
+    relay = b.candidate("relay", ("198.18.0.1", 49152), "relay")
+    b.advertise(relay)
+
+    def wire(sender, send):
+        if sender is b and send.base == "relay":  # through the relay, a sees the relayed address
+            return "main", ("198.18.0.1", 49152)
+        if sender is a and send.destination == ("198.18.0.1", 49152):
+            return "relay", ("192.168.1.2", 5000)
+        return None
+
+    now = run(a, b, wire, now=5.0, until=5.5)
+    assert any(p.remote.kind == "prflx" for p in a.pairs.values())  # b's check came before its candidate
+    a.add_remote([relay.to_wire()])
+    a.remote_complete = b.remote_complete = True
+    run(a, b, wire, now=now, until=30)
+    assert a.selected is not None and a.selected.relayed and a.selected.remote.kind == "relay"
+    assert b.selected is not None and b.selected.relayed
+
+
+def test_no_failure_before_end_of_candidates():
+    """RFC 8838 §8.2: every pair failed is not failure while the peer's end-of-candidates is due."""
+    a, b = agents()
+    a.add_base("main", "host", ("192.168.1.2", 5000), 65535)
+    a.set_remote(b.local_ufrag, b.local_pwd, [{"type": "host", "ip": "192.168.2.2", "port": 6000}], 0.0)
+    a.remote_complete = False
+    run(a, b, lambda sender, send: None, until=60)
+    assert not a.failed
+    a.remote_complete = True
+    assert a.failed
+
+
+def test_relay_first_checks_a_relayed_pair_before_the_direct_ones():
+    """With relay_first the first check goes to the best relayed pair (a session starts on the relay),
+    then the direct pairs by priority; without it the relayed pair waits its turn."""
+    for relay_first in (True, False):
+        a, b = agents(relay_first=relay_first)
+        a.add_base("main", "host", ("192.168.1.2", 5000), 65535)
+        a.add_base("relay", "relay", ("198.18.0.1", 49152), 0)
+        remote = [{"type": "host", "ip": "192.168.2.2", "port": 6000}, {"type": "srflx", "ip": "198.18.0.12", "port": 6000},
+                  {"type": "relay", "ip": "198.18.0.1", "port": 49153}]
+        a.set_remote(b.local_ufrag, b.local_pwd, remote, 0.0)
+        sends = [s for t in (0.0, 0.02, 0.04) for s in a.expire(t)]
+        relayed = [a.pairs[(s.base, s.destination)].relayed for s in sends]
+        if relay_first:
+            assert relayed == [True, False, False]  # then the direct pairs by priority
+        else:
+            assert not relayed[0]

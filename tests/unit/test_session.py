@@ -298,3 +298,31 @@ def test_a_refused_stream_is_not_offered_again():
         transport.write(b"x" * 100)
         run(clock, 0.01)
     assert len(offered) == 1
+
+
+def test_restarts_run_one_at_a_time_and_a_stale_ones_path_is_dropped():
+    """A restart asked for while one runs (a re-check, then the path lost) joins it: the restarter runs
+    once and both learn its path; on the listening side a path from an older restart generation is closed
+    instead of replacing a newer one."""
+    clock = Clock()
+    client, server, a, b = pair(clock)
+    run(clock, 0.2)
+    calls = []
+
+    def restarter(session):
+        calls.append(Deferred())
+        return calls[-1]
+
+    client.restarter = restarter
+    recheck = client.restart()  # the periodic re-check
+    a._lost.callback("consent expired")  # ... and the path goes while it runs
+    assert len(calls) == 1
+    a2, b2 = Path(clock, "bob", "turn-udp"), Path(clock, "alice", "turn-udp")
+    a2.other, b2.other = b2, a2
+    old, new = server.begin_restart(), server.begin_restart()  # two restart requests reached bob
+    assert server.adopt(new, b2) and server.connection is b2
+    b3 = Path(clock, "alice", "udp-direct")
+    assert not server.adopt(old, b3) and b3.closed and server.connection is b2
+    calls[0].callback(a2)
+    assert recheck.called and client.connection is a2 and client.path == "turn-udp"
+    assert client.when_closed().called is False

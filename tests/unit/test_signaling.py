@@ -7,7 +7,7 @@ from relay.credentials import RestSecrets
 from rendezvous.node.accounts import MAX_BUDDIES, AccountStore
 from rendezvous.node.accounts_async import AsyncAccounts
 from rendezvous.node.signaling import ERROR_DECAY_SECONDS, MAX_ERRORS, Session, SignalingConfig, SignalingNode
-from rendezvous.node.signaling.connects import PONG_WAIT_SECONDS, RTT_FRESH_SECONDS
+from rendezvous.node.signaling.connects import END_WAIT_SECONDS, PONG_WAIT_SECONDS, RTT_FRESH_SECONDS
 from rendezvous.node.signaling.login import LOGIN_ACCOUNT_BURST, LOGIN_BURST
 from rendezvous.wire.frames import MAX_FRAME_BYTES, FrameError, FrameReader, encode
 
@@ -627,3 +627,93 @@ def test_bad_ice_credentials_are_refused(node, fields):
     token = [m for m in bob.out if m["op"] == "connect-request"][0]["token"]
     assert bob.do("connect-answer", token=token, candidates=[], **fields)["code"] == "bad-request"
     assert token in node.pending
+
+
+def udp(kind, ip, port):
+    return {"type": kind, "ip": ip, "port": port, "protocol": "udp"}
+
+
+def test_candidates_trickled_before_the_answer_ride_in_the_peers_punch(node):
+    """RFC 8838: a caller's candidates trickled before the answer join the candidates the callee's punch
+    carries; later ones are pushed to it, end marked, and nothing after the end is taken."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob", ("198.18.0.8", 50000))
+    buddies(node, alice, bob)
+    assert alice.welcome["trickle"] is True
+    host, srflx, relay = udp("host", "10.0.0.1", 4000), udp("srflx", "198.18.0.7", 4000), udp("relay", "198.18.0.1", 9)
+    token = alice.do("connect", to="bob", candidates=[host], trickle=True)["token"]
+    request = [m for m in bob.out if m["op"] == "connect-request"][0]
+    assert request["trickle"] is True and request["candidates"] == [host]
+    assert alice.do("connect-candidates", token=token, candidates=[srflx]) is None and alice.out == []
+    bob.do("connect-answer", token=token, candidates=[udp("srflx", "198.18.0.8", 5000)], trickle=True)
+    to_bob = [m for m in bob.out if m["op"] == "punch"][0]
+    assert to_bob["candidates"] == [host, srflx] and to_bob["trickle"] is True
+    assert [m for m in alice.out if m["op"] == "punch"][0]["trickle"] is True
+    bob.do("connect-candidates", token=token, candidates=[], end=True)
+    bob.out.clear()
+    alice.do("connect-candidates", token=token, candidates=[relay], end=True)
+    assert bob.out == [{"op": "connect-candidates", "token": token, "candidates": [relay], "end": True}]
+    assert alice.do("connect-candidates", token=token, candidates=[], end=True)["code"] == "not-found"
+    assert bob.do("connect-candidates", token=token, candidates=[])["code"] == "not-found"
+
+
+def test_both_sides_trickle_to_each_other_after_the_punch(node):
+    """A callee that answers with trickle gets a punch without it until end-of-candidates, and its
+    trickled candidates reach the caller; a side past its end is refused."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob", ("198.18.0.8", 50000))
+    buddies(node, alice, bob)
+    token = alice.do("connect", to="bob", candidates=[], trickle=True)["token"]
+    alice.do("connect-candidates", token=token, candidates=[udp("host", "10.0.0.1", 4000)], end=True)
+    alice.out.clear()
+    bob.do("connect-answer", token=token, candidates=[udp("host", "10.0.1.1", 5000)], trickle=True)
+    to_alice = [m for m in alice.out if m["op"] == "punch"][0]
+    to_bob = [m for m in bob.out if m["op"] == "punch"][0]
+    assert to_alice["trickle"] is True and "trickle" not in to_bob
+    assert to_bob["candidates"] == [udp("host", "10.0.0.1", 4000)]
+    alice.out.clear()
+    bob.do("connect-candidates", token=token, candidates=[udp("relay", "198.18.0.1", 7)])
+    bob.do("connect-candidates", token=token, candidates=[], end=True)
+    assert alice.out == [
+        {"op": "connect-candidates", "token": token, "candidates": [udp("relay", "198.18.0.1", 7)], "end": False},
+        {"op": "connect-candidates", "token": token, "candidates": [], "end": True}]
+    assert alice.do("connect-candidates", token=token, candidates=[])["code"] == "not-found"
+
+
+def test_trickled_candidates_are_bounded_and_checked(node, clock):
+    """Past 32 candidates for one side, after end, without trickle, with a bad flag or an unknown token:
+    refused; a trickling connect's state ends with its token."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob", ("198.18.0.8", 50000))
+    buddies(node, alice, bob)
+    many = [udp("host", "10.0.0.1", 1000 + i) for i in range(20)]
+    token = alice.do("connect", to="bob", candidates=many, trickle=True)["token"]
+    assert alice.do("connect-candidates", token=token, candidates=many)["code"] == "bad-request"
+    assert alice.do("connect-candidates", token=token, candidates=many[:5], end="yes")["code"] == "bad-request"
+    assert alice.do("connect-candidates", token="nope.node-a", candidates=[])["code"] == "not-found"
+    assert alice.do("connect", to="bob", candidates=[], trickle=1)["code"] == "bad-request"
+    plain = alice.do("connect", to="bob", candidates=[])["token"]
+    assert alice.do("connect-candidates", token=plain, candidates=[])["code"] == "bad-request"
+    bob.do("connect-answer", token=token, candidates=[], trickle=True)
+    assert bob.do("connect-candidates", token=token, candidates=many[:10]) is None
+    assert token in node.trickling
+    clock.advance(31)
+    assert bob.do("connect-candidates", token=token, candidates=[])["code"] == "not-found"
+    assert token not in node.trickling
+
+
+def test_a_callee_that_does_not_trickle_gets_the_callers_candidates_up_to_the_end(node, clock):
+    """The punch for a callee that answered without trickle waits for the caller's end-of-candidates
+    (at most END_WAIT_SECONDS), so that punch carries them all."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob", ("198.18.0.8", 50000))
+    buddies(node, alice, bob)
+    host, relay = udp("host", "10.0.0.1", 4000), udp("relay", "198.18.0.1", 9)
+    token = alice.do("connect", to="bob", candidates=[host], trickle=True)["token"]
+    bob.do("connect-answer", token=token, candidates=[udp("srflx", "198.18.0.8", 5000)])
+    assert ops(bob, "punch") == []
+    alice.do("connect-candidates", token=token, candidates=[relay], end=True)
+    (to_bob,) = [m for m in bob.out if m["op"] == "punch"]
+    assert to_bob["candidates"] == [host, relay] and "trickle" not in to_bob
+    assert token not in node.trickling
+    token = alice.do("connect", to="bob", candidates=[host], trickle=True)["token"]
+    bob.do("connect-answer", token=token, candidates=[])
+    clock.advance(END_WAIT_SECONDS)
+    (to_bob,) = [m for m in bob.out if m["op"] == "punch"]
+    assert to_bob["candidates"] == [host] and to_bob["trickle"] is True

@@ -66,6 +66,7 @@ class SignalingNode(Login, Buddies, Connects):
         self.resume_tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()  # of closed ones: (user, until)
         self.pending: OrderedDict[str, dict] = OrderedDict()  # connect token -> state
         self.starting: OrderedDict[str, tuple] = OrderedDict()  # answered, waiting for pongs: token -> state
+        self.trickling: OrderedDict[str, dict] = OrderedDict()  # punched, candidates still coming: token -> state
         self._init_login_limits()
         self._ops = {
             "ping": self._ping, "pong": self._pong,
@@ -75,7 +76,8 @@ class SignalingNode(Login, Buddies, Connects):
             "buddy-remove": self._buddy_remove, "buddy-list": self._buddy_list,
             "lookup": self._lookup, "message": self._message,
             "connect": self._connect, "connect-answer": self._connect_answer,
-            "connect-decline": self._connect_decline, "hosts": self._hosts,
+            "connect-decline": self._connect_decline, "connect-candidates": self._connect_candidates,
+            "hosts": self._hosts,
         }
         self._open_ops = {"ping", "pong", "register", "login", "resume", "hosts"}
         # The host cache: other super nodes by (host, port), oldest first.
@@ -292,6 +294,11 @@ class SignalingNode(Login, Buddies, Connects):
             self._complete_connect(envelope)
         elif kind == "connect-decline":
             self._decline(envelope)
+        elif kind == "connect-candidates":
+            try:
+                self._add_candidates(envelope)
+            except SignalingError as e:  # the sender is on another node: it learns nothing more
+                log.info("trickled candidates dropped: {reason}", reason=e.reason)
 
 
 def _fatal(message) -> bool:

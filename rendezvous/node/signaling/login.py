@@ -215,6 +215,7 @@ class Login:
             "latest_client_version": self.config.latest_client_version,
             "turn": self.turn_credentials(user),
             "results": self.config.results_url,
+            "trickle": True,
         }
 
 
