@@ -103,11 +103,21 @@ class Client:
             made.restarter = self._restart
             self._recheck(made)
         if self.options.report_outcome:
-            self._report(made)
+            self._report(made, punch.get("nat_type"))
         return self._made(made)
 
-    def _report(self, made: Session | Connection) -> None:
-        """Submit the outcome to the node's field test once the checks are over (if the node takes them)."""
+    def _nat(self) -> dict | None:
+        """This side's NAT as its last nat-check saw it (within a day), if it was checked."""
+        return self.state_dir and nat_memory.recent(self.state_dir, self.reactor.seconds())
+
+    def _nat_field(self) -> dict:
+        """With report_outcome, this side's checked NAT type for the peer's outcome report."""
+        nat_type = self.options.report_outcome and (self._nat() or {}).get("nat_type")
+        return {"nat_type": nat_type} if nat_type else {}
+
+    def _report(self, made: Session | Connection, peer_nat_type: str | None) -> None:
+        """Submit the outcome to the node's field test once the checks are over (if the node takes them);
+        the peer's NAT type is what its nat-check saw, when it sent one (it reports outcomes too)."""
         url = (self.signaling.welcome or {}).get("results")
         if not url:
             log.info("session outcome not reported: the node takes no field-test results")
@@ -116,9 +126,9 @@ class Client:
 
         async def run() -> dict | None:
             remote = await _peer_hint(self.signaling, made.peer)
-            local = self.state_dir and nat_memory.recent(self.state_dir, self.reactor.seconds())
-            return await report_when_settled(self.reactor, made, local or {"mapping": self.hint.mapping},
-                                             {"mapping": remote.mapping}, url, verify=self.options.tls_verify)
+            peer = {"mapping": remote.mapping, **({"nat_type": peer_nat_type} if peer_nat_type else {})}
+            return await report_when_settled(self.reactor, made, self._nat() or {"mapping": self.hint.mapping},
+                                             peer, url, verify=self.options.tls_verify)
 
         self.reports.append(Deferred.fromCoroutine(run()))
 
@@ -138,7 +148,7 @@ class Client:
         trickle = self._trickles()
         session.on_gathered = self._gathered
         candidates = await session.gather(_copy(looked_up), trickle=trickle)
-        fields = _credentials(session, self.trust)
+        fields = {**_credentials(session, self.trust), **self._nat_field()}
         if self.trust is not None:
             fields["session"] = name
         if trickle:
@@ -245,7 +255,8 @@ class Client:
         waiting = self._punches.wait(request["token"], self.reactor, self.options.timeout_seconds)
         # connect-answer has no reply frame: the punch is the answer.
         self.signaling.send("connect-answer", token=request["token"], candidates=candidates,
-                            **_credentials(session, self.trust), **({"trickle": True} if trickle else {}))
+                            **_credentials(session, self.trust), **self._nat_field(),
+                            **({"trickle": True} if trickle else {}))
         if trickle:
             self._punches.trickle(request["token"], session, candidates)
         peer_hint = await looked_up

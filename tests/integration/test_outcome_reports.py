@@ -118,7 +118,29 @@ async def test_this_sides_nat_is_named_by_its_last_nat_check(results_node, tmp_p
         [record] = outcome_records(results_node)
         assert record["local"] == {"nat_type": "port restricted cone", "mapping": "endpoint-independent",
                                    "filtering": "address-and-port-dependent"}
-        assert record["remote"] == {"mapping": "endpoint-independent"}
+        assert record["remote"] == {"mapping": "endpoint-independent"}  # the peer reports nothing: no NAT type
+    finally:
+        await mine.close()
+        await theirs.close()
+        await listener.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reporting_peer_sends_its_nat_type_for_the_callers_report(results_node, tmp_path):
+    """When both sides report outcomes, the callee's checked NAT type comes with its answer and lands in
+    the caller's record as the remote side's."""
+    for name, nat_type in (("olga", "full cone"), ("piet", "symmetric UDP firewall")):
+        nat_memory.save(tmp_path / name, {"nat_type": nat_type, "mapping": "endpoint-independent",
+                                          "filtering": None}, reactor.seconds())
+    mine, theirs, listener = await pair(results_node, "olga", "piet", tmp_path, report_outcome=True)
+    try:
+        for _ in range(60):
+            if stored_outcomes(results_node):
+                break
+            await deferLater(reactor, 0.25)
+        [record] = outcome_records(results_node)
+        assert record["local"]["nat_type"] == "full cone"
+        assert record["remote"] == {"nat_type": "symmetric UDP firewall", "mapping": "endpoint-independent"}
     finally:
         await mine.close()
         await theirs.close()

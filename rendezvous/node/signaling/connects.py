@@ -32,7 +32,9 @@ MAX_PENDING_CONNECTS = 10000
 CANDIDATE_TYPES = ("host", "srflx", "upnp", "predicted", "relay", "prflx")
 # ICE credentials (RFC 8445 §5.3; RFC 8839 §5.4: ice-char is ALPHA / DIGIT / "+" / "/").
 ICE_CREDENTIALS = {"ufrag": re.compile(r"[A-Za-z0-9+/]{4,64}"), "pwd": re.compile(r"[A-Za-z0-9+/]{22,128}"),
-                   "fingerprint": FINGERPRINT, "session": re.compile(r"[A-Za-z0-9_-]{8,64}")}
+                   "fingerprint": FINGERPRINT, "session": re.compile(r"[A-Za-z0-9_-]{8,64}"),
+                   # The sender's NAT type as its last nat-check saw it, for the field test (RFC 3489 words).
+                   "nat_type": re.compile(r"[A-Za-z][A-Za-z ]{0,39}")}
 
 
 def _candidates(message: dict) -> list[dict]:
