@@ -14,7 +14,7 @@ from rendezvous.peer.outcomes import outcome_document
 from rendezvous.peer import nat_memory
 from rendezvous.wire.results import parse_submission
 from tests.conftest import free_port, start_node, stop_node
-from tests.integration.test_sessions import pair
+from tests.integration.test_sessions import close, pair
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +51,16 @@ def outcome_records(node) -> list[dict]:
         db.close()
 
 
+async def the_outcome(node, seconds: float = 15.0) -> dict:
+    """The one outcome record the node stores, once it is there."""
+    for _ in range(int(seconds / 0.25)):
+        if stored_outcomes(node):
+            break
+        await deferLater(reactor, 0.25)
+    [record] = outcome_records(node)
+    return record
+
+
 def summary(node) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/api/results", timeout=5) as answer:
         return json.load(answer)
@@ -80,9 +90,7 @@ async def test_the_caller_reports_its_session_once(results_node, tmp_path):
         await deferLater(reactor, 1.0)
         assert stored_outcomes(results_node) == 1  # the listener did not report too
     finally:
-        await mine.close()
-        await theirs.close()
-        await listener.close()
+        await close(mine, theirs, listener)
 
 
 @pytest_twisted.ensureDeferred
@@ -97,9 +105,7 @@ async def test_no_report_unless_asked(results_node, tmp_path):
         side = {"nat_type": "symmetric", "mapping": "address-and-port-dependent", "filtering": None}
         assert parse_submission(json.dumps(outcome_document(mine, side, side)).encode())["path"] == mine.path
     finally:
-        await mine.close()
-        await theirs.close()
-        await listener.close()
+        await close(mine, theirs, listener)
 
 
 
@@ -111,18 +117,12 @@ async def test_this_sides_nat_is_named_by_its_last_nat_check(results_node, tmp_p
                     reactor.seconds())
     mine, theirs, listener = await pair(results_node, "olga", "piet", tmp_path, report_outcome=True)
     try:
-        for _ in range(60):
-            if stored_outcomes(results_node):
-                break
-            await deferLater(reactor, 0.25)
-        [record] = outcome_records(results_node)
+        record = await the_outcome(results_node)
         assert record["local"] == {"nat_type": "port restricted cone", "mapping": "endpoint-independent",
                                    "filtering": "address-and-port-dependent"}
         assert record["remote"] == {"mapping": "endpoint-independent"}  # the peer reports nothing: no NAT type
     finally:
-        await mine.close()
-        await theirs.close()
-        await listener.close()
+        await close(mine, theirs, listener)
 
 
 @pytest_twisted.ensureDeferred
@@ -134,14 +134,8 @@ async def test_a_reporting_peer_sends_its_nat_type_for_the_callers_report(result
                                           "filtering": None}, reactor.seconds())
     mine, theirs, listener = await pair(results_node, "olga", "piet", tmp_path, report_outcome=True)
     try:
-        for _ in range(60):
-            if stored_outcomes(results_node):
-                break
-            await deferLater(reactor, 0.25)
-        [record] = outcome_records(results_node)
+        record = await the_outcome(results_node)
         assert record["local"]["nat_type"] == "full cone"
         assert record["remote"] == {"nat_type": "symmetric UDP firewall", "mapping": "endpoint-independent"}
     finally:
-        await mine.close()
-        await theirs.close()
-        await listener.close()
+        await close(mine, theirs, listener)
