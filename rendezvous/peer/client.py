@@ -33,7 +33,7 @@ from rendezvous.peer.connection import ConnectError, Connection
 from rendezvous.peer import nat_memory
 from rendezvous.peer.connector import _credentials, _Options, _peer_hint, _presence, _Punches, _state_dir, _trust
 from rendezvous.peer.gathering import UPNP_DISCOVERY_SECONDS, UPNP_SECONDS
-from rendezvous.peer.outcomes import report_when_settled
+from rendezvous.peer.outcomes import SETTLE_WAIT_SECONDS, report_when_settled
 from rendezvous.peer.prediction import NatHint
 from rendezvous.peer.session import Session
 from upnp_helper import discover_gateway
@@ -96,14 +96,14 @@ class Client:
 
     async def _connect(self, peer: str) -> Session | Connection:
         name = secrets.token_urlsafe(12)
-        connection, punch = await self._path(peer, name)
+        connection, punch, gathered = await self._path(peer, name)
         made = await self._secure(connection, punch, is_client=True)
         if isinstance(made, Session):
             self._name(made, name)
             made.restarter = self._restart
             self._recheck(made)
         if self.options.report_outcome:
-            self._report(made, punch.get("nat_type"))
+            self._report(made, punch.get("nat_type"), gathered)
         return self._made(made)
 
     def _nat(self) -> dict | None:
@@ -115,7 +115,7 @@ class Client:
         nat_type = self.options.report_outcome and (self._nat() or {}).get("nat_type")
         return {"nat_type": nat_type} if nat_type else {}
 
-    def _report(self, made: Session | Connection, peer_nat_type: str | None) -> None:
+    def _report(self, made: Session | Connection, peer_nat_type: str | None, gathered: Deferred) -> None:
         """Submit the outcome to the node's field test once the checks are over (if the node takes them);
         the peer's NAT type is what its nat-check saw, when it sent one (it reports outcomes too)."""
         url = (self.signaling.welcome or {}).get("results")
@@ -124,16 +124,21 @@ class Client:
             self.reports.append(succeed(None))
             return
 
-        async def run() -> dict | None:
+        async def sides() -> tuple[dict, dict]:  # read once the checks are over and gathering has ended
+            try:
+                await gathered.addTimeout(SETTLE_WAIT_SECONDS, self.reactor)
+            except Exception:  # no hint after all: the report says the mapping is unknown
+                pass
             remote = await _peer_hint(self.signaling, made.peer)
             peer = {"mapping": remote.mapping, **({"nat_type": peer_nat_type} if peer_nat_type else {})}
-            return await report_when_settled(self.reactor, made, self._nat() or {"mapping": self.hint.mapping},
-                                             peer, url, verify=self.options.tls_verify)
+            return self._nat() or {"mapping": self.hint.mapping}, peer
 
-        self.reports.append(Deferred.fromCoroutine(run()))
+        self.reports.append(report_when_settled(self.reactor, made, sides, url, verify=self.options.tls_verify))
 
-    async def _path(self, peer: str, name: str, fingerprint: str | None = None) -> tuple[Connection, dict]:
-        """A new path to ``peer`` for the session ``name`` (relay first): the Connection and the punch.
+    async def _path(self, peer: str, name: str, fingerprint: str | None = None
+                    ) -> tuple[Connection, dict, Deferred]:
+        """A new path to ``peer`` for the session ``name`` (relay first): the Connection, the punch, and a
+        Deferred firing when this side's gathering has ended (its NAT hint is known then).
         With ``fingerprint`` (a restart), the peer must present the one the session was made with."""
         session = self._session(controlling=True)
         session.peer = peer
@@ -162,7 +167,7 @@ class Client:
             raise ConnectError(f"{peer} declined", session.attempts)
         if fingerprint is not None and punch.get("fingerprint") != fingerprint:
             raise ConnectError(f"{peer} answered the restart with another fingerprint", session.attempts)
-        return await session.start(punch, peer_hint), punch
+        return await session.start(punch, peer_hint), punch, _copy(session.gathered)
 
     def _trickles(self, request: dict | None = None) -> bool:
         """Whether to trickle candidates (RFC 8838): the node passes them on (its welcome says so),
@@ -180,7 +185,7 @@ class Client:
     def _restart(self, made: Session) -> Deferred:
         """ICE restart for ``made``: fires with its new Connection."""
         async def run() -> Connection:
-            connection, _ = await self._path(made.peer, made.id, made.peer_fingerprint)
+            connection, _, _ = await self._path(made.peer, made.id, made.peer_fingerprint)
             return connection
 
         return Deferred.fromCoroutine(run())

@@ -11,6 +11,8 @@ path the session runs on. No address is sent.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -39,15 +41,18 @@ def outcome_document(made, local: dict, remote: dict) -> dict:
     }
 
 
-def report_when_settled(reactor, made, local: dict, remote: dict, url: str, verify: bool = True) -> Deferred:
-    """Submit the outcome once ``made`` settles; fires with the node's answer, or None if not submitted
-    (the reason is logged: reporting never fails a session)."""
+def report_when_settled(reactor, made, sides: Callable[[], Awaitable[tuple[dict, dict]]], url: str,
+                        verify: bool = True) -> Deferred:
+    """Submit the outcome once ``made`` settles; ``sides()`` then gives (local, remote), read only
+    then because gathering may still run when the session starts on the relay. Fires with the
+    node's answer, or None if not submitted (the reason is logged: reporting never fails a session)."""
 
     async def run():
         try:
             await made.when_settled().addTimeout(SETTLE_WAIT_SECONDS, reactor)
         except Exception:  # still checking, or closed: report what there is
             pass
+        local, remote = await sides()
         try:
             answer = await submit(reactor, url, outcome_document(made, local, remote), verify=verify)
         except SubmitError as e:
