@@ -1,28 +1,26 @@
 """A super node that swaps the certificate fingerprints it passes on: the attack pinning must stop.
 
 Run as ``python -m tests.tampering_node FINGERPRINT TWISTD-ARGS...``: the real
-``twistd rendezvous``, with the connect coordination patched so that each
-side's ``punch`` names FINGERPRINT (the attacker's) instead of the peer's.
+``twistd rendezvous``, with the connect coordination patched so that every
+fingerprint it passes on (in ``connect-request`` and in each side's
+``punch``) is FINGERPRINT, the attacker's, instead of the peer's.
 """
 
 import sys
 
 from twisted.scripts.twistd import run
 
-from rendezvous.node import signaling
+from rendezvous.node.signaling import connects
 
 
 def tamper(fingerprint: str) -> None:
-    complete = signaling.SignalingNode._complete_connect
+    checked = connects._ice_credentials
 
-    def swapped(self, answer: dict) -> None:
-        entry = self.pending.get(answer.get("token"))
-        if entry is not None:
-            entry["credentials"] = dict(entry["credentials"], fingerprint=fingerprint)
-        answer = dict(answer, credentials=dict(answer.get("credentials") or {}, fingerprint=fingerprint))
-        complete(self, answer)
+    def swapped(message: dict) -> dict:
+        credentials = checked(message)
+        return dict(credentials, fingerprint=fingerprint) if "fingerprint" in credentials else credentials
 
-    signaling.SignalingNode._complete_connect = swapped
+    connects._ice_credentials = swapped
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from rendezvous.peer import nat_memory
 from rendezvous.peer.connector import _credentials, _Options, _peer_hint, _presence, _Punches, _state_dir, _trust
 from rendezvous.peer.gathering import UPNP_DISCOVERY_SECONDS, UPNP_SECONDS
 from rendezvous.peer.outcomes import SETTLE_WAIT_SECONDS, report_when_settled
+from rendezvous.peer.pins import FINGERPRINT_CHANGED, FingerprintChanged
 from rendezvous.peer.prediction import NatHint
 from rendezvous.peer.session import Session
 from upnp_helper import discover_gateway
@@ -164,9 +165,14 @@ class Client:
         peer_hint = await looked_up
         punch = await self._punches.wait(pending["token"], self.reactor, self.options.timeout_seconds)
         if punch.get("op") == "connect-declined":
+            if punch.get("reason") == FINGERPRINT_CHANGED:
+                raise ConnectError(f"{peer} refused: the fingerprint the node passed on for you is not the one "
+                                   f"{peer} pinned (is the node swapping fingerprints?)", session.attempts)
             raise ConnectError(f"{peer} declined", session.attempts)
         if fingerprint is not None and punch.get("fingerprint") != fingerprint:
             raise ConnectError(f"{peer} answered the restart with another fingerprint", session.attempts)
+        if self.trust is not None:
+            self.trust.check(peer, punch.get("fingerprint"), session.attempts)
         return await session.start(punch, peer_hint), punch, _copy(session.gathered)
 
     def _trickles(self, request: dict | None = None) -> bool:
@@ -237,6 +243,13 @@ class Client:
         if self._on_session is None or not self._accept(peer):
             self.signaling.send("connect-decline", token=token)
             return
+        if self.trust is not None and isinstance(message.get("fingerprint"), str):
+            try:
+                self.trust.pins.check(peer, message["fingerprint"], self.trust.allow_new_fingerprint)
+            except FingerprintChanged as e:
+                log.warn("refused a connect: {error}", error=e)
+                self.signaling.send("connect-decline", token=token, reason=FINGERPRINT_CHANGED)
+                return
         Deferred.fromCoroutine(self._answer(message)).addErrback(
             lambda f: log.info("connection from {peer} failed: {error}", peer=peer, error=f.getErrorMessage()))
 
@@ -266,6 +279,8 @@ class Client:
             self._punches.trickle(request["token"], session, candidates)
         peer_hint = await looked_up
         punch = await waiting
+        if self.trust is not None and restarted is None:
+            self.trust.check(session.peer, punch.get("fingerprint"), session.attempts)
         connection = await session.start(punch, peer_hint)
         if restarted is not None:  # an ICE restart of a running session: same peer key, new path
             if punch.get("fingerprint") != restarted.peer_fingerprint:

@@ -16,6 +16,7 @@ from pathlib import Path
 from rendezvous.wire.fingerprints import FINGERPRINT
 
 MAX_PINS = 10_000
+FINGERPRINT_CHANGED = "fingerprint-changed"  # the reason of a connect-decline for a changed fingerprint
 
 
 class FingerprintChanged(Exception):

@@ -189,7 +189,7 @@ class Session:
         if self._closing is None:
             self._closing = Deferred()
             if self._closed_reason is not None:
-                self.connection.close().chainDeferred(self._closing)
+                self._closed_with(self.connection.close())
             elif self._quic is None or not self._unacknowledged():
                 self._close_now()
             else:
@@ -429,7 +429,11 @@ class Session:
         self._grace = None
         closed = self.connection.close()  # the path goes with the session, whoever ended it
         if self._closing is not None:
-            closed.chainDeferred(self._closing)
+            self._closed_with(closed)
+
+    def _closed_with(self, closed: Deferred) -> None:
+        """close()'s Deferred fires when ``closed`` does (once, whichever path closed first)."""
+        closed.addBoth(lambda result: None if self._closing.called else self._closing.callback(result))
 
     def stream_buffered(self, stream_id: int) -> int:
         """Bytes written to the stream that the peer has not acknowledged yet (queued or in flight)."""

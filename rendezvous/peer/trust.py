@@ -45,6 +45,14 @@ class Trust:
         identity = Identity.load_or_create(state_dir / f"{user}.identity.pem", user)
         return cls(user, identity, PinStore(state_dir / f"{user}.pins.json"), allow_new_fingerprint)
 
+    def check(self, peer: str, presented, attempts: list = ()) -> None:
+        """Raise ConnectError (no or a malformed fingerprint) or FingerprintChanged (not the pinned one):
+        done as soon as the node passes the peer's fingerprint on, before any packet goes to the peer."""
+        if not isinstance(presented, str) or not FINGERPRINT.fullmatch(presented):
+            raise ConnectError(f"{peer} sent no certificate fingerprint (an older client? "
+                               f"plaintext=True talks to it unencrypted)", list(attempts))
+        self.pins.check(peer, presented, self.allow_new_fingerprint)
+
     async def secure(self, reactor, connection: Connection, punch: dict, is_client: bool) -> Session:
         """The session over ``connection`` once the peer proved the fingerprint in ``punch``.
 
@@ -53,10 +61,7 @@ class Trust:
         (the handshake failed or took over HANDSHAKE_SECONDS)."""
         presented = punch.get("fingerprint")
         try:
-            if not isinstance(presented, str) or not FINGERPRINT.fullmatch(presented):
-                raise ConnectError(f"{connection.peer} sent no certificate fingerprint (an older client? "
-                                   f"plaintext=True talks to it unencrypted)", connection.attempts)
-            self.pins.check(connection.peer, presented, self.allow_new_fingerprint)
+            self.check(connection.peer, presented, connection.attempts)
         except (ConnectError, FingerprintChanged):
             connection.close()
             raise

@@ -19,7 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
 from rendezvous.node.accounts import AccountStore
-from rendezvous.peer import Client, FingerprintChanged, SessionError, connect, listen
+from rendezvous.peer import Client, ConnectError, FingerprintChanged, SessionError, connect, listen
 from rendezvous.peer.signaling_client import SignalingRequestError
 from rendezvous.peer.identity import Identity
 from tests.conftest import start_node, stop_node
@@ -151,9 +151,14 @@ async def test_a_tampering_node_fails_the_handshake_on_first_contact(nodes, tmp_
 
 @pytest_twisted.ensureDeferred
 async def test_pinned_peers_refuse_a_tampering_node(nodes, tmp_path):
-    """After one honest session, a node that swaps fingerprints gets FingerprintChanged before any handshake."""
+    """After one honest session, a node that swaps fingerprints is refused before any packet goes to the
+    peer: the callee declines the request ("fingerprint-changed"), and a caller that pinned the callee
+    raises FingerprintChanged as soon as the punch shows the attacker's fingerprint."""
     mine, theirs, listener = await pair(nodes["honest"], "gina", "hank", tmp_path)
     await close(mine, theirs, listener)
+    with pytest.raises(ConnectError, match="hank refused: the fingerprint the node passed on for you"):
+        await pair(nodes["tampering"], "gina", "hank", tmp_path)
+    shutil.rmtree(tmp_path / "hank")  # hank pins no one now: only gina's pin stands between her and the node
     with pytest.raises(FingerprintChanged) as raised:
         await pair(nodes["tampering"], "gina", "hank", tmp_path)
     assert raised.value.presented == ATTACKER.fingerprint and "hank" in str(raised.value)

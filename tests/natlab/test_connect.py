@@ -73,7 +73,7 @@ def test_connect_pair(lab, a, b):
     mine, theirs = run_pair(caller, callee)
     assert "error" not in mine, mine
     assert mine["pong"], json.dumps([mine, theirs])
-    assert mine["path"] in expected(a, b), mine
+    assert mine["path"] in expected(a, b), json.dumps([mine, theirs])
     assert theirs.get("path", "").split("-")[0] == mine["path"].split("-")[0], theirs
     if mine["path"] == "tcp-punch":
         # Direct UDP cannot work with UDP blocked: the stream is taken without waiting
@@ -240,19 +240,21 @@ def tampering_node(lab):
     return TAMPERING_PORT, attacker
 
 
-def pair_via(caller, callee, port: int, *options: str) -> tuple[dict, dict]:
-    """connect_client listen/connect between two sites through the node on ``port``."""
-    def start(site, *argv: str) -> subprocess.Popen:
+def pair_via(caller, callee, port: int, caller_state=None, callee_state=None) -> dict:
+    """connect_client listen/connect between two sites through the node on ``port`` (each side keeping its
+    keys and pins in its state directory, if given); the caller's report."""
+    def start(site, state, *argv: str) -> subprocess.Popen:
         command = site.exec_argv(sys.executable, "-m", "tests.natlab.connect_client", argv[0], SERVER_IP, str(port),
-                                 "tcp", user(site), "pw-" + user(site), *argv[1:])
+                                 "tcp", user(site), "pw-" + user(site), *argv[1:],
+                                 *([f"state={state}"] if state else []))
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                                 env=ENV)
 
-    listener = start(callee, "listen", *options)
+    listener = start(callee, callee_state, "listen")
     try:
         assert json.loads(listener.stdout.readline() or "{}").get("ready"), listener.stderr.read()
-        out, err = start(caller, "connect", user(callee), *options).communicate(timeout=60)
-        return (json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-2000:]}), {}
+        out, err = start(caller, caller_state, "connect", user(callee)).communicate(timeout=60)
+        return json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-2000:]}
     finally:
         listener.terminate()
         listener.wait(10)
@@ -261,15 +263,17 @@ def pair_via(caller, callee, port: int, *options: str) -> tuple[dict, dict]:
 def test_a_tampering_node_is_refused_through_real_nats(lab, tampering_node, tmp_path):
     """Through two NATs: a node that swaps fingerprints fails the first handshake (the real peer cannot
     prove the attacker's key); once the peers have met through an honest node, it is refused before any
-    handshake (the pin differs)."""
+    handshake: the callee declines the request, and a caller that alone pinned its peer refuses the punch."""
     port, attacker = tampering_node
     caller, callee = lab.kinds["eim-apdf"]
-    mine, _ = pair_via(caller, callee, port)
+    mine = pair_via(caller, callee, port)
     assert "fingerprint" in mine.get("error", ""), mine
-    states = [f"state={tmp_path / name}" for name in ("caller", "callee")]
-    honest, _ = pair_via(caller, callee, SERVER_PORT, states[0])  # the caller pins the callee
+    caller_state, callee_state = tmp_path / "caller", tmp_path / "callee"
+    honest = pair_via(caller, callee, SERVER_PORT, caller_state, callee_state)  # each pins the other
     assert honest.get("pong"), honest
-    mine, _ = pair_via(caller, callee, port, states[0])
+    mine = pair_via(caller, callee, port, caller_state, callee_state)
+    assert "refused: the fingerprint the node passed on for you" in mine.get("error", ""), mine
+    mine = pair_via(caller, callee, port, caller_state, tmp_path / "callee-anew")  # only the caller pins
     assert "fingerprint changed" in mine.get("error", "") and attacker in mine["error"], mine
 
 

@@ -358,7 +358,17 @@ def test_connect_validation_and_expiry(node, clock):
     assert bob.do("connect-answer", token=token, candidates=[])["code"] == "not-found"
     token = alice.do("connect", to="bob", candidates=[])["token"]
     bob.do("connect-decline", token=token)
-    assert alice.out[-1]["op"] == "connect-declined"
+    assert alice.out[-1] == {"op": "connect-declined", "token": token, "peer": "bob"}
+
+
+def test_a_decline_passes_its_reason_on(node):
+    """connect-decline's optional reason reaches the requester; one past 64 bytes is a bad request."""
+    alice, bob = logged_in(node, "alice"), logged_in(node, "bob")
+    buddies(node, alice, bob)
+    token = alice.do("connect", to="bob", candidates=[])["token"]
+    assert bob.do("connect-decline", token=token, reason="x" * 65)["code"] == "bad-request"
+    bob.do("connect-decline", token=token, reason="fingerprint-changed")
+    assert alice.out[-1] == {"op": "connect-declined", "token": token, "peer": "bob", "reason": "fingerprint-changed"}
 
 
 def pong(peer, after_seconds, clock):

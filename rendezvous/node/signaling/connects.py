@@ -29,6 +29,7 @@ RTT_FRESH_SECONDS = 10
 PONG_WAIT_SECONDS = 1.0
 END_WAIT_SECONDS = 2.0
 MAX_PENDING_CONNECTS = 10000
+MAX_REASON_BYTES = 64  # connect-decline's optional reason, e.g. "fingerprint-changed"
 CANDIDATE_TYPES = ("host", "srflx", "upnp", "predicted", "relay", "prflx")
 # ICE credentials (RFC 8445 §5.3; RFC 8839 §5.4: ice-char is ALPHA / DIGIT / "+" / "/").
 ICE_CREDENTIALS = {"ufrag": re.compile(r"[A-Za-z0-9+/]{4,64}"), "pwd": re.compile(r"[A-Za-z0-9+/]{22,128}"),
@@ -257,13 +258,17 @@ class Connects:
 
     def _connect_decline(self, session: Session, message: dict):
         token = text_field(message, "token")
-        self._to_connect_origin({"kind": "connect-decline", "token": token, "user": session.user}, self._decline)
+        decline = {"kind": "connect-decline", "token": token, "user": session.user}
+        if message.get("reason") is not None:
+            decline["reason"] = text_field(message, "reason", MAX_REASON_BYTES)
+        self._to_connect_origin(decline, self._decline)
 
     def _decline(self, decline: dict) -> None:
         entry = self.pending.get(decline.get("token"))
         if entry is not None and entry["to"] == decline.get("user"):
             del self.pending[decline["token"]]
-            entry["from"].send({"op": "connect-declined", "token": decline["token"], "peer": decline["user"]})
+            entry["from"].send({"op": "connect-declined", "token": decline["token"], "peer": decline["user"],
+                                **({"reason": decline["reason"]} if isinstance(decline.get("reason"), str) else {})})
 
     def _expire_connects(self) -> None:
         now = self.clock.seconds()
