@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_V4_DENIED = [
+V4_DENIED = [
     ipaddress.ip_network(n)
     for n in (
         "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
@@ -43,7 +43,7 @@ _V4_DENIED = [
     )
 ]
 # Named here rather than left to ipaddress.is_global, whose tables differ between Python versions.
-_V6_DENIED = [
+V6_DENIED = [
     ipaddress.ip_network(n)
     for n in (
         "64:ff9b:1::/48", "100::/64", "2001:2::/48", "2001:db8::/32", "3fff::/20", "5f00::/16",
@@ -90,12 +90,12 @@ def denied_by_default(address: IPAddress, nat64: Sequence[ipaddress.IPv6Network]
     the IPv4 address it carries even inside a range denied otherwise.
     """
     if address.version == 4:
-        return any(address in network for network in _V4_DENIED)
+        return any(address in network for network in V4_DENIED)
     inner = embedded_ipv4(address, nat64)
     if inner is not None:
         return True if address.teredo is not None else denied_by_default(inner)
     return (
-        any(address in network for network in _V6_DENIED)
+        any(address in network for network in V6_DENIED)
         or not address.is_global
         or address.is_multicast
         or address.is_reserved

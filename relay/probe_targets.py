@@ -54,6 +54,10 @@ IPV4_TARGETS: tuple[Target, ...] = (
     Target("reserved", "192.0.0.1", "IETF protocol assignments 192.0.0.0/24"),
     Target("reserved", "198.18.0.1", "benchmarking 198.18.0.0/15, often used inside data centres"),
     Target("reserved", "240.0.0.1", "reserved 240.0.0.0/4"),
+    Target("reserved", "192.88.99.1", "former 6to4 relay anycast 192.88.99.0/24 (RFC 7526)"),
+    Target("documentation", "192.0.2.1", "documentation TEST-NET-1 192.0.2.0/24 (RFC 5737)"),
+    Target("documentation", "198.51.100.1", "documentation TEST-NET-2 198.51.100.0/24"),
+    Target("documentation", "203.0.113.1", "documentation TEST-NET-3 203.0.113.0/24"),
 )
 
 # The IPv4 addresses whose IPv6 spellings are tried: one per dangerous range.
@@ -69,6 +73,11 @@ IPV6_NATIVE: tuple[Target, ...] = (
     Target("private", "fec0::1", "site-local fec0::/10 (deprecated, still routed by some)"),
     Target("multicast", "ff02::1", "IPv6 multicast all-nodes"),
     Target("multicast", "ff05::c", "IPv6 multicast SSDP, site scope"),
+    Target("documentation", "2001:db8::1", "documentation 2001:db8::/32 (RFC 3849)"),
+    Target("documentation", "3fff::1", "documentation 3fff::/20 (RFC 9637)"),
+    Target("reserved", "2001:2::1", "benchmarking 2001:2::/48 (RFC 5180), often used inside labs"),
+    Target("reserved", "100::1", "discard-only 100::/64 (RFC 6666)"),
+    Target("reserved", "5f00::1", "SRv6 segment identifiers 5f00::/16 (RFC 9602)"),
 )
 
 

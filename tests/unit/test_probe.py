@@ -8,6 +8,7 @@ import pytest
 
 from relay.loadgen_config import ConfigError
 from relay.probe import QUOTA_CHECK_MAX, ProbeConfig
+from relay.peer_policy import V4_DENIED, V6_DENIED, denied_by_default
 from relay.probe_targets import EMBEDDED_IPV4, IPV4_TARGETS, IPV6_NATIVE, IPV6_TARGETS, TARGETS, spellings
 from relay.probe_verdicts import (CLOSED, OPEN, SKIPPED, Outcome, Report, Verdict, amplification_verdict, combine,
                                   peer_outcome)
@@ -51,7 +52,7 @@ def test_spellings_sit_in_their_prefixes():
 def test_targets_cover_every_range_once():
     """The targets name each dangerous range, hold no address twice and split by family."""
     assert {t.category for t in TARGETS} == {"unspecified", "loopback", "private", "cgn", "link-local", "metadata",
-                                            "multicast", "broadcast", "reserved"}
+                                            "multicast", "broadcast", "reserved", "documentation"}
     values = [ipaddress.ip_address(t.address) for t in TARGETS]
     assert len(values) == len(set(values))
     assert {t.family for t in IPV4_TARGETS} == {4} and {t.family for t in IPV6_TARGETS} == {6}
@@ -59,11 +60,17 @@ def test_targets_cover_every_range_once():
         t.address for t in TARGETS}
 
 
-def test_no_native_target_is_a_global_unicast_address():
-    """The IPv4 and native IPv6 targets are all outside global unicast space (the spellings embed them)."""
-    for target in IPV4_TARGETS + IPV6_NATIVE:
-        address = ipaddress.ip_address(target.address)
-        assert not address.is_global or address.is_multicast or address.is_site_local, target
+def test_every_range_the_relay_denies_is_probed():
+    """Each range of the relay's default deny list holds at least one target, so probe-relay tries them all."""
+    addresses = [ipaddress.ip_address(t.address) for t in TARGETS]
+    for network in V4_DENIED + V6_DENIED:
+        assert any(address in network for address in addresses), network
+
+
+def test_every_target_is_denied_by_the_relays_default_policy():
+    """Every target, native or an IPv6 spelling, is one a relay must refuse by default (none is a real peer)."""
+    for target in TARGETS:
+        assert denied_by_default(ipaddress.ip_address(target.address)), target
 
 
 @pytest.mark.parametrize(("method", "code", "answered", "status"), [

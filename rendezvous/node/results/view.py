@@ -9,11 +9,9 @@ from twisted.python import failure
 
 from rendezvous.node.results.store import ResultsStore, snapshot
 from rendezvous.node.results.summary import summarize
+from upnp_helper.probe import NAMES as GATEWAY_NAMES
 
 REBUILD_SECONDS = 5.0
-GATEWAY_NAMES = {"igd": "UPnP IGD", "natpmp": "NAT-PMP", "pcp": "PCP"}
-
-
 @dataclass
 class Section:
     """One view of the page: a chart and the table of its numbers."""
