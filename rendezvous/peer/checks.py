@@ -321,7 +321,7 @@ class _Session(_Gathering, _TcpPath):
         for technique in techniques + ([path] if path not in techniques else []):
             outcome = "selected" if technique == path else "not-selected"
             self.attempts.append(Attempt(technique, round(elapsed * 1000, 1), outcome,
-                                         detail if technique == path else ""))
+                                         detail if technique == path else self._detail(technique)))
         self.settled = True
         if self.spray is not None:
             self.spray.stop()
@@ -373,6 +373,12 @@ class _Session(_Gathering, _TcpPath):
             names.append(f"turn-{self.turn_transport}")
         return names
 
+    def _detail(self, technique: str) -> str:
+        """Why a technique that did not win may have lost: for the birthday spray, what it sent and when."""
+        if technique == "udp-birthday" and self.spray is not None and self._started is not None:
+            return self.spray.describe(self._started)
+        return ""
+
     def _path(self, pair) -> str:
         if pair.local.base == "relay":
             return f"turn-{self.turn_transport}"
@@ -393,7 +399,7 @@ class _Session(_Gathering, _TcpPath):
         self.settled = True
         elapsed = round((self.reactor.seconds() - (self._started or self.reactor.seconds())) * 1000, 1)
         for technique in self._techniques():
-            self.attempts.append(Attempt(technique, elapsed, "failed"))
+            self.attempts.append(Attempt(technique, elapsed, "failed", self._detail(technique)))
         self._cancel_timers()
         self.close()
         if not self.done.called:
