@@ -12,6 +12,8 @@ from rendezvous.node.results.summary import summarize
 from upnp_helper.probe import NAMES as GATEWAY_NAMES
 
 REBUILD_SECONDS = 5.0
+
+
 @dataclass
 class Section:
     """One view of the page: a chart and the table of its numbers."""
