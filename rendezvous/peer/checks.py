@@ -68,6 +68,7 @@ class _Session(_Gathering, _TcpPath):
         self._started = None
         self._spray_role = None
         self._spray_decided = False
+        self._spray_heard: set[str] = set()  # spray sockets a packet reached (the hard side)
         self._udp_hopeless = False  # no direct UDP pair can work (decided once both sides' candidates are known)
         self._remote_wire: list[dict] = []  # the peer's signaled candidates
         self._early_remote: list[dict] = []  # trickled before the start instant
@@ -245,6 +246,8 @@ class _Session(_Gathering, _TcpPath):
             return
         if not data or data[0] > 3:
             return
+        if base.startswith("spray-"):
+            self._spray_heard.add(base)
         self._write(self.agent.receive(data, base, source, self.reactor.seconds()))
         if self._started is not None:
             self._check_done()
@@ -376,8 +379,16 @@ class _Session(_Gathering, _TcpPath):
     def _detail(self, technique: str) -> str:
         """Why a technique that did not win may have lost: for the birthday spray, what it sent and when."""
         if technique == "udp-birthday" and self.spray is not None and self._started is not None:
-            return self.spray.describe(self._started)
+            return f"{self.spray.describe(self._started)}, {self._spray_answered()} answered"
         return ""
+
+    def _spray_answered(self) -> int:
+        """Spray probes that met an open mapping: on the easy side, predicted pairs whose check succeeded;
+        on the hard side, spray sockets the peer's probes reached."""
+        if self._spray_role == "hard":
+            return len(self._spray_heard)
+        return sum(1 for p in self.agent.pairs.values() if p.remote.kind == "predicted"
+                   and p.state is PairState.SUCCEEDED)
 
     def _path(self, pair) -> str:
         if pair.local.base == "relay":
