@@ -305,7 +305,9 @@ class Agent:
                 sends.append(Send(pair.local.base, pair.remote.address, again))
             elif transaction.deadline is None:
                 del self._transactions[tid]
-                if pair.state is PairState.IN_PROGRESS:
+                if pair.state is PairState.IN_PROGRESS or self._nominating is pair:
+                    # §7.2.5.4: no answer fails the pair, a succeeded one being nominated too (its
+                    # path died), so that the next valid pair can be nominated.
                     pair.state = PairState.FAILED
                     pair.use_candidate = False
                     if self._nominating is pair:

@@ -171,6 +171,33 @@ def test_relayed_pair_is_nominated_when_direct_fails():
     assert now < 30  # the relayed pair did not wait out relay_wait_seconds
 
 
+def test_a_nomination_that_gets_no_answer_moves_on_to_the_next_valid_pair():
+    """§7.2.5.4: when the nominating check on a succeeded pair times out, that pair fails and the
+    controlling agent nominates the next valid one (it used to wait for that answer forever)."""
+    a, b = agents(relay_wait_seconds=60)
+    a.add_base("main", "host", ("198.18.0.11", 5000), 65535)
+    a.advertise(a.candidate("host", ("198.18.0.11", 5000), "main"))
+    first, second = ("198.18.0.12", 6000), ("198.18.0.13", 6001)
+    for index, address in enumerate((first, second)):
+        b.add_base(f"b{index}", "host", address, 65535 - index)
+        b.advertise(b.candidate("host", address, f"b{index}"))
+    a.set_remote(b.local_ufrag, b.local_pwd, [c.to_wire() for c in b.local_candidates], 0.0)
+    b.set_remote(a.local_ufrag, a.local_pwd, [c.to_wire() for c in a.local_candidates], 0.0)
+    bases = {first: "b0", second: "b1"}
+
+    def wire(sender, send):
+        if sender is b:
+            return "main", dict(map(reversed, bases.items()))[send.base]
+        if send.destination == first and Attr.USE_CANDIDATE in Message.decode(send.data):
+            return None  # the path to the first pair dies just as it is nominated
+        return bases[send.destination], ("198.18.0.11", 5000)
+
+    run(a, b, wire, until=60)
+    assert a.selected is not None and a.selected.remote.address == second
+    assert a.pairs[("main", first)].state is PairState.FAILED
+    assert b.selected is not None and b.selected.local.address == second
+
+
 def test_nothing_reachable_fails():
     """With every packet lost, all pairs fail and the agent says so."""
     a, b = agents()
