@@ -149,7 +149,7 @@ class BirthdaySpray:
             ports = (rng or random.SystemRandom()).sample(range(LOWEST_PORT, 65536), min(probes, 65536 - LOWEST_PORT))
             self._plan = [(0, (peer[0], port)) for port in ports]
         self.deadline: float | None = start if self._plan else None
-        self.start, self.sent = start, 0
+        self.peer, self.start, self.sent = peer, start, 0
 
     @property
     def remaining(self) -> int:
@@ -170,5 +170,7 @@ class BirthdaySpray:
         self.deadline = None
 
     def describe(self, origin: float) -> str:
-        """What was sent, for an attempt's detail: e.g. "easy side: 2048 probes from 1610 ms"."""
-        return f"{self.role} side: {self.sent} probes from {round((self.start - origin) * 1000)} ms"
+        """What was sent, for an attempt's detail: e.g. "easy side: 2048 probes to random ports of
+        198.18.0.12 from 1610 ms"."""
+        to = f"{self.peer[0]}:{self.peer[1]}" if self.role == "hard" else f"random ports of {self.peer[0]}"
+        return f"{self.role} side: {self.sent} probes to {to} from {round((self.start - origin) * 1000)} ms"

@@ -71,4 +71,4 @@ def test_hard_side_sends_once_per_socket_and_catches_up():
     assert spray.remaining == 246
     spray.stop()
     assert spray.deadline is None and spray.due(100.0) == []
-    assert spray.describe(-1.5) == "hard side: 10 probes from 1500 ms"
+    assert spray.describe(-1.5) == "hard side: 10 probes to 198.18.0.11:5000 from 1500 ms"
