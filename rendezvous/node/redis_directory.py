@@ -3,7 +3,8 @@
 With ``--redis URL`` super nodes keep
 
 - ``txr:presence`` (hash): user -> {node, state, nat_type} of online users;
-- ``txr:nodes`` (hash): node -> {host, port, load, seen}, refreshed every
+- ``txr:nodes`` (hash): node -> {host, port, load, seen, ips?} (ips: every
+  public address, both families, of a dual-stack node), refreshed every
   5 s; a node not seen for 30 s is dropped from host caches and its users
   count as offline; a node that finds its own entry gone (Redis restarted
   without its data) publishes its users' presence again;
@@ -39,11 +40,12 @@ NODE_STALE_SECONDS = 30
 class RedisDirectory(service.Service):
     """The shared directory of one super node (see the module docstring)."""
 
-    def __init__(self, reactor, url: str, node_name: str, host: str, port: int) -> None:
+    def __init__(self, reactor, url: str, node_name: str, host: str, port: int, ips: tuple = ()) -> None:
         self.reactor = reactor
         self.url = url
         self.node_name = node_name
         self.host, self.port = host, port
+        self.ips = [host, *(ip for ip in ips if ip != host)]  # every public address, host first (both families)
         self.node = None  # the SignalingNode, set after both exist
         self.presence: dict[str, dict] = {}
         self.nodes: dict[str, dict] = {}
@@ -127,7 +129,8 @@ class RedisDirectory(service.Service):
 
     def refresh_nodes(self):
         load = len(self.node.sessions) if self.node is not None else 0
-        me = {"host": self.host, "port": self.port, "load": load, "seen": time.time()}
+        me = {"host": self.host, "port": self.port, "load": load, "seen": time.time(),
+              **({"ips": self.ips} if len(self.ips) > 1 else {})}
 
         def exchange() -> tuple[bool, dict, dict]:
             known = self._client.hexists(f"{PREFIX}nodes", self.node_name)
@@ -161,7 +164,7 @@ class RedisDirectory(service.Service):
             if entry.get("node") != self.node_name:
                 self.presence.setdefault(user, entry)
         if self.node is not None:
-            self.node.learn_hosts([{"host": e["host"], "port": e["port"], "load": e.get("load", 0)}
+            self.node.learn_hosts([{key: e[key] for key in ("host", "port", "load", "ips") if key in e}
                                    for name, e in sorted(fresh.items()) if name != self.node_name])
 
     def _republish(self) -> None:

@@ -1,5 +1,6 @@
 """Two super nodes sharing a real Redis: a user on node A reaches a buddy on node B."""
 
+import json
 import shutil
 import subprocess
 import time
@@ -129,3 +130,27 @@ async def test_buddies_on_two_nodes(two_nodes):
     await bob.close()
     assert await alice.inbox.wait("presence", user="bob", state="offline")
     await alice.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dual_stack_node_is_listed_with_both_families(two_nodes, redis_url, tmp_path):
+    """A node on 127.0.0.1 and ::1 registers both addresses in Redis, and the others' host caches carry them
+    (within a registry refresh: a hosts exchange, which sees one address, may list the node first)."""
+    node_a, _ = two_nodes
+    AccountStore(tmp_path / "accounts.sqlite").close()
+    dual = start_node(tmp_path, "--redis", redis_url, "--node-name", "node-dual", "--accounts",
+                      str(tmp_path / "accounts.sqlite"), alternate=False, ips=("127.0.0.1", "::1"))
+
+    async def listed_with_both():
+        client = await login(node_a, "alice")
+        await client.close()
+        entry = next((e for e in client.welcome["host_cache"] if e["port"] == dual.port), {})
+        return entry if entry.get("ips") else None
+
+    try:
+        entry = await until(listed_with_both, seconds=15)
+        assert (entry["host"], entry["ips"]) == ("127.0.0.1", ["127.0.0.1", "::1"]), entry
+        registered = json.loads(redis.Redis.from_url(redis_url).hget("txr:nodes", "node-dual"))
+        assert registered["ips"] == ["127.0.0.1", "::1"]
+    finally:
+        stop_node(dual)

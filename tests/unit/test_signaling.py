@@ -565,6 +565,9 @@ def test_host_entries_carry_both_families(node):
                                     "ips": ["198.18.4.4", "2001:db8:4::4"]}
     node.learn_hosts([{"host": "2001:db8:5::5", "port": 3478, "ips": "2001:db8:5::6"}])
     assert node.host_cache()[0] == {"host": "2001:db8:5::5", "port": 3478, "load": 0}
+    node.learn_hosts([{"host": "198.18.4.4", "port": 3478, "load": 2}])  # a hosts exchange sees one address
+    assert node.host_cache()[0] == {"host": "198.18.4.4", "port": 3478, "load": 2,
+                                    "ips": ["198.18.4.4", "2001:db8:4::4"]}
 
 
 def test_welcome_and_hosts_name_this_nodes_addresses_of_both_families(tmp_path, clock):

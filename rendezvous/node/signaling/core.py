@@ -204,7 +204,9 @@ class SignalingNode(Login, Buddies, Connects):
             if clean is None or self._is_me(clean["host"], clean["port"]):
                 continue
             key = (clean["host"], clean["port"])
-            self.hosts.pop(key, None)
+            known = self.hosts.pop(key, None)
+            if known is not None and "ips" in known and "ips" not in clean:
+                clean["ips"] = known["ips"]  # a hosts exchange sees one address; the registry told them all
             self.hosts[key] = {**clean, "seen": seen}
         while len(self.hosts) > HOST_CACHE_SIZE:
             self.hosts.popitem(last=False)
