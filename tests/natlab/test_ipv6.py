@@ -1,7 +1,10 @@
 """The IPv6 kinds of the NAT lab: nat-check's per-family verdicts behind a
 dual-stack home with an IPv6 stateful firewall, on an IPv6-only access with
-NAT64/DNS64 (and with a CLAT: 464XLAT), and behind DS-Lite; connect() between two firewalled homes, and
-from DS-Lite and from behind a CLAT to an IPv4-only cone NAT. (test_nat_check.py checks their teardown.)
+NAT64/DNS64 (and with a CLAT: 464XLAT), and behind DS-Lite; connect() between two firewalled homes, from
+NPTv6 to a firewalled home (direct over IPv6 by the IPv6 server-reflexive candidate), from DS-Lite and from
+behind a CLAT to an IPv4-only cone NAT, and between an IPv6-only NAT64 access without a CLAT and IPv4-only
+sites: direct through the NAT64 to a cone, on the dual-stack relay to a UDP-blocked site. (test_nat_check.py
+checks their teardown.)
 
 One lab per module: one dual-stack super node (RFC 5780 in both families,
 TURN with dual allocations), the lab's DNS root, and one site of each kind
