@@ -11,7 +11,14 @@ the NAT maps and allocates ports: the NAT hint), predicted (sequential
 allocators, ``prediction``), TCP host and server-reflexive (a port held for
 the punch, its mapping learned from the node), and relayed (TURN, RFC 8656,
 on the node: UDP, the transport and port signaling reached (which may be
-TLS on 443), TCP and TLS raced, the first allocation winning). All of these
+TLS on 443), TCP and TLS raced, the first allocation winning; a dual
+allocation, RFC 8656 §7.1: an IPv4 relayed candidate and an IPv6 one).
+IPv6 bases also get a server-reflexive candidate from the node's IPv6
+address (it differs from the host address behind NPTv6). On an IPv6-only
+host with NAT64 (``rendezvous.peer.nat64``, found at login) the UDP
+sockets are IPv6 ones that reach IPv4 addresses through the NAT64, so the
+candidates and checks above stay IPv4 (the srflx is the NAT64's mapping),
+and TURN goes over IPv6 to a dual-stack node. All of these
 run at once. With trickle ICE (RFC 8838) ``gather`` returns the host
 candidates at once and the rest follow through ``_more_candidates`` as
 each probe ends; ``gathered`` fires when the last one has.

@@ -1,6 +1,7 @@
 """ICE connectivity checks, sans-IO (RFC 8445, one component, UDP).
 
-§5.1.2 candidate priorities; §6.1.2 forming, ordering and pruning the
+§5.1.2 candidate priorities (with RFC 8421 §4: IPv6 above IPv4 for one
+type); §6.1.2 forming, ordering and pruning the
 check list, §6.1.2.6 initial states by foundation; §6.1.4 the Ta-paced
 scheduler with its triggered-check queue; §7.2 sending a check (USERNAME
 "remote:local", PRIORITY, ICE-CONTROLLING/-CONTROLLED with the tie-breaker,
@@ -17,7 +18,9 @@ After selection, RFC 7675 consent freshness: ``consent_check`` makes a
 Binding request on the selected pair (each sent once, a new one every
 4-6 s), and consent expires 30 s after the last authenticated answer.
 
-Sockets are *bases*, named by the caller ("main", "relay", "spray-7"...).
+Sockets are *bases*, named by the caller ("main", "relay", "spray-7"...);
+a base may have an address in each family (a dual TURN allocation), each
+paired with the remote candidates of its family.
 ``receive`` and ``expire`` return ``Send(base, destination, data)`` for the
 caller to write; ``deadline`` says when to call ``expire`` next.
 """

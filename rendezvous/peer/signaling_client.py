@@ -2,8 +2,10 @@
 
 ``SignalingClient.login(reactor, user, password, ...)`` tries super nodes in
 order — the host cache's entries, then the bootstrap ``servers`` — over TCP
-or TLS, follows a ``redirect`` from a draining node to the nodes it offers,
-and fires with a logged-in client once a ``welcome`` arrives; the welcome's
+or TLS (each node's addresses raced, RFC 8305: ``happy_eyeballs``; IPv4
+through NAT64 on an IPv6-only host: ``nat64``), follows a ``redirect`` from
+a draining node to the nodes it offers, and fires with a logged-in client
+once a ``welcome`` arrives; the welcome's
 ``host_cache`` is merged into the HostCache and saved. After that:
 
 - ``request(op, **fields)`` sends a frame with a fresh ``id`` and fires with
