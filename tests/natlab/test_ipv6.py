@@ -189,3 +189,14 @@ def test_ipv6_only_client_reaches_a_udp_blocked_ipv4_peer_by_a_dual_stack_relay_
     log = (lab6.workdir / f"twistd-{SERVER_PORT}.log").read_text(errors="replace").splitlines()
     over_ipv6 = [line for line in log if f"from [{caller.client_ip6}]:" in line and "over udp" in line]
     assert over_ipv6 and f"relayed ['{SERVER_IP}:" in over_ipv6[-1], over_ipv6
+
+
+def test_dual_stack_home_and_ipv6_only_client_connect_over_ipv6(lab6):
+    """A dual-stack home and an IPv6-only client behind NAT64 go direct over IPv6, host to host (RFC 8421
+    ranks the IPv6 pair above the IPv4 one through the NAT64)."""
+    caller, callee = lab6.kinds[FIREWALL][1], lab6.kinds["nat64"]
+    mine, theirs = run_pair(caller, callee)
+    assert "error" not in mine, mine
+    assert mine["pong"], (mine, theirs)
+    assert mine["path"] == "udp-direct", mine
+    assert mine["remote"][0] == callee.client_ip6 and theirs["remote"][0] == caller.client_ip6, (mine, theirs)
