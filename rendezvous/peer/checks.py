@@ -200,8 +200,7 @@ class _Session(_Gathering, _TcpPath):
         self._spray_role = spray_role(self.hint, self.peer_hint)
         if self.upnp_address is not None or any(c.get("type") == "upnp" for c in candidates):
             self._spray_role = None  # the random side reaches the UPnP mapping without guessing
-        # The spray guesses an IPv4 NAT's ports: the peer's IPv4 srflx (an IPv6 one may rank first, RFC 8421).
-        srflx = next((c for c in candidates if c.get("type") == "srflx" and ":" not in str(c.get("ip"))), None)
+        srflx = next((c for c in candidates if c.get("type") == "srflx"), None)
         if self._spray_role and srflx is not None:
             peer = (srflx["ip"], srflx["port"])
             if self._spray_role == "hard":

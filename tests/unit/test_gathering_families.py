@@ -1,12 +1,9 @@
-"""Which STUN, TURN and spray addresses a session uses on dual-stack and IPv6-only hosts (RFC 8305 §7.1, RFC 8656)."""
+"""Which STUN and TURN addresses a session uses on dual-stack and IPv6-only hosts (RFC 8305 §7.1, RFC 8656)."""
 
 from types import SimpleNamespace
 
-from rendezvous.peer.checks import _Session
 from rendezvous.peer.gathering import _reachable, _relay_targets, _stun_server
 from rendezvous.peer.nat64 import Nat64
-from rendezvous.peer.nat_check import ENDPOINT_INDEPENDENT
-from rendezvous.peer.prediction import NatHint
 
 NAT64 = Nat64("2001:db8:64:4::/96")
 TURN = {"urls": ["turn:198.18.0.1:3478?transport=udp", "turn:[2001:db8::1]:3478?transport=udp",
@@ -41,15 +38,3 @@ def test_a_dual_stack_host_races_both_families():
     assert _reachable(targets, lambda ip: True, NAT64) == targets
     assert ("udp", ("2001:db8::1", 3478)) in targets and ("udp", ("198.18.0.1", 3478)) in targets
 
-
-def test_the_birthday_spray_aims_at_the_peers_ipv4_reflexive_address():
-    """The spray guesses an IPv4 NAT's ports: it aims at the peer's IPv4 srflx even when the peer's IPv6 srflx
-    (NPTv6) ranks first in its list (RFC 8421); aimed at the IPv6 one, apdm-random to NPTv6 failed in the lab."""
-    session = SimpleNamespace(
-        _remote_wire=[{"type": "srflx", "ip": "2001:db8:3::2", "port": 40000},
-                      {"type": "srflx", "ip": "198.18.0.13", "port": 40000}],
-        hint=NatHint(ENDPOINT_INDEPENDENT, "preserving"), peer_hint=NatHint("address-dependent", "random"),
-        upnp_address=None, options=SimpleNamespace(spray_sockets=4, spray_probes=8), spray=None)
-    _Session._spray(session, 0.0)
-    assert session._spray_role == "easy"
-    assert {destination[0] for _, destination in session.spray.due(10.0)} == {"198.18.0.13"}
