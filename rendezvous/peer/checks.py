@@ -200,7 +200,7 @@ class _Session(_Gathering, _TcpPath):
         self._spray_role = spray_role(self.hint, self.peer_hint)
         if self.upnp_address is not None or any(c.get("type") == "upnp" for c in candidates):
             self._spray_role = None  # the random side reaches the UPnP mapping without guessing
-        srflx = next((c for c in candidates if c.get("type") == "srflx"), None)
+        srflx = _spray_target(candidates)
         if self._spray_role and srflx is not None:
             peer = (srflx["ip"], srflx["port"])
             if self._spray_role == "hard":
@@ -434,6 +434,13 @@ class _Session(_Gathering, _TcpPath):
         if turn is not None:
             closing.append(turn.close())  # bounded by the client; never fails
         return DeferredList(closing).addCallback(lambda _: None)
+
+
+def _spray_target(candidates: list[dict]) -> dict | None:
+    """The peer's server-reflexive UDP IPv4 candidate: the birthday spray's target. Not its TCP one,
+    which comes first in the list when the UDP one was trickled after the first frame."""
+    return next((c for c in candidates if c.get("type") == "srflx" and c.get("protocol", "udp") == "udp"
+                 and ":" not in str(c.get("ip"))), None)
 
 
 def _udp_blocked(candidates: list[dict]) -> bool:

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from rendezvous.peer.checks import _direct_udp_hopeless, _udp_blocked
+from rendezvous.peer.checks import _direct_udp_hopeless, _spray_target, _udp_blocked
 from rendezvous.peer.tcp_path import _keep_alive
 
 
@@ -23,6 +23,15 @@ NATTED = [udp("host", "192.168.2.2"), udp("srflx", "198.18.0.12"), tcp("host", "
           tcp("srflx", "198.18.0.12")]
 PUBLIC = [udp("host", "198.18.0.13"), tcp("host", "198.18.0.13")]  # no NAT: nothing reflexive differs
 LOOPBACK = [udp("host", "127.0.0.1"), tcp("host", "127.0.0.1")]
+
+
+def test_the_spray_aims_at_the_udp_srflx_whatever_came_first():
+    """The birthday spray's target is the peer's UDP IPv4 srflx, even when its TCP srflx (sent in the
+    first frame) or an IPv6 one precedes it (a trickled UDP srflx lands after them)."""
+    trickled = [tcp("host", "192.168.2.2"), tcp("srflx", "198.18.0.12", 41000),
+                udp("srflx", "2001:db8::12", 40001), udp("host", "192.168.2.2"), udp("srflx", "198.18.0.12", 40000)]
+    assert _spray_target(trickled) == udp("srflx", "198.18.0.12", 40000)
+    assert _spray_target(BLOCKED) is None
 
 
 def test_blocked_means_public_over_tcp_but_not_over_udp():
