@@ -134,8 +134,8 @@ class _Gathering:
         port = main.transport.getHost().port
         stun = self.options.stun_server or _stun_server(self.signaling)
         hosts = _host_addresses(stun[0], self.options.include_loopback)
-        self.agent.add_base("main", "host", (hosts[0] if hosts else "0.0.0.0", port), local_preference("0.0.0.0", 0),
-                            pair=self.options.direct)
+        self.agent.add_base("main", "host", (hosts[0] if hosts else "0.0.0.0", port),
+                            local_preference("0.0.0.0", 0), pair=self.options.direct)
         work = []  # every probe at once, never one after another
         if self.options.direct:
             for ip in hosts:
@@ -152,7 +152,8 @@ class _Gathering:
             self.reflexive_done = True
         tcp = None
         if "tcp" in self.options.direct_transports and self.nat64 is not None:
-            self._attempt("tcp-srflx", self.reactor.seconds(), "skipped", "IPv6-only host: no TCP punching through NAT64")
+            self._attempt("tcp-srflx", self.reactor.seconds(), "skipped",
+                          "IPv6-only host: no TCP punching through NAT64")
             self.tcp_done = True
         elif "tcp" in self.options.direct_transports:
             self.tcp_candidates = [{"type": "host", "ip": ip, "port": self._hold_tcp_port(), "protocol": "tcp"}

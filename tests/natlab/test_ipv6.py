@@ -33,8 +33,8 @@ pytestmark = pytest.mark.natlab
 
 @pytest.fixture(scope="module")
 def lab6(tmp_path_factory):
-    """Two dual-stack homes behind IPv6 firewalls, one behind NPTv6, an IPv6-only NAT64 access (one with a CLAT), a DS-Lite home
-    and a restricted cone; nodes on both families."""
+    """Two dual-stack homes behind IPv6 firewalls, one behind NPTv6, an IPv6-only NAT64 access (one with a
+    CLAT), a DS-Lite home, a restricted cone and a UDP-blocked site; one dual-stack node."""
     with opened_lab(tmp_path_factory.mktemp("natlab-ipv6")) as lab:
         lab.build_public()
         lab.start_dns_root()
