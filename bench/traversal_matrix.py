@@ -15,8 +15,9 @@ runs a listener behind the second and a connector behind the first
 
 Prints a Markdown table: the path each try took and the connector's time
 from the start instant to selection (ms), or "-" when it failed. The IPv6
-kinds (IPV6_KINDS: a dual-stack home behind an IPv6 stateful firewall,
-DS-Lite, an IPv6-only access with a CLAT) are not in the default list;
+kinds (IPV6_KINDS: a dual-stack home behind an IPv6 stateful firewall or
+NPTv6, DS-Lite, an IPv6-only access with NAT64, with or without a CLAT; the
+node then runs dual-stack) are not in the default list;
 ``--with`` keeps only the pairs that have one of the kinds it names.
 
 With ``--times`` it runs each pair with everything on (sessions, relay
@@ -41,9 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.natlab.connect_client import add_buddies, run_pair, user  # noqa: E402
 from tests.natlab.lab import Lab, unavailable_reason  # noqa: E402
+from tests.natlab.transition import SERVER_ALT_IP6, SERVER_IP6  # noqa: E402
 
 KINDS = ("eim-eif", "eim-adf", "eim-apdf", "apdm-random", "udp-blocked", "tcp-web-only", "eim-apdf+upnp")
-IPV6_KINDS = ("eim-apdf+ipv6-firewall", "ds-lite", "464xlat")
+IPV6_KINDS = ("eim-apdf+ipv6-firewall", "eim-apdf+ipv6-nptv6", "ds-lite", "464xlat", "nat64")
 SETTLE_SECONDS = 2.0  # --times: the connector is logged in this long before it connects
 TECHNIQUES = {
     "udp": ("direct=udp", "relay="),
@@ -80,8 +82,8 @@ def times(settled: tuple[dict, dict], cold: tuple[dict, dict]) -> str:
 
 def add_site(lab: Lab, kind: str):
     """A site of a kind of KINDS (but +upnp) or IPV6_KINDS."""
-    if kind.endswith("+ipv6-firewall"):
-        return lab.add_site(kind.split("+")[0], ipv6="firewall")
+    if "+ipv6-" in kind:
+        return lab.add_site(kind.split("+")[0], ipv6=kind.split("+ipv6-")[1])
     return lab.add_site(kind)
 
 
@@ -105,13 +107,18 @@ def main() -> int:
     lab = Lab(Path(tempfile.mkdtemp(prefix="traversal-matrix-")))
     try:
         lab.build_public()
+        ipv6 = bool(set(kinds) & set(IPV6_KINDS))
+        if ipv6:
+            lab.start_dns_root()  # ipv4only.arpa, for the NAT64 sites' DNS64
         plain = [k for k in kinds if not k.endswith("+upnp")]
         sites = {kind: (add_site(lab, kind), add_site(lab, kind)) for kind in plain}
         upnp = [k for k in kinds if k.endswith("+upnp")]
         names = [user(site) for pair in sites.values() for site in pair]
         names += [f"{k}-{i}".replace("+", "-") for k in upnp for i in (1, 2)]
         add_buddies(lab, names)
-        lab.start_server(relay=True, web_ports=True)
+        # With IPv6 kinds the node is dual-stack (RFC 5780 and dual relay allocations in both families).
+        lab.start_server(*(("--ip", SERVER_IP6, "--alt-ip", SERVER_ALT_IP6, "--allow-peer", "2001:db8::/32")
+                           if ipv6 else ()), relay=True, web_ports=True)
         for kind in upnp:  # miniupnpd asks the node for its address: after start_server
             pair = tuple(lab.add_site(kind.split("+")[0], upnp=True) for _ in range(2))
             for i, site in enumerate(pair, 1):

@@ -47,7 +47,7 @@ from twisted.logger import Logger
 
 from rendezvous.stun import Attr, Class, CodecError, Message, Method
 from rendezvous.stun.addresses import Address, decode_xor_address, encode_xor_address
-from rendezvous.stun.constants import MAGIC_COOKIE, MAGIC_COOKIE_BYTES
+from rendezvous.stun.constants import MAGIC_COOKIE, MAGIC_COOKIE_BYTES, AddressFamily
 from rendezvous.stun.message import message_type
 from rendezvous.stun.transaction import RC, RM, RTO_SECONDS, TransactionTimeout
 
@@ -87,7 +87,8 @@ class TurnClient:
 
     - ``server``: the server's (host, port); ``transport``: "udp", "tcp" or "tls"
     - ``relayed_address`` / ``mapped_address``: from the Allocate response
-      (XOR-RELAYED-ADDRESS, XOR-MAPPED-ADDRESS), None before
+      (XOR-RELAYED-ADDRESS, XOR-MAPPED-ADDRESS), None before;
+      ``relayed_addresses``: every XOR-RELAYED-ADDRESS (two for a dual allocation)
     - ``lifetime_seconds``: the lifetime the server last granted
     - ``realm``: the realm learned from the server's 401
     - ``on_data``: called as ``on_data(peer, data)`` for every Data indication
@@ -132,6 +133,7 @@ class TurnClient:
         self.keep_alive = keep_alive
         self.on_data: OnData | None = None
         self.relayed_address: Address | None = None
+        self.relayed_addresses: list[Address] = []
         self.mapped_address: Address | None = None
         self.lifetime_seconds: int | None = None
         self.dropped = 0
@@ -171,15 +173,20 @@ class TurnClient:
 
     # -- requests: RFC 8656 §7, §8, §10, §12 ------------------------------------------
 
-    def allocate(self, lifetime_seconds: int = DEFAULT_LIFETIME_SECONDS) -> Deferred:
+    def allocate(self, lifetime_seconds: int = DEFAULT_LIFETIME_SECONDS, *, family: AddressFamily | None = None,
+                 additional_family: AddressFamily | None = None) -> Deferred:
         """Allocate a UDP relayed transport address (RFC 8656 §7.1, §7.3).
 
-        Fires with the relayed (host, port); also sets ``relayed_address``,
-        ``mapped_address`` and ``lifetime_seconds``. Fails with TurnError
+        ``family`` asks for that family (REQUESTED-ADDRESS-FAMILY; the server's
+        default is IPv4), ``additional_family`` for an IPv6 address beside the
+        IPv4 one (ADDITIONAL-ADDRESS-FAMILY: a dual allocation). Fires with
+        the first relayed (host, port); also sets ``relayed_address``,
+        ``relayed_addresses`` (one per family granted), ``mapped_address``
+        and ``lifetime_seconds``. Fails with TurnError
         (e.g. 437 Allocation Mismatch, 441 Wrong Credentials, 486 Quota),
         RealmMismatch, TransactionTimeout or ConnectionClosed.
         """
-        return Deferred.fromCoroutine(client_allocation.allocate(self, lifetime_seconds))
+        return Deferred.fromCoroutine(client_allocation.allocate(self, lifetime_seconds, family, additional_family))
 
     def refresh(self, lifetime_seconds: int = DEFAULT_LIFETIME_SECONDS) -> Deferred:
         """Refresh the allocation (RFC 8656 §8.1); 0 deletes it.

@@ -15,8 +15,9 @@ from twisted.logger import Logger
 
 from rendezvous.stun import Attr, CodecError, Message, Method
 from rendezvous.stun.addresses import Address
-from rendezvous.stun.attributes import decode_uint32, encode_requested_transport, encode_uint16, encode_uint32
-from rendezvous.stun.constants import Error
+from rendezvous.stun.attributes import (decode_uint32, encode_address_family, encode_requested_transport,
+                                       encode_uint16, encode_uint32)
+from rendezvous.stun.constants import AddressFamily, Error
 
 from .client_auth import ConnectionClosed, TurnError
 from .client_transactions import request
@@ -33,18 +34,25 @@ HOUSEKEEPING_INTERVAL_SECONDS = 15
 UDP_PROTOCOL_NUMBER = 17  # REQUESTED-TRANSPORT value, RFC 8656 §18.7
 
 
-async def allocate(client, lifetime_seconds: int) -> Address:
-    """Allocate (RFC 8656 §7.1): REQUESTED-TRANSPORT UDP; record the relayed and mapped addresses (§7.3)."""
+async def allocate(client, lifetime_seconds: int, family: AddressFamily | None = None,
+                   additional_family: AddressFamily | None = None) -> Address:
+    """Allocate (RFC 8656 §7.1): REQUESTED-TRANSPORT UDP, REQUESTED- or ADDITIONAL-ADDRESS-FAMILY
+    when given; record the relayed (one per family, §7.3) and mapped addresses."""
 
     def build(message: Message) -> None:
         message.add(Attr.REQUESTED_TRANSPORT, encode_requested_transport(UDP_PROTOCOL_NUMBER))
         message.add(Attr.LIFETIME, encode_uint32(lifetime_seconds))
+        if family is not None:
+            message.add(Attr.REQUESTED_ADDRESS_FAMILY, encode_address_family(family))
+        if additional_family is not None:
+            message.add(Attr.ADDITIONAL_ADDRESS_FAMILY, encode_address_family(additional_family))
 
     response = await request(client, Method.ALLOCATE, build)
     relayed = response.address(Attr.XOR_RELAYED_ADDRESS)
     if relayed is None:
         raise TurnError(Error.BAD_REQUEST, "success without XOR-RELAYED-ADDRESS", Method.ALLOCATE)
     client.relayed_address = relayed
+    client.relayed_addresses = response.addresses(Attr.XOR_RELAYED_ADDRESS)
     client.mapped_address = response.address(Attr.XOR_MAPPED_ADDRESS)
     client._requested_lifetime = lifetime_seconds
     record_lifetime(client, response, lifetime_seconds)
@@ -159,5 +167,6 @@ def forget_allocation(client) -> None:
     """The allocation is gone (deleted, or the client closed): stop refreshing it."""
     stop_housekeeping(client)
     client.relayed_address = None
+    client.relayed_addresses = []
     client._permissions.clear()
     client._channels_bound.clear()

@@ -11,7 +11,14 @@ the NAT maps and allocates ports: the NAT hint), predicted (sequential
 allocators, ``prediction``), TCP host and server-reflexive (a port held for
 the punch, its mapping learned from the node), and relayed (TURN, RFC 8656,
 on the node: UDP, the transport and port signaling reached (which may be
-TLS on 443), TCP and TLS raced, the first allocation winning). All of these
+TLS on 443), TCP and TLS raced, the first allocation winning; a dual
+allocation, RFC 8656 §7.1: an IPv4 relayed candidate and an IPv6 one).
+IPv6 bases also get a server-reflexive candidate from the node's IPv6
+address (it differs from the host address behind NPTv6). On an IPv6-only
+host with NAT64 (``rendezvous.peer.nat64``, found at login) the UDP
+sockets are IPv6 ones that reach IPv4 addresses through the NAT64, so the
+candidates and checks above stay IPv4 (the srflx is the NAT64's mapping),
+and TURN goes over IPv6 to a dual-stack node. All of these
 run at once. With trickle ICE (RFC 8838) ``gather`` returns the host
 candidates at once and the rest follow through ``_more_candidates`` as
 each probe ends; ``gathered`` fires when the last one has.
@@ -31,12 +38,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relay import client as turn_client
+from rendezvous.peer.ice import local_preference
 from rendezvous.peer.interfaces import ipv6_host_addresses
+from rendezvous.peer.nat64 import Nat64, has_route
 from rendezvous.peer.prediction import NatHint, hint_from_probes, predicted_ports
 from rendezvous.peer.stun_client import StunClientProtocol, TransactionTimeout
 from rendezvous.peer.tcp_binding import reuse_port
 from rendezvous.peer.tcp_punch import tcp_mapped_address
 from rendezvous.stun import Attr, Class, Message, Method
+from rendezvous.stun.constants import AddressFamily
 from rendezvous.stun.addresses import Address
 from upnp_helper import LeaseKeeper, discover_gateway
 
@@ -61,12 +71,15 @@ CLOSE_TIMEOUT_SECONDS = 4.0
 class _Socket(StunClientProtocol):
     """One local UDP socket (an ICE base): gathering requests, checks and data."""
 
-    def __init__(self, reactor, name: str, session: _Session) -> None:
+    def __init__(self, reactor, name: str, session: _Session, nat64: Nat64 | None = None) -> None:
         super().__init__(reactor, rto_seconds=GATHER_RTO_SECONDS, rc=3, rm=4)
         self.name = name
         self.session = session
+        self.nat64 = nat64  # an IPv6 socket that reaches IPv4 addresses through this NAT64
 
     def datagramReceived(self, data: bytes, addr) -> None:
+        if self.nat64 is not None:
+            addr = self.nat64.to_ipv4(addr)
         if len(data) >= 20 and data[8:20] in self._pending:
             super().datagramReceived(data, addr)
         else:
@@ -94,13 +107,19 @@ class _Gathering:
         self._upnp_keeper: LeaseKeeper | None = None
         self._tcp_placeholder: socket.socket | None = None
         self.gathered: Deferred | None = None  # fires once every probe has ended
+        self.nat64 = getattr(self.signaling, "nat64", None)  # this host reaches IPv4 through NAT64 only
         self.closed = False
         self.reflexive_done = False  # STUN over UDP answered or gave up: this side's UDP is known
         self.tcp_done = False  # the TCP mapping is learned (or cannot be)
 
-    def _open(self, name: str, interface: str = "0.0.0.0") -> _Socket:
-        protocol = _Socket(self.reactor, name, self)
-        port = self.reactor.listenUDP(0, protocol, interface=interface)
+    def _open(self, name: str, interface: str | None = None) -> _Socket:
+        """A UDP socket on ``interface``; by default an IPv4 one, or on an IPv6-only host with NAT64
+        an IPv6 one that reaches IPv4 addresses through it (``_Nat64Port``)."""
+        nat64 = self.nat64 if interface is None else None
+        protocol = _Socket(self.reactor, name, self, nat64)
+        port = self.reactor.listenUDP(0, protocol, interface=interface or ("::" if nat64 else "0.0.0.0"))
+        if nat64 is not None:
+            protocol.transport = _Nat64Port(port, nat64)
         if name == "main":  # a session's packets: the default buffer drops bursts, and QUIC halves its window
             turn_client.set_socket_buffers(port.socket, SOCKET_BUFFER_BYTES)
         self.sockets[name] = (protocol, port)
@@ -115,13 +134,16 @@ class _Gathering:
         port = main.transport.getHost().port
         stun = self.options.stun_server or _stun_server(self.signaling)
         hosts = _host_addresses(stun[0], self.options.include_loopback)
-        self.agent.add_base("main", "host", (hosts[0] if hosts else "0.0.0.0", port), 65535,
-                            pair=self.options.direct)
+        self.agent.add_base("main", "host", (hosts[0] if hosts else "0.0.0.0", port),
+                            local_preference("0.0.0.0", 0), pair=self.options.direct)
         work = []  # every probe at once, never one after another
         if self.options.direct:
             for ip in hosts:
                 self.agent.advertise(self.agent.candidate("host", (ip, port), "main"))
-            self._ipv6_hosts()
+            stun6 = _stun_server(self.signaling, ipv6=True)
+            for name in self._ipv6_hosts():
+                if stun6 is not None:
+                    work.append(Deferred.fromCoroutine(self._reflexive6(name, stun6)))
             reflexive = Deferred.fromCoroutine(self._reflexive(main, stun))
             work.append(reflexive)
             if self.options.upnp or (self.options.upnp is None and not ipaddress.ip_address(stun[0]).is_loopback):
@@ -129,7 +151,11 @@ class _Gathering:
         else:
             self.reflexive_done = True
         tcp = None
-        if "tcp" in self.options.direct_transports:
+        if "tcp" in self.options.direct_transports and self.nat64 is not None:
+            self._attempt("tcp-srflx", self.reactor.seconds(), "skipped",
+                          "IPv6-only host: no TCP punching through NAT64")
+            self.tcp_done = True
+        elif "tcp" in self.options.direct_transports:
             self.tcp_candidates = [{"type": "host", "ip": ip, "port": self._hold_tcp_port(), "protocol": "tcp"}
                                    for ip in hosts]
             tcp = Deferred.fromCoroutine(self._tcp(hosts))
@@ -163,8 +189,10 @@ class _Gathering:
                if c.kind != "prflx"]
         return (udp[:32 - len(self.tcp_candidates)] + self.tcp_candidates)[:32]
 
-    def _ipv6_hosts(self) -> None:
-        """RFC 8445 §5.1.1.1: a base and host candidate per global IPv6 address (its own socket)."""
+    def _ipv6_hosts(self) -> list[str]:
+        """RFC 8445 §5.1.1.1: a base and host candidate per global IPv6 address (its own socket),
+        ranked above the IPv4 ones (RFC 8421 §4); the bases' names."""
+        names = []
         for index, ip in enumerate(ipv6_host_addresses(self.options.ipv6_temporary)[:MAX_IPV6_HOSTS]):
             name = f"host6-{index}"
             try:
@@ -173,8 +201,27 @@ class _Gathering:
                 log.debug("no socket on {ip}: {error}", ip=ip, error=e)
                 continue
             address = (ip, sock.transport.getHost().port)
-            self.agent.add_base(name, "host", address, 65534 - index)
+            self.agent.add_base(name, "host", address, local_preference(ip, index))
             self.agent.advertise(self.agent.candidate("host", address, name))
+            names.append(name)
+        return names
+
+    async def _reflexive6(self, name: str, stun: Address) -> None:
+        """The IPv6 server-reflexive candidate of one IPv6 base (RFC 8445 §5.1.1.2), from the node's IPv6
+        address: it differs from the host address behind NPTv6 (RFC 6296) or a NAT66."""
+        started = self.reactor.seconds()
+        sock = self.sockets[name][0]
+        try:
+            response, _ = await sock.request(Message(Method.BINDING, Class.REQUEST), stun)
+        except TransactionTimeout:
+            self._attempt("srflx6", started, "failed", f"no answer from {stun[0]}")
+            return
+        mapped = response.address(Attr.XOR_MAPPED_ADDRESS)
+        if mapped is None or self.closed:
+            return
+        if mapped != self.agent.bases[name].address:
+            self.agent.advertise(self.agent.candidate("srflx", mapped, name))
+        self._attempt("srflx6", started, "succeeded", f"[{mapped[0]}]:{mapped[1]}")
 
     def _probe_ended(self, result):
         self._more_candidates()
@@ -355,7 +402,8 @@ class _Gathering:
         turn = self.signaling.welcome.get("turn") if isinstance(self.signaling.welcome, dict) else None
         if not turn:
             return
-        targets = _relay_targets(self.signaling, turn, self.options.relay_transports, self.options.tls)
+        targets = _reachable(_relay_targets(self.signaling, turn, self.options.relay_transports, self.options.tls),
+                             has_route, self.nat64)
         won: Deferred = Deferred()
         left = [len(targets)]
 
@@ -389,8 +437,12 @@ class _Gathering:
             return
         self.turn, self.turn_transport = client, transport
         client.on_data = lambda peer, data: self.packet("relay", tuple(peer), data)
-        self.agent.add_base("relay", "relay", relayed, {"udp": 3, "tcp": 2, "tls": 1}[transport])
-        self.agent.advertise(self.agent.candidate("relay", relayed, "relay"))
+        preference = {"udp": 3, "tcp": 2, "tls": 1}[transport]
+        self.agent.add_base("relay", "relay", relayed, preference)
+        for other in client.relayed_addresses[1:2]:  # a dual allocation's IPv6 address (RFC 8656 §7.1)
+            self.agent.add_base_address("relay", other, preference + (8 if ":" in other[0] else 0))
+        for address in client.relayed_addresses or [relayed]:
+            self.agent.advertise(self.agent.candidate("relay", address, "relay"))
         # A peer on the same relay sends from that relay's address: permit it now, before its candidate
         # comes, so the first check between the two relayed addresses is not dropped (RFC 8656 §9).
         self._permitted.add(relayed[0])
@@ -410,7 +462,10 @@ class _Gathering:
             self._attempt(f"turn-{transport}", started, "failed", f"allocation: {e}")
             return None
         try:
-            relayed = await client.allocate().addTimeout(RELAY_TIMEOUT_SECONDS + 1, self.reactor)
+            # A dual allocation (RFC 8656 §7.1): the default IPv4 relayed address, which an IPv4-only peer
+            # reaches whichever family the allocation was made over, and an IPv6 one beside it.
+            relayed = await client.allocate(additional_family=AddressFamily.IPV6).addTimeout(
+                RELAY_TIMEOUT_SECONDS + 1, self.reactor)
         except Exception as e:
             client.close()
             self._attempt(f"turn-{transport}", started, "failed", f"allocation: {e}")
@@ -421,6 +476,20 @@ class _Gathering:
         entry = self.sockets.pop(name, None)
         if entry is not None:
             entry[1].stopListening()
+
+
+class _Nat64Port:
+    """A UDP port on an IPv6-only host as the layers above see it: IPv4 destinations are written
+    under the NAT64 prefix (RFC 6052 §2.2); everything else is the port's."""
+
+    def __init__(self, port, nat64: Nat64) -> None:
+        self._port, self._nat64 = port, nat64
+
+    def write(self, data: bytes, addr) -> None:
+        self._port.write(data, self._nat64.to_ipv6(addr))
+
+    def __getattr__(self, name: str):
+        return getattr(self._port, name)
 
 
 def _copy(d: Deferred) -> Deferred:
@@ -462,14 +531,18 @@ def _host_addresses(toward: str, include_loopback: bool) -> list[str]:
     return result
 
 
-def _stun_server(signaling) -> Address:
-    """The node's STUN UDP address: from its TURN URLs, else its signaling address."""
+def _stun_server(signaling, ipv6: bool = False) -> Address | None:
+    """The node's STUN UDP address: from its TURN URLs, else its signaling address. With ``ipv6``
+    its IPv6 one, from the URLs or the welcome's ``node_ips`` (None when it has none)."""
     host, port = signaling.server
     for url in (signaling.welcome.get("turn") or {}).get("urls") or signaling.welcome.get("relays") or []:
         scheme, target, transport = _parse_turn_url(url)
-        if scheme == "turn" and transport == "udp":
+        if scheme == "turn" and transport == "udp" and (":" in target[0]) == ipv6:
             return target
-    return host, port
+    if not ipv6:
+        return host, port
+    return next(((ip, port) for ip in signaling.welcome.get("node_ips") or [] if isinstance(ip, str) and ":" in ip),
+                None)
 
 
 def _parse_turn_url(url: str) -> tuple[str, Address, str]:
@@ -479,6 +552,20 @@ def _parse_turn_url(url: str) -> tuple[str, Address, str]:
     transport = parse_qs(parts.query).get("transport", ["udp"])[0]
     port = parts.port or (5349 if scheme == "turns" else 3478)
     return scheme, (parts.hostname, port), "tls" if scheme == "turns" else transport
+
+
+def _reachable(targets: list[tuple[str, Address]], routable, nat64: Nat64 | None) -> list[tuple[str, Address]]:
+    """The targets this host can reach (RFC 8305 §7.1): an IPv4 server without a route goes through
+    ``nat64``, but only for a transport that has no server of a family reached natively (a dual-stack
+    node's IPv6 address is better than a NAT64 in the way); without NAT64 it is left out."""
+    native = {t for t, (host, _) in targets if ":" in host or routable(host)}
+    found = []
+    for transport, (host, port) in targets:
+        if ":" in host or routable(host):
+            found.append((transport, (host, port)))
+        elif nat64 is not None and transport not in native:
+            found.append((transport, nat64.to_ipv6((host, port))))
+    return found
 
 
 def _relay_targets(signaling, turn: dict, transports: tuple, tls: bool) -> list[tuple[str, Address]]:

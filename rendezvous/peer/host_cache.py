@@ -5,7 +5,10 @@ recently seen first, then the least loaded), then the bootstrap list built
 into the application as the last resort. After each login it merges the
 ``host_cache`` of the ``welcome`` (docs/PROTOCOL.md) and saves the file, so
 it can find the network again even when its bootstrap nodes are gone, as
-Skype clients did with their host caches.
+Skype clients did with their host caches. A dual-stack node's entry keeps
+all its addresses (``ips``) and the one the last login reached it at
+(``via``), which happy eyeballs tries first next time (RFC 8305 §4,
+``rendezvous.peer.happy_eyeballs``).
 """
 
 import json
@@ -46,7 +49,11 @@ class HostCache:
                 continue
             seen = entry.get("seen", now) if keep_seen else now
             clean["seen"] = seen if isinstance(seen, (int, float)) else now
-            self.entries[(clean["host"], clean["port"])] = clean
+            key = (clean["host"], clean["port"])
+            via = entry.get("via", self.entries.get(key, {}).get("via"))
+            if via in self.addresses(key, clean):
+                clean["via"] = via
+            self.entries[key] = clean
         self._trim(now)
 
     def _trim(self, now: float) -> None:
@@ -61,6 +68,21 @@ class HostCache:
         cached = sorted(self.entries.values(), key=lambda e: (-e["seen"], e["load"]))
         order = [(e["host"], e["port"]) for e in cached]
         return order + [b for b in self.bootstrap if b not in order]
+
+    def addresses(self, server: tuple[str, int], entry: dict | None = None) -> list[str]:
+        """Every address of a node (its entry's ``ips``, else its host)."""
+        entry = entry if entry is not None else self.entries.get(server, {})
+        return list(entry.get("ips") or [server[0]])
+
+    def reached_via(self, server: tuple[str, int]) -> str | None:
+        """The address the last login reached this node at, if it is cached."""
+        return self.entries.get(server, {}).get("via")
+
+    def remember(self, server: tuple[str, int], ip: str) -> None:
+        """The login to ``server`` won the race at ``ip`` (one of its addresses): try it first next time."""
+        entry = self.entries.get(server)
+        if entry is not None and ip in self.addresses(server):
+            entry["via"] = ip
 
     def save(self) -> None:
         """Write the file atomically (a crash leaves the old one whole)."""

@@ -1,6 +1,7 @@
 """ICE connectivity checks, sans-IO (RFC 8445, one component, UDP).
 
-§5.1.2 candidate priorities; §6.1.2 forming, ordering and pruning the
+§5.1.2 candidate priorities (with RFC 8421 §4: IPv6 above IPv4 for one
+type); §6.1.2 forming, ordering and pruning the
 check list, §6.1.2.6 initial states by foundation; §6.1.4 the Ta-paced
 scheduler with its triggered-check queue; §7.2 sending a check (USERNAME
 "remote:local", PRIORITY, ICE-CONTROLLING/-CONTROLLED with the tie-breaker,
@@ -17,7 +18,9 @@ After selection, RFC 7675 consent freshness: ``consent_check`` makes a
 Binding request on the selected pair (each sent once, a new one every
 4-6 s), and consent expires 30 s after the last authenticated answer.
 
-Sockets are *bases*, named by the caller ("main", "relay", "spray-7"...).
+Sockets are *bases*, named by the caller ("main", "relay", "spray-7"...);
+a base may have an address in each family (a dual TURN allocation), each
+paired with the remote candidates of its family.
 ``receive`` and ``expire`` return ``Send(base, destination, data)`` for the
 caller to write; ``deadline`` says when to call ``expire`` next.
 """
@@ -54,6 +57,12 @@ CONSENT_TIMEOUT_SECONDS = 30.0  # RFC 7675 §5.1: consent expires 30 s after the
 def priority(kind: str, local_preference: int, component: int = COMPONENT) -> int:
     """§5.1.2.1: 2^24 type preference + 2^8 local preference + (256 - component)."""
     return (TYPE_PREFERENCE[kind] << 24) + ((local_preference & 0xFFFF) << 8) + (256 - component)
+
+
+def local_preference(ip: str, index: int) -> int:
+    """§5.1.2.1 with RFC 8421 §4: an IPv6 address ranks above every IPv4 one of the same type
+    (65535 - index for IPv6, 32767 - index for IPv4; ``index`` orders those of one family)."""
+    return (65535 if ":" in ip else 32767) - index
 
 
 def pair_priority(controlling: int, controlled: int) -> int:
@@ -157,6 +166,7 @@ class Agent:
 
     def __post_init__(self) -> None:
         self.bases: dict[str, Candidate] = {}
+        self._other_family: dict[str, Candidate] = {}  # a base's address in its second family (add_base_address)
         self.local_candidates: list[Candidate] = []
         self.remote_candidates: list[Candidate] = []
         self.remote_ufrag: str | None = None
@@ -190,12 +200,29 @@ class Agent:
         """
         candidate = Candidate(kind, address, priority(kind, local_preference), f"{kind}:{name}", name)
         self.bases[name] = candidate
+        self._other_family.pop(name, None)
         if pair:
             for remote in self.remote_candidates:
                 self._pair(candidate, remote)
             self._paired.add(name)
             if self.started_at is not None:
                 self._unfreeze_by_foundation()  # RFC 8838 §11: a new base joins the running checks
+        return candidate
+
+    def add_base_address(self, name: str, address: Address, local_preference: int) -> Candidate:
+        """The base ``name``'s address in the other family (a dual TURN allocation's IPv6 relayed
+        address, RFC 8656 §7.1): it is the local side of the base's pairs with remotes of that family."""
+        first = self.bases[name]
+        if (":" in first.address[0]) == (":" in address[0]):
+            raise ValueError(f"{name} already has an address of the family of {address[0]}")
+        candidate = Candidate(first.kind, address, priority(first.kind, local_preference),
+                              f"{first.kind}:{name}:{'6' if ':' in address[0] else '4'}", name)
+        self._other_family[name] = candidate
+        if name in self._paired:
+            for remote in self.remote_candidates:
+                self._pair(first, remote)
+            if self.started_at is not None:
+                self._unfreeze_by_foundation()
         return candidate
 
     def advertise(self, candidate: Candidate) -> None:
@@ -206,9 +233,10 @@ class Agent:
             self.local_candidates.append(candidate)
 
     def candidate(self, kind: str, address: Address, base: str) -> Candidate:
-        """A local candidate of this kind on a base, ranked by its place in the advertised list."""
+        """A local candidate of this kind on a base, ranked by its family (RFC 8421: IPv6 first)
+        and then its place in the advertised list."""
         index = len(self.local_candidates)
-        return Candidate(kind, address, priority(kind, 65535 - index), f"{kind}:{base}", base)
+        return Candidate(kind, address, priority(kind, local_preference(address[0], index)), f"{kind}:{base}", base)
 
     def set_remote(self, ufrag: str, pwd: str, candidates: list[dict], now: float) -> None:
         """The peer's credentials and candidates (§6.1.2); checks start at ``now``."""
@@ -251,7 +279,11 @@ class Agent:
                 self._pair(self.bases[name], remote)
 
     def _pair(self, base: Candidate, remote: Candidate, state: PairState = PairState.FROZEN) -> Pair | None:
-        """§6.1.2.2, §6.1.2.4: one pair per (base, remote address); IPv4 with IPv4."""
+        """§6.1.2.2, §6.1.2.4: one pair per (base, remote address); IPv4 with IPv4 (a base with an
+        address in each family pairs each with its own)."""
+        other = self._other_family.get(base.base)
+        if other is not None and (":" in other.address[0]) == (":" in remote.address[0]):
+            base = other
         if (":" in base.address[0]) != (":" in remote.address[0]):
             return None
         if base.kind == "relay" and remote.kind == "relay" and base.address == remote.address:

@@ -2,8 +2,10 @@
 
 ``SignalingClient.login(reactor, user, password, ...)`` tries super nodes in
 order — the host cache's entries, then the bootstrap ``servers`` — over TCP
-or TLS, follows a ``redirect`` from a draining node to the nodes it offers,
-and fires with a logged-in client once a ``welcome`` arrives; the welcome's
+or TLS (each node's addresses raced, RFC 8305: ``happy_eyeballs``; IPv4
+through NAT64 on an IPv6-only host: ``nat64``), follows a ``redirect`` from
+a draining node to the nodes it offers, and fires with a logged-in client
+once a ``welcome`` arrives; the welcome's
 ``host_cache`` is merged into the HostCache and saved. After that:
 
 - ``request(op, **fields)`` sends a frame with a fresh ``id`` and fires with
@@ -21,11 +23,14 @@ The client core only writes through a callable; ``_SignalingStream`` is the
 thin Twisted adapter.
 """
 
+import ipaddress
+import socket
 from collections import deque
 from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.threads import deferToThreadPool
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
@@ -35,7 +40,9 @@ from zope.interface import implementer
 
 from relay.client import tls_options
 
+from rendezvous.peer.happy_eyeballs import plan, race
 from rendezvous.peer.host_cache import HostCache, host_entry
+from rendezvous.peer.nat64 import discover, has_route
 from rendezvous.wire.frames import FrameError, FrameReader, encode
 from rendezvous.wire.streams import IDLE_TIMEOUT_SECONDS, BoundedWrites, send_at_once
 
@@ -76,7 +83,10 @@ class SignalingClient:
     Attributes set from the ``welcome``: ``user``, ``node``,
     ``mapped_address`` ((ip, port) as the node saw us), ``relays``,
     ``welcome`` (the whole frame) and ``server`` ((host, port) used);
-    ``local_address`` is our end of the connection.
+    ``address`` is the happy eyeballs ``Target`` the connection went to
+    (the node's address, and the NAT64 one dialled for it), ``nat64`` the
+    ``Nat64`` it went through (None: it did not); ``local_address`` is our
+    end of the connection.
     ``dropped`` counts pushed frames lost for want of a handler and
     frames that were not JSON objects.
     """
@@ -90,6 +100,8 @@ class SignalingClient:
         self.relays: list = []
         self.welcome: dict | None = None
         self.server: tuple[str, int] | None = None
+        self.address = None  # happy_eyeballs.Target
+        self.nat64 = None  # nat64.Nat64
         self.local_address: tuple[str, int] | None = None
         self.dropped = 0
         self.connected = False
@@ -349,7 +361,7 @@ async def _login(cls, reactor, order: list[tuple[str, int]], host_cache: HostCac
             continue
         tried.add(server)
         try:
-            client, reply = await _attempt(cls, reactor, server, options)
+            client, reply = await _attempt(cls, reactor, server, options, host_cache)
         except SignalingRequestError:
             raise  # the node answered: a wrong password is wrong everywhere
         except Exception as e:
@@ -371,6 +383,7 @@ async def _login(cls, reactor, order: list[tuple[str, int]], host_cache: HostCac
         if host_cache is not None:
             this = {"host": server[0], "port": server[1], "ips": reply.get("node_ips")}  # both families
             host_cache.merge([this] + list(reply.get("host_cache") or []))
+            host_cache.remember(server, client.address.ip)
             try:
                 host_cache.save()
             except OSError as e:
@@ -380,41 +393,82 @@ async def _login(cls, reactor, order: list[tuple[str, int]], host_cache: HostCac
     raise SignalingUnavailable(attempts)
 
 
-async def _attempt(cls, reactor, server: tuple[str, int], options: dict) -> tuple[SignalingClient, dict]:
-    """Connect to one node and log in; fires with the client and the welcome or redirect."""
+async def _attempt(cls, reactor, server: tuple[str, int], options: dict,
+                   host_cache: HostCache | None = None) -> tuple[SignalingClient, dict]:
+    """Connect to one node, its addresses raced (RFC 8305, ``happy_eyeballs``), and log in on the
+    connection that won; fires with the client and the welcome or redirect."""
     host, port = server
     timeout_seconds = options["timeout_seconds"]
-    endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout_seconds)
-    if options["tls"]:
-        endpoint = wrapClientTLS(
-            tls_options(options["tls_hostname"] or host, options["tls_verify"], options["tls_ca_file"]), endpoint)
-    client = cls(reactor, request_timeout_seconds=timeout_seconds)
-    stream = _SignalingStream(client, tls=options["tls"])
-    deadline = reactor.callLater(timeout_seconds, lambda: (step.cancel(), client.close()))
+    steps: list[Deferred] = []
+    deadline = reactor.callLater(timeout_seconds, lambda: steps and steps[-1].cancel())
+    client = None
+
+    def step(d: Deferred) -> Deferred:
+        steps.append(d)
+        return d
+
     try:
-        step = connectProtocol(endpoint, stream)
-        await step
-        if stream.handshake is not None:
-            step = stream.handshake
-            await step
+        ips = host_cache.addresses(server) if host_cache is not None and server in host_cache.entries else None
+        if ips is None:
+            ips = await step(Deferred.fromCoroutine(_resolve(reactor, host, port)))
+        nat64 = None
+        if any(":" not in ip and not has_route(ip) for ip in ips):  # RFC 8305 §7.1: IPv4 through NAT64
+            nat64 = await step(Deferred.fromCoroutine(discover(reactor, next(ip for ip in ips if ":" not in ip))))
+        targets = plan(ips, has_route, nat64, host_cache.reached_via(server) if host_cache is not None else None)
+        if not targets:
+            raise SignalingConnectionLost(f"no route to {host} (no IPv4 route and no NAT64 prefix)")
+        target, client = await step(race(
+            reactor, targets, lambda t: Deferred.fromCoroutine(_connected(cls, reactor, host, t.dial, port,
+                                                                          options))))
+        client.nat64, client.address = nat64, target
         if options["register"]:
-            step = client.request("register", user=options["user"], password=options["password"])
             try:
-                await step
+                await step(client.request("register", user=options["user"], password=options["password"]))
             except SignalingRequestError as e:
                 if e.code != "conflict":
                     raise
-        step = client.request("login", user=options["user"], password=options["password"])
-        reply = await step
+        reply = await step(client.request("login", user=options["user"], password=options["password"]))
         if reply.get("op") not in ("welcome", "redirect"):
             raise SignalingConnectionLost(f"unexpected reply to login: {reply.get('op')}")
         return client, reply
     except BaseException:
-        client.close()
+        if client is not None:
+            client.close()
         raise
     finally:
         if deadline.active():
             deadline.cancel()
+
+
+async def _resolve(reactor, host: str, port: int) -> list[str]:
+    """host if it is an address, else every address its name has (A and AAAA, system resolver)."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    infos = await deferToThreadPool(reactor, reactor.getThreadPool(), socket.getaddrinfo, host, port, 0,
+                                    socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+async def _connected(cls, reactor, host: str, ip: str, port: int, options: dict) -> SignalingClient:
+    """A client on a TCP (and TLS) connection to one address of the node, not logged in yet; a
+    cancelled attempt closes what it opened."""
+    endpoint = (TCP6ClientEndpoint if ":" in ip else TCP4ClientEndpoint)(reactor, ip, port,
+                                                                         timeout=options["timeout_seconds"])
+    if options["tls"]:
+        endpoint = wrapClientTLS(
+            tls_options(options["tls_hostname"] or host, options["tls_verify"], options["tls_ca_file"]), endpoint)
+    client = cls(reactor, request_timeout_seconds=options["timeout_seconds"])
+    stream = _SignalingStream(client, tls=options["tls"])
+    try:
+        await connectProtocol(endpoint, stream)
+        if stream.handshake is not None:
+            await stream.handshake
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 def _describe(error: BaseException) -> str:

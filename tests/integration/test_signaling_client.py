@@ -96,3 +96,17 @@ async def test_redirect_from_a_draining_node(two_nodes, tmp_path):
     await client.close()
     await present.close()
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_races_a_nodes_addresses_and_remembers_the_winner(two_nodes, tmp_path):
+    """A cached node's addresses are raced, IPv6 first (RFC 8305): the one that refuses loses, the login goes
+    to the other, and the host cache remembers it as the address to try first."""
+    _, b = two_nodes  # A drains after the redirect test
+    cache = HostCache(tmp_path / "hosts.json")
+    cache.merge([{"host": b.ip, "port": b.port, "ips": [b.ip, "::1"]}])  # nothing listens on [::1]:port
+    client = await SignalingClient.login(reactor, "dora", "dora-pw", host_cache=cache, timeout_seconds=5)
+    assert client.server == (b.ip, b.port) and client.address.ip == b.ip and client.nat64 is None
+    await client.close()
+    saved = HostCache(tmp_path / "hosts.json").load()
+    assert saved.reached_via((b.ip, b.port)) == b.ip

@@ -1,11 +1,15 @@
 """The IPv6 kinds of the NAT lab: nat-check's per-family verdicts behind a
 dual-stack home with an IPv6 stateful firewall, on an IPv6-only access with
-NAT64/DNS64 (and with a CLAT: 464XLAT), and behind DS-Lite; connect() between two firewalled homes, and
-from DS-Lite and from behind a CLAT to an IPv4-only cone NAT. (test_nat_check.py checks their teardown.)
+NAT64/DNS64 (and with a CLAT: 464XLAT), and behind DS-Lite; connect() between two firewalled homes, from
+NPTv6 to a firewalled home (direct over IPv6 by the IPv6 server-reflexive candidate), from DS-Lite and from
+behind a CLAT to an IPv4-only cone NAT, and between an IPv6-only NAT64 access without a CLAT and IPv4-only
+sites: direct through the NAT64 to a cone, on the dual-stack relay to a UDP-blocked site. (test_nat_check.py
+checks their teardown.)
 
-One lab per module: the super node on IPv4 (RFC 5780, TURN) and a second
-node on the IPv6 addresses (RFC 5780), the lab's DNS root, and one site of
-each kind (two firewalled homes, and a restricted cone for DS-Lite to reach).
+One lab per module: one dual-stack super node (RFC 5780 in both families,
+TURN with dual allocations), the lab's DNS root, and one site of each kind
+(two firewalled homes, and an IPv4-only restricted cone and UDP-blocked
+site for the transition kinds to reach).
 """
 
 import pytest
@@ -14,11 +18,13 @@ from rendezvous.peer.nat_check import ADDRESS_AND_PORT_DEPENDENT as APDF
 from rendezvous.peer.nat_check import ENDPOINT_INDEPENDENT as EI
 
 from .conftest import opened_lab
+from .lab import SERVER_IP, SERVER_PORT
 from .connect_client import add_buddies, run_pair, user
 from .test_nat_check import SERVER, run_nat_check
 from .transition import AFTR_IP, SERVER_ALT_IP6, SERVER_IP6
 
 SERVER6 = f"[{SERVER_IP6}]:3478"
+LAB_IPV6 = "2001:db8::/32"  # the lab's IPv6 "internet" (tests/natlab/transition.py)
 FIREWALL = "eim-apdf+ipv6-firewall"
 NPTV6 = "eim-apdf+ipv6-nptv6"
 
@@ -27,18 +33,19 @@ pytestmark = pytest.mark.natlab
 
 @pytest.fixture(scope="module")
 def lab6(tmp_path_factory):
-    """Two dual-stack homes behind IPv6 firewalls, one behind NPTv6, an IPv6-only NAT64 access (one with a CLAT), a DS-Lite home
-    and a restricted cone; nodes on both families."""
+    """Two dual-stack homes behind IPv6 firewalls, one behind NPTv6, an IPv6-only NAT64 access (one with a
+    CLAT), a DS-Lite home, a restricted cone and a UDP-blocked site; one dual-stack node."""
     with opened_lab(tmp_path_factory.mktemp("natlab-ipv6")) as lab:
         lab.build_public()
         lab.start_dns_root()
         homes = (lab.add_site("eim-apdf", ipv6="firewall"), lab.add_site("eim-apdf", ipv6="firewall"))
-        lab.kinds = {FIREWALL: homes, NPTV6: lab.add_site("eim-apdf", ipv6="nptv6"), "nat64": lab.add_site("nat64"), "464xlat": lab.add_site("464xlat"),
-                     "ds-lite": lab.add_site("ds-lite"), "eim-adf": lab.add_site("eim-adf")}
-        add_buddies(lab, [user(site) for site in (*homes, lab.kinds["ds-lite"], lab.kinds["464xlat"],
-                                                  lab.kinds["eim-adf"])])
-        lab.start_server(relay=True)
-        lab.start_server(ip=SERVER_IP6, alt_ip=SERVER_ALT_IP6, echo=False)
+        lab.kinds = {FIREWALL: homes, NPTV6: lab.add_site("eim-apdf", ipv6="nptv6"), "nat64": lab.add_site("nat64"),
+                     "464xlat": lab.add_site("464xlat"), "ds-lite": lab.add_site("ds-lite"),
+                     "eim-adf": lab.add_site("eim-adf"), "udp-blocked": lab.add_site("udp-blocked")}
+        add_buddies(lab, [user(site) for site in (*homes, *(lab.kinds[kind] for kind in (
+            NPTV6, "nat64", "ds-lite", "464xlat", "eim-adf", "udp-blocked")))])
+        # One dual-stack node: RFC 5780 in both families, its relay on both (dual allocations), IPv6 peers allowed.
+        lab.start_server("--ip", SERVER_IP6, "--alt-ip", SERVER_ALT_IP6, "--allow-peer", LAB_IPV6, relay=True)
         yield lab
 
 
@@ -136,3 +143,60 @@ def test_connect_over_the_transition_to_an_ipv4_only_cone(lab6, kind):
     assert mine["pong"], (mine, theirs)
     assert mine["path"] == "udp-direct", mine
     assert mine["remote"][0] == callee.wan_ip and theirs["remote"][0] == caller.wan_ip, (mine, theirs)
+
+
+def test_prefix_translated_home_goes_direct_over_ipv6_by_its_reflexive_address(lab6):
+    """Behind NPTv6 the client's IPv6 server-reflexive candidate (its global address, from the node's IPv6
+    address) is what a firewalled home reaches it at: the two connect directly over IPv6."""
+    caller, callee = lab6.kinds[NPTV6], lab6.kinds[FIREWALL][0]
+    mine, theirs = run_pair(caller, callee)
+    assert "error" not in mine, mine
+    assert mine["pong"], (mine, theirs)
+    assert mine["path"] == "udp-direct", mine
+    assert mine["remote"][0] == callee.client_ip6, mine
+    assert theirs["remote"][0] == caller.client_ip6.replace("fd00:", "2001:db8:"), theirs
+
+
+@pytest.mark.parametrize("calling", [True, False], ids=["ipv6-only-calls", "ipv4-only-calls"])
+def test_ipv6_only_client_reaches_an_ipv4_only_cone_through_nat64(lab6, calling):
+    """An IPv6-only client behind NAT64 (no IPv4 address, no CLAT) and an IPv4-only restricted cone connect
+    directly through the NAT64: the client logs in at the node's IPv4 address under the prefix DNS64 gives
+    (RFC 7050, RFC 8305 §7.1), its server-reflexive candidate is the NAT64's IPv4 mapping, and its checks go
+    to the cone's IPv4 address under the prefix; each side sees the other at an IPv4 address."""
+    nat64, cone = lab6.kinds["nat64"], lab6.kinds["eim-adf"]
+    caller, callee = (nat64, cone) if calling else (cone, nat64)
+    mine, theirs = run_pair(caller, callee)
+    assert "error" not in mine, mine
+    assert mine["pong"], (mine, theirs)
+    assert mine["path"] == theirs["path"] == "udp-direct", (mine, theirs)
+    mine, theirs = (mine, theirs) if calling else (theirs, mine)  # the NAT64 side's report first
+    assert mine["remote"][0] == cone.wan_ip and theirs["remote"][0] == nat64.wan_ip, (mine, theirs)
+    assert mine["local"][0] == nat64.wan_ip, mine  # the NAT64's IPv4 mapping: the host has no IPv4 address
+
+
+def test_ipv6_only_client_reaches_a_udp_blocked_ipv4_peer_by_a_dual_stack_relay_allocation(lab6):
+    """Where no direct path exists (the IPv4-only peer cannot send UDP), the two meet on the node's dual-stack
+    relay (RFC 8656 §7.1 dual allocations): the IPv6-only client sends from its IPv6 address to the IPv6 half
+    of the peer's allocation (made over TCP, from IPv4). Its own allocation, made over IPv6, has the IPv4
+    relayed address first, where an IPv4-only peer can reach it."""
+    caller, callee = lab6.kinds["nat64"], lab6.kinds["udp-blocked"]
+    mine, theirs = run_pair(caller, callee)
+    assert "error" not in mine, mine
+    assert mine["pong"], (mine, theirs)
+    assert (mine["path"], theirs["path"]) == ("turn-udp", "turn-tcp"), (mine, theirs)
+    assert mine["local"][0] == caller.client_ip6 and mine["remote"][0] == SERVER_IP6, mine
+    assert theirs["local"][0] == SERVER_IP6 and theirs["remote"][0] == caller.client_ip6, theirs
+    log = (lab6.workdir / f"twistd-{SERVER_PORT}.log").read_text(errors="replace").splitlines()
+    over_ipv6 = [line for line in log if f"from [{caller.client_ip6}]:" in line and "over udp" in line]
+    assert over_ipv6 and f"relayed ['{SERVER_IP}:" in over_ipv6[-1], over_ipv6
+
+
+def test_dual_stack_home_and_ipv6_only_client_connect_over_ipv6(lab6):
+    """A dual-stack home and an IPv6-only client behind NAT64 go direct over IPv6, host to host (RFC 8421
+    ranks the IPv6 pair above the IPv4 one through the NAT64)."""
+    caller, callee = lab6.kinds[FIREWALL][1], lab6.kinds["nat64"]
+    mine, theirs = run_pair(caller, callee)
+    assert "error" not in mine, mine
+    assert mine["pong"], (mine, theirs)
+    assert mine["path"] == "udp-direct", mine
+    assert mine["remote"][0] == callee.client_ip6 and theirs["remote"][0] == caller.client_ip6, (mine, theirs)

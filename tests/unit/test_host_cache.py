@@ -37,3 +37,21 @@ def test_damaged_file_is_an_empty_cache(tmp_path):
     path.write_text("{not json")
     assert HostCache(path, [("198.18.0.1", 3478)]).load().candidates() == [("198.18.0.1", 3478)]
     assert HostCache(tmp_path / "missing.json").load().candidates() == []
+
+
+def test_the_address_a_login_reached_is_kept(tmp_path):
+    """``remember`` keeps the address a login won the race at (one of the node's) across saves and merges;
+    an address that is not the node's is not kept."""
+    cache = HostCache(tmp_path / "hosts.json")
+    cache.merge([{"host": "198.18.0.1", "port": 3478, "ips": ["198.18.0.1", "2001:db8::1"]}])
+    assert cache.addresses(("198.18.0.1", 3478)) == ["198.18.0.1", "2001:db8::1"]
+    assert cache.reached_via(("198.18.0.1", 3478)) is None
+    cache.remember(("198.18.0.1", 3478), "203.0.113.1")
+    assert cache.reached_via(("198.18.0.1", 3478)) is None
+    cache.remember(("198.18.0.1", 3478), "2001:db8::1")
+    cache.merge([{"host": "198.18.0.1", "port": 3478, "ips": ["198.18.0.1", "2001:db8::1"]}])  # the next welcome
+    cache.save()
+    again = HostCache(tmp_path / "hosts.json").load()
+    assert again.reached_via(("198.18.0.1", 3478)) == "2001:db8::1"
+    again.merge([{"host": "198.18.0.1", "port": 3478}])  # the node lost its IPv6 address
+    assert again.reached_via(("198.18.0.1", 3478)) is None

@@ -1,9 +1,11 @@
 """The ICE agent (RFC 8445) on bytes and a plain clock: two agents wired through fake NATs."""
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rendezvous.peer.ice import Agent, Candidate, PairState, pair_priority, priority, random_credentials
+from rendezvous.peer.ice import (Agent, Candidate, PairState, local_preference, pair_priority, priority,
+                                  random_credentials)
 from rendezvous.stun import Attr, Class, Error, Message, Method
 from rendezvous.stun.attributes import decode_error_code, encode_uint32, encode_uint64
 from rendezvous.stun.integrity import short_term_key
@@ -348,3 +350,56 @@ def test_relay_first_checks_a_relayed_pair_before_the_direct_ones():
             assert relayed == [True, False, False]  # then the direct pairs by priority
         else:
             assert not relayed[0]
+
+
+def test_ipv6_candidates_rank_above_ipv4_ones_of_their_type():
+    """RFC 8421 §4: an IPv6 candidate's local preference is above every IPv4 one of the same type, whatever
+    the order they were found in; the type still comes first."""
+    a, _ = agents()
+    a.add_base("main", "host", ("198.18.0.11", 5000), local_preference("198.18.0.11", 0))
+    a.add_base("host6-0", "host", ("2001:db8:1::2", 5001), local_preference("2001:db8:1::2", 0))
+    for kind, address, base in (("host", ("198.18.0.11", 5000), "main"), ("srflx", ("198.18.0.99", 7000), "main"),
+                                ("host", ("2001:db8:1::2", 5001), "host6-0"),
+                                ("srflx", ("2001:db8:9::2", 5001), "host6-0")):
+        a.advertise(a.candidate(kind, address, base))
+    ranked = [c.address[0] for c in sorted(a.local_candidates, key=lambda c: -c.priority)]
+    assert ranked == ["2001:db8:1::2", "198.18.0.11", "2001:db8:9::2", "198.18.0.99"]
+    assert a.bases["host6-0"].priority > a.bases["main"].priority
+
+
+def test_a_working_ipv6_pair_is_selected_over_a_working_ipv4_pair():
+    """Two dual-stack hosts that reach each other over both families select the IPv6 host pair (RFC 8421)."""
+    a, b = agents()
+    addresses = {}
+    for agent, four, six in ((a, ("198.18.0.11", 5000), ("2001:db8:1::2", 5001)),
+                             (b, ("198.18.0.12", 6000), ("2001:db8:2::2", 6001))):
+        agent.add_base("main", "host", four, local_preference(four[0], 0))
+        agent.add_base("host6-0", "host", six, local_preference(six[0], 0))
+        agent.advertise(agent.candidate("host", four, "main"))
+        agent.advertise(agent.candidate("host", six, "host6-0"))
+        addresses[id(agent)] = {"main": four, "host6-0": six}
+    a.set_remote(b.local_ufrag, b.local_pwd, [c.to_wire() for c in b.local_candidates], 0.0)
+    b.set_remote(a.local_ufrag, a.local_pwd, [c.to_wire() for c in a.local_candidates], 0.0)
+    run(a, b, lambda sender, send: (
+        "host6-0" if ":" in send.destination[0] else "main", addresses[id(sender)][send.base]))
+    assert a.selected.remote.address == ("2001:db8:2::2", 6001)
+    assert b.selected.remote.address == ("2001:db8:1::2", 5001)
+
+
+def test_a_dual_allocation_pairs_each_family_with_its_relayed_address():
+    """A relay base with an IPv6 relayed address beside its IPv4 one (a dual allocation) pairs IPv4 remotes
+    with the IPv4 address and IPv6 remotes with the IPv6 one, from the same base."""
+    a, _ = agents()
+    a.add_base("relay", "relay", ("198.18.0.1", 49152), 3)
+    a.set_remote("ufrag", "p" * 22, [{"type": "host", "ip": "2001:db8:2::2", "port": 6001},
+                                     {"type": "srflx", "ip": "198.18.0.12", "port": 6000}], 0.0)
+    assert {(p.local.address, p.remote.address) for p in a.pairs.values()} == {
+        (("198.18.0.1", 49152), ("198.18.0.12", 6000))}
+    a.add_base_address("relay", ("2001:db8::1", 49153), 11)
+    a.add_remote([{"type": "host", "ip": "2001:db8:3::2", "port": 7001}])
+    assert {(p.local.base, p.local.address, p.remote.address) for p in a.pairs.values()} == {
+        ("relay", ("198.18.0.1", 49152), ("198.18.0.12", 6000)),
+        ("relay", ("2001:db8::1", 49153), ("2001:db8:2::2", 6001)),
+        ("relay", ("2001:db8::1", 49153), ("2001:db8:3::2", 7001))}
+    with pytest.raises(ValueError):
+        a.add_base_address("relay", ("198.18.0.1", 49154), 3)
