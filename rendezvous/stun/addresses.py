@@ -8,6 +8,7 @@ RFC 8656's XOR-PEER-ADDRESS and XOR-RELAYED-ADDRESS).
 
 import functools
 import ipaddress
+import socket
 import struct
 
 from .constants import MAGIC_COOKIE_BYTES, AddressFamily, Attr
@@ -41,7 +42,16 @@ def address_text(address: Address) -> str:
 @functools.lru_cache(maxsize=1024)
 def pack_ip(host: str) -> bytes:
     """Return the 4 or 16 network-order bytes of an IP address literal (remembered: a server packs
-    the same client and relay addresses into answer after answer, and parsing one costs ~10 µs)."""
+    the same client and relay addresses into answer after answer, and parsing one costs ~10 µs).
+
+    IPv4 dotted quads go through inet_pton, which accepts exactly what
+    ``ipaddress`` does for them (no leading zeros, four parts) at a tenth
+    of the cost; anything else through ``ipaddress``.
+    """
+    try:
+        return socket.inet_pton(socket.AF_INET, host)
+    except (OSError, TypeError, ValueError):
+        pass
     try:
         return ipaddress.ip_address(host).packed
     except ValueError as e:
@@ -89,7 +99,9 @@ def _xor_pad(transaction_id: bytes, size: int) -> bytes:
 
 
 def _xor(data: bytes, pad: bytes) -> bytes:
-    return bytes(a ^ b for a, b in zip(data, pad))
+    """data XOR pad, as long as the shorter of the two."""
+    n = min(len(data), len(pad))
+    return (int.from_bytes(data[:n], "big") ^ int.from_bytes(pad[:n], "big")).to_bytes(n, "big")
 
 
 def encode_xor_address(address: Address, transaction_id: bytes) -> bytes:
