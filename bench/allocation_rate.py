@@ -1,6 +1,6 @@
 """Benchmark: authenticated allocations per second on one core, our relay beside coturn (issue 16, goal 3).
 
-    sudo .venv/bin/python bench/allocation_rate.py [--seconds 20] [--lanes 32] [--rate 300]
+    sudo .venv/bin/python bench/allocation_rate.py [--seconds 20] [--lanes 32] [--rate 300] [--base-root DIR]
 
 Not a test. Each server runs pinned to core 0 (``taskset``), the generator on
 core 1. A *cycle* is one client's whole allocation life on a fresh UDP socket
@@ -15,7 +15,9 @@ Two measurements per server:
   and the generator's CPU (a generator at 100 % makes the figure a floor);
 - cost: cycles paced at ``--rate`` per second (one that both servers keep up
   with), and the server's CPU milliseconds per cycle.
-Both servers get every quota unlimited. Bounded: every phase has a deadline,
+With ``--base-root`` (an unpacked older checkout, its C extensions built)
+that relay is measured too, as ``base``, between ours and coturn. Every
+server gets every quota unlimited. Bounded: every phase has a deadline,
 every request a timeout; servers are stopped by their process handles.
 """
 
@@ -190,12 +192,13 @@ def answering(server: tuple[str, int], seconds: float = 20.0) -> bool:
 
 
 def measure(kind: str, args) -> dict:
+    root = args.base_root if kind == "base" else ROOT
     with tempfile.TemporaryDirectory(prefix=f"txr-alloc-{kind}-") as tmp:
         workdir = Path(tmp)
         (workdir / "state").mkdir()
         port = free_port()
         process = subprocess.Popen(server_command(kind, workdir, port, RELAY_PORTS), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, cwd=workdir, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                                   stderr=subprocess.DEVNULL, cwd=workdir, env=dict(os.environ, PYTHONPATH=str(root)))
         try:
             server = (IP, port)
             if not answering(server):
@@ -222,14 +225,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase (at most 300)")
     parser.add_argument("--lanes", type=int, default=32, help="cycles in flight at once (at most 256)")
     parser.add_argument("--rate", type=float, default=300.0, help="paced cycles per second (at most 5000)")
+    parser.add_argument("--base-root", type=Path, help="also measure the relay of this older checkout, as base")
     args = parser.parse_args()
     if not 0 < args.seconds <= 300 or not 0 < args.lanes <= 256 or not 0 < args.rate <= 5000:
         parser.error("--seconds in (0, 300], --lanes in (0, 256], --rate in (0, 5000]")
     os.sched_setaffinity(0, {1})
-    kinds = ["ours"] + (["coturn"] if shutil.which("turnserver") else [])
-    figures = {"cpu": cpu_model(), "coturn_version": coturn_version(), "lanes": args.lanes, "paced_rate": args.rate}
+    kinds = ["ours"] + (["base"] if args.base_root else []) + (["coturn"] if shutil.which("turnserver") else [])
+    figures = {"cpu": cpu_model(), "coturn_version": coturn_version(), "lanes": args.lanes, "paced_rate": args.rate,
+               "load_average_before": round(os.getloadavg()[0], 2)}
     for kind in kinds:
         figures[kind] = measure(kind, args)
+    figures["load_average_after"] = round(os.getloadavg()[0], 2)
+    if "base" in figures:
+        figures["base_over_ours_cpu_per_cycle"] = round(
+            figures["base"]["paced"]["server_cpu_ms_per_cycle"] / figures["ours"]["paced"]["server_cpu_ms_per_cycle"], 2)
     if "coturn" in figures:
         figures["ours_over_coturn_capacity"] = round(
             figures["ours"]["capacity"]["cycles_per_second"] / figures["coturn"]["capacity"]["cycles_per_second"], 2)

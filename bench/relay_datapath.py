@@ -2,9 +2,9 @@
 """Benchmark: CPU time per packet of the relay data path, in process, no sockets.
 
 Not a test. It drives our relay's own Twisted objects with pre-built packets:
-the client-facing ``ServerDatagramProtocol`` and relay sockets, each on a
-``twisted.internet.udp.Port`` read through its ``doRead`` (the read pass the
-protocol installs) whose socket is a stand-in, and the TCP client leg's
+the client-facing ``ServerDatagramProtocol`` on a ``twisted.internet.udp.Port``
+and the relay sockets (``RelaySocket``), each read through its ``doRead``
+(the read pass they install) over a stand-in socket, and the TCP client leg's
 ``ServerStreamProtocol.dataReceived``. Stand-ins replace the two batched
 calls of ``relay._mmsg``: the receiver hands out the prepared datagrams, up
 to a batch, and the sender only counts. They are Python calls, so the
@@ -94,6 +94,11 @@ class FakeReceiver:
         batch.reverse()
         return batch
 
+    def recv_answering(self, sock: FakeSocket, tail: bytes) -> tuple[int, list]:
+        """As recv: the bench sends no Binding requests, so none is answered."""
+        batch = self.recv(sock)
+        return len(batch), batch
+
 
 class FakeSender:
     """sendmmsg's stand-in: counts the datagrams on the socket."""
@@ -151,9 +156,8 @@ class Bench:
         self.stream.makeConnection(FakeStreamTransport())
         self.tcp_relay = self._allocate(self.stream.five_tuple, False, allocations)
 
-    def _allocate(self, five_tuple, udp_client: bool, i) -> udp.Port:
-        relay = RelaySocket(("127.0.0.1", 50000 + i), None)
-        port = port_for(relay)
+    def _allocate(self, five_tuple, udp_client: bool, i) -> RelaySocket:
+        relay = RelaySocket(("127.0.0.1", 50000 + i), None, FakeSocket())
         send = self.outbox.sender(five_tuple[1]) if udp_client else self.stream.transport.write
         allocation = Allocation(five_tuple, os.urandom(12), "bench", None, 1, {4: relay},
                                 self.clock.seconds() + 600, send)
@@ -161,7 +165,7 @@ class Bench:
         self.turn.allocations[five_tuple] = allocation
         allocation.bind_channel(CHANNEL, self.peer(i), self.clock.seconds())
         allocation.permit(self.peer_without_channel(i)[0], self.clock.seconds())
-        return port
+        return relay
 
     @staticmethod
     def peer(i):

@@ -199,6 +199,9 @@ RELAY_OPTIONS = [
     Option("max-permissions", parse_count, 1000, "Permissions per allocation (508 when exceeded)."),
     Option("max-channels", parse_count, 1000, "Channels per allocation (508 when exceeded)."),
     Option("max-bps", parse_count, 0, "Relayed bytes per second per allocation; 0 = unlimited."),
+    Option("allocation-log-rate", parse_count, 20,
+           "Allocation made/ended lines logged one by one per second; past it they are counted in a summary "
+           "line every 10 s; 0 = log every one."),
     Option("expire-with-credential", parse_bool, False,
            "End allocations when their REST credential expires.", flag=True),
     Option("alternate-server", parse_host_port, None,
@@ -366,6 +369,7 @@ class RelayConfig:
     max_permissions: int = 1000
     max_channels: int = 1000
     max_bps: int = 0
+    allocation_log_rate: int = 20
     expire_with_credential: bool = False
     alternate_server: tuple | None = None
     drain_timeout: int = 600
@@ -400,6 +404,7 @@ class RelayConfig:
             max_permissions=values["max-permissions"],
             max_channels=values["max-channels"],
             max_bps=values["max-bps"],
+            allocation_log_rate=values["allocation-log-rate"],
             expire_with_credential=values["expire-with-credential"],
             alternate_server=values["alternate-server"],
             drain_timeout=values["drain-timeout"],

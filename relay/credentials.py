@@ -10,6 +10,7 @@ method (the SQLite account store is one).
 """
 
 import base64
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable
@@ -71,10 +72,16 @@ class RestSecrets:
     """Ephemeral credentials signed with one of several shared secrets.
 
     Several secrets are accepted at once so an operator can rotate them.
+    A client signs every request with the same credential, so the keys of
+    the last ``DERIVED`` usernames are kept rather than derived again (two
+    HMACs and two hashes per secret).
     """
+
+    DERIVED = 1024
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self._secrets = [s.encode("utf-8") for s in secrets]
+        self._derive = functools.lru_cache(maxsize=self.DERIVED)(self._derive_keys)
 
     @staticmethod
     def password(secret: str, username: str) -> str:
@@ -90,10 +97,13 @@ class RestSecrets:
         expires_at = float(expiry_text)
         if expires_at <= now:
             return []
-        return [
+        return list(self._derive(username, realm, expires_at))
+
+    def _derive_keys(self, username: str, realm: str, expires_at: float) -> tuple[Keys, ...]:
+        return tuple(
             Keys.from_password(username, realm, self.password(s.decode("utf-8"), username), expires_at)
             for s in self._secrets
-        ]
+        )
 
 
 class Credentials:

@@ -16,7 +16,6 @@ extension (not Linux) the same loops use ``recvfrom`` and ``sendto``.
 import os
 import select
 import socket
-from functools import partial
 
 from twisted.internet import tcp, udp
 from twisted.logger import Logger
@@ -175,7 +174,8 @@ class StreamOutbox:
 
 
 def read_loop(port, handler, binding_tail: bytes | None = None, answered=None) -> None:
-    """Make a listening ``twisted.internet.udp.Port`` hand datagrams straight to handler(data, addr).
+    """Make a listening ``twisted.internet.udp.Port`` (or a ``RelaySocket``: anything with ``socket`` and
+    ``addressFamily``) hand datagrams straight to handler(data, addr).
 
     It replaces the port's ``doRead`` with one read pass doing what
     Twisted's does (read until the socket is empty, at most
@@ -231,7 +231,10 @@ def read_loop(port, handler, binding_tail: bytes | None = None, answered=None) -
 
 
 class DatagramPoller:
-    """Many UDP ports behind one reader of the reactor: an epoll of their own (Linux).
+    """Many UDP sockets behind one reader of the reactor: an epoll of their own (Linux).
+
+    What it reads has ``fileno`` and ``doRead`` (a ``RelaySocket`` of
+    ``relay.relay_ports``, whose ``doRead`` is a ``read_loop``).
 
     The reactor dispatches each ready descriptor through
     ``log.callWithLogger``, about 2 µs a time here; with the relay sockets
@@ -242,7 +245,7 @@ class DatagramPoller:
     def __init__(self, reactor) -> None:
         self.reactor = reactor
         self._epoll = select.epoll()
-        self._ports: dict[int, udp.Port] = {}
+        self._ports: dict = {}  # descriptor -> what reads it
 
     def fileno(self) -> int:
         return self._epoll.fileno()
@@ -250,7 +253,7 @@ class DatagramPoller:
     def logPrefix(self) -> str:
         return "relay sockets"
 
-    def add(self, port: udp.Port) -> None:
+    def add(self, port) -> None:
         fd = port.fileno()
         if fd in self._ports:
             return
@@ -259,31 +262,22 @@ class DatagramPoller:
         if len(self._ports) == 1:
             self.reactor.addReader(self)
 
-    def adopt(self, port: udp.Port) -> None:
-        """Read port, which the reactor reads now, through this poller from now on.
-
-        Its startReading and stopReading then add it here and remove it.
-        """
-        self.reactor.removeReader(port)
-        port.startReading = partial(self.add, port)
-        port.stopReading = partial(self.remove, port)
-        self.add(port)
-
     def descriptors(self) -> list[int]:
         """The file descriptors of the sockets it reads."""
         return list(self._ports)
 
-    def remove(self, port: udp.Port) -> None:
-        for fd, known in list(self._ports.items()):
-            if known is port:
-                del self._ports[fd]
-                try:
-                    self._epoll.unregister(fd)
-                except OSError:
-                    pass  # already closed: the kernel dropped it
-                if not self._ports:
-                    self.reactor.removeReader(self)
-                return
+    def remove(self, port) -> None:
+        """Stop reading port (before it closes: its descriptor finds it)."""
+        fd = port.fileno()
+        if self._ports.get(fd) is not port:
+            return
+        del self._ports[fd]
+        try:
+            self._epoll.unregister(fd)
+        except OSError:
+            pass  # already closed: the kernel dropped it
+        if not self._ports:
+            self.reactor.removeReader(self)
 
     def doRead(self) -> None:
         read_pass(self._read_ready)
@@ -305,14 +299,6 @@ class DatagramPoller:
         self._ports.clear()
 
 
-def listen_udp(reactor, port: int, protocol, interface: str, poller: DatagramPoller | None) -> udp.Port:
-    """``reactor.listenUDP``, read through poller when there is one."""
-    listening = reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=MAX_DATAGRAM_BYTES)
-    if poller is not None:
-        poller.adopt(listening)
-    return listening
-
-
 def receive_drops(reactor) -> int:
     """Datagrams the kernel dropped, since each socket opened, on the UDP sockets this process reads.
 
@@ -322,10 +308,10 @@ def receive_drops(reactor) -> int:
     """
     fds = []
     for reader in reactor.getReaders():
-        if isinstance(reader, udp.Port):
-            fds.append(reader.fileno())
-        elif isinstance(reader, DatagramPoller):
+        if isinstance(reader, DatagramPoller):
             fds.extend(reader.descriptors())
+        elif getattr(getattr(reader, "socket", None), "type", None) == socket.SOCK_DGRAM:
+            fds.append(reader.fileno())  # a udp.Port, or a relay socket the reactor reads (no epoll)
     inodes = set()
     for fd in fds:
         try:

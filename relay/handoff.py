@@ -275,7 +275,7 @@ class HandoffFactory(Factory):
             token = b""
         relay = self.ports.take_held(token) if self.ports is not None and token else None
         if relay is not None:
-            receiver.sending = os.dup(relay.port.socket.fileno())
+            receiver.sending = os.dup(relay.fileno())
             address = relay.address
             relay.close()
             receiver.transport.sendFileDescriptor(receiver.sending)

@@ -108,12 +108,9 @@ class ServerDatagramProtocol(DatagramProtocol):
         sender._write(reply.data, reply.destination)
 
     def _write(self, data: bytes, destination: Address) -> None:
-        try:
-            self.transport.write(data, destination)
-        except OSError as e:
-            # An ICMP-induced error on a connectionless socket must not
-            # stop the server.
-            log.debug("send to {destination} failed: {error}", destination=destination, error=e)
+        """Answer through the socket's ``Outbox``: within a read pass it leaves with the pass's
+        sendmmsg; an ICMP-induced error on a connectionless socket is dropped, as UDP may."""
+        self.outbox.write(data, destination)
 
 
 class ServerStreamProtocol(Protocol, TimeoutMixin):

@@ -27,6 +27,7 @@ asks only whether a key is present.
 """
 
 import enum
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Sequence
@@ -143,8 +144,19 @@ def _addresses(host: str) -> list[IPAddress]:
     return [ipaddress.ip_address(info[4][0].partition("%")[0]) for info in found]
 
 
+# Hosts whose parsed form and rule verdicts PeerPolicy remembers (a few hundred bytes each).
+HOSTS_REMEMBERED = 1024
+
+
 class PeerPolicy:
-    """Decides whether a peer address may be given a permission or channel."""
+    """Decides whether a peer address may be given a permission or channel.
+
+    What the rules say of a host alone is worked out once per host (parsing
+    it and walking the ranges cost tens of µs) and remembered for the last
+    ``HOSTS_REMEMBERED`` hosts; whether it is a host of the relay's own is
+    asked each time, since local addresses come and go. A reload makes a
+    new PeerPolicy.
+    """
 
     def __init__(
         self,
@@ -171,29 +183,39 @@ class PeerPolicy:
         self.own_hosts = self.own | self.relayed | {address for address, _ in self.specific}
         self.is_local = is_local
         self.nat64 = nat64_prefixes(nat64)
+        self._host_facts = functools.lru_cache(maxsize=HOSTS_REMEMBERED)(self._facts)
 
     def reach(self, host: str, port: int) -> Reach:
         """What a permission towards host:port may cover, or DENIED."""
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return Reach.DENIED
-        inner = embedded_ipv4(address, self.nat64) if address.version == 6 else None
-        forms = (address,) if inner is None else (address, inner)
-        if any(a.is_unspecified for a in forms):
-            return Reach.DENIED  # the kernel sends to 0.0.0.0 or :: as to loopback
+        facts = self._host_facts(host)
+        if facts is None:
+            return Reach.DENIED  # not an IP address, or 0.0.0.0 or :: (the kernel sends there as to loopback)
+        forms, verdict, relayed, denied = facts
         own = [a for a in forms if self._own_host(a)]
         if any(self._own_endpoint(a, port) for a in own):
             return Reach.DENIED  # whatever --allow-peer says
         own_host = bool(own)
-        verdict = self._operator_verdict(address)
         if verdict is not None:
             return Reach.DENIED if not verdict else Reach.OWN if own_host else Reach.HOST
-        if address in self.relayed:
+        if relayed:
             return Reach.RELAYED
-        if own_host or denied_by_default(address, self.nat64):
+        if own_host or denied:
             return Reach.DENIED
         return Reach.HOST
+
+    def _facts(self, host: str) -> tuple[tuple[IPAddress, ...], bool | None, bool, bool] | None:
+        """What the rules say of host alone: its forms (itself and any IPv4 address it carries), the
+        operator's verdict, whether it is a relayed address, whether it is denied by default; None when
+        it is no IP address or an unspecified one."""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        inner = embedded_ipv4(address, self.nat64) if address.version == 6 else None
+        forms = (address,) if inner is None else (address, inner)
+        if any(a.is_unspecified for a in forms):
+            return None
+        return forms, self._operator_verdict(address), address in self.relayed, denied_by_default(address, self.nat64)
 
     def _own_host(self, address: IPAddress) -> bool:
         return address in self.own_hosts or (bool(self.wildcard_ports) and self.is_local(address))

@@ -16,13 +16,12 @@ import select
 import socket
 from typing import Callable
 
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from rendezvous.stun.addresses import Address
 
-from .datagrams import MAX_DATAGRAM_BYTES, DatagramPoller, Outbox, listen_udp, read_loop, set_buffers
-from .handoff import descriptor_family, request_reservation, token_owner
+from .datagrams import DatagramPoller, Outbox, read_loop, set_buffers
+from .handoff import request_reservation, token_owner
 from .server import NoRelayPort
 
 log = Logger()
@@ -35,20 +34,26 @@ _ATTEMPTS = 64
 _IP_PMTUDISC_DO = 2
 
 
-class RelaySocket(DatagramProtocol):
-    """One relayed transport address.
+class RelaySocket:
+    """One relayed transport address: a UDP socket the relay binds (or another worker hands over) and
+    reads itself.
 
-    Datagrams from peers go from the read loop straight to the owning
-    allocation's ``from_peer``: setting ``allocation`` rebinds the loop.
+    No Twisted port stands between: the socket is registered with the
+    relay's ``DatagramPoller`` once (one ``epoll_ctl``), or with the reactor
+    as a reader where there is no epoll, and closed by ``close`` (a Twisted
+    port logged two lines and scheduled a call per socket). Datagrams from
+    peers go from the read loop straight to the owning allocation's
+    ``from_peer``: setting ``allocation`` rebinds the loop.
     """
 
-    noisy = False
-
-    def __init__(self, address: Address, owner: "RelayPorts") -> None:
+    def __init__(self, address: Address, owner: "RelayPorts | None", sock: socket.socket) -> None:
         self.address = address
         self.owner = owner
+        self.socket = sock
+        self.addressFamily = sock.family
+        self.write = Outbox(sock).write
         self._allocation = None
-        self.port = None
+        read_loop(self, self.datagramReceived)
 
     @property
     def allocation(self):
@@ -57,23 +62,28 @@ class RelaySocket(DatagramProtocol):
     @allocation.setter
     def allocation(self, allocation) -> None:
         self._allocation = allocation
-        if self.transport is not None:
-            read_loop(self.transport, self.datagramReceived if allocation is None else allocation.from_peer)
+        read_loop(self, self.datagramReceived if allocation is None else allocation.from_peer)
 
-    def startProtocol(self) -> None:
-        set_buffers(self.transport.socket, RELAY_BUFFER_BYTES)
-        self.write = Outbox(self.transport.socket).write
-        self.allocation = self._allocation
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def logPrefix(self) -> str:
+        return "relay socket"
 
     def datagramReceived(self, data: bytes, addr) -> None:
         """Without an allocation (a reserved port), datagrams are dropped."""
 
+    def connectionLost(self, reason=None) -> None:
+        """The reactor gave up reading it (a failed read): close it."""
+        self.close()
+
     def close(self) -> None:
-        self.allocation = None
-        if self.port is not None:
-            self.port.stopListening()
-            self.port = None
-            self.owner.open_count -= 1
+        self._allocation = None
+        if self.socket.fileno() < 0:
+            return
+        if self.owner is not None:
+            self.owner.forget(self)
+        self.socket.close()
 
 
 class RelayPorts:
@@ -96,17 +106,37 @@ class RelayPorts:
 
     def _bind(self, family: int, port: int, dont_fragment: bool) -> RelaySocket | None:
         ip = self.ips[family]
-        relay = RelaySocket((self.advertise.get(family, ip), port), self)
+        sock = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            relay.port = listen_udp(self.reactor, port, relay, ip, self.poller)
-        except Exception:  # CannotListenError: the port is taken
+            sock.bind((ip, port))
+        except OSError:  # the port is taken
+            sock.close()
             return None
         if dont_fragment:
             level = socket.IPPROTO_IPV6 if family == 6 else socket.IPPROTO_IP
             option = getattr(socket, "IPV6_MTU_DISCOVER", 23) if family == 6 else getattr(socket, "IP_MTU_DISCOVER", 10)
-            relay.port.socket.setsockopt(level, option, _IP_PMTUDISC_DO)
+            sock.setsockopt(level, option, _IP_PMTUDISC_DO)
+        return self._read((self.advertise.get(family, ip), port), sock)
+
+    def _read(self, address: Address, sock: socket.socket) -> RelaySocket:
+        """A RelaySocket at address over sock, read from now on (by the poller, else the reactor)."""
+        sock.setblocking(False)
+        set_buffers(sock, RELAY_BUFFER_BYTES)
+        relay = RelaySocket(address, self, sock)
+        if self.poller is not None:
+            self.poller.add(relay)
+        else:
+            self.reactor.addReader(relay)
         self.open_count += 1
         return relay
+
+    def forget(self, relay: RelaySocket) -> None:
+        """Stop reading relay, which is about to close."""
+        if self.poller is not None:
+            self.poller.remove(relay)
+        else:
+            self.reactor.removeReader(relay)
+        self.open_count -= 1
 
     def open(self, family: int, even: bool = False, reserve_next: bool = False,
              dont_fragment: bool = False, release: Callable[[], None] = lambda: None,
@@ -160,18 +190,13 @@ class RelayPorts:
         if given is None:
             return None
         fd, address = given
-        relay = RelaySocket(address, self)
         try:
-            relay.port = self.reactor.adoptDatagramPort(fd, descriptor_family(fd), relay, MAX_DATAGRAM_BYTES)
+            sock = socket.socket(fileno=fd)  # its family and type read from the descriptor
         except OSError as e:
+            os.close(fd)
             log.warn("cannot adopt a reserved relay socket: {error}", error=str(e))
             return None
-        finally:
-            os.close(fd)
-        if self.poller is not None:  # like the sockets bound here (listen_udp)
-            self.poller.adopt(relay.port)
-        self.open_count += 1
-        return relay
+        return self._read(address, sock)
 
     def expire(self, now: float) -> None:
         for token in [t for t, (_, until, _) in self.reservations.items() if until <= now]:

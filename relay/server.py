@@ -18,13 +18,12 @@ this module does no I/O of its own and runs on ``task.Clock`` in tests.
 from collections import Counter
 from dataclasses import dataclass, field
 
-from twisted.logger import Logger
-
 from rendezvous.stun import Attr, Class, CodecError, Error, Message, Method
 from rendezvous.stun.addresses import Address, address_text
 from rendezvous.stun.replies import error_response, unknown_required
 
 from .allocation import Allocation, family_of
+from .allocation_log import AllocationLog
 from .credentials import Credentials
 from .limits import RateLimiter
 from .nonces import Nonces
@@ -36,8 +35,6 @@ from .server_permissions import channel_bind, create_permission
 from .server_tcp import connect, connection_bind
 
 __all__ = ["NoRelayPort", "RelayPolicy", "TurnServer"]
-
-log = Logger()
 
 _AUTH_ATTRS = {
     Attr.USERNAME, Attr.USERHASH, Attr.REALM, Attr.NONCE, Attr.MESSAGE_INTEGRITY,
@@ -80,6 +77,7 @@ class RelayPolicy:
     expire_with_credential: bool = False
     unauthorized_burst: int = 100  # 401 answers per source before limiting
     unauthorized_per_second: float = 20.0
+    allocation_log_rate: int = 20  # allocation made/ended lines a second, one by one; 0 = all (relay.allocation_log)
     families: frozenset = field(default_factory=lambda: frozenset({4}))
 
 
@@ -120,6 +118,7 @@ class TurnServer:
         # Relayed traffic of deleted allocations; live ones keep their own.
         self._relayed_closed = [0, 0, 0, 0]
         self._limiter = RateLimiter(policy.unauthorized_burst, policy.unauthorized_per_second)
+        self.allocation_log = AllocationLog(policy.allocation_log_rate, clock)
 
     # -- entry points ----------------------------------------------------
 
@@ -170,10 +169,12 @@ class TurnServer:
                          if not counts.relayed_live(family_of(p[0]), p[1], allocation.tcp)]:
                 allocation.revoke(peer)
         self.ports.expire(now)
+        self.allocation_log.summarize(now, len(self.allocations))
 
     def stop(self) -> None:
         for allocation in list(self.allocations.values()):
             self._delete(allocation, "stopped")
+        self.allocation_log.summarize(self.clock.seconds(), 0, at_once=True)
 
     # -- shared by the handlers (relay.server_allocate, _permissions, _tcp) --
 
@@ -274,8 +275,7 @@ class TurnServer:
             return
         allocation_id, _ = self.records.pop(allocation.five_tuple, ("?", 0))
         self.by_id.pop(allocation_id, None)
-        log.info("allocation {allocation} of {user} from {client} ended: {reason}", allocation=allocation_id,
-                 user=allocation.username, client=address_text(allocation.five_tuple[1]), reason=reason)
+        self.allocation_log.ended(allocation_id, allocation, reason)
         closed = self._relayed_closed
         closed[0] += allocation.packets_out
         closed[1] += allocation.bytes_out

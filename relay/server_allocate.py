@@ -13,10 +13,8 @@ the ``TurnServer`` core (``relay.server``); handlers take
 import secrets
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from rendezvous.stun import Attr, Error, Message
-from rendezvous.stun.addresses import address_text
 from rendezvous.stun.attributes import (
     decode_address_family,
     decode_even_port,
@@ -31,8 +29,6 @@ from rendezvous.stun.replies import error_response, success_response
 
 from .allocation import Allocation, TokenBucket, family_of
 from .server_auth import Auth
-
-log = Logger()
 
 UDP = 17
 TCP = 6
@@ -232,10 +228,7 @@ def install(server, msg, five_tuple, send, auth: Auth, now, relays, tcp: bool = 
     allocation_id = f"{server.id_prefix}-{secrets.token_hex(6)}"
     server.records[five_tuple] = (allocation_id, now)
     server.by_id[allocation_id] = five_tuple
-    log.info("allocation {allocation} for {user} from {client} over {transport}, relayed {relayed}, "
-             "{lifetime} s", allocation=allocation_id, user=auth.username, client=address_text(five_tuple[1]),
-             transport=five_tuple[0], relayed=[address_text(r.address) for r in relays.values()],
-             lifetime=lifetime)
+    server.allocation_log.made(allocation_id, allocation, lifetime)
     return allocation, lifetime
 
 

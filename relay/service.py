@@ -113,6 +113,7 @@ def _policy(config: RelayConfig, families: frozenset) -> RelayPolicy:
         max_permissions=config.max_permissions,
         max_channels=config.max_channels,
         max_bps=config.max_bps,
+        allocation_log_rate=config.allocation_log_rate,
         expire_with_credential=config.expire_with_credential,
         families=families,
     )

@@ -7,6 +7,7 @@ RFC 8656's XOR-PEER-ADDRESS and XOR-RELAYED-ADDRESS).
 """
 
 import ipaddress
+import socket
 import struct
 
 from .constants import MAGIC_COOKIE_BYTES, AddressFamily, Attr
@@ -38,7 +39,16 @@ def address_text(address: Address) -> str:
 
 
 def pack_ip(host: str) -> bytes:
-    """Return the 4 or 16 network-order bytes of an IP address literal."""
+    """Return the 4 or 16 network-order bytes of an IP address literal.
+
+    IPv4 dotted quads go through inet_pton, which accepts exactly what
+    ``ipaddress`` does for them (no leading zeros, four parts) at a tenth
+    of the cost (~1 µs, not ~10); anything else through ``ipaddress``.
+    """
+    try:
+        return socket.inet_pton(socket.AF_INET, host)
+    except (OSError, TypeError, ValueError):
+        pass
     try:
         return ipaddress.ip_address(host).packed
     except ValueError as e:
@@ -86,7 +96,9 @@ def _xor_pad(transaction_id: bytes, size: int) -> bytes:
 
 
 def _xor(data: bytes, pad: bytes) -> bytes:
-    return bytes(a ^ b for a, b in zip(data, pad))
+    """data XOR pad, as long as the shorter of the two."""
+    n = min(len(data), len(pad))
+    return (int.from_bytes(data[:n], "big") ^ int.from_bytes(pad[:n], "big")).to_bytes(n, "big")
 
 
 def encode_xor_address(address: Address, transaction_id: bytes) -> bytes:

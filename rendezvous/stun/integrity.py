@@ -10,6 +10,7 @@ sending, over the bytes that arrived when checking. Comparisons run in
 constant time.
 """
 
+import functools
 import hashlib
 import hmac
 import struct
@@ -69,15 +70,27 @@ def _with_length(raw: bytes, end: int) -> bytes:
     return raw[:2] + struct.pack("!H", end - 20) + raw[4:end]
 
 
+@functools.lru_cache(maxsize=256)
+def _keyed(key: bytes, digest: str):
+    """An HMAC keyed with key, copied for each message: keying it (hashing the RFC 2104 pads) costs
+    more than the message, and a server checks and signs many messages with each long-term key."""
+    return hmac.new(key, digestmod=digest)
+
+
+def _hmac(key: bytes, digest: str, data: bytes) -> bytes:
+    mac = _keyed(key, digest).copy()
+    mac.update(data)
+    return mac.digest()
+
+
 def hmac_sha1(raw: bytes, mac_offset: int, key: bytes) -> bytes:
     """MESSAGE-INTEGRITY over raw[:mac_offset] (RFC 8489 §14.5)."""
-    return hmac.new(key, _with_length(raw, mac_offset + 24)[:mac_offset], "sha1").digest()
+    return _hmac(key, "sha1", _with_length(raw, mac_offset + 24)[:mac_offset])
 
 
 def hmac_sha256(raw: bytes, mac_offset: int, key: bytes, size: int = 32) -> bytes:
     """MESSAGE-INTEGRITY-SHA256 over raw[:mac_offset], truncated to size (RFC 8489 §14.6)."""
-    data = _with_length(raw, mac_offset + 4 + size)[:mac_offset]
-    return hmac.new(key, data, "sha256").digest()[:size]
+    return _hmac(key, "sha256", _with_length(raw, mac_offset + 4 + size)[:mac_offset])[:size]
 
 
 def fingerprint(raw: bytes, fingerprint_offset: int) -> int:

@@ -34,7 +34,10 @@ from .errors import CodecError
 
 _HEADER = struct.Struct("!HHI12s")
 _TLV = struct.Struct("!HH")
-_TRAILERS = (Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT)
+# Plain ints, for hashed membership tests on the decode and encode loops.
+_TRAILERS = frozenset(int(a) for a in (Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT))
+_FINGERPRINT = int(Attr.FINGERPRINT)
+_CLASSES = tuple(Class(bits) for bits in range(4))  # indexed by the C1/C0 bits: no Enum call per message
 
 
 def message_type(method: int, cls: int) -> int:
@@ -51,13 +54,7 @@ def message_type(method: int, cls: int) -> int:
 def split_type(msg_type: int) -> tuple[int, Class]:
     """Return (method, class) of a 14-bit message type."""
     method = (msg_type & 0x3E00) >> 2 | (msg_type & 0x00E0) >> 1 | (msg_type & 0x000F)
-    cls = Class((msg_type & 0x0100) >> 7 | (msg_type & 0x0010) >> 4)
-    return method, cls
-
-
-def padded(length: int) -> int:
-    """Length rounded up to the 4-byte boundary attributes are padded to."""
-    return (length + 3) & ~3
+    return method, _CLASSES[(msg_type & 0x0100) >> 7 | (msg_type & 0x0010) >> 4]
 
 
 def new_transaction_id() -> bytes:
@@ -117,7 +114,10 @@ class Message:
         return [value for t, value in self.attributes if t == attr_type]
 
     def __contains__(self, attr_type: int) -> bool:
-        return any(t == attr_type for t, _ in self.attributes)
+        for t, _ in self.attributes:
+            if t == attr_type:
+                return True
+        return False
 
     def add(self, attr_type: int, value: bytes) -> "Message":
         """Append an attribute; returns self so calls chain."""
@@ -175,16 +175,16 @@ class Message:
             end = offset + 4 + attr_length
             if end > size:
                 raise CodecError(f"attribute {_name(attr_type)} overruns the message")
-            if Attr.FINGERPRINT in offsets:
+            if _FINGERPRINT in offsets:
                 raise CodecError("attribute after FINGERPRINT")
             if attr_type in _TRAILERS:
                 offsets.setdefault(attr_type, offset)
-                seen_integrity = seen_integrity or attr_type != Attr.FINGERPRINT
+                seen_integrity = seen_integrity or attr_type != _FINGERPRINT
                 attributes.append((attr_type, data[offset + 4 : end]))
             elif not seen_integrity:
                 attributes.append((attr_type, data[offset + 4 : end]))
             # size is a multiple of 4, so the padding always fits.
-            offset += 4 + padded(attr_length)
+            offset = end + (-attr_length & 3)
         return msg
 
     def encode(

@@ -4,7 +4,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from relay.credentials import Credentials, StaticUsers
-from relay.nonces import FEATURES, NONCE_COOKIE, Nonces
+from relay.nonces import CHECKED, FEATURES, NONCE_COOKIE, Nonces
 from relay.peer_policy import PeerPolicy
 from relay.server import RelayPolicy, TurnServer
 from rendezvous.stun import Attr, Class, Message, Method
@@ -85,3 +85,21 @@ def test_nonce_issue_times_wrap():
     nonces = Nonces(600)
     issued_at = (1 << 24) * 3 - 10
     assert nonces.check(nonces.issue("192.0.2.1", issued_at), "192.0.2.1", issued_at + 20) == "valid"
+
+
+def test_genuine_nonces_are_remembered_up_to_a_bound():
+    """A nonce found genuine is checked again without a MAC, for its own IP only and still going stale;
+    at most CHECKED are remembered, the oldest forgotten first."""
+    nonces = Nonces(600, b"k" * 32)
+    macs = []
+    mac = nonces._mac
+    nonces._mac = lambda issued, ip: macs.append(ip) or mac(issued, ip)
+    ips = [f"10.0.{i // 250}.{i % 250}" for i in range(CHECKED + 1)]
+    issued = [nonces.issue(ip, 1_000_000) for ip in ips]
+    del macs[:]
+    assert all(nonces.check(nonce, ip, 1_000_000) == "valid" for nonce, ip in zip(issued, ips))
+    assert len(macs) == CHECKED + 1
+    assert nonces.check(issued[-1], ips[-1], 1_000_600) == "valid" and len(macs) == CHECKED + 1
+    assert nonces.check(issued[-1], ips[-1], 1_000_601) == "stale" and len(macs) == CHECKED + 1
+    assert nonces.check(issued[-1], ips[0], 1_000_000) == "invalid"
+    assert nonces.check(issued[0], ips[0], 1_000_000) == "valid" and len(macs) == CHECKED + 3  # forgotten

@@ -1,10 +1,14 @@
 """The message codec: header, type bits, attributes, trailers, addresses."""
 
+import ipaddress
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rendezvous.stun import Attr, Class, CodecError, Message, Method
+from rendezvous.stun.addresses import decode_xor_address, encode_xor_address, pack_ip
 from rendezvous.stun.constants import MAGIC_COOKIE
 from rendezvous.stun.message import message_type, split_type
 
@@ -137,3 +141,25 @@ def test_bad_address_family_raises():
 def test_cookie_constant():
     """Encoded messages carry the magic cookie at bytes 4-8."""
     assert Message(Method.BINDING, Class.REQUEST).encode()[4:8] == MAGIC_COOKIE.to_bytes(4, "big")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(alphabet="0123456789.x: %abf\n", max_size=20),
+                 st.ip_addresses().map(str), st.ip_addresses(v=4).map(lambda a: str(a) + "0")))
+def test_pack_ip_reads_what_ipaddress_reads(text):
+    """pack_ip (inet_pton for IPv4) accepts exactly the literals ipaddress accepts, to the same bytes."""
+    try:
+        expected = ipaddress.ip_address(text).packed
+    except ValueError:
+        with pytest.raises(CodecError):
+            pack_ip(text)
+    else:
+        assert pack_ip(text) == expected
+
+
+@given(st.ip_addresses(), st.integers(0, 65535), st.binary(min_size=12, max_size=12))
+def test_xor_addresses_round_trip(address, port, transaction_id):
+    """An XOR-MAPPED-ADDRESS value decodes to the address it was encoded from, XOR-ed on the wire (RFC 8489 §14.2)."""
+    value = encode_xor_address((str(address), port), transaction_id)
+    assert decode_xor_address(value, transaction_id) == (str(address), port)
+    assert value[4:] != address.packed

@@ -1,12 +1,13 @@
 """The peer ACL's IPv6 ranges (relay.peer_policy): ULA, link-local, documentation, the NAT64 prefixes
 (well-known, local-use and the operator's own, RFC 6052 §2.2), and IPv4 addresses in IPv6 spellings."""
 
+import functools
 import ipaddress
 
 import pytest
 
 from relay.config import ConfigError, parse_nat64_prefix
-from relay.peer_policy import PeerPolicy, Reach, nat64_ipv4
+from relay.peer_policy import HOSTS_REMEMBERED, PeerPolicy, Reach, nat64_ipv4
 
 PUBLIC_V6 = "2606:4700::1111"
 
@@ -120,3 +121,21 @@ def test_bad_nat64_prefix_is_refused(value, message):
     """--nat64-prefix takes an IPv6 prefix of an RFC 6052 length with no host bits; anything else is refused."""
     with pytest.raises(ConfigError, match=message):
         parse_nat64_prefix(value)
+
+
+def test_what_the_rules_say_of_a_host_is_remembered_but_local_addresses_are_asked_each_time():
+    """A host is parsed and judged by the rules once while remembered (HOSTS_REMEMBERED at most); whether it is
+    a local address is asked on every reach, so an address that becomes local is refused from then on."""
+    local = set()
+    peers = PeerPolicy(own_endpoints=[("0.0.0.0", 3478)], is_local=lambda address: str(address) in local)
+    parsed = []
+    facts = peers._facts
+    peers._host_facts = functools.lru_cache(maxsize=HOSTS_REMEMBERED)(lambda host: parsed.append(host) or facts(host))
+    assert peers.reach(PUBLIC_V6, 3478) is Reach.HOST and peers.reach(PUBLIC_V6, 3478) is Reach.HOST
+    assert parsed == [PUBLIC_V6]
+    local.add(PUBLIC_V6)
+    assert peers.reach(PUBLIC_V6, 3478) is Reach.DENIED and parsed == [PUBLIC_V6]
+    for i in range(HOSTS_REMEMBERED):
+        peers.reach(f"2606:4700::{i + 2:x}", 1)
+    assert peers.reach(PUBLIC_V6, 1) is Reach.DENIED and parsed.count(PUBLIC_V6) == 2  # forgotten, parsed again
+    assert peers.reach("not an address", 1) is Reach.DENIED and peers.reach("::", 1) is Reach.DENIED

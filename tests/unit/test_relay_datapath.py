@@ -205,16 +205,14 @@ def test_read_loop_reads_a_bounded_batch_and_survives_a_failing_handler(udp_pair
 def test_relay_socket_delivers_to_its_current_allocation(udp_pair):
     """Datagrams from peers go to the allocation set on the relay socket, and nowhere without one."""
     receiver, sender = udp_pair
-    relay = RelaySocket(receiver.getsockname(), None)
-    port = fake_port(receiver)
-    relay.makeConnection(port)
+    relay = RelaySocket(receiver.getsockname(), None, receiver)
     received = []
     relay.allocation = type("Allocation", (), {"from_peer": lambda self, data, peer: received.append((data, peer))})()
     sender.sendto(b"for the allocation", receiver.getsockname())
-    port.doRead()
+    relay.doRead()
     relay.allocation = None
     sender.sendto(b"dropped", receiver.getsockname())
-    port.doRead()
+    relay.doRead()
     assert received == [(b"for the allocation", sender.getsockname())]
     relay.write(b"to the peer", sender.getsockname())
     assert sender.recv(100) == b"to the peer"
@@ -323,35 +321,33 @@ def test_receive_drops_counts_a_full_queue():
 
 
 
-class Received(DatagramProtocol):
-    def __init__(self):
-        self.datagrams = []
-
-    def datagramReceived(self, data, addr):
-        self.datagrams.append(data)
-
-
-@pytest.mark.skipif(not hasattr(select, "epoll"), reason="DatagramPoller needs epoll (Linux)")
-def test_adopted_port_is_read_through_the_poller_until_it_stops():
-    """A port the reactor read (a relay socket handed over by another worker) moves to the poller and leaves it."""
+@pytest.mark.parametrize("epoll", [True, False], ids=["poller", "reactor"])
+def test_relay_sockets_are_read_until_they_close(epoll):
+    """A bound relay socket is read (through the poller, or by the reactor without epoll) and leaves it on close."""
     readers = _Readers()
-    poller = DatagramPoller(readers)
-    protocol = Received()
-    port = udp.Port(0, protocol, "127.0.0.1", reactor=readers)
-    port.startListening()
+    ports = RelayPorts(readers, {4: "127.0.0.1"}, 61400, 61499)
+    if not epoll:
+        ports.poller = None
+    elif ports.poller is None:
+        pytest.skip("DatagramPoller needs epoll (Linux)")
+    relay, _ = ports.open(4)
+    received = []
+    relay.allocation = type("Allocation", (), {"from_peer": lambda self, data, peer: received.append(data)})()
+    reader = ports.poller or relay
     try:
-        assert readers.getReaders() == [port]
-        poller.adopt(port)
-        assert readers.getReaders() == [poller] and poller.descriptors() == [port.fileno()]
+        assert readers.getReaders() == [reader] and ports.open_count == 1
+        assert receive_drops(readers) == 0  # the relay socket is among those counted
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-            sender.sendto(b"hello", ("127.0.0.1", port.getHost().port))
+            sender.sendto(b"hello", relay.address)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not protocol.datagrams:
-            poller.doRead()
-        assert protocol.datagrams == [b"hello"]
+        while time.monotonic() < deadline and not received:
+            reader.doRead()
+        assert received == [b"hello"]
     finally:
-        port.stopListening()
-    assert readers.getReaders() == [] and poller.descriptors() == []
+        relay.close()
+    assert readers.getReaders() == [] and ports.open_count == 0 and relay.fileno() == -1
+    relay.close()  # twice is harmless
+    assert ports.open_count == 0
 
 
 class _Writers(_Readers):

@@ -1,5 +1,6 @@
 """The TURN core on a fake clock: RFC 8656 allocations, permissions, channels, auth, quotas."""
 
+import functools
 import struct
 from ipaddress import ip_address
 
@@ -10,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from relay.allocation import data_indication
-from relay.credentials import Credentials, RestSecrets, StaticUsers
+from relay.credentials import Credentials, Keys, RestSecrets, StaticUsers
 from relay.peer_policy import PeerPolicy, Reach
 from relay.relay_ports import RESERVATION_SECONDS, RelayPorts
 from relay.server import NoRelayPort, RelayPolicy, TurnServer
@@ -660,6 +661,23 @@ def test_rest_credentials(clock):
     forged = Client(server, username, RestSecrets.password("other-secret", username),
                     ("udp", ("203.0.113.12", 1), SERVER))
     assert code(forged.allocate()) == 401
+
+
+def test_rest_keys_are_derived_once_per_username_up_to_a_bound():
+    """The keys of a REST username are derived once while remembered (at most DERIVED usernames), and the
+    expiry is still checked on every request."""
+    rest = RestSecrets(["one", "two"])
+    derived = []
+    derive = rest._derive_keys
+    rest._derive_keys = lambda *args: derived.append(args[0]) or derive(*args)
+    rest._derive = functools.lru_cache(maxsize=RestSecrets.DERIVED)(rest._derive_keys)
+    names = [f"2000:user{i}" for i in range(RestSecrets.DERIVED + 1)]
+    first = [rest.candidates(name, REALM, 1000) for name in names]
+    assert len(derived) == RestSecrets.DERIVED + 1 and all(len(keys) == 2 for keys in first)
+    assert rest.candidates(names[-1], REALM, 1000) == first[-1] and len(derived) == RestSecrets.DERIVED + 1
+    assert first[-1][1] == Keys.from_password(names[-1], REALM, RestSecrets.password("two", names[-1]), 2000.0)
+    assert rest.candidates(names[-1], REALM, 2000) == []
+    assert rest.candidates(names[0], REALM, 1000) == first[0] and len(derived) == RestSecrets.DERIVED + 2
 
 
 def test_401_rate_limit_and_bounded_memory(server, clock):
