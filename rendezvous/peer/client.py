@@ -97,14 +97,14 @@ class Client:
 
     async def _connect(self, peer: str) -> Session | Connection:
         name = secrets.token_urlsafe(12)
-        connection, punch, gathered = await self._path(peer, name)
+        connection, punch, session = await self._path(peer, name)
         made = await self._secure(connection, punch, is_client=True)
         if isinstance(made, Session):
             self._name(made, name)
             made.restarter = self._restart
             self._recheck(made)
         if self.options.report_outcome:
-            self._report(made, punch.get("nat_type"), gathered)
+            self._report(made, punch.get("nat_type"), session)
         return self._made(made)
 
     def _nat(self) -> dict | None:
@@ -116,9 +116,10 @@ class Client:
         nat_type = self.options.report_outcome and (self._nat() or {}).get("nat_type")
         return {"nat_type": nat_type} if nat_type else {}
 
-    def _report(self, made: Session | Connection, peer_nat_type: str | None, gathered: Deferred) -> None:
+    def _report(self, made: Session | Connection, peer_nat_type: str | None, session: _Session) -> None:
         """Submit the outcome to the node's field test once the checks are over (if the node takes them);
-        the peer's NAT type is what its nat-check saw, when it sent one (it reports outcomes too)."""
+        the peer's NAT type is what its nat-check saw, when it sent one (it reports outcomes too), its
+        mapping what its presence said during the checks (it may be offline by the time we report)."""
         url = (self.signaling.welcome or {}).get("results")
         if not url:
             log.info("session outcome not reported: the node takes no field-test results")
@@ -127,19 +128,21 @@ class Client:
 
         async def sides() -> tuple[dict, dict]:  # read once the checks are over and gathering has ended
             try:
-                await gathered.addTimeout(SETTLE_WAIT_SECONDS, self.reactor)
+                await _copy(session.gathered).addTimeout(SETTLE_WAIT_SECONDS, self.reactor)
             except Exception:  # no hint after all: the report says the mapping is unknown
                 pass
-            remote = await _peer_hint(self.signaling, made.peer)
+            remote = session.peer_hint
+            if remote.mapping is None:
+                remote = await _peer_hint(self.signaling, made.peer)
             peer = {"mapping": remote.mapping, **({"nat_type": peer_nat_type} if peer_nat_type else {})}
-            return self._nat() or {"mapping": self.hint.mapping}, peer
+            return self._nat() or {"mapping": session.hint.mapping}, peer
 
         self.reports.append(report_when_settled(self.reactor, made, sides, url, verify=self.options.tls_verify))
 
     async def _path(self, peer: str, name: str, fingerprint: str | None = None
-                    ) -> tuple[Connection, dict, Deferred]:
-        """A new path to ``peer`` for the session ``name`` (relay first): the Connection, the punch, and a
-        Deferred firing when this side's gathering has ended (its NAT hint is known then).
+                    ) -> tuple[Connection, dict, _Session]:
+        """A new path to ``peer`` for the session ``name`` (relay first): the Connection, the punch, and the
+        checks that found it (their NAT hints; their gathering may still run).
         With ``fingerprint`` (a restart), the peer must present the one the session was made with."""
         session = self._session(controlling=True)
         session.peer = peer
@@ -173,7 +176,7 @@ class Client:
             raise ConnectError(f"{peer} answered the restart with another fingerprint", session.attempts)
         if self.trust is not None:
             self.trust.check(peer, punch.get("fingerprint"), session.attempts)
-        return await session.start(punch, peer_hint), punch, _copy(session.gathered)
+        return await session.start(punch, peer_hint), punch, session
 
     def _trickles(self, request: dict | None = None) -> bool:
         """Whether to trickle candidates (RFC 8838): the node passes them on (its welcome says so),

@@ -11,6 +11,8 @@ import time
 import pytest
 
 from rendezvous.node.results.view import REBUILD_SECONDS
+from rendezvous.peer.nat_check import ADDRESS_AND_PORT_DEPENDENT as APDM
+from rendezvous.peer.nat_check import ENDPOINT_INDEPENDENT as EIM
 
 from .connect_client import add_buddies, run_pair, user
 from .lab import ENV, MINIUPNPD, ROOT, SERVER_HTTP_PORT, SERVER_IP, SERVER_PORT
@@ -107,9 +109,10 @@ def test_connect_outcomes_from_behind_nats(natlab):
         assert [a["technique"] for a in record["attempts"]] == [a[0] for a in mine["attempts"]]
         reports.append((record, mine))
     (direct, _), (relayed, _) = reports
-    # Each side's mapping comes from its gathering and presence hints, which since candidates trickle
-    # are not always known by the time the session settles in this lab (issue 13, open), so the NAT
-    # words are not asserted here; what was tried and the winning path are.
+    # Each side's mapping: this side's from its gathering, the peer's from its presence during the checks
+    # (the listener may have logged out by the time the report goes).
+    assert (direct["local"]["mapping"], direct["remote"]["mapping"]) == (EIM, APDM), direct
+    assert (relayed["local"]["mapping"], relayed["remote"]["mapping"]) == (APDM, APDM), relayed
     assert relayed["path"] == "turn-udp"
     after = views_after(cone, lambda found: found["sessions"] >= before["sessions"] + 2)
     assert after["sessions"] == before["sessions"] + 2
