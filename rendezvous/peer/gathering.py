@@ -107,7 +107,7 @@ class _Gathering:
         self._upnp_keeper: LeaseKeeper | None = None
         self._tcp_placeholder: socket.socket | None = None
         self.gathered: Deferred | None = None  # fires once every probe has ended
-        self.nat64 = getattr(self.signaling, "nat64", None)  # this host reaches IPv4 through NAT64 only
+        self.nat64 = self.signaling.nat64  # this host reaches IPv4 through NAT64 only (else None)
         self.closed = False
         self.reflexive_done = False  # STUN over UDP answered or gave up: this side's UDP is known
         self.tcp_done = False  # the TCP mapping is learned (or cannot be)
