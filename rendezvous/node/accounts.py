@@ -95,9 +95,10 @@ class Database(Protocol):
 
     schema_package: str  # where its vN.sql and upgrade-to-vN.sql files are
 
-    def transaction(self) -> AbstractContextManager[Cursor]:
+    def transaction(self, write: bool = True) -> AbstractContextManager[Cursor]:
         """A cursor in a transaction, committed on leaving, rolled back on an error; StoreUnavailable when
-        the database cannot be reached (the next transaction connects again)."""
+        the database cannot be reached (the next transaction connects again). ``write=False`` for reads
+        only: they then never wait for a writer (SQLite's WAL readers)."""
 
     def schema_version(self, cursor: Cursor) -> int | None:
         """The version in the version table; None when there are no tables yet (take the schema lock first)."""
@@ -160,15 +161,15 @@ class AccountStore:
 
     def version(self) -> int | None:
         """The schema version of the database."""
-        with self.db.transaction() as cursor:
+        with self.db.transaction(write=False) as cursor:
             return self.db.schema_version(cursor)
 
     def _one(self, sql: str, params: tuple = ()) -> tuple | None:
-        with self.db.transaction() as cursor:
+        with self.db.transaction(write=False) as cursor:
             return cursor.execute(sql, params).fetchone()
 
     def _all(self, sql: str, params: tuple = ()) -> list[tuple]:
-        with self.db.transaction() as cursor:
+        with self.db.transaction(write=False) as cursor:
             return [tuple(row) for row in cursor.execute(sql, params).fetchall()]
 
     @staticmethod

@@ -78,7 +78,7 @@ class PostgresDatabase:
         return self.psycopg.connect(self.url, **{k: v for k, v in options.items() if k not in info})
 
     @contextmanager
-    def transaction(self) -> Iterator[_Cursor]:
+    def transaction(self, write: bool = True) -> Iterator[_Cursor]:  # PostgreSQL's readers never wait
         psycopg = self.psycopg
         try:
             self._check_idle()

@@ -34,9 +34,11 @@ class SQLiteDatabase:
         return str(self.path)
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Cursor]:
+    def transaction(self, write: bool = True) -> Iterator[sqlite3.Cursor]:
+        """A writer takes the write lock at once (BEGIN IMMEDIATE: no upgrade deadlock); a reader
+        begins deferred and reads the last commit beside any writer (WAL)."""
         try:
-            cursor = self.connection.execute("BEGIN IMMEDIATE")
+            cursor = self.connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.Error as e:
             raise StoreUnavailable(f"{self.path}: {e}") from None
         try:

@@ -40,6 +40,24 @@ def test_turn_keys_for_the_realm(store):
     assert store.keys("bob", "example.org", 0) is None
 
 
+def test_reads_do_not_wait_for_a_writer(tmp_path):
+    """With another connection in the middle of a write, a SQLite store still answers reads (the relay's key
+    lookups run on the reactor thread) from the last commit, instead of queueing for the write lock."""
+    path = tmp_path / "accounts.sqlite"
+    store = AccountStore(path)
+    store.add("alice", "pw", "example.org")
+    writer = sqlite3.connect(path, isolation_level=None, timeout=0.1)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("DELETE FROM accounts")
+        assert store.keys("alice", "example.org", 0) == Keys.from_password("alice", "example.org", "pw")
+        assert [n for n, _, _ in store.names()] == ["alice"]
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        store.close()
+
+
 def test_reset_password_and_remove(store):
     """A reset changes password and keys; remove deletes; unknown users are errors."""
     store.add("alice", "old", "example.org")

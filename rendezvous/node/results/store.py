@@ -27,7 +27,7 @@ def add(store: AccountStore, record: dict, network: str, now: float) -> str:
 
 def get(store: AccountStore, record_id: str) -> dict | None:
     """The record with this id, with its ``id`` and ``received`` time; None when unknown."""
-    with store.db.transaction() as cursor:
+    with store.db.transaction(write=False) as cursor:
         row = cursor.execute("SELECT id, received, body FROM results WHERE id = ?", (record_id,)).fetchone()
     return None if row is None else _record(row)
 
@@ -35,7 +35,7 @@ def get(store: AccountStore, record_id: str) -> dict | None:
 def snapshot(store: AccountStore) -> tuple[tuple, list[dict], int]:
     """(revision, every record oldest first, how many distinct /24 or /48 networks), read together;
     the revision changes whenever a record is added or removed."""
-    with store.db.transaction() as cursor:
+    with store.db.transaction(write=False) as cursor:
         revision = tuple(cursor.execute("SELECT COUNT(*), MAX(received) FROM results").fetchone())
         rows = cursor.execute("SELECT id, received, body FROM results ORDER BY received").fetchall()
         networks = cursor.execute("SELECT COUNT(DISTINCT network) FROM results").fetchone()[0]
@@ -43,7 +43,7 @@ def snapshot(store: AccountStore) -> tuple[tuple, list[dict], int]:
 
 
 def revision(store: AccountStore) -> tuple:
-    with store.db.transaction() as cursor:
+    with store.db.transaction(write=False) as cursor:
         return tuple(cursor.execute("SELECT COUNT(*), MAX(received) FROM results").fetchone())
 
 
