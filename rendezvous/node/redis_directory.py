@@ -40,12 +40,11 @@ NODE_STALE_SECONDS = 30
 class RedisDirectory(service.Service):
     """The shared directory of one super node (see the module docstring)."""
 
-    def __init__(self, reactor, url: str, node_name: str, host: str, port: int, ips: tuple = ()) -> None:
+    def __init__(self, reactor, url: str, node_name: str, host: str, port: int) -> None:
         self.reactor = reactor
         self.url = url
         self.node_name = node_name
         self.host, self.port = host, port
-        self.ips = [host, *(ip for ip in ips if ip != host)]  # every public address, host first (both families)
         self.node = None  # the SignalingNode, set after both exist
         self.presence: dict[str, dict] = {}
         self.nodes: dict[str, dict] = {}
@@ -128,9 +127,8 @@ class RedisDirectory(service.Service):
     # -- nodes and the host cache --------------------------------------------
 
     def refresh_nodes(self):
-        load = len(self.node.sessions) if self.node is not None else 0
-        me = {"host": self.host, "port": self.port, "load": load, "seen": time.time(),
-              **({"ips": self.ips} if len(self.ips) > 1 else {})}
+        me = self.node.own_entry() if self.node is not None else {"host": self.host, "port": self.port, "load": 0}
+        me = {**me, "seen": time.time()}
 
         def exchange() -> tuple[bool, dict, dict]:
             known = self._client.hexists(f"{PREFIX}nodes", self.node_name)
@@ -164,8 +162,7 @@ class RedisDirectory(service.Service):
             if entry.get("node") != self.node_name:
                 self.presence.setdefault(user, entry)
         if self.node is not None:
-            self.node.learn_hosts([{key: e[key] for key in ("host", "port", "load", "ips") if key in e}
-                                   for name, e in sorted(fresh.items()) if name != self.node_name])
+            self.node.learn_hosts([e for name, e in sorted(fresh.items()) if name != self.node_name])
 
     def _republish(self) -> None:
         """Redis lost this node's registry entry (a restart without persistence, a flush): write the

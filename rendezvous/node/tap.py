@@ -104,7 +104,7 @@ def makeService(options, reactor=None) -> service.MultiService:
     if isinstance(turn_keys, KeyMirror) and config.relay is not None:
         turn_keys.setServiceParent(top)
     if config.redis:
-        directory = RedisDirectory(reactor, config.redis, name, hosts[0], config.port, ips=tuple(hosts))
+        directory = RedisDirectory(reactor, config.redis, name, hosts[0], config.port)
         directory.setServiceParent(top)
     node = SignalingNode(accounts, reactor, SignalingConfig(
         realm=realm,
