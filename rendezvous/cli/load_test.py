@@ -51,9 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=100, metavar="BYTES",
                         help=f"application payload per packet, {MIN_SIZE_BYTES}-{MAX_SIZE_BYTES} (default 100)")
     parser.add_argument("--rate", type=float, metavar="PPS",
-                        help="packets per second per client (default 100; not with --ramp)")
+                        help=f"packets per second per client (default {LoadConfig.rate:g}; not with --ramp)")
     parser.add_argument("--seconds", type=float, metavar="S",
-                        help="how long to send (default 10; not with --ramp, see --step-seconds)")
+                        help=f"how long to send (default {LoadConfig.seconds:g}; not with --ramp, see --step-seconds)")
     parser.add_argument("--peer-ip", default="127.0.0.1", metavar="IP",
                         help="local address the peer sockets bind to; the relay must reach it (default 127.0.0.1)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -140,8 +140,8 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         processes=min(args.processes, max(1, args.clients)),
         mode=args.mode,
         size=args.size,
-        rate=100.0 if args.rate is None else args.rate,
-        seconds=10.0 if args.seconds is None else args.seconds,
+        rate=LoadConfig.rate if args.rate is None else args.rate,
+        seconds=LoadConfig.seconds if args.seconds is None else args.seconds,
         peer_ip=args.peer_ip,
         tls_verify=not args.tls_insecure,
         tls_ca_file=args.tls_ca,
