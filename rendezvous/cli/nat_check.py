@@ -27,7 +27,7 @@ from rendezvous.peer import nat_memory
 from rendezvous.peer.nat_check import DEFAULT_ECHO_PORT, DEFAULT_TCP_FALLBACK_PORT, NatCheckError, check
 from rendezvous.peer.results_client import SubmitError, submit, submit_url
 from rendezvous.peer.trust import default_state_dir
-from rendezvous.wire.results import FORM_FIELDS, MAX_FORM_CHARS, nat_check_submission
+from rendezvous.wire.results import FORM_FIELDS, check_form, nat_check_submission
 
 PROG = "txrendezvous nat-check"
 DEFAULT_PORT = 3478
@@ -112,9 +112,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         url = None if args.submit is None else submit_url(args.submit or server[0])
         form = {name: getattr(args, name) for name in FORM_FIELDS if getattr(args, name)}
-        for name, value in form.items():
-            if len(value) > MAX_FORM_CHARS or not value.isprintable():
-                raise ValueError(f"--{name} must be at most {MAX_FORM_CHARS} printable characters")
+        check_form(form)
     except ValueError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1

@@ -112,6 +112,7 @@ OUTCOME_SCHEMA = {
     },
 }
 _VALIDATORS = {"nat-check": Draft202012Validator(NAT_CHECK_SCHEMA), "outcome": Draft202012Validator(OUTCOME_SCHEMA)}
+_FORM_VALIDATOR = Draft202012Validator(NAT_CHECK_SCHEMA["properties"]["form"])
 
 
 class SubmissionError(ValueError):
@@ -136,6 +137,15 @@ def parse_submission(body: bytes) -> dict:
         where = "/".join(str(p) for p in error.absolute_path) or "(top)"
         raise SubmissionError(f"{where}: {error.message[:200]}")
     return document
+
+
+def check_form(form: dict[str, str]) -> None:
+    """Raise SubmissionError unless the form fields pass the node's own check (the schema's), so a client
+    refuses what the node would, and nothing else."""
+    error = best_match(_FORM_VALIDATOR.iter_errors(form))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "form"
+        raise SubmissionError(f"{where}: at most {MAX_FORM_CHARS} characters, no control characters")
 
 
 def nat_check_submission(report: dict, form: dict[str, str] | None = None) -> dict:

@@ -19,7 +19,8 @@ from rendezvous.node.results.view import REBUILD_SECONDS, ResultsView
 from rendezvous.peer.nat_check.decisions import PortAllocation
 from rendezvous.peer.nat_check.report import NatReport
 from rendezvous.peer.results_client import submit_url
-from rendezvous.wire.results import MAX_SUBMISSION_BYTES, SubmissionError, nat_check_submission, parse_submission
+from rendezvous.wire.results import (MAX_SUBMISSION_BYTES, SubmissionError, check_form, nat_check_submission,
+                                    parse_submission)
 from upnp_helper.probe import GatewayAnswer
 
 
@@ -391,3 +392,12 @@ def test_the_last_nat_check_is_remembered_for_a_day(tmp_path):
     (tmp_path / nat_memory.FILE).write_text("{not json")
     assert nat_memory.recent(tmp_path, now=1000.0) is None
     assert nat_memory.recent(tmp_path / "missing", now=1000.0) is None
+
+
+def test_a_client_checks_the_form_as_the_node_does():
+    """check_form takes what the node's schema takes (a no-break space, any language) and refuses what it
+    refuses (control characters, over 64 characters), naming the field."""
+    check_form({"router": "Fritz!Box\u00a07590", "isp": "Deutsche Telekom", "model": "光猫 HG8245"})
+    for bad in ({"router": "bell\x07"}, {"isp": "x" * 65}):
+        with pytest.raises(SubmissionError, match=next(iter(bad))):
+            check_form(bad)
