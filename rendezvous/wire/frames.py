@@ -11,6 +11,7 @@ Frames are bounded (``MAX_FRAME_BYTES``); sans-IO like the STUN codec.
 
 import json
 import struct
+from collections.abc import Iterable
 
 MAGIC = 0xF5
 VERSION = 1
@@ -32,6 +33,18 @@ def encode(message: dict) -> bytes:
     if len(body) > MAX_FRAME_BYTES:
         raise ValueError("signaling frame too large")
     return _HEADER.pack(MAGIC, VERSION, len(body)) + body
+
+
+def fitting(entries: Iterable[dict], budget: int) -> tuple[list[dict], bool]:
+    """The leading entries whose JSON, as ``encode`` writes it (a comma each), fits in budget bytes; and
+    whether any were left out."""
+    kept, size = [], 0
+    for entry in entries:
+        size += len(json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8")) + 1
+        if size > budget:
+            return kept, True
+        kept.append(entry)
+    return kept, False
 
 
 def is_signaling(first_byte: int) -> bool:

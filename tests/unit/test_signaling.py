@@ -9,7 +9,7 @@ from rendezvous.node.accounts_async import AsyncAccounts
 from rendezvous.node.signaling import ERROR_DECAY_SECONDS, MAX_ERRORS, Session, SignalingConfig, SignalingNode
 from rendezvous.node.signaling.connects import END_WAIT_SECONDS, PONG_WAIT_SECONDS, RTT_FRESH_SECONDS
 from rendezvous.node.signaling.login import LOGIN_ACCOUNT_BURST, LOGIN_BURST
-from rendezvous.wire.frames import MAX_FRAME_BYTES, FrameError, FrameReader, encode
+from rendezvous.wire.frames import MAX_FRAME_BYTES, FrameError, FrameReader, encode, fitting
 
 
 class Peer:
@@ -730,3 +730,12 @@ def test_a_callee_that_does_not_trickle_gets_the_callers_candidates_up_to_the_en
     clock.advance(END_WAIT_SECONDS)
     (to_bob,) = [m for m in bob.out if m["op"] == "punch"]
     assert to_bob["candidates"] == [host] and to_bob["trickle"] is True
+
+
+def test_fitting_counts_bytes_as_a_frame_carries_them():
+    """fitting keeps the leading entries whose UTF-8 JSON (a comma each) fits the budget, and says if it cut."""
+    entries = [{"user": "jürgen"}, {"user": "ann"}]  # 18 bytes + 1 (ü is two), then 14 + 1
+    assert fitting(entries, 34) == (entries, False)
+    assert fitting(entries, 33) == (entries[:1], True)
+    assert fitting(entries, 18) == ([], True)
+    assert fitting([], 0) == ([], False)

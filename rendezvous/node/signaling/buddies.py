@@ -5,13 +5,12 @@ the answer is kept on the session (``Session.buddies``), which stands in
 for the store while it cannot be reached.
 """
 
-import json
 
 from twisted.logger import Logger
 
 from rendezvous.node.accounts import AccountError, StoreUnavailable
 from rendezvous.node.signaling.session import MAX_FIELD_BYTES, Session, SignalingError, text_field
-from rendezvous.wire.frames import MAX_FRAME_BYTES
+from rendezvous.wire.frames import MAX_FRAME_BYTES, fitting
 
 log = Logger()
 
@@ -115,18 +114,16 @@ class Buddies:
         if not isinstance(after, str) or len(after.encode("utf-8")) > MAX_FIELD_BYTES:
             raise SignalingError("bad-request", f"after must be a string of at most {MAX_FIELD_BYTES} bytes")
         rows, more = await self.accounts.buddies(session.user, after)
-        entries, size = [], 0
-        for name, relation in rows:
-            entry = {"user": name, "relation": relation}
-            if relation == "accepted":
-                where = self._where(name)
-                entry["state"] = where["state"] if where else "offline"
-            size += len(json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8")) + 1
-            if size > BUDDY_PAGE_BYTES:
-                more = True
-                break
-            entries.append(entry)
+        entries, cut = fitting((self._buddy_entry(name, relation) for name, relation in rows), BUDDY_PAGE_BYTES)
+        more = more or cut
         return {"op": "buddies", "buddies": entries, "next": entries[-1]["user"] if more else None}
+
+    def _buddy_entry(self, name: str, relation: str) -> dict:
+        entry = {"user": name, "relation": relation}
+        if relation == "accepted":
+            where = self._where(name)
+            entry["state"] = where["state"] if where else "offline"
+        return entry
 
     async def _lookup(self, session: Session, message: dict):
         user = text_field(message, "user")

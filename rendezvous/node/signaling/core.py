@@ -21,7 +21,6 @@ frames is closed. Logs carry session ids, never passwords.
 """
 
 import inspect
-import json
 import os
 import secrets
 from collections import OrderedDict, deque
@@ -36,7 +35,7 @@ from rendezvous.node.signaling.buddies import Buddies
 from rendezvous.node.signaling.connects import Connects
 from rendezvous.node.signaling.login import Login
 from rendezvous.node.signaling.session import LocalDirectory, Session, SignalingConfig, SignalingError
-from rendezvous.wire.frames import FrameError
+from rendezvous.wire.frames import FrameError, fitting
 from rendezvous.wire.host_entries import host_entry
 
 log = Logger()
@@ -221,14 +220,9 @@ class SignalingNode(Login, Buddies, Connects):
         cutoff = self.clock.seconds() - HOST_TTL_SECONDS
         for key in [k for k, e in self.hosts.items() if e["seen"] < cutoff]:
             del self.hosts[key]
-        kept, size = [], 0
-        for entry in reversed(self.hosts.values()):
-            entry = {key: value for key, value in entry.items() if key != "seen"}
-            size += len(json.dumps(entry, separators=(",", ":"))) + 1
-            if size > HOST_CACHE_BYTES:
-                break
-            kept.append(entry)
-        return kept
+        entries = ({key: value for key, value in entry.items() if key != "seen"}
+                   for entry in reversed(self.hosts.values()))
+        return fitting(entries, HOST_CACHE_BYTES)[0]
 
     def own_entry(self) -> dict:
         """This node's host-cache entry: its public address, load and, dual-stack, every public address."""
