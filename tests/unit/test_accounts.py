@@ -269,3 +269,37 @@ def test_an_idle_connection_to_a_restarted_server_is_replaced_before_use(postgre
     postgres_server.start()
     monkeypatch.setattr(accounts_postgres, "IDLE_CHECK_SECONDS", 0)
     assert store.check_password("alice", "pw")
+
+
+def _structure(path) -> dict:
+    """Every table's columns (name, type, not null, default, key) and every index's table, columns and
+    uniqueness, as SQLite describes them: what a database's schema is, whatever text made it."""
+    db = sqlite3.connect(path)
+    try:
+        tables = [name for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        shape = {}
+        for table in tables:
+            columns = sorted(tuple(row[1:]) for row in db.execute(f"PRAGMA table_info({table})"))
+            indexes = sorted((bool(unique), tuple(c[2] for c in db.execute(f"PRAGMA index_info({name})")))
+                             for _, name, unique, *_ in db.execute(f"PRAGMA index_list({table})"))
+            shape[table] = (columns, indexes)
+        return shape
+    finally:
+        db.close()
+
+
+def test_a_database_upgraded_from_v1_has_the_fresh_schema(tmp_path):
+    """Upgrading a version 1 file step by step gives the tables, columns and indexes a fresh vN.sql makes, so
+    the current snapshot and the upgrade steps cannot drift apart."""
+    from importlib import resources
+
+    old = tmp_path / "old.sqlite"
+    db = sqlite3.connect(old)
+    db.executescript(resources.files("rendezvous.node.schema").joinpath("v1.sql").read_text())
+    db.execute("INSERT INTO version VALUES (1)")
+    db.commit()
+    db.close()
+    AccountStore(old).close()
+    AccountStore(tmp_path / "fresh.sqlite").close()
+    assert _structure(old) == _structure(tmp_path / "fresh.sqlite")
