@@ -112,6 +112,8 @@ class SignalingClient:
         self._handlers: dict[str, list[Callable[[dict], Any]]] = {}
         self._unhandled: deque[dict] = deque()
         self._closed_waiters: list[Deferred] = []
+        self._turn: tuple[dict | None, float] = (None, 0.0)  # the relay credentials, and when they came
+        self._renewing: Deferred | None = None
 
     # -- the connection, as the adapter sees it --------------------------------
 
@@ -205,6 +207,31 @@ class SignalingClient:
         self._send_frame({**fields, "op": op, "id": request_id})
         return waiter.addTimeout(self.request_timeout_seconds, self.clock)
 
+    def turn_credentials(self) -> Deferred:
+        """Fires with credentials for the node's relay ({username, password, ttl, realm, urls}, or None
+        without a relay) good for at least half their ``ttl``: the welcome's while they are, else fresh
+        ones from the node's ``turn-credentials`` (docs/PROTOCOL.md). If the node cannot give new
+        ones, the last are kept (they may still do for a while)."""
+        turn, at = self._turn
+        if not isinstance(turn, dict) or self.clock.seconds() < at + _ttl(turn) / 2:
+            return succeed(turn if isinstance(turn, dict) else None)
+        if self._renewing is None:
+            self._renewing = self.request("turn-credentials").addCallbacks(self._renewed, self._not_renewed)
+        copy: Deferred = Deferred()
+        self._renewing.addBoth(lambda result: (copy.callback(result), result)[1])
+        return copy
+
+    def _renewed(self, reply: dict) -> dict | None:
+        self._renewing = None
+        turn = reply.get("turn")
+        self._turn = (turn, self.clock.seconds())
+        return turn if isinstance(turn, dict) else None
+
+    def _not_renewed(self, failure) -> dict | None:
+        self._renewing = None
+        log.info("relay credentials not renewed: {error}", error=failure.getErrorMessage())
+        return self._turn[0]
+
     def send(self, op: str, **fields) -> None:
         """Send ``op`` without waiting for a reply (an error, if any, goes to ``on("error")``)."""
         if not self.connected:
@@ -283,6 +310,7 @@ class SignalingClient:
         if isinstance(mapped, list) and len(mapped) == 2:
             self.mapped_address = (str(mapped[0]), int(mapped[1]))
         self.relays = welcome.get("relays") or []
+        self._turn = (welcome.get("turn"), self.clock.seconds())
 
 
 @implementer(IHandshakeListener)
@@ -475,3 +503,9 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, CancelledError):
         return "timed out"
     return str(error) or type(error).__name__
+
+
+def _ttl(turn: dict) -> float:
+    """The credentials' lifetime in seconds (0 for a missing or bad ``ttl``: renew each time)."""
+    ttl = turn.get("ttl")
+    return float(ttl) if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl > 0 else 0.0

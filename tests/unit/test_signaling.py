@@ -110,6 +110,19 @@ def test_login_returns_join_information(node):
     assert turn["password"] == RestSecrets.password("s3cret", turn["username"])
 
 
+def test_turn_credentials_are_renewed_on_request(node, clock):
+    """turn-credentials gives a logged-in user fresh relay credentials, expiring ttl from now; not before login."""
+    assert Peer(node).do("turn-credentials")["code"] == "unauthenticated"
+    peer = logged_in(node, "alice")
+    clock.advance(5000)
+    reply = peer.do("turn-credentials")
+    turn = reply["turn"]
+    assert reply["op"] == "turn-credentials" and reply["id"] == 7
+    assert turn["username"] == f"{int(clock.seconds()) + turn['ttl']}:alice" != peer.welcome["turn"]["username"]
+    assert turn["password"] == RestSecrets.password("s3cret", turn["username"])
+    assert turn["urls"] == peer.welcome["turn"]["urls"]
+
+
 def test_wrong_password_and_unauthenticated_ops(node):
     """A wrong password and ops before login get error frames, not sessions."""
     peer = Peer(node)

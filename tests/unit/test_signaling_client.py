@@ -191,6 +191,37 @@ def test_welcome_fills_the_attributes():
     assert client.welcome is welcome
 
 
+def test_relay_credentials_are_renewed_past_half_their_ttl():
+    """The welcome's relay credentials serve for half their ttl; then the node is asked once for new ones,
+    and a node that cannot give them leaves the old ones."""
+    wire = Wire()
+    old = {"username": "1:alice", "password": "p", "ttl": 600}
+    wire.client._welcomed({"op": "welcome", "user": "alice", "turn": old}, ("198.18.0.1", 3478))
+    wire.clock.advance(299)
+    assert results(wire.client.turn_credentials()) == [old] and wire.sent() == []
+    wire.clock.advance(2)
+    first, second = results(wire.client.turn_credentials()), results(wire.client.turn_credentials())
+    (frame,) = wire.sent()
+    assert frame["op"] == "turn-credentials" and first == second == []
+    new = {"username": "2:alice", "password": "q", "ttl": 600}
+    wire.push({"op": "turn-credentials", "id": frame["id"], "turn": new})
+    assert first == second == [new]
+    assert results(wire.client.turn_credentials()) == [new] and wire.sent() == []
+    wire.clock.advance(301)
+    late = results(wire.client.turn_credentials())
+    (frame,) = wire.sent()
+    wire.push({"op": "error", "id": frame["id"], "code": "bad-request", "reason": "unknown op"})
+    assert late == [new]
+
+
+def test_no_relay_means_no_credentials():
+    """Without a relay (turn null in the welcome) there are no credentials, and nothing is asked."""
+    wire = Wire()
+    wire.client._welcomed({"op": "welcome", "user": "alice", "turn": None}, ("198.18.0.1", 3478))
+    wire.clock.advance(10_000)
+    assert results(wire.client.turn_credentials()) == [None] and wire.sent() == []
+
+
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
                                                                                        max_size=3), max_leaves=8)

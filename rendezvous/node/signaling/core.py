@@ -76,7 +76,7 @@ class SignalingNode(Login, Buddies, Connects):
             "lookup": self._lookup, "message": self._message,
             "connect": self._connect, "connect-answer": self._connect_answer,
             "connect-decline": self._connect_decline, "connect-candidates": self._connect_candidates,
-            "hosts": self._hosts,
+            "hosts": self._hosts, "turn-credentials": self._turn_credentials,
         }
         self._open_ops = {"ping", "pong", "register", "login", "resume", "hosts"}
         # The host cache: other super nodes by (host, port), oldest first.

@@ -219,6 +219,10 @@ class Login:
         }
 
 
+    def _turn_credentials(self, session: Session, message: dict):
+        """Fresh relay credentials for a client logged in longer than the welcome's ``ttl``."""
+        return {"op": "turn-credentials", "turn": self.turn_credentials(session.user)}
+
     def turn_credentials(self, user: str) -> dict | None:
         """REST-style ephemeral credentials for this node's relay (username expiry:user)."""
         if not self.config.turn_secret:
