@@ -167,6 +167,12 @@ class TurnClient:
         return self.credentials.realm
 
     @property
+    def allocated(self) -> bool:
+        """An allocation is live: made, neither deleted nor expired, its socket or connection open."""
+        return (self.relayed_address is not None and not self._closed
+                and self.clock.seconds() < self._allocation_expires)
+
+    @property
     def channels(self) -> dict[int, Address]:
         """Bound channels: channel number -> peer (a copy)."""
         return dict(self._channel_peers)

@@ -15,6 +15,8 @@ the TCP punch at the node's instant, and secures the path with a session
 ``recheck_seconds`` while it runs on a relay, it restarts ICE under the
 same name (RFC 8445 §2.4: new credentials and candidates, relay first
 again) and the session moves to the new path without a new handshake.
+The client keeps a relay allocation ready for the next session
+(``spare_relay``), so a session's first byte does not wait for one.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from rendezvous.peer.outcomes import SETTLE_WAIT_SECONDS, report_when_settled
 from rendezvous.peer.pins import FINGERPRINT_CHANGED, FingerprintChanged
 from rendezvous.peer.prediction import NatHint
 from rendezvous.peer.session import Session
+from rendezvous.peer.spare_relay import SpareRelay
 from upnp_helper import discover_gateway
 
 log = Logger()
@@ -66,6 +69,7 @@ class Client:
         self._no_gateway_until = 0.0  # no UPnP/NAT-PMP/PCP gateway answered: do not look again before
         self._search: Deferred | None = None  # the background gateway search
         self._punches = _Punches(signaling)
+        self._spare: SpareRelay | None = None  # an allocation ready for the next session (spare_relay)
         signaling.on("connect-request", self._request)
 
     @classmethod
@@ -84,6 +88,9 @@ class Client:
                                                     host_cache=host_cache, tls=tls, tls_verify=tls_verify)
             client = cls(reactor, signaling, options, trust, _state_dir(options, host_cache))
             client._look_for_gateway()
+            if options.spare_relay and options.relay_transports:
+                client._spare = SpareRelay(reactor, signaling, options, signaling.nat64)
+                client._spare.start()
             return client
 
         return Deferred.fromCoroutine(run())
@@ -329,6 +336,7 @@ class Client:
         if self.reactor.seconds() < self._no_gateway_until:
             options = replace(options, upnp=False)
         session = _Session(self.reactor, self.signaling, options, controlling)
+        session.spare = self._spare
         session.done.addBoth(self._learn, session)
         return session
 
@@ -366,6 +374,8 @@ class Client:
             self._search.cancel()  # a search still running stops being waited for; its thread ends alone
         closing = [maybeDeferred(s.close) for s in list(self.sessions)]  # each close takes itself out
         self.sessions = []
+        if self._spare is not None:
+            closing.append(self._spare.close())
         closing.append(maybeDeferred(self.signaling.close))
         return DeferredList(closing).addCallback(lambda _: None)
 

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from rendezvous.peer.checks import _Session
 from rendezvous.peer.connection import Connection
-from rendezvous.peer.gathering import RELAY_TRANSPORTS
+from rendezvous.peer.relay_race import RELAY_TRANSPORTS
 from rendezvous.peer.ice import CONSENT_TIMEOUT_SECONDS
 from rendezvous.peer.prediction import SPRAY_PROBES, SPRAY_SOCKETS, NatHint
 from rendezvous.peer.session import Session
@@ -63,6 +63,7 @@ class _Options:
     trickle: bool = True  # send candidates as they are found (RFC 8838) where the node passes them on
     state_dir: Path | None = None  # the identity and pins; None: the host cache's folder, else the default
     allow_new_fingerprint: bool = False  # accept a peer whose fingerprint differs from its pin (and re-pin)
+    spare_relay: bool = True  # a logged-in Client keeps a relay allocation ready for its next session
     report_outcome: bool = False  # tell the node's field test how each connect() went (rendezvous.peer.outcomes)
 
     def __post_init__(self) -> None:

@@ -30,7 +30,6 @@ import ipaddress
 import socket
 from dataclasses import replace
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import CannotListenError
@@ -40,13 +39,13 @@ from twisted.python.failure import Failure
 from relay import client as turn_client
 from rendezvous.peer.ice import local_preference
 from rendezvous.peer.interfaces import ipv6_host_addresses
-from rendezvous.peer.nat64 import Nat64, has_route
+from rendezvous.peer.nat64 import Nat64
 from rendezvous.peer.prediction import NatHint, hint_from_probes, predicted_ports
+from rendezvous.peer.relay_race import RELAY_TIMEOUT_SECONDS, parse_turn_url, race
 from rendezvous.peer.stun_client import StunClientProtocol, TransactionTimeout
 from rendezvous.peer.tcp_binding import reuse_port
 from rendezvous.peer.tcp_punch import tcp_mapped_address
 from rendezvous.stun import Attr, Class, Message, Method
-from rendezvous.stun.constants import AddressFamily
 from rendezvous.stun.addresses import Address
 from upnp_helper import LeaseKeeper, discover_gateway
 
@@ -59,10 +58,7 @@ UPNP_DISCOVERY_SECONDS = 0.5   # per method (PCP / NAT-PMP, then UPnP IGD): a LA
 UPNP_SECONDS = 1.5             # discovery and mapping together, at most
 UPNP_LEASE_SECONDS = 3600      # renewed at half-life while the connection lasts
 GATHER_RTO_SECONDS = 0.2
-RELAY_TRANSPORTS = ("udp", "tcp", "tls")
-RELAY_TIMEOUT_SECONDS = 3.0
-RELAY_STAGGER_SECONDS = 0.1
-SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # of the main socket, as the relay's  # between the starts of the TURN transports raced
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # of the main socket, as the relay's
 ALLOCATION_SAMPLES = 3
 MAX_IPV6_HOSTS = 4             # IPv6 host candidates (one socket each), at most
 CLOSE_TIMEOUT_SECONDS = 4.0
@@ -97,6 +93,7 @@ class _Gathering:
         self.sockets: dict[str, tuple[_Socket, object]] = {}
         self.turn = None
         self.turn_transport: str | None = None
+        self.spare = None  # the logged-in client's SpareRelay: its allocation is taken before racing for one
         self.hint = NatHint(None, lifetime_seconds=self.options.binding_lifetime_seconds)
         self.srflx: Address | None = None
         self.tcp_port: int | None = None
@@ -395,40 +392,15 @@ class _Gathering:
         return samples
 
     async def _relay(self) -> None:
-        """TURN on the node over every transport, raced (RFC 8305's racing, applied to TURN transports):
-        UDP and the transport and port signaling got through on (TLS on 443 behind a web-only
-        firewall) start at once, the rest RELAY_STAGGER_SECONDS apart. The first allocation wins;
-        the others are closed as they come."""
-        turn = self.signaling.welcome.get("turn") if isinstance(self.signaling.welcome, dict) else None
-        if not turn:
-            return
-        targets = _reachable(_relay_targets(self.signaling, turn, self.options.relay_transports, self.options.tls),
-                             has_route, self.nat64)
-        won: Deferred = Deferred()
-        left = [len(targets)]
-
-        def start(transport: str, server: Address) -> None:
-            if won.called:
-                left[0] -= 1
+        """A TURN allocation on the node: the client's spare one if it has one ready (``spare_relay``),
+        else one raced over every transport (``relay_race``)."""
+        result = await self.spare.take() if self.spare is not None else None
+        if result is None:
+            turn = await self.signaling.turn_credentials()
+            if not turn or self.closed:
                 return
-            Deferred.fromCoroutine(self._allocate(transport, server, turn)).addCallback(arrived)
-
-        def arrived(result) -> None:
-            left[0] -= 1
-            if result is not None and won.called:
-                result[0].close()  # a slower transport: the race is already won
-            elif result is not None:
-                won.callback(result)
-            if not left[0] and not won.called:
-                won.callback(None)
-
-        own = ("tls" if self.options.tls else "tcp", tuple(self.signaling.server))
-        delay = 0.0
-        for transport, server in targets:
-            self.reactor.callLater(delay, start, transport, server)
-            if transport != "udp" or own not in targets:  # UDP and signaling's own way start together
-                delay += RELAY_STAGGER_SECONDS
-        result = await won if targets else None
+            result = await race(self.reactor, self.signaling, turn, self.options.relay_transports,
+                                self.options.tls, self.options.tls_verify, self.nat64, self._attempt)
         if result is None:
             return
         client, transport, relayed = result
@@ -448,29 +420,6 @@ class _Gathering:
         self._permitted.add(relayed[0])
         client.create_permission([(relayed[0], 0)]).addErrback(lambda _: None)
         self._permit()
-
-    async def _allocate(self, transport: str, server: Address, turn: dict):
-        """(client, transport, relayed address) from one TURN server, or None (recorded as an attempt)."""
-        started = self.reactor.seconds()
-        try:
-            client = await turn_client.connect(
-                self.reactor, server, transport, username=turn["username"], password=turn["password"],
-                realm=turn.get("realm"), tls_verify=self.options.tls_verify,
-                connect_timeout_seconds=RELAY_TIMEOUT_SECONDS, rto_seconds=GATHER_RTO_SECONDS, rc=3, rm=4,
-            ).addTimeout(RELAY_TIMEOUT_SECONDS, self.reactor)
-        except Exception as e:
-            self._attempt(f"turn-{transport}", started, "failed", f"allocation: {e}")
-            return None
-        try:
-            # A dual allocation (RFC 8656 §7.1): the default IPv4 relayed address, which an IPv4-only peer
-            # reaches whichever family the allocation was made over, and an IPv6 one beside it.
-            relayed = await client.allocate(additional_family=AddressFamily.IPV6).addTimeout(
-                RELAY_TIMEOUT_SECONDS + 1, self.reactor)
-        except Exception as e:
-            client.close()
-            self._attempt(f"turn-{transport}", started, "failed", f"allocation: {e}")
-            return None
-        return client, transport, relayed
 
     def _close_socket(self, name: str) -> None:
         entry = self.sockets.pop(name, None)
@@ -536,49 +485,10 @@ def _stun_server(signaling, ipv6: bool = False) -> Address | None:
     its IPv6 one, from the URLs or the welcome's ``node_ips`` (None when it has none)."""
     host, port = signaling.server
     for url in (signaling.welcome.get("turn") or {}).get("urls") or signaling.welcome.get("relays") or []:
-        scheme, target, transport = _parse_turn_url(url)
+        scheme, target, transport = parse_turn_url(url)
         if scheme == "turn" and transport == "udp" and (":" in target[0]) == ipv6:
             return target
     if not ipv6:
         return host, port
     return next(((ip, port) for ip in signaling.welcome.get("node_ips") or [] if isinstance(ip, str) and ":" in ip),
                 None)
-
-
-def _parse_turn_url(url: str) -> tuple[str, Address, str]:
-    """RFC 7065: turn:host:port?transport=udp -> ("turn", (host, port), "udp")."""
-    scheme, _, rest = url.partition(":")
-    parts = urlsplit("//" + rest)
-    transport = parse_qs(parts.query).get("transport", ["udp"])[0]
-    port = parts.port or (5349 if scheme == "turns" else 3478)
-    return scheme, (parts.hostname, port), "tls" if scheme == "turns" else transport
-
-
-def _reachable(targets: list[tuple[str, Address]], routable, nat64: Nat64 | None) -> list[tuple[str, Address]]:
-    """The targets this host can reach (RFC 8305 §7.1): an IPv4 server without a route goes through
-    ``nat64``, but only for a transport that has no server of a family reached natively (a dual-stack
-    node's IPv6 address is better than a NAT64 in the way); without NAT64 it is left out."""
-    native = {t for t, (host, _) in targets if ":" in host or routable(host)}
-    found = []
-    for transport, (host, port) in targets:
-        if ":" in host or routable(host):
-            found.append((transport, (host, port)))
-        elif nat64 is not None and transport not in native:
-            found.append((transport, nat64.to_ipv6((host, port))))
-    return found
-
-
-def _relay_targets(signaling, turn: dict, transports: tuple, tls: bool) -> list[tuple[str, Address]]:
-    """(transport, server) to race: UDP first, then the transport and port signaling reached,
-    then TCP, then TLS."""
-    targets = []
-    for url in turn.get("urls") or []:
-        try:
-            _, server, transport = _parse_turn_url(url)
-        except ValueError:
-            continue
-        targets.append((transport, server))
-    own = ("tls" if tls else "tcp", tuple(signaling.server))
-    order = {"udp": 0, "own": 1, "tcp": 2, "tls": 3}
-    ranked = sorted(set(targets) | {own}, key=lambda t: (order["own" if t == own else t[0]], t[1]))
-    return [t for t in ranked if t[0] in transports]

@@ -21,6 +21,7 @@ from twisted.internet.task import deferLater
 from rendezvous.node.accounts import AccountStore
 from rendezvous.peer import Client, ConnectError, FingerprintChanged, SessionError, connect, listen
 from rendezvous.peer.signaling_client import SignalingRequestError
+from rendezvous.peer import spare_relay
 from rendezvous.peer.identity import Identity
 from tests.conftest import start_node, stop_node
 
@@ -206,6 +207,47 @@ async def test_a_long_lived_client_makes_buddies_and_many_sessions(nodes, tmp_pa
     finally:
         await kay.close()
         await lou.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_logged_in_client_starts_sessions_on_its_spare_allocation(nodes, tmp_path, monkeypatch):
+    """A logged-in client holds a relay allocation before it connects; its next session starts on that very
+    allocation, a new spare is made after it, and closing the client releases the spare."""
+    monkeypatch.setattr(spare_relay, "REPLENISH_SECONDS", 0.5)
+    server = [(nodes["honest"].ip, nodes["honest"].port)]
+    options = dict(include_loopback=True, direct_transports=(), relay_transports=("udp",))
+    gina = await Client.login(reactor, "gina", "gina-pw", server, state_dir=tmp_path / "gina", **options)
+    hank = await Client.login(reactor, "hank", "hank-pw", server, state_dir=tmp_path / "hank", **options)
+    try:
+        accepted = DeferredQueue()
+        await hank.listen(accepted.put)
+        spares = []
+        for client in (gina, hank):
+            await until(lambda: client._spare.ready is not None)
+            spares.append(client._spare.ready[0])
+        session = await gina.connect("hank")
+        theirs = await accepted.get().addTimeout(5, reactor)
+        assert session.path == "turn-udp" and all(spare.on_data is not None for spare in spares)
+        assert {gina._spare.ready, hank._spare.ready} == {None}  # taken: both sessions run on the spares
+        await echo_check(session, theirs)
+        await session.close()
+        await theirs.close()
+        await until(lambda: gina._spare.ready is not None)
+        replacement = gina._spare.ready[0]
+        assert replacement.relayed_address != spares[0].relayed_address and not spares[0].allocated
+    finally:
+        await gina.close()
+        await hank.close()
+    assert not replacement.allocated
+
+
+async def until(condition, seconds: float = 5.0) -> None:
+    """Wait (polling the reactor) until condition() holds; fails after ``seconds``."""
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return
+        await deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError(f"not within {seconds} s")
 
 
 def open_sockets() -> int:

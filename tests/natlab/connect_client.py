@@ -9,7 +9,7 @@ empty) become connect()'s ``direct_transports`` and ``relay_transports``,
 its ``relay_wait_seconds``; ``settle=SECONDS`` has the connector wait that
 long after logging in before it connects (a client logged in for a while);
 ``state=DIR`` keeps the identity and pins there instead of in a fresh folder;
-``report=1`` sets ``report_outcome`` (the connector then waits for the field
+``spare=0`` turns ``spare_relay`` off; ``report=1`` sets ``report_outcome`` (the connector then waits for the field
 test's answer and prints it as ``reported``).
 
 Both run encrypted sessions (each process has a fresh identity in a
@@ -218,6 +218,8 @@ def parse_options(words: list[str]) -> tuple[dict, float | None]:
             options["settle_seconds"] = float(value)  # the connector's pause after login, not connect()'s
         elif key == "state":
             options["state_dir"] = value  # keys and pins kept across runs (default: a fresh folder)
+        elif key == "spare":
+            options["spare_relay"] = value == "1"
         elif key == "report":
             options["report_outcome"] = value == "1"
         else:

@@ -2,7 +2,8 @@
 
 from types import SimpleNamespace
 
-from rendezvous.peer.gathering import _reachable, _relay_targets, _stun_server
+from rendezvous.peer.gathering import _stun_server
+from rendezvous.peer.relay_race import reachable, relay_targets
 from rendezvous.peer.nat64 import Nat64
 
 NAT64 = Nat64("2001:db8:64:4::/96")
@@ -26,15 +27,15 @@ def test_stun_servers_of_each_family():
 def test_an_ipv6_only_host_uses_a_native_ipv6_relay_address_before_nat64():
     """Without an IPv4 route, a transport the node offers over IPv6 goes there natively; one it offers only at
     an IPv4 address goes through NAT64 (RFC 8305 §7.1), or is left out without NAT64."""
-    targets = _relay_targets(signaling(), TURN, ("udp", "tcp", "tls"), tls=False)
-    assert _reachable(targets, lambda ip: False, NAT64) == [
+    targets = relay_targets(signaling(), TURN, ("udp", "tcp", "tls"), tls=False)
+    assert reachable(targets, lambda ip: False, NAT64) == [
         ("udp", ("2001:db8::1", 3478)), ("tcp", ("2001:db8:64:4::c612:1", 3478))]
-    assert _reachable(targets, lambda ip: False, None) == [("udp", ("2001:db8::1", 3478))]
+    assert reachable(targets, lambda ip: False, None) == [("udp", ("2001:db8::1", 3478))]
 
 
 def test_a_dual_stack_host_races_both_families():
     """With routes to both families every TURN address is raced as it is."""
-    targets = _relay_targets(signaling(), TURN, ("udp", "tcp", "tls"), tls=False)
-    assert _reachable(targets, lambda ip: True, NAT64) == targets
+    targets = relay_targets(signaling(), TURN, ("udp", "tcp", "tls"), tls=False)
+    assert reachable(targets, lambda ip: True, NAT64) == targets
     assert ("udp", ("2001:db8::1", 3478)) in targets and ("udp", ("198.18.0.1", 3478)) in targets
 
