@@ -79,6 +79,7 @@ class _Session(_Gathering, _TcpPath):
         self._trickle_ended = False
         self._tcp_tried = False
         self._peer_trickled = False
+        self._complete_at_begin = False  # the peer's candidates were complete at the punch (early relay checks)
         self.on_gathered = None  # called with this session when gathering ends, before end-of-candidates
 
     # -- checks ------------------------------------------------------------
@@ -94,9 +95,21 @@ class _Session(_Gathering, _TcpPath):
         self.agent.remote_complete = not self._peer_trickled
         self._permit()
         delay = max(0.0, float(punch.get("start_in_ms") or 0) / 1000)
+        relayed = [c for c in self._remote_wire if c.get("type") == "relay"]
+        if delay and relayed:
+            self._check_relayed_now(punch, relayed)
         self.reactor.callLater(delay, self._begin, punch, peer_hint)
         self._deadline = self.reactor.callLater(delay + self.options.timeout_seconds, self._give_up)
         return self.done
+
+    def _check_relayed_now(self, punch: dict, relayed: list[dict]) -> None:
+        """Checks to the peer's relayed candidates start at the punch, not at the node's instant: a
+        relay admits them by its permissions (RFC 8656 §9), with no NAT mapping to open at the same
+        moment, and the session's first byte goes that way. Nothing is nominated before the instant."""
+        complete, self.agent.remote_complete = self.agent.remote_complete, False
+        self._complete_at_begin = complete
+        self.agent.set_remote(punch["ufrag"], punch["pwd"], relayed, self.reactor.seconds())
+        self._tick()
 
     def _begin(self, punch: dict, peer_hint: NatHint) -> None:
         if self.settled:
@@ -105,7 +118,11 @@ class _Session(_Gathering, _TcpPath):
         self._started = now
         self.peer_hint = peer_hint
         self._remote_wire += self._early_remote[:32 - len(self._remote_wire)]
-        self.agent.set_remote(punch["ufrag"], punch["pwd"], self._remote_wire, now)
+        if self.agent.started_at is None:
+            self.agent.set_remote(punch["ufrag"], punch["pwd"], self._remote_wire, now)
+        else:  # the relayed candidates are being checked already
+            self.agent.remote_complete = self._complete_at_begin
+            self.agent.add_remote(self._remote_wire)
         self.agent.remote_complete = self.agent.remote_complete or self._early_end
         self._permit()
         self._progress()
@@ -249,7 +266,7 @@ class _Session(_Gathering, _TcpPath):
         if base.startswith("spray-"):
             self._spray_heard.add(base)
         self._write(self.agent.receive(data, base, source, self.reactor.seconds()))
-        if self._started is not None:
+        if self.agent.started_at is not None:
             self._check_done()
             self._schedule()
 
@@ -319,7 +336,7 @@ class _Session(_Gathering, _TcpPath):
 
     def _complete(self, path: str, base: str, local: Address, remote: Address, detail: str = "") -> None:
         """The checks are over: record the attempts, free what lost, settle the connection on the winner."""
-        elapsed = self.reactor.seconds() - self._started
+        elapsed = self.reactor.seconds() - (self._started or self.reactor.seconds())
         techniques = self._techniques()
         for technique in techniques + ([path] if path not in techniques else []):
             outcome = "selected" if technique == path else "not-selected"
