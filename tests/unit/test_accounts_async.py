@@ -13,7 +13,7 @@ from rendezvous.node.accounts_async import KEYS_REFRESH_SECONDS, AsyncAccounts, 
 
 @pytest_twisted.ensureDeferred
 async def test_calls_run_in_pool_threads_with_a_store_each(database):
-    """Each pool thread opens its own store; answers and refusals come back as Deferreds in either back end."""
+    """Each pool thread opens its own store; named calls and run(function) answer as Deferreds in either back end."""
     import threading
 
     AccountStore(database).close()  # the schema, as the node makes it at start
@@ -32,6 +32,7 @@ async def test_calls_run_in_pool_threads_with_a_store_each(database):
         with pytest.raises(AccountError, match="already exists"):
             await accounts.add("alice", "again-pw", "example.org")
         assert await accounts.buddies("alice") == ([], False)
+        assert await accounts.run(lambda store, name: store.check_password(name, "alice-pw"), "alice") is True
         assert threading.get_ident() not in opened and 1 <= len(set(opened)) == len(opened) <= 2
     finally:
         accounts.stopService()
