@@ -200,12 +200,12 @@ def now(d: defer.Deferred):
     return d.result
 
 
-def ids(store) -> list[str]:
-    return [r["id"] for r in now(store.accounts.run(snapshot))[1]]
+def ids(accounts: AccountStore) -> list[str]:
+    return [r["id"] for r in snapshot(accounts)[1]]
 
 
-def test_store_keeps_and_expires(store):
-    """Records are kept by a random permanent id, listed oldest first, and expire by age, in either back end."""
+def test_store_keeps_and_expires(store, accounts):
+    """Records keep a random permanent id, are listed oldest first, summarized, and expire by age, in both back ends."""
     first = now(store.add(record_of(submission()), "198.19.7.0/24", now=1000.0))
     second = now(store.add(record_of(outcome()), "198.19.8.0/24", now=2000.0))
     assert first != second and len(first) == 12
@@ -213,11 +213,12 @@ def test_store_keeps_and_expires(store):
     assert record["mapping"] == "endpoint-independent" and record["received"] == 1000.0
     assert "network" not in record
     assert now(store.get("nope")) is None
-    revision, records, networks = now(store.accounts.run(snapshot))
+    revision, records, networks = snapshot(accounts)
     assert [r["id"] for r in records] == [first, second] and networks == 2
     assert now(store.revision()) == revision
+    assert now(store.summary()) == (revision, summarize(records, 2))
     assert now(store.expire(1500.0)) == 1
-    assert now(store.revision()) != revision and ids(store) == [second]
+    assert now(store.revision()) != revision and ids(accounts) == [second]
 
 
 @pytest.mark.parametrize("version", [3, 4])
@@ -312,7 +313,7 @@ def test_a_failed_drawing_fails_every_waiter_and_the_next_call_tries_again(store
     assert "nat-types" in now(view.charts())[1]
 
 
-def test_retention_sweeps_old_records(store):
+def test_retention_sweeps_old_records(store, accounts):
     """Records older than the retention are removed at start and on every sweep."""
     clock = task.Clock()
     clock.advance(10 * DAY_SECONDS)
@@ -320,9 +321,9 @@ def test_retention_sweeps_old_records(store):
     store.add(record_of(outcome()), "198.19.7.0/24", now=clock.seconds() - 6.99 * DAY_SECONDS)
     service = retention_service(store, clock, days=7)
     service.startService()
-    assert len(ids(store)) == 1
+    assert len(ids(accounts)) == 1
     clock.advance(0.02 * DAY_SECONDS + SWEEP_SECONDS)
-    assert ids(store) == []
+    assert ids(accounts) == []
     service.stopService()
 
 
