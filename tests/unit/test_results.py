@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, task
 
-from rendezvous.node.accounts import SCHEMA_VERSION, AccountStore, StoreUnavailable
+from rendezvous.node.accounts import SCHEMA_VERSION, AccountStore
 from rendezvous.node.accounts_async import AsyncAccounts
 from rendezvous.node.results.charts import bar_chart
 from rendezvous.node.results.records import network_of, record_of
@@ -21,6 +21,7 @@ from rendezvous.peer.nat_check.report import NatReport
 from rendezvous.peer.results_client import submit_url
 from rendezvous.wire.results import (MAX_SUBMISSION_BYTES, SubmissionError, check_form, nat_check_submission,
                                     parse_submission)
+from tests.switchable_store import Switchable
 from upnp_helper.probe import GatewayAnswer
 
 
@@ -327,20 +328,18 @@ def test_retention_sweeps_old_records(store, accounts):
     service.stopService()
 
 
-def test_a_sweep_with_the_database_away_is_logged_and_retried():
-    """A failed sweep does not stop the retention service; the next one runs."""
-    calls = []
-
-    class Away:
-        def expire(self, before):
-            calls.append(before)
-            return defer.fail(StoreUnavailable("database away"))
-
-    clock = task.Clock()
-    service = retention_service(Away(), clock, days=1)
+def test_a_sweep_with_the_database_away_is_logged_and_retried(accounts):
+    """A sweep that finds the database away does not stop the retention service; the next one sweeps."""
+    clock, switchable = task.Clock(), Switchable(accounts)
+    clock.advance(10 * DAY_SECONDS)
+    now(ResultsStore(AsyncAccounts.inline(accounts)).add(record_of(outcome()), "198.19.7.0/24", 1.0))
+    switchable.down = True
+    service = retention_service(ResultsStore(switchable), clock, days=1)
     service.startService()
+    assert len(ids(accounts)) == 1
+    switchable.down = False
     clock.advance(SWEEP_SECONDS)
-    assert len(calls) == 2
+    assert ids(accounts) == []
     service.stopService()
 
 
@@ -362,17 +361,15 @@ def test_submit_url_refuses_other_schemes():
         submit_url("ftp://node.example.org")
 
 
-def test_the_pages_answer_503_while_the_database_is_away():
+def test_the_pages_answer_503_while_the_database_is_away(accounts):
     """With the account database away, /api/results and /results answer 503 with a reason, not a crash."""
     from twisted.web.test.requesthelper import DummyRequest
 
     from rendezvous.node.results.pages import RecordApi, ResultsApi, ResultsPage
 
-    class Away:
-        def run(self, function, *args):
-            return defer.fail(StoreUnavailable("database away"))
-
-    view = ResultsView(ResultsStore(Away()), task.Clock())
+    away = Switchable(accounts)
+    away.down = True
+    view = ResultsView(ResultsStore(away), task.Clock())
     for resource_, path in ((ResultsApi(view, task.Clock()), b""), (RecordApi(view, "AAAAAAAAAAAA"), b"x"),
                             (ResultsPage(view), b"")):
         request = DummyRequest([path])
