@@ -22,6 +22,7 @@ from rendezvous.peer.results_client import submit_url
 from rendezvous.wire.results import (MAX_SUBMISSION_BYTES, SubmissionError, check_form, nat_check_submission,
                                     parse_submission)
 from tests.switchable_store import Switchable
+from tests.unit.test_accounts import made_at_v4
 from upnp_helper.probe import GatewayAnswer
 
 
@@ -239,13 +240,7 @@ def test_an_older_sqlite_store_gains_the_results_table(tmp_path, version):
 
 def test_a_v4_postgresql_store_gains_the_results_table(postgres_server):
     """A PostgreSQL account store made at schema v4 is upgraded in place and can keep results."""
-    postgres_server.sql("DROP SCHEMA public CASCADE")
-    postgres_server.sql("CREATE SCHEMA public")
-    old = AccountStore(postgres_server.url, upgrade=False)
-    with old.db.transaction() as cursor:
-        old.db.run_script(cursor, _schema("rendezvous.node.schema.postgresql", "v4.sql"))
-        cursor.execute("INSERT INTO version VALUES (4)")
-    old.close()
+    made_at_v4(postgres_server)
     accounts = AccountStore(postgres_server.url)
     assert accounts.version() == SCHEMA_VERSION
     assert now(ResultsStore(AsyncAccounts.inline(accounts)).add(record_of(outcome()), "198.19.7.0/24", 1.0))
