@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 
 from rendezvous.stun import Attr, Class, Message, Method
-from rendezvous.stun.addresses import Address
+from rendezvous.stun.addresses import Address, address_text
 from rendezvous.stun.attributes import encode_requested_transport
 from rendezvous.stun.constants import Error
 
@@ -222,7 +222,7 @@ async def own_ports(session: Session) -> list[Verdict]:
             outcomes.append(Outcome("Connect", SKIPPED, f"no TCP allocation: {note}"))
         else:
             outcomes.append(await _own_connect(session, client, (host, port)))
-        verdicts.append(combine("own-port", _text(host, port), "own", "", outcomes))
+        verdicts.append(combine("own-port", address_text((host, port)), "own", "", outcomes))
     return verdicts
 
 
@@ -245,7 +245,7 @@ async def _echo(session: Session, host: str, port: int, family: int) -> Outcome:
     except TimeoutError:
         return Outcome(method, CLOSED, "no answer came back (the permission alone is normal: "
                                        "clients of one relay reach each other through it)")
-    return Outcome(method, OPEN, f"answered through the relay from {_text(*peer)}")
+    return Outcome(method, OPEN, f"answered through the relay from {address_text(peer)}")
 
 
 async def _own_connect(session: Session, client: TurnClient, peer: Address) -> Outcome:
@@ -261,10 +261,6 @@ async def _own_connect(session: Session, client: TurnClient, peer: Address) -> O
     except _NOT_ANSWERED:
         return Outcome("Connect", CLOSED, "no answer (nothing accepted the connection in time)")
     return Outcome("Connect", OPEN, "the relay connected to its own port")
-
-
-def _text(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # -- the per-user quota -----------------------------------------------------------------

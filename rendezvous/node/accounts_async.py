@@ -66,12 +66,9 @@ class AsyncAccounts(Service):
 
     def run(self, function: Callable, *args) -> Deferred:
         """``function(store, *args)`` where the store's own calls run (a pool thread, or inline);
-        fires with what it returns, fails as the store's calls do."""
-        return self._run(function, *args)
-
-    def _run(self, method: Callable, *args) -> Deferred:
+        fires with what it returns, fails as the store's calls do (StoreUnavailable after CALL_SECONDS)."""
         def call():
-            return method(self._store(), *args)
+            return function(self._store(), *args)
 
         if self._pool is None:
             return maybeDeferred(call)
@@ -87,31 +84,31 @@ class AsyncAccounts(Service):
     # AccountError, or StoreUnavailable when the database cannot answer.
 
     def add(self, name: str, password: str, realm: str) -> Deferred:
-        return self._run(AccountStore.add, name, password, realm)
+        return self.run(AccountStore.add, name, password, realm)
 
     def check_password(self, name: str, password: str) -> Deferred:
-        return self._run(AccountStore.check_password, name, password)
+        return self.run(AccountStore.check_password, name, password)
 
     def all_keys(self, realm: str) -> Deferred:
-        return self._run(AccountStore.all_keys, realm)
+        return self.run(AccountStore.all_keys, realm)
 
     def request_buddy(self, owner: str, buddy: str) -> Deferred:
-        return self._run(AccountStore.request_buddy, owner, buddy)
+        return self.run(AccountStore.request_buddy, owner, buddy)
 
     def accept_buddy(self, owner: str, requester: str) -> Deferred:
-        return self._run(AccountStore.accept_buddy, owner, requester)
+        return self.run(AccountStore.accept_buddy, owner, requester)
 
     def remove_buddy(self, owner: str, buddy: str) -> Deferred:
-        return self._run(AccountStore.remove_buddy, owner, buddy)
+        return self.run(AccountStore.remove_buddy, owner, buddy)
 
     def buddies(self, owner: str, after: str = "", limit: int = BUDDY_PAGE) -> Deferred:
-        return self._run(AccountStore.buddies, owner, after, limit)
+        return self.run(AccountStore.buddies, owner, after, limit)
 
     def accepted(self, owner: str) -> Deferred:
-        return self._run(AccountStore.accepted, owner)
+        return self.run(AccountStore.accepted, owner)
 
     def are_buddies(self, a: str, b: str) -> Deferred:
-        return self._run(AccountStore.are_buddies, a, b)
+        return self.run(AccountStore.are_buddies, a, b)
 
 
 class KeyMirror(Service):

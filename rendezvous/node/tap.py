@@ -18,6 +18,7 @@ from relay.drain import DrainService
 from relay.listening import ListeningPort, listening_ips
 from relay.listeners import ServerStreamFactory
 from relay.service import add_listeners, make_relay, own_endpoints
+from rendezvous.stun.addresses import address_text
 from rendezvous.stun.binding import BindingServer
 
 from rendezvous.node.accounts import AccountError, AccountStore, StoreUnavailable
@@ -237,18 +238,17 @@ def _results_url(config: RendezvousConfig, host: str) -> str | None:
     else the plain one."""
     if not config.results or not (config.https_port or config.http_port):
         return None
-    host = f"[{host}]" if ":" in host else host
     if config.https_port:
-        return f"https://{host}:{config.https_port}/api/results"
-    return f"http://{host}:{config.http_port}/api/results"
+        return f"https://{address_text((host, config.https_port))}/api/results"
+    return f"http://{address_text((host, config.http_port))}/api/results"
 
 
 def _turn_urls(config: RendezvousConfig, hosts: list[str]) -> list[str]:
     """The TURN URLs (RFC 7065) of this node's relay at each of its public addresses, for clients."""
     urls = []
     for host in hosts:
-        host = f"[{host}]" if ":" in host else host
-        urls += [f"turn:{host}:{config.port}?transport=udp", f"turn:{host}:{config.port}?transport=tcp"]
+        turn = address_text((host, config.port))
+        urls += [f"turn:{turn}?transport=udp", f"turn:{turn}?transport=tcp"]
         if config.tls_port:
-            urls.append(f"turns:{host}:{config.tls_port}?transport=tcp")
+            urls.append(f"turns:{address_text((host, config.tls_port))}?transport=tcp")
     return urls

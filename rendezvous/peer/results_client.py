@@ -11,13 +11,16 @@ from io import BytesIO
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, ssl
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer, readBody
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer, ResponseDone
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 API_PATH = "/api/results"
 TIMEOUT_SECONDS = 15.0
+MAX_ANSWER_BYTES = 64 * 1024  # the node answers {"id", "link"} or {"error"}: far less
 
 
 class SubmitError(Exception):
@@ -32,6 +35,43 @@ def submit_url(node: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{node!r} is not HOST[:PORT] or an http(s) URL")
     return node if parts.path not in ("", "/") else f"{parts.scheme}://{parts.netloc}{API_PATH}"
+
+
+class _Answer(Protocol):
+    """Collects a response body (at most MAX_ANSWER_BYTES) for the Deferred it was given.
+
+    Twisted's readBody warns (DeprecationWarning) on every Agent response, whose
+    transport has no abortConnection; this reads through Response.deliverBody instead.
+    """
+
+    def __init__(self, done: defer.Deferred) -> None:
+        self.done = done
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > MAX_ANSWER_BYTES:
+            if not self.done.called:
+                self.done.errback(SubmitError(f"the answer is longer than {MAX_ANSWER_BYTES} bytes"))
+            self.transport.loseConnection()
+        elif not self.done.called:
+            self.parts.append(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(reason)
+
+
+def _read_answer(response: IResponse) -> defer.Deferred:
+    """Fires with the response body; cancelling it (a timeout) closes the connection."""
+    protocol = _Answer(defer.Deferred(lambda _: protocol.transport.loseConnection()))
+    response.deliverBody(protocol)
+    return protocol.done
 
 
 @implementer(IPolicyForHTTPS)
@@ -67,9 +107,11 @@ async def submit(reactor, url: str, document: dict, verify: bool = True, ca_file
     request.addTimeout(timeout_seconds, reactor)
     try:
         response = await request
-        answer = await readBody(response).addTimeout(timeout_seconds, reactor)
+        answer = await _read_answer(response).addTimeout(timeout_seconds, reactor)
     except defer.TimeoutError:
         raise SubmitError(f"{url}: no answer in {timeout_seconds:g} s") from None
+    except SubmitError as e:
+        raise SubmitError(f"{url}: {e}") from None
     except Exception as e:  # connection refused, TLS failure, DNS: all mean "not submitted"
         reasons = getattr(e, "reasons", None)  # ResponseNeverReceived and kin wrap the real failures
         raise SubmitError(f"{url}: " + ("; ".join(r.getErrorMessage() for r in reasons) if reasons else str(e))

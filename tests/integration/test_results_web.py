@@ -10,9 +10,14 @@ import sys
 import time
 
 import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.error import ConnectionDone
+from twisted.web import resource, server
 
 from rendezvous.node.results.pages import SUBMIT_BURST
 from rendezvous.node.results.view import REBUILD_SECONDS
+from rendezvous.peer.results_client import MAX_ANSWER_BYTES, SubmitError, submit
 from rendezvous.wire.results import MAX_SUBMISSION_BYTES
 from tests.conftest import free_port, start_node, stop_node
 from tests.unit.test_results import outcome, submission
@@ -206,3 +211,61 @@ def test_nat_check_says_when_a_submission_is_refused(results_node, tmp_path):
         stop_node(stun)
     assert done.returncode == 4 and "NAT check against" in done.stdout
     assert "not submitted" in done.stderr and "refused" in done.stderr
+
+
+@pytest.mark.filterwarnings("error::DeprecationWarning")
+@pytest_twisted.ensureDeferred
+async def test_submit_reads_the_answer_and_the_refusal(results_node):
+    """submit() returns a real node's answer and raises its refusal's reason, with no DeprecationWarning."""
+    url = f"https://localhost:{results_node.https_port}/api/results"
+    ca_file = str(results_node.state_dir / "tls" / "self-signed.pem")
+    answer = await submit(reactor, url, outcome(), ca_file=ca_file)
+    assert answer["link"].endswith(f"/results/{answer['id']}")
+    with pytest.raises(SubmitError, match="answered 400: .*kind"):
+        await submit(reactor, url, {"kind": "nonsense"}, ca_file=ca_file)
+
+
+class _Answering(resource.Resource):
+    """Answers every POST with 201 and a body of the given size, or with part of one and then nothing."""
+
+    isLeaf = True
+
+    def __init__(self, size: int, hang: bool = False) -> None:
+        super().__init__()
+        self.size, self.hang, self.finished = size, hang, defer.Deferred()
+
+    def render_POST(self, request):
+        request.setResponseCode(201)
+        request.notifyFinish().chainDeferred(self.finished)
+        if not self.hang:
+            return b"x" * self.size
+        request.setHeader(b"content-length", str(self.size).encode())
+        request.write(b"{")
+        return server.NOT_DONE_YET
+
+
+async def _submit_to(answering: _Answering, **kw):
+    port = reactor.listenTCP(0, server.Site(answering), interface="127.0.0.1")
+    try:
+        return await submit(reactor, f"http://127.0.0.1:{port.getHost().port}/api/results", outcome(), **kw)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_submit_refuses_an_answer_past_its_bound():
+    """An answer longer than MAX_ANSWER_BYTES is a SubmitError and its connection is closed, not read on."""
+    answering = _Answering(MAX_ANSWER_BYTES * 4)
+    with pytest.raises(SubmitError, match=f"longer than {MAX_ANSWER_BYTES} bytes"):
+        await _submit_to(answering)
+    await answering.finished.addErrback(lambda _: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_submit_gives_up_on_a_body_that_stops_and_closes_the_connection():
+    """A body that stops half way is a SubmitError after the timeout, and the server sees the connection closed."""
+    answering = _Answering(100, hang=True)
+    with pytest.raises(SubmitError, match="no answer in 0.5 s"):
+        await _submit_to(answering, timeout_seconds=0.5)
+    with pytest.raises(ConnectionDone):
+        await answering.finished.addTimeout(5, reactor)

@@ -303,3 +303,47 @@ def test_a_database_upgraded_from_v1_has_the_fresh_schema(tmp_path):
     AccountStore(old).close()
     AccountStore(tmp_path / "fresh.sqlite").close()
     assert _structure(old) == _structure(tmp_path / "fresh.sqlite")
+
+
+def made_at_v4(postgres_server) -> None:
+    """Empty the server's accounts database and make the tables of PostgreSQL schema v4 (its first) in it."""
+    from importlib import resources
+
+    postgres_server.sql("DROP SCHEMA public CASCADE")
+    postgres_server.sql("CREATE SCHEMA public")
+    old = AccountStore(postgres_server.url, upgrade=False)
+    with old.db.transaction() as cursor:
+        old.db.run_script(cursor, resources.files("rendezvous.node.schema.postgresql").joinpath("v4.sql").read_text())
+        cursor.execute("INSERT INTO version VALUES (4)")
+    old.close()
+
+
+def _postgres_structure(postgres_server) -> dict:
+    """Every table's columns (name, type, null, default), constraints (kind and definition) and indexes
+    (definition without the index's name), as PostgreSQL's catalogs describe them."""
+    def rows(sql: str) -> list[tuple]:
+        return sorted(tuple(row) for row in postgres_server.sql(sql))
+
+    return {
+        "columns": rows("SELECT table_name, column_name, data_type, is_nullable, column_default "
+                        "FROM information_schema.columns WHERE table_schema = 'public'"),
+        "constraints": rows("SELECT conrelid::regclass::text, contype, pg_get_constraintdef(c.oid) "
+                            "FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
+                            "WHERE n.nspname = 'public'"),
+        "indexes": rows("SELECT tablename, regexp_replace(indexdef, 'INDEX \\S+ ON', 'INDEX ON') FROM pg_indexes "
+                        "WHERE schemaname = 'public'"),
+    }
+
+
+def test_a_postgresql_database_upgraded_from_v4_has_the_fresh_schema(postgres_server):
+    """Upgrading a PostgreSQL database made at v4 (the first PostgreSQL schema) step by step gives the columns,
+    constraints and indexes a fresh vN.sql makes, so that snapshot and the upgrade steps cannot drift apart."""
+    made_at_v4(postgres_server)
+    AccountStore(postgres_server.url).close()
+    upgraded = _postgres_structure(postgres_server)
+    postgres_server.sql("DROP SCHEMA public CASCADE")
+    postgres_server.sql("CREATE SCHEMA public")
+    AccountStore(postgres_server.url).close()
+    fresh = _postgres_structure(postgres_server)
+    assert {table for table, *_ in fresh["columns"]} == {"version", "accounts", "buddies", "results"}
+    assert upgraded == fresh

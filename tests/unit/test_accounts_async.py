@@ -3,17 +3,18 @@
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from relay.credentials import Keys
-from rendezvous.node.accounts import AccountError, AccountStore, StoreUnavailable
+from rendezvous.node.accounts import AccountError, AccountStore
 from rendezvous.node.accounts_async import KEYS_REFRESH_SECONDS, AsyncAccounts, KeyMirror
+from tests.switchable_store import Switchable
 
 
 @pytest_twisted.ensureDeferred
 async def test_calls_run_in_pool_threads_with_a_store_each(database):
-    """Each pool thread opens its own store; answers and refusals come back as Deferreds in either back end."""
+    """Each pool thread opens its own store; named calls and run(function) answer as Deferreds in either back end."""
     import threading
 
     AccountStore(database).close()  # the schema, as the node makes it at start
@@ -32,6 +33,7 @@ async def test_calls_run_in_pool_threads_with_a_store_each(database):
         with pytest.raises(AccountError, match="already exists"):
             await accounts.add("alice", "again-pw", "example.org")
         assert await accounts.buddies("alice") == ([], False)
+        assert await accounts.run(lambda store, name: store.check_password(name, "alice-pw"), "alice") is True
         assert threading.get_ident() not in opened and 1 <= len(set(opened)) == len(opened) <= 2
     finally:
         accounts.stopService()
@@ -44,28 +46,24 @@ async def _both(accounts):
                                 accounts.check_password("alice", "wrong-pw")])
 
 
-def test_the_key_mirror_reloads_and_keeps_its_keys_while_the_store_is_away():
+def test_the_key_mirror_reloads_and_keeps_its_keys_while_the_store_is_away(tmp_path):
     """KeyMirror answers keys() from its last load, reloads every KEYS_REFRESH_SECONDS, and keeps the old
     keys (with a log line) when a reload finds the store unavailable."""
-    keys = {"alice": Keys.from_password("alice", "example.org", "pw")}
-
-    class Store:
-        answer = succeed(keys)
-
-        def all_keys(self, realm):
-            assert realm == "example.org"
-            return self.answer
-
-    store, clock = Store(), Clock()
-    mirror = KeyMirror(store, "example.org", clock)
+    store = AccountStore(tmp_path / "accounts.sqlite")
+    store.add("alice", "alice-pw", "example.org")
+    store.add("bob", "bob-pw", "other.realm")
+    accounts, clock = Switchable(store), Clock()
+    mirror = KeyMirror(accounts, "example.org", clock)
     mirror.startService()
-    assert mirror.keys("alice", "example.org", 0) == keys["alice"]
+    alice = Keys.from_password("alice", "example.org", "alice-pw")
+    assert mirror.keys("alice", "example.org", 0) == alice
     assert mirror.keys("alice", "other.realm", 0) is None and mirror.keys("bob", "example.org", 0) is None
-    store.answer = Deferred()
-    store.answer.errback(StoreUnavailable("down"))
+    store.remove("alice")
+    accounts.down = True
     clock.advance(KEYS_REFRESH_SECONDS)
-    assert mirror.keys("alice", "example.org", 0) == keys["alice"]
-    store.answer = succeed({})
+    assert mirror.keys("alice", "example.org", 0) == alice
+    accounts.down = False
     clock.advance(KEYS_REFRESH_SECONDS)
     assert mirror.keys("alice", "example.org", 0) is None
     mirror.stopService()
+    store.close()

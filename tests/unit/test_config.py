@@ -6,7 +6,7 @@ from twisted.python import usage
 from relay.config import RELAY_OPTIONS, default_relay_ips
 from rendezvous.node.relay_tap import Options as RelayOptions
 from rendezvous.node.config import RENDEZVOUS_OPTIONS
-from rendezvous.node.tap import Options
+from rendezvous.node.tap import Options, _results_url, _turn_urls
 
 
 def parse(*args, options_class=Options):
@@ -127,3 +127,15 @@ def test_help_documents_every_option(options_class, table):
     text = str(options_class())
     for option in table + [type("O", (), {"name": "config"})]:
         assert f"--{option.name}" in text
+
+
+def test_urls_handed_to_clients_bracket_ipv6_hosts():
+    """TURN URLs (RFC 7065) and the results URL write an IPv6 host in brackets (RFC 3986 §3.2.2), IPv4 bare."""
+    config = parse("--port", "3478", "--tls-port", "5349", "--https-port", "8443").config
+    assert _turn_urls(config, ["198.51.100.1", "2001:db8::1"]) == [
+        "turn:198.51.100.1:3478?transport=udp", "turn:198.51.100.1:3478?transport=tcp",
+        "turns:198.51.100.1:5349?transport=tcp",
+        "turn:[2001:db8::1]:3478?transport=udp", "turn:[2001:db8::1]:3478?transport=tcp",
+        "turns:[2001:db8::1]:5349?transport=tcp"]
+    assert _results_url(config, "2001:db8::1") == "https://[2001:db8::1]:8443/api/results"
+    assert _results_url(parse("--http-port", "8080").config, "198.51.100.1") == "http://198.51.100.1:8080/api/results"

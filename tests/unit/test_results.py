@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, task
 
-from rendezvous.node.accounts import SCHEMA_VERSION, AccountStore, StoreUnavailable
+from rendezvous.node.accounts import SCHEMA_VERSION, AccountStore
 from rendezvous.node.accounts_async import AsyncAccounts
 from rendezvous.node.results.charts import bar_chart
 from rendezvous.node.results.records import network_of, record_of
@@ -21,6 +21,8 @@ from rendezvous.peer.nat_check.report import NatReport
 from rendezvous.peer.results_client import submit_url
 from rendezvous.wire.results import (MAX_SUBMISSION_BYTES, SubmissionError, check_form, nat_check_submission,
                                     parse_submission)
+from tests.switchable_store import Switchable
+from tests.unit.test_accounts import made_at_v4
 from upnp_helper.probe import GatewayAnswer
 
 
@@ -200,12 +202,12 @@ def now(d: defer.Deferred):
     return d.result
 
 
-def ids(store) -> list[str]:
-    return [r["id"] for r in now(store.accounts.run(snapshot))[1]]
+def ids(accounts: AccountStore) -> list[str]:
+    return [r["id"] for r in snapshot(accounts)[1]]
 
 
-def test_store_keeps_and_expires(store):
-    """Records are kept by a random permanent id, listed oldest first, and expire by age, in either back end."""
+def test_store_keeps_and_expires(store, accounts):
+    """Records keep a random permanent id, are listed oldest first, summarized, and expire by age, in both back ends."""
     first = now(store.add(record_of(submission()), "198.19.7.0/24", now=1000.0))
     second = now(store.add(record_of(outcome()), "198.19.8.0/24", now=2000.0))
     assert first != second and len(first) == 12
@@ -213,11 +215,12 @@ def test_store_keeps_and_expires(store):
     assert record["mapping"] == "endpoint-independent" and record["received"] == 1000.0
     assert "network" not in record
     assert now(store.get("nope")) is None
-    revision, records, networks = now(store.accounts.run(snapshot))
+    revision, records, networks = snapshot(accounts)
     assert [r["id"] for r in records] == [first, second] and networks == 2
     assert now(store.revision()) == revision
+    assert now(store.summary()) == (revision, summarize(records, 2))
     assert now(store.expire(1500.0)) == 1
-    assert now(store.revision()) != revision and ids(store) == [second]
+    assert now(store.revision()) != revision and ids(accounts) == [second]
 
 
 @pytest.mark.parametrize("version", [3, 4])
@@ -237,13 +240,7 @@ def test_an_older_sqlite_store_gains_the_results_table(tmp_path, version):
 
 def test_a_v4_postgresql_store_gains_the_results_table(postgres_server):
     """A PostgreSQL account store made at schema v4 is upgraded in place and can keep results."""
-    postgres_server.sql("DROP SCHEMA public CASCADE")
-    postgres_server.sql("CREATE SCHEMA public")
-    old = AccountStore(postgres_server.url, upgrade=False)
-    with old.db.transaction() as cursor:
-        old.db.run_script(cursor, _schema("rendezvous.node.schema.postgresql", "v4.sql"))
-        cursor.execute("INSERT INTO version VALUES (4)")
-    old.close()
+    made_at_v4(postgres_server)
     accounts = AccountStore(postgres_server.url)
     assert accounts.version() == SCHEMA_VERSION
     assert now(ResultsStore(AsyncAccounts.inline(accounts)).add(record_of(outcome()), "198.19.7.0/24", 1.0))
@@ -312,7 +309,7 @@ def test_a_failed_drawing_fails_every_waiter_and_the_next_call_tries_again(store
     assert "nat-types" in now(view.charts())[1]
 
 
-def test_retention_sweeps_old_records(store):
+def test_retention_sweeps_old_records(store, accounts):
     """Records older than the retention are removed at start and on every sweep."""
     clock = task.Clock()
     clock.advance(10 * DAY_SECONDS)
@@ -320,26 +317,24 @@ def test_retention_sweeps_old_records(store):
     store.add(record_of(outcome()), "198.19.7.0/24", now=clock.seconds() - 6.99 * DAY_SECONDS)
     service = retention_service(store, clock, days=7)
     service.startService()
-    assert len(ids(store)) == 1
+    assert len(ids(accounts)) == 1
     clock.advance(0.02 * DAY_SECONDS + SWEEP_SECONDS)
-    assert ids(store) == []
+    assert ids(accounts) == []
     service.stopService()
 
 
-def test_a_sweep_with_the_database_away_is_logged_and_retried():
-    """A failed sweep does not stop the retention service; the next one runs."""
-    calls = []
-
-    class Away:
-        def expire(self, before):
-            calls.append(before)
-            return defer.fail(StoreUnavailable("database away"))
-
-    clock = task.Clock()
-    service = retention_service(Away(), clock, days=1)
+def test_a_sweep_with_the_database_away_is_logged_and_retried(accounts):
+    """A sweep that finds the database away does not stop the retention service; the next one sweeps."""
+    clock, switchable = task.Clock(), Switchable(accounts)
+    clock.advance(10 * DAY_SECONDS)
+    now(ResultsStore(AsyncAccounts.inline(accounts)).add(record_of(outcome()), "198.19.7.0/24", 1.0))
+    switchable.down = True
+    service = retention_service(ResultsStore(switchable), clock, days=1)
     service.startService()
+    assert len(ids(accounts)) == 1
+    switchable.down = False
     clock.advance(SWEEP_SECONDS)
-    assert len(calls) == 2
+    assert ids(accounts) == []
     service.stopService()
 
 
@@ -361,17 +356,15 @@ def test_submit_url_refuses_other_schemes():
         submit_url("ftp://node.example.org")
 
 
-def test_the_pages_answer_503_while_the_database_is_away():
+def test_the_pages_answer_503_while_the_database_is_away(accounts):
     """With the account database away, /api/results and /results answer 503 with a reason, not a crash."""
     from twisted.web.test.requesthelper import DummyRequest
 
     from rendezvous.node.results.pages import RecordApi, ResultsApi, ResultsPage
 
-    class Away:
-        def run(self, function, *args):
-            return defer.fail(StoreUnavailable("database away"))
-
-    view = ResultsView(ResultsStore(Away()), task.Clock())
+    away = Switchable(accounts)
+    away.down = True
+    view = ResultsView(ResultsStore(away), task.Clock())
     for resource_, path in ((ResultsApi(view, task.Clock()), b""), (RecordApi(view, "AAAAAAAAAAAA"), b"x"),
                             (ResultsPage(view), b"")):
         request = DummyRequest([path])

@@ -2,44 +2,15 @@
 ``unavailable`` error, logged-in users going on from memory, and buddy lists a page at a time."""
 
 import pytest
-from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
-from rendezvous.node.accounts import BUDDY_PAGE, AccountStore, StoreUnavailable
-from rendezvous.node.accounts_async import AsyncAccounts
+from rendezvous.node.accounts import BUDDY_PAGE, AccountStore
 from rendezvous.node.signaling import SignalingConfig, SignalingNode
 from rendezvous.node.signaling.core import MAX_BACKLOG
 from rendezvous.node.signaling.login import LOGIN_SOURCE_BURST
 from rendezvous.wire.frames import MAX_FRAME_BYTES, FrameError, encode
+from tests.switchable_store import Switchable
 from tests.unit.test_signaling import Peer, buddies, logged_in
-
-
-class Switchable:
-    """An inline store that can be held (answers wait until release()) or down (StoreUnavailable)."""
-
-    def __init__(self, store: AccountStore) -> None:
-        self.inner = AsyncAccounts.inline(store)
-        self.held: list[tuple[Deferred, Deferred]] | None = None
-        self.down = False
-
-    def release(self) -> None:
-        """Let the calls held so far answer; later ones are held again."""
-        held, self.held = self.held, []
-        for answer, waiting in held:
-            answer.chainDeferred(waiting)
-
-    def __getattr__(self, name):
-        def call(*args):
-            if self.down:
-                return fail(StoreUnavailable("the test took the database away"))
-            answer = getattr(self.inner, name)(*args)
-            if self.held is None:
-                return answer
-            waiting = Deferred()
-            self.held.append((answer, waiting))
-            return waiting
-
-        return call
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from rendezvous.node.accounts import AccountStore
 from rendezvous.node.accounts_async import AsyncAccounts
 from rendezvous.node.results.records import new_id
+from rendezvous.node.results.summary import summarize
 
 
 def add(store: AccountStore, record: dict, network: str, now: float) -> str:
@@ -40,6 +41,12 @@ def snapshot(store: AccountStore) -> tuple[tuple, list[dict], int]:
         rows = cursor.execute("SELECT id, received, body FROM results ORDER BY received").fetchall()
         networks = cursor.execute("SELECT COUNT(DISTINCT network) FROM results").fetchone()[0]
     return revision, [_record(row) for row in rows], networks
+
+
+def summary(store: AccountStore) -> tuple[tuple, dict]:
+    """(revision, the summary of every record): counted where the records are read, off the reactor."""
+    revision, records, networks = snapshot(store)
+    return revision, summarize(records, networks)
 
 
 def revision(store: AccountStore) -> tuple:
@@ -72,6 +79,10 @@ class ResultsStore:
 
     def revision(self) -> Deferred:
         return self.accounts.run(revision)
+
+    def summary(self) -> Deferred:
+        """Fires with (revision, summary of every record)."""
+        return self.accounts.run(summary)
 
     def expire(self, before: float) -> Deferred:
         return self.accounts.run(expire, before)

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from twisted.internet import defer, threads
 from twisted.python import failure
 
-from rendezvous.node.results.store import ResultsStore, snapshot
-from rendezvous.node.results.summary import summarize
+from rendezvous.node.results.store import ResultsStore
 from upnp_helper.probe import NAMES as GATEWAY_NAMES
 
 REBUILD_SECONDS = 5.0
@@ -111,7 +110,7 @@ class ResultsView:
             if await self.store.revision() == counted[0]:
                 self._counted = (counted[0], counted[1], now)
                 return counted[0], counted[1]
-        revision, summary = await self.store.accounts.run(_snapshot_summary)
+        revision, summary = await self.store.summary()
         self._counted = (revision, summary, now)
         return revision, summary
 
@@ -142,12 +141,6 @@ class _Shared:
         waiting, self.waiting = self.waiting, None
         for waiter in waiting:
             waiter.callback(result) if not isinstance(result, failure.Failure) else waiter.errback(result)
-
-
-def _snapshot_summary(store) -> tuple[tuple, dict]:
-    """On the store's thread: (revision, summary) of every record."""
-    revision, records, networks = snapshot(store)
-    return revision, summarize(records, networks)
 
 
 def _draw(views: list[Section]) -> dict[str, str]:

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from rendezvous.peer.nat_check.report import NatReport
 from rendezvous.peer.stun_client import StunClientProtocol, TransactionTimeout
 from rendezvous.stun import Attr, Class, CodecError, Message, Method
-from rendezvous.stun.addresses import Address
+from rendezvous.stun.addresses import Address, address_text
 from rendezvous.stun.attributes import decode_error_code, encode_change_request, encode_uint16
 
 
@@ -96,9 +96,7 @@ def raise_for_error(response: Message) -> Message:
 
 def show(address: Address | None) -> str | None:
     """The address as "host:port" ("[host]:port" for IPv6); None for None."""
-    if address is None:
-        return None
-    return f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+    return None if address is None else address_text(address)
 
 
 def family_of(ip: str) -> int:
