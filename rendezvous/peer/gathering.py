@@ -46,7 +46,7 @@ from rendezvous.peer.stun_client import StunClientProtocol, TransactionTimeout
 from rendezvous.peer.tcp_binding import reuse_port
 from rendezvous.peer.tcp_punch import tcp_mapped_address
 from rendezvous.stun import Attr, Class, Message, Method
-from rendezvous.stun.addresses import Address
+from rendezvous.stun.addresses import Address, address_text
 from upnp_helper import LeaseKeeper, discover_gateway
 
 if TYPE_CHECKING:
@@ -218,7 +218,7 @@ class _Gathering:
             return
         if mapped != self.agent.bases[name].address:
             self.agent.advertise(self.agent.candidate("srflx", mapped, name))
-        self._attempt("srflx6", started, "succeeded", f"[{mapped[0]}]:{mapped[1]}")
+        self._attempt("srflx6", started, "succeeded", address_text(mapped))
 
     def _probe_ended(self, result):
         self._more_candidates()
