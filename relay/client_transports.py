@@ -25,6 +25,7 @@ from zope.interface import implementer
 from rendezvous.stun import CodecError
 from rendezvous.stun.addresses import Address
 from rendezvous.stun.framing import StreamFramer
+from rendezvous.wire.streams import send_at_once
 
 from .datagrams import read_loop
 
@@ -200,6 +201,7 @@ class _StreamAdapter(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
+        send_at_once(self.transport)
         self.client._attach(self.transport.write, self.disconnect)
 
     def disconnect(self) -> None:

@@ -16,6 +16,7 @@ from rendezvous.stun import CodecError, Method
 from rendezvous.stun.addresses import Address
 from rendezvous.stun.binding import BindingServer
 from rendezvous.stun.framing import StreamFramer
+from rendezvous.wire.streams import send_at_once
 
 from .datagrams import Outbox, StreamOutbox, read_loop, read_pass, set_buffers
 from .server import TurnServer
@@ -129,6 +130,7 @@ class ServerStreamProtocol(Protocol, TimeoutMixin):
         peer = self.transport.getPeer()
         self.five_tuple = (self.factory.transport_name, (peer.host, peer.port), self.factory.local)
         self.outbox = StreamOutbox(self.transport)  # its allocation's way to the client
+        send_at_once(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.pipe is not None:

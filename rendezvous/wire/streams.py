@@ -18,9 +18,10 @@ IDLE_TIMEOUT_SECONDS = 3 * PING_SECONDS  # three missed pings
 
 
 def send_at_once(transport) -> None:
-    """Set TCP_NODELAY on a signaling stream's socket (TLS or not); other transports are left alone.
+    """Set TCP_NODELAY on a stream's socket (TLS or not); other transports are left alone.
 
-    Frames are small and each matters now (a connect-request, a punch):
+    Signaling frames and TURN's framed datagrams (RFC 8656 §12.5) are small
+    and each matters now (a punch, an ICE check, a QUIC handshake flight):
     with Nagle's algorithm one would wait for the ACK of the frame before,
     which the other side's delayed ACK holds back for up to 40 ms.
     """
