@@ -12,9 +12,8 @@ added; the node keeps only the fields named here.
 from __future__ import annotations
 
 import json
+from functools import cache
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
 
 SUBMISSION_VERSION = 1
 MAX_SUBMISSION_BYTES = 16 * 1024
@@ -111,8 +110,23 @@ OUTCOME_SCHEMA = {
         "path": {"anyOf": [_NAME, {"type": "null"}]},
     },
 }
-_VALIDATORS = {"nat-check": Draft202012Validator(NAT_CHECK_SCHEMA), "outcome": Draft202012Validator(OUTCOME_SCHEMA)}
-_FORM_VALIDATOR = Draft202012Validator(NAT_CHECK_SCHEMA["properties"]["form"])
+KINDS = {"nat-check": NAT_CHECK_SCHEMA, "outcome": OUTCOME_SCHEMA}
+
+
+@cache
+def _validator(schema_name: str):
+    """The Draft 2020-12 validator of KINDS[name] (or "form"), made when first needed: jsonschema costs
+    ~90 ms to import, which a client that only reports outcomes would pay at every start."""
+    from jsonschema import Draft202012Validator
+
+    schema = NAT_CHECK_SCHEMA["properties"]["form"] if schema_name == "form" else KINDS[schema_name]
+    return Draft202012Validator(schema)
+
+
+def _first_error(schema_name: str, document):
+    from jsonschema.exceptions import best_match
+
+    return best_match(_validator(schema_name).iter_errors(document))
 
 
 class SubmissionError(ValueError):
@@ -129,10 +143,10 @@ def parse_submission(body: bytes) -> dict:
         raise SubmissionError(f"not JSON: {e}") from None
     if not isinstance(document, dict):
         raise SubmissionError("not a JSON object")
-    validator = _VALIDATORS.get(document.get("kind"))
-    if validator is None:
-        raise SubmissionError(f"kind must be one of {sorted(_VALIDATORS)}")
-    error = best_match(validator.iter_errors(document))
+    kind = document.get("kind")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise SubmissionError(f"kind must be one of {sorted(KINDS)}")
+    error = _first_error(kind, document)
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top)"
         raise SubmissionError(f"{where}: {error.message[:200]}")
@@ -142,7 +156,7 @@ def parse_submission(body: bytes) -> dict:
 def check_form(form: dict[str, str]) -> None:
     """Raise SubmissionError unless the form fields pass the node's own check (the schema's), so a client
     refuses what the node would, and nothing else."""
-    error = best_match(_FORM_VALIDATOR.iter_errors(form))
+    error = _first_error("form", form)
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "form"
         raise SubmissionError(f"{where}: at most {MAX_FORM_CHARS} characters, no control characters")
