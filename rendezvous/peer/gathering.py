@@ -177,8 +177,7 @@ class _Gathering:
             if tcp is not None:
                 # The TCP mapping (one round trip to the node, over the way signaling already gets
                 # through) goes in the first frame: both sides then punch from the node's shared
-                # instant. Started later, each when it learned the other's, the punched stream
-                # between two NATs carried data one way only in the NAT lab.
+                # instant, not each when it learned the other's.
                 await _copy(tcp)
         return self.local_wire_candidates()
 
