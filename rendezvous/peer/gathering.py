@@ -99,6 +99,7 @@ class _Gathering:
         self.turn_transport: str | None = None
         self.hint = NatHint(None, lifetime_seconds=self.options.binding_lifetime_seconds)
         self.srflx: Address | None = None
+        self.udp_silent = False  # set by the client: STUN over UDP went unanswered lately, do not wait again
         self.tcp_port: int | None = None
         self.tcp_mapped: Address | None = None
         self.tcp_candidates: list[dict] = []
@@ -264,6 +265,9 @@ class _Gathering:
 
     async def _learn_reflexive(self, main: _Socket, stun: Address) -> None:
         started = self.reactor.seconds()
+        if self.udp_silent:
+            self._attempt("srflx", started, "skipped", "STUN over UDP went unanswered a moment ago")
+            return
         try:
             response, _ = await main.request(Message(Method.BINDING, Class.REQUEST), stun)
         except TransactionTimeout:

@@ -152,6 +152,16 @@ def test_a_stream_selected_late_carries_data_both_ways(lab, again):
         assert mine["pong_again"], mine
 
 
+@pytest.mark.parametrize("a", ["eim-apdf", "udp-blocked"])
+def test_a_listener_behind_blocked_udp_does_not_wait_for_stun_again(lab, a):
+    """A listener behind a UDP-blocking NAT learned at listen() that STUN over UDP goes unanswered: it
+    answers a connect without waiting for that request again, and TCP hole punching still meets."""
+    mine, theirs = run_pair(lab.kinds[a][0], lab.kinds["udp-blocked"][1])
+    assert "error" not in mine, mine
+    assert mine["path"] == theirs.get("path") == "tcp-punch" and mine["pong"], json.dumps([mine, theirs])
+    assert ("srflx", "skipped") in [(technique, outcome) for technique, _, outcome, _ in theirs["attempts"]], theirs
+
+
 @pytest.mark.parametrize("path, options, protocol, reason", [
     ("udp-direct", (), "udp", "consent expired: no answer to a consent check for 3 s (RFC 7675)"),
     ("tcp-punch", ("direct=tcp", "relay="), "tcp", "the TCP connection closed"),
