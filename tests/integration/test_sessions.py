@@ -140,35 +140,21 @@ async def test_session_through_the_relay(nodes, tmp_path, transport):
         await close(mine, theirs, listener)
 
 
+@pytest.mark.parametrize("closer", ["caller", "callee"])
 @pytest_twisted.ensureDeferred
-async def test_closing_a_session_on_the_punched_stream_closes_the_peers(nodes, tmp_path):
-    """On the punched TCP stream, closing a session sends QUIC's CONNECTION_CLOSE before the stream ends,
-    so the peer's session ends as closed by this side, not as a lost path it waits to see restarted."""
-    mine, theirs, listener = await pair(nodes["honest"], "oli", "pia", tmp_path, direct_transports=("tcp",),
-                                        relay_transports=())
-    try:
-        assert await mine.when_settled() == await theirs.when_settled() == "tcp-punch"
-        await echo_check(mine, theirs)
-        ended = theirs.when_closed()
-        await mine.close()
-        assert (await ended.addTimeout(5, reactor)).startswith("the peer closed the session")
-    finally:
-        await close(mine, theirs, listener)
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_peer_closing_on_the_punched_stream_starts_no_restart(nodes, tmp_path):
-    """When the peer closes the session on the punched stream, the calling side ends its session as closed
-    by the peer (the CONNECTION_CLOSE came before the FIN) rather than restarting through the node."""
+async def test_closing_a_session_on_the_punched_stream_closes_the_peers(nodes, tmp_path, closer):
+    """On the punched TCP stream, closing a session sends QUIC's CONNECTION_CLOSE before the stream's FIN,
+    so the peer's session ends as closed by the peer, not as a lost path to wait for or restart through the node."""
     mine, theirs, listener = await pair(nodes["honest"], "oli", "pia", tmp_path, direct_transports=("tcp",),
                                         relay_transports=())
     restarts = []
-    mine.restarter = lambda session: restarts.append(session) or Deferred()
+    mine.restarter = lambda session: restarts.append(session) or Deferred()  # the calling side's restart
     try:
         assert await mine.when_settled() == await theirs.when_settled() == "tcp-punch"
         await echo_check(mine, theirs)
-        ended = mine.when_closed()
-        await theirs.close()
+        closing, peer = (mine, theirs) if closer == "caller" else (theirs, mine)
+        ended = peer.when_closed()
+        await closing.close()
         assert (await ended.addTimeout(5, reactor)).startswith("the peer closed the session")
         assert restarts == []
     finally:
