@@ -462,8 +462,7 @@ class _Session(_Gathering, _TcpPath):
             self.spray.stop()
         for name in list(self.sockets):
             self._close_socket(name)
-        self._close_tcp()
-        closing = [self._unmap()]
+        closing = [self._close_tcp(), self._unmap()]
         turn, self.turn = self.turn, None
         if turn is not None:
             closing.append(turn.close())  # bounded by the client; never fails

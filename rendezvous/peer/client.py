@@ -45,6 +45,7 @@ from upnp_helper import discover_gateway
 log = Logger()
 
 NO_GATEWAY_SECONDS = 300.0  # how long "no gateway here" is believed
+UDP_SILENT_SECONDS = 300.0  # how long "STUN over UDP goes unanswered here" is believed
 
 
 class Client:
@@ -67,6 +68,7 @@ class Client:
         self._accept = None
         self._named: dict[tuple[str, str], Session] = {}  # (peer, session name): sessions a restart may reach
         self._no_gateway_until = 0.0  # no UPnP/NAT-PMP/PCP gateway answered: do not look again before
+        self._udp_silent_until = 0.0  # STUN over UDP went unanswered: do not wait for it again before
         self._search: Deferred | None = None  # the background gateway search
         self._punches = _Punches(signaling)
         self._spare: SpareRelay | None = None  # an allocation ready for the next session (spare_relay)
@@ -194,7 +196,8 @@ class Client:
 
     def _gathered(self, session: _Session) -> None:
         """Gathering ended: this side's NAT hint is known; presence says it to the buddies
-        (a trickling peer looks it up after our end-of-candidates)."""
+        (a trickling peer looks it up after our end-of-candidates); what it found missing is remembered."""
+        self._learn(None, session)
         self.hint = session.hint
         _presence(self.signaling, session.hint)
 
@@ -242,6 +245,7 @@ class Client:
                 await probe.gather()
             finally:
                 probe.close()
+            self._learn(None, probe)
             self.hint = probe.hint
             _presence(self.signaling, probe.hint)
             return self
@@ -337,12 +341,16 @@ class Client:
             options = replace(options, upnp=False)
         session = _Session(self.reactor, self.signaling, options, controlling)
         session.spare = self._spare
+        session.udp_silent = self.reactor.seconds() < self._udp_silent_until
         session.done.addBoth(self._learn, session)
         return session
 
     def _learn(self, result, session: _Session):
+        """Remember what a gathering found missing: a gateway, or any answer to STUN over UDP."""
         if any(a.technique == "upnp" and a.outcome == "failed" for a in session.attempts):
             self._no_gateway()
+        if any(a.technique == "srflx" and a.outcome == "failed" for a in session.attempts):
+            self._udp_silent_until = self.reactor.seconds() + UDP_SILENT_SECONDS
         return result
 
     # -- buddies and presence --------------------------------------------------

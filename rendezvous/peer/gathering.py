@@ -96,6 +96,7 @@ class _Gathering:
         self.spare = None  # the logged-in client's SpareRelay: its allocation is taken before racing for one
         self.hint = NatHint(None, lifetime_seconds=self.options.binding_lifetime_seconds)
         self.srflx: Address | None = None
+        self.udp_silent = False  # set by the client: STUN over UDP went unanswered lately, do not wait again
         self.tcp_port: int | None = None
         self.tcp_mapped: Address | None = None
         self.tcp_candidates: list[dict] = []
@@ -174,8 +175,7 @@ class _Gathering:
             if tcp is not None:
                 # The TCP mapping (one round trip to the node, over the way signaling already gets
                 # through) goes in the first frame: both sides then punch from the node's shared
-                # instant. Started later, each when it learned the other's, the punched stream
-                # between two NATs carried data one way only in the NAT lab.
+                # instant, not each when it learned the other's.
                 await _copy(tcp)
         return self.local_wire_candidates()
 
@@ -262,6 +262,9 @@ class _Gathering:
 
     async def _learn_reflexive(self, main: _Socket, stun: Address) -> None:
         started = self.reactor.seconds()
+        if self.udp_silent:
+            self._attempt("srflx", started, "skipped", "STUN over UDP went unanswered a moment ago")
+            return
         try:
             response, _ = await main.request(Message(Method.BINDING, Class.REQUEST), stun)
         except TransactionTimeout:

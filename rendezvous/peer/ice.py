@@ -572,26 +572,28 @@ class Agent:
         valid = self.valid()
         if not valid:
             return None
-        if valid[0].relayed:
-            return None if self.hold_relayed else (self.started_at or 0) + self.relay_wait_seconds
+        if valid[0].relayed:  # at least DIRECT_WAIT_SECONDS for a better relayed pair, too
+            return None if self.hold_relayed else max((self.started_at or 0) + self.relay_wait_seconds,
+                                                      valid[0].succeeded_at + self.direct_wait_seconds)
         return min(p.succeeded_at for p in valid if not p.relayed) + self.direct_wait_seconds
 
     def _maybe_nominate(self, now: float) -> list[Send]:
         """§8.1.1: nominate the best valid pair once nothing better is pending or the wait is over.
 
-        A relayed pair waits for every direct pair (probes included) to end.
+        A relayed pair waits for every direct pair (probes included) to end, and for a better
+        relayed one (from a host to the peer's relayed address, one relay hop instead of two).
         """
         wake = self._nomination_time()
         if wake is None:
             return []
         best = self.valid()[0]
+        rank = self.pair_priority(best)
+        better = any(self._pending(p) and not p.probe and self.pair_priority(p) > rank for p in self.pairs.values())
         if best.relayed:
-            waiting = not (self.remote_complete and self.local_complete) or any(
+            waiting = better or not (self.remote_complete and self.local_complete) or any(
                 not p.relayed and self._pending(p) for p in self.pairs.values())
         else:
-            rank = self.pair_priority(best)
-            waiting = any(self._pending(p) and not p.probe and self.pair_priority(p) > rank
-                          for p in self.pairs.values())
+            waiting = better
         if waiting and now < wake:
             return []
         self._nominating = best

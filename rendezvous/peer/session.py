@@ -20,7 +20,7 @@ from collections.abc import Callable
 from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionLost
@@ -292,8 +292,11 @@ class Session:
             elif len(self._early_datagrams) < 64:
                 self._early_datagrams.append(event.data)
         elif isinstance(event, events.ConnectionTerminated):
-            reason = event.reason_phrase or f"error {event.error_code:#x}"
-            self._ended(f"the peer closed the session: {reason}")
+            self._peer_closed(event)
+
+    def _peer_closed(self, event: events.ConnectionTerminated) -> None:
+        reason = event.reason_phrase or f"error {event.error_code:#x}"
+        self._ended(f"the peer closed the session: {reason}")
 
     def _verify_peer(self) -> None:
         certificate = self._quic.tls._peer_certificate
@@ -398,8 +401,12 @@ class Session:
     def _path_lost(self, connection, reason: str) -> None:
         """The path under the session is gone: the calling side restarts (ICE restart through the
         node, relay first, or the one already running); the other waits for it, until QUIC's idle
-        timeout ends the session."""
+        timeout ends the session. A peer that closed the session first (its CONNECTION_CLOSE came
+        in before the punched stream's FIN; QUIC drains, RFC 9000 §10.2.2) ends it here at once."""
         if connection is not self.connection or self._closed_reason is not None:
+            return
+        if self._quic is not None and self._quic._state is QuicConnectionState.DRAINING:
+            self._peer_closed(self._quic._close_event)
             return
         if self.restarter is None:
             log.info("the path to {peer} was lost ({reason}); waiting for its restart", peer=self.peer,

@@ -21,7 +21,7 @@ import hmac
 import socket
 from typing import TYPE_CHECKING
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int16StringReceiver
@@ -38,6 +38,7 @@ log = Logger()
 
 HELLO_MARK = b"\xd8"    # on a punched TCP stream: the controlled side proves itself
 SELECT_MARK = b"\xd9"   # ... and the controlling side selects the stream
+CLOSE_FLUSH_SECONDS = 2.0  # a closing stream's frames still unsent by then are dropped (a reset)
 
 
 class _TcpPath:
@@ -112,8 +113,8 @@ class _TcpPath:
         if any(not p.relayed for p in self.agent.valid()):
             return None  # direct UDP works: the agent nominates it
         # Hopeless as far as the candidates so far tell (a side with a TCP mapping and no UDP one
-        # yet): a proven stream left idle for a second or so stopped carrying the controlling
-        # side's frames in the NAT lab, so it is not kept waiting for the full answer.
+        # yet): the proven stream is taken at once, not after the blocked side's end-of-candidates
+        # (its STUN over UDP giving up, 1.4 s).
         hopeless = self._udp_hopeless or self._hopeless_so_far()
         udp_pending = not hopeless and (
             any(not p.relayed and self.agent._pending(p) for p in self.agent.pairs.values())
@@ -144,16 +145,16 @@ class _TcpPath:
             self._check_done()
             self._schedule()
 
-    def _close_tcp(self) -> None:
+    def _close_tcp(self) -> Deferred:
+        """Stop the punch and close the stream; fires once its connection is gone."""
         punch, self.tcp_punch = self.tcp_punch, None
         if punch is not None:
             punch.cancel()
         stream, self.tcp_stream = self.tcp_stream, None
-        if stream is not None and stream.transport is not None:
-            stream.transport.abortConnection()
         if self._tcp_placeholder is not None:
             self._tcp_placeholder.close()
             self._tcp_placeholder = None
+        return stream.close() if stream is not None else succeed(None)
 
 
 class _Stream(Int16StringReceiver):
@@ -161,20 +162,42 @@ class _Stream(Int16StringReceiver):
 
     def __init__(self, session: _Session) -> None:
         self.session = session
+        self.lost = False
+        self._closed: list[Deferred] = []
+        self._reset = None
 
     def connectionMade(self) -> None:
         # The stream's consent: a peer that stops acknowledging ends it (and so the path).
         _keep_alive(self.transport.getHandle(), self.session.options.consent_timeout_seconds)
 
     def write_frame(self, data: bytes) -> None:
-        if self.transport is not None:
+        if self.transport is not None and not self.transport.disconnecting:
             self.sendString(data)
 
     def stringReceived(self, frame: bytes) -> None:
         if frame:
             self.session.stream_frame(self, frame)
 
+    def close(self) -> Deferred:
+        """Send the frames written so far, then a FIN (RFC 9293 §3.6): a reset would drop what the
+        session wrote in the same tick, such as the select frame or QUIC's CONNECTION_CLOSE. A peer
+        that does not read them within CLOSE_FLUSH_SECONDS gets the reset. Fires once closed."""
+        if self.lost or self.transport is None:
+            return succeed(None)
+        closed: Deferred = Deferred()
+        self._closed.append(closed)
+        if self._reset is None:
+            self._reset = self.session.reactor.callLater(CLOSE_FLUSH_SECONDS, self.transport.abortConnection)
+            self.transport.loseConnection()
+        return closed
+
     def connectionLost(self, reason=None) -> None:
+        self.lost = True
+        if self._reset is not None and self._reset.active():
+            self._reset.cancel()
+        waiters, self._closed = self._closed, []
+        for waiter in waiters:
+            waiter.callback(None)
         self.session.stream_lost(self)
 
 

@@ -98,7 +98,7 @@ async def test_direct_udp_on_loopback(super_node):
 @pytest_twisted.ensureDeferred
 async def test_tcp_punch_on_loopback(super_node):
     """With direct UDP off and no relay, the peers punch one TCP connection and frame datagrams on it;
-    when the peer closes, when_lost() fires."""
+    when the peer closes, what it sent just before arrives, then when_lost() fires."""
     mine, theirs, listener = await pair(super_node, "ivan", "judy", direct_transports=("tcp",),
                                         relay_transports=())
     try:
@@ -113,9 +113,12 @@ async def test_tcp_punch_on_loopback(super_node):
         assert await got.addTimeout(5, reactor) == big
         with pytest.raises(ValueError):
             mine.send(bytes(70000))
-        lost = mine.when_lost()
+        lost, last = mine.when_lost(), Deferred()
         assert not lost.called
-        await theirs.close()  # the peer goes: the caller learns its path is gone
+        mine.set_receiver(lambda data: last.called or last.callback(data))
+        theirs.send(b"last words")
+        await theirs.close()  # in the same tick: the peer goes, the caller learns its path is gone
+        assert await last.addTimeout(5, reactor) == b"last words"
         assert await lost.addTimeout(5, reactor) == "the TCP connection closed"
     finally:
         await close(mine, theirs, listener)

@@ -28,7 +28,7 @@ from tests.conftest import start_node, stop_node
 pytestmark = pytest.mark.integration
 
 PAIRS = (("alice", "bob"), ("carol", "dave"), ("erin", "frank"), ("gina", "hank"), ("ivan", "judy"),
-         ("max", "nia"))
+         ("max", "nia"), ("oli", "pia"))
 STRANGERS = ("kay", "lou")  # accounts that are nobody's buddies yet
 ATTACKER = Identity.generate("mallory")
 
@@ -137,6 +137,27 @@ async def test_session_through_the_relay(nodes, tmp_path, transport):
     try:
         assert await mine.when_settled() == await theirs.when_settled() == f"turn-{transport}"
         await echo_check(mine, theirs)
+    finally:
+        await close(mine, theirs, listener)
+
+
+@pytest.mark.parametrize("closer", ["caller", "callee"])
+@pytest_twisted.ensureDeferred
+async def test_closing_a_session_on_the_punched_stream_closes_the_peers(nodes, tmp_path, closer):
+    """On the punched TCP stream, closing a session sends QUIC's CONNECTION_CLOSE before the stream's FIN,
+    so the peer's session ends as closed by the peer, not as a lost path to wait for or restart through the node."""
+    mine, theirs, listener = await pair(nodes["honest"], "oli", "pia", tmp_path, direct_transports=("tcp",),
+                                        relay_transports=())
+    restarts = []
+    mine.restarter = lambda session: restarts.append(session) or Deferred()  # the calling side's restart
+    try:
+        assert await mine.when_settled() == await theirs.when_settled() == "tcp-punch"
+        await echo_check(mine, theirs)
+        closing, peer = (mine, theirs) if closer == "caller" else (theirs, mine)
+        ended = peer.when_closed()
+        await closing.close()
+        assert (await ended.addTimeout(5, reactor)).startswith("the peer closed the session")
+        assert restarts == []
     finally:
         await close(mine, theirs, listener)
 

@@ -10,7 +10,9 @@ its ``relay_wait_seconds``; ``settle=SECONDS`` has the connector wait that
 long after logging in before it connects (a client logged in for a while);
 ``state=DIR`` keeps the identity and pins there instead of in a fresh folder;
 ``spare=0`` turns ``spare_relay`` off; ``report=1`` sets ``report_outcome`` (the connector then waits for the field
-test's answer and prints it as ``reported``).
+test's answer and prints it as ``reported``); ``again=1`` has the connector,
+once the checks settle, ping once more on a new stream and print whether
+that pong came back too (``pong_again``: data both ways on the final path).
 
 Both run encrypted sessions (each process has a fresh identity in a
 temporary state directory). The listener prints {"ready": true} once
@@ -151,6 +153,7 @@ class Ping(Protocol):
 
 async def run_listen(server, tls, user, password, options, watch) -> None:
     options.pop("settle_seconds", None)
+    options.pop("ping_again", None)
     done, finished = Deferred(), Deferred()  # pinged; and, with watch, the loss reported
 
     def connected(session) -> None:
@@ -180,6 +183,7 @@ async def run_listen(server, tls, user, password, options, watch) -> None:
 
 async def run_connect(server, tls, user, password, peer, options, watch) -> None:
     settle = options.pop("settle_seconds", 0)
+    again = options.pop("ping_again", False)
     client = await Client.login(reactor, user, password, [server], tls=tls, tls_verify=False, **options)
     await deferLater(reactor, settle)
     connect_at = time.time()
@@ -195,9 +199,16 @@ async def run_connect(server, tls, user, password, peer, options, watch) -> None
     session.open_stream(ping)
     ok = await ping.ponged.addTimeout(6, reactor).addErrback(lambda _: False)
     await session.when_settled().addTimeout(15, reactor).addErrback(lambda _: None)
+    extra = {}
+    if again:
+        ping = Ping()
+        session.open_stream(ping)
+        extra["pong_again"] = await ping.ponged.addTimeout(6, reactor).addErrback(lambda _: False)
     reported = [await d for d in client.reports]
+    if reported:
+        extra["reported"] = reported[0]
     report(**described(session), pong=ok, first_path=first_path, connect_at=connect_at,
-           direct_at=moved[0] if moved else None, **({"reported": reported[0]} if reported else {}))
+           direct_at=moved[0] if moved else None, **extra)
     await watch_loss(session, watch)
     await client.close()
 
@@ -222,6 +233,8 @@ def parse_options(words: list[str]) -> tuple[dict, float | None]:
             options["spare_relay"] = value == "1"
         elif key == "report":
             options["report_outcome"] = value == "1"
+        elif key == "again":
+            options["ping_again"] = value == "1"  # the connector's second ping, not connect()'s
         else:
             options[names[key]] = tuple(v for v in value.split(",") if v)
     return options, watch

@@ -128,6 +128,40 @@ def test_upnp_mapping_reaches_a_random_mapping_nat(lab):
 
 
 
+@pytest.mark.parametrize("again", [False, True])
+def test_a_stream_selected_late_carries_data_both_ways(lab, again):
+    """With UDP between two endpoint-independent NATs dropped, the punched stream is selected only
+    once relay_wait_seconds pass without a direct UDP pair: the peer learns it (its path is tcp-punch
+    too), also when the connector closes the session in the tick it moved, and a stream opened after
+    the move is answered over it."""
+    caller, callee = lab.kinds["eim-apdf"][0], lab.kinds["eim-apdf"][1]
+    router = caller.routers[0]
+    added = run("ip", "netns", "exec", router, "nft", "--echo", "--handle", "insert", "rule", "ip", "natlab",
+                "forward", "ip", "daddr", callee.wan_ip, "meta", "l4proto", "udp", "drop")
+    handle = added.rsplit("# handle", 1)[1].split()[0]
+    try:
+        mine, theirs = run_pair(caller, callee, "relay_wait=1.5", *(("again=1",) if again else ()))
+    finally:
+        run("ip", "netns", "exec", router, "nft", "delete", "rule", "ip", "natlab", "forward", "handle", handle)
+    assert "error" not in mine, mine
+    assert mine["first_path"] == "turn-udp" and mine["path"] == "tcp-punch" and mine["pong"], mine
+    [selected] = [duration for technique, duration, outcome, _ in mine["attempts"] if outcome == "selected"]
+    assert selected >= 1500, mine  # late: after relay_wait_seconds, not as soon as the stream was proven
+    assert theirs.get("path") == "tcp-punch", json.dumps([mine, theirs])
+    if again:
+        assert mine["pong_again"], mine
+
+
+@pytest.mark.parametrize("a", ["eim-apdf", "udp-blocked"])
+def test_a_listener_behind_blocked_udp_does_not_wait_for_stun_again(lab, a):
+    """A listener behind a UDP-blocking NAT learned at listen() that STUN over UDP goes unanswered: it
+    answers a connect without waiting for that request again, and TCP hole punching still meets."""
+    mine, theirs = run_pair(lab.kinds[a][0], lab.kinds["udp-blocked"][1])
+    assert "error" not in mine, mine
+    assert mine["path"] == theirs.get("path") == "tcp-punch" and mine["pong"], json.dumps([mine, theirs])
+    assert ("srflx", "skipped") in [(technique, outcome) for technique, _, outcome, _ in theirs["attempts"]], theirs
+
+
 @pytest.mark.parametrize("path, options, protocol, reason", [
     ("udp-direct", (), "udp", "consent expired: no answer to a consent check for 3 s (RFC 7675)"),
     ("tcp-punch", ("direct=tcp", "relay="), "tcp", "the TCP connection closed"),

@@ -1,12 +1,15 @@
 """Paths of connect(): which it may still wait for, from the two sides' candidates (signaling
-form), and how the punched stream notices a silent peer."""
+form), how the punched stream notices a silent peer, and how it is closed."""
 
 import socket
+from types import SimpleNamespace
 
 import pytest
+from twisted.internet import task
+from twisted.internet.testing import StringTransport
 
 from rendezvous.peer.checks import _direct_udp_hopeless, _spray_target, _udp_blocked
-from rendezvous.peer.tcp_path import _keep_alive
+from rendezvous.peer.tcp_path import CLOSE_FLUSH_SECONDS, SELECT_MARK, _keep_alive, _Stream, _TcpPath
 
 
 def udp(kind, ip, port=40000):
@@ -65,3 +68,66 @@ def test_keepalives_end_a_silent_stream_after_the_consent_timeout(seconds, idle,
                 sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
                 sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)) == (idle, interval, count)
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == int(seconds * 1000)
+
+
+class _Handled(StringTransport):
+    """A StringTransport with a real (unconnected) socket for the stream's keepalive options."""
+
+    def __init__(self):
+        super().__init__()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+    def getHandle(self):
+        return self.sock
+
+
+class _Path(_TcpPath):
+    """Just the punched-stream part of a session, on a task.Clock."""
+
+    def __init__(self, clock):
+        self.reactor = clock
+        self.options = SimpleNamespace(consent_timeout_seconds=30.0)
+        self.settled = False
+        self.connection = None
+        self._tcp_placeholder = None
+        self._init_tcp_path()
+
+
+def _selected_stream():
+    clock = task.Clock()
+    path = _Path(clock)
+    stream, transport = _Stream(path), _Handled()
+    stream.makeConnection(transport)
+    path.tcp_stream = stream
+    return clock, path, stream, transport
+
+
+def test_closing_sends_the_frames_written_before_then_fin():
+    """A session closed in the tick it wrote its last frames (the select frame, QUIC's CONNECTION_CLOSE)
+    ends the punched stream with a FIN after them, not a reset that drops them."""
+    clock, path, stream, transport = _selected_stream()
+    stream.write_frame(SELECT_MARK + b"p" * 16)
+    closed = path._close_tcp()
+    try:
+        assert transport.value() == b"\x00\x11" + SELECT_MARK + b"p" * 16
+        assert transport.disconnecting and not transport.disconnected
+        assert not closed.called
+        stream.connectionLost(None)
+        assert closed.called and path.tcp_stream is None
+    finally:
+        transport.sock.close()
+
+
+def test_a_stream_that_does_not_drain_is_reset_after_the_flush_time():
+    """A peer that stops reading cannot hold a closing stream open: it is reset CLOSE_FLUSH_SECONDS after close."""
+    clock, path, stream, transport = _selected_stream()
+    closed = path._close_tcp()
+    try:
+        clock.advance(CLOSE_FLUSH_SECONDS - 0.01)
+        assert not transport.disconnected
+        clock.advance(0.01)
+        assert transport.disconnected
+        stream.connectionLost(None)
+        assert closed.called and not clock.getDelayedCalls()
+    finally:
+        transport.sock.close()

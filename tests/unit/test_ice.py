@@ -173,6 +173,33 @@ def test_relayed_pair_is_nominated_when_direct_fails():
     assert now < 30  # the relayed pair did not wait out relay_wait_seconds
 
 
+def test_with_no_direct_path_the_better_relayed_pair_is_nominated():
+    """With direct UDP hopeless (relay_wait_seconds 0), the relay-to-relay pair checked first is not nominated
+    while the pair from this host to the peer's relayed address (one relay hop) is still being checked."""
+    a, b = agents(relay_first=True, relay_wait_seconds=0.0)
+    here, mine, theirs = ("198.18.0.13", 5000), ("198.18.0.1", 49152), ("198.18.0.1", 49153)
+    a.add_base("main", "host", here, 65535)
+    a.add_base("relay", "relay", mine, 0)
+    a.advertise(a.candidate("host", here, "main"))
+    a.advertise(a.candidate("relay", mine, "relay"))
+    b.add_base("relay", "relay", theirs, 0)  # a peer behind a UDP-blocking NAT: its relay only
+    b.advertise(b.candidate("relay", theirs, "relay"))
+    own = {id(a): {"main": here, "relay": mine}, id(b): {"relay": theirs}}
+
+    def wire(sender, send):
+        source = own[id(sender)][send.base]
+        if sender is a:
+            return ("relay", source) if send.destination == theirs else None
+        return ("relay" if send.destination == mine else "main", source)
+
+    a.set_remote(b.local_ufrag, b.local_pwd, [c.to_wire() for c in b.local_candidates], 0.0)
+    b.set_remote(a.local_ufrag, a.local_pwd, [c.to_wire() for c in a.local_candidates], 0.0)
+    now = run(a, b, wire)
+    assert (a.selected.local.base, a.selected.remote.address) == ("main", theirs)
+    assert (b.selected.local.base, b.selected.remote.address) == ("relay", here)
+    assert now < 1
+
+
 def test_a_nomination_that_gets_no_answer_moves_on_to_the_next_valid_pair():
     """§7.2.5.4: when the nominating check on a succeeded pair times out, that pair fails and the
     controlling agent nominates the next valid one (it used to wait for that answer forever)."""
