@@ -30,6 +30,7 @@ from rendezvous.peer.connection import DATA_MARK
 from rendezvous.peer.tcp_punch import punch_tcp
 from rendezvous.stun.addresses import Address
 from rendezvous.stun.integrity import short_term_key
+from rendezvous.wire.streams import send_at_once
 
 if TYPE_CHECKING:
     from rendezvous.peer.checks import _Session
@@ -169,6 +170,7 @@ class _Stream(Int16StringReceiver):
     def connectionMade(self) -> None:
         # The stream's consent: a peer that stops acknowledging ends it (and so the path).
         _keep_alive(self.transport.getHandle(), self.session.options.consent_timeout_seconds)
+        send_at_once(self.transport)  # a frame (ICE check, QUIC flight) must not wait for the last one's ACK
 
     def write_frame(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.disconnecting:

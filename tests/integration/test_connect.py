@@ -1,6 +1,7 @@
 """connect() and listen() between two clients of a real ``twistd rendezvous`` on loopback."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,9 @@ async def test_tcp_punch_on_loopback(super_node):
         assert mine.path == theirs.path == "tcp-punch"
         assert mine.remote == theirs.local and theirs.remote == mine.local
         assert [a.technique for a in mine.attempts if a.outcome == "selected"] == ["tcp-punch"]
+        for side in (mine, theirs):  # each frame leaves at once, not behind Nagle and a delayed ACK
+            assert side._session.tcp_stream.transport.getHandle().getsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY)
         await exchange(mine, theirs)
         big = bytes(range(256)) * 200  # spans many TCP segments: the framing reassembles it
         got = Deferred()
