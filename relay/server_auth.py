@@ -28,14 +28,22 @@ PASSWORD_ALGORITHMS = [(PasswordAlgorithm.MD5, b""), (PasswordAlgorithm.SHA256, 
 _PASSWORD_ALGORITHMS_VALUE = encode_password_algorithms(PASSWORD_ALGORITHMS)
 
 
-@dataclass
+@dataclass(slots=True)
 class Auth:
-    """Who a request authenticated as, and how to sign the response (the request's algorithm and MAC)."""
+    """Who a request authenticated as, and how to sign the response (the request's algorithm and MAC).
+
+    named holds the USERNAME, REALM and NONCE values as they arrived when the
+    request used USERNAME, the MD5 key and MESSAGE-INTEGRITY (the common
+    form relay.server_fast takes), else None; nonce and realm are their text.
+    """
 
     username: str
     keys: Keys
     algorithm: int
     sha256_mac: bool
+    named: tuple[bytes, bytes, bytes] | None = None
+    nonce: str = ""
+    realm: str = ""
 
     def sign(self, response: Message) -> bytes:
         key = self.keys.for_algorithm(self.algorithm)
@@ -91,7 +99,11 @@ def authenticate(server, msg: Message, five_tuple: tuple, now: float):
         return unauthorized(server, msg, client_ip, now)
     for keys in server.credentials.candidates(username, realm_text, now):
         if msg.check_integrity(keys.for_algorithm(algorithm)):
-            return Auth(username, keys, algorithm, Attr.MESSAGE_INTEGRITY_SHA256 in msg)
+            sha256_mac = Attr.MESSAGE_INTEGRITY_SHA256 in msg
+            named = None
+            if username_value is not None and algorithm == PasswordAlgorithm.MD5 and not sha256_mac:
+                named = (username_value, realm, nonce)
+            return Auth(username, keys, algorithm, sha256_mac, named, nonce_text, server.policy.realm)
     return unauthorized(server, msg, client_ip, now)
 
 
