@@ -10,7 +10,8 @@ the ``TurnServer`` core (``relay.server``); handlers take
 ``(server, msg, five_tuple, send, auth, now)``.
 """
 
-import secrets
+import os
+import random
 
 from twisted.internet.defer import Deferred
 
@@ -32,6 +33,9 @@ from .server_auth import Auth
 
 UDP = 17
 TCP = 6
+# Allocation ids (an operator's handle on one, relay.admin): 48 bits from a PRNG seeded once, not a
+# getrandom call per allocation; they need to be unique, not secret (the admin API takes a token).
+_ids = random.Random(os.urandom(32))
 
 
 class NoRelayPort(Exception):
@@ -226,7 +230,7 @@ def install(server, msg, five_tuple, send, auth: Auth, now, relays, tcp: bool = 
     server.allocations[five_tuple] = allocation
     server._hold_relayed(allocation, True)
     server.counters["allocations"] += 1
-    allocation_id = f"{server.id_prefix}-{secrets.token_hex(6)}"
+    allocation_id = f"{server.id_prefix}-{_ids.getrandbits(48):012x}"
     server.records[five_tuple] = (allocation_id, now)
     server.by_id[allocation_id] = five_tuple
     server.allocation_log.made(allocation_id, allocation, lifetime)
