@@ -8,8 +8,11 @@
  * as Message.decode does, refuses (None) anything but the common form, and
  * checks its FINGERPRINT (§14.7) and its MESSAGE-INTEGRITY (§14.5) with the
  * remembered key; sign() writes a response as Message.encode(integrity_key=)
- * does. Python keeps every table and every decision: nonce staleness, the
- * credential sources, the allocation, permissions, channels and quotas.
+ * does. unsigned_allocate() tells the Allocate a client opens with (no
+ * MESSAGE-INTEGRITY), which gets a 401 (RFC 8656 §7.2, RFC 8489 §9.2.4).
+ * Python keeps every table and every decision: nonce staleness, the
+ * credential sources, the 401 rate limit, the allocation, permissions,
+ * channels and quotas.
  *
  * HMAC-SHA1 is OpenSSL's libcrypto (the digest Python's hmac module uses):
  * its EVP digest interface keyed by hand (RFC 2104), so no MAC object is
@@ -27,6 +30,7 @@
 
 #define MAGIC_COOKIE 0x2112A442u
 #define FINGERPRINT_XOR 0x5354554Eu
+#define ALLOCATE 0x0003
 #define REFRESH 0x0004
 #define CREATE_PERMISSION 0x0008
 #define CHANNEL_BIND 0x0009
@@ -37,6 +41,11 @@
 #define ATTR_XOR_PEER_ADDRESS 0x0012
 #define ATTR_REALM 0x0014
 #define ATTR_NONCE 0x0015
+#define ATTR_REQUESTED_ADDRESS_FAMILY 0x0017
+#define ATTR_EVEN_PORT 0x0018
+#define ATTR_REQUESTED_TRANSPORT 0x0019
+#define ATTR_DONT_FRAGMENT 0x001A
+#define ATTR_RESERVATION_TOKEN 0x0022
 #define ATTR_PASSWORD_ALGORITHMS 0x8002
 #define ATTR_FINGERPRINT 0x8028
 #define SHA1_BLOCK 64
@@ -241,6 +250,52 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(unsigned_allocate_doc,
+"unsigned_allocate(data) -> bool\n\n"
+"Whether data is an Allocate request without MESSAGE-INTEGRITY(-SHA256) whose attributes the\n"
+"Python path would all take (the request attributes of Allocate, comprehension-optional ones, a\n"
+"last FINGERPRINT that verifies): the request a client opens with, which gets a 401.");
+
+static PyObject *
+unsigned_allocate(PyObject *self, PyObject *arg)
+{
+    Py_buffer data;
+    const unsigned char *p;
+    size_t size, offset = 20;
+    int taken = 0;
+    (void)self;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    p = data.buf;
+    size = (size_t)data.len;
+    if (size < 20 || get16(p) != ALLOCATE || get32(p + 4) != MAGIC_COOKIE || (get16(p + 2) & 3) != 0
+        || (size_t)get16(p + 2) + 20 != size)
+        goto done;
+    while (offset < size) {
+        unsigned int type, length;
+        if (size - offset < 4)
+            goto done;
+        type = get16(p + offset);
+        length = get16(p + offset + 2);
+        if (offset + 4 + length > size)
+            goto done;
+        if (type == ATTR_FINGERPRINT) {
+            if (length != 4 || offset + 8 != size
+                || (crc_of(p, offset, (unsigned int)(size - 20)) ^ FINGERPRINT_XOR) != get32(p + offset + 4))
+                goto done;
+        } else if (type < 0x8000 && type != ATTR_REQUESTED_TRANSPORT && type != ATTR_LIFETIME
+                   && type != ATTR_REQUESTED_ADDRESS_FAMILY && type != ATTR_EVEN_PORT && type != ATTR_RESERVATION_TOKEN
+                   && type != ATTR_DONT_FRAGMENT && type != ATTR_USERNAME && type != ATTR_REALM && type != ATTR_NONCE) {
+            goto done;  /* MESSAGE-INTEGRITY, USERHASH, PASSWORD-ALGORITHM or one Allocate does not take */
+        }
+        offset += 4 + ((length + 3) & ~3u);
+    }
+    taken = 1;
+done:
+    PyBuffer_Release(&data);
+    return PyBool_FromLong(taken);
+}
+
 PyDoc_STRVAR(sign_doc,
 "sign(request, error, body, key) -> bytes\n\n"
 "The success (error false) or error response to request, carrying the encoded attributes body\n"
@@ -293,6 +348,7 @@ done:
 static PyMethodDef module_methods[] = {
     {"check", check, METH_VARARGS, check_doc},
     {"sign", sign, METH_VARARGS, sign_doc},
+    {"unsigned_allocate", unsigned_allocate, METH_O, unsigned_allocate_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -94,7 +94,8 @@ class ServerDatagramProtocol(DatagramProtocol):
         if turn is not None:
             response = answer_fast(turn, data, ("udp", addr, self.local))
             if response is not None:
-                self._write(response, addr)
+                if response:  # b"": no answer (a rate-limited 401)
+                    self._write(response, addr)
                 return
         binding = self.endpoints.binding
         request = binding.decode(data)

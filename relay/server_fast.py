@@ -19,13 +19,13 @@ built: the Python path then answers.
 """
 
 import functools
-import struct
 
-from rendezvous.stun import Attr
+from rendezvous.stun import Attr, Error
 from rendezvous.stun.attributes import encode_error_code, encode_uint32
 from rendezvous.stun.constants import REASONS
 
 from .server_allocate import refreshed
+from .server_auth import attribute, challenge_to, counted_unauthorized
 from .server_permissions import Refused, bind, permit_peers
 
 try:
@@ -33,14 +33,9 @@ try:
 except ImportError:  # not built (setup.py builds it on Linux)
     _requests = None
 
-_TLV = struct.Struct("!HH")
+_ALLOCATE_ERROR = 0x0113  # the type of an Allocate error response
 _REFRESH = 0x0004
 _CREATE_PERMISSION = 0x0008
-
-
-def attribute(attr_type: int, value: bytes) -> bytes:
-    """One attribute as Message.encode writes it: type, length, value, zero padding (RFC 8489 §14)."""
-    return _TLV.pack(attr_type, len(value)) + value + b"\0" * (-len(value) & 3)
 
 
 @functools.lru_cache(maxsize=4)
@@ -50,9 +45,14 @@ def _software(value: bytes | None) -> bytes:
 
 
 def answer(server, data: bytes, five_tuple: tuple) -> bytes | None:
-    """The signed response to a request of five_tuple's allocation, or None: the Python path decides."""
+    """The response to a request of five_tuple's allocation, or to the unsigned Allocate a client opens
+    with (b"": none, past the 401 rate limit); None: the Python path decides."""
+    if _requests is None:
+        return None
     allocation = server.allocations.get(five_tuple)
-    if allocation is None or _requests is None or allocation.tcp:
+    if allocation is None:
+        return _challenged(server, data, five_tuple[1][0]) if _requests.unsigned_allocate(data) else None
+    if allocation.tcp:
         return None
     auth = allocation.auth
     if auth.named is None:
@@ -81,3 +81,12 @@ def answer(server, data: bytes, five_tuple: tuple) -> bytes | None:
         error = encode_error_code(e.code, e.reason or REASONS.get(e.code, ""))
         return _requests.sign(data, True, attribute(Attr.ERROR_CODE, error) + software, key)
     return _requests.sign(data, False, software, key)
+
+
+def _challenged(server, data: bytes, client_ip: str) -> bytes:
+    """The 401 to an unsigned Allocate (RFC 8489 §9.2.4), as relay.server_auth.unauthorized answers it."""
+    server.counters["requests"] += 1
+    now = server.clock.seconds()
+    if not counted_unauthorized(server, client_ip, now):
+        return b""
+    return challenge_to(server, _ALLOCATE_ERROR, data[4:20], Error.UNAUTHENTICATED, client_ip, now)

@@ -1,5 +1,5 @@
-"""The C fast path for a live allocation's requests (relay/server_fast.py, relay/_requests.c) answers and
-changes the tables exactly as the Python core does."""
+"""The C fast path for a live allocation's requests and for the 401 to an unsigned Allocate
+(relay/server_fast.py, relay/_requests.c) answers and changes the tables exactly as the Python core does."""
 
 import struct
 import sys
@@ -56,7 +56,7 @@ def python_path(server: TurnServer, data: bytes, five_tuple: tuple) -> bytes | N
 def fast_path_first(server: TurnServer, data: bytes, five_tuple: tuple) -> bytes | None:
     """What the UDP listener does: relay.server_fast first, the Python path for what it leaves."""
     response = server_fast.answer(server, data, five_tuple)
-    return python_path(server, data, five_tuple) if response is None else response
+    return python_path(server, data, five_tuple) if response is None else response or None
 
 
 def state(server: TurnServer):
@@ -73,7 +73,11 @@ def state(server: TurnServer):
 def sign(msg: Message, user: str, nonce: bytes, realm: str = REALM, mac: str = "valid",
          fingerprint: str = "none") -> bytes:
     """msg with USERNAME, REALM and NONCE, signed with user's key (mac "bad": one bit off; "sha256":
-    MESSAGE-INTEGRITY-SHA256 after it), FINGERPRINT valid, wrong or none."""
+    MESSAGE-INTEGRITY-SHA256 after it; "none": neither the MAC nor those three), FINGERPRINT valid, wrong or
+    none."""
+    if mac == "none":
+        data = msg.encode(fingerprint=fingerprint != "none")
+        return data[:-1] + bytes([data[-1] ^ 1]) if fingerprint == "wrong" else data
     msg.add(Attr.USERNAME, user.encode()).add(Attr.REALM, realm.encode()).add(Attr.NONCE, nonce)
     key = long_term_key(user, REALM, PASSWORDS[user])
     data = msg.encode(integrity_key=key, integrity_sha256_key=key if mac == "sha256" else None,
@@ -110,9 +114,12 @@ extras = st.lists(st.sampled_from([
 def requests(draw):
     """A request on one of the five-tuples, by one of the users: mostly the common forms, also bad
     integrity, a stale or foreign nonce, the wrong allocation, and odd or unknown attributes."""
-    method = draw(st.sampled_from([Method.REFRESH, Method.CREATE_PERMISSION, Method.CHANNEL_BIND]))
+    method = draw(st.sampled_from([Method.REFRESH, Method.CREATE_PERMISSION, Method.CHANNEL_BIND, Method.ALLOCATE]))
     msg = Message(method, Class.REQUEST)
-    if method == Method.REFRESH:
+    if method == Method.ALLOCATE:
+        if draw(st.booleans()):
+            msg.add(Attr.REQUESTED_TRANSPORT, encode_requested_transport(draw(st.sampled_from([17, 6]))))
+    elif method == Method.REFRESH:
         lifetime = draw(st.sampled_from([None, 0, 30, 1200, 99999, "short"]))
         if lifetime == "short":
             msg.add(Attr.LIFETIME, b"\0\0\1")
@@ -132,19 +139,21 @@ def requests(draw):
                 msg.add(Attr.XOR_PEER_ADDRESS, value)
     for attr_type, value in draw(extras):
         msg.add(attr_type, value)
+    opening = method == Method.ALLOCATE  # mostly the unsigned Allocate a client opens with, from a new five-tuple
     return {
         "msg": msg,
-        "tuple": draw(st.sampled_from([0, 0, 0, 1, 2])),
+        "tuple": draw(st.sampled_from([2, 2, 2, 0] if opening else [0, 0, 0, 1, 2])),
         "user": draw(st.sampled_from(["owner"] * 4 + ["alice", "bob"])),
         "nonce": draw(st.sampled_from(["remembered"] * 5 + ["fresh", "garbage"])),
         "realm": draw(st.sampled_from([REALM] * 8 + ["other.org"])),
-        "mac": draw(st.sampled_from(["valid"] * 6 + ["bad", "sha256"])),
+        "mac": draw(st.sampled_from(["none"] * 3 + ["valid"] if opening else ["valid"] * 6 + ["bad", "sha256", "none"])),
         "fingerprint": draw(st.sampled_from(["none", "none", "valid", "wrong"])),
         "advance": draw(st.sampled_from([0, 0, 0, 1, 299, 601])),
     }
 
 
 policies = st.fixed_dictionaries({
+    "unauthorized_burst": st.sampled_from([1, 100]),
     "max_permissions": st.sampled_from([1, 2, 1000]),
     "max_channels": st.sampled_from([1, 1000]),
     "expire_with_credential": st.booleans(),
@@ -155,8 +164,8 @@ policies = st.fixed_dictionaries({
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policies, st.sampled_from(["alice", *REST_USERS]), st.lists(requests(), min_size=1, max_size=8))
 def test_fast_answers_and_tables_are_the_python_ones(policy, owner, steps):
-    """Every request answered through the fast path gets the Python core's bytes, and leaves the
-    counters and every allocation's tables as the Python core leaves them."""
+    """Every request answered through the fast path gets the Python core's bytes (or, as there, none),
+    and leaves the counters and every allocation's tables as the Python core leaves them."""
     servers = [make_server(dict(policy)), make_server(dict(policy))]
     owners = {TUPLES[0]: owner, TUPLES[1]: "bob"}
     nonces = {}
@@ -235,3 +244,25 @@ def test_what_the_python_core_would_refuse_is_left_to_it(user, change, expected)
         server.policy.realm = "other.org"
     assert server_fast.answer(server, data, five_tuple) is None
     assert Message.decode(python_path(server, data, five_tuple)).get(Attr.ERROR_CODE)[2:4] == expected
+
+
+@pytest.mark.parametrize("attrs, fingerprint, taken", [
+    ([(Attr.REQUESTED_TRANSPORT, encode_requested_transport(17))], False, True),
+    ([(Attr.REQUESTED_TRANSPORT, encode_requested_transport(17)), (Attr.SOFTWARE, b"client")], True, True),
+    ([(Attr.REQUESTED_TRANSPORT, encode_requested_transport(17)), (0x7F00, b"")], False, False),
+    ([(Attr.USERHASH, bytes(32))], False, False),
+])
+def test_the_401_to_an_unsigned_allocate_is_answered_in_c(attrs, fingerprint, taken):
+    """An Allocate without MESSAGE-INTEGRITY whose attributes Allocate takes gets its 401 from the fast path,
+    the Python core's bytes; a limited source gets none from either; the rest is left to the Python core."""
+    servers = [make_server({"unauthorized_burst": 1}), make_server({"unauthorized_burst": 1})]
+    msg = Message(Method.ALLOCATE, Class.REQUEST, b"t" * 12, list(attrs))
+    data = msg.encode(fingerprint=fingerprint)
+    answers = [server_fast.answer(servers[1], data, TUPLES[2]) for _ in range(2)]
+    if not taken:
+        assert answers == [None, None]
+        return
+    assert answers[0] == python_path(servers[0], data, TUPLES[2])
+    assert Message.decode(answers[0]).get(Attr.ERROR_CODE)[2:4] == b"\x04\x01"
+    assert answers[1] == b"" and python_path(servers[0], data, TUPLES[2]) is None  # the source's burst is spent
+    assert state(servers[1]) == state(servers[0])

@@ -118,7 +118,7 @@ def fast_path_first(python_handle):
             response = server_fast.answer(self, msg.raw, five_tuple)
             if response is not None:
                 FAST_ANSWERS.append(response)
-                return response
+                return response or None
         return python_handle(self, msg, five_tuple, send, leg)
 
     return handle
