@@ -15,8 +15,8 @@ FLAGS = ["-O2", "-Wall", "-Wextra"]
 extensions = [Extension("relay._indications", ["relay/_indications.c"], extra_compile_args=FLAGS)]
 if sys.platform.startswith("linux"):
     # relay/_binding.c, the STUN Binding fast path, answers inside _mmsg's batched read.
-    extensions.append(Extension("relay._mmsg", ["relay/_mmsg.c", "relay/_binding.c"], depends=["relay/_binding.h"],
+    extensions.append(Extension("relay._mmsg", ["relay/_mmsg.c", "relay/_binding.c"], depends=["relay/_binding.h", "relay/_stun_bytes.h"],
                                 extra_compile_args=FLAGS))
-    extensions.append(Extension("relay._requests", ["relay/_requests.c"], libraries=["crypto"],
-                                extra_compile_args=FLAGS))
+    extensions.append(Extension("relay._requests", ["relay/_requests.c"], depends=["relay/_stun_bytes.h"],
+                                libraries=["crypto"], extra_compile_args=FLAGS))
 setup(ext_modules=extensions)

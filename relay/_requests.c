@@ -28,6 +28,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_stun_bytes.h"
+
 #define MAGIC_COOKIE 0x2112A442u
 #define FINGERPRINT_XOR 0x5354554Eu
 #define ALLOCATE 0x0003
@@ -66,18 +68,6 @@ make_crc_table(void)
             c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
         crc_table[n] = c;
     }
-}
-
-static uint16_t
-get16(const unsigned char *p)
-{
-    return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static uint32_t
-get32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
 /* CRC-32 (as zlib.crc32) of the header with its length field set to length, then data[4:end]. */
@@ -355,7 +345,8 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef requests_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "relay._requests",
-    .m_doc = PyDoc_STR("Refresh, CreatePermission and ChannelBind of a live allocation checked and signed in C."),
+    .m_doc = PyDoc_STR("A live allocation's Refresh, CreatePermission and ChannelBind checked and signed, and the "
+                       "unsigned Allocate told apart, in C (relay/server_fast.py)."),
     .m_size = -1,
     .m_methods = module_methods,
 };

@@ -1,4 +1,4 @@
-"""A live allocation's Refresh, CreatePermission and ChannelBind answered without a Message.
+"""A live allocation's Refresh, CreatePermission and ChannelBind, and the opening 401, answered without a Message.
 
 A client signs each request of its allocation with the USERNAME, REALM and
 NONCE of the last (RFC 8489 §9.2.4), and most of its requests after Allocate
@@ -14,8 +14,11 @@ the nonce is asked of ``relay.nonces`` and the keys of the credential
 sources (``relay.server_auth``), and the tables change through the
 handlers' own functions (``refreshed``, ``permit_peers``, ``bind``). The
 response is signed in C, byte for byte as ``Message.encode`` writes it.
-``answer`` returns None for anything else, and where the extension is not
-built: the Python path then answers.
+From a five-tuple without an allocation, the Allocate a client opens with
+(no MESSAGE-INTEGRITY, ``_requests.unsigned_allocate``) gets its 401 (RFC
+8489 §9.2.4) after the source's rate limit, as ``relay.server_auth``
+answers it. ``answer`` returns None for anything else, and where the
+extension is not built: the Python path then answers.
 """
 
 import functools

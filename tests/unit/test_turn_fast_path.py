@@ -26,7 +26,8 @@ SERVER = ("198.18.0.1", 3478)
 START = 1_000_000
 # REST-API credentials that expire within the examples' clock steps, one while its nonce is still fresh.
 REST_USERS = [f"{START + 300}:carol", f"{START + 900}:carol"]
-PASSWORDS = {"alice": "secret", "bob": "hunter2"} | {user: RestSecrets.password("rest-secret", user) for user in REST_USERS}
+PASSWORDS = {"alice": "secret", "bob": "hunter2"} | {
+    user: RestSecrets.password("rest-secret", user) for user in REST_USERS}
 TUPLES = [("udp", ("203.0.113.10", 50000), SERVER), ("udp", ("203.0.113.11", 50001), SERVER),
           ("udp", ("203.0.113.12", 50002), SERVER)]  # the last one never has an allocation
 PEERS = [("8.8.8.8", 9000), ("8.8.4.4", 53), ("10.0.0.1", 9), ("198.18.0.1", 49152), ("2001:db8::1", 9)]
@@ -146,7 +147,8 @@ def requests(draw):
         "user": draw(st.sampled_from(["owner"] * 4 + ["alice", "bob"])),
         "nonce": draw(st.sampled_from(["remembered"] * 5 + ["fresh", "garbage"])),
         "realm": draw(st.sampled_from([REALM] * 8 + ["other.org"])),
-        "mac": draw(st.sampled_from(["none"] * 3 + ["valid"] if opening else ["valid"] * 6 + ["bad", "sha256", "none"])),
+        "mac": draw(st.sampled_from(["none"] * 3 + ["valid"] if opening
+                                    else ["valid"] * 6 + ["bad", "sha256", "none"])),
         "fingerprint": draw(st.sampled_from(["none", "none", "valid", "wrong"])),
         "advance": draw(st.sampled_from([0, 0, 0, 1, 299, 601])),
     }
