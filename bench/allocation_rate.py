@@ -1,6 +1,7 @@
 """Benchmark: authenticated allocations per second on one core, our relay beside coturn (issue 16, goal 3).
 
     sudo .venv/bin/python bench/allocation_rate.py [--seconds 20] [--lanes 32] [--rate 300] [--base-root DIR]
+        [--cpu-quota PERCENT]
 
 Not a test. Each server runs pinned to core 0 (``taskset``), the generator on
 core 1. A *cycle* is one client's whole allocation life on a fresh UDP socket
@@ -10,11 +11,15 @@ with the long-term credential, CreatePermission (§10), ChannelBind (§12), and
 Refresh with LIFETIME 0 (§8), each answered with success. ``--lanes`` cycles
 run side by side; each lane starts its next cycle as soon as one ends.
 
-Two measurements per server:
+Two measurements per server, and a third with ``--cpu-quota``:
 - capacity: lanes run flat out for ``--seconds``; cycles/s, and the server's
   and the generator's CPU (a generator at 100 % makes the figure a floor);
 - cost: cycles paced at ``--rate`` per second (one that both servers keep up
-  with), and the server's CPU milliseconds per cycle.
+  with), and the server's CPU milliseconds per cycle;
+- quota: lanes flat out again with the server held to ``--cpu-quota``
+  percent of its core (a cgroup's CFS bandwidth, ``common.CpuQuota``), so
+  the server, not the generator, is the limit: cycles/s, and that scaled to
+  a whole core.
 With ``--base-root`` (an unpacked older checkout, its C extensions built)
 that relay is measured too, as ``base``, between ours and coturn. Every
 server gets every quota unlimited. Bounded: every phase has a deadline,
@@ -35,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import coturn_version, cpu_model, free_port, stop, tree_cpu_split
+from common import CpuQuota, coturn_version, cpu_model, free_port, stop, tree_cpu_split
 from relay_throughput import IP, PASSWORD, REALM, USER, server_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,7 +202,9 @@ def measure(kind: str, args) -> dict:
         workdir = Path(tmp)
         (workdir / "state").mkdir()
         port = free_port()
-        process = subprocess.Popen(server_command(kind, workdir, port, RELAY_PORTS), stdout=subprocess.DEVNULL,
+        quota = CpuQuota(None) if args.cpu_quota else None
+        command = server_command(kind, workdir, port, RELAY_PORTS)
+        process = subprocess.Popen(quota.wrap(command) if quota else command, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, cwd=workdir, env=dict(os.environ, PYTHONPATH=str(root)))
         try:
             server = (IP, port)
@@ -215,9 +222,21 @@ def measure(kind: str, args) -> dict:
             paced["server_cpu_ms_per_cycle"] = round(1000 * (server_cpu(process.pid) - before)
                                                      / max(paced["cycles"], 1), 3)
             paced["cycles_per_second"] = round(paced["cycles"] / paced["seconds"])
+            figures = {"capacity": capacity, "paced": paced}
+            if quota:
+                time.sleep(2.0)
+                quota.set_percent(args.cpu_quota)
+                before = server_cpu(process.pid)
+                held = drive(server, args.lanes, args.seconds, None, 2 * 10**7)
+                held["server_cpu_percent"] = round(100 * (server_cpu(process.pid) - before) / held["seconds"], 1)
+                held["cycles_per_second"] = round(held["cycles"] / held["seconds"])
+                held["cycles_per_second_per_core"] = round(held["cycles_per_second"] * 100 / args.cpu_quota)
+                figures["quota"] = held
         finally:
             stop(process)
-    return {"capacity": capacity, "paced": paced}
+            if quota:
+                quota.remove()
+    return figures
 
 
 def main() -> None:
@@ -226,9 +245,13 @@ def main() -> None:
     parser.add_argument("--lanes", type=int, default=32, help="cycles in flight at once (at most 256)")
     parser.add_argument("--rate", type=float, default=300.0, help="paced cycles per second (at most 5000)")
     parser.add_argument("--base-root", type=Path, help="also measure the relay of this older checkout, as base")
+    parser.add_argument("--cpu-quota", type=float, help="also measure capacity with each server held to this "
+                        "percent of its core (needs root and a cgroup cpu controller)")
     args = parser.parse_args()
     if not 0 < args.seconds <= 300 or not 0 < args.lanes <= 256 or not 0 < args.rate <= 5000:
         parser.error("--seconds in (0, 300], --lanes in (0, 256], --rate in (0, 5000]")
+    if args.cpu_quota is not None and not 1 <= args.cpu_quota <= 100:
+        parser.error("--cpu-quota in [1, 100]")
     os.sched_setaffinity(0, {1})
     kinds = ["ours"] + (["base"] if args.base_root else []) + (["coturn"] if shutil.which("turnserver") else [])
     figures = {"cpu": cpu_model(), "coturn_version": coturn_version(), "lanes": args.lanes, "paced_rate": args.rate,
@@ -245,6 +268,9 @@ def main() -> None:
         figures["coturn_over_ours_cpu_per_cycle"] = round(
             figures["coturn"]["paced"]["server_cpu_ms_per_cycle"] / figures["ours"]["paced"]["server_cpu_ms_per_cycle"],
             2)
+        if args.cpu_quota:
+            figures["ours_over_coturn_under_quota"] = round(
+                figures["ours"]["quota"]["cycles_per_second"] / figures["coturn"]["quota"]["cycles_per_second"], 2)
     print(json.dumps(figures, indent=2))
 
 

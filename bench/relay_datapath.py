@@ -159,7 +159,7 @@ class Bench:
     def _allocate(self, five_tuple, udp_client: bool, i) -> RelaySocket:
         relay = RelaySocket(("127.0.0.1", 50000 + i), None, FakeSocket())
         send = self.outbox.sender(five_tuple[1]) if udp_client else self.stream.transport.write
-        allocation = Allocation(five_tuple, os.urandom(12), "bench", None, 1, {4: relay},
+        allocation = Allocation(five_tuple, os.urandom(12), "bench", None, {4: relay},
                                 self.clock.seconds() + 600, send)
         relay.allocation = allocation
         self.turn.allocations[five_tuple] = allocation

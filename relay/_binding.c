@@ -20,6 +20,7 @@
  * generated requests.
  */
 #include "_binding.h"
+#include "_stun_bytes.h"
 
 #include <netinet/in.h>
 #include <stdint.h>
@@ -53,18 +54,6 @@ crc32_of(const unsigned char *data, size_t size)
     for (size_t i = 0; i < size; i++)
         crc = crc_table[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
     return crc ^ 0xFFFFFFFFu;
-}
-
-static uint16_t
-get16(const unsigned char *p)
-{
-    return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static uint32_t
-get32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
 static unsigned char *

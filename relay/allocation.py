@@ -174,8 +174,8 @@ class Allocation:
     """One client's allocation: relayed addresses, permissions, channels."""
 
     __slots__ = (
-        "five_tuple", "transaction_id", "response", "username", "keys", "algorithm",
-        "relays", "expires_at", "credential_expires_at", "permissions", "channels",
+        "five_tuple", "transaction_id", "response", "username", "auth",
+        "relays", "expires_at", "permissions", "channels",
         "channel_expiry", "peer_channels", "cooldown", "send", "stream",
         "packets_in", "bytes_in", "packets_out", "bytes_out", "bucket", "tcp", "closed", "routes",
         "own_hosts", "relayed_peers", "refused", "decide",
@@ -186,23 +186,20 @@ class Allocation:
         five_tuple: tuple,
         transaction_id: bytes,
         username: str,
-        keys,
-        algorithm: int,
+        auth,
         relays: dict[int, RelayEndpoint],
         expires_at: float,
         send: Callable[[bytes], None],
-        credential_expires_at: float | None = None,
         bucket: "TokenBucket | None" = None,
     ) -> None:
         self.five_tuple = five_tuple
         self.transaction_id = transaction_id
         self.response: bytes | None = None
         self.username = username
-        self.keys = keys
-        self.algorithm = algorithm
+        # The relay.server_auth.Auth of the last request authenticated on it (relay.server_fast).
+        self.auth = auth
         self.relays = relays
         self.expires_at = expires_at
-        self.credential_expires_at = credential_expires_at
         # Peer IP, or a transport address decided at a host of the relay's own -> expiry.
         self.permissions: dict[str | Address, float] = {}
         # Hosts of the relay's own with a permission -> expiry.

@@ -20,6 +20,7 @@ from rendezvous.wire.streams import send_at_once
 
 from .datagrams import Outbox, StreamOutbox, read_loop, read_pass, set_buffers
 from .server import TurnServer
+from .server_fast import answer as answer_fast
 
 log = Logger()
 
@@ -88,8 +89,15 @@ class ServerDatagramProtocol(DatagramProtocol):
         self._control(data, addr[:2])
 
     def _control(self, data: bytes, addr: Address) -> None:
-        """A STUN message: TURN requests to the TURN core, the rest to the Binding core."""
+        """A STUN message: TURN requests to the TURN core (a live allocation's common ones answered by
+        relay.server_fast), the rest to the Binding core."""
         turn = self.turn
+        if turn is not None:
+            response = answer_fast(turn, data, ("udp", addr, self.local))
+            if response is not None:
+                if response:  # b"": no answer (a rate-limited 401)
+                    self._write(response, addr)
+                return
         binding = self.endpoints.binding
         request = binding.decode(data)
         if request is None:

@@ -11,8 +11,9 @@ characters, which keeps a 401 under 4 times the smallest Allocate
 (``relay.server_auth``). The MAC only binds the nonce to the client's
 address and issue time: a request still needs the user's key. A client
 sends the same nonce with every request, so the last ``CHECKED`` nonces
-found genuine are remembered with their address and issue time: checking
-one again is a dict lookup, not a MAC and two base64 passes.
+issued here or found genuine are remembered with their address and issue
+time: checking one again (the Allocate that answers a 401, and every
+request after it) is a dict lookup, not a MAC and two base64 passes.
 """
 
 import base64
@@ -30,7 +31,7 @@ _TIME_BYTES = 3
 _MAC_BYTES = 5
 _TIME_MASK = (1 << 8 * _TIME_BYTES) - 1
 _TOKEN_CHARS = 11  # base64 of 8 bytes, without its padding
-# Genuine nonces remembered (about 150 bytes each), the oldest forgotten first.
+# Nonces issued or found genuine remembered (about 150 bytes each), the oldest forgotten first.
 CHECKED = 1024
 
 
@@ -48,9 +49,12 @@ class Nonces:
         return mac.digest()[:_MAC_BYTES]
 
     def issue(self, client_ip: str, now: float) -> str:
-        issued = (int(now) & _TIME_MASK).to_bytes(_TIME_BYTES, "big")
+        issued_at = int(now) & _TIME_MASK
+        issued = issued_at.to_bytes(_TIME_BYTES, "big")
         token = base64.urlsafe_b64encode(issued + self._mac(issued, client_ip)).decode("ascii")
-        return _PREFIX + token.rstrip("=")
+        nonce = _PREFIX + token.rstrip("=")
+        self._remember(nonce, client_ip, issued_at)
+        return nonce
 
     def check(self, nonce: str, client_ip: str, now: float) -> str:
         """'valid', 'stale' (ours but expired: answer 438) or 'invalid'."""
@@ -69,11 +73,15 @@ class Nonces:
         issued, mac = raw[:_TIME_BYTES], raw[_TIME_BYTES:]
         if not hmac.compare_digest(mac, self._mac(issued, client_ip)):
             return "invalid"
+        issued_at = int.from_bytes(issued, "big")
+        self._remember(nonce, client_ip, issued_at)
+        return self._age(issued_at, now)
+
+    def _remember(self, nonce: str, client_ip: str, issued_at: int) -> None:
         checked = self._checked
         if len(checked) >= CHECKED:
             del checked[next(iter(checked))]
-        checked[nonce] = (client_ip, int.from_bytes(issued, "big"))
-        return self._age(checked[nonce][1], now)
+        checked[nonce] = (client_ip, issued_at)
 
     def _age(self, issued: int, now: float) -> str:
         age = (int(now) - issued) & _TIME_MASK

@@ -32,6 +32,7 @@ RESERVATION_SECONDS = 30
 RELAY_BUFFER_BYTES = 1024 * 1024
 _ATTEMPTS = 64
 _IP_PMTUDISC_DO = 2
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
 
 class RelaySocket:
@@ -106,7 +107,10 @@ class RelayPorts:
 
     def _bind(self, family: int, port: int, dont_fragment: bool) -> RelaySocket | None:
         ip = self.ips[family]
-        sock = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_DGRAM)
+        # Non-blocking from the start where the flag exists: no ioctl per allocation.
+        sock = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_DGRAM | _NONBLOCK)
+        if not _NONBLOCK:
+            sock.setblocking(False)
         try:
             sock.bind((ip, port))
         except OSError:  # the port is taken
@@ -119,8 +123,7 @@ class RelayPorts:
         return self._read((self.advertise.get(family, ip), port), sock)
 
     def _read(self, address: Address, sock: socket.socket) -> RelaySocket:
-        """A RelaySocket at address over sock, read from now on (by the poller, else the reactor)."""
-        sock.setblocking(False)
+        """A RelaySocket at address over non-blocking sock, read from now on (by the poller, else the reactor)."""
         set_buffers(sock, RELAY_BUFFER_BYTES)
         relay = RelaySocket(address, self, sock)
         if self.poller is not None:
@@ -196,6 +199,7 @@ class RelayPorts:
             os.close(fd)
             log.warn("cannot adopt a reserved relay socket: {error}", error=str(e))
             return None
+        sock.setblocking(False)
         return self._read(address, sock)
 
     def expire(self, now: float) -> None:

@@ -31,7 +31,7 @@ from .peer_policy import PeerPolicy, Reach
 from .quotas import AllocationCounts, SharedAllocationCounts
 from .server_allocate import NoRelayPort, allocate, refresh
 from .server_auth import Auth, authenticate
-from .server_permissions import channel_bind, create_permission
+from .server_permissions import Refused, channel_bind, create_permission
 from .server_tcp import connect, connection_bind
 
 __all__ = ["NoRelayPort", "RelayPolicy", "TurnServer"]
@@ -149,6 +149,8 @@ class TurnServer:
             return handler(self, msg, five_tuple, send, auth, now)
         except CodecError as e:
             return self._error(msg, Error.BAD_REQUEST, str(e), auth)
+        except Refused as e:
+            return self._error(msg, e.code, e.reason, auth)
 
     def connection_lost(self, five_tuple: tuple) -> None:
         """A TCP/TLS client connection closed: its allocation goes with it."""
@@ -185,11 +187,11 @@ class TurnServer:
             return self._error(msg, Error.ALLOCATION_MISMATCH, auth=auth)
         if allocation.username != auth.username:
             return self._error(msg, Error.WRONG_CREDENTIALS, auth=auth)
+        allocation.auth = auth
         return allocation
 
-    def _reach(self, msg, allocation: Allocation, peers: list[Address], auth, endpoint: bool = False,
-               ) -> list[Reach] | bytes:
-        """What each peer is to the relay, or the 403 (a denied peer) or 443 (family) error response.
+    def _reach(self, allocation: Allocation, peers: list[Address], endpoint: bool = False) -> list[Reach]:
+        """What each peer is to the relay, or raise Refused: 403 (a denied peer) or 443 (family).
 
         With endpoint (ChannelBind, Connect: the request is for that transport
         address), a relayed address of this relay must be held by a live
@@ -198,11 +200,11 @@ class TurnServer:
         reaches = []
         for peer in peers:
             if family_of(peer[0]) not in allocation.relays:
-                return self._error(msg, Error.PEER_ADDRESS_FAMILY_MISMATCH, auth=auth)
+                raise Refused(Error.PEER_ADDRESS_FAMILY_MISMATCH)
             reach = self._endpoint_reach(peer, allocation.tcp) if endpoint else self.peers.reach(*peer)
             if reach is Reach.DENIED:
                 self.counters["forbidden_peer"] += 1
-                return self._error(msg, Error.FORBIDDEN, f"Peer {peer[0]} not allowed", auth)
+                raise Refused(Error.FORBIDDEN, f"Peer {peer[0]} not allowed")
             reaches.append(reach)
         return reaches
 

@@ -10,7 +10,8 @@ the ``TurnServer`` core (``relay.server``); handlers take
 ``(server, msg, five_tuple, send, auth, now)``.
 """
 
-import secrets
+import os
+import random
 
 from twisted.internet.defer import Deferred
 
@@ -32,6 +33,9 @@ from .server_auth import Auth
 
 UDP = 17
 TCP = 6
+# Allocation ids (an operator's handle on one, relay.admin): 48 bits from a PRNG seeded once, not a
+# getrandom call per allocation; they need to be unique, not secret (the admin API takes a token).
+_ids = random.Random(os.urandom(32))
 
 
 class NoRelayPort(Exception):
@@ -68,6 +72,8 @@ def allocate(server, msg, five_tuple, send, auth: Auth, now) -> bytes:
     if transport is None:
         return server._error(msg, Error.BAD_REQUEST, "REQUESTED-TRANSPORT missing", auth)
     protocol = decode_requested_transport(transport)
+    # LIFETIME (step 10) is read before anything is opened or counted: a malformed one gets 400 and holds nothing.
+    requested_lifetime(msg)
     if protocol == TCP and server.tcp is not None and five_tuple[0] != "udp":
         return allocate_tcp(server, msg, five_tuple, send, auth, now)
     if protocol != UDP:
@@ -212,11 +218,10 @@ def quota(server, msg: Message, auth: Auth, count: int = 1) -> bytes | None:
 
 def install(server, msg, five_tuple, send, auth: Auth, now, relays, tcp: bool = False) -> tuple[Allocation, int]:
     """Create and register an allocation over relays; returns it and its lifetime."""
-    lifetime = granted_lifetime(server, msg, auth, now)
+    lifetime = granted_lifetime(server, requested_lifetime(msg), auth, now)
     bucket = TokenBucket(server.policy.max_bps, server.clock) if server.policy.max_bps else None
     allocation = Allocation(
-        five_tuple, msg.transaction_id, auth.username, auth.keys, auth.algorithm, relays,
-        now + lifetime, send, auth.keys.expires_at, bucket,
+        five_tuple, msg.transaction_id, auth.username, auth, relays, now + lifetime, send, bucket,
     )
     allocation.tcp = tcp
     allocation.decide = server._endpoint_reach
@@ -225,7 +230,7 @@ def install(server, msg, five_tuple, send, auth: Auth, now, relays, tcp: bool = 
     server.allocations[five_tuple] = allocation
     server._hold_relayed(allocation, True)
     server.counters["allocations"] += 1
-    allocation_id = f"{server.id_prefix}-{secrets.token_hex(6)}"
+    allocation_id = f"{server.id_prefix}-{_ids.getrandbits(48):012x}"
     server.records[five_tuple] = (allocation_id, now)
     server.by_id[allocation_id] = five_tuple
     server.allocation_log.made(allocation_id, allocation, lifetime)
@@ -259,13 +264,18 @@ def allocate_tcp(server, msg, five_tuple, send, auth: Auth, now) -> bytes:
     return allocation.response
 
 
-def granted_lifetime(server, msg: Message, auth: Auth, now: float) -> int:
+def requested_lifetime(msg: Message) -> int | None:
+    """The LIFETIME the request asks for, or None (CodecError when it is not 4 bytes)."""
+    value = msg.get(Attr.LIFETIME)
+    return None if value is None else decode_uint32(value)
+
+
+def granted_lifetime(server, requested: int | None, auth: Auth, now: float) -> int:
     """RFC 8656 §7.2 step 10 / §8: requested, clamped to [default, max]."""
     policy = server.policy
-    requested = msg.get(Attr.LIFETIME)
     lifetime = policy.default_lifetime_seconds
     if requested is not None:
-        lifetime = max(policy.default_lifetime_seconds, min(decode_uint32(requested), policy.max_lifetime_seconds))
+        lifetime = max(policy.default_lifetime_seconds, min(requested, policy.max_lifetime_seconds))
     if policy.expire_with_credential and auth.keys.expires_at is not None:
         lifetime = min(lifetime, max(0, int(auth.keys.expires_at - now)))
     return lifetime
@@ -281,13 +291,16 @@ def refresh(server, msg, five_tuple, send, auth: Auth, now) -> bytes:
         family = 6 if decode_address_family(requested_family) == AddressFamily.IPV6 else 4
         if family not in allocation.relays:
             return server._error(msg, Error.PEER_ADDRESS_FAMILY_MISMATCH, auth=auth)
-    requested = msg.get(Attr.LIFETIME)
-    if requested is not None and decode_uint32(requested) == 0:
-        server._delete(allocation, "refreshed to 0")
-        lifetime = 0
-    else:
-        lifetime = granted_lifetime(server, msg, auth, now)
-        allocation.expires_at = now + lifetime
     response = success_response(msg)
-    response.add(Attr.LIFETIME, encode_uint32(lifetime))
+    response.add(Attr.LIFETIME, encode_uint32(refreshed(server, allocation, requested_lifetime(msg), auth, now)))
     return server._sign(response, auth)
+
+
+def refreshed(server, allocation: Allocation, requested: int | None, auth: Auth, now: float) -> int:
+    """Give allocation the lifetime granted for requested (RFC 8656 §8.2), or delete it for 0; that lifetime."""
+    if requested == 0:
+        server._delete(allocation, "refreshed to 0")
+        return 0
+    lifetime = granted_lifetime(server, requested, auth, now)
+    allocation.expires_at = now + lifetime
+    return lifetime

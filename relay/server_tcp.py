@@ -32,9 +32,7 @@ def connect(server, msg, five_tuple, send, auth: Auth, now) -> bytes | None:
     if len(peers) != 1:
         return server._error(msg, Error.BAD_REQUEST, "one XOR-PEER-ADDRESS required", auth)
     peer = peers[0]
-    reaches = server._reach(msg, allocation, peers, auth, endpoint=True)
-    if isinstance(reaches, bytes):
-        return reaches
+    reaches = server._reach(allocation, peers, endpoint=True)
     endpoint = next(iter(allocation.relays.values()))
     if any(c.peer == peer for c in endpoint.connections.values()):
         return server._error(msg, Error.CONNECTION_ALREADY_EXISTS, auth=auth)

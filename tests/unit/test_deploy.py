@@ -82,8 +82,8 @@ def test_dockerfile_runs_twistd_as_a_non_root_user():
 def test_dockerfile_builds_the_relay_extensions():
     """The image is built from setup.py with a compiler, and fails to build if an extension is missing."""
     text = (DEPLOY / "Dockerfile").read_text()
-    assert "COPY setup.py " in text and "gcc" in text
-    assert 'import relay._mmsg, relay._indications' in text
+    assert "COPY setup.py " in text and "gcc" in text and "libssl-dev" in text
+    assert 'import relay._mmsg, relay._indications, relay._requests' in text
 
 
 def test_setup_cfg_installs_every_package_of_the_tree():

@@ -1,7 +1,9 @@
 """The TURN core on a fake clock: RFC 8656 allocations, permissions, channels, auth, quotas."""
 
+import contextlib
 import functools
 import struct
+import sys
 from ipaddress import ip_address
 
 import pytest
@@ -13,6 +15,7 @@ from twisted.internet.task import Clock
 from relay.allocation import data_indication
 from relay.credentials import Credentials, Keys, RestSecrets, StaticUsers
 from relay.peer_policy import PeerPolicy, Reach
+from relay import server_fast
 from relay.relay_ports import RESERVATION_SECONDS, RelayPorts
 from relay.server import NoRelayPort, RelayPolicy, TurnServer
 from rendezvous.stun import Attr, Class, Message, Method, PasswordAlgorithm
@@ -102,6 +105,57 @@ class Client(TurnRequests):
     def ask(self, msg):
         data = self.server.handle(msg, self.five_tuple, self.send)
         return None if data is None else Message.decode(data)
+
+
+FAST_ANSWERS = []
+
+
+def fast_path_first(python_handle):
+    """TurnServer.handle as the UDP listener answers: relay.server_fast first, the Python core for the rest."""
+
+    def handle(self, msg, five_tuple, send, leg=None):
+        if msg.raw is not None and five_tuple[0] == "udp":
+            response = server_fast.answer(self, msg.raw, five_tuple)
+            if response is not None:
+                FAST_ANSWERS.append(response)
+                return response or None
+        return python_handle(self, msg, five_tuple, send, leg)
+
+    return handle
+
+
+@contextlib.contextmanager
+def answered_by(path: str):
+    """Requests answered by the Python core ("python"), or by the C fast path (relay/_requests.c) before it ("c")."""
+    FAST_ANSWERS.clear()
+    if path == "python":
+        yield
+        return
+    if server_fast._requests is None:
+        if sys.platform.startswith("linux"):
+            pytest.fail("relay._requests is missing: scripts/setup builds it")
+        pytest.skip("relay._requests is built on Linux only")
+    python_handle = TurnServer.handle
+    TurnServer.handle = fast_path_first(python_handle)
+    try:
+        yield
+    finally:
+        TurnServer.handle = python_handle
+
+
+def pytest_generate_tests(metafunc):
+    """Each test runs on both paths; a hypothesis test draws its path instead (pytest-twisted wraps the
+    test function of every parametrized copy of a hypothesis test again, which fails the second copy)."""
+    if not hasattr(metafunc.function, "hypothesis"):
+        metafunc.parametrize("answering", ["python", "c"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def answering(request):
+    """Which path answers requests (pytest_generate_tests); the Python core where none is named."""
+    path = getattr(request, "param", "python")
+    with answered_by(path):
+        yield path
 
 
 @pytest.fixture
@@ -381,10 +435,16 @@ def local_only(address):
     host=st.sampled_from(["8.8.8.8", "::ffff:8.8.8.8", "8.8.4.4", "127.0.0.1", "::ffff:127.0.0.1", "9.9.9.9"]),
     permit_port=st.sampled_from([3478, 5349, 9641, 40000]),
     send_ports=st.lists(st.sampled_from([3478, 5349, 9641, 40000, 40001]), min_size=1, max_size=4),
+    path=st.sampled_from(["python", "c"]),
 )
-def test_no_rule_opens_the_relays_own_endpoints(rules, host, permit_port, send_ports):
+def test_no_rule_opens_the_relays_own_endpoints(rules, host, permit_port, send_ports, path):
     """Whatever --allow-peer says, no permission, channel or Send reaches a port the relay listens on
-    (a wildcard listener's on every local address), in any spelling of its address."""
+    (a wildcard listener's on every local address), in any spelling of its address, on either path."""
+    with answered_by(path):
+        check_own_endpoints_stay_closed(rules, host, permit_port, send_ports)
+
+
+def check_own_endpoints_stay_closed(rules, host, permit_port, send_ports):
     server = make_server(Clock(), ports=FakePorts(families=(4, 6)), families=frozenset({4, 6}))
     server.peers = PeerPolicy(allow=rules, own_addresses=["8.8.8.8"], own_endpoints=OWN, is_local=local_only)
     client = Client(server)
@@ -761,3 +821,13 @@ def test_draining_refuses_new_allocations(server):
     response = other.allocate()
     assert code(response) == 300 and response.address(Attr.ALTERNATE_SERVER) == ("198.18.0.20", 3478)
     assert first.request(Method.REFRESH).cls == Class.SUCCESS  # existing allocations go on
+
+
+def test_a_malformed_lifetime_holds_no_relay_port(clock):
+    """An Allocate whose LIFETIME is not 4 bytes gets 400, leaves no relay port open and gives its quota back."""
+    ports = FakePorts()
+    server = make_server(clock, ports=ports, user_quota=1)
+    client = Client(server)
+    assert code(client.allocate((Attr.LIFETIME, b"\0\0\1"))) == 400
+    assert all(relay.closed for relay in ports.opened)
+    assert client.allocate().cls == Class.SUCCESS

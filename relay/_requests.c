@@ -1,0 +1,365 @@
+/* The requests a live allocation repeats, walked, checked and signed in C.
+ *
+ * A TURN client keeps its allocation with Refresh (RFC 8656 §8), and opens
+ * it to peers with CreatePermission (§10) and ChannelBind (§12), each
+ * signed with the USERNAME, REALM and NONCE of its last request (RFC 8489
+ * §9.2.4). relay/server_fast.py hands such a request here with what the
+ * Python path authenticated last on the same allocation. check() walks it
+ * as Message.decode does, refuses (None) anything but the common form, and
+ * checks its FINGERPRINT (§14.7) and its MESSAGE-INTEGRITY (§14.5) with the
+ * remembered key; sign() writes a response as Message.encode(integrity_key=)
+ * does. unsigned_allocate() tells the Allocate a client opens with (no
+ * MESSAGE-INTEGRITY), which gets a 401 (RFC 8656 §7.2, RFC 8489 §9.2.4).
+ * Python keeps every table and every decision: nonce staleness, the
+ * credential sources, the 401 rate limit, the allocation, permissions,
+ * channels and quotas.
+ *
+ * HMAC-SHA1 is OpenSSL's libcrypto (the digest Python's hmac module uses):
+ * its EVP digest interface keyed by hand (RFC 2104), so no MAC object is
+ * fetched per call. tests/unit/test_turn_server.py runs the TURN core's
+ * tests with this path first, and tests/unit/test_turn_fast_path.py compares
+ * it with the Python path on generated requests.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "_stun_bytes.h"
+
+#define MAGIC_COOKIE 0x2112A442u
+#define FINGERPRINT_XOR 0x5354554Eu
+#define ALLOCATE 0x0003
+#define REFRESH 0x0004
+#define CREATE_PERMISSION 0x0008
+#define CHANNEL_BIND 0x0009
+#define ATTR_USERNAME 0x0006
+#define ATTR_MESSAGE_INTEGRITY 0x0008
+#define ATTR_CHANNEL_NUMBER 0x000C
+#define ATTR_LIFETIME 0x000D
+#define ATTR_XOR_PEER_ADDRESS 0x0012
+#define ATTR_REALM 0x0014
+#define ATTR_NONCE 0x0015
+#define ATTR_REQUESTED_ADDRESS_FAMILY 0x0017
+#define ATTR_EVEN_PORT 0x0018
+#define ATTR_REQUESTED_TRANSPORT 0x0019
+#define ATTR_DONT_FRAGMENT 0x001A
+#define ATTR_RESERVATION_TOKEN 0x0022
+#define ATTR_PASSWORD_ALGORITHMS 0x8002
+#define ATTR_FINGERPRINT 0x8028
+#define SHA1_BLOCK 64
+#define SHA1_BYTES 20
+/* More peers in one CreatePermission than this are left to Python. */
+#define MAX_PEERS 8
+
+static EVP_MD *sha1;
+static EVP_MD_CTX *digest;
+static uint32_t crc_table[256];
+
+static void
+make_crc_table(void)
+{
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[n] = c;
+    }
+}
+
+/* CRC-32 (as zlib.crc32) of the header with its length field set to length, then data[4:end]. */
+static uint32_t
+crc_of(const unsigned char *data, size_t end, unsigned int length)
+{
+    uint32_t crc = 0xFFFFFFFFu;
+    unsigned char head[4] = {data[0], data[1], (unsigned char)(length >> 8), (unsigned char)length};
+    for (size_t i = 0; i < 4; i++)
+        crc = crc_table[(crc ^ head[i]) & 0xFF] ^ (crc >> 8);
+    for (size_t i = 4; i < end; i++)
+        crc = crc_table[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
+    return crc ^ 0xFFFFFFFFu;
+}
+
+/* HMAC-SHA1 (RFC 2104) with key over the header with its length field set to length, then
+ * data[4:end]; 0 on an OpenSSL failure. */
+static int
+hmac_sha1(const unsigned char *key, size_t key_size, const unsigned char *data, size_t end, unsigned int length,
+          unsigned char *mac)
+{
+    unsigned char pad[SHA1_BLOCK], inner[SHA1_BYTES];
+    unsigned char head[4] = {data[0], data[1], (unsigned char)(length >> 8), (unsigned char)length};
+    unsigned int size;
+    memset(pad, 0, sizeof pad);
+    if (key_size > SHA1_BLOCK) {
+        if (!EVP_Digest(key, key_size, pad, &size, sha1, NULL))
+            return 0;
+    } else {
+        memcpy(pad, key, key_size);
+    }
+    for (int i = 0; i < SHA1_BLOCK; i++)
+        pad[i] ^= 0x36;
+    if (!EVP_DigestInit_ex2(digest, sha1, NULL) || !EVP_DigestUpdate(digest, pad, sizeof pad)
+        || !EVP_DigestUpdate(digest, head, sizeof head) || !EVP_DigestUpdate(digest, data + 4, end - 4)
+        || !EVP_DigestFinal_ex(digest, inner, &size))
+        return 0;
+    for (int i = 0; i < SHA1_BLOCK; i++)
+        pad[i] ^= 0x36 ^ 0x5C;
+    return EVP_DigestInit_ex2(digest, sha1, NULL) && EVP_DigestUpdate(digest, pad, sizeof pad)
+        && EVP_DigestUpdate(digest, inner, sizeof inner) && EVP_DigestFinal_ex(digest, mac, &size);
+}
+
+/* Whether the attribute at value (size bytes) is exactly expected. */
+static int
+same_value(const unsigned char *value, size_t size, Py_buffer *expected)
+{
+    return (size_t)expected->len == size && memcmp(value, expected->buf, size) == 0;
+}
+
+/* (host, port) of an IPv4 XOR-PEER-ADDRESS value (RFC 8489 §14.2), as Python's decode_xor_address writes it. */
+static PyObject *
+ipv4_peer(const unsigned char *value)
+{
+    return Py_BuildValue("(Ni)",
+                         PyUnicode_FromFormat("%u.%u.%u.%u", value[4] ^ 0x21u, value[5] ^ 0x12u, value[6] ^ 0xA4u,
+                                              value[7] ^ 0x42u),
+                         get16(value + 2) ^ 0x2112);
+}
+
+PyDoc_STRVAR(check_doc,
+"check(data, username, realm, nonce, key) -> (method, number, peers) or None\n\n"
+"A Refresh, CreatePermission or ChannelBind request of the common form, naming exactly\n"
+"USERNAME username, REALM realm and NONCE nonce, with a MESSAGE-INTEGRITY that verifies with key\n"
+"and a valid FINGERPRINT or none: its method, then LIFETIME (Refresh; None when absent) or the\n"
+"channel number (ChannelBind; None otherwise), then the IPv4 XOR-PEER-ADDRESSes as (host, port).\n"
+"None for anything else: Python decides those.");
+
+static PyObject *
+check(PyObject *self, PyObject *args)
+{
+    Py_buffer data, username, realm, nonce, key;
+    const unsigned char *p;
+    size_t size, offset = 20, mac_offset = 0;
+    unsigned int method, seen_username = 0, seen_realm = 0, seen_nonce = 0, peer_count = 0, numbers = 0;
+    long number = -1;
+    const unsigned char *peers[MAX_PEERS];
+    PyObject *result = NULL, *list = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*", &data, &username, &realm, &nonce, &key))
+        return NULL;
+    p = data.buf;
+    size = (size_t)data.len;
+    if (size < 20)
+        goto other;
+    method = get16(p);
+    if ((method != REFRESH && method != CREATE_PERMISSION && method != CHANNEL_BIND) || get32(p + 4) != MAGIC_COOKIE
+        || (get16(p + 2) & 3) != 0 || (size_t)get16(p + 2) + 20 != size)
+        goto other;
+    while (offset < size) {
+        unsigned int type, length;
+        const unsigned char *value;
+        if (size - offset < 4)
+            goto other;
+        type = get16(p + offset);
+        length = get16(p + offset + 2);
+        value = p + offset + 4;
+        if (offset + 4 + length > size)
+            goto other;
+        if (mac_offset) {
+            /* After MESSAGE-INTEGRITY only a last FINGERPRINT is taken here. */
+            if (type != ATTR_FINGERPRINT || length != 4 || offset + 8 != size
+                || (crc_of(p, offset, (unsigned int)(offset + 8 - 20)) ^ FINGERPRINT_XOR) != get32(value))
+                goto other;
+        } else if (type == ATTR_MESSAGE_INTEGRITY) {
+            if (length != SHA1_BYTES)
+                goto other;
+            mac_offset = offset;
+        } else if (type == ATTR_USERNAME) {
+            if (seen_username++ || !same_value(value, length, &username))
+                goto other;
+        } else if (type == ATTR_REALM) {
+            if (seen_realm++ || !same_value(value, length, &realm))
+                goto other;
+        } else if (type == ATTR_NONCE) {
+            if (seen_nonce++ || !same_value(value, length, &nonce))
+                goto other;
+        } else if (type == ATTR_LIFETIME && method == REFRESH) {
+            if (numbers++ || length != 4)
+                goto other;
+            number = (long)get32(value);
+        } else if (type == ATTR_CHANNEL_NUMBER && method == CHANNEL_BIND) {
+            if (numbers++ || length != 4)
+                goto other;
+            number = get16(value);
+        } else if (type == ATTR_XOR_PEER_ADDRESS && method != REFRESH) {
+            if (peer_count == MAX_PEERS || length != 8 || value[1] != 0x01)
+                goto other;
+            peers[peer_count++] = value;
+        } else if (type < 0x8000 || type == ATTR_PASSWORD_ALGORITHMS || type == ATTR_FINGERPRINT) {
+            goto other;  /* comprehension-required, or read by the Python path, or a misplaced FINGERPRINT */
+        }
+        offset += 4 + ((length + 3) & ~3u);
+    }
+    if (!mac_offset || !seen_username || !seen_realm || !seen_nonce
+        || (method == CREATE_PERMISSION && peer_count == 0)
+        || (method == CHANNEL_BIND && (peer_count != 1 || numbers != 1)))
+        goto other;
+    {
+        unsigned char mac[SHA1_BYTES];
+        if (!hmac_sha1(key.buf, (size_t)key.len, p, mac_offset, (unsigned int)(mac_offset + 24 - 20), mac)) {
+            PyErr_SetString(PyExc_RuntimeError, "OpenSSL HMAC-SHA1 failed");
+            goto done;
+        }
+        if (CRYPTO_memcmp(mac, p + mac_offset + 4, SHA1_BYTES) != 0)
+            goto other;
+    }
+    if (!(list = PyList_New(peer_count)))
+        goto done;
+    for (unsigned int i = 0; i < peer_count; i++) {
+        PyObject *peer = ipv4_peer(peers[i]);
+        if (!peer)
+            goto done;
+        PyList_SET_ITEM(list, i, peer);
+    }
+    if (number < 0)
+        result = Py_BuildValue("(iOO)", method, Py_None, list);
+    else
+        result = Py_BuildValue("(ilO)", method, number, list);
+    goto done;
+other:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(list);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&username);
+    PyBuffer_Release(&realm);
+    PyBuffer_Release(&nonce);
+    PyBuffer_Release(&key);
+    return result;
+}
+
+PyDoc_STRVAR(unsigned_allocate_doc,
+"unsigned_allocate(data) -> bool\n\n"
+"Whether data is an Allocate request without MESSAGE-INTEGRITY(-SHA256) whose attributes the\n"
+"Python path would all take (the request attributes of Allocate, comprehension-optional ones, a\n"
+"last FINGERPRINT that verifies): the request a client opens with, which gets a 401.");
+
+static PyObject *
+unsigned_allocate(PyObject *self, PyObject *arg)
+{
+    Py_buffer data;
+    const unsigned char *p;
+    size_t size, offset = 20;
+    int taken = 0;
+    (void)self;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    p = data.buf;
+    size = (size_t)data.len;
+    if (size < 20 || get16(p) != ALLOCATE || get32(p + 4) != MAGIC_COOKIE || (get16(p + 2) & 3) != 0
+        || (size_t)get16(p + 2) + 20 != size)
+        goto done;
+    while (offset < size) {
+        unsigned int type, length;
+        if (size - offset < 4)
+            goto done;
+        type = get16(p + offset);
+        length = get16(p + offset + 2);
+        if (offset + 4 + length > size)
+            goto done;
+        if (type == ATTR_FINGERPRINT) {
+            if (length != 4 || offset + 8 != size
+                || (crc_of(p, offset, (unsigned int)(size - 20)) ^ FINGERPRINT_XOR) != get32(p + offset + 4))
+                goto done;
+        } else if (type < 0x8000 && type != ATTR_REQUESTED_TRANSPORT && type != ATTR_LIFETIME
+                   && type != ATTR_REQUESTED_ADDRESS_FAMILY && type != ATTR_EVEN_PORT && type != ATTR_RESERVATION_TOKEN
+                   && type != ATTR_DONT_FRAGMENT && type != ATTR_USERNAME && type != ATTR_REALM && type != ATTR_NONCE) {
+            goto done;  /* MESSAGE-INTEGRITY, USERHASH, PASSWORD-ALGORITHM or one Allocate does not take */
+        }
+        offset += 4 + ((length + 3) & ~3u);
+    }
+    taken = 1;
+done:
+    PyBuffer_Release(&data);
+    return PyBool_FromLong(taken);
+}
+
+PyDoc_STRVAR(sign_doc,
+"sign(request, error, body, key) -> bytes\n\n"
+"The success (error false) or error response to request, carrying the encoded attributes body\n"
+"then MESSAGE-INTEGRITY with key, as Message.encode(integrity_key=key) writes it.");
+
+static PyObject *
+sign(PyObject *self, PyObject *args)
+{
+    Py_buffer request, body, key;
+    int error;
+    PyObject *result = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*py*y*", &request, &error, &body, &key))
+        return NULL;
+    if (request.len < 20 || body.len & 3 || body.len > 0xFFFF - 24) {
+        PyErr_SetString(PyExc_ValueError, "not a STUN request, or a body that cannot follow one");
+        goto done;
+    }
+    {
+        size_t length = (size_t)body.len + 24;
+        unsigned int type = (get16(request.buf) & ~0x0110u) | (error ? 0x0110u : 0x0100u);
+        unsigned char *out;
+        if (!(result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(20 + length))))
+            goto done;
+        out = (unsigned char *)PyBytes_AS_STRING(result);
+        out[0] = (unsigned char)(type >> 8);
+        out[1] = (unsigned char)type;
+        out[2] = (unsigned char)(length >> 8);
+        out[3] = (unsigned char)length;
+        memcpy(out + 4, (const unsigned char *)request.buf + 4, 16);
+        memcpy(out + 20, body.buf, (size_t)body.len);
+        out += 20 + body.len;
+        out[0] = 0;
+        out[1] = ATTR_MESSAGE_INTEGRITY;
+        out[2] = 0;
+        out[3] = SHA1_BYTES;
+        out -= body.len + 20;
+        if (!hmac_sha1(key.buf, (size_t)key.len, out, 20 + (size_t)body.len, (unsigned int)length, out + 24 + body.len)) {
+            Py_CLEAR(result);
+            PyErr_SetString(PyExc_RuntimeError, "OpenSSL HMAC-SHA1 failed");
+        }
+    }
+done:
+    PyBuffer_Release(&request);
+    PyBuffer_Release(&body);
+    PyBuffer_Release(&key);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"check", check, METH_VARARGS, check_doc},
+    {"sign", sign, METH_VARARGS, sign_doc},
+    {"unsigned_allocate", unsigned_allocate, METH_O, unsigned_allocate_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef requests_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "relay._requests",
+    .m_doc = PyDoc_STR("A live allocation's Refresh, CreatePermission and ChannelBind checked and signed, and the "
+                       "unsigned Allocate told apart, in C (relay/server_fast.py)."),
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__requests(void)
+{
+    make_crc_table();
+    sha1 = EVP_MD_fetch(NULL, "SHA1", NULL);
+    digest = EVP_MD_CTX_new();
+    if (!sha1 || !digest) {
+        PyErr_SetString(PyExc_ImportError, "OpenSSL has no SHA-1 digest");
+        return NULL;
+    }
+    return PyModule_Create(&requests_module);
+}
