@@ -45,12 +45,14 @@ def settle(sock, count):
 
 
 def test_the_extensions_are_built_on_linux():
-    """On Linux the relay reads and writes in batches, answers plain Binding requests and walks Send
-    indications in C: scripts/setup built relay._mmsg (with relay/_binding.c) and relay._indications."""
+    """On Linux the relay reads and writes in batches, answers plain Binding requests, relays routed
+    datagrams and walks Send indications in C: scripts/setup built relay._mmsg (with relay/_binding.c and
+    relay/_route.c) and relay._indications."""
     from relay import _indications, allocation
 
     assert datagrams._mmsg is not None and allocation._walk is _indications.parse_send
-    assert callable(datagrams._mmsg.answer_binding) and hasattr(datagrams._mmsg.Receiver, "recv_answering")
+    assert callable(datagrams._mmsg.answer_binding) and hasattr(datagrams._mmsg.Receiver, "recv_serving")
+    assert callable(datagrams._mmsg.route_client) and hasattr(datagrams._mmsg.Receiver, "poll_relays")
 
 
 def test_receiver_reads_a_batch_with_the_addresses_recvfrom_gives(pair):
