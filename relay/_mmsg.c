@@ -367,6 +367,77 @@ PyDoc_STRVAR(Receiver_recv_serving_doc,
 "Allocation.channel_to_peer would (relay/_route.c). Returns how many\n"
 "datagrams were read, how many were answered, and the ones left for Python.");
 
+/* The buffers recv_serving's Binding answers are written to, made on first use; -1 on error. */
+static int
+answer_buffers(Receiver *self)
+{
+    if (self->answers != NULL || self->buffers == NULL)
+        return 0;
+    self->answers = PyMem_Malloc((size_t)self->count * BINDING_ANSWER_BYTES);
+    self->answer_headers = PyMem_Calloc(self->count, sizeof(struct mmsghdr));
+    self->answer_vectors = PyMem_Calloc(self->count, sizeof(struct iovec));
+    if (!self->answers || !self->answer_headers || !self->answer_vectors) {
+        PyMem_Free(self->answers);
+        PyMem_Free(self->answer_headers);
+        PyMem_Free(self->answer_vectors);
+        self->answers = NULL;
+        self->answer_headers = NULL;
+        self->answer_vectors = NULL;
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+int
+serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObject *owner, PyObject *rest, int *answered)
+{
+    int received, count = 0, failed = 0;
+    if (tail != Py_None && answer_buffers(self) < 0)
+        return -1;
+    received = receive_batch(self, fd);
+    if (received < 0)
+        return -1;
+    for (int i = 0; i < received && !failed; i++) {
+        const unsigned char *data = self->vectors[i].iov_base;
+        size_t length = self->headers[i].msg_len, size = 0;
+        PyObject *addr;
+        int routed;
+        if (tail != Py_None) {
+            unsigned char *out = self->answers + (size_t)count * BINDING_ANSWER_BYTES;
+            size = binding_answer(data, length, &self->addresses[i], (const unsigned char *)PyBytes_AS_STRING(tail),
+                                  (size_t)PyBytes_GET_SIZE(tail), out, BINDING_ANSWER_BYTES);
+            if (size > 0) {
+                struct msghdr *header = &self->answer_headers[count].msg_hdr;
+                self->answer_vectors[count].iov_base = out;
+                self->answer_vectors[count].iov_len = size;
+                header->msg_iov = &self->answer_vectors[count];
+                header->msg_iovlen = 1;
+                header->msg_name = &self->addresses[i];
+                header->msg_namelen = self->headers[i].msg_hdr.msg_namelen;
+                count++;
+                continue;
+            }
+        }
+        addr = cached_address(self->cache, &self->addresses[i]);
+        routed = addr == NULL ? -1 : routes == Py_None ? 0 : route_from_client(self->sends, routes, addr, data, length);
+        if (routed == 0) {
+            PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)length);
+            PyObject *item = bytes == NULL ? NULL
+                : owner == NULL ? PyTuple_Pack(2, bytes, addr) : PyTuple_Pack(3, owner, bytes, addr);
+            Py_XDECREF(bytes);
+            routed = item == NULL || PyList_Append(rest, item) < 0 ? -1 : 0;
+            Py_XDECREF(item);
+        }
+        Py_XDECREF(addr);
+        failed = routed < 0;
+    }
+    if (count > 0)
+        send_prepared(fd, self->answer_headers, count);
+    *answered += count;
+    return failed ? -1 : received;
+}
+
 static PyObject *
 Receiver_recv_serving(Receiver *self, PyObject *args)
 {
@@ -381,66 +452,15 @@ Receiver_recv_serving(Receiver *self, PyObject *args)
     fd = PyObject_AsFileDescriptor(fdobj);
     if (fd < 0)
         return NULL;
-    if (tail != Py_None && self->answers == NULL && self->buffers != NULL) {
-        self->answers = PyMem_Malloc((size_t)self->count * BINDING_ANSWER_BYTES);
-        self->answer_headers = PyMem_Calloc(self->count, sizeof(struct mmsghdr));
-        self->answer_vectors = PyMem_Calloc(self->count, sizeof(struct iovec));
-        if (!self->answers || !self->answer_headers || !self->answer_vectors) {
-            PyMem_Free(self->answers);
-            PyMem_Free(self->answer_headers);
-            PyMem_Free(self->answer_vectors);
-            self->answers = NULL;
-            self->answer_headers = NULL;
-            self->answer_vectors = NULL;
-            return PyErr_NoMemory();
-        }
-    }
-    received = receive_batch(self, fd);
-    if (received < 0)
-        return NULL;
     rest = PyList_New(0);
     if (rest == NULL)
         return NULL;
-    for (int i = 0; i < received; i++) {
-        const unsigned char *data = self->vectors[i].iov_base;
-        size_t length = self->headers[i].msg_len, size = 0;
-        if (tail != Py_None) {
-            unsigned char *out = self->answers + (size_t)answered * BINDING_ANSWER_BYTES;
-            size = binding_answer(data, length, &self->addresses[i], (const unsigned char *)PyBytes_AS_STRING(tail),
-                                  (size_t)PyBytes_GET_SIZE(tail), out, BINDING_ANSWER_BYTES);
-            if (size > 0) {
-                struct msghdr *header = &self->answer_headers[answered].msg_hdr;
-                self->answer_vectors[answered].iov_base = out;
-                self->answer_vectors[answered].iov_len = size;
-                header->msg_iov = &self->answer_vectors[answered];
-                header->msg_iovlen = 1;
-                header->msg_name = &self->addresses[i];
-                header->msg_namelen = self->headers[i].msg_hdr.msg_namelen;
-                answered++;
-                continue;
-            }
-        }
-        PyObject *addr = cached_address(self->cache, &self->addresses[i]);
-        int routed = addr == NULL ? -1 : routes == Py_None ? 0 : route_from_client(self->sends, routes, addr, data, length);
-        if (routed == 0) {
-            PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)length);
-            PyObject *item = bytes == NULL ? NULL : PyTuple_Pack(2, bytes, addr);
-            Py_XDECREF(bytes);
-            routed = item == NULL || PyList_Append(rest, item) < 0 ? -1 : 0;
-            Py_XDECREF(item);
-        }
-        Py_XDECREF(addr);
-        if (routed < 0) {
-            Py_DECREF(rest);
-            rest = NULL;
-            break;
-        }
-    }
-    if (answered > 0)
-        send_prepared(fd, self->answer_headers, answered);
+    received = serve_batch(self, fd, tail, routes, NULL, rest, &answered);
     sends_flush(self->sends);
-    if (rest == NULL)
+    if (received < 0) {
+        Py_DECREF(rest);
         return NULL;
+    }
     return Py_BuildValue("(iiN)", received, answered, rest);
 }
 

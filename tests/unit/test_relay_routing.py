@@ -4,6 +4,7 @@ import os
 import socket
 import struct
 import sys
+import threading
 import time
 
 import pytest
@@ -152,11 +153,13 @@ def test_c_relays_send_indications_as_python_does(world_spec, peer, payload, fin
         if routed is None:
             assert c.counters() == before
             return
-        expected = python.python_sends(lambda: python.allocation.send_indication(data))
+        # As ServerDatagramProtocol.datagramReceived dispatches (a corrupted first byte may make ChannelData).
+        a = python.allocation
+        expected = python.python_sends(lambda: a.channel_to_peer(data) if data[0] else a.send_indication(data))
         fds = {python.sockets[i].fileno(): i for i in range(3)}
         c_fds = {c.sockets[i].fileno(): i for i in range(3)}
         assert [(c_fds[fd], d, a) for fd, d, a in routed] == [(fds[fd], d, a) for fd, d, a in expected]
-        assert routed and c.counters() == python.counters()
+        assert c.counters() == python.counters()
     finally:
         python.close()
         c.close()
@@ -190,12 +193,16 @@ def test_c_relays_peer_data_as_python_does(world_spec, peer, port, payload):
 
 @pytest.mark.skipif(_mmsg is None, reason="relay._mmsg is built on Linux only")
 def test_c_leaves_what_it_does_not_know_to_python():
-    """A stream client's send, a write that is not an Outbox's, a scoped IPv6 peer and an object that is
-    not an Allocation go to Python."""
+    """C relays a routed client's ChannelData and Send indication to an IPv4 peer; a Send to an IPv6 peer,
+    a stream client's send, a write that is not an Outbox's, a scoped IPv6 peer and an object that is not
+    an Allocation go to Python."""
     world = World({0x4000: 0}, [0, 1], None)
     try:
         frame = channel_datagram(0x4000, 3, b"abc")
         assert _mmsg.route_client(world.routes, frame, CLIENT) == [(world.sockets[1].fileno(), b"abc", PEERS[0])]
+        indication = send_indication(PEERS[1], b"defg", fingerprint=True)
+        assert _mmsg.route_client(world.routes, indication, CLIENT) == [(world.sockets[1].fileno(), b"defg", PEERS[1])]
+        assert _mmsg.route_client(world.routes, send_indication(PEERS[2], b"v6"), CLIENT) is None
         assert _mmsg.route_client({}, frame, CLIENT) is None
         assert _mmsg.route_client({CLIENT: object()}, frame, CLIENT) is None
         assert _mmsg.route_peer(object(), b"x", PEERS[0]) is None
@@ -205,7 +212,7 @@ def test_c_leaves_what_it_does_not_know_to_python():
         assert _mmsg.route_client(world.routes, frame, CLIENT) is None
         world.allocation.send = lambda data: None
         assert _mmsg.route_peer(world.allocation, b"x", PEERS[0]) is None
-        assert world.counters() == (1, 3, 0, 0)
+        assert world.counters() == (2, 7, 0, 0)
     finally:
         world.close()
 
@@ -229,15 +236,16 @@ class Relay:
     def __init__(self, max_bps: int = 0) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
-        ports = type("Ports", (), {"expire": lambda self, now: None})()
+        self.poller = DatagramPoller(type("Reactor", (), {"addReader": lambda self, reader: None,
+                                                       "removeReader": lambda self, reader: None})())
+        ports = type("Ports", (), {"expire": lambda self, now: None, "poller": self.poller})()
         self.turn = TurnServer(RelayPolicy(max_bps=max_bps), Credentials(), PeerPolicy(), ports, self.clock)
         self.listen, self.client, self.peer = bound(), bound(), bound()
         local = self.listen.getsockname()
-        self.protocol = UdpEndpoints(BindingServer(Addresses(*local)), self.turn).protocol(local)
+        self.binding = BindingServer(Addresses(*local))
+        self.protocol = UdpEndpoints(self.binding, self.turn).protocol(local)
         self.protocol.transport = type("Port", (), {"socket": self.listen, "addressFamily": socket.AF_INET})()
         self.protocol.startProtocol()
-        self.poller = DatagramPoller(type("Reactor", (), {"addReader": lambda self, reader: None,
-                                                       "removeReader": lambda self, reader: None})())
         relay_sock = bound()
         self.relay = RelaySocket(relay_sock.getsockname(), None, relay_sock)
         five_tuple = ("udp", self.client.getsockname(), local)
@@ -265,6 +273,7 @@ class Relay:
         return drain(self.client)
 
     def close(self) -> None:
+        self.protocol.stopProtocol()
         self.allocation.close()
         for sock in (self.listen, self.client, self.peer):
             sock.close()
@@ -383,4 +392,77 @@ def test_data_from_an_unpermitted_peer_or_client_without_allocation_is_dropped(b
         assert relay.allocation.packets_in == relay.allocation.packets_out == 0
     finally:
         stranger.close()
+        relay.close()
+
+
+@pytest.fixture
+def lingering(monkeypatch):
+    """A relay pass in C that waits up to 2 s for more traffic (so a test can send during it)."""
+    if _mmsg is None:
+        pytest.skip("relay._mmsg is built on Linux only")
+    monkeypatch.setattr(datagrams, "LINGER_MICROSECONDS", 2_000_000)
+    monkeypatch.setattr(datagrams, "PASS_BUDGET_MICROSECONDS", 2_000_000)
+
+
+def later(seconds: float, act) -> threading.Thread:
+    thread = threading.Timer(seconds, act)
+    thread.start()
+    return thread
+
+
+def test_a_pass_serves_both_sockets_and_waits_for_more_while_all_is_relayed(lingering):
+    """One poller pass relays a client's ChannelData and a peer's data alike, and, while C relays all it
+    gets, goes on with what arrives during the pass (here 0.1 s in), until a pause longer than its linger."""
+    relay = Relay()
+    try:
+        peer = relay.peer.getsockname()
+        relay.allocation.bind_channel(0x4001, peer, relay.clock.seconds())
+        relay.protocol.routes[relay.client.getsockname()] = relay.allocation
+        datagrams.LINGER_MICROSECONDS = 300_000
+        relay.client.sendto(channel_datagram(0x4001, 5, b"first"), relay.listen.getsockname())
+        relay.peer.sendto(b"back", relay.relay.address)
+        time.sleep(0.02)
+        timer = later(0.1, lambda: relay.client.sendto(channel_datagram(0x4001, 5, b"later"),
+                                                      relay.listen.getsockname()))
+        relay.poller.doRead()
+        timer.join()
+        assert sorted(drain(relay.peer)) == [b"first", b"later"]
+        assert drain(relay.client) == [channel_datagram(0x4001, 4, b"back")]
+        assert (relay.allocation.packets_out, relay.allocation.packets_in) == (2, 1)
+    finally:
+        relay.close()
+
+
+def test_a_pass_returns_at_once_with_what_python_must_handle(lingering):
+    """A datagram C does not relay (a client without a route yet) ends the pass at once and reaches the
+    listener's handler, which relays it and makes the route; plain Binding requests are answered and
+    counted."""
+    relay = Relay()
+    try:
+        relay.allocation.bind_channel(0x4001, relay.peer.getsockname(), relay.clock.seconds())
+        relay.client.sendto(Message(Method.BINDING, Class.REQUEST).encode(), relay.listen.getsockname())
+        relay.client.sendto(channel_datagram(0x4001, 3, b"new"), relay.listen.getsockname())
+        time.sleep(0.02)
+        started = time.monotonic()
+        relay.poller.doRead()
+        assert time.monotonic() - started < 1.0  # not the 2 s linger
+        assert drain(relay.peer) == [b"new"]
+        assert relay.protocol.routes == {relay.client.getsockname(): relay.allocation}
+        [answer] = drain(relay.client)
+        assert Message.decode(answer).address(Attr.XOR_MAPPED_ADDRESS) == relay.client.getsockname()
+        assert relay.binding.counters["answered"] == 1
+    finally:
+        relay.close()
+
+
+def test_a_closed_listener_leaves_the_poller():
+    """stopProtocol takes the client-facing socket out of the poller, so a reused descriptor is not served
+    as it."""
+    relay = Relay()
+    try:
+        expected = {} if _mmsg is None else {relay.listen.fileno()}
+        assert set(relay.poller._listeners) == expected
+        relay.protocol.stopProtocol()
+        assert relay.poller._listeners == {}
+    finally:
         relay.close()
