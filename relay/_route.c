@@ -543,6 +543,21 @@ const char Receiver_poll_relays_doc[] =
 "error) for a socket whose read failed with the OSError error; and the\n"
 "Binding requests each listener's owner answered.";
 
+/* Append (who, None, the exception being raised) to rest, clearing it; -1 on error. */
+static int
+append_failure(PyObject *rest, PyObject *who)
+{
+    PyObject *type, *value, *traceback;
+    int result;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    result = value == NULL ? -1 : append3(rest, who, Py_None, value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    return result;
+}
+
 /* Read one ready relay socket (port) as poll_relays does; -1 on error. */
 static int
 serve_relay(Receiver *self, int fd, PyObject *port, int batches, PyObject *rest)
@@ -558,13 +573,7 @@ serve_relay(Receiver *self, int fd, PyObject *port, int batches, PyObject *rest)
     for (int b = 0; b < batches && result == 0; b++) {
         int received = receive_batch(self, fd);
         if (received < 0) {
-            PyObject *type, *value, *traceback;
-            PyErr_Fetch(&type, &value, &traceback);
-            PyErr_NormalizeException(&type, &value, &traceback);
-            result = value == NULL ? -1 : append3(rest, port, Py_None, value);
-            Py_XDECREF(type);
-            Py_XDECREF(value);
-            Py_XDECREF(traceback);
+            result = append_failure(rest, port);
             break;
         }
         for (int i = 0; i < received && result == 0; i++) {
@@ -603,13 +612,7 @@ serve_listener(Receiver *self, int fd, PyObject *entry, int batches, PyObject *r
         int received = serve_batch(self, fd, PyTuple_GET_ITEM(entry, 1), PyTuple_GET_ITEM(entry, 2), owner, rest,
                                    &sum);
         if (received < 0) {
-            PyObject *type, *value, *traceback;
-            PyErr_Fetch(&type, &value, &traceback);
-            PyErr_NormalizeException(&type, &value, &traceback);
-            result = value == NULL ? -1 : append3(rest, owner, Py_None, value);
-            Py_XDECREF(type);
-            Py_XDECREF(value);
-            Py_XDECREF(traceback);
+            result = append_failure(rest, owner);
             break;
         }
         if (received < (int)self->count)

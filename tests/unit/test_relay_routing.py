@@ -113,19 +113,29 @@ def test_c_relays_client_channel_data_as_python_does(world_spec, number, length,
     """For any channels, permissions and ChannelData (short, overlong, unbound, unpermitted), C sends what
     Allocation.channel_to_peer sends and counts the same, or leaves the datagram to Python untouched."""
     data = channel_datagram(number, length, payload)[:max(0, 4 + len(payload) - cut) if cut else None]
+    if client_datagram_agrees(world_spec, data) is None:
+        _, _, bucket_bytes = world_spec
+        assert not data or not 0x40 <= data[0] < 0x80 or bucket_bytes is not None
+
+
+def client_datagram_agrees(world_spec, data: bytes) -> list | None:
+    """C's sends for data from CLIENT in one world, after checking they and the counters match what Python
+    does in a twin world (dispatching as ServerDatagramProtocol.datagramReceived does), or that C left the
+    datagram to Python untouched (then None)."""
     python, c = World(*world_spec), World(*world_spec)
     try:
         before = c.counters()
         routed = _mmsg.route_client(c.routes, data, CLIENT)
         if routed is None:
             assert c.counters() == before
-            assert not data or not 0x40 <= data[0] < 0x80 or c.allocation.bucket is not None
-            return
-        expected = python.python_sends(lambda: python.allocation.channel_to_peer(data))
+            return None
+        a = python.allocation
+        expected = python.python_sends(lambda: a.channel_to_peer(data) if data[0] else a.send_indication(data))
         fds = {python.sockets[i].fileno(): i for i in range(3)}
         c_fds = {c.sockets[i].fileno(): i for i in range(3)}
         assert [(c_fds[fd], d, a) for fd, d, a in routed] == [(fds[fd], d, a) for fd, d, a in expected]
         assert c.counters() == python.counters()
+        return routed
     finally:
         python.close()
         c.close()
@@ -146,23 +156,7 @@ def test_c_relays_send_indications_as_python_does(world_spec, peer, payload, fin
     data = send_indication(PEERS[peer], payload, fingerprint)
     if corrupt is not None and corrupt[0] < len(data):
         data = data[:corrupt[0]] + bytes([corrupt[1]]) + data[corrupt[0] + 1:]
-    python, c = World(*world_spec), World(*world_spec)
-    try:
-        before = c.counters()
-        routed = _mmsg.route_client(c.routes, data, CLIENT)
-        if routed is None:
-            assert c.counters() == before
-            return
-        # As ServerDatagramProtocol.datagramReceived dispatches (a corrupted first byte may make ChannelData).
-        a = python.allocation
-        expected = python.python_sends(lambda: a.channel_to_peer(data) if data[0] else a.send_indication(data))
-        fds = {python.sockets[i].fileno(): i for i in range(3)}
-        c_fds = {c.sockets[i].fileno(): i for i in range(3)}
-        assert [(c_fds[fd], d, a) for fd, d, a in routed] == [(fds[fd], d, a) for fd, d, a in expected]
-        assert c.counters() == python.counters()
-    finally:
-        python.close()
-        c.close()
+    client_datagram_agrees(world_spec, data)
 
 
 @pytest.mark.skipif(_mmsg is None, reason="relay._mmsg is built on Linux only")
@@ -272,6 +266,17 @@ class Relay:
         self.poller.doRead()
         return drain(self.client)
 
+    def __enter__(self) -> "Relay":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def counted(self) -> tuple:
+        """The allocation's packets and bytes to the peer, then to the client."""
+        a = self.allocation
+        return a.packets_out, a.bytes_out, a.packets_in, a.bytes_in
+
     def close(self) -> None:
         self.protocol.stopProtocol()
         self.allocation.close()
@@ -299,8 +304,7 @@ def drain(sock: socket.socket) -> list[bytes]:
 def test_channels_relay_both_ways_and_count_exactly(batched):
     """ChannelData reaches the peer and the peer's data the client as ChannelData (a Data indication without
     a channel), with packets and bytes counted exactly, with and without the extension."""
-    relay = Relay()
-    try:
+    with Relay() as relay:
         peer = relay.peer.getsockname()
         relay.allocation.bind_channel(0x4001, peer, relay.clock.seconds())
         frames = [channel_datagram(0x4001, n, bytes([n % 251]) * n) for n in (0, 5, 100, 1000)]
@@ -316,18 +320,14 @@ def test_channels_relay_both_ways_and_count_exactly(batched):
             assert (msg.address(Attr.XOR_PEER_ADDRESS), msg.get(Attr.DATA)) == (other.getsockname(), b"xyz")
         finally:
             other.close()
-        a = relay.allocation
-        assert (a.packets_out, a.bytes_out, a.packets_in, a.bytes_in) == (4, 1105, 3, 1004)
+        assert relay.counted() == (4, 1105, 3, 1004)
         assert relay.turn.relayed_totals() == (4, 1105, 3, 1004)
-    finally:
-        relay.close()
 
 
 def test_send_indications_relay_both_ways_and_count_exactly(batched):
     """A Send indication reaches a permitted peer and its answer comes back as a Data indication, counted
     exactly; one to a peer without permission is dropped, with and without the extension."""
-    relay = Relay()
-    try:
+    with Relay() as relay:
         peer = relay.peer.getsockname()
         relay.allocation.permit(peer[0], relay.clock.seconds())
         sent = [send_indication(peer, b"a" * 10), send_indication(peer, b"b" * 1000, fingerprint=True),
@@ -336,16 +336,12 @@ def test_send_indications_relay_both_ways_and_count_exactly(batched):
         [indication] = relay.to_client([b"back"])
         msg = Message.decode(indication)
         assert (msg.address(Attr.XOR_PEER_ADDRESS), msg.get(Attr.DATA)) == (peer, b"back")
-        a = relay.allocation
-        assert (a.packets_out, a.bytes_out, a.packets_in, a.bytes_in) == (2, 1010, 1, 4)
-    finally:
-        relay.close()
+        assert relay.counted() == (2, 1010, 1, 4)
 
 
 def test_expired_permissions_and_channels_stop_the_data(batched):
     """Once the sweep drops a permission (and then the channel), neither direction relays or counts."""
-    relay = Relay()
-    try:
+    with Relay() as relay:
         peer = relay.peer.getsockname()
         relay.allocation.bind_channel(0x4001, peer, relay.clock.seconds())
         relay.clock.advance(PERMISSION_LIFETIME_SECONDS + 1)
@@ -356,33 +352,24 @@ def test_expired_permissions_and_channels_stop_the_data(batched):
         relay.turn.expire(relay.clock.seconds())
         assert 0x4001 not in relay.allocation.channels
         assert relay.to_peer([channel_datagram(0x4001, 1, b"x")]) == [] and relay.to_client([b"y"]) == []
-        a = relay.allocation
-        assert (a.packets_out, a.bytes_out, a.packets_in, a.bytes_in) == (0, 0, 0, 0)
-    finally:
-        relay.close()
+        assert relay.counted() == (0, 0, 0, 0)
 
 
 def test_a_bandwidth_quota_holds_on_both_paths(batched):
     """An allocation's bytes-per-second limit drops what exceeds it, both ways, and counts only what passed."""
-    relay = Relay(max_bps=250)
-    try:
+    with Relay(max_bps=250) as relay:
         relay.allocation.bind_channel(0x4001, relay.peer.getsockname(), relay.clock.seconds())
         frames = [channel_datagram(0x4001, 100, bytes([i]) * 100) for i in range(3)]
         assert len(relay.to_peer(frames)) == 2
         assert len(relay.to_client([b"p" * 100] * 3)) == 0  # the bucket is spent
         relay.clock.advance(1)
         assert len(relay.to_client([b"p" * 100] * 3)) == 2
-        a = relay.allocation
-        assert (a.packets_out, a.bytes_out, a.packets_in, a.bytes_in) == (2, 200, 2, 200)
-    finally:
-        relay.close()
+        assert relay.counted() == (2, 200, 2, 200)
 
 
 def test_data_from_an_unpermitted_peer_or_client_without_allocation_is_dropped(batched):
     """A peer without permission reaches no client; ChannelData from an unknown client makes no route."""
-    relay = Relay()
-    stranger = bound(host="127.0.0.2")
-    try:
+    with Relay() as relay, bound(host="127.0.0.2") as stranger:
         relay.allocation.bind_channel(0x4001, relay.peer.getsockname(), relay.clock.seconds())
         assert relay.to_client([b"not permitted"], stranger) == []
         stranger.sendto(channel_datagram(0x4001, 1, b"x"), relay.listen.getsockname())
@@ -390,9 +377,6 @@ def test_data_from_an_unpermitted_peer_or_client_without_allocation_is_dropped(b
         relay.protocol.transport.doRead()
         assert drain(relay.peer) == [] and relay.protocol.routes == {}
         assert relay.allocation.packets_in == relay.allocation.packets_out == 0
-    finally:
-        stranger.close()
-        relay.close()
 
 
 @pytest.fixture
@@ -413,8 +397,7 @@ def later(seconds: float, act) -> threading.Thread:
 def test_a_pass_serves_both_sockets_and_waits_for_more_while_all_is_relayed(lingering):
     """One poller pass relays a client's ChannelData and a peer's data alike, and, while C relays all it
     gets, goes on with what arrives during the pass (here 0.1 s in), until a pause longer than its linger."""
-    relay = Relay()
-    try:
+    with Relay() as relay:
         peer = relay.peer.getsockname()
         relay.allocation.bind_channel(0x4001, peer, relay.clock.seconds())
         relay.protocol.routes[relay.client.getsockname()] = relay.allocation
@@ -429,16 +412,13 @@ def test_a_pass_serves_both_sockets_and_waits_for_more_while_all_is_relayed(ling
         assert sorted(drain(relay.peer)) == [b"first", b"later"]
         assert drain(relay.client) == [channel_datagram(0x4001, 4, b"back")]
         assert (relay.allocation.packets_out, relay.allocation.packets_in) == (2, 1)
-    finally:
-        relay.close()
 
 
 def test_a_pass_returns_at_once_with_what_python_must_handle(lingering):
     """A datagram C does not relay (a client without a route yet) ends the pass at once and reaches the
     listener's handler, which relays it and makes the route; plain Binding requests are answered and
     counted."""
-    relay = Relay()
-    try:
+    with Relay() as relay:
         relay.allocation.bind_channel(0x4001, relay.peer.getsockname(), relay.clock.seconds())
         relay.client.sendto(Message(Method.BINDING, Class.REQUEST).encode(), relay.listen.getsockname())
         relay.client.sendto(channel_datagram(0x4001, 3, b"new"), relay.listen.getsockname())
@@ -451,18 +431,13 @@ def test_a_pass_returns_at_once_with_what_python_must_handle(lingering):
         [answer] = drain(relay.client)
         assert Message.decode(answer).address(Attr.XOR_MAPPED_ADDRESS) == relay.client.getsockname()
         assert relay.binding.counters["answered"] == 1
-    finally:
-        relay.close()
 
 
 def test_a_closed_listener_leaves_the_poller():
     """stopProtocol takes the client-facing socket out of the poller, so a reused descriptor is not served
     as it."""
-    relay = Relay()
-    try:
+    with Relay() as relay:
         expected = {} if _mmsg is None else {relay.listen.fileno()}
         assert set(relay.poller._listeners) == expected
         relay.protocol.stopProtocol()
         assert relay.poller._listeners == {}
-    finally:
-        relay.close()
