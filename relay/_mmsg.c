@@ -389,8 +389,10 @@ answer_buffers(Receiver *self)
     return 0;
 }
 
-int
-serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObject *owner, PyObject *rest, int *answered)
+/* One recvmmsg on a client-facing socket served: Binding answers sent, routed datagrams queued, the rest
+ * appended to rest as (bytes, addr); *answered grows by the answers. How many were read, or -1 on error. */
+static int
+serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObject *rest, int *answered)
 {
     int received, count = 0, failed = 0;
     if (tail != Py_None && answer_buffers(self) < 0)
@@ -423,8 +425,7 @@ serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObject *
         routed = addr == NULL ? -1 : routes == Py_None ? 0 : route_from_client(self->sends, routes, addr, data, length);
         if (routed == 0) {
             PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)length);
-            PyObject *item = bytes == NULL ? NULL
-                : owner == NULL ? PyTuple_Pack(2, bytes, addr) : PyTuple_Pack(3, owner, bytes, addr);
+            PyObject *item = bytes == NULL ? NULL : PyTuple_Pack(2, bytes, addr);
             Py_XDECREF(bytes);
             routed = item == NULL || PyList_Append(rest, item) < 0 ? -1 : 0;
             Py_XDECREF(item);
@@ -455,7 +456,7 @@ Receiver_recv_serving(Receiver *self, PyObject *args)
     rest = PyList_New(0);
     if (rest == NULL)
         return NULL;
-    received = serve_batch(self, fd, tail, routes, NULL, rest, &answered);
+    received = serve_batch(self, fd, tail, routes, rest, &answered);
     sends_flush(self->sends);
     if (received < 0) {
         Py_DECREF(rest);

@@ -38,11 +38,6 @@ int parse_address(PyObject *addr, int family, struct sockaddr_storage *ss, sockl
 int receive_batch(Receiver *self, int fd);
 PyObject *datagram_item(Receiver *self, int i);
 Py_ssize_t send_prepared(int fd, struct mmsghdr *headers, int count);
-/* One recvmmsg on a client-facing socket served as recv_serving does: Binding answers sent, routed
- * datagrams queued, the rest appended to rest as (bytes, addr), or (owner, bytes, addr) with an owner;
- * *answered grows by the answers. How many were read, or -1 on error. */
-int serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObject *owner, PyObject *rest,
-                int *answered);
 
 /* relay/_route.c */
 int route_init(PyObject *module);

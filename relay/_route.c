@@ -34,7 +34,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/random.h>
-#include <time.h>
 
 #define SENDS_ITEMS 1024
 #define SENDS_BYTES (1024 * 1024)
@@ -528,20 +527,14 @@ append3(PyObject *list, PyObject *a, PyObject *b, PyObject *c)
 }
 
 const char Receiver_poll_relays_doc[] =
-"poll_relays(epoll_fd, ports, listeners, batches, linger_us, budget_us)\n"
-"    -> (list of (port, data, addr), {owner: answered})\n\n"
-"One pass over the sockets of the epoll epoll_fd: relay sockets (ports:\n"
-"descriptor -> RelaySocket) and client-facing ones (listeners: descriptor ->\n"
-"(owner, tail, routes), served as recv_serving serves them). Each ready\n"
-"socket is read until empty or for batches recvmmsg calls, and what\n"
-"relay/_route.c can relay is sent. While everything is relayed in C, the\n"
-"pass waits up to linger_us for more, for at most budget_us in all (0: one\n"
-"round); it ends at once when something is left for Python. Returned:\n"
-"(port or owner, data, addr) for each datagram left to Python (a relay\n"
-"socket's handler, a listener's owner); (port, None, None) for a port\n"
-"without an allocation attribute, to be read by its doRead; (port, None,\n"
-"error) for a socket whose read failed with the OSError error; and the\n"
-"Binding requests each listener's owner answered.";
+"poll_relays(epoll_fd, ports, batches) -> list of (port, data, addr)\n\n"
+"One pass over the relay sockets: the ready descriptors of the epoll\n"
+"epoll_fd (ports: descriptor -> RelaySocket), each read until empty or for\n"
+"batches recvmmsg calls, what relay/_route.c can relay sent to the\n"
+"clients. Returned for Python: (port, data, addr) for each datagram left\n"
+"to port.handler; (port, None, None) for a port without an allocation\n"
+"attribute, to be read by its doRead; (port, None, error) for a port\n"
+"whose read failed with the OSError error.";
 
 /* Append (who, None, the exception being raised) to rest, clearing it; -1 on error. */
 static int
@@ -597,114 +590,41 @@ serve_relay(Receiver *self, int fd, PyObject *port, int batches, PyObject *rest)
     return result;
 }
 
-/* Read one ready client-facing socket (entry: (owner, tail, routes)); -1 on error. */
-static int
-serve_listener(Receiver *self, int fd, PyObject *entry, int batches, PyObject *rest, PyObject *answered)
-{
-    PyObject *owner, *count, *total;
-    int sum = 0, result = 0;
-    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
-        PyErr_SetString(PyExc_TypeError, "a listener is (owner, tail, routes)");
-        return -1;
-    }
-    owner = PyTuple_GET_ITEM(entry, 0);
-    for (int b = 0; b < batches; b++) {
-        int received = serve_batch(self, fd, PyTuple_GET_ITEM(entry, 1), PyTuple_GET_ITEM(entry, 2), owner, rest,
-                                   &sum);
-        if (received < 0) {
-            result = append_failure(rest, owner);
-            break;
-        }
-        if (received < (int)self->count)
-            break;
-    }
-    if (sum == 0)
-        return result;
-    count = PyDict_GetItemWithError(answered, owner);
-    if (count == NULL && PyErr_Occurred())
-        return -1;
-    total = PyLong_FromLong(sum + (count == NULL ? 0 : PyLong_AsLong(count)));
-    if (total == NULL || PyDict_SetItem(answered, owner, total) < 0)
-        result = -1;
-    Py_XDECREF(total);
-    return result;
-}
-
-static int64_t
-now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 PyObject *
 Receiver_poll_relays(Receiver *self, PyObject *args)
 {
-    PyObject *ports, *listeners, *rest, *answered;
+    PyObject *ports, *rest;
     struct epoll_event events[POLL_EVENTS];
     int epoll_fd, batches, ready, failed = 0;
-    long long linger_us, budget_us;
-    int64_t deadline;
-    struct timespec wait = {0, 0};
 
-    if (!PyArg_ParseTuple(args, "iO!O!iLL", &epoll_fd, &PyDict_Type, &ports, &PyDict_Type, &listeners, &batches,
-                          &linger_us, &budget_us))
+    if (!PyArg_ParseTuple(args, "iO!i", &epoll_fd, &PyDict_Type, &ports, &batches))
         return NULL;
-    deadline = now_us() + budget_us;
-    rest = PyList_New(0);
-    answered = PyDict_New();
-    if (rest == NULL || answered == NULL)
-        goto fail;
-    for (;;) {
+    do {
         Py_BEGIN_ALLOW_THREADS
-        ready = epoll_pwait2(epoll_fd, events, POLL_EVENTS, &wait, NULL);
+        ready = epoll_wait(epoll_fd, events, POLL_EVENTS, 0);
         Py_END_ALLOW_THREADS
-        if (ready < 0 && errno == EINTR)
-            break;  /* a signal: Python's handlers run when the pass returns */
-        if (ready < 0) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            goto fail;
+    } while (ready < 0 && errno == EINTR);
+    if (ready < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    rest = PyList_New(0);
+    if (rest == NULL)
+        return NULL;
+    for (int e = 0; e < ready && !failed; e++) {
+        PyObject *key = PyLong_FromLong(events[e].data.fd), *port;
+        port = key == NULL ? NULL : PyDict_GetItemWithError(ports, key);
+        Py_XDECREF(key);
+        if (port == NULL) {
+            failed = PyErr_Occurred() != NULL;
+            continue;
         }
-        for (int e = 0; e < ready && !failed; e++) {
-            PyObject *key = PyLong_FromLong(events[e].data.fd), *port, *entry;
-            if (key == NULL)
-                goto fail;
-            port = PyDict_GetItemWithError(ports, key);
-            entry = port == NULL && !PyErr_Occurred() ? PyDict_GetItemWithError(listeners, key) : NULL;
-            Py_DECREF(key);
-            if (PyErr_Occurred())
-                goto fail;
-            if (port != NULL) {
-                Py_INCREF(port);
-                failed = serve_relay(self, events[e].data.fd, port, batches, rest) < 0;
-                Py_DECREF(port);
-            } else if (entry != NULL) {
-                Py_INCREF(entry);
-                failed = serve_listener(self, events[e].data.fd, entry, batches, rest, answered) < 0;
-                Py_DECREF(entry);
-            }
-        }
-        sends_flush(self->sends);
-        if (failed)
-            goto fail;
-        if (ready == 0 || PyList_GET_SIZE(rest) > 0 || linger_us <= 0) {
-            break;
-        } else {
-            int64_t left = deadline - now_us();
-            if (left <= 0)
-                break;
-            left = left < linger_us ? left : linger_us;
-            wait.tv_sec = (time_t)(left / 1000000);
-            wait.tv_nsec = (long)(left % 1000000) * 1000;
-        }
+        Py_INCREF(port);
+        failed = serve_relay(self, events[e].data.fd, port, batches, rest) < 0;
+        Py_DECREF(port);
     }
-    return Py_BuildValue("(NN)", rest, answered);
-fail:
     sends_flush(self->sends);
-    Py_XDECREF(rest);
-    Py_XDECREF(answered);
-    return NULL;
+    if (failed)
+        Py_CLEAR(rest);
+    return rest;
 }
 
 PyDoc_STRVAR(recognize_doc,

@@ -44,10 +44,6 @@ MAX_DATAGRAM_BYTES = 65536
 # Datagrams per recvmmsg, and read per wakeup before other sockets get their turn.
 BATCH = 64
 MAX_READS_PER_WAKEUP = 4 * BATCH
-# How long a relay pass in C waits for more traffic once all it got was relayed, at a time and in all
-# (DatagramPoller): what the reactor's other work may wait.
-LINGER_MICROSECONDS = 200
-PASS_BUDGET_MICROSECONDS = 1000
 
 
 def set_buffers(sock: socket.socket, size: int) -> None:
@@ -261,21 +257,6 @@ def read_loop(port, handler, binding_tail: bytes | None = None, answered=None, r
     port.doRead = doRead
 
 
-class Listener:
-    """A client-facing socket as a ``DatagramPoller`` serves it: its port, handler and count of Binding
-    requests answered in C."""
-
-    __slots__ = ("port", "handler", "answered")
-
-    def __init__(self, port, handler, answered) -> None:
-        self.port = port
-        self.handler = handler
-        self.answered = answered
-
-    def __repr__(self) -> str:
-        return f"<Listener {self.port!r}>"
-
-
 class DatagramPoller:
     """Many UDP sockets behind one reader of the reactor: an epoll of their own (Linux).
 
@@ -283,13 +264,7 @@ class DatagramPoller:
     ``relay.relay_ports``, whose ``doRead`` is a ``read_loop``). With the
     extension, a wakeup is one call into C that reads every ready
     ``RelaySocket`` and relays what its ``allocation`` routes plainly
-    (relay/_route.c); the rest goes to the socket's ``handler``. The
-    client-facing sockets join the epoll too (``add_listener``), and while C
-    relays everything that arrives, the call waits for more, up to
-    ``LINGER_MICROSECONDS`` at a time and ``PASS_BUDGET_MICROSECONDS`` in
-    all: under steady traffic most packets are then relayed without a turn
-    of the reactor (whose other readers and timers wait that long at most),
-    and the call returns at once when anything needs Python.
+    (relay/_route.c); the rest goes to the socket's ``handler``.
 
     The reactor dispatches each ready descriptor through
     ``log.callWithLogger``, about 2 µs a time here; with the relay sockets
@@ -301,7 +276,6 @@ class DatagramPoller:
         self.reactor = reactor
         self._epoll = select.epoll()
         self._ports: dict = {}  # descriptor -> what reads it
-        self._listeners: dict = {}  # descriptor -> (Listener, Binding tail, routes) of a client-facing socket
 
     def fileno(self) -> int:
         return self._epoll.fileno()
@@ -356,19 +330,11 @@ class DatagramPoller:
 
     def _read_routing(self, ports: dict) -> None:
         """Read the ready sockets in C; what C left: datagrams to handlers, ports to read, failures."""
-        rest, answered = _receiver.poll_relays(self._epoll.fileno(), ports, self._listeners,
-                                               MAX_READS_PER_WAKEUP // BATCH, LINGER_MICROSECONDS,
-                                               PASS_BUDGET_MICROSECONDS)
-        for listener, count in answered.items():
-            listener.answered(count)
-        for port, data, addr in rest:
+        for port, data, addr in _receiver.poll_relays(self._epoll.fileno(), ports, MAX_READS_PER_WAKEUP // BATCH):
             if addr is not None and data is None:
                 # Twisted would close a port whose read failed; stop reading it.
                 log.failure("reading {port}", Failure(addr), port=port)
-                if isinstance(port, Listener):
-                    self.remove_listener(port.port)
-                else:
-                    self.remove(port)
+                self.remove(port)
                 continue
             try:
                 if data is None:
@@ -379,25 +345,6 @@ class DatagramPoller:
                 log.failure("reading {port}", port=port)
                 if data is None:
                     self.remove(port)
-
-    def add_listener(self, port, handler, binding_tail: bytes | None, answered, routes: dict | None) -> None:
-        """Serve a client-facing socket in this poller's passes too, as its ``read_loop`` does (with the
-        extension; the reactor still reads it on its own)."""
-        if _mmsg is None:
-            return
-        fd = port.socket.fileno()
-        self._listeners[fd] = (Listener(port, handler, answered), binding_tail, routes)
-        self._epoll.register(fd, select.EPOLLIN)
-
-    def remove_listener(self, port) -> None:
-        """Stop serving a client-facing socket (before it closes)."""
-        for fd, (listener, _, _) in list(self._listeners.items()):
-            if listener.port is port:
-                del self._listeners[fd]
-                try:
-                    self._epoll.unregister(fd)
-                except OSError:
-                    pass  # already closed
 
     def connectionLost(self, reason) -> None:
         self._ports.clear()

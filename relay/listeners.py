@@ -60,8 +60,6 @@ class ServerDatagramProtocol(DatagramProtocol):
         self.local = local
         self.turn = endpoints.turn
         self.routes: dict = {}  # client address -> Allocation
-        # The relay sockets' poller, which serves this socket too while it lingers (relay.datagrams).
-        self.poller = getattr(getattr(self.turn, "ports", None), "poller", None)
 
     def startProtocol(self) -> None:
         set_buffers(self.transport.socket, UDP_BUFFER_BYTES)
@@ -69,14 +67,8 @@ class ServerDatagramProtocol(DatagramProtocol):
         binding = self.endpoints.binding
         # Plain Binding requests are answered, and routed ChannelData relayed, in C within the read pass
         # (relay/_binding.c, relay/_route.c).
-        tail, routes = binding.plain_answer_tail(self.local), None if self.turn is None else self.routes
-        read_loop(self.transport, self.datagramReceived, tail, binding.count_fast_answers, routes)
-        if self.poller is not None:
-            self.poller.add_listener(self.transport, self.datagramReceived, tail, binding.count_fast_answers, routes)
-
-    def stopProtocol(self) -> None:
-        if self.poller is not None:
-            self.poller.remove_listener(self.transport)
+        read_loop(self.transport, self.datagramReceived, binding.plain_answer_tail(self.local),
+                  binding.count_fast_answers, None if self.turn is None else self.routes)
 
     def datagramReceived(self, data: bytes, addr) -> None:
         if data and self.turn is not None:

@@ -4,7 +4,6 @@ import os
 import socket
 import struct
 import sys
-import threading
 import time
 
 import pytest
@@ -232,12 +231,11 @@ class Relay:
         self.clock.advance(1000)
         self.poller = DatagramPoller(type("Reactor", (), {"addReader": lambda self, reader: None,
                                                        "removeReader": lambda self, reader: None})())
-        ports = type("Ports", (), {"expire": lambda self, now: None, "poller": self.poller})()
+        ports = type("Ports", (), {"expire": lambda self, now: None})()
         self.turn = TurnServer(RelayPolicy(max_bps=max_bps), Credentials(), PeerPolicy(), ports, self.clock)
         self.listen, self.client, self.peer = bound(), bound(), bound()
         local = self.listen.getsockname()
-        self.binding = BindingServer(Addresses(*local))
-        self.protocol = UdpEndpoints(self.binding, self.turn).protocol(local)
+        self.protocol = UdpEndpoints(BindingServer(Addresses(*local)), self.turn).protocol(local)
         self.protocol.transport = type("Port", (), {"socket": self.listen, "addressFamily": socket.AF_INET})()
         self.protocol.startProtocol()
         relay_sock = bound()
@@ -278,7 +276,6 @@ class Relay:
         return a.packets_out, a.bytes_out, a.packets_in, a.bytes_in
 
     def close(self) -> None:
-        self.protocol.stopProtocol()
         self.allocation.close()
         for sock in (self.listen, self.client, self.peer):
             sock.close()
@@ -377,67 +374,3 @@ def test_data_from_an_unpermitted_peer_or_client_without_allocation_is_dropped(b
         relay.protocol.transport.doRead()
         assert drain(relay.peer) == [] and relay.protocol.routes == {}
         assert relay.allocation.packets_in == relay.allocation.packets_out == 0
-
-
-@pytest.fixture
-def lingering(monkeypatch):
-    """A relay pass in C that waits up to 2 s for more traffic (so a test can send during it)."""
-    if _mmsg is None:
-        pytest.skip("relay._mmsg is built on Linux only")
-    monkeypatch.setattr(datagrams, "LINGER_MICROSECONDS", 2_000_000)
-    monkeypatch.setattr(datagrams, "PASS_BUDGET_MICROSECONDS", 2_000_000)
-
-
-def later(seconds: float, act) -> threading.Thread:
-    thread = threading.Timer(seconds, act)
-    thread.start()
-    return thread
-
-
-def test_a_pass_serves_both_sockets_and_waits_for_more_while_all_is_relayed(lingering):
-    """One poller pass relays a client's ChannelData and a peer's data alike, and, while C relays all it
-    gets, goes on with what arrives during the pass (here 0.1 s in), until a pause longer than its linger."""
-    with Relay() as relay:
-        peer = relay.peer.getsockname()
-        relay.allocation.bind_channel(0x4001, peer, relay.clock.seconds())
-        relay.protocol.routes[relay.client.getsockname()] = relay.allocation
-        datagrams.LINGER_MICROSECONDS = 300_000
-        relay.client.sendto(channel_datagram(0x4001, 5, b"first"), relay.listen.getsockname())
-        relay.peer.sendto(b"back", relay.relay.address)
-        time.sleep(0.02)
-        timer = later(0.1, lambda: relay.client.sendto(channel_datagram(0x4001, 5, b"later"),
-                                                      relay.listen.getsockname()))
-        relay.poller.doRead()
-        timer.join()
-        assert sorted(drain(relay.peer)) == [b"first", b"later"]
-        assert drain(relay.client) == [channel_datagram(0x4001, 4, b"back")]
-        assert (relay.allocation.packets_out, relay.allocation.packets_in) == (2, 1)
-
-
-def test_a_pass_returns_at_once_with_what_python_must_handle(lingering):
-    """A datagram C does not relay (a client without a route yet) ends the pass at once and reaches the
-    listener's handler, which relays it and makes the route; plain Binding requests are answered and
-    counted."""
-    with Relay() as relay:
-        relay.allocation.bind_channel(0x4001, relay.peer.getsockname(), relay.clock.seconds())
-        relay.client.sendto(Message(Method.BINDING, Class.REQUEST).encode(), relay.listen.getsockname())
-        relay.client.sendto(channel_datagram(0x4001, 3, b"new"), relay.listen.getsockname())
-        time.sleep(0.02)
-        started = time.monotonic()
-        relay.poller.doRead()
-        assert time.monotonic() - started < 1.0  # not the 2 s linger
-        assert drain(relay.peer) == [b"new"]
-        assert relay.protocol.routes == {relay.client.getsockname(): relay.allocation}
-        [answer] = drain(relay.client)
-        assert Message.decode(answer).address(Attr.XOR_MAPPED_ADDRESS) == relay.client.getsockname()
-        assert relay.binding.counters["answered"] == 1
-
-
-def test_a_closed_listener_leaves_the_poller():
-    """stopProtocol takes the client-facing socket out of the poller, so a reused descriptor is not served
-    as it."""
-    with Relay() as relay:
-        expected = {} if _mmsg is None else {relay.listen.fileno()}
-        assert set(relay.poller._listeners) == expected
-        relay.protocol.stopProtocol()
-        assert relay.poller._listeners == {}
