@@ -218,15 +218,21 @@ def read_loop(port, handler, binding_tail: bytes | None = None, answered=None, r
     sock = port.socket
     ipv6 = port.addressFamily == socket.AF_INET6
 
-    def read_batches() -> None:
-        for _ in range(MAX_READS_PER_WAKEUP // BATCH):
-            if binding_tail is None and routes is None:
-                batch = _receiver.recv(sock)
-                received = len(batch)
-            else:
-                received, fast, batch = _receiver.recv_serving(sock, binding_tail, routes)
-                if fast:
-                    answered(fast)
+    def take() -> tuple[int, list]:
+        """One batch: how many datagrams were read, and those left for handler."""
+        if binding_tail is None and routes is None:
+            batch = _receiver.recv(sock)
+            return len(batch), batch
+        received, fast, batch = _receiver.recv_serving(sock, binding_tail, routes)
+        if fast:
+            answered(fast)
+        return received, batch
+
+    def handle(received: int, batch: list) -> None:
+        """Hand batch to handler and read on until the socket is empty (MAX_READS_PER_WAKEUP in all)."""
+        for reads in range(MAX_READS_PER_WAKEUP // BATCH):
+            if reads:
+                received, batch = take()
             for data, addr in batch:
                 try:
                     handler(data, addr)
@@ -234,6 +240,13 @@ def read_loop(port, handler, binding_tail: bytes | None = None, answered=None, r
                     log.failure("handling a datagram from {addr}", addr=addr)
             if received < BATCH:
                 return  # the socket is empty
+
+    def read_batches() -> None:
+        # C sends what it answers and relays itself, so the pass (its bookkeeping) is paid only when
+        # Python has datagrams to handle or more wait.
+        received, batch = take()
+        if batch or received == BATCH:
+            read_pass(lambda: handle(received, batch))
 
     def read_one_by_one() -> None:
         recvfrom = sock.recvfrom
@@ -249,12 +262,10 @@ def read_loop(port, handler, binding_tail: bytes | None = None, answered=None, r
             except Exception:
                 log.failure("handling a datagram from {addr}", addr=addr)
 
-    read = read_one_by_one if _mmsg is None else read_batches
-
-    def doRead() -> None:
-        read_pass(read)
-
-    port.doRead = doRead
+    if _mmsg is None:
+        port.doRead = lambda: read_pass(read_one_by_one)
+    else:
+        port.doRead = read_batches
 
 
 class DatagramPoller:
@@ -310,13 +321,16 @@ class DatagramPoller:
             self.reactor.removeReader(self)
 
     def doRead(self) -> None:
-        read_pass(self._read_ready)
+        if _mmsg is None:
+            read_pass(self._read_ready)
+            return
+        # C sends what it relays itself: a read pass is needed only for what it leaves to Python.
+        rest = _receiver.poll_relays(self._epoll.fileno(), self._ports, MAX_READS_PER_WAKEUP // BATCH)
+        if rest:
+            read_pass(lambda: self._handle(rest))
 
     def _read_ready(self) -> None:
         ports = self._ports
-        if _mmsg is not None:
-            self._read_routing(ports)
-            return
         for fd, _ in self._epoll.poll(0):
             port = ports.get(fd)
             if port is None:
@@ -328,9 +342,9 @@ class DatagramPoller:
                 log.failure("reading {port}", port=port)
                 self.remove(port)
 
-    def _read_routing(self, ports: dict) -> None:
-        """Read the ready sockets in C; what C left: datagrams to handlers, ports to read, failures."""
-        for port, data, addr in _receiver.poll_relays(self._epoll.fileno(), ports, MAX_READS_PER_WAKEUP // BATCH):
+    def _handle(self, rest: list) -> None:
+        """What the C pass left: datagrams to handlers, ports to read, failures."""
+        for port, data, addr in rest:
             if addr is not None and data is None:
                 # Twisted would close a port whose read failed; stop reading it.
                 log.failure("reading {port}", Failure(addr), port=port)
