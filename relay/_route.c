@@ -267,8 +267,8 @@ channel_to_peer(Sends *sends, PyObject *allocation, const unsigned char *data, s
         int permitted = attribute_has(allocation, s_permissions, PyTuple_GET_ITEM(bound, 2));
         if (permitted <= 0)
             result = permitted < 0 ? ERROR : ROUTED;  /* no permission: dropped */
-        else if (add_to(allocation, s_packets_out, 1) < 0 || add_to(allocation, s_bytes_out, length) < 0
-                 || destination(PyMethod_GET_SELF(write), PyTuple_GET_ITEM(bound, 0), &fd, &to, &namelen) < 0)
+        else if (destination(PyMethod_GET_SELF(write), PyTuple_GET_ITEM(bound, 0), &fd, &to, &namelen) < 0
+                 || add_to(allocation, s_packets_out, 1) < 0 || add_to(allocation, s_bytes_out, length) < 0)
             result = ERROR;
         else if (fd >= 0)
             memcpy(sends_add(sends, fd, &to, namelen, length), data + 4, length);
@@ -343,6 +343,17 @@ done:
     return result;
 }
 
+/* An error while routing one datagram (an odd table entry: the checks come before any counter moves)
+ * leaves it to Python, whose own path meets the error and logs it; only running out of memory fails. */
+static int
+for_python_on_error(int result)
+{
+    if (result != ERROR || PyErr_ExceptionMatches(PyExc_MemoryError))
+        return result;
+    PyErr_Clear();
+    return TO_PYTHON;
+}
+
 int
 route_from_client(Sends *sends, PyObject *routes, PyObject *addr, const unsigned char *data, size_t size)
 {
@@ -362,7 +373,7 @@ route_from_client(Sends *sends, PyObject *routes, PyObject *addr, const unsigned
     if (result > 0)
         result = channel ? channel_to_peer(sends, allocation, data, size) : send_to_peer(sends, allocation, data, size);
     Py_DECREF(allocation);
-    return result;
+    return for_python_on_error(result);
 }
 
 static uint64_t
@@ -411,7 +422,7 @@ xor_peer_attribute(const struct sockaddr_storage *source, const unsigned char *t
 
 /* The datagram data from peer (source) on a relay socket of allocation, to its client. */
 static int
-route_from_peer(Sends *sends, PyObject *allocation, PyObject *peer, const struct sockaddr_storage *source,
+peer_to_client(Sends *sends, PyObject *allocation, PyObject *peer, const struct sockaddr_storage *source,
                 const unsigned char *data, size_t n)
 {
     PyObject *send = NULL, *outbox = NULL, *client = NULL, *channels = NULL, *number;
@@ -461,9 +472,13 @@ route_from_peer(Sends *sends, PyObject *allocation, PyObject *peer, const struct
         result = ERROR;
         goto done;
     }
+    if (channel < 0 && (source->ss_family == AF_INET ? 12 : 24) + 4 + n + (-n & 3) > 0xFFFF) {
+        result = TO_PYTHON;  /* too large for a Data indication: Python's path decides */
+        goto done;
+    }
     result = ROUTED;
-    if (add_to(allocation, s_packets_in, 1) < 0 || add_to(allocation, s_bytes_in, (Py_ssize_t)n) < 0
-        || destination(outbox, client, &fd, &to, &namelen) < 0) {
+    if (destination(outbox, client, &fd, &to, &namelen) < 0
+        || add_to(allocation, s_packets_in, 1) < 0 || add_to(allocation, s_bytes_in, (Py_ssize_t)n) < 0) {
         result = ERROR;
     } else if (fd >= 0 && channel >= 0) {
         /* RFC 8656 §12.4: ChannelData over UDP needs no padding. */
@@ -477,17 +492,12 @@ route_from_peer(Sends *sends, PyObject *allocation, PyObject *peer, const struct
         /* RFC 8656 §11.4: a Data indication, XOR-PEER-ADDRESS then DATA, padded. */
         unsigned char attribute[24], tid[12];
         uint64_t r0 = next_random(), r1 = next_random();
-        size_t attribute_length, padding = -n & 3, body;
+        size_t attribute_length, padding = -n & 3, body;  /* body fits 16 bits: checked above */
         unsigned char *out;
         memcpy(tid, &r0, 8);
         memcpy(tid + 8, &r1, 4);
         attribute_length = xor_peer_attribute(source, tid, attribute);
         body = attribute_length + 4 + n + padding;
-        if (attribute_length == 0 || body > 0xFFFF) {
-            result = ERROR;
-            PyErr_SetString(PyExc_ValueError, "a Data indication this large cannot be encoded");
-            goto done;
-        }
         out = sends_add(sends, fd, &to, namelen, 20 + body);
         out[0] = 0x00;
         out[1] = 0x17;
@@ -514,6 +524,13 @@ done:
     Py_XDECREF(channels);
     Py_DECREF(allocation);
     return result;
+}
+
+static int
+route_from_peer(Sends *sends, PyObject *allocation, PyObject *peer, const struct sockaddr_storage *source,
+                const unsigned char *data, size_t n)
+{
+    return for_python_on_error(peer_to_client(sends, allocation, peer, source, data, n));
 }
 
 /* Append (a, b, c) to list; -1 on error. */

@@ -325,7 +325,11 @@ class DatagramPoller:
             read_pass(self._read_ready)
             return
         # C sends what it relays itself: a read pass is needed only for what it leaves to Python.
-        rest = _receiver.poll_relays(self._epoll.fileno(), self._ports, MAX_READS_PER_WAKEUP // BATCH)
+        try:
+            rest = _receiver.poll_relays(self._epoll.fileno(), self._ports, MAX_READS_PER_WAKEUP // BATCH)
+        except Exception:  # out of memory, say: what was read is lost, the sockets stay read
+            log.failure("relaying from the relay sockets")
+            return
         if rest:
             read_pass(lambda: self._handle(rest))
 

@@ -187,8 +187,9 @@ def test_c_relays_peer_data_as_python_does(world_spec, peer, port, payload):
 @pytest.mark.skipif(_mmsg is None, reason="relay._mmsg is built on Linux only")
 def test_c_leaves_what_it_does_not_know_to_python():
     """C relays a routed client's ChannelData and Send indication to an IPv4 peer; a Send to an IPv6 peer,
-    a stream client's send, a write that is not an Outbox's, a scoped IPv6 peer and an object that is not
-    an Allocation go to Python."""
+    peer data too large for a Data indication, a table entry C cannot read, a stream client's send, a write
+    that is not an Outbox's, a scoped IPv6 peer and an object that is not an Allocation go to Python, with
+    no counter moved."""
     world = World({0x4000: 0}, [0, 1], None)
     try:
         frame = channel_datagram(0x4000, 3, b"abc")
@@ -200,9 +201,13 @@ def test_c_leaves_what_it_does_not_know_to_python():
         assert _mmsg.route_client({CLIENT: object()}, frame, CLIENT) is None
         assert _mmsg.route_peer(object(), b"x", PEERS[0]) is None
         assert _mmsg.route_peer(world.allocation, b"x", ("fe80::1%1", 5)) is None
-        peer, _, key = world.allocation.channels[0x4000]
+        peer, write, key = world.allocation.channels[0x4000]
+        world.allocation.channels[0x4000] = ((peer[0], "not a port"), write, key)
+        assert _mmsg.route_client(world.routes, frame, CLIENT) is None  # an error in C: Python's path meets it
         world.allocation.channels[0x4000] = (peer, lambda data, addr: None, key)
         assert _mmsg.route_client(world.routes, frame, CLIENT) is None
+        large = b"x" * 65_520  # no channel: too large for a Data indication's 16-bit length (IPv6 peers)
+        assert _mmsg.route_peer(world.allocation, large, PEERS[1]) is None
         world.allocation.send = lambda data: None
         assert _mmsg.route_peer(world.allocation, b"x", PEERS[0]) is None
         assert world.counters() == (2, 7, 0, 0)
@@ -374,3 +379,22 @@ def test_data_from_an_unpermitted_peer_or_client_without_allocation_is_dropped(b
         relay.protocol.transport.doRead()
         assert drain(relay.peer) == [] and relay.protocol.routes == {}
         assert relay.allocation.packets_in == relay.allocation.packets_out == 0
+
+
+def test_a_failing_c_pass_is_logged_and_the_relay_sockets_stay_read(monkeypatch):
+    """An error out of the C pass (out of memory, say) is logged; the poller keeps its sockets and is not
+    dropped by the reactor."""
+    if _mmsg is None:
+        pytest.skip("relay._mmsg is built on Linux only")
+
+    class Failing:
+        def poll_relays(self, *args):
+            raise MemoryError("test")
+
+    logged = []
+    monkeypatch.setattr(datagrams, "log", type("Log", (), {"failure": lambda self, *a, **k: logged.append(a)})())
+    with Relay() as relay:
+        monkeypatch.setattr(datagrams, "_receiver", Failing())
+        relay.poller.doRead()
+        assert logged == [("relaying from the relay sockets",)]
+        assert relay.poller.descriptors() == [relay.relay.fileno()]
