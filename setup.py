@@ -2,9 +2,10 @@
 
 relay._indications, the Send indication parser, is portable C; relay._mmsg,
 batched UDP reads and writes (recvmmsg, sendmmsg) with the STUN Binding fast
-path (relay/_binding.c) inside, and relay._requests, a live allocation's
-Refresh, CreatePermission and ChannelBind checked and signed (HMAC-SHA1 from
-OpenSSL's libcrypto), are built on Linux only.
+path (relay/_binding.c) and the routed relay (relay/_route.c) inside, and
+relay._requests, a live allocation's Refresh, CreatePermission and
+ChannelBind checked and signed (HMAC-SHA1 from OpenSSL's libcrypto), are
+built on Linux only.
 """
 
 import sys
@@ -12,10 +13,13 @@ import sys
 from setuptools import Extension, setup
 
 FLAGS = ["-O2", "-Wall", "-Wextra"]
-extensions = [Extension("relay._indications", ["relay/_indications.c"], extra_compile_args=FLAGS)]
+extensions = [Extension("relay._indications", ["relay/_indications.c"], depends=["relay/_sendwalk.h"],
+                        extra_compile_args=FLAGS)]
 if sys.platform.startswith("linux"):
-    # relay/_binding.c, the STUN Binding fast path, answers inside _mmsg's batched read.
-    extensions.append(Extension("relay._mmsg", ["relay/_mmsg.c", "relay/_binding.c"], depends=["relay/_binding.h", "relay/_stun_bytes.h"],
+    # relay/_binding.c, the STUN Binding fast path, answers inside _mmsg's batched read; relay/_route.c
+    # relays routed ChannelData and peer data there.
+    extensions.append(Extension("relay._mmsg", ["relay/_mmsg.c", "relay/_binding.c", "relay/_route.c"],
+                                depends=["relay/_binding.h", "relay/_mmsg.h", "relay/_sendwalk.h", "relay/_stun_bytes.h"],
                                 extra_compile_args=FLAGS))
     extensions.append(Extension("relay._requests", ["relay/_requests.c"], depends=["relay/_stun_bytes.h"],
                                 libraries=["crypto"], extra_compile_args=FLAGS))

@@ -8,7 +8,10 @@ and the relay sockets (``RelaySocket``), each read through its ``doRead``
 ``ServerStreamProtocol.dataReceived``. Stand-ins replace the two batched
 calls of ``relay._mmsg``: the receiver hands out the prepared datagrams, up
 to a batch, and the sender only counts. They are Python calls, so the
-figures include a little of their own. A TurnServer on a ``task.Clock``
+figures include a little of their own. With them, every packet takes the
+Python data path (what runs without the extension, or for an allocation
+with a bandwidth limit): the routing in C of relay/_route.c needs real
+sockets and shows in ``bench/relay_throughput.py``. A TurnServer on a ``task.Clock``
 holds ``--allocations`` allocations, each with a permission and a bound
 channel.
 
@@ -94,10 +97,10 @@ class FakeReceiver:
         batch.reverse()
         return batch
 
-    def recv_answering(self, sock: FakeSocket, tail: bytes) -> tuple[int, list]:
-        """As recv: the bench sends no Binding requests, so none is answered."""
+    def recv_serving(self, sock: FakeSocket, tail: bytes | None, routes: dict | None) -> tuple[int, int, list]:
+        """As recv: the bench sends no Binding requests, so none is answered, and routes nothing in C."""
         batch = self.recv(sock)
-        return len(batch), batch
+        return len(batch), 0, batch
 
 
 class FakeSender:

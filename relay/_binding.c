@@ -1,6 +1,6 @@
 /* The STUN Binding fast path: a plain Binding request answered without Python.
  *
- * The UDP read pass (relay/_mmsg.c, Receiver.recv_answering) offers every
+ * The UDP read pass (relay/_mmsg.c, Receiver.recv_serving) offers every
  * datagram here first. A request qualifies when it is exactly an RFC 8489
  * Binding request (type 0x0001, magic cookie, length matching the datagram,
  * §5) whose attributes are all comprehension-optional (0x8000-0xFFFF, which

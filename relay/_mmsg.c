@@ -6,16 +6,17 @@
  * This module reads up to a batch of datagrams in one recvmmsg and sends a
  * list of datagrams in one sendmmsg, with the GIL released during each call.
  *
- * Receiver.recv_answering also answers, inside the batch, the plain STUN
+ * Receiver.recv_serving also answers, inside the batch, the plain STUN
  * Binding requests the fast path of relay/_binding.c takes, and sends those
- * answers in one sendmmsg: only the other datagrams become Python objects.
+ * answers in one sendmmsg, and relays routed ChannelData (relay/_route.c,
+ * which also holds Receiver.poll_relays): only the other datagrams become
+ * Python objects.
  *
  * Addresses are what socket.recvfrom gives, cut to (host, port): IPv4 and
  * IPv6 hosts as numeric strings, a scoped IPv6 host as "addr%scope" (from
  * getnameinfo, as CPython does), so they key the same dicts.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_mmsg.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -29,7 +30,7 @@
 #define MAX_BATCH 1024
 
 /* "a.b.c.d" for an IPv4 address in network order; returns its length. */
-static int
+int
 format_ipv4(const struct in_addr *in, char *out)
 {
     const unsigned char *b = (const unsigned char *)&in->s_addr;
@@ -94,11 +95,6 @@ address_object(const struct sockaddr_storage *ss)
  * tuple saves building it and rehashing its host in every dict lookup. */
 #define ADDRESS_CACHE 512
 
-typedef struct {
-    struct sockaddr_storage key;
-    PyObject *value;
-} CachedAddress;
-
 static unsigned int
 address_slot(const struct sockaddr_storage *ss)
 {
@@ -132,12 +128,12 @@ same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
     }
 }
 
-static PyObject *
+PyObject *
 cached_address(CachedAddress *cache, const struct sockaddr_storage *ss)
 {
     CachedAddress *entry;
     PyObject *value;
-    if (ss->ss_family != AF_INET && ss->ss_family != AF_INET6)
+    if (cache == NULL || (ss->ss_family != AF_INET && ss->ss_family != AF_INET6))
         return address_object(ss);
     entry = &cache[address_slot(ss)];
     if (entry->value != NULL && same_address(&entry->key, ss)) {
@@ -153,7 +149,7 @@ cached_address(CachedAddress *cache, const struct sockaddr_storage *ss)
 }
 
 /* Fill ss from a (host, port, ...) tuple; host numeric (a "%scope" suffix allowed on IPv6). */
-static int
+int
 parse_address(PyObject *addr, int family, struct sockaddr_storage *ss, socklen_t *len)
 {
     const char *host;
@@ -206,21 +202,6 @@ parse_address(PyObject *addr, int family, struct sockaddr_storage *ss, socklen_t
     return -1;
 }
 
-/* Receiver: the buffers of one recvmmsg batch, reused call after call. */
-typedef struct {
-    PyObject_HEAD
-    unsigned int count;
-    size_t size;
-    char *buffers;
-    struct mmsghdr *headers;
-    struct iovec *vectors;
-    struct sockaddr_storage *addresses;
-    CachedAddress *cache;
-    unsigned char *answers;            /* recv_answering's answers, BINDING_ANSWER_BYTES each */
-    struct mmsghdr *answer_headers;
-    struct iovec *answer_vectors;
-} Receiver;
-
 static void
 Receiver_dealloc(Receiver *self)
 {
@@ -231,6 +212,7 @@ Receiver_dealloc(Receiver *self)
     PyMem_Free(self->answers);
     PyMem_Free(self->answer_headers);
     PyMem_Free(self->answer_vectors);
+    sends_free(self->sends);
     if (self->cache != NULL) {
         for (int i = 0; i < ADDRESS_CACHE; i++)
             Py_XDECREF(self->cache[i].value);
@@ -262,7 +244,8 @@ Receiver_init(Receiver *self, PyObject *args, PyObject *kwargs)
     self->vectors = PyMem_Calloc((size_t)count, sizeof(struct iovec));
     self->addresses = PyMem_Calloc((size_t)count, sizeof(struct sockaddr_storage));
     self->cache = PyMem_Calloc(ADDRESS_CACHE, sizeof(CachedAddress));
-    if (!self->buffers || !self->headers || !self->vectors || !self->addresses || !self->cache) {
+    self->sends = sends_new();
+    if (!self->buffers || !self->headers || !self->vectors || !self->addresses || !self->cache || !self->sends) {
         PyErr_NoMemory();
         return -1;
     }
@@ -283,7 +266,7 @@ PyDoc_STRVAR(Receiver_recv_doc,
 "(ECONNREFUSED) are cleared and skipped; other errors raise OSError.");
 
 /* recvmmsg into the buffers: how many datagrams came (0: none), or -1 with an exception set. */
-static int
+int
 receive_batch(Receiver *self, int fd)
 {
     int received, tries = 0;
@@ -308,7 +291,7 @@ receive_batch(Receiver *self, int fd)
 }
 
 /* The i-th datagram of the batch as (bytes, (host, port)). */
-static PyObject *
+PyObject *
 datagram_item(Receiver *self, int i)
 {
     PyObject *data, *addr, *item;
@@ -327,7 +310,7 @@ datagram_item(Receiver *self, int i)
 }
 
 /* sendmmsg count prepared headers; a datagram the kernel refuses is dropped. Returns how many it took. */
-static Py_ssize_t
+Py_ssize_t
 send_prepared(int fd, struct mmsghdr *headers, int count)
 {
     int offset = 0, result;
@@ -373,76 +356,119 @@ Receiver_recv(Receiver *self, PyObject *arg)
     return result;
 }
 
-PyDoc_STRVAR(Receiver_recv_answering_doc,
-"recv_answering(fd, tail) -> (received, list of (bytes, (host, port)))\n\n"
-"As recv, but the plain STUN Binding requests among the datagrams are\n"
-"answered in C (relay/_binding.c: XOR-MAPPED-ADDRESS, MAPPED-ADDRESS, then\n"
-"the encoded attributes in tail, then FINGERPRINT when asked) and sent back\n"
-"to their sources from fd in one sendmmsg. Returns how many datagrams were\n"
-"read and the ones left for Python; received - len(list) were answered.");
+PyDoc_STRVAR(Receiver_recv_serving_doc,
+"recv_serving(fd, tail, routes) -> (received, answered, list of (bytes, (host, port)))\n\n"
+"As recv, but what C can serve is served inside the batch. With tail\n"
+"(bytes), the plain STUN Binding requests are answered (relay/_binding.c:\n"
+"XOR-MAPPED-ADDRESS, MAPPED-ADDRESS, then the encoded attributes in tail,\n"
+"then FINGERPRINT when asked) and sent back from fd in one sendmmsg. With\n"
+"routes (a client-facing socket's dict of client address -> Allocation),\n"
+"ChannelData from a routed client is relayed to its peer as\n"
+"Allocation.channel_to_peer would (relay/_route.c). Returns how many\n"
+"datagrams were read, how many were answered, and the ones left for Python.");
 
-static PyObject *
-Receiver_recv_answering(Receiver *self, PyObject *args)
+/* The buffers recv_serving's Binding answers are written to, made on first use; -1 on error. */
+static int
+answer_buffers(Receiver *self)
 {
-    PyObject *fdobj, *tail, *rest;
-    int fd, received, answered = 0;
-    if (!PyArg_ParseTuple(args, "OO!", &fdobj, &PyBytes_Type, &tail))
-        return NULL;
-    fd = PyObject_AsFileDescriptor(fdobj);
-    if (fd < 0)
-        return NULL;
-    if (self->answers == NULL && self->buffers != NULL) {
-        self->answers = PyMem_Malloc((size_t)self->count * BINDING_ANSWER_BYTES);
-        self->answer_headers = PyMem_Calloc(self->count, sizeof(struct mmsghdr));
-        self->answer_vectors = PyMem_Calloc(self->count, sizeof(struct iovec));
-        if (!self->answers || !self->answer_headers || !self->answer_vectors) {
-            PyMem_Free(self->answers);
-            PyMem_Free(self->answer_headers);
-            PyMem_Free(self->answer_vectors);
-            self->answers = NULL;
-            self->answer_headers = NULL;
-            self->answer_vectors = NULL;
-            return PyErr_NoMemory();
-        }
+    if (self->answers != NULL || self->buffers == NULL)
+        return 0;
+    self->answers = PyMem_Malloc((size_t)self->count * BINDING_ANSWER_BYTES);
+    self->answer_headers = PyMem_Calloc(self->count, sizeof(struct mmsghdr));
+    self->answer_vectors = PyMem_Calloc(self->count, sizeof(struct iovec));
+    if (!self->answers || !self->answer_headers || !self->answer_vectors) {
+        PyMem_Free(self->answers);
+        PyMem_Free(self->answer_headers);
+        PyMem_Free(self->answer_vectors);
+        self->answers = NULL;
+        self->answer_headers = NULL;
+        self->answer_vectors = NULL;
+        PyErr_NoMemory();
+        return -1;
     }
+    return 0;
+}
+
+/* One recvmmsg on a client-facing socket served: Binding answers sent, routed datagrams queued, the rest
+ * appended to rest as (bytes, addr); *answered grows by the answers. How many were read, or -1 on error. */
+static int
+serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObject *rest, int *answered)
+{
+    int received, count = 0, failed = 0;
+    if (tail != Py_None && answer_buffers(self) < 0)
+        return -1;
     received = receive_batch(self, fd);
     if (received < 0)
+        return -1;
+    for (int i = 0; i < received && !failed; i++) {
+        const unsigned char *data = self->vectors[i].iov_base;
+        size_t length = self->headers[i].msg_len, size = 0;
+        PyObject *addr;
+        int routed;
+        if (tail != Py_None) {
+            unsigned char *out = self->answers + (size_t)count * BINDING_ANSWER_BYTES;
+            size = binding_answer(data, length, &self->addresses[i], (const unsigned char *)PyBytes_AS_STRING(tail),
+                                  (size_t)PyBytes_GET_SIZE(tail), out, BINDING_ANSWER_BYTES);
+            if (size > 0) {
+                struct msghdr *header = &self->answer_headers[count].msg_hdr;
+                self->answer_vectors[count].iov_base = out;
+                self->answer_vectors[count].iov_len = size;
+                header->msg_iov = &self->answer_vectors[count];
+                header->msg_iovlen = 1;
+                header->msg_name = &self->addresses[i];
+                header->msg_namelen = self->headers[i].msg_hdr.msg_namelen;
+                count++;
+                continue;
+            }
+        }
+        addr = cached_address(self->cache, &self->addresses[i]);
+        routed = addr == NULL ? -1 : routes == Py_None ? 0 : route_from_client(self->sends, routes, addr, data, length);
+        if (routed == 0) {
+            PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)length);
+            PyObject *item = bytes == NULL ? NULL : PyTuple_Pack(2, bytes, addr);
+            Py_XDECREF(bytes);
+            routed = item == NULL || PyList_Append(rest, item) < 0 ? -1 : 0;
+            Py_XDECREF(item);
+        }
+        Py_XDECREF(addr);
+        failed = routed < 0;
+    }
+    if (count > 0)
+        send_prepared(fd, self->answer_headers, count);
+    *answered += count;
+    return failed ? -1 : received;
+}
+
+static PyObject *
+Receiver_recv_serving(Receiver *self, PyObject *args)
+{
+    PyObject *fdobj, *tail, *routes, *rest;
+    int fd, received, answered = 0;
+    if (!PyArg_ParseTuple(args, "OOO", &fdobj, &tail, &routes))
+        return NULL;
+    if ((tail != Py_None && !PyBytes_Check(tail)) || (routes != Py_None && !PyDict_Check(routes))) {
+        PyErr_SetString(PyExc_TypeError, "tail must be bytes or None and routes a dict or None");
+        return NULL;
+    }
+    fd = PyObject_AsFileDescriptor(fdobj);
+    if (fd < 0)
         return NULL;
     rest = PyList_New(0);
     if (rest == NULL)
         return NULL;
-    for (int i = 0; i < received; i++) {
-        unsigned char *out = self->answers + (size_t)answered * BINDING_ANSWER_BYTES;
-        size_t size = binding_answer(self->vectors[i].iov_base, self->headers[i].msg_len, &self->addresses[i],
-                                     (const unsigned char *)PyBytes_AS_STRING(tail),
-                                     (size_t)PyBytes_GET_SIZE(tail), out, BINDING_ANSWER_BYTES);
-        if (size > 0) {
-            struct msghdr *header = &self->answer_headers[answered].msg_hdr;
-            self->answer_vectors[answered].iov_base = out;
-            self->answer_vectors[answered].iov_len = size;
-            header->msg_iov = &self->answer_vectors[answered];
-            header->msg_iovlen = 1;
-            header->msg_name = &self->addresses[i];
-            header->msg_namelen = self->headers[i].msg_hdr.msg_namelen;
-            answered++;
-        } else {
-            PyObject *item = datagram_item(self, i);
-            if (item == NULL || PyList_Append(rest, item) < 0) {
-                Py_XDECREF(item);
-                Py_DECREF(rest);
-                return NULL;
-            }
-            Py_DECREF(item);
-        }
+    received = serve_batch(self, fd, tail, routes, rest, &answered);
+    sends_flush(self->sends);
+    if (received < 0) {
+        Py_DECREF(rest);
+        return NULL;
     }
-    if (answered > 0)
-        send_prepared(fd, self->answer_headers, answered);
-    return Py_BuildValue("(iN)", received, rest);
+    return Py_BuildValue("(iiN)", received, answered, rest);
 }
 
 static PyMethodDef Receiver_methods[] = {
     {"recv", (PyCFunction)Receiver_recv, METH_O, Receiver_recv_doc},
-    {"recv_answering", (PyCFunction)Receiver_recv_answering, METH_VARARGS, Receiver_recv_answering_doc},
+    {"recv_serving", (PyCFunction)Receiver_recv_serving, METH_VARARGS, Receiver_recv_serving_doc},
+    {"poll_relays", (PyCFunction)Receiver_poll_relays, METH_VARARGS, Receiver_poll_relays_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -525,7 +551,7 @@ fail:
 
 PyDoc_STRVAR(answer_binding_doc,
 "answer_binding(data, (host, port), tail) -> bytes or None\n\n"
-"What recv_answering sends for the datagram data from (host, port), or None\n"
+"What recv_serving sends for the datagram data from (host, port), or None\n"
 "when the fast path leaves it to Python (relay/_binding.c).");
 
 static PyObject *
@@ -579,7 +605,7 @@ PyInit__mmsg(void)
     if (module == NULL)
         return NULL;
     Py_INCREF(&ReceiverType);
-    if (PyModule_AddObject(module, "Receiver", (PyObject *)&ReceiverType) < 0) {
+    if (route_init(module) < 0 || PyModule_AddObject(module, "Receiver", (PyObject *)&ReceiverType) < 0) {
         Py_DECREF(&ReceiverType);
         Py_DECREF(module);
         return NULL;

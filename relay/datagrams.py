@@ -9,8 +9,16 @@ pass*), what the handlers write queues per socket and leaves in one
 for TCP and TLS clients gather the same way and leave in one write per
 connection (``StreamOutbox``). The relay sockets share one reader of the
 reactor (``DatagramPoller``), whose wakeup is one pass.
-``bench/relay_datapath.py`` and ``bench/udp_floor.py`` time it. Without the
-extension (not Linux) the same loops use ``recvfrom`` and ``sendto``.
+
+Within a pass, the extension relays in C what is plainly routed (RFC 8656
+§11, §12; relay/_route.c): ChannelData from a client in a client-facing
+socket's routes to its peer, and datagrams from permitted peers to UDP
+clients as ChannelData or Data indications. It reads the tables and bumps
+the counters the Python data path keeps (``relay.allocation``), and hands
+Python whatever is not plain (a bandwidth limit, a stream client, a route
+not yet made). ``bench/relay_datapath.py`` and ``bench/udp_floor.py`` time
+it. Without the extension (not Linux) the same loops use ``recvfrom`` and
+``sendto`` and Python relays everything.
 """
 
 import os
@@ -19,6 +27,7 @@ import socket
 
 from twisted.internet import tcp, udp
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from rendezvous.stun.addresses import Address
 
@@ -99,14 +108,9 @@ class Outbox:
             dirty.append(self)
         self.queue.append((data, addr))
 
-    def sender(self, addr: Address):
-        """A function writing one datagram to addr (an allocation's way to its UDP client)."""
-        write = self.write
-
-        def send(data: bytes) -> None:
-            write(data, addr)
-
-        return send
+    def sender(self, addr: Address) -> "Sender":
+        """A callable writing one datagram to addr (an allocation's way to its UDP client)."""
+        return Sender(self, addr)
 
     def flush(self) -> None:
         queue, self.queue = self.queue, []
@@ -122,6 +126,27 @@ class Outbox:
                 sock.sendto(data, addr)
             except (OSError, OverflowError):
                 pass
+
+
+class Sender:
+    """One UDP client's address through one socket's ``Outbox``: called with a datagram, it writes it.
+
+    An object rather than a closure so the C read pass can see the socket and
+    the address it names (relay/_route.c).
+    """
+
+    __slots__ = ("outbox", "addr")
+
+    def __init__(self, outbox: Outbox, addr: Address) -> None:
+        self.outbox = outbox
+        self.addr = addr
+
+    def __call__(self, data: bytes) -> None:
+        self.outbox.write(data, self.addr)
+
+
+if _mmsg is not None:
+    _mmsg.recognize(Outbox.write, Sender)
 
 
 class StreamOutbox:
@@ -173,7 +198,7 @@ class StreamOutbox:
             transport.write(data[sent:])
 
 
-def read_loop(port, handler, binding_tail: bytes | None = None, answered=None) -> None:
+def read_loop(port, handler, binding_tail: bytes | None = None, answered=None, routes: dict | None = None) -> None:
     """Make a listening ``twisted.internet.udp.Port`` (or a ``RelaySocket``: anything with ``socket`` and
     ``addressFamily``) hand datagrams straight to handler(data, addr).
 
@@ -185,21 +210,29 @@ def read_loop(port, handler, binding_tail: bytes | None = None, answered=None) -
 
     With ``binding_tail`` (``BindingServer.plain_answer_tail``) and the
     extension, plain STUN Binding requests are answered in C inside each
-    batch (relay/_binding.c) and ``answered(count)`` is told how many; only
-    the other datagrams reach handler.
+    batch (relay/_binding.c) and ``answered(count)`` is told how many; with
+    ``routes`` (a client-facing socket's client address -> Allocation),
+    routed ChannelData is relayed in C (relay/_route.c). Only the other
+    datagrams reach handler.
     """
     sock = port.socket
     ipv6 = port.addressFamily == socket.AF_INET6
 
-    def read_batches() -> None:
-        for _ in range(MAX_READS_PER_WAKEUP // BATCH):
-            if binding_tail is None:
-                batch = _receiver.recv(sock)
-                received = len(batch)
-            else:
-                received, batch = _receiver.recv_answering(sock, binding_tail)
-                if received > len(batch):
-                    answered(received - len(batch))
+    def take() -> tuple[int, list]:
+        """One batch: how many datagrams were read, and those left for handler."""
+        if binding_tail is None and routes is None:
+            batch = _receiver.recv(sock)
+            return len(batch), batch
+        received, fast, batch = _receiver.recv_serving(sock, binding_tail, routes)
+        if fast:
+            answered(fast)
+        return received, batch
+
+    def handle(received: int, batch: list) -> None:
+        """Hand batch to handler and read on until the socket is empty (MAX_READS_PER_WAKEUP in all)."""
+        for reads in range(MAX_READS_PER_WAKEUP // BATCH):
+            if reads:
+                received, batch = take()
             for data, addr in batch:
                 try:
                     handler(data, addr)
@@ -207,6 +240,13 @@ def read_loop(port, handler, binding_tail: bytes | None = None, answered=None) -
                     log.failure("handling a datagram from {addr}", addr=addr)
             if received < BATCH:
                 return  # the socket is empty
+
+    def read_batches() -> None:
+        # C sends what it answers and relays itself, so the pass (its bookkeeping) is paid only when
+        # Python has datagrams to handle or more wait.
+        received, batch = take()
+        if batch or received == BATCH:
+            read_pass(lambda: handle(received, batch))
 
     def read_one_by_one() -> None:
         recvfrom = sock.recvfrom
@@ -222,19 +262,20 @@ def read_loop(port, handler, binding_tail: bytes | None = None, answered=None) -
             except Exception:
                 log.failure("handling a datagram from {addr}", addr=addr)
 
-    read = read_one_by_one if _mmsg is None else read_batches
-
-    def doRead() -> None:
-        read_pass(read)
-
-    port.doRead = doRead
+    if _mmsg is None:
+        port.doRead = lambda: read_pass(read_one_by_one)
+    else:
+        port.doRead = read_batches
 
 
 class DatagramPoller:
     """Many UDP sockets behind one reader of the reactor: an epoll of their own (Linux).
 
     What it reads has ``fileno`` and ``doRead`` (a ``RelaySocket`` of
-    ``relay.relay_ports``, whose ``doRead`` is a ``read_loop``).
+    ``relay.relay_ports``, whose ``doRead`` is a ``read_loop``). With the
+    extension, a wakeup is one call into C that reads every ready
+    ``RelaySocket`` and relays what its ``allocation`` routes plainly
+    (relay/_route.c); the rest goes to the socket's ``handler``.
 
     The reactor dispatches each ready descriptor through
     ``log.callWithLogger``, about 2 µs a time here; with the relay sockets
@@ -280,7 +321,17 @@ class DatagramPoller:
             self.reactor.removeReader(self)
 
     def doRead(self) -> None:
-        read_pass(self._read_ready)
+        if _mmsg is None:
+            read_pass(self._read_ready)
+            return
+        # C sends what it relays itself: a read pass is needed only for what it leaves to Python.
+        try:
+            rest = _receiver.poll_relays(self._epoll.fileno(), self._ports, MAX_READS_PER_WAKEUP // BATCH)
+        except Exception:  # out of memory, say: what was read is lost, the sockets stay read
+            log.failure("relaying from the relay sockets")
+            return
+        if rest:
+            read_pass(lambda: self._handle(rest))
 
     def _read_ready(self) -> None:
         ports = self._ports
@@ -294,6 +345,24 @@ class DatagramPoller:
                 # Twisted would close a port whose read failed; stop reading it.
                 log.failure("reading {port}", port=port)
                 self.remove(port)
+
+    def _handle(self, rest: list) -> None:
+        """What the C pass left: datagrams to handlers, ports to read, failures."""
+        for port, data, addr in rest:
+            if addr is not None and data is None:
+                # Twisted would close a port whose read failed; stop reading it.
+                log.failure("reading {port}", Failure(addr), port=port)
+                self.remove(port)
+                continue
+            try:
+                if data is None:
+                    port.doRead()
+                else:
+                    port.handler(data, addr)
+            except Exception:
+                log.failure("reading {port}", port=port)
+                if data is None:
+                    self.remove(port)
 
     def connectionLost(self, reason) -> None:
         self._ports.clear()

@@ -67,9 +67,10 @@ class ServerDatagramProtocol(DatagramProtocol):
         set_buffers(self.transport.socket, UDP_BUFFER_BYTES)
         self.outbox = Outbox(self.transport.socket)
         binding = self.endpoints.binding
-        # Plain Binding requests are answered in C within the read pass (relay/_binding.c).
+        # Plain Binding requests are answered, and routed ChannelData relayed, in C within the read pass
+        # (relay/_binding.c, relay/_route.c).
         read_loop(self.transport, self.datagramReceived, binding.plain_answer_tail(self.local),
-                  binding.count_fast_answers)
+                  binding.count_fast_answers, None if self.turn is None else self.routes)
 
     def datagramReceived(self, data: bytes, addr) -> None:
         if data and self.turn is not None:

@@ -44,7 +44,8 @@ class RelaySocket:
     as a reader where there is no epoll, and closed by ``close`` (a Twisted
     port logged two lines and scheduled a call per socket). Datagrams from
     peers go from the read loop straight to the owning allocation's
-    ``from_peer``: setting ``allocation`` rebinds the loop.
+    ``from_peer`` (``handler``; the poller's C pass relays most of them
+    itself, relay/_route.c): setting ``allocation`` rebinds the loop.
     """
 
     def __init__(self, address: Address, owner: "RelayPorts | None", sock: socket.socket) -> None:
@@ -54,7 +55,8 @@ class RelaySocket:
         self.addressFamily = sock.family
         self.write = Outbox(sock).write
         self._allocation = None
-        read_loop(self, self.datagramReceived)
+        self.handler = self.datagramReceived
+        read_loop(self, self.handler)
 
     @property
     def allocation(self):
@@ -63,7 +65,8 @@ class RelaySocket:
     @allocation.setter
     def allocation(self, allocation) -> None:
         self._allocation = allocation
-        read_loop(self, self.datagramReceived if allocation is None else allocation.from_peer)
+        self.handler = self.datagramReceived if allocation is None else allocation.from_peer
+        read_loop(self, self.handler)
 
     def fileno(self) -> int:
         return self.socket.fileno()

@@ -1,0 +1,53 @@
+/* What relay/_mmsg.c shares with relay/_route.c: the Receiver and its helpers. */
+#ifndef RELAY_MMSG_H
+#define RELAY_MMSG_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <sys/socket.h>
+
+typedef struct {
+    struct sockaddr_storage key;
+    PyObject *value;
+} CachedAddress;
+
+typedef struct Sends Sends;
+
+/* Receiver: the buffers of one recvmmsg batch, reused call after call. */
+typedef struct {
+    PyObject_HEAD
+    unsigned int count;
+    size_t size;
+    char *buffers;
+    struct mmsghdr *headers;
+    struct iovec *vectors;
+    struct sockaddr_storage *addresses;
+    CachedAddress *cache;
+    unsigned char *answers;            /* recv_answering's answers, BINDING_ANSWER_BYTES each */
+    struct mmsghdr *answer_headers;
+    struct iovec *answer_vectors;
+    Sends *sends;                      /* what the routing pass queued (relay/_route.c) */
+} Receiver;
+
+#include <netinet/in.h>
+
+int format_ipv4(const struct in_addr *in, char *out);
+PyObject *cached_address(CachedAddress *cache, const struct sockaddr_storage *ss);
+int parse_address(PyObject *addr, int family, struct sockaddr_storage *ss, socklen_t *len);
+int receive_batch(Receiver *self, int fd);
+PyObject *datagram_item(Receiver *self, int i);
+Py_ssize_t send_prepared(int fd, struct mmsghdr *headers, int count);
+
+/* relay/_route.c */
+int route_init(PyObject *module);
+Sends *sends_new(void);
+void sends_free(Sends *sends);
+void sends_flush(Sends *sends);
+/* 1: routed (queued on sends, or dropped as the Python path drops it), 0: for Python, -1: error. */
+int route_from_client(Sends *sends, PyObject *routes, PyObject *addr, const unsigned char *data, size_t size);
+PyObject *Receiver_poll_relays(Receiver *self, PyObject *args);
+extern PyMethodDef route_functions[];
+extern const char Receiver_poll_relays_doc[];
+
+#endif
