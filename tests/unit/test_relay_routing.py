@@ -48,7 +48,7 @@ class World:
         self.relays = {4: RelaySocket(self.sockets[1].getsockname()[:2], None, self.sockets[1]),
                        6: RelaySocket(self.sockets[2].getsockname()[:2], None, self.sockets[2])}
         bucket = None if bucket_bytes is None else TokenBucket(bucket_bytes, self.clock)
-        self.allocation = Allocation(("udp", CLIENT, ("127.0.0.1", 3478)), os.urandom(12), "user", None, 1,
+        self.allocation = Allocation(("udp", CLIENT, ("127.0.0.1", 3478)), os.urandom(12), "user", None,
                                      self.relays, 2000, self.client_outbox.sender(CLIENT), bucket=bucket)
         for number, peer in channels.items():
             self.allocation.bind_channel(number, PEERS[peer], self.clock.seconds())
@@ -247,7 +247,7 @@ class Relay:
         self.relay = RelaySocket(relay_sock.getsockname(), None, relay_sock)
         five_tuple = ("udp", self.client.getsockname(), local)
         bucket = TokenBucket(max_bps, self.clock) if max_bps else None
-        self.allocation = Allocation(five_tuple, os.urandom(12), "user", None, 1, {4: self.relay}, 5000,
+        self.allocation = Allocation(five_tuple, os.urandom(12), "user", None, {4: self.relay}, 5000,
                                      self.protocol.outbox.sender(self.client.getsockname()), bucket=bucket)
         self.turn.allocations[five_tuple] = self.allocation
         self.relay.allocation = self.allocation
