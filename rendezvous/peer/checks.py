@@ -123,6 +123,7 @@ class _Session(_Gathering, _TcpPath):
         else:  # the relayed candidates are being checked already
             self.agent.remote_complete = self._complete_at_begin
             self.agent.add_remote(self._remote_wire)
+            self.agent.started_at = now  # direct checks begin now: relay_wait_seconds counts from here
         self.agent.remote_complete = self.agent.remote_complete or self._early_end
         self._permit()
         self._progress()

@@ -60,6 +60,7 @@ def test_the_relayed_pair_is_checked_at_the_punch_and_the_rest_at_the_instant():
     clock.advance(0.001)
     assert {pair.remote.address for pair in session.agent.pairs.values()} == {THEIR_RELAY, THEIR_SRFLX}
     assert session.agent.remote_complete  # the peer did not trickle: its candidates were all there
+    assert session.agent.started_at == clock.seconds()  # the wait for direct pairs counts from the instant
     session.close()
 
 
