@@ -13,7 +13,7 @@ import sys
 from setuptools import Extension, setup
 
 FLAGS = ["-O2", "-Wall", "-Wextra"]
-extensions = [Extension("relay._indications", ["relay/_indications.c"], depends=["relay/_sendwalk.h"],
+extensions = [Extension("relay._indications", ["relay/_indications.c"], depends=["relay/_sendwalk.h", "relay/_stun_bytes.h"],
                         extra_compile_args=FLAGS)]
 if sys.platform.startswith("linux"):
     # relay/_binding.c, the STUN Binding fast path, answers inside _mmsg's batched read; relay/_route.c

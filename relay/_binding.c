@@ -34,28 +34,6 @@
 #define FAMILY_IPV4 0x01
 #define FAMILY_IPV6 0x02
 
-static uint32_t crc_table[256];
-static int crc_ready;
-
-/* CRC-32 (ISO-HDLC, as zlib.crc32) over data. */
-static uint32_t
-crc32_of(const unsigned char *data, size_t size)
-{
-    uint32_t crc = 0xFFFFFFFFu;
-    if (!crc_ready) {
-        for (uint32_t n = 0; n < 256; n++) {
-            uint32_t c = n;
-            for (int k = 0; k < 8; k++)
-                c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            crc_table[n] = c;
-        }
-        crc_ready = 1;
-    }
-    for (size_t i = 0; i < size; i++)
-        crc = crc_table[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
-    return crc ^ 0xFFFFFFFFu;
-}
-
 static unsigned char *
 put16(unsigned char *p, unsigned int value)
 {

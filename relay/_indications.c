@@ -52,6 +52,5 @@ static struct PyModuleDef indications_module = {
 PyMODINIT_FUNC
 PyInit__indications(void)
 {
-    make_crc_table();
     return PyModule_Create(&indications_module);
 }

@@ -57,30 +57,12 @@
 
 static EVP_MD *sha1;
 static EVP_MD_CTX *digest;
-static uint32_t crc_table[256];
-
-static void
-make_crc_table(void)
-{
-    for (uint32_t n = 0; n < 256; n++) {
-        uint32_t c = n;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[n] = c;
-    }
-}
-
 /* CRC-32 (as zlib.crc32) of the header with its length field set to length, then data[4:end]. */
 static uint32_t
 crc_of(const unsigned char *data, size_t end, unsigned int length)
 {
-    uint32_t crc = 0xFFFFFFFFu;
     unsigned char head[4] = {data[0], data[1], (unsigned char)(length >> 8), (unsigned char)length};
-    for (size_t i = 0; i < 4; i++)
-        crc = crc_table[(crc ^ head[i]) & 0xFF] ^ (crc >> 8);
-    for (size_t i = 4; i < end; i++)
-        crc = crc_table[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
-    return crc ^ 0xFFFFFFFFu;
+    return crc32_update(crc32_update(0xFFFFFFFFu, head, 4), data + 4, end - 4) ^ 0xFFFFFFFFu;
 }
 
 /* HMAC-SHA1 (RFC 2104) with key over the header with its length field set to length, then
@@ -354,7 +336,6 @@ static struct PyModuleDef requests_module = {
 PyMODINIT_FUNC
 PyInit__requests(void)
 {
-    make_crc_table();
     sha1 = EVP_MD_fetch(NULL, "SHA1", NULL);
     digest = EVP_MD_CTX_new();
     if (!sha1 || !digest) {

@@ -297,8 +297,8 @@ send_to_peer(Sends *sends, PyObject *allocation, const unsigned char *data, size
         return TO_PYTHON;
     memset(&to, 0, sizeof to);
     to.sin_family = AF_INET;
-    to.sin_port = htons((uint16_t)(u16(value + 2) ^ 0x2112));
-    to.sin_addr.s_addr = htonl(u32(value + 4) ^ STUN_MAGIC_COOKIE);
+    to.sin_port = htons((uint16_t)(get16(value + 2) ^ 0x2112));
+    to.sin_addr.s_addr = htonl(get32(value + 4) ^ STUN_MAGIC_COOKIE);
     host = PyUnicode_FromStringAndSize(text, format_ipv4(&to.sin_addr, text));
     if (host == NULL)
         return ERROR;
@@ -772,6 +772,5 @@ route_init(PyObject *module)
         return -1;
     }
     random_state[0] |= 1;
-    make_crc_table();
     return PyModule_AddFunctions(module, route_functions);
 }

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "_stun_bytes.h"
+
 #define SEND_INDICATION 0x0016
 #define STUN_MAGIC_COOKIE 0x2112A442u
 #define ATTR_XOR_PEER_ADDRESS 0x0012
@@ -15,45 +17,10 @@
 #define ATTR_FINGERPRINT 0x8028
 #define FINGERPRINT_XOR 0x5354554Eu
 
-static uint32_t crc_table[256];
-
-static void
-make_crc_table(void)
-{
-    for (uint32_t n = 0; n < 256; n++) {
-        uint32_t c = n;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[n] = c;
-    }
-}
-
-/* CRC-32 (ISO 3309, as zlib.crc32) of p[0:n]. */
-static uint32_t
-crc32_of(const unsigned char *p, size_t n)
-{
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++)
-        c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
-    return c ^ 0xFFFFFFFFu;
-}
-
-static unsigned int
-u16(const unsigned char *p)
-{
-    return (unsigned int)p[0] << 8 | p[1];
-}
-
-static uint32_t
-u32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 /* Find the XOR-PEER-ADDRESS value and the DATA of a Send indication: 1, or 0 when it is malformed (a bad
  * header, an attribute overrunning the message, one after FINGERPRINT, a FINGERPRINT that does not match,
  * no XOR-PEER-ADDRESS or no DATA). The first of a repeated attribute counts and attributes after
- * MESSAGE-INTEGRITY are ignored, as in Message.decode. make_crc_table must have run. */
+ * MESSAGE-INTEGRITY are ignored, as in Message.decode. */
 static int
 walk_send(const unsigned char *data, size_t size, const unsigned char **peer, size_t *peer_length,
           const unsigned char **payload, size_t *payload_length)
@@ -61,16 +28,16 @@ walk_send(const unsigned char *data, size_t size, const unsigned char **peer, si
     size_t offset = 20;
     int ignoring = 0;
     *peer = *payload = NULL;
-    if (size < 20 || u16(data) != SEND_INDICATION || (size_t)u16(data + 2) + 20 != size
-        || (u16(data + 2) & 3) || u32(data + 4) != STUN_MAGIC_COOKIE)
+    if (size < 20 || get16(data) != SEND_INDICATION || (size_t)get16(data + 2) + 20 != size
+        || (get16(data + 2) & 3) || get32(data + 4) != STUN_MAGIC_COOKIE)
         return 0;
     while (offset < size) {
         unsigned int type, length;
         size_t start, end;
         if (size - offset < 4)
             return 0;
-        type = u16(data + offset);
-        length = u16(data + offset + 2);
+        type = get16(data + offset);
+        length = get16(data + offset + 2);
         start = offset + 4;
         end = start + length;
         if (end > size)
@@ -79,7 +46,7 @@ walk_send(const unsigned char *data, size_t size, const unsigned char **peer, si
             if (end + (-(size_t)length & 3) != size || length != 4)
                 return 0;
             /* Over the message before it, whose length field already counts it. */
-            if ((crc32_of(data, offset) ^ FINGERPRINT_XOR) != u32(data + start))
+            if ((crc32_of(data, offset) ^ FINGERPRINT_XOR) != get32(data + start))
                 return 0;
         } else if (type == ATTR_MESSAGE_INTEGRITY || type == ATTR_MESSAGE_INTEGRITY_SHA256) {
             ignoring = 1;
