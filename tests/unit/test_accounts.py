@@ -196,16 +196,21 @@ def test_a_restarted_server_is_reconnected(postgres_server):
     assert store.check_password("alice", "pw")
 
 
-def test_upgrade_from_v1_keeps_accounts(tmp_path):
-    """A version 1 file is upgraded to version 2 in place, keeping its accounts."""
+def version_1_file(path):
+    """A SQLite file with the version 1 schema (rendezvous/node/schema/v1.sql), as an old node left it."""
     from importlib import resources
 
-    path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
     db.executescript(resources.files("rendezvous.node.schema").joinpath("v1.sql").read_text())
     db.execute("INSERT INTO version VALUES (1)")
     db.commit()
     db.close()
+    return path
+
+
+def test_upgrade_from_v1_keeps_accounts(tmp_path):
+    """A version 1 file is upgraded to version 2 in place, keeping its accounts."""
+    path = version_1_file(tmp_path / "old.sqlite")
     store = AccountStore(path)
     store.add("alice", "pw", "example.org")
     store.add("bob", "pw", "example.org")
@@ -292,14 +297,7 @@ def _structure(path) -> dict:
 def test_a_database_upgraded_from_v1_has_the_fresh_schema(tmp_path):
     """Upgrading a version 1 file step by step gives the tables, columns and indexes a fresh vN.sql makes, so
     the current snapshot and the upgrade steps cannot drift apart."""
-    from importlib import resources
-
-    old = tmp_path / "old.sqlite"
-    db = sqlite3.connect(old)
-    db.executescript(resources.files("rendezvous.node.schema").joinpath("v1.sql").read_text())
-    db.execute("INSERT INTO version VALUES (1)")
-    db.commit()
-    db.close()
+    old = version_1_file(tmp_path / "old.sqlite")
     AccountStore(old).close()
     AccountStore(tmp_path / "fresh.sqlite").close()
     assert _structure(old) == _structure(tmp_path / "fresh.sqlite")
