@@ -2,7 +2,8 @@
 
 relay._indications, the Send indication parser, is portable C; relay._mmsg,
 batched UDP reads and writes (recvmmsg, sendmmsg) with the STUN Binding fast
-path (relay/_binding.c) and the routed relay (relay/_route.c) inside, and
+path (relay/_binding.c), the routed relay (relay/_route.c) and the wait
+that spares the reactor's turns (relay/_stay.c) inside, and
 relay._requests, a live allocation's Refresh, CreatePermission and
 ChannelBind checked and signed (HMAC-SHA1 from OpenSSL's libcrypto), are
 built on Linux only.
@@ -17,8 +18,8 @@ extensions = [Extension("relay._indications", ["relay/_indications.c"], depends=
                         extra_compile_args=FLAGS)]
 if sys.platform.startswith("linux"):
     # relay/_binding.c, the STUN Binding fast path, answers inside _mmsg's batched read; relay/_route.c
-    # relays routed ChannelData and peer data there.
-    extensions.append(Extension("relay._mmsg", ["relay/_mmsg.c", "relay/_binding.c", "relay/_route.c"],
+    # relays routed ChannelData and peer data there; relay/_stay.c serves those sockets between reactor turns.
+    extensions.append(Extension("relay._mmsg", ["relay/_mmsg.c", "relay/_binding.c", "relay/_route.c", "relay/_stay.c"],
                                 depends=["relay/_binding.h", "relay/_mmsg.h", "relay/_sendwalk.h", "relay/_stun_bytes.h"],
                                 extra_compile_args=FLAGS))
     extensions.append(Extension("relay._requests", ["relay/_requests.c"], depends=["relay/_stun_bytes.h"],

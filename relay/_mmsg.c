@@ -10,7 +10,8 @@
  * Binding requests the fast path of relay/_binding.c takes, and sends those
  * answers in one sendmmsg, and relays routed ChannelData (relay/_route.c,
  * which also holds Receiver.poll_relays): only the other datagrams become
- * Python objects.
+ * Python objects. Receiver.stay (relay/_stay.c) serves those sockets without
+ * a turn of the reactor while nothing else is ready.
  *
  * Addresses are what socket.recvfrom gives, cut to (host, port): IPv4 and
  * IPv6 hosts as numeric strings, a scoped IPv6 host as "addr%scope" (from
@@ -391,7 +392,7 @@ answer_buffers(Receiver *self)
 
 /* One recvmmsg on a client-facing socket served: Binding answers sent, routed datagrams queued, the rest
  * appended to rest as (bytes, addr); *answered grows by the answers. How many were read, or -1 on error. */
-static int
+int
 serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObject *rest, int *answered)
 {
     int received, count = 0, failed = 0;
@@ -469,6 +470,7 @@ static PyMethodDef Receiver_methods[] = {
     {"recv", (PyCFunction)Receiver_recv, METH_O, Receiver_recv_doc},
     {"recv_serving", (PyCFunction)Receiver_recv_serving, METH_VARARGS, Receiver_recv_serving_doc},
     {"poll_relays", (PyCFunction)Receiver_poll_relays, METH_VARARGS, Receiver_poll_relays_doc},
+    {"stay", (PyCFunction)Receiver_stay, METH_VARARGS, Receiver_stay_doc},
     {NULL, NULL, 0, NULL},
 };
 

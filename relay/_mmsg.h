@@ -1,4 +1,4 @@
-/* What relay/_mmsg.c shares with relay/_route.c: the Receiver and its helpers. */
+/* What relay/_mmsg.c shares with relay/_route.c and relay/_stay.c: the Receiver and its helpers. */
 #ifndef RELAY_MMSG_H
 #define RELAY_MMSG_H
 
@@ -38,6 +38,8 @@ int parse_address(PyObject *addr, int family, struct sockaddr_storage *ss, sockl
 int receive_batch(Receiver *self, int fd);
 PyObject *datagram_item(Receiver *self, int i);
 Py_ssize_t send_prepared(int fd, struct mmsghdr *headers, int count);
+/* One recvmmsg on a client-facing socket served (recv_serving); how many were read, or -1 on error. */
+int serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObject *rest, int *answered);
 
 /* relay/_route.c */
 int route_init(PyObject *module);
@@ -46,8 +48,13 @@ void sends_free(Sends *sends);
 void sends_flush(Sends *sends);
 /* 1: routed (queued on sends, or dropped as the Python path drops it), 0: for Python, -1: error. */
 int route_from_client(Sends *sends, PyObject *routes, PyObject *addr, const unsigned char *data, size_t size);
+int poll_relays_into(Receiver *self, int epoll_fd, PyObject *ports, int batches, PyObject *rest);
 PyObject *Receiver_poll_relays(Receiver *self, PyObject *args);
 extern PyMethodDef route_functions[];
 extern const char Receiver_poll_relays_doc[];
+
+/* relay/_stay.c */
+PyObject *Receiver_stay(Receiver *self, PyObject *args);
+extern const char Receiver_stay_doc[];
 
 #endif

@@ -607,25 +607,22 @@ serve_relay(Receiver *self, int fd, PyObject *port, int batches, PyObject *rest)
     return result;
 }
 
-PyObject *
-Receiver_poll_relays(Receiver *self, PyObject *args)
+/* poll_relays' pass with what is left for Python appended to rest; what C relays is queued on sends, not
+ * yet sent (sends_flush). -1 on error. */
+int
+poll_relays_into(Receiver *self, int epoll_fd, PyObject *ports, int batches, PyObject *rest)
 {
-    PyObject *ports, *rest;
     struct epoll_event events[POLL_EVENTS];
-    int epoll_fd, batches, ready, failed = 0;
-
-    if (!PyArg_ParseTuple(args, "iO!i", &epoll_fd, &PyDict_Type, &ports, &batches))
-        return NULL;
+    int ready, failed = 0;
     do {
         Py_BEGIN_ALLOW_THREADS
         ready = epoll_wait(epoll_fd, events, POLL_EVENTS, 0);
         Py_END_ALLOW_THREADS
     } while (ready < 0 && errno == EINTR);
-    if (ready < 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    rest = PyList_New(0);
-    if (rest == NULL)
-        return NULL;
+    if (ready < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
     for (int e = 0; e < ready && !failed; e++) {
         PyObject *key = PyLong_FromLong(events[e].data.fd), *port;
         port = key == NULL ? NULL : PyDict_GetItemWithError(ports, key);
@@ -638,6 +635,21 @@ Receiver_poll_relays(Receiver *self, PyObject *args)
         failed = serve_relay(self, events[e].data.fd, port, batches, rest) < 0;
         Py_DECREF(port);
     }
+    return failed ? -1 : 0;
+}
+
+PyObject *
+Receiver_poll_relays(Receiver *self, PyObject *args)
+{
+    PyObject *ports, *rest;
+    int epoll_fd, batches, failed;
+
+    if (!PyArg_ParseTuple(args, "iO!i", &epoll_fd, &PyDict_Type, &ports, &batches))
+        return NULL;
+    rest = PyList_New(0);
+    if (rest == NULL)
+        return NULL;
+    failed = poll_relays_into(self, epoll_fd, ports, batches, rest) < 0;
     sends_flush(self->sends);
     if (failed)
         Py_CLEAR(rest);

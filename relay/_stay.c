@@ -1,0 +1,227 @@
+/* The reactor's wait, done in C while only sockets C serves are ready (issue 16; docs/PERFORMANCE.md).
+ *
+ * A turn of Twisted's reactor costs about 4 µs of Python (its timed calls, the
+ * epoll dispatch through log.callWithLogger, the reader's doRead), however few
+ * datagrams the wakeup brings. The relay's client-facing UDP sockets and its
+ * relay sockets' poller are read by C (relay/_mmsg.c, relay/_route.c), so a
+ * wakeup for them needs no Python unless C leaves it a datagram. Receiver.stay
+ * waits on the reactor's own epoll with the reactor's timeout and, while every
+ * descriptor it reports is one of those, serves them and waits again. Anything
+ * else ends the stay: another descriptor, a write interest, an error or hang-up,
+ * a signal, a call queued from a thread, the next timed call's due time, a
+ * datagram left for Python (returned to the caller). The reactor's next poll
+ * finds what ended it still ready, since its epoll is level-triggered.
+ */
+#include "_mmsg.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <sys/epoll.h>
+#include <time.h>
+
+#define STAY_EVENTS 64
+#define TELLERS 8
+
+enum { SERVE_SOCKET = 0, SERVE_RELAYS = 1 };
+
+const char Receiver_stay_doc[] =
+"stay(epoll_fd, timeout, selectables, served, calls, wakeups) -> None or (fd, rest)\n\n"
+"Wait on the reactor's epoll epoll_fd for at most timeout seconds (< 0: no\n"
+"limit) and serve in C what it reports while every ready descriptor fd is in\n"
+"served with selectables[fd] (the reactor's) as its entry's first item:\n"
+"(selectable, 0, tail, routes, answered) for a client-facing socket, served as\n"
+"recv_serving(fd, tail, routes) with answered(count) told of its Binding\n"
+"answers when the stay ends;\n"
+"(selectable, 1, ports, batches) for a poller's epoll, served as\n"
+"poll_relays(fd, ports, batches). Returns None when something else needs the\n"
+"reactor, the time is up, calls (its queue of calls from threads) is not\n"
+"empty, or wakeups waits were served; (fd, rest) when serving fd left rest,\n"
+"recv_serving's or poll_relays' list, for Python.";
+
+static double
+monotonic_seconds(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
+
+/* epoll_wait's timeout in ms for what is left until deadline, rounded up; -1: none; 0: the time is up. */
+static int
+wait_ms(double deadline)
+{
+    double left;
+    if (deadline < 0)
+        return -1;
+    left = (deadline - monotonic_seconds()) * 1000.0;
+    if (left <= 0)
+        return 0;
+    if (left >= (double)INT_MAX)
+        return INT_MAX;
+    return (int)left + ((double)(int)left < left);
+}
+
+/* served's entry for a ready descriptor, if C serves it: a new reference, or NULL (with an exception on error). */
+static PyObject *
+served_entry(PyObject *selectables, PyObject *served, const struct epoll_event *event)
+{
+    PyObject *key, *entry, *selectable;
+    if (event->events & ~(uint32_t)EPOLLIN)
+        return NULL;  /* a write interest, an error or a hang-up: the reactor's */
+    key = PyLong_FromLong(event->data.fd);
+    if (key == NULL)
+        return NULL;
+    entry = PyDict_GetItemWithError(served, key);
+    selectable = entry == NULL ? NULL : PyDict_GetItemWithError(selectables, key);
+    Py_DECREF(key);
+    if (selectable == NULL || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 4
+        || PyTuple_GET_ITEM(entry, 0) != selectable)
+        return NULL;  /* not ours, or its descriptor now belongs to another reader */
+    return Py_NewRef(entry);
+}
+
+/* The Binding answers a stay made, per callable to tell (answered), told once when it ends: a callable is
+ * Python, and nothing in Python reads the counts until then. */
+typedef struct {
+    PyObject *callable[TELLERS];
+    long count[TELLERS];
+    int used;
+} Tellers;
+
+/* Tell every callable its count; one that raises is reported as unraisable, and the others are told. */
+static void
+tell(Tellers *tellers)
+{
+    for (int i = 0; i < tellers->used; i++) {
+        PyObject *told = PyObject_CallFunction(tellers->callable[i], "l", tellers->count[i]);
+        if (told == NULL)
+            PyErr_WriteUnraisable(tellers->callable[i]);
+        Py_XDECREF(told);
+        Py_DECREF(tellers->callable[i]);
+    }
+    tellers->used = 0;
+}
+
+/* Count answered for callable, telling the others first if there is no room. */
+static void
+count_answers(Tellers *tellers, PyObject *callable, int answered)
+{
+    int i = 0;
+    while (i < tellers->used && tellers->callable[i] != callable)
+        i++;
+    if (i == TELLERS) {
+        tell(tellers);
+        i = 0;
+    }
+    if (i == tellers->used) {
+        tellers->callable[i] = Py_NewRef(callable);
+        tellers->count[i] = 0;
+        tellers->used++;
+    }
+    tellers->count[i] += answered;
+}
+
+/* Serve one ready descriptor as its entry says; what it left for Python is appended to rest. -1 on error. */
+static int
+serve(Receiver *self, int fd, PyObject *entry, PyObject *rest, Tellers *tellers)
+{
+    long kind = PyLong_AsLong(PyTuple_GET_ITEM(entry, 1));
+    int answered = 0, result;
+    if (kind == SERVE_SOCKET && PyTuple_GET_SIZE(entry) == 5) {
+        PyObject *tail = PyTuple_GET_ITEM(entry, 2), *routes = PyTuple_GET_ITEM(entry, 3);
+        PyObject *count = PyTuple_GET_ITEM(entry, 4);
+        if ((tail != Py_None && !PyBytes_Check(tail)) || (routes != Py_None && !PyDict_Check(routes))) {
+            PyErr_SetString(PyExc_TypeError, "tail must be bytes or None and routes a dict or None");
+            return -1;
+        }
+        result = serve_batch(self, fd, tail, routes, rest, &answered);
+        sends_flush(self->sends);
+        if (answered > 0 && count != Py_None)
+            count_answers(tellers, count, answered);
+        return result < 0 ? -1 : 0;
+    }
+    if (kind == SERVE_RELAYS && PyDict_Check(PyTuple_GET_ITEM(entry, 2))) {
+        int batches = (int)PyLong_AsLong(PyTuple_GET_ITEM(entry, 3));
+        if (batches < 1) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "batches must be at least 1");
+            return -1;
+        }
+        result = poll_relays_into(self, fd, PyTuple_GET_ITEM(entry, 2), batches, rest);
+        sends_flush(self->sends);
+        return result;
+    }
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "not a served entry");
+    return -1;
+}
+
+static PyObject *
+stay(Receiver *self, int epoll_fd, double timeout, PyObject *selectables, PyObject *served, PyObject *calls,
+     int wakeups, Tellers *tellers)
+{
+    struct epoll_event events[STAY_EVENTS];
+    double deadline = timeout < 0 ? -1.0 : monotonic_seconds() + timeout;
+
+    for (int w = 0; w < wakeups; w++) {
+        PyObject *entries[STAY_EVENTS];
+        int ready, ms = wait_ms(deadline), found = 0;
+        if (ms == 0 || PyList_GET_SIZE(calls) > 0)
+            Py_RETURN_NONE;
+        Py_BEGIN_ALLOW_THREADS
+        ready = epoll_wait(epoll_fd, events, STAY_EVENTS, ms);
+        Py_END_ALLOW_THREADS
+        if (ready < 0 && errno != EINTR)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        if (ready <= 0)
+            Py_RETURN_NONE;  /* the time is up, or a signal: its handler runs when Python resumes */
+        while (found < ready && (entries[found] = served_entry(selectables, served, &events[found])) != NULL)
+            found++;
+        if (found < ready) {
+            for (int i = 0; i < found; i++)
+                Py_DECREF(entries[i]);
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_NONE;
+        }
+        for (int i = 0; i < ready; i++) {
+            PyObject *rest = PyList_New(0);
+            int fd = events[i].data.fd;
+            if (rest == NULL || serve(self, fd, entries[i], rest, tellers) < 0 || PyList_GET_SIZE(rest) > 0) {
+                for (int j = i; j < ready; j++)
+                    Py_DECREF(entries[j]);
+                if (rest == NULL || PyErr_Occurred()) {
+                    Py_XDECREF(rest);
+                    return NULL;
+                }
+                return Py_BuildValue("(iN)", fd, rest);
+            }
+            Py_DECREF(rest);
+            Py_DECREF(entries[i]);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+PyObject *
+Receiver_stay(Receiver *self, PyObject *args)
+{
+    PyObject *selectables, *served, *calls, *result;
+    Tellers tellers = {.used = 0};
+    double timeout;
+    int epoll_fd, wakeups;
+
+    if (!PyArg_ParseTuple(args, "idO!O!O!i", &epoll_fd, &timeout, &PyDict_Type, &selectables, &PyDict_Type, &served,
+                          &PyList_Type, &calls, &wakeups))
+        return NULL;
+    result = stay(self, epoll_fd, timeout, selectables, served, calls, wakeups, &tellers);
+    if (result == NULL) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        tell(&tellers);
+        PyErr_Restore(type, value, traceback);
+        return NULL;
+    }
+    tell(&tellers);
+    return result;
+}
