@@ -67,14 +67,16 @@ class SpareRelay:
         self._timer = None
         if self._making is None and not self.closed:
             self._making = Deferred.fromCoroutine(self._allocate())
-            self._making.addErrback(lambda f: log.failure("making a spare relay allocation failed", f))
 
     async def _allocate(self) -> None:
-        turn = await self.signaling.turn_credentials() if self.signaling.connected else None
-        result = None
-        if turn:
-            result = await race(self.reactor, self.signaling, turn, self.options.relay_transports, self.options.tls,
-                                self.options.tls_verify, self.nat64, self._failed)
+        turn, result = None, None
+        try:
+            turn = await self.signaling.turn_credentials() if self.signaling.connected else None
+            if turn:
+                result = await race(self.reactor, self.signaling, turn, self.options.relay_transports,
+                                    self.options.tls, self.options.tls_verify, self.nat64, self._failed)
+        except Exception:  # a bug, not a relay's refusal (race reports those): retried as a failed race is
+            log.failure("making a spare relay allocation failed")
         self._making = None
         taker, self._taker = self._taker, None
         if taker is not None:

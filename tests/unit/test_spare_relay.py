@@ -122,6 +122,18 @@ def test_a_failed_race_is_retried_later(races):
     assert len(races) == 2
 
 
+def test_a_race_that_raises_frees_a_waiting_session_and_is_retried(races):
+    """An exception out of the race is logged; a session waiting for the spare gets None and the spare is
+    made again RETRY_SECONDS later."""
+    clock = Clock()
+    relay = spare(clock)
+    waiting = taken(relay)
+    races[0].errback(RuntimeError("a bug in the race"))
+    assert waiting == [None]
+    clock.advance(RETRY_SECONDS)
+    assert len(races) == 2
+
+
 def test_close_releases_the_spare_and_makes_no_more(races):
     """close() releases the held allocation, cancels the replacement, and one still coming is released too."""
     clock = Clock()
