@@ -303,9 +303,15 @@ send_to_peer(Sends *sends, PyObject *allocation, const unsigned char *data, size
     if (host == NULL)
         return ERROR;
     permitted = attribute_has(allocation, s_permissions, host);
+    if (permitted == 0) {
+        /* an endpoint of the relay's own already allowed (Allocation._decide_endpoint) */
+        PyObject *endpoint = Py_BuildValue("(Oi)", host, (int)ntohs(to.sin_port));
+        permitted = endpoint == NULL ? ERROR : attribute_has(allocation, s_permissions, endpoint);
+        Py_XDECREF(endpoint);
+    }
     Py_DECREF(host);
     if (permitted <= 0)
-        return permitted;  /* a host of the relay's own, or none: Python decides */
+        return permitted;  /* a host of the relay's own not yet decided, or none: Python decides */
     relays = PyObject_GetAttr(allocation, s_relays);
     family = PyLong_FromLong(4);
     if (relays == NULL || family == NULL || !PyDict_Check(relays)) {

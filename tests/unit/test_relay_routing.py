@@ -215,6 +215,29 @@ def test_c_leaves_what_it_does_not_know_to_python():
         world.close()
 
 
+@pytest.mark.skipif(_mmsg is None, reason="relay._mmsg is built on Linux only")
+def test_c_relays_a_send_to_an_allowed_endpoint_of_the_relays_own():
+    """A Send indication to an endpoint on a host of the relay's own that Python has allowed (its (host, port)
+    permission) is relayed in C as Allocation.send_to_peer relays it; one to another port there, not yet
+    decided, goes to Python."""
+    python, c = World({}, [], None), World({}, [], None)
+    try:
+        for world in (python, c):
+            world.allocation.own_hosts[PEERS[0][0]] = 2000.0
+            world.allocation.permissions[PEERS[0]] = 2000.0
+        data = send_indication(PEERS[0], b"own")
+        expected = python.python_sends(lambda: python.allocation.send_indication(data))
+        assert [(fd, d, a) for fd, d, a in expected] == [(python.sockets[1].fileno(), b"own", PEERS[0])]
+        assert _mmsg.route_client(c.routes, data, CLIENT) == [(c.sockets[1].fileno(), b"own", PEERS[0])]
+        assert c.counters() == python.counters()
+        other = (PEERS[0][0], PEERS[0][1] + 1)
+        assert _mmsg.route_client(c.routes, send_indication(other, b"undecided"), CLIENT) is None
+        assert c.counters() == python.counters()
+    finally:
+        python.close()
+        c.close()
+
+
 @pytest.fixture(params=[True, False], ids=["c", "python"])
 def batched(request, monkeypatch):
     """The read passes with the extension (routing in C) and without it (all in Python)."""
