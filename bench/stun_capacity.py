@@ -37,6 +37,7 @@ Run from the repository root, as root::
 """
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -144,6 +145,7 @@ def main() -> None:
     parser.add_argument("--below", type=float, default=80.0,
                         help="loss test rate, percent of the measured capacity (default 80)")
     parser.add_argument("--servers", default="txrendezvous,coturn", help="comma list: txrendezvous, coturn")
+    parser.add_argument("--json-out", type=Path, help="also write every round's figures to this JSON file")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 20 or not 0.5 <= args.seconds <= 60 or not 1 <= args.quota <= 100:
         parser.error("--rounds 1-20, --seconds 0.5-60, --quota 1-100")
@@ -207,6 +209,9 @@ def main() -> None:
         cpu = [b["fixed"]["cpu_us_per_answer"] / a["fixed"]["cpu_us_per_answer"] for a, b in zip(ours, theirs)]
         print(f"- ratio ours/coturn, capacity under the same quota, per round: {spread(capacity, 2)}")
         print(f"- ratio coturn/ours, CPU per answer at {args.rate:,}/s, per round: {spread(cpu, 2)}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"quota": args.quota, "rate": args.rate, "below": args.below,
+                                             "rounds": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -298,14 +298,15 @@ class Stay:
     """One reactor's wait, done in C while only sockets C serves are ready (relay/_stay.c).
 
     A reader C serves (a client-facing socket's ``read_loop``, a
-    ``DatagramPoller``) calls it at the end of its ``doRead``. It waits on the reactor's epoll with the reactor's timeout and
-    serves those readers in C while nothing else is ready; the datagrams C
-    leaves are handled here, in a read pass, and the wait goes on with the
-    timeout taken again (their handlers may have scheduled calls). It
-    returns to the reactor when anything else is ready, a timed call is
-    due, a thread queued a call, the reactor was told to stop, or after
-    ``STAY_ROUNDS`` rounds: the reactor's next poll finds that event still
-    ready. Only Twisted's epoll reactor is waited on (``stay_for``).
+    ``DatagramPoller``) calls it at the end of its ``doRead``. It waits on
+    the reactor's epoll with the reactor's timeout and serves those readers
+    in C while nothing else is ready; the datagrams C leaves are handled
+    here, in a read pass, and the wait goes on with the timeout taken again
+    (their handlers may have scheduled calls). It returns to the reactor
+    when anything else is ready, a timed call is due, a thread queued a
+    call, the reactor was told to stop, or after ``STAY_ROUNDS`` rounds: the
+    reactor's next poll finds that event still ready. Only Twisted's epoll
+    reactor is waited on (``stay_for``).
     """
 
     def __init__(self, reactor) -> None:
@@ -355,7 +356,7 @@ _stays: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def stay_for(reactor) -> Stay | None:
     """reactor's Stay: None without the extension or for a reactor other than Twisted's epoll reactor."""
-    if _mmsg is None or not hasattr(_receiver, "stay") or not isinstance(getattr(reactor, "_poller", None), select.epoll):
+    if _mmsg is None or not isinstance(getattr(reactor, "_poller", None), select.epoll):
         return None
     stay = _stays.get(reactor)
     if stay is None:
