@@ -101,8 +101,9 @@ def pin_prefix(pin: bool) -> list[str]:
     return ["taskset", "-c", "0"] if pin else []
 
 
-def start_rendezvous(workdir: Path, pin: bool, alternate: bool = False, wrap=lambda command: command) -> Server:
-    """``twistd rendezvous`` on free ports; wrap(command) may run it in a CpuQuota."""
+def start_rendezvous(workdir: Path, pin: bool, alternate: bool = False, wrap=lambda command: command,
+                     root: Path = ROOT) -> Server:
+    """``twistd rendezvous`` of the checkout at root on free ports; wrap(command) may run it in a CpuQuota."""
     port = free_port((LOOPBACK, ALT_LOOPBACK) if alternate else (LOOPBACK,))
     twistd = str(Path(sys.executable).with_name("twistd"))
     command = pin_prefix(pin) + [
@@ -114,7 +115,7 @@ def start_rendezvous(workdir: Path, pin: bool, alternate: bool = False, wrap=lam
         alt_port = free_port((LOOPBACK, ALT_LOOPBACK))
         command += ["--alt-ip", ALT_LOOPBACK, "--alt-port", str(alt_port)]
     log_path = workdir / "twistd.log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(root))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(wrap(command), stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
     import twisted

@@ -33,7 +33,7 @@ ratios (ours over coturn for capacity, coturn's CPU per answer over ours).
 
 Run from the repository root, as root::
 
-    .venv/bin/python bench/stun_capacity.py --rounds 3
+    .venv/bin/python bench/stun_capacity.py --rounds 3 [--base-root OLDER_CHECKOUT]
 """
 
 import argparse
@@ -97,9 +97,10 @@ def load(generator: Path, server, seconds: float, warmup: float, **options) -> d
     return values
 
 
-def start(kind: str, workdir: Path, quota: CpuQuota):
-    starter = start_rendezvous if kind == "txrendezvous" else start_coturn
-    return starter(workdir, pin=True, wrap=quota.wrap)
+def start(kind: str, workdir: Path, quota: CpuQuota, base_root: Path | None):
+    if kind == "coturn":
+        return start_coturn(workdir, pin=True, wrap=quota.wrap)
+    return start_rendezvous(workdir, pin=True, wrap=quota.wrap, **({"root": base_root} if kind == "base" else {}))
 
 
 def measure_round(servers: dict, quotas: dict, order: list[str], generator: Path, args) -> dict:
@@ -146,12 +147,14 @@ def main() -> None:
                         help="loss test rate, percent of the measured capacity (default 80)")
     parser.add_argument("--servers", default="txrendezvous,coturn", help="comma list: txrendezvous, coturn")
     parser.add_argument("--json-out", type=Path, help="also write every round's figures to this JSON file")
+    parser.add_argument("--base-root", type=Path, help="another checkout of this repository (e.g. a `git archive` "
+                        "of an older commit, its extensions built): measured too, as base")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 20 or not 0.5 <= args.seconds <= 60 or not 1 <= args.quota <= 100:
         parser.error("--rounds 1-20, --seconds 0.5-60, --quota 1-100")
     if os.cpu_count() < 2:
         parser.error("needs two CPUs: the server on one, the generator on the other")
-    kinds = args.servers.split(",")
+    kinds = args.servers.split(",") + (["base"] if args.base_root else [])
     if "coturn" in kinds and shutil.which("turnserver") is None:
         parser.error("coturn's turnserver is not installed (Debian package coturn)")
 
@@ -172,7 +175,7 @@ def main() -> None:
             for kind in kinds:
                 workdir = Path(tmp) / kind
                 workdir.mkdir()
-                servers[kind] = start(kind, workdir, quotas[kind])
+                servers[kind] = start(kind, workdir, quotas[kind], args.base_root)
             for round_index in range(args.rounds):
                 order = kinds if round_index % 2 == 0 else list(reversed(kinds))
                 measured = measure_round(servers, quotas, order, generator, args)
@@ -202,7 +205,11 @@ def main() -> None:
         print(f"- {kind}: capacity {spread([r['capacity']['answered_per_second'] for r in runs])} req/s; "
               f"CPU per answer {spread([r['fixed']['cpu_us_per_answer'] for r in runs], 2)} µs; "
               f"generator CPU {spread([r['capacity']['cpu_percent'] for r in runs])} % (capacity)")
-    if set(kinds) == {"txrendezvous", "coturn"}:
+    if {"txrendezvous", "base"} <= set(kinds):
+        before = [b["fixed"]["cpu_us_per_answer"] / a["fixed"]["cpu_us_per_answer"]
+                  for a, b in zip(results["txrendezvous"], results["base"])]
+        print(f"- ratio base/ours, CPU per answer at {args.rate:,}/s, per round: {spread(before, 2)}")
+    if {"txrendezvous", "coturn"} <= set(kinds):
         ours, theirs = results["txrendezvous"], results["coturn"]
         capacity = [a["capacity"]["answered_per_second"] / b["capacity"]["answered_per_second"]
                     for a, b in zip(ours, theirs)]
