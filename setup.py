@@ -4,8 +4,8 @@ relay._indications, the Send indication parser, is portable C; relay._mmsg,
 batched UDP reads and writes (recvmmsg, sendmmsg) with the STUN Binding fast
 path (relay/_binding.c) and the routed relay (relay/_route.c) inside, and
 relay._requests, a live allocation's Refresh, CreatePermission and
-ChannelBind checked and signed (HMAC-SHA1 from OpenSSL's libcrypto), are
-built on Linux only.
+ChannelBind, and the Allocate that makes it, checked and signed (HMAC-SHA1
+from OpenSSL's libcrypto), are built on Linux only.
 """
 
 import sys
