@@ -122,7 +122,7 @@ def _allocate(server, data: bytes, five_tuple: tuple, sender, username_value: by
         return None
     server.counters["requests"] += 1
     auth = Auth(username, keys, PasswordAlgorithm.MD5, False, (username_value, realm_value, nonce_value), nonce,
-                realm)
+                policy.realm)  # the policy's own string, as authenticate keeps it, not a copy per allocation
     try:
         claim(server, auth)
         relay, _ = open_relay(server, auth, 4, dont_fragment=dont_fragment)
