@@ -211,7 +211,7 @@ def test_fast_answers_and_tables_are_the_python_ones(policy, then, owner, steps)
         nonces[five_tuple] = servers[0].nonces.issue(five_tuple[1][0], START).encode()
     for step in steps:
         five_tuple = TUPLES[step["tuple"]]
-        user = owners.get(five_tuple, "alice") if step["user"] == "owner" else step["user"]
+        user = owners.get(five_tuple, owner) if step["user"] == "owner" else step["user"]
         for server in servers:
             server.clock.advance(step["advance"])
             server.expire(server.clock.seconds())
@@ -302,29 +302,31 @@ def test_the_401_to_an_unsigned_allocate_is_answered_in_c(attrs, fingerprint, ta
     assert state(servers[1]) == state(servers[0])
 
 
-@pytest.mark.parametrize("client, attrs, policy, expected", [
-    (TUPLES[2], [], {}, None),
-    (TUPLES[2], [(Attr.LIFETIME, encode_uint32(1200)), (Attr.DONT_FRAGMENT, b""), (Attr.SOFTWARE, b"client")], {},
+@pytest.mark.parametrize("user, client, attrs, policy, expected", [
+    ("alice", TUPLES[2], [], {}, None),
+    ("alice", TUPLES[2], [(Attr.LIFETIME, encode_uint32(1200)), (Attr.DONT_FRAGMENT, b""), (Attr.SOFTWARE, b"c")], {},
      None),
-    (TUPLES[3], [], {}, None),
-    (TUPLES[2], [], {"user_quota": 1}, b"\x04\x56"),
-    (TUPLES[2], [], {"total_quota": 1}, b"\x05\x08"),
-    (TUPLES[2], [], {"relay_ports": 1}, b"\x05\x08"),
+    ("alice", TUPLES[3], [], {}, None),
+    (REST_USERS[1], TUPLES[2], [(Attr.LIFETIME, encode_uint32(3600))], {"expire_with_credential": True}, None),
+    ("alice", TUPLES[2], [], {"user_quota": 1}, b"\x04\x56"),
+    ("alice", TUPLES[2], [], {"total_quota": 1}, b"\x05\x08"),
+    ("alice", TUPLES[2], [], {"relay_ports": 1}, b"\x05\x08"),
 ])
-def test_the_allocate_answering_a_401_is_answered_in_c(client, attrs, policy, expected):
+def test_the_allocate_answering_a_401_is_answered_in_c(user, client, attrs, policy, expected):
     """A signed Allocate of the common form from a five-tuple without an allocation never reaches the Python
     core and gets its bytes: success with the allocation installed as the core installs it (sending to the
-    client through sender), or 486 and 508 past the quotas and the relay ports, nothing held."""
+    client through sender; a REST credential's lifetime bounding the allocation's), or 486 and 508 past the
+    quotas and the relay ports, nothing held."""
     servers = [make_server(dict(policy, software=b"txr")), make_server(dict(policy, software=b"txr"))]
     allocate(servers, TUPLES[1], "alice")  # holds the user's and the total quota of 1, and the one relay port
     nonce = servers[0].nonces.issue(client[1][0], START).encode()
     msg = Message(Method.ALLOCATE, Class.REQUEST, b"a" * 12,
                   [(Attr.REQUESTED_TRANSPORT, encode_requested_transport(17)), *attrs])
-    data = sign(msg, "alice", nonce, fingerprint="valid")
+    data = sign(msg, user, nonce, fingerprint="valid")
     fast = server_fast.answer(servers[1], data, client, SENDER)
     assert fast is not None and fast == python_path(servers[0], data, client)
     answer = Message.decode(fast)
-    assert answer.check_integrity(long_term_key("alice", REALM, "secret"))
+    assert answer.check_integrity(long_term_key(user, REALM, PASSWORDS[user]))
     if expected is None:
         assert answer.cls == Class.SUCCESS and servers[1].allocations[client].send is dropped
         assert answer.get(Attr.SOFTWARE) == b"txr" and answer.address(Attr.XOR_MAPPED_ADDRESS) == client[1]
