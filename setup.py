@@ -5,8 +5,8 @@ batched UDP reads and writes (recvmmsg, sendmmsg) with the STUN Binding fast
 path (relay/_binding.c), the routed relay (relay/_route.c) and the wait
 that spares the reactor's turns (relay/_stay.c) inside, and
 relay._requests, a live allocation's Refresh, CreatePermission and
-ChannelBind checked and signed (HMAC-SHA1 from OpenSSL's libcrypto), are
-built on Linux only.
+ChannelBind, and the Allocate that makes it, checked and signed (HMAC-SHA1
+from OpenSSL's libcrypto), are built on Linux only.
 """
 
 import sys

@@ -8,11 +8,14 @@
  * as Message.decode does, refuses (None) anything but the common form, and
  * checks its FINGERPRINT (§14.7) and its MESSAGE-INTEGRITY (§14.5) with the
  * remembered key; sign() writes a response as Message.encode(integrity_key=)
- * does. unsigned_allocate() tells the Allocate a client opens with (no
- * MESSAGE-INTEGRITY), which gets a 401 (RFC 8656 §7.2, RFC 8489 §9.2.4).
- * Python keeps every table and every decision: nonce staleness, the
- * credential sources, the 401 rate limit, the allocation, permissions,
- * channels and quotas.
+ * does. allocate() tells the Allocate a client opens with (no
+ * MESSAGE-INTEGRITY), which gets a 401 (RFC 8656 §7.2, RFC 8489 §9.2.4),
+ * and walks the common form of the signed Allocate that answers it, for
+ * Python to authenticate: verify() checks its MESSAGE-INTEGRITY with each
+ * key the credential sources name, and sign_allocated() writes its success
+ * response. Python keeps every table and every decision: nonce staleness,
+ * the credential sources, the 401 rate limit, the allocation, its relay
+ * socket, permissions, channels and quotas.
  *
  * HMAC-SHA1 is OpenSSL's libcrypto (the digest Python's hmac module uses):
  * its EVP digest interface keyed by hand (RFC 2104), so no MAC object is
@@ -23,6 +26,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <arpa/inet.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stdint.h>
@@ -48,7 +52,11 @@
 #define ATTR_REQUESTED_TRANSPORT 0x0019
 #define ATTR_DONT_FRAGMENT 0x001A
 #define ATTR_RESERVATION_TOKEN 0x0022
+#define ATTR_XOR_RELAYED_ADDRESS 0x0016
+#define ATTR_XOR_MAPPED_ADDRESS 0x0020
+#define ATTR_ADDITIONAL_ADDRESS_FAMILY 0x8000
 #define ATTR_PASSWORD_ALGORITHMS 0x8002
+#define ATTR_DRAFT_ADDITIONAL_ADDRESS_FAMILY 0x8032
 #define ATTR_FINGERPRINT 0x8028
 #define SHA1_BLOCK 64
 #define SHA1_BYTES 20
@@ -222,19 +230,27 @@ done:
     return result;
 }
 
-PyDoc_STRVAR(unsigned_allocate_doc,
-"unsigned_allocate(data) -> bool\n\n"
-"Whether data is an Allocate request without MESSAGE-INTEGRITY(-SHA256) whose attributes the\n"
+PyDoc_STRVAR(allocate_doc,
+"allocate(data) -> True, (username, realm, nonce, lifetime, dont_fragment, mac_offset) or None\n\n"
+"True when data is an Allocate request without MESSAGE-INTEGRITY(-SHA256) whose attributes the\n"
 "Python path would all take (the request attributes of Allocate, comprehension-optional ones, a\n"
-"last FINGERPRINT that verifies): the request a client opens with, which gets a 401.");
+"last FINGERPRINT that verifies): the request a client opens with, which gets a 401. For the\n"
+"common signed form (one REQUESTED-TRANSPORT, UDP; at most one LIFETIME and DONT-FRAGMENT; one\n"
+"each of USERNAME, REALM and NONCE; MESSAGE-INTEGRITY; a valid FINGERPRINT or none), the values\n"
+"of USERNAME, REALM and NONCE, the LIFETIME (None when absent), whether DONT-FRAGMENT is there\n"
+"and where MESSAGE-INTEGRITY starts (for verify). None for anything else: Python decides those.");
 
 static PyObject *
-unsigned_allocate(PyObject *self, PyObject *arg)
+allocate(PyObject *self, PyObject *arg)
 {
     Py_buffer data;
     const unsigned char *p;
-    size_t size, offset = 20;
-    int taken = 0;
+    const unsigned char *named[3] = {NULL, NULL, NULL};
+    unsigned int named_size[3] = {0, 0, 0};
+    size_t size, offset = 20, mac_offset = 0;
+    unsigned int transports = 0, udp = 0, lifetimes = 0, fragments = 0, others = 0;
+    long lifetime = -1;
+    PyObject *result = NULL;
     (void)self;
     if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
         return NULL;
@@ -242,30 +258,146 @@ unsigned_allocate(PyObject *self, PyObject *arg)
     size = (size_t)data.len;
     if (size < 20 || get16(p) != ALLOCATE || get32(p + 4) != MAGIC_COOKIE || (get16(p + 2) & 3) != 0
         || (size_t)get16(p + 2) + 20 != size)
-        goto done;
+        goto other;
     while (offset < size) {
         unsigned int type, length;
+        const unsigned char *value;
+        int slot = -1;
         if (size - offset < 4)
-            goto done;
+            goto other;
         type = get16(p + offset);
         length = get16(p + offset + 2);
+        value = p + offset + 4;
         if (offset + 4 + length > size)
-            goto done;
+            goto other;
         if (type == ATTR_FINGERPRINT) {
             if (length != 4 || offset + 8 != size
-                || (crc_of(p, offset, (unsigned int)(size - 20)) ^ FINGERPRINT_XOR) != get32(p + offset + 4))
-                goto done;
-        } else if (type < 0x8000 && type != ATTR_REQUESTED_TRANSPORT && type != ATTR_LIFETIME
-                   && type != ATTR_REQUESTED_ADDRESS_FAMILY && type != ATTR_EVEN_PORT && type != ATTR_RESERVATION_TOKEN
-                   && type != ATTR_DONT_FRAGMENT && type != ATTR_USERNAME && type != ATTR_REALM && type != ATTR_NONCE) {
-            goto done;  /* MESSAGE-INTEGRITY, USERHASH, PASSWORD-ALGORITHM or one Allocate does not take */
+                || (crc_of(p, offset, (unsigned int)(size - 20)) ^ FINGERPRINT_XOR) != get32(value))
+                goto other;
+        } else if (mac_offset) {
+            goto other;  /* after MESSAGE-INTEGRITY only a last FINGERPRINT is taken here */
+        } else if (type == ATTR_MESSAGE_INTEGRITY) {
+            if (length != SHA1_BYTES)
+                goto other;
+            mac_offset = offset;
+        } else if (type == ATTR_REQUESTED_TRANSPORT) {
+            transports++;
+            udp = length == 4 && value[0] == 17;
+        } else if (type == ATTR_LIFETIME) {
+            if (lifetimes++ || length != 4)
+                others++;
+            else
+                lifetime = (long)get32(value);
+        } else if (type == ATTR_DONT_FRAGMENT) {
+            fragments++;
+        } else if (type == ATTR_USERNAME) {
+            slot = 0;
+        } else if (type == ATTR_REALM) {
+            slot = 1;
+        } else if (type == ATTR_NONCE) {
+            slot = 2;
+        } else if (type == ATTR_REQUESTED_ADDRESS_FAMILY || type == ATTR_EVEN_PORT
+                   || type == ATTR_RESERVATION_TOKEN || type >= 0x8000) {
+            /* Allocate takes these; the signed form leaves them, and the optional ones its handler
+             * reads, to Python. */
+            if (type < 0x8000 || type == ATTR_ADDITIONAL_ADDRESS_FAMILY || type == ATTR_PASSWORD_ALGORITHMS
+                || type == ATTR_DRAFT_ADDITIONAL_ADDRESS_FAMILY)
+                others++;
+        } else {
+            goto other;  /* USERHASH, PASSWORD-ALGORITHM, MESSAGE-INTEGRITY-SHA256 or one Allocate does not take */
+        }
+        if (slot >= 0) {
+            if (named[slot])
+                others++;
+            named[slot] = value;
+            named_size[slot] = length;
         }
         offset += 4 + ((length + 3) & ~3u);
     }
-    taken = 1;
+    if (!mac_offset) {
+        result = Py_NewRef(Py_True);
+        goto done;
+    }
+    if (others || transports != 1 || !udp || fragments > 1 || !named[0] || !named[1] || !named[2])
+        goto other;
+    if (lifetime < 0)
+        result = Py_BuildValue("(y#y#y#OOn)", named[0], (Py_ssize_t)named_size[0], named[1],
+                               (Py_ssize_t)named_size[1], named[2], (Py_ssize_t)named_size[2], Py_None,
+                               fragments ? Py_True : Py_False, (Py_ssize_t)mac_offset);
+    else
+        result = Py_BuildValue("(y#y#y#lOn)", named[0], (Py_ssize_t)named_size[0], named[1],
+                               (Py_ssize_t)named_size[1], named[2], (Py_ssize_t)named_size[2], lifetime,
+                               fragments ? Py_True : Py_False, (Py_ssize_t)mac_offset);
+    goto done;
+other:
+    result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&data);
-    return PyBool_FromLong(taken);
+    return result;
+}
+
+PyDoc_STRVAR(verify_doc,
+"verify(data, mac_offset, key) -> bool\n\n"
+"Whether the MESSAGE-INTEGRITY at mac_offset (as allocate() found it) verifies with key.");
+
+static PyObject *
+verify(PyObject *self, PyObject *args)
+{
+    Py_buffer data, key;
+    Py_ssize_t mac_offset;
+    unsigned char mac[SHA1_BYTES];
+    PyObject *result = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*ny*", &data, &mac_offset, &key))
+        return NULL;
+    if (mac_offset < 20 || mac_offset + 24 > data.len) {
+        PyErr_SetString(PyExc_ValueError, "no MESSAGE-INTEGRITY at that offset");
+        goto done;
+    }
+    if (!hmac_sha1(key.buf, (size_t)key.len, data.buf, (size_t)mac_offset, (unsigned int)(mac_offset + 24 - 20), mac)) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL HMAC-SHA1 failed");
+        goto done;
+    }
+    result = PyBool_FromLong(CRYPTO_memcmp(mac, (const unsigned char *)data.buf + mac_offset + 4, SHA1_BYTES) == 0);
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&key);
+    return result;
+}
+
+/* The response to request (its method, cookie and transaction id), error or success, carrying body then
+ * MESSAGE-INTEGRITY with key, as Message.encode(integrity_key=key) writes it. */
+static PyObject *
+signed_response(const unsigned char *request, int error, const unsigned char *body, size_t body_size,
+                const unsigned char *key, size_t key_size)
+{
+    size_t length = body_size + 24;
+    unsigned int type = (get16(request) & ~0x0110u) | (error ? 0x0110u : 0x0100u);
+    unsigned char *out;
+    PyObject *result;
+    if (body_size & 3 || body_size > 0xFFFF - 24) {
+        PyErr_SetString(PyExc_ValueError, "a body that cannot follow a STUN header");
+        return NULL;
+    }
+    if (!(result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(20 + length))))
+        return NULL;
+    out = (unsigned char *)PyBytes_AS_STRING(result);
+    out[0] = (unsigned char)(type >> 8);
+    out[1] = (unsigned char)type;
+    out[2] = (unsigned char)(length >> 8);
+    out[3] = (unsigned char)length;
+    memcpy(out + 4, request + 4, 16);
+    memcpy(out + 20, body, body_size);
+    out[20 + body_size] = 0;
+    out[21 + body_size] = ATTR_MESSAGE_INTEGRITY;
+    out[22 + body_size] = 0;
+    out[23 + body_size] = SHA1_BYTES;
+    if (!hmac_sha1(key, key_size, out, 20 + body_size, (unsigned int)length, out + 24 + body_size)) {
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL HMAC-SHA1 failed");
+        return NULL;
+    }
+    return result;
 }
 
 PyDoc_STRVAR(sign_doc,
@@ -282,37 +414,85 @@ sign(PyObject *self, PyObject *args)
     (void)self;
     if (!PyArg_ParseTuple(args, "y*py*y*", &request, &error, &body, &key))
         return NULL;
-    if (request.len < 20 || body.len & 3 || body.len > 0xFFFF - 24) {
-        PyErr_SetString(PyExc_ValueError, "not a STUN request, or a body that cannot follow one");
-        goto done;
-    }
-    {
-        size_t length = (size_t)body.len + 24;
-        unsigned int type = (get16(request.buf) & ~0x0110u) | (error ? 0x0110u : 0x0100u);
-        unsigned char *out;
-        if (!(result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(20 + length))))
-            goto done;
-        out = (unsigned char *)PyBytes_AS_STRING(result);
-        out[0] = (unsigned char)(type >> 8);
-        out[1] = (unsigned char)type;
-        out[2] = (unsigned char)(length >> 8);
-        out[3] = (unsigned char)length;
-        memcpy(out + 4, (const unsigned char *)request.buf + 4, 16);
-        memcpy(out + 20, body.buf, (size_t)body.len);
-        out += 20 + body.len;
-        out[0] = 0;
-        out[1] = ATTR_MESSAGE_INTEGRITY;
-        out[2] = 0;
-        out[3] = SHA1_BYTES;
-        out -= body.len + 20;
-        if (!hmac_sha1(key.buf, (size_t)key.len, out, 20 + (size_t)body.len, (unsigned int)length, out + 24 + body.len)) {
-            Py_CLEAR(result);
-            PyErr_SetString(PyExc_RuntimeError, "OpenSSL HMAC-SHA1 failed");
-        }
-    }
-done:
+    if (request.len < 20)
+        PyErr_SetString(PyExc_ValueError, "not a STUN request");
+    else
+        result = signed_response(request.buf, error, body.buf, (size_t)body.len, key.buf, (size_t)key.len);
     PyBuffer_Release(&request);
     PyBuffer_Release(&body);
+    PyBuffer_Release(&key);
+    return result;
+}
+
+/* At out, an XOR-*-ADDRESS attribute of attr_type for host and port (RFC 8489 §14.2) as
+ * Message.add_address writes it, tid the request's cookie and transaction id: its size (12 or 24),
+ * or 0 when host is no IP literal or port no port. */
+static size_t
+xor_address(unsigned char *out, unsigned int attr_type, const char *host, int port, const unsigned char *tid)
+{
+    unsigned char ip[16];
+    size_t ip_size = strchr(host, ':') ? 16 : 4;
+    if (inet_pton(ip_size == 16 ? AF_INET6 : AF_INET, host, ip) != 1 || port < 0 || port > 0xFFFF)
+        return 0;
+    out[0] = (unsigned char)(attr_type >> 8);
+    out[1] = (unsigned char)attr_type;
+    out[2] = 0;
+    out[3] = (unsigned char)(4 + ip_size);
+    out[4] = 0;
+    out[5] = ip_size == 16 ? 0x02 : 0x01;
+    out[6] = (unsigned char)((port >> 8) ^ tid[0]);
+    out[7] = (unsigned char)(port ^ tid[1]);
+    for (size_t i = 0; i < ip_size; i++)
+        out[8 + i] = ip[i] ^ tid[i];
+    return 8 + ip_size;
+}
+
+PyDoc_STRVAR(sign_allocated_doc,
+"sign_allocated(request, relayed, lifetime, mapped, tail, key) -> bytes\n\n"
+"The success response to an Allocate request as relay.server_allocate.allocated writes it for one\n"
+"relayed address: XOR-RELAYED-ADDRESS relayed, LIFETIME lifetime, XOR-MAPPED-ADDRESS mapped (each\n"
+"(host, port)), the encoded attributes tail (SOFTWARE), then MESSAGE-INTEGRITY with key.");
+
+static PyObject *
+sign_allocated(PyObject *self, PyObject *args)
+{
+    Py_buffer request, tail, key;
+    const char *relayed_host, *mapped_host;
+    int relayed_port, mapped_port;
+    unsigned long lifetime;
+    unsigned char *body = NULL;
+    size_t size, at;
+    PyObject *result = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*(si)k(si)y*y*", &request, &relayed_host, &relayed_port, &lifetime, &mapped_host,
+                          &mapped_port, &tail, &key))
+        return NULL;
+    if (request.len < 20 || tail.len > 0xFFFF - 80 || lifetime > 0xFFFFFFFFul) {
+        PyErr_SetString(PyExc_ValueError, "not a STUN request, or a lifetime or tail that cannot answer one");
+        goto done;
+    }
+    if (!(body = PyMem_Malloc(56 + (size_t)tail.len))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (!(at = xor_address(body, ATTR_XOR_RELAYED_ADDRESS, relayed_host, relayed_port, request.buf + 4)))
+        goto bad_address;
+    body[at] = 0, body[at + 1] = ATTR_LIFETIME, body[at + 2] = 0, body[at + 3] = 4;
+    body[at + 4] = (unsigned char)(lifetime >> 24), body[at + 5] = (unsigned char)(lifetime >> 16);
+    body[at + 6] = (unsigned char)(lifetime >> 8), body[at + 7] = (unsigned char)lifetime;
+    at += 8;
+    if (!(size = xor_address(body + at, ATTR_XOR_MAPPED_ADDRESS, mapped_host, mapped_port, request.buf + 4)))
+        goto bad_address;
+    at += size;
+    memcpy(body + at, tail.buf, (size_t)tail.len);
+    result = signed_response(request.buf, 0, body, at + (size_t)tail.len, key.buf, (size_t)key.len);
+    goto done;
+bad_address:
+    PyErr_SetString(PyExc_ValueError, "an address that is no IP literal and port");
+done:
+    PyMem_Free(body);
+    PyBuffer_Release(&request);
+    PyBuffer_Release(&tail);
     PyBuffer_Release(&key);
     return result;
 }
@@ -320,15 +500,17 @@ done:
 static PyMethodDef module_methods[] = {
     {"check", check, METH_VARARGS, check_doc},
     {"sign", sign, METH_VARARGS, sign_doc},
-    {"unsigned_allocate", unsigned_allocate, METH_O, unsigned_allocate_doc},
+    {"allocate", allocate, METH_O, allocate_doc},
+    {"verify", verify, METH_VARARGS, verify_doc},
+    {"sign_allocated", sign_allocated, METH_VARARGS, sign_allocated_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef requests_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "relay._requests",
-    .m_doc = PyDoc_STR("A live allocation's Refresh, CreatePermission and ChannelBind checked and signed, and the "
-                       "unsigned Allocate told apart, in C (relay/server_fast.py)."),
+    .m_doc = PyDoc_STR("A live allocation's Refresh, CreatePermission and ChannelBind, and the Allocate that makes "
+                       "it, checked and signed in C (relay/server_fast.py)."),
     .m_size = -1,
     .m_methods = module_methods,
 };

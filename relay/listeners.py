@@ -94,7 +94,7 @@ class ServerDatagramProtocol(DatagramProtocol):
         relay.server_fast), the rest to the Binding core."""
         turn = self.turn
         if turn is not None:
-            response = answer_fast(turn, data, ("udp", addr, self.local))
+            response = answer_fast(turn, data, ("udp", addr, self.local), self.outbox.sender)
             if response is not None:
                 if response:  # b"": no answer (a rate-limited 401)
                     self._write(response, addr)

@@ -153,9 +153,10 @@ class PeerPolicy:
 
     What the rules say of a host alone is worked out once per host (parsing
     it and walking the ranges cost tens of µs) and remembered for the last
-    ``HOSTS_REMEMBERED`` hosts; whether it is a host of the relay's own is
-    asked each time, since local addresses come and go. A reload makes a
-    new PeerPolicy.
+    ``HOSTS_REMEMBERED`` hosts, with whether it is one of the relay's own
+    hosts and endpoints its configuration names; whether it is a local
+    address (where wildcard listeners hear) is asked each time, since local
+    addresses come and go. A reload makes a new PeerPolicy.
     """
 
     def __init__(
@@ -190,11 +191,11 @@ class PeerPolicy:
         facts = self._host_facts(host)
         if facts is None:
             return Reach.DENIED  # not an IP address, or 0.0.0.0 or :: (the kernel sends there as to loopback)
-        forms, verdict, relayed, denied = facts
-        own = [a for a in forms if self._own_host(a)]
-        if any(self._own_endpoint(a, port) for a in own):
-            return Reach.DENIED  # whatever --allow-peer says
-        own_host = bool(own)
+        forms, verdict, relayed, denied, own_host, listened = facts
+        if not own_host and self.wildcard_ports:
+            own_host = any(self.is_local(a) for a in forms)
+        if port in listened or (own_host and port in self.wildcard_ports):
+            return Reach.DENIED  # one of the relay's own endpoints, whatever --allow-peer says
         if verdict is not None:
             return Reach.DENIED if not verdict else Reach.OWN if own_host else Reach.HOST
         if relayed:
@@ -203,10 +204,12 @@ class PeerPolicy:
             return Reach.DENIED
         return Reach.HOST
 
-    def _facts(self, host: str) -> tuple[tuple[IPAddress, ...], bool | None, bool, bool] | None:
+    def _facts(self, host: str) -> tuple[tuple[IPAddress, ...], bool | None, bool, bool, bool, frozenset] | None:
         """What the rules say of host alone: its forms (itself and any IPv4 address it carries), the
-        operator's verdict, whether it is a relayed address, whether it is denied by default; None when
-        it is no IP address or an unspecified one."""
+        operator's verdict, whether it is a relayed address, whether it is denied by default, whether a
+        form is one of the relay's own hosts named in its configuration, and the ports its listeners hear
+        on at a form; None when it is no IP address or an unspecified one. Whether a form is a local
+        address (what wildcard listeners hear on) changes, so reach asks that each time."""
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
@@ -215,14 +218,9 @@ class PeerPolicy:
         forms = (address,) if inner is None else (address, inner)
         if any(a.is_unspecified for a in forms):
             return None
-        return forms, self._operator_verdict(address), address in self.relayed, denied_by_default(address, self.nat64)
-
-    def _own_host(self, address: IPAddress) -> bool:
-        return address in self.own_hosts or (bool(self.wildcard_ports) and self.is_local(address))
-
-    def _own_endpoint(self, address: IPAddress, port: int) -> bool:
-        """Whether one of the relay's listeners hears on address:port (address is a host of its own)."""
-        return (address, port) in self.specific or port in self.wildcard_ports
+        listened = frozenset(port for a, port in self.specific if a in forms)
+        return (forms, self._operator_verdict(address), address in self.relayed, denied_by_default(address, self.nat64),
+                any(a in self.own_hosts for a in forms), listened)
 
     def _operator_verdict(self, address: IPAddress) -> bool | None:
         """What --allow-peer / --deny-peer say of address (longest prefix, deny on a tie), or None."""

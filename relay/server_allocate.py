@@ -30,6 +30,7 @@ from rendezvous.stun.replies import error_response, success_response
 
 from .allocation import Allocation, TokenBucket, family_of
 from .server_auth import Auth
+from .server_permissions import Refused
 
 UDP = 17
 TCP = 6
@@ -118,13 +119,9 @@ def allocate(server, msg, five_tuple, send, auth: Auth, now) -> bytes:
     # of a dual allocation's second, a failure is told in ADDRESS-ERROR-CODE
     # (440 for a family not served here, 508 for no port).
     try:
-        relay, reservation = server.ports.open(
-            family, even=even is not None, reserve_next=reserve_next, dont_fragment=dont_fragment,
-            release=lambda: server.counts.release(auth.username),
-        )
-    except NoRelayPort:
-        server.counts.release(auth.username, 2 if reserve_next else 1)
-        return server._error(msg, Error.INSUFFICIENT_CAPACITY, "No relay port available", auth)
+        relay, reservation = open_relay(server, auth, family, even is not None, reserve_next, dont_fragment)
+    except Refused as e:
+        return server._error(msg, e.code, e.reason, auth)
     relays, failed = {family: relay}, {}
     for extra in extras:
         if extra not in policy.families:
@@ -186,7 +183,8 @@ def allocated(server, msg, five_tuple, send, auth: Auth, now, relays: dict, fail
               reservation: bytes | None) -> bytes:
     """Install the allocation over relays and sign the success response (RFC 8656 §7.2): an
     XOR-RELAYED-ADDRESS per relay, an ADDRESS-ERROR-CODE per family of failed (family -> error)."""
-    allocation, lifetime = install(server, msg, five_tuple, send, auth, now, relays)
+    allocation, lifetime = install(server, msg.transaction_id, requested_lifetime(msg), five_tuple, send, auth, now,
+                                   relays)
     response = success_response(msg)
     for relay in relays.values():
         response.add_address(Attr.XOR_RELAYED_ADDRESS, relay.address)
@@ -208,20 +206,43 @@ def allocated(server, msg, five_tuple, send, auth: Auth, now, relays: dict, fail
 def quota(server, msg: Message, auth: Auth, count: int = 1) -> bytes | None:
     """Count the allocation (and a reservation), or 486 past the per-user quota, 508 past the total
     (RFC 8656 §7.2 step 8)."""
-    refused = server.counts.claim(auth.username, server.policy.user_quota, server.policy.total_quota, count)
-    if refused == Error.ALLOCATION_QUOTA_REACHED:
-        return server._error(msg, Error.ALLOCATION_QUOTA_REACHED, auth=auth)
-    if refused is not None:
-        return server._error(msg, Error.INSUFFICIENT_CAPACITY, "Server at capacity", auth)
+    try:
+        claim(server, auth, count)
+    except Refused as e:
+        return server._error(msg, e.code, e.reason, auth)
     return None
 
 
-def install(server, msg, five_tuple, send, auth: Auth, now, relays, tcp: bool = False) -> tuple[Allocation, int]:
-    """Create and register an allocation over relays; returns it and its lifetime."""
-    lifetime = granted_lifetime(server, requested_lifetime(msg), auth, now)
+def claim(server, auth: Auth, count: int = 1) -> None:
+    """Count the allocation (and a reservation), or raise Refused: 486 past the per-user quota, 508 past
+    the total (RFC 8656 §7.2 step 8)."""
+    refused = server.counts.claim(auth.username, server.policy.user_quota, server.policy.total_quota, count)
+    if refused == Error.ALLOCATION_QUOTA_REACHED:
+        raise Refused(Error.ALLOCATION_QUOTA_REACHED)
+    if refused is not None:
+        raise Refused(Error.INSUFFICIENT_CAPACITY, "Server at capacity")
+
+
+def open_relay(server, auth: Auth, family: int, even: bool = False, reserve_next: bool = False,
+               dont_fragment: bool = False) -> tuple:
+    """The relayed transport address of a counted allocation and its reservation token (or None); or
+    raise Refused (508) with the count released."""
+    try:
+        return server.ports.open(family, even=even, reserve_next=reserve_next, dont_fragment=dont_fragment,
+                                 release=lambda: server.counts.release(auth.username))
+    except NoRelayPort:
+        server.counts.release(auth.username, 2 if reserve_next else 1)
+        raise Refused(Error.INSUFFICIENT_CAPACITY, "No relay port available") from None
+
+
+def install(server, transaction_id: bytes, requested: int | None, five_tuple, send, auth: Auth, now, relays,
+            tcp: bool = False) -> tuple[Allocation, int]:
+    """Create and register an allocation over relays, for the lifetime requested (None: the default);
+    returns it and its lifetime."""
+    lifetime = granted_lifetime(server, requested, auth, now)
     bucket = TokenBucket(server.policy.max_bps, server.clock) if server.policy.max_bps else None
     allocation = Allocation(
-        five_tuple, msg.transaction_id, auth.username, auth, relays, now + lifetime, send, bucket,
+        five_tuple, transaction_id, auth.username, auth, relays, now + lifetime, send, bucket,
     )
     allocation.tcp = tcp
     allocation.decide = server._endpoint_reach
@@ -255,7 +276,8 @@ def allocate_tcp(server, msg, five_tuple, send, auth: Auth, now) -> bytes:
     except OSError:
         server.counts.release(auth.username)
         return server._error(msg, Error.INSUFFICIENT_CAPACITY, "No relay port available", auth)
-    allocation, lifetime = install(server, msg, five_tuple, send, auth, now, {family: endpoint}, tcp=True)
+    allocation, lifetime = install(server, msg.transaction_id, requested_lifetime(msg), five_tuple, send, auth, now,
+                                   {family: endpoint}, tcp=True)
     response = success_response(msg)
     response.add_address(Attr.XOR_RELAYED_ADDRESS, endpoint.address)
     response.add(Attr.LIFETIME, encode_uint32(lifetime))

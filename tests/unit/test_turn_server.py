@@ -115,7 +115,7 @@ def fast_path_first(python_handle):
 
     def handle(self, msg, five_tuple, send, leg=None):
         if msg.raw is not None and five_tuple[0] == "udp":
-            response = server_fast.answer(self, msg.raw, five_tuple)
+            response = server_fast.answer(self, msg.raw, five_tuple, lambda client: send)
             if response is not None:
                 FAST_ANSWERS.append(response)
                 return response or None
