@@ -118,6 +118,26 @@ ipv4_peer(const unsigned char *value)
                          get16(value + 2) ^ 0x2112);
 }
 
+/* The attribute at *offset of the message p, size bytes (RFC 8489 §14): its start (*at), type, length and
+ * value, with *offset moved past it and its padding. 1: one was read; 0: none is left; -1: it does not fit. */
+static int
+next_attribute(const unsigned char *p, size_t size, size_t *offset, size_t *at, unsigned int *type,
+               unsigned int *length, const unsigned char **value)
+{
+    *at = *offset;
+    if (*at >= size)
+        return 0;
+    if (size - *at < 4)
+        return -1;
+    *type = get16(p + *at);
+    *length = get16(p + *at + 2);
+    *value = p + *at + 4;
+    if (*at + 4 + *length > size)
+        return -1;
+    *offset = *at + 4 + ((*length + 3) & ~3u);
+    return 1;
+}
+
 PyDoc_STRVAR(check_doc,
 "check(data, username, realm, nonce, key) -> (method, number, peers) or None\n\n"
 "A Refresh, CreatePermission or ChannelBind request of the common form, naming exactly\n"
@@ -131,8 +151,10 @@ check(PyObject *self, PyObject *args)
 {
     Py_buffer data, username, realm, nonce, key;
     const unsigned char *p;
-    size_t size, offset = 20, mac_offset = 0;
-    unsigned int method, seen_username = 0, seen_realm = 0, seen_nonce = 0, peer_count = 0, numbers = 0;
+    const unsigned char *value;
+    size_t size, offset = 20, at, mac_offset = 0;
+    unsigned int method, type, length, seen_username = 0, seen_realm = 0, seen_nonce = 0, peer_count = 0, numbers = 0;
+    int walked;
     long number = -1;
     const unsigned char *peers[MAX_PEERS];
     PyObject *result = NULL, *list = NULL;
@@ -147,25 +169,16 @@ check(PyObject *self, PyObject *args)
     if ((method != REFRESH && method != CREATE_PERMISSION && method != CHANNEL_BIND) || get32(p + 4) != MAGIC_COOKIE
         || (get16(p + 2) & 3) != 0 || (size_t)get16(p + 2) + 20 != size)
         goto other;
-    while (offset < size) {
-        unsigned int type, length;
-        const unsigned char *value;
-        if (size - offset < 4)
-            goto other;
-        type = get16(p + offset);
-        length = get16(p + offset + 2);
-        value = p + offset + 4;
-        if (offset + 4 + length > size)
-            goto other;
+    while ((walked = next_attribute(p, size, &offset, &at, &type, &length, &value)) > 0) {
         if (mac_offset) {
             /* After MESSAGE-INTEGRITY only a last FINGERPRINT is taken here. */
-            if (type != ATTR_FINGERPRINT || length != 4 || offset + 8 != size
-                || (crc_of(p, offset, (unsigned int)(offset + 8 - 20)) ^ FINGERPRINT_XOR) != get32(value))
+            if (type != ATTR_FINGERPRINT || length != 4 || at + 8 != size
+                || (crc_of(p, at, (unsigned int)(at + 8 - 20)) ^ FINGERPRINT_XOR) != get32(value))
                 goto other;
         } else if (type == ATTR_MESSAGE_INTEGRITY) {
             if (length != SHA1_BYTES)
                 goto other;
-            mac_offset = offset;
+            mac_offset = at;
         } else if (type == ATTR_USERNAME) {
             if (seen_username++ || !same_value(value, length, &username))
                 goto other;
@@ -190,9 +203,8 @@ check(PyObject *self, PyObject *args)
         } else if (type < 0x8000 || type == ATTR_PASSWORD_ALGORITHMS || type == ATTR_FINGERPRINT) {
             goto other;  /* comprehension-required, or read by the Python path, or a misplaced FINGERPRINT */
         }
-        offset += 4 + ((length + 3) & ~3u);
     }
-    if (!mac_offset || !seen_username || !seen_realm || !seen_nonce
+    if (walked < 0 || !mac_offset || !seen_username || !seen_realm || !seen_nonce
         || (method == CREATE_PERMISSION && peer_count == 0)
         || (method == CHANNEL_BIND && (peer_count != 1 || numbers != 1)))
         goto other;
@@ -247,8 +259,10 @@ allocate(PyObject *self, PyObject *arg)
     const unsigned char *p;
     const unsigned char *named[3] = {NULL, NULL, NULL};
     unsigned int named_size[3] = {0, 0, 0};
-    size_t size, offset = 20, mac_offset = 0;
-    unsigned int transports = 0, udp = 0, lifetimes = 0, fragments = 0, others = 0;
+    const unsigned char *value;
+    size_t size, offset = 20, at, mac_offset = 0;
+    unsigned int type, length, transports = 0, udp = 0, lifetimes = 0, fragments = 0, others = 0;
+    int walked;
     long lifetime = -1;
     PyObject *result = NULL;
     (void)self;
@@ -259,27 +273,18 @@ allocate(PyObject *self, PyObject *arg)
     if (size < 20 || get16(p) != ALLOCATE || get32(p + 4) != MAGIC_COOKIE || (get16(p + 2) & 3) != 0
         || (size_t)get16(p + 2) + 20 != size)
         goto other;
-    while (offset < size) {
-        unsigned int type, length;
-        const unsigned char *value;
+    while ((walked = next_attribute(p, size, &offset, &at, &type, &length, &value)) > 0) {
         int slot = -1;
-        if (size - offset < 4)
-            goto other;
-        type = get16(p + offset);
-        length = get16(p + offset + 2);
-        value = p + offset + 4;
-        if (offset + 4 + length > size)
-            goto other;
         if (type == ATTR_FINGERPRINT) {
-            if (length != 4 || offset + 8 != size
-                || (crc_of(p, offset, (unsigned int)(size - 20)) ^ FINGERPRINT_XOR) != get32(value))
+            if (length != 4 || at + 8 != size
+                || (crc_of(p, at, (unsigned int)(size - 20)) ^ FINGERPRINT_XOR) != get32(value))
                 goto other;
         } else if (mac_offset) {
             goto other;  /* after MESSAGE-INTEGRITY only a last FINGERPRINT is taken here */
         } else if (type == ATTR_MESSAGE_INTEGRITY) {
             if (length != SHA1_BYTES)
                 goto other;
-            mac_offset = offset;
+            mac_offset = at;
         } else if (type == ATTR_REQUESTED_TRANSPORT) {
             transports++;
             udp = length == 4 && value[0] == 17;
@@ -312,8 +317,9 @@ allocate(PyObject *self, PyObject *arg)
             named[slot] = value;
             named_size[slot] = length;
         }
-        offset += 4 + ((length + 3) & ~3u);
     }
+    if (walked < 0)
+        goto other;
     if (!mac_offset) {
         result = Py_NewRef(Py_True);
         goto done;
