@@ -19,6 +19,8 @@
  */
 #include "_mmsg.h"
 
+#include <structmember.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
@@ -288,6 +290,7 @@ receive_batch(Receiver *self, int fd)
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
+    self->received += (unsigned long)received;
     return received;
 }
 
@@ -474,6 +477,12 @@ static PyMethodDef Receiver_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyMemberDef Receiver_members[] = {
+    {"holds", T_ULONGLONG, offsetof(Receiver, moderation.holds), READONLY,
+     "Holds a stay slept before a wait to gather a batch (relay/_stay.c), ever."},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyTypeObject ReceiverType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "relay._mmsg.Receiver",
@@ -484,6 +493,7 @@ static PyTypeObject ReceiverType = {
     .tp_init = (initproc)Receiver_init,
     .tp_dealloc = (destructor)Receiver_dealloc,
     .tp_methods = Receiver_methods,
+    .tp_members = Receiver_members,
 };
 
 PyDoc_STRVAR(send_doc,

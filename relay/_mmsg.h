@@ -14,6 +14,19 @@ typedef struct {
 
 typedef struct Sends Sends;
 
+/* A stay's wakeup moderation (relay/_stay.c): whether to hold before each wait, the window of wakeups that
+ * decides it, and the windows to pass after holds that brought no batch. */
+typedef struct {
+    int holding;
+    unsigned long long holds;          /* ever: Receiver.holds */
+    unsigned int wakeups;
+    unsigned long datagrams;
+    long switches;                     /* the thread's voluntary context switches when the window began */
+    double since;
+    unsigned int skip;
+    unsigned int backoff;
+} Moderation;
+
 /* Receiver: the buffers of one recvmmsg batch, reused call after call. */
 typedef struct {
     PyObject_HEAD
@@ -28,6 +41,8 @@ typedef struct {
     struct mmsghdr *answer_headers;
     struct iovec *answer_vectors;
     Sends *sends;                      /* what the routing pass queued (relay/_route.c) */
+    unsigned long received;            /* datagrams read, ever: a stay's count per wakeup (relay/_stay.c) */
+    Moderation moderation;             /* relay/_stay.c */
 } Receiver;
 
 #include <netinet/in.h>

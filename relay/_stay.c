@@ -11,21 +11,37 @@
  * a signal, a call queued from a thread, the next timed call's due time, a
  * datagram left for Python (returned to the caller). The reactor's next poll
  * finds what ended it still ready, since its epoll is level-triggered.
+ *
+ * A wakeup costs about as much again in the kernel (the switch in and out of
+ * an idle core), and under a steady light load each datagram is one: the
+ * stay then moderates them as a NIC's interrupt coalescing does (ethtool's
+ * adaptive rx-usecs). When its waits sleep for fewer than two datagrams
+ * each and less than the hold time apart, it sleeps the hold time before
+ * each wait, so that wait finds a batch; when holds stop gathering two
+ * datagrams each (a client waiting on each answer), it backs off. What is
+ * ready during a hold waits for it: the hold bounds the latency added, and 0
+ * turns it off (``--wakeup-hold``).
  */
 #include "_mmsg.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #define STAY_EVENTS 64
 #define TELLERS 8
+/* Wakeups per moderation decision; a wakeup's datagrams that end holding at once; the most windows a backoff
+ * passes. */
+#define WINDOW 32
+#define BUSY 16
+#define MOST_BACKOFF 64
 
 enum { SERVE_SOCKET = 0, SERVE_RELAYS = 1 };
 
 const char Receiver_stay_doc[] =
-"stay(epoll_fd, timeout, selectables, served, calls, wakeups) -> None or (fd, rest)\n\n"
+"stay(epoll_fd, timeout, selectables, served, calls, wakeups, hold) -> None or (fd, rest)\n\n"
 "Wait on the reactor's epoll epoll_fd for at most timeout seconds (< 0: no\n"
 "limit) and serve in C what it reports while every ready descriptor fd is in\n"
 "served with selectables[fd] (the reactor's) as its entry's first item:\n"
@@ -36,7 +52,8 @@ const char Receiver_stay_doc[] =
 "poll_relays(fd, ports, batches). Returns None when something else needs the\n"
 "reactor, the time is up, calls (its queue of calls from threads) is not\n"
 "empty, or wakeups waits were served; (fd, rest) when serving fd left rest,\n"
-"recv_serving's or poll_relays' list, for Python.";
+"recv_serving's or poll_relays' list, for Python. hold (seconds, 0: never)\n"
+"bounds the sleep before a wait that moderates a steady light load.";
 
 static double
 monotonic_seconds(void)
@@ -156,16 +173,80 @@ serve(Receiver *self, int fd, PyObject *entry, PyObject *rest, Tellers *tellers)
     return -1;
 }
 
+/* Sleep up to hold seconds, never past deadline; a signal cuts it short (the wait after it sees the signal). */
+static void
+hold_wait(Moderation *m, double hold, double deadline)
+{
+    struct timespec sleep;
+    if (deadline >= 0 && deadline - monotonic_seconds() < hold)
+        hold = deadline - monotonic_seconds();
+    if (hold <= 0)
+        return;
+    m->holds++;
+    sleep.tv_sec = (time_t)hold;
+    sleep.tv_nsec = (long)((hold - (double)sleep.tv_sec) * 1e9);
+    Py_BEGIN_ALLOW_THREADS
+    clock_nanosleep(CLOCK_MONOTONIC, 0, &sleep, NULL);
+    Py_END_ALLOW_THREADS
+}
+
+/* The calling thread's voluntary context switches: the waits that slept. */
+static long
+sleeps(void)
+{
+    struct rusage usage;
+    return getrusage(RUSAGE_THREAD, &usage) == 0 ? usage.ru_nvcsw : 0;
+}
+
+/* Count a wakeup that read count datagrams; every WINDOW wakeups, decide whether to hold before each wait.
+ * Without holds: hold when the waits slept for fewer than two datagrams each and less than hold apart (a steady
+ * light load, where a hold gathers more). With holds: go on while they gather at least two each and fewer than
+ * BUSY in any one (then the load is no longer light); a window of holds that gathered less backs off for 1, 2,
+ * 4, ... windows. */
+static void
+moderate(Moderation *m, double hold, unsigned long count)
+{
+    int busy = m->holding && count >= BUSY;
+    double now;
+    long slept;
+    m->datagrams += count;
+    if (++m->wakeups < WINDOW && !busy)
+        return;
+    now = monotonic_seconds();
+    slept = sleeps() - m->switches;
+    if (busy) {
+        m->holding = 0;
+    } else if (m->holding) {
+        m->holding = m->datagrams >= 2 * (unsigned long)m->wakeups;
+        m->skip = m->holding ? 0 : m->backoff;
+        m->backoff = m->holding ? 0 : (m->backoff == 0 ? 1 : 2 * m->backoff);
+        if (m->backoff > MOST_BACKOFF)
+            m->backoff = MOST_BACKOFF;
+    } else if (m->skip > 0) {
+        m->skip--;
+    } else {
+        m->holding = slept > 0 && (unsigned long)(2 * slept) > m->datagrams && now - m->since < hold * (double)slept;
+    }
+    m->wakeups = 0;
+    m->datagrams = 0;
+    m->switches += slept;
+    m->since = now;
+}
+
 static PyObject *
 stay(Receiver *self, int epoll_fd, double timeout, PyObject *selectables, PyObject *served, PyObject *calls,
-     int wakeups, Tellers *tellers)
+     int wakeups, double hold, Tellers *tellers)
 {
     struct epoll_event events[STAY_EVENTS];
     double deadline = timeout < 0 ? -1.0 : monotonic_seconds() + timeout;
 
     for (int w = 0; w < wakeups; w++) {
         PyObject *entries[STAY_EVENTS];
-        int ready, ms = wait_ms(deadline), found = 0;
+        int ready, ms, found = 0;
+        unsigned long before = self->received;
+        if (hold > 0 && self->moderation.holding)
+            hold_wait(&self->moderation, hold, deadline);
+        ms = wait_ms(deadline);
         if (ms == 0 || PyList_GET_SIZE(calls) > 0)
             Py_RETURN_NONE;
         Py_BEGIN_ALLOW_THREADS
@@ -199,6 +280,8 @@ stay(Receiver *self, int epoll_fd, double timeout, PyObject *selectables, PyObje
             Py_DECREF(rest);
             Py_DECREF(entries[i]);
         }
+        if (hold > 0)
+            moderate(&self->moderation, hold, self->received - before);
     }
     Py_RETURN_NONE;
 }
@@ -208,13 +291,13 @@ Receiver_stay(Receiver *self, PyObject *args)
 {
     PyObject *selectables, *served, *calls, *result;
     Tellers tellers = {.used = 0};
-    double timeout;
+    double timeout, hold;
     int epoll_fd, wakeups;
 
-    if (!PyArg_ParseTuple(args, "idO!O!O!i", &epoll_fd, &timeout, &PyDict_Type, &selectables, &PyDict_Type, &served,
-                          &PyList_Type, &calls, &wakeups))
+    if (!PyArg_ParseTuple(args, "idO!O!O!id", &epoll_fd, &timeout, &PyDict_Type, &selectables, &PyDict_Type, &served,
+                          &PyList_Type, &calls, &wakeups, &hold))
         return NULL;
-    result = stay(self, epoll_fd, timeout, selectables, served, calls, wakeups, &tellers);
+    result = stay(self, epoll_fd, timeout, selectables, served, calls, wakeups, hold, &tellers);
     if (result == NULL) {
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);

@@ -80,6 +80,14 @@ def parse_count(value) -> int:
     return number
 
 
+def parse_wakeup_hold(value) -> int:
+    """Microseconds, 0-1000: a longer hold would add latency a relayed call can hear."""
+    number = parse_count(value)
+    if number > 1000:
+        raise ConfigError(f"{number} µs is more than 1000")
+    return number
+
+
 def parse_path(value) -> Path:
     return Path(str(value)).expanduser()
 
@@ -170,6 +178,9 @@ LISTENER_OPTIONS = [
            "HOST:PORT for /metrics (Prometheus), /healthz and /readyz, or off."),
     Option("log-format", parse_log_format, "text",
            "text (twistd's lines) or json (one JSON object per event, on standard output)."),
+    Option("wakeup-hold", parse_wakeup_hold, 100,
+           "Under a steady light UDP load, sleep up to this many µs before each wait so that one wakeup serves "
+           "several datagrams (adaptive, like a NIC's interrupt coalescing); 0 = off."),
 ]
 
 RELAY_OPTIONS = [

@@ -23,7 +23,10 @@ it. Without the extension (not Linux) the same loops use ``recvfrom`` and
 After a wakeup of those sockets, ``Stay`` keeps waiting in C on the
 reactor's own epoll (relay/_stay.c) and serves them again, until
 something else needs the reactor: a wakeup then costs no turn of the
-reactor's Python loop (about 4 µs, ``bench/reactor_wakeup.py``).
+reactor's Python loop (about 4 µs, ``bench/reactor_wakeup.py``). Under a
+steady light load, where each datagram would be a wakeup of its own, the
+stay holds briefly before its waits so that one wakeup serves several
+(``hold_wakeups``, the operator's ``--wakeup-hold``).
 """
 
 import os
@@ -314,6 +317,7 @@ class Stay:
         self.epoll_fd = reactor._poller.fileno()
         self.served: dict[int, tuple] = {}  # descriptor -> (reader, what C does, its arguments)
         self.leftovers: dict[int, object] = {}  # descriptor -> what handles the datagrams C left
+        self.hold = 0.0  # seconds; hold_wakeups
 
     def serve(self, reader, entry: tuple, leftovers) -> None:
         """Serve reader (entry: see relay/_stay.c) between turns; leftovers(rest) handles what C leaves."""
@@ -339,7 +343,7 @@ class Stay:
                 return
             try:
                 left = _receiver.stay(self.epoll_fd, -1.0 if timeout is None else timeout, reactor._selectables,
-                                      self.served, reactor.threadCallQueue, STAY_WAKEUPS)
+                                      self.served, reactor.threadCallQueue, STAY_WAKEUPS, self.hold)
             except Exception:  # out of memory, say: the reactor's next turn reads on
                 log.failure("serving the relay's sockets between reactor turns")
                 return
@@ -352,6 +356,13 @@ class Stay:
 
 
 _stays: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def hold_wakeups(reactor, seconds: float) -> None:
+    """Let reactor's Stay hold up to seconds before a wait under a steady light load (relay/_stay.c); 0: never."""
+    stay = stay_for(reactor)
+    if stay is not None:
+        stay.hold = seconds
 
 
 def stay_for(reactor) -> Stay | None:

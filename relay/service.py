@@ -19,6 +19,7 @@ from rendezvous.stun.binding import Addresses, BindingServer
 from .allocation import family_of
 from .config import ConfigError, RelayConfig
 from .credentials import Credentials, RestSecrets, StaticUsers
+from .datagrams import hold_wakeups
 from .listening import ListeningPort
 from .listeners import ServerStreamFactory, UdpEndpoints
 from .peer_policy import PeerPolicy
@@ -200,7 +201,7 @@ def tls_ips(groups: Sequence[Addresses]) -> list[str]:
 
 def add_listeners(parent: service.MultiService, groups: Sequence[Addresses], binding: BindingServer,
                   turn: TurnServer | None, tls_port: int = 0, tls_options=None, wrap=None,
-                  reactor=None, reuse_port: bool = False) -> None:
+                  reactor=None, reuse_port: bool = False, wakeup_hold_us: int = 0) -> None:
     """UDP and TCP on every endpoint of each address group; TLS on each IP at tls_port.
 
     Each socket is bound by ``relay.listening`` (an IPv6 one IPv6-only).
@@ -208,9 +209,12 @@ def add_listeners(parent: service.MultiService, groups: Sequence[Addresses], bin
     another protocol, as the super node does with signaling). With
     reuse_port the sockets are bound with SO_REUSEPORT, for workers sharing
     the ports (relay.workers); otherwise a busy port fails the start.
+    wakeup_hold_us bounds the hold that moderates the UDP sockets' wakeups
+    under a steady light load (``relay.datagrams.hold_wakeups``).
     """
     if reactor is None:
         from twisted.internet import reactor
+    hold_wakeups(reactor, wakeup_hold_us / 1e6)
     wrap = wrap or (lambda factory: factory)
     udp = UdpEndpoints(binding, turn)
 

@@ -106,6 +106,7 @@ class RendezvousConfig:
     https_port: int | None = None
     redis: str | None = None
     metrics: tuple | None = None
+    wakeup_hold: int = 0  # µs, relay.service.add_listeners
     echo_port: int = 0
     results: bool = True
     results_retention_days: int = 365
@@ -169,6 +170,7 @@ class RendezvousConfig:
             https_port=values["https-port"] or (443 if values["web-ports"] else None),
             redis=values["redis"],
             metrics=values["metrics"],
+            wakeup_hold=values["wakeup-hold"],
             echo_port=values["echo-port"],
             results=not values["no-results"],
             results_retention_days=values["results-retention-days"],

@@ -129,7 +129,7 @@ def makeService(options, reactor=None) -> service.MultiService:
     drain.setServiceParent(top)
     binding = BindingServer(groups, software=values["software"])
     add_listeners(top, groups, binding, relay.turn, values["tls-port"], tls, reactor=reactor,
-                  reuse_port=options.workers > 1)
+                  reuse_port=options.workers > 1, wakeup_hold_us=values["wakeup-hold"])
     shared = [s for s in top if isinstance(s, ListeningPort)]
     if supervisor is not None:
         supervisor.listeners = shared

@@ -137,7 +137,7 @@ def makeService(options, reactor=None) -> service.MultiService:
     reloads = relay.reload_hooks if config.relay is not None else []
     tls = _tls(config, ALPN_PROTOCOLS, reloads) if config.tls_port else None
     add_listeners(top, groups, binding, turn, config.tls_port, tls,
-                  wrap=lambda stun: DemuxFactory(stun, signaling), reactor=reactor)
+                  wrap=lambda stun: DemuxFactory(stun, signaling), reactor=reactor, wakeup_hold_us=config.wakeup_hold)
     web = site(node, _results(top, config, accounts, reactor), reactor)
     _add_web_ports(top, reactor, config, ips, binding, turn, signaling, web, reloads)
     if config.echo_port:

@@ -11,10 +11,12 @@ import threading
 import time
 
 import pytest
+from twisted.application import service
 from twisted.internet.protocol import DatagramProtocol
 
 from relay import datagrams
 from relay.datagrams import DatagramPoller, read_loop
+from relay.service import add_listeners
 from rendezvous.stun import Class, Message, Method
 from rendezvous.stun.binding import Addresses, BindingServer
 
@@ -263,3 +265,81 @@ def test_the_relay_sockets_poller_is_served_between_turns():
         assert poller.fileno() not in stay.served
     finally:
         relay.socket.close()
+
+
+HOLD_SECONDS = 0.001  # the most --wakeup-hold allows
+
+
+def steady(address, requests: int, spacing: float) -> int:
+    """Send requests Binding requests to address spacing seconds apart, without waiting on each; the answers."""
+    answers = 0
+    with client() as sock:
+        sock.setblocking(False)
+        request = Message(Method.BINDING, Class.REQUEST).encode()
+        for _ in range(requests):
+            sock.sendto(request, address)
+            time.sleep(spacing)
+            while True:
+                try:
+                    answers += len(sock.recv(2048)) > 0
+                except BlockingIOError:
+                    break
+        deadline = time.monotonic() + 5
+        while answers < requests and time.monotonic() < deadline:
+            try:
+                answers += len(sock.recv(2048)) > 0
+            except BlockingIOError:
+                time.sleep(0.001)
+    return answers
+
+
+@pytest.mark.parametrize("hold", [HOLD_SECONDS, 0.0])
+def test_a_steady_light_load_is_served_in_held_wakeups(hold):
+    """Requests that come one per wakeup, steadily, make the stay hold before its waits (each hold gathering
+    several), when a hold is allowed; every request is answered either way."""
+    reactor = make_reactor()
+    datagrams.hold_wakeups(reactor, hold)
+    listener = BindingListener()
+    port = reactor.listenUDP(0, listener, interface="127.0.0.1")
+    address = ("127.0.0.1", port.getHost().port)
+    holds = datagrams._receiver.holds
+    answers = []
+
+    run(reactor, lambda: answers.append(steady(address, REQUESTS * 5, 0.0002)))
+    holds = datagrams._receiver.holds - holds
+    assert answers == [REQUESTS * 5] and sum(listener.answered) == REQUESTS * 5
+    if hold:
+        assert REQUESTS // 10 < holds < REQUESTS * 5 // 2, f"{holds} holds for {REQUESTS * 5} requests"
+    else:
+        assert holds == 0
+
+
+def test_holds_back_off_for_a_client_waiting_on_each_answer():
+    """A client that sends its next request only after the answer gains nothing from a hold: the stay tries
+    holds, finds they gather one request each, and backs off, holding before fewer than a fifth of them."""
+    reactor = make_reactor()
+    datagrams.hold_wakeups(reactor, HOLD_SECONDS)
+    listener = BindingListener()
+    port = reactor.listenUDP(0, listener, interface="127.0.0.1")
+    address = ("127.0.0.1", port.getHost().port)
+    holds = datagrams._receiver.holds
+    asked = REQUESTS * 5
+
+    def traffic():
+        with client() as sock:
+            for _ in range(asked):
+                ask(sock, address)
+
+    run(reactor, traffic)
+    holds = datagrams._receiver.holds - holds
+    assert sum(listener.answered) == asked
+    assert 0 < holds < asked // 5, f"{holds} holds for {asked} requests, each awaited"
+
+
+def test_the_listeners_set_the_reactors_hold():
+    """add_listeners gives its reactor's stay the operator's --wakeup-hold."""
+    reactor = make_reactor()
+    addresses = Addresses(ip="127.0.0.1", port=0)
+    add_listeners(service.MultiService(), [addresses], BindingServer(addresses), None, reactor=reactor,
+                  wakeup_hold_us=250)
+    assert datagrams.stay_for(reactor).hold == pytest.approx(250e-6)

@@ -19,7 +19,7 @@ def test_defaults():
     """With nothing given, the node listens dual-stack (IPv4 and IPv6 wildcards) and the relay is on."""
     config = parse().config
     assert (config.ips, config.port, config.tls_port, config.alt_ips) == (("0.0.0.0", "::"), 3478, 5349, {})
-    assert config.software is None
+    assert config.software is None and config.wakeup_hold == 100
     assert config.relay.relay_ports == (49152, 65535) and config.relay.realm == "txrendezvous"
     assert config.relay.relay_ips == default_relay_ips(("0.0.0.0", "::"))
     assert [(g.ip, g.alt_ip) for g in config.address_groups()] == [("0.0.0.0", None), ("::", None)]
@@ -96,6 +96,7 @@ def test_repeatable_options_on_the_command_line():
         ('relay-ip = ["0.0.0.0"]\n', "specific --relay-ip"),
         ('default-lifetime = 5000\n', "exceeds --max-lifetime"),
         ('max-bps = -1\n', "negative"),
+        ('wakeup-hold = 1001\n', "more than 1000"),
         ('expire-with-credential = "yes"\n', "true or false"),
     ],
 )
