@@ -24,7 +24,8 @@
  * without permission.
  *
  * What C relays queues here (copied, so the receive buffers can be reused)
- * and leaves in one sendmmsg per socket when the pass's C part ends.
+ * and leaves in one sendmmsg per socket when the pass's C part ends; its
+ * counts go to the allocations' counters then too, once per allocation.
  */
 #include "_mmsg.h"
 #include "_sendwalk.h"
@@ -38,6 +39,7 @@
 #define SENDS_ITEMS 1024
 #define SENDS_BYTES (1024 * 1024)
 #define POLL_EVENTS 256
+#define COUNTED 64
 
 enum { ERROR = -1, TO_PYTHON = 0, ROUTED = 1 };
 
@@ -48,6 +50,13 @@ typedef struct {
     size_t offset, length;
 } Queued;
 
+/* What C relayed for one allocation and direction since the counters were last told (counts_flush). */
+typedef struct {
+    PyObject *allocation;
+    int inward;  /* packets_in, bytes_in: from a peer; else packets_out, bytes_out */
+    Py_ssize_t packets, bytes;
+} Counted;
+
 struct Sends {
     unsigned char *bytes;
     size_t used;
@@ -56,6 +65,8 @@ struct Sends {
     char *taken;
     struct mmsghdr headers[64];
     struct iovec vectors[64];
+    Counted counted[COUNTED];
+    int counts;
 };
 
 /* Outbox.write and the Sender class (relay/datagrams.py): the writes C may do itself. */
@@ -64,6 +75,50 @@ static PyObject *s_allocation, *s_bucket, *s_channels, *s_permissions, *s_own_ho
     *s_relays, *s_write, *s_send, *s_outbox, *s_addr, *s_socket, *s_family, *s_fileno, *s_packets_out, *s_bytes_out, *s_packets_in,
     *s_bytes_in;
 static uint64_t random_state[2];
+
+static int add_to(PyObject *obj, PyObject *name, Py_ssize_t n);
+
+/* Add what was counted to the allocations' counters (Allocation.packets_in and the others), which Python reads
+ * only after the pass; an exception pending before is kept, one raised here is reported as unraisable. */
+static void
+counts_flush(Sends *sends)
+{
+    PyObject *type, *value, *traceback;
+    if (sends->counts == 0)
+        return;
+    PyErr_Fetch(&type, &value, &traceback);
+    for (int i = 0; i < sends->counts; i++) {
+        Counted *c = &sends->counted[i];
+        if (add_to(c->allocation, c->inward ? s_packets_in : s_packets_out, c->packets) < 0
+            || add_to(c->allocation, c->inward ? s_bytes_in : s_bytes_out, c->bytes) < 0)
+            PyErr_WriteUnraisable(c->allocation);
+        Py_DECREF(c->allocation);
+    }
+    sends->counts = 0;
+    PyErr_Restore(type, value, traceback);
+}
+
+/* Count one relayed datagram of bytes for allocation, told to its counters when the pass's C part ends. */
+static void
+count(Sends *sends, PyObject *allocation, int inward, size_t bytes)
+{
+    Counted *c = sends->counted;
+    int i = 0;
+    while (i < sends->counts && (c[i].allocation != allocation || c[i].inward != inward))
+        i++;
+    if (i == COUNTED) {
+        counts_flush(sends);
+        i = 0;
+    }
+    if (i == sends->counts) {
+        c[i].allocation = Py_NewRef(allocation);
+        c[i].inward = inward;
+        c[i].packets = c[i].bytes = 0;
+        sends->counts++;
+    }
+    c[i].packets++;
+    c[i].bytes += (Py_ssize_t)bytes;
+}
 
 Sends *
 sends_new(void)
@@ -86,16 +141,19 @@ sends_free(Sends *sends)
 {
     if (sends == NULL)
         return;
+    counts_flush(sends);
     PyMem_Free(sends->bytes);
     PyMem_Free(sends->items);
     PyMem_Free(sends->taken);
     PyMem_Free(sends);
 }
 
-/* Send what is queued, one sendmmsg per socket (64 datagrams a call), in the order it was queued. */
+/* Send what is queued, one sendmmsg per socket (64 datagrams a call), in the order it was queued, and tell the
+ * counters. */
 void
 sends_flush(Sends *sends)
 {
+    counts_flush(sends);
     memset(sends->taken, 0, (size_t)sends->count);
     for (int i = 0; i < sends->count; i++) {
         int fd = sends->items[i].fd, n = 0;
@@ -267,11 +325,13 @@ channel_to_peer(Sends *sends, PyObject *allocation, const unsigned char *data, s
         int permitted = attribute_has(allocation, s_permissions, PyTuple_GET_ITEM(bound, 2));
         if (permitted <= 0)
             result = permitted < 0 ? ERROR : ROUTED;  /* no permission: dropped */
-        else if (destination(PyMethod_GET_SELF(write), PyTuple_GET_ITEM(bound, 0), &fd, &to, &namelen) < 0
-                 || add_to(allocation, s_packets_out, 1) < 0 || add_to(allocation, s_bytes_out, length) < 0)
+        else if (destination(PyMethod_GET_SELF(write), PyTuple_GET_ITEM(bound, 0), &fd, &to, &namelen) < 0)
             result = ERROR;
-        else if (fd >= 0)
-            memcpy(sends_add(sends, fd, &to, namelen, length), data + 4, length);
+        else {
+            count(sends, allocation, 0, length);
+            if (fd >= 0)
+                memcpy(sends_add(sends, fd, &to, namelen, length), data + 4, length);
+        }
     }
     Py_DECREF(bound);
 done:
@@ -337,9 +397,8 @@ send_to_peer(Sends *sends, PyObject *allocation, const unsigned char *data, size
     if (socket_family != AF_INET)
         goto done;
     result = ROUTED;
-    if (add_to(allocation, s_packets_out, 1) < 0 || add_to(allocation, s_bytes_out, (Py_ssize_t)payload_length) < 0)
-        result = ERROR;
-    else if (fd >= 0)
+    count(sends, allocation, 0, payload_length);
+    if (fd >= 0)
         memcpy(sends_add(sends, fd, (const struct sockaddr_storage *)&to, sizeof to, payload_length), payload,
                payload_length);
 done:
@@ -482,11 +541,15 @@ peer_to_client(Sends *sends, PyObject *allocation, PyObject *peer, const struct 
         result = TO_PYTHON;  /* too large for a Data indication: Python's path decides */
         goto done;
     }
-    result = ROUTED;
-    if (destination(outbox, client, &fd, &to, &namelen) < 0
-        || add_to(allocation, s_packets_in, 1) < 0 || add_to(allocation, s_bytes_in, (Py_ssize_t)n) < 0) {
+    if (destination(outbox, client, &fd, &to, &namelen) < 0) {
         result = ERROR;
-    } else if (fd >= 0 && channel >= 0) {
+        goto done;
+    }
+    result = ROUTED;
+    count(sends, allocation, 1, n);
+    if (fd < 0) {
+        /* the client's socket closed during the pass: the datagram dies with it */
+    } else if (channel >= 0) {
         /* RFC 8656 §12.4: ChannelData over UDP needs no padding. */
         unsigned char *out = sends_add(sends, fd, &to, namelen, 4 + n);
         out[0] = (unsigned char)(channel >> 8);
@@ -494,7 +557,7 @@ peer_to_client(Sends *sends, PyObject *allocation, PyObject *peer, const struct 
         out[2] = (unsigned char)(n >> 8);
         out[3] = (unsigned char)n;
         memcpy(out + 4, data, n);
-    } else if (fd >= 0) {
+    } else {
         /* RFC 8656 §11.4: a Data indication, XOR-PEER-ADDRESS then DATA, padded. */
         unsigned char attribute[24], tid[12];
         uint64_t r0 = next_random(), r1 = next_random();
@@ -683,7 +746,9 @@ recognize(PyObject *Py_UNUSED(module), PyObject *args)
 static PyObject *
 sends_take(Sends *sends)
 {
-    PyObject *taken = PyList_New(0);
+    PyObject *taken;
+    counts_flush(sends);
+    taken = PyList_New(0);
     for (int i = 0; taken != NULL && i < sends->count; i++) {
         Queued *item = &sends->items[i];
         PyObject *fd = PyLong_FromLong(item->fd);

@@ -349,6 +349,33 @@ def test_channels_relay_both_ways_and_count_exactly(batched):
         assert relay.turn.relayed_totals() == (4, 1105, 3, 1004)
 
 
+def test_one_pass_for_many_allocations_counts_each_exactly(batched):
+    """A poller pass that relays for more allocations than C keeps counts for at once (64) tells each
+    allocation's counters exactly, with and without the extension."""
+    with Relay() as relay:
+        local, client = relay.listen.getsockname(), relay.client.getsockname()
+        allocations = []
+        try:
+            for i in range(70):
+                sock = bound()
+                port = RelaySocket(sock.getsockname(), None, sock)
+                allocation = Allocation(("udp", ("127.0.0.1", 50000 + i), local), os.urandom(12), "user", None,
+                                        {4: port}, 5000, relay.protocol.outbox.sender(client))
+                port.allocation = allocation
+                allocation.permit("127.0.0.1", relay.clock.seconds())
+                relay.poller.add(port)
+                allocations.append(allocation)
+            for i, allocation in enumerate(allocations):
+                relay.peer.sendto(b"x" * (i + 1), allocation.relays[4].address)
+            time.sleep(0.02)
+            relay.poller.doRead()
+            assert len(drain(relay.client)) == 70
+            assert [(a.packets_in, a.bytes_in) for a in allocations] == [(1, i + 1) for i in range(70)]
+        finally:
+            for allocation in allocations:
+                allocation.close()
+
+
 def test_send_indications_relay_both_ways_and_count_exactly(batched):
     """A Send indication reaches a permitted peer and its answer comes back as a Data indication, counted
     exactly; one to a peer without permission is dropped, with and without the extension."""
