@@ -32,11 +32,12 @@
 
 #define STAY_EVENTS 64
 #define TELLERS 8
-/* Wakeups per moderation decision; a wakeup's datagrams that end holding at once; the most windows a backoff
- * passes. */
+/* Wakeups per moderation decision, without and with holds; a wakeup's datagrams that end holding at once; the
+ * most windows a backoff passes. */
 #define WINDOW 32
+#define HELD_WINDOW 8
 #define BUSY 16
-#define MOST_BACKOFF 64
+#define MOST_BACKOFF 256
 
 enum { SERVE_SOCKET = 0, SERVE_RELAYS = 1 };
 
@@ -198,7 +199,8 @@ sleeps(void)
     return getrusage(RUSAGE_THREAD, &usage) == 0 ? usage.ru_nvcsw : 0;
 }
 
-/* Count a wakeup that read count datagrams; every WINDOW wakeups, decide whether to hold before each wait.
+/* Count a wakeup that read count datagrams; every WINDOW wakeups (HELD_WINDOW while holding), decide whether to
+ * hold before each wait.
  * Without holds: hold when the waits slept for fewer than two datagrams each and less than hold apart (a steady
  * light load, where a hold gathers more). With holds: go on while they gather at least two each and fewer than
  * BUSY in any one (then the load is no longer light); a window of holds that gathered less backs off for 1, 2,
@@ -210,7 +212,7 @@ moderate(Moderation *m, double hold, unsigned long count)
     double now;
     long slept;
     m->datagrams += count;
-    if (++m->wakeups < WINDOW && !busy)
+    if (++m->wakeups < (m->holding ? HELD_WINDOW : WINDOW) && !busy)
         return;
     now = monotonic_seconds();
     slept = sleeps() - m->switches;
@@ -218,10 +220,10 @@ moderate(Moderation *m, double hold, unsigned long count)
         m->holding = 0;
     } else if (m->holding) {
         m->holding = m->datagrams >= 2 * (unsigned long)m->wakeups;
-        m->skip = m->holding ? 0 : m->backoff;
         m->backoff = m->holding ? 0 : (m->backoff == 0 ? 1 : 2 * m->backoff);
         if (m->backoff > MOST_BACKOFF)
             m->backoff = MOST_BACKOFF;
+        m->skip = m->backoff;
     } else if (m->skip > 0) {
         m->skip--;
     } else {
