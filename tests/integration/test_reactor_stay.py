@@ -293,23 +293,29 @@ def steady(address, requests: int, spacing: float) -> int:
     return answers
 
 
-@pytest.mark.parametrize("hold", [HOLD_SECONDS, 0.0])
-def test_a_steady_light_load_is_served_in_held_wakeups(hold):
-    """Requests that come one per wakeup, steadily, make the stay hold before its waits (each hold gathering
-    several), when a hold is allowed; every request is answered either way."""
+def held(hold: float, traffic) -> tuple[int, BindingListener]:
+    """Run traffic(address) against a Binding listener on a reactor whose stay may hold hold seconds; the holds
+    made meanwhile, and the listener."""
     reactor = make_reactor()
     datagrams.hold_wakeups(reactor, hold)
     listener = BindingListener()
     port = reactor.listenUDP(0, listener, interface="127.0.0.1")
     address = ("127.0.0.1", port.getHost().port)
-    holds = datagrams._receiver.holds
-    answers = []
+    before = datagrams._receiver.holds
+    run(reactor, lambda: traffic(address))
+    return datagrams._receiver.holds - before, listener
 
-    run(reactor, lambda: answers.append(steady(address, REQUESTS * 5, 0.0002)))
-    holds = datagrams._receiver.holds - holds
-    assert answers == [REQUESTS * 5] and sum(listener.answered) == REQUESTS * 5
+
+@pytest.mark.parametrize("hold", [HOLD_SECONDS, 0.0])
+def test_a_steady_light_load_is_served_in_held_wakeups(hold):
+    """Requests that come one per wakeup, steadily, make the stay hold before its waits (each hold gathering
+    several), when a hold is allowed; every request is answered either way."""
+    sent = REQUESTS * 5
+    answers = []
+    holds, listener = held(hold, lambda address: answers.append(steady(address, sent, 0.0002)))
+    assert answers == [sent] and sum(listener.answered) == sent
     if hold:
-        assert REQUESTS // 10 < holds < REQUESTS * 5 // 2, f"{holds} holds for {REQUESTS * 5} requests"
+        assert REQUESTS // 10 < holds < sent // 2, f"{holds} holds for {sent} requests"
     else:
         assert holds == 0
 
@@ -317,21 +323,14 @@ def test_a_steady_light_load_is_served_in_held_wakeups(hold):
 def test_holds_back_off_for_a_client_waiting_on_each_answer():
     """A client that sends its next request only after the answer gains nothing from a hold: the stay tries
     holds, finds they gather one request each, and backs off, holding before fewer than one in fifteen."""
-    reactor = make_reactor()
-    datagrams.hold_wakeups(reactor, HOLD_SECONDS)
-    listener = BindingListener()
-    port = reactor.listenUDP(0, listener, interface="127.0.0.1")
-    address = ("127.0.0.1", port.getHost().port)
-    holds = datagrams._receiver.holds
     asked = REQUESTS * 5
 
-    def traffic():
+    def traffic(address):
         with client() as sock:
             for _ in range(asked):
                 ask(sock, address)
 
-    run(reactor, traffic)
-    holds = datagrams._receiver.holds - holds
+    holds, listener = held(HOLD_SECONDS, traffic)
     assert sum(listener.answered) == asked
     assert 0 < holds < asked // 15, f"{holds} holds for {asked} requests, each awaited"
 
