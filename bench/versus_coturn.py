@@ -5,8 +5,8 @@
 
 Not a test. It runs, one after the other, the benchmarks that measure each
 goal (each starts its servers itself, pins them to core 0 and its generator
-to core 1, and measures ours and coturn side by side), then prints each
-goal's figures and ratio:
+to core 1, and measures ours and coturn side by side), ``--rounds`` times
+each, then prints each goal's medians and the ratio of every round:
 
 1. STUN Binding (``stun_capacity.py --quota 25``): answered requests/s with
    both servers held to a quarter of a core, CPU per answer at 20,000
@@ -58,24 +58,24 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def row(goal: str, figure: str, pairs: list[tuple[float, float]], lower_is_better: bool, target) -> tuple:
+    """A table row from (ours, coturn) per round: the medians, and each round's ratio (above 1: ours better)."""
+    ratios = [b / a if lower_is_better else a / b for a, b in pairs]
+    return (goal, figure, median([a for a, _ in pairs]), median([b for _, b in pairs]), ratios, target)
+
+
 def stun(rounds: int, tmp: Path, log: list[str]) -> list[tuple]:
     out = tmp / "stun.json"
     run(["stun_capacity.py", "--rounds", str(rounds), "--quota", "25", "--json-out", str(out)], log)
     figures = json.loads(out.read_text())["rounds"]
-    ours, theirs = figures["txrendezvous"], figures["coturn"]
-    capacity = [a["capacity"]["answered_per_second"] / b["capacity"]["answered_per_second"]
-                for a, b in zip(ours, theirs)]
-    cpu = [b["fixed"]["cpu_us_per_answer"] / a["fixed"]["cpu_us_per_answer"] for a, b in zip(ours, theirs)]
-
-    def loss(runs):
-        return max(r["below"]["loss_percent"] for r in runs)
-
+    both = list(zip(figures["txrendezvous"], figures["coturn"]))
     return [
-        ("1", "STUN capacity, 25 % quota (req/s, median)", median([r["capacity"]["answered_per_second"] for r in ours]),
-         median([r["capacity"]["answered_per_second"] for r in theirs]), capacity, 1.5),
-        ("1", "STUN CPU per answer at 20,000/s (µs, median)", median([r["fixed"]["cpu_us_per_answer"] for r in ours]),
-         median([r["fixed"]["cpu_us_per_answer"] for r in theirs]), cpu, 1.5),
-        ("1", "STUN worst loss at 80 % of capacity (%)", loss(ours), loss(theirs), [], None),
+        row("1", "STUN capacity, 25 % quota (req/s, median)",
+            [(a["capacity"]["answered_per_second"], b["capacity"]["answered_per_second"]) for a, b in both], False, 1.5),
+        row("1", "STUN CPU per answer at 20,000/s (µs, median)",
+            [(a["fixed"]["cpu_us_per_answer"], b["fixed"]["cpu_us_per_answer"]) for a, b in both], True, 1.5),
+        ("1", "STUN worst loss at 80 % of capacity (%)", max(a["below"]["loss_percent"] for a, _ in both),
+         max(b["below"]["loss_percent"] for _, b in both), [], None),
     ]
 
 
@@ -83,44 +83,51 @@ def relay_runs(path: Path) -> dict:
     return {(r["server"], r["size"], r["rate"]): r for r in json.loads(path.read_text()) if r.get("report")}
 
 
-def relay(tmp: Path, log: list[str]) -> list[tuple]:
-    rows = []
+def relay(rounds: int, tmp: Path, log: list[str]) -> list[tuple]:
+    light: dict[tuple, list] = {}
+    quota: dict[int, list] = {}
     sizes = ",".join(map(str, SIZES))
-    for mode in ("channel", "send"):
-        out = tmp / f"light-{mode}.json"
-        run(["relay_throughput.py", "--servers", "ours,coturn1", "--mode", mode, "--sizes", sizes,
-             "--rates", str(LIGHT_RATE), "--quiet-wait", "15", "--json-out", str(out)], log)
+    for _ in range(rounds):
+        for mode in ("channel", "send"):
+            out = tmp / f"light-{mode}.json"
+            run(["relay_throughput.py", "--servers", "ours,coturn1", "--mode", mode, "--sizes", sizes,
+                 "--rates", str(LIGHT_RATE), "--quiet-wait", "15", "--json-out", str(out)], log)
+            runs = relay_runs(out)
+            for size in SIZES:
+                cost = [runs[(server, size, LIGHT_RATE)] for server in ("ours", "coturn1")]
+                light.setdefault((mode, size), []).append(
+                    tuple(r["server_user_us"] + r["server_system_us"] for r in cost))
+        out = tmp / "quota.json"
+        run(["relay_throughput.py", "--servers", "ours,coturn1", "--server-cpu-quota", "40", "--sizes", sizes,
+             "--rates", str(QUOTA_RATE), "--quiet-wait", "15", "--json-out", str(out)], log)
         runs = relay_runs(out)
         for size in SIZES:
-            ours, theirs = (runs[(server, size, LIGHT_RATE)] for server in ("ours", "coturn1"))
-            cost = [r["server_user_us"] + r["server_system_us"] for r in (ours, theirs)]
-            rows.append(("2", f"relay CPU per packet, {mode}, {size} B, 25k round trips/s (µs)", cost[0], cost[1],
-                         [cost[1] / cost[0]], 1.0))
-    out = tmp / "quota.json"
-    run(["relay_throughput.py", "--servers", "ours,coturn1", "--server-cpu-quota", "40", "--sizes", sizes,
-         "--rates", str(QUOTA_RATE), "--quiet-wait", "15", "--json-out", str(out)], log)
-    runs = relay_runs(out)
-    for size in SIZES:
-        ours, theirs = (runs[(server, size, QUOTA_RATE)]["report"]["relayed_pps"] for server in ("ours", "coturn1"))
-        rows.append(("2", f"relayed pkt/s, 40 % quota, {size} B channels", ours, theirs, [ours / theirs], 1.2))
-    return rows
+            quota.setdefault(size, []).append(
+                tuple(runs[(server, size, QUOTA_RATE)]["report"]["relayed_pps"] for server in ("ours", "coturn1")))
+    rows = [row("2", f"relay CPU per packet, {mode}, {size} B, 25k round trips/s (µs, median)", pairs, True, 1.0)
+            for (mode, size), pairs in light.items()]
+    return rows + [row("2", f"relayed pkt/s, 40 % quota, {size} B channels (median)", pairs, False, 1.2)
+                   for size, pairs in quota.items()]
 
 
-def allocations(log: list[str]) -> list[tuple]:
-    output = run(["allocation_rate.py", "--seconds", "10", "--rate", "200", "--cpu-quota", "20"], log)
-    figures = json.loads(output[output.index("{"):])
-    ours, theirs = figures["ours"], figures["coturn"]
-    paced = [s["paced"]["server_cpu_ms_per_cycle"] for s in (ours, theirs)]
-    rows = [("3", "CPU per cycle at 200 cycles/s (ms)", paced[0], paced[1], [paced[1] / paced[0]], 1.0)]
-    flat = [10 * s["capacity"]["server_cpu_percent"] / s["capacity"]["cycles_per_second"] for s in (ours, theirs)]
-    quota = [s["quota"]["cycles_per_second"] for s in (ours, theirs)]
-    return rows + [("3", "CPU per cycle flat out (ms)", flat[0], flat[1], [flat[1] / flat[0]], 1.0),
-                   ("3", "cycles/s, 20 % quota", quota[0], quota[1], [quota[0] / quota[1]], 1.0)]
+def allocations(rounds: int, log: list[str]) -> list[tuple]:
+    paced, flat, quota = [], [], []
+    for _ in range(rounds):
+        output = run(["allocation_rate.py", "--seconds", "10", "--rate", "200", "--cpu-quota", "20"], log)
+        figures = json.loads(output[output.index("{"):])
+        both = (figures["ours"], figures["coturn"])
+        paced.append(tuple(s["paced"]["server_cpu_ms_per_cycle"] for s in both))
+        flat.append(tuple(10 * s["capacity"]["server_cpu_percent"] / s["capacity"]["cycles_per_second"] for s in both))
+        quota.append(tuple(s["quota"]["cycles_per_second"] for s in both))
+    return [row("3", "CPU per cycle at 200 cycles/s (ms, median)", paced, True, 1.0),
+            row("3", "CPU per cycle flat out (ms, median)", flat, True, 1.0),
+            row("3", "cycles/s, 20 % quota (median)", quota, False, 1.0)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="STUN rounds (1-10, default 3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of every step, ours and coturn side by side in each (1-10, default 3)")
     parser.add_argument("--json-out", type=Path, help="also write the table's rows to this JSON file")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 10:
@@ -128,7 +135,7 @@ def main() -> None:
     log: list[str] = []
     with tempfile.TemporaryDirectory(prefix="versus-coturn-") as tmp:
         loads = [open("/proc/loadavg").read().split()[0]]
-        rows = stun(args.rounds, Path(tmp), log) + relay(Path(tmp), log) + allocations(log)
+        rows = stun(args.rounds, Path(tmp), log) + relay(args.rounds, Path(tmp), log) + allocations(args.rounds, log)
         loads.append(open("/proc/loadavg").read().split()[0])
     print(f"Benchmark: `{shlex.join(['python', 'bench/versus_coturn.py', *sys.argv[1:]])}`, "
           f"load average {loads[0]} at the start, {loads[1]} at the end\n")
@@ -140,7 +147,8 @@ def main() -> None:
         met = "" if target is None else ("yes" if ratio >= target else "no")
         print(f"| {goal} | {figure} | {ours:,.2f} | {theirs:,.2f} | {'' if ratio is None else f'{ratio:.2f}'} | "
               f"{rounds} | {'' if target is None else f'≥ {target:g}'} | {met} |")
-    print("\nSteps:\n" + "\n".join(f"- `{command}`" for command in log))
+    print("\nSteps (each relay and allocation step once per round):\n"
+          + "\n".join(f"- `{command}`" for command in dict.fromkeys(log)))
     if args.json_out:
         args.json_out.write_text(json.dumps([dict(zip(("goal", "figure", "ours", "coturn", "ratios", "target"), row))
                                              for row in rows], indent=1))
