@@ -312,7 +312,7 @@ def test_a_steady_light_load_is_served_in_held_wakeups(hold):
     several), when a hold is allowed; every request is answered either way."""
     sent = REQUESTS * 5
     answers = []
-    holds, listener = held(hold, lambda address: answers.append(steady(address, sent, 0.0002)))
+    holds, listener = held(hold, lambda address: answers.append(steady(address, sent, 0.0001)))
     assert answers == [sent] and sum(listener.answered) == sent
     if hold:
         assert REQUESTS // 10 < holds < sent // 2, f"{holds} holds for {sent} requests"
