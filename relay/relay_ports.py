@@ -210,9 +210,13 @@ class RelayPorts:
             relay, _, release = self.reservations.pop(token)
             relay.close()
             release()
+        if self.poller is not None:
+            self.poller.idle()
 
     def stop(self) -> None:
         for relay, _, release in self.reservations.values():
             relay.close()
             release()
         self.reservations.clear()
+        if self.poller is not None:
+            self.poller.idle()
