@@ -61,6 +61,7 @@ class RelaySocket:
         self.address = address
         self.owner = owner
         self.socket = sock
+        self.fileno = sock.fileno  # the poller asks on add and remove: no Python frame
         self.addressFamily = sock.family if family is None else _FAMILIES[family]  # 4 or 6: no enum made
         self.write = Outbox(sock).write
         self._allocation = None
@@ -81,9 +82,6 @@ class RelaySocket:
         loop is made on the first read, not for every socket and allocation."""
         read_loop(self, self.handler)  # it sets this instance's own doRead
         self.doRead()
-
-    def fileno(self) -> int:
-        return self.socket.fileno()
 
     def logPrefix(self) -> str:
         return "relay socket"
