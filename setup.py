@@ -6,7 +6,7 @@ path (relay/_binding.c), the routed relay (relay/_route.c) and the wait
 that spares the reactor's turns (relay/_stay.c) inside, and
 relay._requests, a live allocation's Refresh, CreatePermission and
 ChannelBind, and the Allocate that makes it, checked and signed (HMAC-SHA1
-from OpenSSL's libcrypto), are built on Linux only.
+from OpenSSL's libcrypto), and relay._sockets, a relay socket made in one call, are built on Linux only.
 """
 
 import sys
@@ -24,4 +24,6 @@ if sys.platform.startswith("linux"):
                                 extra_compile_args=FLAGS))
     extensions.append(Extension("relay._requests", ["relay/_requests.c"], depends=["relay/_stun_bytes.h"],
                                 libraries=["crypto"], extra_compile_args=FLAGS))
+    # relay/_sockets.c makes a relay socket (socket, bind, buffers) in one call.
+    extensions.append(Extension("relay._sockets", ["relay/_sockets.c"], extra_compile_args=FLAGS))
 setup(ext_modules=extensions)

@@ -1,7 +1,7 @@
 """Benchmark: authenticated allocations per second on one core, our relay beside coturn (issue 16, goal 3).
 
-    sudo .venv/bin/python bench/allocation_rate.py [--seconds 20] [--lanes 32] [--rate 300] [--base-root DIR]
-        [--cpu-quota PERCENT]
+    sudo .venv/bin/python bench/allocation_rate.py [--seconds 20] [--lanes 32] [--rate 300] [--rounds 1]
+        [--base-root DIR] [--cpu-quota PERCENT]
 
 Not a test. Each server runs pinned to core 0 (``taskset``), the generator on
 core 1. A *cycle* is one client's whole allocation life on a fresh UDP socket
@@ -15,15 +15,21 @@ Two measurements per server, and a third with ``--cpu-quota``:
 - capacity: lanes run flat out for ``--seconds``; cycles/s, and the server's
   and the generator's CPU (a generator at 100 % makes the figure a floor);
 - cost: cycles paced at ``--rate`` per second (one that both servers keep up
-  with), and the server's CPU milliseconds per cycle;
+  with), and the server's CPU milliseconds per cycle; with ``--rounds N``
+  the servers take turns N times, ``--seconds / N`` each, so that load from
+  other work on the machine, which moves the figure by tens of percent at
+  this rate, falls on all of them alike (and the ratio of each round is
+  given);
 - quota: lanes flat out again with the server held to ``--cpu-quota``
   percent of its core (a cgroup's CFS bandwidth, ``common.CpuQuota``), so
   the server, not the generator, is the limit: cycles/s, and that scaled to
   a whole core.
 With ``--base-root`` (an unpacked older checkout, its C extensions built)
-that relay is measured too, as ``base``, between ours and coturn. Every
-server gets every quota unlimited. Bounded: every phase has a deadline,
-every request a timeout; servers are stopped by their process handles.
+that relay is measured too, as ``base``, between ours and coturn. The
+servers are all started first (an idle one costs next to nothing), each
+with its own slice of the relay ports, and every quota unlimited. Bounded:
+every phase has a deadline, every request a timeout; servers are stopped by
+their process handles.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import os
 import selectors
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -196,46 +203,113 @@ def answering(server: tuple[str, int], seconds: float = 20.0) -> bool:
     return False
 
 
-def measure(kind: str, args) -> dict:
-    root = args.base_root if kind == "base" else ROOT
-    with tempfile.TemporaryDirectory(prefix=f"txr-alloc-{kind}-") as tmp:
-        workdir = Path(tmp)
-        (workdir / "state").mkdir()
+class Running:
+    """One server, started for the whole run (with --cpu-quota, in a control group of its own)."""
+
+    def __init__(self, kind: str, args, workdir: Path, ports: tuple[int, int]) -> None:
+        root = args.base_root if kind == "base" else ROOT
+        (workdir / "state").mkdir(parents=True)
         port = free_port()
-        quota = CpuQuota(None) if args.cpu_quota else None
-        command = server_command(kind, workdir, port, RELAY_PORTS)
-        process = subprocess.Popen(quota.wrap(command) if quota else command, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, cwd=workdir, env=dict(os.environ, PYTHONPATH=str(root)))
-        try:
-            server = (IP, port)
-            if not answering(server):
-                raise SystemExit(f"{kind} did not answer")
+        self.kind = kind
+        self.quota = CpuQuota(None) if args.cpu_quota else None
+        command = server_command(kind, workdir, port, ports)
+        self.process = subprocess.Popen(self.quota.wrap(command) if self.quota else command,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
+                                        env=dict(os.environ, PYTHONPATH=str(root)))
+        self.server = (IP, port)
+        self.first = 0  # the next cycle's number: each cycle comes from a host of its own (source_ip)
+
+    def cpu(self) -> float:
+        return server_cpu(self.process.pid)
+
+    def drive(self, lanes: int, seconds: float, rate: float | None) -> dict:
+        """drive() against this server; cycles numbered on from the last call."""
+        figures = drive(self.server, lanes, seconds, rate, self.first)
+        self.first += 10**6
+        return figures
+
+    def stop(self) -> None:
+        stop(self.process)
+        if self.quota:
+            self.quota.remove()
+
+
+def capacity(running: Running, args) -> dict:
+    """Lanes flat out: cycles/s and the server's CPU."""
+    before = running.cpu()
+    figures = running.drive(args.lanes, args.seconds, None)
+    figures["server_cpu_percent"] = round(100 * (running.cpu() - before) / figures["seconds"], 1)
+    figures["cycles_per_second"] = round(figures["cycles"] / figures["seconds"])
+    return figures
+
+
+def paced(servers: list[Running], args) -> dict:
+    """Cycles at --rate, the servers taking turns for --rounds rounds of --seconds / --rounds each, so that
+    each round finds the machine (other work on its cores) about the same for all: CPU ms per cycle."""
+    totals = {s.kind: {"cycles": 0, "failures": 0, "abandoned_in_flight": 0, "seconds": 0.0, "cpu": 0.0,
+                       "per_round_ms": []} for s in servers}
+    for _ in range(args.rounds):
+        for running in servers:
             time.sleep(1.0)
-            before = server_cpu(process.pid)
-            capacity = drive(server, args.lanes, args.seconds, None, 0)
-            capacity["server_cpu_percent"] = round(100 * (server_cpu(process.pid) - before) / capacity["seconds"],
-                                                   1)
-            capacity["cycles_per_second"] = round(capacity["cycles"] / capacity["seconds"])
-            time.sleep(2.0)
-            before = server_cpu(process.pid)
-            paced = drive(server, args.lanes, args.seconds, args.rate, 10**7)
-            paced["server_cpu_ms_per_cycle"] = round(1000 * (server_cpu(process.pid) - before)
-                                                     / max(paced["cycles"], 1), 3)
-            paced["cycles_per_second"] = round(paced["cycles"] / paced["seconds"])
-            figures = {"capacity": capacity, "paced": paced}
-            if quota:
+            before = running.cpu()
+            figures = running.drive(args.lanes, args.seconds / args.rounds, args.rate)
+            used = running.cpu() - before
+            total = totals[running.kind]
+            for key in ("cycles", "failures", "abandoned_in_flight", "seconds"):
+                total[key] += figures[key]
+            total["cpu"] += used
+            total["per_round_ms"].append(round(1000 * used / max(figures["cycles"], 1), 3))
+    results = {}
+    for kind, total in totals.items():
+        cpu = total.pop("cpu")
+        total["seconds"] = round(total["seconds"], 2)
+        total["server_cpu_ms_per_cycle"] = round(1000 * cpu / max(total["cycles"], 1), 3)
+        total["cycles_per_second"] = round(total["cycles"] / total["seconds"])
+        if args.rounds == 1:
+            del total["per_round_ms"]
+        results[kind] = total
+    return results
+
+
+def held(running: Running, args) -> dict:
+    """Lanes flat out with the server held to --cpu-quota percent of its core."""
+    running.quota.set_percent(args.cpu_quota)
+    before = running.cpu()
+    figures = running.drive(args.lanes, args.seconds, None)
+    figures["server_cpu_percent"] = round(100 * (running.cpu() - before) / figures["seconds"], 1)
+    figures["cycles_per_second"] = round(figures["cycles"] / figures["seconds"])
+    figures["cycles_per_second_per_core"] = round(figures["cycles_per_second"] * 100 / args.cpu_quota)
+    running.quota.set_percent(None)
+    return figures
+
+
+def measure(kinds: list[str], args) -> dict:
+    """Every server started at once (idle ones cost next to nothing), then each phase server by server."""
+    figures: dict = {kind: {} for kind in kinds}
+    servers: list[Running] = []
+    with tempfile.TemporaryDirectory(prefix="txr-alloc-") as tmp:
+        try:
+            low, high = RELAY_PORTS
+            span = (high - low + 1) // len(kinds)
+            for index, kind in enumerate(kinds):
+                ports = (low + index * span, low + (index + 1) * span - 1)
+                servers.append(Running(kind, args, Path(tmp) / kind, ports))
+            for running in servers:
+                if not answering(running.server):
+                    raise SystemExit(f"{running.kind} did not answer")
+            time.sleep(1.0)
+            for running in servers:
+                figures[running.kind]["capacity"] = capacity(running, args)
                 time.sleep(2.0)
-                quota.set_percent(args.cpu_quota)
-                before = server_cpu(process.pid)
-                held = drive(server, args.lanes, args.seconds, None, 2 * 10**7)
-                held["server_cpu_percent"] = round(100 * (server_cpu(process.pid) - before) / held["seconds"], 1)
-                held["cycles_per_second"] = round(held["cycles"] / held["seconds"])
-                held["cycles_per_second_per_core"] = round(held["cycles_per_second"] * 100 / args.cpu_quota)
-                figures["quota"] = held
+            for kind, result in paced(servers, args).items():
+                figures[kind]["paced"] = result
+            if args.cpu_quota:
+                for running in servers:
+                    time.sleep(2.0)
+                    figures[running.kind]["quota"] = held(running, args)
         finally:
-            stop(process)
-            if quota:
-                quota.remove()
+            for running in servers:
+                running.stop()
     return figures
 
 
@@ -244,20 +318,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase (at most 300)")
     parser.add_argument("--lanes", type=int, default=32, help="cycles in flight at once (at most 256)")
     parser.add_argument("--rate", type=float, default=300.0, help="paced cycles per second (at most 5000)")
+    parser.add_argument("--rounds", type=int, default=1, help="paced rounds, the servers taking turns, each "
+                        "--seconds / --rounds long (at most 20)")
     parser.add_argument("--base-root", type=Path, help="also measure the relay of this older checkout, as base")
     parser.add_argument("--cpu-quota", type=float, help="also measure capacity with each server held to this "
                         "percent of its core (needs root and a cgroup cpu controller)")
     args = parser.parse_args()
-    if not 0 < args.seconds <= 300 or not 0 < args.lanes <= 256 or not 0 < args.rate <= 5000:
-        parser.error("--seconds in (0, 300], --lanes in (0, 256], --rate in (0, 5000]")
+    if (not 0 < args.seconds <= 300 or not 0 < args.lanes <= 256 or not 0 < args.rate <= 5000
+            or not 1 <= args.rounds <= 20):
+        parser.error("--seconds in (0, 300], --lanes in (0, 256], --rate in (0, 5000], --rounds in [1, 20]")
     if args.cpu_quota is not None and not 1 <= args.cpu_quota <= 100:
         parser.error("--cpu-quota in [1, 100]")
     os.sched_setaffinity(0, {1})
     kinds = ["ours"] + (["base"] if args.base_root else []) + (["coturn"] if shutil.which("turnserver") else [])
     figures = {"cpu": cpu_model(), "coturn_version": coturn_version(), "lanes": args.lanes, "paced_rate": args.rate,
-               "load_average_before": round(os.getloadavg()[0], 2)}
-    for kind in kinds:
-        figures[kind] = measure(kind, args)
+               "paced_rounds": args.rounds, "load_average_before": round(os.getloadavg()[0], 2)}
+    figures.update(measure(kinds, args))
     figures["load_average_after"] = round(os.getloadavg()[0], 2)
     if "base" in figures:
         figures["base_over_ours_cpu_per_cycle"] = round(
@@ -268,6 +344,11 @@ def main() -> None:
         figures["coturn_over_ours_cpu_per_cycle"] = round(
             figures["coturn"]["paced"]["server_cpu_ms_per_cycle"] / figures["ours"]["paced"]["server_cpu_ms_per_cycle"],
             2)
+        if args.rounds > 1:
+            ratios = sorted(c / o for c, o in zip(figures["coturn"]["paced"]["per_round_ms"],
+                                                  figures["ours"]["paced"]["per_round_ms"]))
+            figures["coturn_over_ours_per_round"] = {"median": round(statistics.median(ratios), 2),
+                                                     "min": round(ratios[0], 2), "max": round(ratios[-1], 2)}
         if args.cpu_quota:
             figures["ours_over_coturn_under_quota"] = round(
                 figures["ours"]["quota"]["cycles_per_second"] / figures["coturn"]["quota"]["cycles_per_second"], 2)

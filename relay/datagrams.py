@@ -395,6 +395,7 @@ class DatagramPoller:
         self._epoll = select.epoll()
         self._ports: dict = {}  # descriptor -> what reads it
         self._stay = stay_for(reactor)
+        self._reading = False  # a reader of the reactor (and served by its stay)
 
     def fileno(self) -> int:
         return self._epoll.fileno()
@@ -408,7 +409,8 @@ class DatagramPoller:
             return
         self._ports[fd] = port
         self._epoll.register(fd, select.EPOLLIN)
-        if len(self._ports) == 1:
+        if not self._reading:
+            self._reading = True
             self.reactor.addReader(self)
             if self._stay is not None:
                 entry = (self, _SERVE_RELAYS, self._ports, MAX_READS_PER_WAKEUP // BATCH)
@@ -419,7 +421,13 @@ class DatagramPoller:
         return list(self._ports)
 
     def remove(self, port) -> None:
-        """Stop reading port (before it closes: its descriptor finds it)."""
+        """Stop reading port (before it closes: its descriptor finds it).
+
+        The poller stays a reader of the reactor without sockets until
+        ``idle``: at a paced allocation rate each allocation is often the
+        only one, and leaving and joining the reactor cost two ``epoll_ctl``
+        and the stay's bookkeeping a cycle (``bench/allocation_rate.py``).
+        """
         fd = port.fileno()
         if self._ports.get(fd) is not port:
             return
@@ -428,10 +436,15 @@ class DatagramPoller:
             self._epoll.unregister(fd)
         except OSError:
             pass  # already closed: the kernel dropped it
-        if not self._ports:
-            self.reactor.removeReader(self)
-            if self._stay is not None:
-                self._stay.forget(self)
+
+    def idle(self) -> None:
+        """Stop being a reader of the reactor if no socket is left (``RelayPorts`` asks once a second)."""
+        if self._ports or not self._reading:
+            return
+        self._reading = False
+        self.reactor.removeReader(self)
+        if self._stay is not None:
+            self._stay.forget(self)
 
     def doRead(self) -> None:
         if _mmsg is None:
@@ -483,6 +496,7 @@ class DatagramPoller:
         if self._stay is not None:
             self._stay.forget(self)
         self._ports.clear()
+        self._reading = False
 
 
 def receive_drops(reactor) -> int:

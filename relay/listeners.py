@@ -97,7 +97,7 @@ class ServerDatagramProtocol(DatagramProtocol):
             response = answer_fast(turn, data, ("udp", addr, self.local), self.outbox.sender)
             if response is not None:
                 if response:  # b"": no answer (a rate-limited 401)
-                    self._write(response, addr)
+                    self.outbox.write(response, addr)
                 return
         binding = self.endpoints.binding
         request = binding.decode(data)
@@ -106,7 +106,7 @@ class ServerDatagramProtocol(DatagramProtocol):
         if turn is not None and request.method != Method.BINDING:
             response = turn.handle(request, ("udp", addr, self.local), self.outbox.sender(addr))
             if response is not None:
-                self._write(response, addr)
+                self.outbox.write(response, addr)
             return
         reply = binding.answer(request, addr, self.local, datagram=True)
         if reply is None:

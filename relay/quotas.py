@@ -21,7 +21,6 @@ import hashlib
 import mmap
 import os
 import struct
-from collections import Counter
 from pathlib import Path
 
 from twisted.logger import Logger
@@ -67,7 +66,8 @@ class AllocationCounts(_RelayedBitmap):
     """Live allocations (and reserved ports) of this process, in all and per user."""
 
     def __init__(self) -> None:
-        self.per_user: Counter[str] = Counter()
+        # A plain dict: a Counter's missing key and del are Python-level calls, two an allocation.
+        self.per_user: dict[str, int] = {}
         self.total = 0
         self.relayed = bytearray(RELAYED_BYTES)
 
@@ -76,20 +76,23 @@ class AllocationCounts(_RelayedBitmap):
 
     def claim(self, user: str, user_quota: int, total_quota: int, count: int = 1) -> int | None:
         """Count count more allocations for user, or the error code refusing them (quotas 0 = unlimited)."""
-        if user_quota and self.per_user[user] + count > user_quota:
+        held = self.per_user.get(user, 0)
+        if user_quota and held + count > user_quota:
             return Error.ALLOCATION_QUOTA_REACHED
         if total_quota and self.total + count > total_quota:
             return Error.INSUFFICIENT_CAPACITY
-        self.per_user[user] += count
+        self.per_user[user] = held + count
         self.total += count
         return None
 
     def release(self, user: str, count: int = 1) -> None:
         """count allocations of user ended (or a claim was not used)."""
         self.total -= count
-        self.per_user[user] -= count
-        if self.per_user[user] <= 0:
-            del self.per_user[user]
+        left = self.per_user.get(user, 0) - count
+        if left > 0:
+            self.per_user[user] = left
+        else:
+            self.per_user.pop(user, None)
 
 
 # A region: total (u32), used slots (u32), 8 bytes spare, then SLOTS entries of

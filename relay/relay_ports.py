@@ -11,9 +11,9 @@ to its allocation's data path and sends through an ``Outbox``
 """
 
 import os
-import random
 import select
 import socket
+from random import random
 from typing import Callable
 
 from twisted.logger import Logger
@@ -24,6 +24,11 @@ from .datagrams import DatagramPoller, Outbox, read_loop, set_buffers
 from .handoff import request_reservation, token_owner
 from .server import NoRelayPort
 
+try:
+    from . import _sockets
+except ImportError:  # not built (setup.py builds it on Linux)
+    _sockets = None
+
 log = Logger()
 
 # How long a reserved port (EVEN-PORT R) is held for its RESERVATION-TOKEN (RFC 8656 §7.2: "approximately 30 s").
@@ -33,6 +38,9 @@ RELAY_BUFFER_BYTES = 1024 * 1024
 _ATTEMPTS = 64
 _IP_PMTUDISC_DO = 2
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+# Non-blocking from the start where the flag exists: no ioctl per allocation.
+_DATAGRAM = socket.SOCK_DGRAM | _NONBLOCK
+_FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
 class RelaySocket:
@@ -48,15 +56,16 @@ class RelaySocket:
     itself, relay/_route.c): setting ``allocation`` rebinds the loop.
     """
 
-    def __init__(self, address: Address, owner: "RelayPorts | None", sock: socket.socket) -> None:
+    def __init__(self, address: Address, owner: "RelayPorts | None", sock: socket.socket,
+                 family: int | None = None) -> None:
         self.address = address
         self.owner = owner
         self.socket = sock
-        self.addressFamily = sock.family
+        self.fileno = sock.fileno  # the poller asks on add and remove: no Python frame
+        self.addressFamily = sock.family if family is None else _FAMILIES[family]  # 4 or 6: no enum made
         self.write = Outbox(sock).write
         self._allocation = None
         self.handler = self.datagramReceived
-        read_loop(self, self.handler)
 
     @property
     def allocation(self):
@@ -66,10 +75,13 @@ class RelaySocket:
     def allocation(self, allocation) -> None:
         self._allocation = allocation
         self.handler = self.datagramReceived if allocation is None else allocation.from_peer
-        read_loop(self, self.handler)
+        self.__dict__.pop("doRead", None)  # the read loop of the handler before
 
-    def fileno(self) -> int:
-        return self.socket.fileno()
+    def doRead(self) -> None:
+        """Read as read_loop does, for the handler of now (the poller's C pass reads ``handler`` itself): the
+        loop is made on the first read, not for every socket and allocation."""
+        read_loop(self, self.handler)  # it sets this instance's own doRead
+        self.doRead()
 
     def logPrefix(self) -> str:
         return "relay socket"
@@ -110,25 +122,33 @@ class RelayPorts:
 
     def _bind(self, family: int, port: int, dont_fragment: bool) -> RelaySocket | None:
         ip = self.ips[family]
-        # Non-blocking from the start where the flag exists: no ioctl per allocation.
-        sock = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_DGRAM | _NONBLOCK)
-        if not _NONBLOCK:
-            sock.setblocking(False)
-        try:
-            sock.bind((ip, port))
-        except OSError:  # the port is taken
-            sock.close()
-            return None
-        if dont_fragment:
-            level = socket.IPPROTO_IPV6 if family == 6 else socket.IPPROTO_IP
-            option = getattr(socket, "IPV6_MTU_DISCOVER", 23) if family == 6 else getattr(socket, "IP_MTU_DISCOVER", 10)
-            sock.setsockopt(level, option, _IP_PMTUDISC_DO)
-        return self._read((self.advertise.get(family, ip), port), sock)
+        if _sockets is not None:
+            # One call into C makes, binds and sets up the socket (relay/_sockets.c): no socket.socket, no
+            # setsockopt round trips through Python. SocketType wraps the descriptor without a system call.
+            fd = _sockets.bind_udp(family, ip, port, RELAY_BUFFER_BYTES, dont_fragment)
+            if fd < 0:  # the port is taken
+                return None
+            sock = socket.SocketType(_FAMILIES[family], _DATAGRAM, 0, fd)
+        else:
+            sock = socket.SocketType(_FAMILIES[family], _DATAGRAM)
+            if not _NONBLOCK:
+                sock.setblocking(False)
+            try:
+                sock.bind((ip, port))
+            except OSError:  # the port is taken
+                sock.close()
+                return None
+            set_buffers(sock, RELAY_BUFFER_BYTES)
+            if dont_fragment:
+                level = socket.IPPROTO_IPV6 if family == 6 else socket.IPPROTO_IP
+                option = getattr(socket, "IPV6_MTU_DISCOVER", 23) if family == 6 else getattr(socket, "IP_MTU_DISCOVER", 10)
+                sock.setsockopt(level, option, _IP_PMTUDISC_DO)
+        return self._read((self.advertise.get(family, ip), port), sock, family)
 
-    def _read(self, address: Address, sock: socket.socket) -> RelaySocket:
-        """A RelaySocket at address over non-blocking sock, read from now on (by the poller, else the reactor)."""
-        set_buffers(sock, RELAY_BUFFER_BYTES)
-        relay = RelaySocket(address, self, sock)
+    def _read(self, address: Address, sock, family: int) -> RelaySocket:
+        """A RelaySocket at address over non-blocking sock (its buffers set), read from now on (by the
+        poller, else the reactor)."""
+        relay = RelaySocket(address, self, sock, family)
         if self.poller is not None:
             self.poller.add(relay)
         else:
@@ -152,7 +172,8 @@ class RelayPorts:
         if family not in self.ips:
             raise NoRelayPort(f"no relay address of family {family}")
         for _ in range(_ATTEMPTS):
-            port = random.randint(self.low, self.high - (1 if reserve_next else 0))
+            # random() is one call into C where randint is four Python ones (53 random bits for 16 of port).
+            port = self.low + int(random() * (self.high - self.low + (0 if reserve_next else 1)))
             if even:
                 port &= ~1
                 if port < self.low:
@@ -203,16 +224,21 @@ class RelayPorts:
             log.warn("cannot adopt a reserved relay socket: {error}", error=str(e))
             return None
         sock.setblocking(False)
-        return self._read(address, sock)
+        set_buffers(sock, RELAY_BUFFER_BYTES)
+        return self._read(address, sock, 6 if sock.family == socket.AF_INET6 else 4)
 
     def expire(self, now: float) -> None:
         for token in [t for t, (_, until, _) in self.reservations.items() if until <= now]:
             relay, _, release = self.reservations.pop(token)
             relay.close()
             release()
+        if self.poller is not None:
+            self.poller.idle()
 
     def stop(self) -> None:
         for relay, _, release in self.reservations.values():
             relay.close()
             release()
         self.reservations.clear()
+        if self.poller is not None:
+            self.poller.idle()

@@ -78,7 +78,7 @@ def answer(server, data: bytes, five_tuple: tuple, sender) -> bytes | None:
     if checked is None:
         return None
     now = server.clock.seconds()
-    if (auth.realm != server.policy.realm or server.nonces.check(auth.nonce, five_tuple[1][0], now) != "valid"
+    if (auth.realm != server.policy.realm or not server.nonces.valid(auth.nonce, five_tuple[1][0], now)
             or auth.keys not in server.credentials.candidates(auth.username, auth.realm, now)):
         return None
     server.counters["requests"] += 1
@@ -113,7 +113,7 @@ def _allocate(server, data: bytes, five_tuple: tuple, sender, username_value: by
         nonce = decode_text(nonce_value)
     except CodecError:
         return None
-    if realm != policy.realm or server.nonces.check(nonce, client[0], now) != "valid":
+    if realm != policy.realm or not server.nonces.valid(nonce, client[0], now):
         return None
     for keys in server.credentials.candidates(username, realm, now):
         if _requests.verify(data, mac_offset, keys.md5):

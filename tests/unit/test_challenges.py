@@ -103,3 +103,19 @@ def test_genuine_nonces_are_remembered_up_to_a_bound():
     assert nonces.check(issued[-1], ips[0], 1_000_000) == "invalid" and macs == [ips[0]]
     assert nonces.check(issued[0], ips[0], 1_000_000) == "valid" and macs == [ips[0]] * 2  # forgotten
     assert nonces.check(issued[0], ips[0], 1_000_000) == "valid" and macs == [ips[0]] * 2  # remembered again
+
+
+def test_valid_says_what_check_says():
+    """Nonces.valid is check(...) == 'valid' for remembered and forgotten nonces, at and past the lifetime,
+    across the issue time's wrap, for another IP and for altered or foreign ones."""
+    nonces = Nonces(600, b"k" * 32)
+    wrap = (1 << 24) * 3 - 10
+    issued = [(nonces.issue("192.0.2.1", at), at) for at in (1_000_000.5, wrap)]
+    foreign = Nonces(600, b"j" * 32).issue("192.0.2.1", 1_000_000)
+    for nonce, at in issued + [(foreign, 1_000_000), (issued[0][0][:-1] + "A", 1_000_000), ("", 1_000_000)]:
+        for ip in ("192.0.2.1", "192.0.2.2"):
+            for later in (0, 20, 600, 601, 10**6):
+                expected = nonces.check(nonce, ip, at + later) == "valid"
+                assert nonces.valid(nonce, ip, at + later) is expected, (nonce, ip, later)
+                forgetful = Nonces(600, b"k" * 32)  # the same key, nothing remembered
+                assert forgetful.valid(nonce, ip, at + later) is expected

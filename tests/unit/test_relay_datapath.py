@@ -255,7 +255,8 @@ class SocketPort:
 
 @pytest.mark.skipif(not hasattr(select, "epoll"), reason="DatagramPoller needs epoll (Linux)")
 def test_poller_reads_every_ready_port_in_one_wakeup(udp_pair):
-    """One doRead serves every ready port; the poller is a reactor reader only while it has ports."""
+    """One doRead serves every ready port; the poller is a reactor reader from its first port until idle() finds
+    none left."""
     _, sender = udp_pair
     reactor = RecordingReactor()
     poller = DatagramPoller(reactor)
@@ -274,6 +275,12 @@ def test_poller_reads_every_ready_port_in_one_wakeup(udp_pair):
         poller.doRead()  # the failing port was dropped, not retried
         for port in ports[:2]:
             poller.remove(port)
+        assert reactor.readers == [poller]  # no epoll_ctl pair per allocation at a paced rate
+        poller.add(ports[0])
+        poller.idle()
+        assert reactor.readers == [poller]
+        poller.remove(ports[0])
+        poller.idle()
         assert reactor.readers == []
     finally:
         for port in ports:
@@ -323,7 +330,8 @@ def test_receive_drops_counts_a_full_queue():
 
 @pytest.mark.parametrize("epoll", [True, False], ids=["poller", "reactor"])
 def test_relay_sockets_are_read_until_they_close(epoll):
-    """A bound relay socket is read (through the poller, or by the reactor without epoll) and leaves it on close."""
+    """A bound relay socket is read (through the poller, or by the reactor without epoll) and leaves it on close;
+    the idle poller leaves the reactor at the next sweep."""
     readers = _Readers()
     ports = RelayPorts(readers, {4: "127.0.0.1"}, 61400, 61499)
     if not epoll:
@@ -345,7 +353,10 @@ def test_relay_sockets_are_read_until_they_close(epoll):
         assert received == [b"hello"]
     finally:
         relay.close()
-    assert readers.getReaders() == [] and ports.open_count == 0 and relay.fileno() == -1
+    assert ports.open_count == 0 and relay.fileno() == -1
+    assert readers.getReaders() == ([ports.poller] if epoll else [])
+    ports.expire(0.0)
+    assert readers.getReaders() == []
     relay.close()  # twice is harmless
     assert ports.open_count == 0
 
