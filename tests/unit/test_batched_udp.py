@@ -47,15 +47,16 @@ def settle(sock, count):
 def test_the_extensions_are_built_on_linux():
     """On Linux the relay reads and writes in batches, answers plain Binding requests, relays routed
     datagrams, waits between reactor turns, walks Send indications and answers a live allocation's common
-    requests in C: scripts/setup built relay._mmsg (with relay/_binding.c, relay/_route.c and relay/_stay.c),
-    relay._indications and relay._requests."""
-    from relay import _indications, allocation, server_fast
+    requests and makes relay sockets in C: scripts/setup built relay._mmsg (with relay/_binding.c,
+    relay/_route.c and relay/_stay.c), relay._indications, relay._requests and relay._sockets."""
+    from relay import _indications, allocation, relay_ports, server_fast
 
     assert datagrams._mmsg is not None and allocation._walk is _indications.parse_send
     assert server_fast._requests is not None
     assert callable(datagrams._mmsg.answer_binding) and hasattr(datagrams._mmsg.Receiver, "recv_serving")
     assert callable(datagrams._mmsg.route_client) and hasattr(datagrams._mmsg.Receiver, "poll_relays")
-    assert hasattr(datagrams._mmsg.Receiver, "stay")
+    assert hasattr(datagrams._mmsg.Receiver, "stay") and hasattr(datagrams._mmsg.Receiver, "holds")
+    assert relay_ports._sockets is not None
 
 
 def test_receiver_reads_a_batch_with_the_addresses_recvfrom_gives(pair):
