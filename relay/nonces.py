@@ -80,12 +80,12 @@ class Nonces:
         return self._age(issued_at, now)
 
     def valid(self, nonce: str, client_ip: str, now: float) -> bool:
-        """Whether check says 'valid': for a remembered nonce (a client's every request after its first)
-        one call, where check's age is a second."""
+        """Whether check says 'valid', a remembered nonce (a client's every request after its first) aged
+        without check's frame."""
         checked = self._checked.get(nonce)
         if checked is None or checked[0] != client_ip:
             return self.check(nonce, client_ip, now) == "valid"
-        return (int(now) - checked[1]) & _TIME_MASK <= self.lifetime_seconds
+        return self._age(checked[1], now) == "valid"
 
     def _remember(self, nonce: str, client_ip: str, issued_at: int) -> None:
         checked = self._checked

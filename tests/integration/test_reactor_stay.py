@@ -273,6 +273,14 @@ HOLD_SECONDS = 0.001  # the most --wakeup-hold allows
 
 def steady(address, requests: int, spacing: float) -> int:
     """Send requests Binding requests to address spacing seconds apart, without waiting on each; the answers."""
+    def waiting(sock) -> int:
+        got = 0
+        while True:
+            try:
+                got += len(sock.recv(2048)) > 0
+            except BlockingIOError:
+                return got
+
     answers = 0
     with client() as sock:
         sock.setblocking(False)
@@ -280,17 +288,11 @@ def steady(address, requests: int, spacing: float) -> int:
         for _ in range(requests):
             sock.sendto(request, address)
             time.sleep(spacing)
-            while True:
-                try:
-                    answers += len(sock.recv(2048)) > 0
-                except BlockingIOError:
-                    break
+            answers += waiting(sock)
         deadline = time.monotonic() + 5
         while answers < requests and time.monotonic() < deadline:
-            try:
-                answers += len(sock.recv(2048)) > 0
-            except BlockingIOError:
-                time.sleep(0.001)
+            time.sleep(0.001)
+            answers += waiting(sock)
     return answers
 
 
