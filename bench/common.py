@@ -72,6 +72,16 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def context_switches(pid: int) -> tuple[int, int]:
+    """The voluntary and involuntary context switches of a process's main thread so far."""
+    counts = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            counts[name] = value.strip()
+    return int(counts["voluntary_ctxt_switches"]), int(counts["nonvoluntary_ctxt_switches"])
+
+
 def process_tree(pid: int) -> list[int]:
     """pid and every process descended from it (a relay's workers)."""
     tree, index = [pid], 0
@@ -167,6 +177,14 @@ class CpuQuota:
         """command, started inside the group (so every process and thread it makes is in it)."""
         return ["sh", "-c", f'echo $$ > {shlex.quote(str(self.path / "cgroup.procs"))} && exec "$@"', "sh",
                 *command]
+
+    def throttled(self) -> int:
+        """Periods so far in which the group used up its quota and was stopped (cpu.stat's nr_throttled)."""
+        for line in self._read(self.path / "cpu.stat").splitlines():
+            name, _, value = line.partition(" ")
+            if name == "nr_throttled":
+                return int(value)
+        return 0
 
     def remove(self) -> None:
         for _ in range(50):  # the last process may take a moment to leave

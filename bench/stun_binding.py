@@ -102,14 +102,15 @@ def pin_prefix(pin: bool) -> list[str]:
 
 
 def start_rendezvous(workdir: Path, pin: bool, alternate: bool = False, wrap=lambda command: command,
-                     root: Path = ROOT) -> Server:
-    """``twistd rendezvous`` of the checkout at root on free ports; wrap(command) may run it in a CpuQuota."""
+                     root: Path = ROOT, extra: list[str] = ()) -> Server:
+    """``twistd rendezvous`` of the checkout at root on free ports, with extra options; wrap(command) may run it
+    in a CpuQuota."""
     port = free_port((LOOPBACK, ALT_LOOPBACK) if alternate else (LOOPBACK,))
     twistd = str(Path(sys.executable).with_name("twistd"))
     command = pin_prefix(pin) + [
         twistd, "-n", "--pidfile=", "rendezvous",
         "--ip", LOOPBACK, "--port", str(port), "--tls-port", "0", "--metrics", "off",
-        "--state-dir", str(workdir / "state"),
+        "--state-dir", str(workdir / "state"), *extra,
     ]
     if alternate:
         alt_port = free_port((LOOPBACK, ALT_LOOPBACK))

@@ -18,9 +18,12 @@ an order that alternates from round to round. Per server and round:
   (default 20,000): the server's user+system CPU time over the requests it
   answered, in µs, and loss;
 * **loss below capacity**: under the quota again, an open loop at
-  ``--below`` (default 80 %) of the capacity just measured: loss, how many
-  of those datagrams the kernel dropped at the server's socket (its
-  receive buffer full), and p99.
+  ``--below`` (default 80 %) of the server's capacity, the median of its
+  rounds (every round's capacity is measured first): loss, how many of
+  those datagrams the kernel dropped at the server's socket (its receive
+  buffer full), p99, and the quota periods in which the server was
+  throttled, its main thread's involuntary context switches (preempted
+  or throttled) and voluntary ones (it slept).
 
 Round-trip percentiles come from 1 µs buckets up to 200 ms: a p99 of
 200,000 µs means 200 ms or more.
@@ -48,7 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CpuQuota, coturn_version, cpu_model, cpu_seconds
+from common import CpuQuota, context_switches, coturn_version, cpu_model, cpu_seconds
 from stun_binding import start_coturn, start_rendezvous
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,8 +77,9 @@ def receive_drops(port: int) -> int:
     return drops
 
 
-def load(generator: Path, server, seconds: float, warmup: float, **options) -> dict:
-    """Run the generator once against server; its key=value line, with the server's CPU over it."""
+def load(generator: Path, server, quota: CpuQuota, seconds: float, warmup: float, **options) -> dict:
+    """Run the generator once against server; its key=value line, with the server's CPU, context switches and
+    throttled quota periods over it."""
     argv = ["taskset", "-c", GENERATOR_CPU, str(generator), *map(str, server.address),
             "--seconds", str(seconds), "--warmup", str(warmup)]
     for name, value in options.items():
@@ -84,42 +88,59 @@ def load(generator: Path, server, seconds: float, warmup: float, **options) -> d
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     time.sleep(warmup)
     cpu_before, wall_before = cpu_seconds(server.process.pid), time.monotonic()
+    switches_before, throttled_before = context_switches(server.process.pid), quota.throttled()
     output, _ = process.communicate(timeout=warmup + seconds + 30)
     # The generator measured [warmup, warmup + seconds]; the server's CPU is read over about the same span.
     cpu = cpu_seconds(server.process.pid) - cpu_before
     wall = time.monotonic() - wall_before
+    switches = context_switches(server.process.pid)
     values = {key: float(value) for key, value in (item.split("=") for item in output.split())}
     values["server_cpu_percent"] = 100 * cpu / wall
     values["answered_per_second"] = values["answered"] / values["seconds"]
     values["loss_percent"] = 100 * values["lost"] / values["sent"] if values["sent"] else 0.0
     values["server_cpu_seconds"] = cpu
     values["server_drops"] = receive_drops(server.address[1]) - drops_before
+    values["server_switches"] = switches[0] - switches_before[0]
+    values["server_preempted"] = switches[1] - switches_before[1]
+    values["throttled_periods"] = quota.throttled() - throttled_before
     return values
 
 
-def start(kind: str, workdir: Path, quota: CpuQuota, base_root: Path | None):
+def start(kind: str, workdir: Path, quota: CpuQuota, args):
     if kind == "coturn":
         return start_coturn(workdir, pin=True, wrap=quota.wrap)
-    return start_rendezvous(workdir, pin=True, wrap=quota.wrap, **({"root": base_root} if kind == "base" else {}))
+    options = {"root": args.base_root} if kind == "base" else {}
+    if args.wakeup_hold is not None:
+        options["extra"] = ["--wakeup-hold", str(args.wakeup_hold)]
+    return start_rendezvous(workdir, pin=True, wrap=quota.wrap, **options)
 
 
-def measure_round(servers: dict, quotas: dict, order: list[str], generator: Path, args) -> dict:
-    """The three phases, each against every server in turn (so each pair is measured seconds apart)."""
-    results: dict[str, dict] = {kind: {} for kind in order}
+def measure_capacity(servers: dict, quotas: dict, order: list[str], generator: Path, args) -> dict:
+    """Each server's capacity under the quota, one after the other (so each pair is measured seconds apart)."""
+    results: dict[str, dict] = {}
     for kind in order:
         quotas[kind].set_percent(args.quota)
-        results[kind]["capacity"] = load(generator, servers[kind], args.seconds, args.warmup, window=args.window,
-                                         sockets=args.sockets)
+        results[kind] = load(generator, servers[kind], quotas[kind], args.seconds, args.warmup, window=args.window,
+                             sockets=args.sockets)
+    return results
+
+
+def measure_open_loops(servers: dict, quotas: dict, order: list[str], generator: Path, args,
+                       capacity: dict) -> dict:
+    """CPU per answer without the quota, then loss under it at --below percent of capacity[kind] req/s."""
+    results: dict[str, dict] = {kind: {} for kind in order}
     for kind in order:
         quotas[kind].set_percent(None)
         # Open loop: the server's CPU over the measured span, per request it answered in that span.
-        fixed = load(generator, servers[kind], args.seconds, args.warmup, rate=args.rate, sockets=args.sockets)
+        fixed = load(generator, servers[kind], quotas[kind], args.seconds, args.warmup, rate=args.rate,
+                     sockets=args.sockets)
         fixed["cpu_us_per_answer"] = 1e6 * fixed["server_cpu_seconds"] / max(1.0, fixed["answered"])
         results[kind]["fixed"] = fixed
     for kind in order:
         quotas[kind].set_percent(args.quota)
-        below_rate = int(results[kind]["capacity"]["answered_per_second"] * args.below / 100)
-        below = load(generator, servers[kind], args.seconds, args.warmup, rate=below_rate, sockets=args.sockets)
+        below_rate = int(capacity[kind] * args.below / 100)
+        below = load(generator, servers[kind], quotas[kind], args.seconds, args.warmup, rate=below_rate,
+                     sockets=args.sockets)
         below["rate"] = below_rate
         results[kind]["below"] = below
     return results
@@ -146,6 +167,8 @@ def main() -> None:
     parser.add_argument("--below", type=float, default=80.0,
                         help="loss test rate, percent of the measured capacity (default 80)")
     parser.add_argument("--servers", default="txrendezvous,coturn", help="comma list: txrendezvous, coturn")
+    parser.add_argument("--wakeup-hold", type=int, metavar="US",
+                        help="ours (and base) with this --wakeup-hold (default: the server's default)")
     parser.add_argument("--json-out", type=Path, help="also write every round's figures to this JSON file")
     parser.add_argument("--base-root", type=Path, help="another checkout of this repository (e.g. a `git archive` "
                         "of an older commit, its extensions built): measured too, as base")
@@ -175,12 +198,19 @@ def main() -> None:
             for kind in kinds:
                 workdir = Path(tmp) / kind
                 workdir.mkdir()
-                servers[kind] = start(kind, workdir, quotas[kind], args.base_root)
-            for round_index in range(args.rounds):
-                order = kinds if round_index % 2 == 0 else list(reversed(kinds))
-                measured = measure_round(servers, quotas, order, generator, args)
+                servers[kind] = start(kind, workdir, quotas[kind], args)
+            orders = [kinds if index % 2 == 0 else list(reversed(kinds)) for index in range(args.rounds)]
+            for order in orders:
+                measured = measure_capacity(servers, quotas, order, generator, args)
                 for kind in kinds:
-                    results[kind].append(measured[kind])
+                    results[kind].append({"capacity": measured[kind]})
+            capacity = {kind: statistics.median(r["capacity"]["answered_per_second"] for r in results[kind])
+                        for kind in kinds}
+            print(f"capacity measured in {args.rounds} rounds", file=sys.stderr)
+            for round_index, order in enumerate(orders):
+                measured = measure_open_loops(servers, quotas, order, generator, args, capacity)
+                for kind in kinds:
+                    results[kind][round_index].update(measured[kind])
                 print(f"round {round_index + 1} done", file=sys.stderr)
         finally:
             for server in servers.values():
@@ -189,16 +219,17 @@ def main() -> None:
                 quota.remove()
 
     print(f"| server | round | capacity req/s ({args.quota:g} % quota) | its CPU % | loss % | "
-          f"CPU µs/answer at {args.rate:,}/s | loss % | p99 µs | loss % at {args.below:g} % of capacity "
-          "(of which dropped at the server) | p99 µs |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          f"CPU µs/answer at {args.rate:,}/s | loss % | p99 µs | loss % at {args.below:g} % of median capacity "
+          "(of which dropped at the server) | p99 µs | throttled periods, preempted, slept |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for kind in kinds:
         for index, r in enumerate(results[kind]):
             c, f, b = r["capacity"], r["fixed"], r["below"]
             print(f"| {kind} | {index + 1} | {c['answered_per_second']:,.0f} | {c['server_cpu_percent']:.0f} | "
                   f"{c['loss_percent']:.2f} | {f['cpu_us_per_answer']:.2f} | {f['loss_percent']:.2f} | "
                   f"{f['p99_us']:,.0f} | {b['loss_percent']:.3f} at {b['rate']:,}/s ({b['server_drops']:,.0f}) | "
-                  f"{b['p99_us']:,.0f} |")
+                  f"{b['p99_us']:,.0f} | {b['throttled_periods']:,}, {b['server_preempted']:,}, "
+                  f"{b['server_switches']:,} |")
     print()
     for kind in kinds:
         runs = results[kind]

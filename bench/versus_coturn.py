@@ -10,7 +10,7 @@ each, then prints each goal's medians and the ratio of every round:
 
 1. STUN Binding (``stun_capacity.py --quota 25``): answered requests/s with
    both servers held to a quarter of a core, CPU per answer at 20,000
-   requests/s, and loss at 80 % of the capacity just measured;
+   requests/s, and loss at 80 % of the median capacity over the rounds;
 2. the relay (``relay_throughput.py``, coturn ``--relay-threads 1``): CPU per
    relayed packet at 25,000 round trips/s (10 clients × 2,500 pkt/s),
    channels and Send indications, 100 B and 1000 B; and relayed packets/s
@@ -74,7 +74,7 @@ def stun(rounds: int, tmp: Path, log: list[str]) -> list[tuple]:
             [(a["capacity"]["answered_per_second"], b["capacity"]["answered_per_second"]) for a, b in both], False, 1.5),
         row("1", "STUN CPU per answer at 20,000/s (µs, median)",
             [(a["fixed"]["cpu_us_per_answer"], b["fixed"]["cpu_us_per_answer"]) for a, b in both], True, 1.5),
-        ("1", "STUN worst loss at 80 % of capacity (%)", max(a["below"]["loss_percent"] for a, _ in both),
+        ("1", "STUN worst loss at 80 % of median capacity (%)", max(a["below"]["loss_percent"] for a, _ in both),
          max(b["below"]["loss_percent"] for _, b in both), [], None),
     ]
 

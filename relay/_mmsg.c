@@ -4,7 +4,9 @@
  * every relayed packet through two of them, and on one core those calls, not
  * the relay's own work, bound its packets per second (docs/PERFORMANCE.md).
  * This module reads up to a batch of datagrams in one recvmmsg and sends a
- * list of datagrams in one sendmmsg, with the GIL released during each call.
+ * list of datagrams in one sendmmsg. Both are MSG_DONTWAIT, so they never
+ * block and keep the GIL: releasing and taking it again costs more than the
+ * call (only the stay's epoll_wait, which sleeps, lets other threads run).
  *
  * Receiver.recv_serving also answers, inside the batch, the plain STUN
  * Binding requests the fast path of relay/_binding.c takes, and sends those
@@ -280,9 +282,7 @@ receive_batch(Receiver *self, int fd)
     for (unsigned int i = 0; i < self->count; i++)
         self->headers[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
     do {
-        Py_BEGIN_ALLOW_THREADS
         received = recvmmsg(fd, self->headers, self->count, MSG_DONTWAIT, NULL);
-        Py_END_ALLOW_THREADS
     } while (received < 0 && (errno == EINTR || errno == ECONNREFUSED) && ++tries < 4);
     if (received < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNREFUSED)
@@ -320,9 +320,7 @@ send_prepared(int fd, struct mmsghdr *headers, int count)
     int offset = 0, result;
     Py_ssize_t sent = 0;
     while (offset < count) {
-        Py_BEGIN_ALLOW_THREADS
         result = sendmmsg(fd, headers + offset, (unsigned int)(count - offset), MSG_DONTWAIT);
-        Py_END_ALLOW_THREADS
         if (result > 0) {
             sent += result;
             offset += result;

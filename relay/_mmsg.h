@@ -15,9 +15,10 @@ typedef struct {
 typedef struct Sends Sends;
 
 /* A stay's wakeup moderation (relay/_stay.c): whether to hold before each wait, the window of wakeups that
- * decides it, and the windows to pass after holds that brought no batch. */
+ * decides it, the windows to pass after holds that brought no batch, and what the last wakeup brought. */
 typedef struct {
     int holding;
+    unsigned long last;
     unsigned long long holds;          /* ever: Receiver.holds */
     unsigned int wakeups;
     unsigned long datagrams;

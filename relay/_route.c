@@ -35,11 +35,13 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 
 #define SENDS_ITEMS 1024
 #define SENDS_BYTES (1024 * 1024)
 #define POLL_EVENTS 256
 #define COUNTED 64
+#define PARSED 64
 
 enum { ERROR = -1, TO_PYTHON = 0, ROUTED = 1 };
 
@@ -57,6 +59,15 @@ typedef struct {
     Py_ssize_t packets, bytes;
 } Counted;
 
+/* A destination (host, port) tuple parsed for a family: tuples are immutable, and the entry holds a reference,
+ * so the same object always parses the same. */
+typedef struct {
+    PyObject *addr;
+    int family;
+    socklen_t namelen;
+    struct sockaddr_storage to;
+} Parsed;
+
 struct Sends {
     unsigned char *bytes;
     size_t used;
@@ -67,7 +78,20 @@ struct Sends {
     struct iovec vectors[64];
     Counted counted[COUNTED];
     int counts;
+    Parsed parsed[PARSED];  /* by the tuple's address */
 };
+
+/* The first fields of CPython's socket object (PySocketSockObject, Modules/socketmodule.h), read instead of a
+ * fileno() call and a family attribute per datagram. socket_type is _socket.socket once route_init has checked
+ * the layout against a socket's fileno() and family; else NULL, and the calls are made. */
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    int family;
+    int type;
+} SocketHead;
+
+static PyTypeObject *socket_type;
 
 /* Outbox.write and the Sender class (relay/datagrams.py): the writes C may do itself. */
 static PyObject *outbox_write, *sender_type;
@@ -142,6 +166,8 @@ sends_free(Sends *sends)
     if (sends == NULL)
         return;
     counts_flush(sends);
+    for (int i = 0; i < PARSED; i++)
+        Py_XDECREF(sends->parsed[i].addr);
     PyMem_Free(sends->bytes);
     PyMem_Free(sends->items);
     PyMem_Free(sends->taken);
@@ -254,6 +280,12 @@ outbox_target(PyObject *outbox, int *fd, int *family)
     PyObject *sock = PyObject_GetAttr(outbox, s_socket), *value;
     if (sock == NULL)
         return -1;
+    if (socket_type != NULL && PyObject_TypeCheck(sock, socket_type)) {
+        *fd = ((SocketHead *)sock)->fd;
+        *family = ((SocketHead *)sock)->family;
+        Py_DECREF(sock);
+        return 0;
+    }
     value = PyObject_CallMethodNoArgs(sock, s_fileno);
     Py_DECREF(sock);
     if (value == NULL)
@@ -270,15 +302,35 @@ outbox_target(PyObject *outbox, int *fd, int *family)
     return *family == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* parse_address through the sends' cache of parsed tuples. */
+static int
+parse_cached(Sends *sends, PyObject *addr, int family, struct sockaddr_storage *to, socklen_t *namelen)
+{
+    Parsed *entry = &sends->parsed[((uintptr_t)addr >> 4) % PARSED];
+    if (entry->addr != addr || entry->family != family) {
+        if (parse_address(addr, family, to, namelen) < 0)
+            return -1;
+        Py_XSETREF(entry->addr, Py_NewRef(addr));
+        entry->family = family;
+        entry->namelen = *namelen;
+        memcpy(&entry->to, to, *namelen);
+        return 0;
+    }
+    memcpy(to, &entry->to, entry->namelen);
+    *namelen = entry->namelen;
+    return 0;
+}
+
 /* Where the Outbox sends to addr: 1 with *fd (or -1: the datagram dies, as Outbox.flush and sendmmsg drop it)
  * and to filled, -1 on error. */
 static int
-destination(PyObject *outbox, PyObject *addr, int *fd, struct sockaddr_storage *to, socklen_t *namelen)
+destination(Sends *sends, PyObject *outbox, PyObject *addr, int *fd, struct sockaddr_storage *to,
+            socklen_t *namelen)
 {
     int family;
     if (outbox_target(outbox, fd, &family) < 0)
         return -1;
-    if (*fd >= 0 && parse_address(addr, family, to, namelen) < 0) {
+    if (*fd >= 0 && parse_cached(sends, addr, family, to, namelen) < 0) {
         if (!PyErr_ExceptionMatches(PyExc_OSError) && !PyErr_ExceptionMatches(PyExc_OverflowError))
             return -1;
         PyErr_Clear();
@@ -325,7 +377,7 @@ channel_to_peer(Sends *sends, PyObject *allocation, const unsigned char *data, s
         int permitted = attribute_has(allocation, s_permissions, PyTuple_GET_ITEM(bound, 2));
         if (permitted <= 0)
             result = permitted < 0 ? ERROR : ROUTED;  /* no permission: dropped */
-        else if (destination(PyMethod_GET_SELF(write), PyTuple_GET_ITEM(bound, 0), &fd, &to, &namelen) < 0)
+        else if (destination(sends, PyMethod_GET_SELF(write), PyTuple_GET_ITEM(bound, 0), &fd, &to, &namelen) < 0)
             result = ERROR;
         else {
             count(sends, allocation, 0, length);
@@ -541,7 +593,7 @@ peer_to_client(Sends *sends, PyObject *allocation, PyObject *peer, const struct 
         result = TO_PYTHON;  /* too large for a Data indication: Python's path decides */
         goto done;
     }
-    if (destination(outbox, client, &fd, &to, &namelen) < 0) {
+    if (destination(sends, outbox, client, &fd, &to, &namelen) < 0) {
         result = ERROR;
         goto done;
     }
@@ -618,8 +670,8 @@ const char Receiver_poll_relays_doc[] =
 "epoll_fd (ports: descriptor -> RelaySocket), each read until empty or for\n"
 "batches recvmmsg calls, what relay/_route.c can relay sent to the\n"
 "clients. Returned for Python: (port, data, addr) for each datagram left\n"
-"to port.handler; (port, None, None) for a port without an allocation\n"
-"attribute, to be read by its doRead; (port, None, error) for a port\n"
+"to port.handler; (port, None, None) for a port without an _allocation\n"
+"attribute (a RelaySocket's, read without its property), to be read by its doRead; (port, None, error) for a port\n"
 "whose read failed with the OSError error.";
 
 /* Append (who, None, the exception being raised) to rest, clearing it; -1 on error. */
@@ -684,9 +736,7 @@ poll_relays_into(Receiver *self, int epoll_fd, PyObject *ports, int batches, PyO
     struct epoll_event events[POLL_EVENTS];
     int ready, failed = 0;
     do {
-        Py_BEGIN_ALLOW_THREADS
-        ready = epoll_wait(epoll_fd, events, POLL_EVENTS, 0);
-        Py_END_ALLOW_THREADS
+        ready = epoll_wait(epoll_fd, events, POLL_EVENTS, 0);  /* no wait: the GIL stays held */
     } while (ready < 0 && errno == EINTR);
     if (ready < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -832,6 +882,36 @@ PyMethodDef route_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* socket_type set when a fresh _socket.socket's fields read as its fileno(), family and type. 0, or -1 on
+ * error. */
+static int
+check_socket_layout(void)
+{
+    struct {
+        PyTypeObject *socket_type;
+    } *api = PyCapsule_Import("_socket.CAPI", 0);
+    PyObject *sock, *fd;
+    int same;
+    if (api == NULL)
+        return -1;
+    if (api->socket_type->tp_basicsize < (Py_ssize_t)sizeof(SocketHead))
+        return 0;
+    sock = PyObject_CallFunction((PyObject *)api->socket_type, "ii", AF_UNIX, SOCK_DGRAM);
+    if (sock == NULL)
+        return -1;
+    fd = PyObject_CallMethodNoArgs(sock, s_fileno);
+    same = fd != NULL && PyLong_AsLong(fd) == ((SocketHead *)sock)->fd && ((SocketHead *)sock)->family == AF_UNIX
+        && ((SocketHead *)sock)->type == SOCK_DGRAM;
+    Py_XDECREF(fd);
+    Py_XDECREF(PyObject_CallMethod(sock, "close", NULL));
+    Py_DECREF(sock);
+    if (PyErr_Occurred())
+        return -1;
+    if (same)
+        socket_type = api->socket_type;
+    return 0;
+}
+
 int
 route_init(PyObject *module)
 {
@@ -839,7 +919,7 @@ route_init(PyObject *module)
         PyObject **name;
         const char *text;
     } names[] = {
-        {&s_allocation, "allocation"}, {&s_bucket, "bucket"}, {&s_channels, "channels"},
+        {&s_allocation, "_allocation"}, {&s_bucket, "bucket"}, {&s_channels, "channels"},
         {&s_permissions, "permissions"}, {&s_own_hosts, "own_hosts"}, {&s_peer_channels, "peer_channels"},
         {&s_relays, "relays"}, {&s_write, "write"}, {&s_send, "send"}, {&s_outbox, "outbox"}, {&s_addr, "addr"},
         {&s_socket, "socket"}, {&s_family, "family"}, {&s_fileno, "fileno"}, {&s_packets_out, "packets_out"},
@@ -855,5 +935,7 @@ route_init(PyObject *module)
         return -1;
     }
     random_state[0] |= 1;
+    if (check_socket_layout() < 0 || PyModule_AddIntConstant(module, "SOCKET_FIELDS", socket_type != NULL) < 0)
+        return -1;
     return PyModule_AddFunctions(module, route_functions);
 }

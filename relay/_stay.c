@@ -18,7 +18,9 @@
  * adaptive rx-usecs). When its waits sleep for fewer than two datagrams
  * each and less than the hold time apart, it sleeps the hold time before
  * each wait, so that wait finds a batch; when holds stop gathering two
- * datagrams each (a client waiting on each answer), it backs off. What is
+ * datagrams each (a client waiting on each answer), it backs off. A wakeup
+ * that brought a batch is not followed by a hold: a backlog (after the thread
+ * was preempted or throttled) or a heavy load is served at once. What is
  * ready during a hold waits for it: the hold bounds the latency added, and 0
  * turns it off (``--wakeup-hold``).
  */
@@ -32,8 +34,8 @@
 
 #define STAY_EVENTS 64
 #define TELLERS 8
-/* Wakeups per moderation decision, without and with holds; a wakeup's datagrams that end holding at once; the
- * most windows a backoff passes. */
+/* Wakeups per moderation decision, without and with holds; a wakeup's datagrams after which the next wait is not
+ * held; the most windows a backoff passes. */
 #define WINDOW 32
 #define HELD_WINDOW 8
 #define BUSY 16
@@ -199,26 +201,27 @@ sleeps(void)
     return getrusage(RUSAGE_THREAD, &usage) == 0 ? usage.ru_nvcsw : 0;
 }
 
-/* Count a wakeup that read count datagrams; every WINDOW wakeups (HELD_WINDOW while holding), decide whether to
- * hold before each wait.
+/* Count a wakeup that read count datagrams (after a hold if held); every WINDOW wakeups (HELD_WINDOW held ones
+ * while holding), decide whether to hold before each wait.
  * Without holds: hold when the waits slept for fewer than two datagrams each and less than hold apart (a steady
- * light load, where a hold gathers more). With holds: go on while they gather at least two each and fewer than
- * BUSY in any one (then the load is no longer light); a window of holds that gathered less backs off for 1, 2,
- * 4, ... windows. */
+ * light load, where a hold gathers more). With holds: go on while they gather at least two each; a window of
+ * holds that gathered less backs off for 1, 2, 4, ... windows. A wakeup that brought BUSY or more is not followed
+ * by a hold (more is likely waiting: a backlog after the thread was preempted or throttled, or a heavy load), so
+ * a hold never keeps the thread from a backlog. */
 static void
-moderate(Moderation *m, double hold, unsigned long count)
+moderate(Moderation *m, double hold, unsigned long count, int held)
 {
-    int busy = m->holding && count >= BUSY;
     double now;
     long slept;
+    m->last = count;
+    if (m->holding && !held)
+        return;
     m->datagrams += count;
-    if (++m->wakeups < (m->holding ? HELD_WINDOW : WINDOW) && !busy)
+    if (++m->wakeups < (m->holding ? HELD_WINDOW : WINDOW))
         return;
     now = monotonic_seconds();
     slept = sleeps() - m->switches;
-    if (busy) {
-        m->holding = 0;
-    } else if (m->holding) {
+    if (m->holding) {
         m->holding = m->datagrams >= 2 * (unsigned long)m->wakeups;
         m->backoff = m->holding ? 0 : (m->backoff == 0 ? 1 : 2 * m->backoff);
         if (m->backoff > MOST_BACKOFF)
@@ -241,51 +244,51 @@ stay(Receiver *self, int epoll_fd, double timeout, PyObject *selectables, PyObje
 {
     struct epoll_event events[STAY_EVENTS];
     double deadline = timeout < 0 ? -1.0 : monotonic_seconds() + timeout;
+    PyObject *rest = NULL, *result = Py_None;  /* rest: for what serving leaves Python, kept while empty */
 
-    for (int w = 0; w < wakeups; w++) {
+    for (int w = 0; w < wakeups && result == Py_None; w++) {
         PyObject *entries[STAY_EVENTS];
         int ready, ms, found = 0;
         unsigned long before = self->received;
-        if (hold > 0 && self->moderation.holding)
+        int held = hold > 0 && self->moderation.holding && self->moderation.last < BUSY;
+        if (held)
             hold_wait(&self->moderation, hold, deadline);
         ms = wait_ms(deadline);
         if (ms == 0 || PyList_GET_SIZE(calls) > 0)
-            Py_RETURN_NONE;
+            break;
         Py_BEGIN_ALLOW_THREADS
         ready = epoll_wait(epoll_fd, events, STAY_EVENTS, ms);
         Py_END_ALLOW_THREADS
-        if (ready < 0 && errno != EINTR)
-            return PyErr_SetFromErrno(PyExc_OSError);
+        if (ready < 0 && errno != EINTR) {
+            result = PyErr_SetFromErrno(PyExc_OSError);
+            break;
+        }
         if (ready <= 0)
-            Py_RETURN_NONE;  /* the time is up, or a signal: its handler runs when Python resumes */
+            break;  /* the time is up, or a signal: its handler runs when Python resumes */
         while (found < ready && (entries[found] = served_entry(selectables, served, &events[found])) != NULL)
             found++;
         if (found < ready) {
             for (int i = 0; i < found; i++)
                 Py_DECREF(entries[i]);
             if (PyErr_Occurred())
-                return NULL;
-            Py_RETURN_NONE;
+                result = NULL;
+            break;
         }
         for (int i = 0; i < ready; i++) {
-            PyObject *rest = PyList_New(0);
             int fd = events[i].data.fd;
-            if (rest == NULL || serve(self, fd, entries[i], rest, tellers) < 0 || PyList_GET_SIZE(rest) > 0) {
-                for (int j = i; j < ready; j++)
-                    Py_DECREF(entries[j]);
-                if (rest == NULL || PyErr_Occurred()) {
-                    Py_XDECREF(rest);
-                    return NULL;
-                }
-                return Py_BuildValue("(iN)", fd, rest);
-            }
-            Py_DECREF(rest);
+            if (result == Py_None && rest == NULL && (rest = PyList_New(0)) == NULL)
+                result = NULL;
+            else if (result == Py_None && serve(self, fd, entries[i], rest, tellers) < 0)
+                result = NULL;
+            else if (result == Py_None && PyList_GET_SIZE(rest) > 0)
+                result = Py_BuildValue("(iO)", fd, rest);
             Py_DECREF(entries[i]);
         }
         if (hold > 0)
-            moderate(&self->moderation, hold, self->received - before);
+            moderate(&self->moderation, hold, self->received - before, held);
     }
-    Py_RETURN_NONE;
+    Py_XDECREF(rest);
+    return result == Py_None ? Py_NewRef(Py_None) : result;
 }
 
 PyObject *

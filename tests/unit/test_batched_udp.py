@@ -48,7 +48,8 @@ def test_the_extensions_are_built_on_linux():
     """On Linux the relay reads and writes in batches, answers plain Binding requests, relays routed
     datagrams, waits between reactor turns, walks Send indications and answers a live allocation's common
     requests and makes relay sockets in C: scripts/setup built relay._mmsg (with relay/_binding.c,
-    relay/_route.c and relay/_stay.c), relay._indications, relay._requests and relay._sockets."""
+    relay/_route.c and relay/_stay.c, which reads a socket's descriptor in place: CPython's layout checked),
+    relay._indications, relay._requests and relay._sockets."""
     from relay import _indications, allocation, relay_ports, server_fast
 
     assert datagrams._mmsg is not None and allocation._walk is _indications.parse_send
@@ -57,6 +58,7 @@ def test_the_extensions_are_built_on_linux():
     assert callable(datagrams._mmsg.route_client) and hasattr(datagrams._mmsg.Receiver, "poll_relays")
     assert hasattr(datagrams._mmsg.Receiver, "stay") and hasattr(datagrams._mmsg.Receiver, "holds")
     assert relay_ports._sockets is not None
+    assert datagrams._mmsg.SOCKET_FIELDS
 
 
 def test_receiver_reads_a_batch_with_the_addresses_recvfrom_gives(pair):

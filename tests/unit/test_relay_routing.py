@@ -216,6 +216,26 @@ def test_c_leaves_what_it_does_not_know_to_python():
 
 
 @pytest.mark.skipif(_mmsg is None, reason="relay._mmsg is built on Linux only")
+def test_c_takes_and_drops_a_datagram_for_a_closed_socket():
+    """ChannelData for a relay socket that closed, and peer data for a client socket that closed, are counted
+    and sent nowhere (a closed socket's descriptor reads -1), as Outbox.flush drops what a closed socket
+    queued; the same datagrams go out again through open sockets."""
+    world = World({0x4000: 0}, [0], None)
+    try:
+        frame = channel_datagram(0x4000, 3, b"abc")
+        assert _mmsg.route_client(world.routes, frame, CLIENT) == [(world.sockets[1].fileno(), b"abc", PEERS[0])]
+        assert _mmsg.route_peer(world.allocation, b"xy", PEERS[0]) == [
+            (world.sockets[0].fileno(), channel_datagram(0x4000, 2, b"xy"), CLIENT)]
+        world.sockets[1].close()
+        world.sockets[0].close()
+        assert _mmsg.route_client(world.routes, frame, CLIENT) == []
+        assert _mmsg.route_peer(world.allocation, b"xy", PEERS[0]) == []
+        assert world.counters() == (2, 6, 2, 4)
+    finally:
+        world.close()
+
+
+@pytest.mark.skipif(_mmsg is None, reason="relay._mmsg is built on Linux only")
 def test_c_relays_a_send_to_an_allowed_endpoint_of_the_relays_own():
     """A Send indication to an endpoint on a host of the relay's own that Python has allowed (its (host, port)
     permission) is relayed in C as Allocation.send_to_peer relays it; one to another port there, not yet
