@@ -178,13 +178,14 @@ class CpuQuota:
         return ["sh", "-c", f'echo $$ > {shlex.quote(str(self.path / "cgroup.procs"))} && exec "$@"', "sh",
                 *command]
 
+    def stat(self) -> dict[str, int]:
+        """The group's cpu.stat as numbers (nr_periods, nr_throttled and the others)."""
+        pairs = (line.split() for line in self._read(self.path / "cpu.stat").splitlines())
+        return {pair[0]: int(pair[1]) for pair in pairs if len(pair) == 2}
+
     def throttled(self) -> int:
-        """Periods so far in which the group used up its quota and was stopped (cpu.stat's nr_throttled)."""
-        for line in self._read(self.path / "cpu.stat").splitlines():
-            name, _, value = line.partition(" ")
-            if name == "nr_throttled":
-                return int(value)
-        return 0
+        """Periods so far in which the group used up its quota and was stopped (nr_throttled)."""
+        return self.stat().get("nr_throttled", 0)
 
     def remove(self) -> None:
         for _ in range(50):  # the last process may take a moment to leave

@@ -103,7 +103,22 @@ def load(generator: Path, server, quota: CpuQuota, seconds: float, warmup: float
     values["server_switches"] = switches[0] - switches_before[0]
     values["server_preempted"] = switches[1] - switches_before[1]
     values["throttled_periods"] = quota.throttled() - throttled_before
+    if not values["answered"]:
+        print(f"{server.name} answered nothing: {stalled(server.process.pid, quota)}", file=sys.stderr)
     return values
+
+
+def stalled(pid: int, quota: CpuQuota) -> str:
+    """What a server that answers nothing is doing: its scheduler state, where it waits, its group's cpu.stat."""
+    facts = []
+    for name in ("status", "wchan"):
+        try:
+            text = Path(f"/proc/{pid}/{name}").read_text()
+        except OSError as e:
+            text = str(e)
+        facts.append(" ".join(line for line in text.splitlines() if name == "wchan" or line.startswith("State")))
+    facts.append(" ".join(f"{name}={value}" for name, value in quota.stat().items()))
+    return "; ".join(facts)
 
 
 def start(kind: str, workdir: Path, quota: CpuQuota, args):

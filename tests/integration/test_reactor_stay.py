@@ -269,10 +269,12 @@ def test_the_relay_sockets_poller_is_served_between_turns():
 
 
 HOLD_SECONDS = 0.001  # the most --wakeup-hold allows
+BURST = 32  # requests at once: a wakeup after them reads more than relay/_stay.c's BUSY
 
 
-def steady(address, requests: int, spacing: float) -> int:
-    """Send requests Binding requests to address spacing seconds apart, without waiting on each; the answers."""
+def steady(address, requests: int, spacing: float, burst_every: int = 0) -> int:
+    """Send requests Binding requests to address spacing seconds apart, without waiting on each (and after
+    every burst_every-th, BURST more at once); the answers."""
     def waiting(sock) -> int:
         got = 0
         while True:
@@ -285,8 +287,11 @@ def steady(address, requests: int, spacing: float) -> int:
     with client() as sock:
         sock.setblocking(False)
         request = Message(Method.BINDING, Class.REQUEST).encode()
-        for _ in range(requests):
+        for index in range(requests):
             sock.sendto(request, address)
+            if burst_every and index % burst_every == burst_every - 1:
+                datagrams._mmsg.send(sock.fileno(), socket.AF_INET, [(request, address)] * BURST)
+                requests += BURST
             time.sleep(spacing)
             answers += waiting(sock)
         deadline = time.monotonic() + 5
@@ -321,6 +326,19 @@ def test_a_steady_light_load_is_served_in_held_wakeups(hold):
         assert REQUESTS // 10 < holds < sent // 2, f"{holds} holds for {sent} requests"
     else:
         assert holds == 0
+
+
+@pytest.mark.skipif(datagrams._mmsg is None, reason="relay._mmsg is built on Linux only")
+def test_a_burst_within_a_steady_load_is_served_at_once_and_the_holds_go_on():
+    """A burst in a steady light load is read without a hold after the wakeup that found it (a backlog waits
+    for nothing), and the holds go on after it, where a burst used to end them for a window of unheld
+    wakeups."""
+    sent = REQUESTS * 5
+    answers = []
+    holds, listener = held(HOLD_SECONDS, lambda address: answers.append(steady(address, sent, 0.0001, 40)))
+    total = sent + sent // 40 * BURST
+    assert answers == [total] and sum(listener.answered) == total
+    assert holds > sent // 10, f"{holds} holds for {sent} steady requests with a burst every 40"
 
 
 def test_holds_back_off_for_a_client_waiting_on_each_answer():
