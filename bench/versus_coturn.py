@@ -14,7 +14,10 @@ each, then prints each goal's medians and the ratio of every round:
 2. the relay (``relay_throughput.py``, coturn ``--relay-threads 1``): CPU per
    relayed packet at 25,000 round trips/s (10 clients × 2,500 pkt/s),
    channels and Send indications, 100 B and 1000 B; and relayed packets/s
-   with both held to 40 % of a core, offered 50,000 round trips/s;
+   with both held to 40 % of a core, offered 50,000 round trips/s; and CPU
+   per relayed packet with coturn's own client (``relay_uclient.py``: four
+   ``turnutils_uclient`` of 50 allocations each, about 14,000 round trips/s,
+   all this machine's generator core paces with them);
 3. allocations (``allocation_rate.py``): CPU per Allocate + CreatePermission
    + ChannelBind + Refresh cycle at 200 cycles/s, CPU per cycle flat out,
    and cycles/s with both held to 20 % of a core.
@@ -110,6 +113,21 @@ def relay(rounds: int, tmp: Path, log: list[str]) -> list[tuple]:
                    for size, pairs in quota.items()]
 
 
+def uclient(rounds: int, tmp: Path, log: list[str]) -> list[tuple]:
+    out = tmp / "uclient.json"
+    run(["relay_uclient.py", "--rounds", str(rounds), "--json-out", str(out)], log)
+    cost: dict[tuple, dict] = {}
+    for r in json.loads(out.read_text()):
+        if "error" not in r:
+            cost.setdefault((r["mode"], r["size"], r["round"]), {})[r["server"]] = r["server_us_per_packet"]
+    pairs: dict[tuple, list] = {}
+    for (mode, size, _), servers in cost.items():
+        if {"ours", "coturn1"} <= servers.keys():
+            pairs.setdefault((mode, size), []).append((servers["ours"], servers["coturn1"]))
+    return [row("2", f"relay CPU per packet with turnutils_uclient, {mode}, {size} B, ~14k round trips/s "
+                     "(µs, median)", found, True, 1.0) for (mode, size), found in pairs.items()]
+
+
 def allocations(rounds: int, log: list[str]) -> list[tuple]:
     paced, flat, quota = [], [], []
     for _ in range(rounds):
@@ -135,7 +153,8 @@ def main() -> None:
     log: list[str] = []
     with tempfile.TemporaryDirectory(prefix="versus-coturn-") as tmp:
         loads = [open("/proc/loadavg").read().split()[0]]
-        rows = stun(args.rounds, Path(tmp), log) + relay(args.rounds, Path(tmp), log) + allocations(args.rounds, log)
+        rows = (stun(args.rounds, Path(tmp), log) + relay(args.rounds, Path(tmp), log)
+                + uclient(args.rounds, Path(tmp), log) + allocations(args.rounds, log))
         loads.append(open("/proc/loadavg").read().split()[0])
     print(f"Benchmark: `{shlex.join(['python', 'bench/versus_coturn.py', *sys.argv[1:]])}`, "
           f"load average {loads[0]} at the start, {loads[1]} at the end\n")
