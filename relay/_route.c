@@ -671,8 +671,9 @@ const char Receiver_poll_relays_doc[] =
 "batches recvmmsg calls, what relay/_route.c can relay sent to the\n"
 "clients. Returned for Python: (port, data, addr) for each datagram left\n"
 "to port.handler; (port, None, None) for a port without an _allocation\n"
-"attribute (a RelaySocket's, read without its property), to be read by its doRead; (port, None, error) for a port\n"
-"whose read failed with the OSError error.";
+"attribute (a RelaySocket's, read without its property), to be read by\n"
+"its doRead; (port, None, error) for a port whose read failed with the\n"
+"OSError error.";
 
 /* Append (who, None, the exception being raised) to rest, clearing it; -1 on error. */
 static int
