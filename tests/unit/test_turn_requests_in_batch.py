@@ -1,0 +1,129 @@
+"""TURN requests read in C handed to relay.server_fast from inside the batch (relay/_mmsg.c), beside the read pass."""
+
+import socket
+import sys
+import time
+
+import pytest
+from twisted.internet.task import Clock
+
+from relay import datagrams
+from relay.credentials import Credentials, StaticUsers
+from relay.listeners import UdpEndpoints
+from relay.peer_policy import PeerPolicy
+from relay.relay_ports import RelayPorts
+from relay.server import RelayPolicy, TurnServer
+from rendezvous.stun import Attr, Class, Message, Method
+from rendezvous.stun.attributes import encode_uint32
+from rendezvous.stun.binding import Addresses, BindingServer
+from tests.turn_helpers import TurnRequests, bind, code, permit
+
+REALM = "example.org"
+PEER = ("127.0.0.1", 9)
+
+
+class Reactor:
+    """What RelayPorts and its poller ask of a reactor, without a loop: the sockets are read by hand."""
+
+    def __init__(self) -> None:
+        self.readers = set()
+
+    def seconds(self) -> float:
+        return 0.0
+
+    def addReader(self, reader) -> None:
+        self.readers.add(reader)
+
+    def removeReader(self, reader) -> None:
+        self.readers.discard(reader)
+
+
+class Listener(TurnRequests):
+    """A client over loopback to a client-facing UDP socket whose read loop is run by hand after each request."""
+
+    def __init__(self) -> None:
+        super().__init__("alice", "secret", REALM)
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.ports = RelayPorts(Reactor(), {4: "127.0.0.1"}, 61500, 61599, clock=self.clock)
+        credentials = Credentials([StaticUsers({"alice": "secret"}, REALM)])
+        policy = PeerPolicy(allow=["127.0.0.0/8"])
+        self.turn = TurnServer(RelayPolicy(realm=REALM), credentials, policy, self.ports, self.clock)
+        self.sock, self.client = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.client.bind(("127.0.0.1", 0))
+        self.client.settimeout(2.0)
+        local = self.sock.getsockname()
+        self.protocol = UdpEndpoints(BindingServer(Addresses(*local)), self.turn).protocol(local)
+        self.handled = []  # what reached datagramReceived
+        python_path = self.protocol.datagramReceived
+        self.protocol.datagramReceived = lambda data, addr: (self.handled.append(data), python_path(data, addr))
+        self.protocol.transport = type("Port", (), {"socket": self.sock, "addressFamily": socket.AF_INET})()
+        self.protocol.startProtocol()
+
+    def ask(self, msg: Message) -> Message | None:
+        self.client.sendto(msg.raw or msg.encode(), self.sock.getsockname())
+        time.sleep(0.01)
+        datagrams.read_pass(self.protocol.transport.doRead)
+        return Message.decode(self.client.recv(65536))
+
+    def close(self) -> None:
+        self.turn.stop()
+        self.ports.stop()
+        self.sock.close()
+        self.client.close()
+
+
+@pytest.fixture(params=[True, False], ids=["c", "python"])
+def batched(request, monkeypatch):
+    """The read loop with the extension (TURN requests handed over from C) and without it (a read pass)."""
+    if not request.param:
+        monkeypatch.setattr(datagrams, "_mmsg", None)
+    elif datagrams._mmsg is None:
+        if sys.platform.startswith("linux"):
+            pytest.fail("relay._mmsg is missing: scripts/setup builds it")
+        pytest.skip("relay._mmsg is built on Linux only")
+    return request.param
+
+
+def test_an_allocation_cycle_is_answered_from_c_without_a_read_pass(batched):
+    """The 401, Allocate, CreatePermission, ChannelBind and Refresh 0 are answered alike with and without
+    the extension; with it none of them reaches datagramReceived."""
+    listener = Listener()
+    try:
+        assert listener.allocate().cls == Class.SUCCESS
+        assert permit(listener, PEER).cls == Class.SUCCESS
+        assert bind(listener, 0x4000, PEER).cls == Class.SUCCESS
+        assert listener.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(0))).cls == Class.SUCCESS
+        assert listener.turn.allocations == {} and listener.ports.open_count == 0
+        assert len(listener.handled) == (0 if batched else 5)
+    finally:
+        listener.close()
+
+
+def test_what_the_fast_path_leaves_still_reaches_the_turn_core(batched):
+    """A request relay.server_fast does not answer (a Refresh with no allocation: 437) goes on, in C's
+    batch, to datagramReceived and the TURN core, which answers it."""
+    listener = Listener()
+    try:
+        response = listener.request(Method.REFRESH, (Attr.LIFETIME, encode_uint32(600)))
+        assert (response.cls, code(response)) == (Class.ERROR, 437)
+        assert len(listener.handled) == (1 if batched else 2)  # the 401 too, on the Python path
+    finally:
+        listener.close()
+
+
+def test_an_exception_answering_is_logged_and_not_answered(batched, monkeypatch):
+    """A failure in the TURN core's fast path is logged, and the request left unanswered, on both paths."""
+    from relay import listeners
+
+    listener = Listener()
+    try:
+        monkeypatch.setattr(listeners, "answer_fast", lambda *args: 1 / 0)
+        listener.client.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            listener.allocate()
+        assert listener.turn.allocations == {}
+    finally:
+        listener.close()
