@@ -19,25 +19,10 @@ from rendezvous.stun import Attr, Class, Message, Method
 from rendezvous.stun.attributes import encode_uint32
 from rendezvous.stun.binding import Addresses, BindingServer
 from tests.turn_helpers import TurnRequests, bind, code, permit
+from tests.unit.test_relay_ports import Readers
 
 REALM = "example.org"
 PEER = ("127.0.0.1", 9)
-
-
-class Reactor:
-    """What RelayPorts and its poller ask of a reactor, without a loop: the sockets are read by hand."""
-
-    def __init__(self) -> None:
-        self.readers = set()
-
-    def seconds(self) -> float:
-        return 0.0
-
-    def addReader(self, reader) -> None:
-        self.readers.add(reader)
-
-    def removeReader(self, reader) -> None:
-        self.readers.discard(reader)
 
 
 class Listener(TurnRequests):
@@ -47,7 +32,7 @@ class Listener(TurnRequests):
         super().__init__("alice", "secret", REALM)
         self.clock = Clock()
         self.clock.advance(1000)
-        self.ports = RelayPorts(Reactor(), {4: "127.0.0.1"}, 61500, 61599, clock=self.clock)
+        self.ports = RelayPorts(Readers(), {4: "127.0.0.1"}, 61800, 61899, clock=self.clock)
         credentials = Credentials([StaticUsers({"alice": "secret"}, REALM)])
         policy = PeerPolicy(allow=["127.0.0.0/8"])
         self.turn = TurnServer(RelayPolicy(realm=REALM), credentials, policy, self.ports, self.clock, nonces)
@@ -118,22 +103,33 @@ def test_what_the_fast_path_leaves_still_reaches_the_turn_core(batched):
 
 def test_an_exception_answering_is_logged_and_not_answered(batched, monkeypatch):
     """A failure in the TURN core's fast path is logged, and the request left unanswered, on both paths."""
+    from twisted.logger import globalLogPublisher
+
     from relay import listeners
 
+    failures = []
+
+    def observe(event) -> None:
+        if "log_failure" in event:
+            failures.append(event["log_failure"].value)
+
     listener = Listener()
+    globalLogPublisher.addObserver(observe)
     try:
         monkeypatch.setattr(listeners, "answer_fast", lambda *args: 1 / 0)
         listener.client.settimeout(0.2)
         with pytest.raises(socket.timeout):
             listener.allocate()
         assert listener.turn.allocations == {}
+        assert [type(failure) for failure in failures] == [ZeroDivisionError]
     finally:
+        globalLogPublisher.removeObserver(observe)
         listener.close()
 
 
-STEPS = ("challenge", "allocate", "even allocate", "permission", "denied permission", "channel", "bad channel", "refresh",
-         "release", "wrong password", "foreign nonce", "binding", "changed binding", "channel data", "send",
-         "garbage")
+STEPS = ("challenge", "allocate", "even allocate", "permission", "denied permission", "channel", "bad channel",
+         "refresh", "release", "wrong password", "foreign nonce", "binding", "changed binding", "channel data",
+         "send", "garbage")
 
 
 def datagram(step: str, nonce: str, tid: bytes) -> bytes:
@@ -169,7 +165,9 @@ def datagram(step: str, nonce: str, tid: bytes) -> bytes:
     if method == Method.REFRESH:
         msg.add(Attr.LIFETIME, encode_uint32(0 if step == "release" else 600))
     msg.add(Attr.USERNAME, b"alice").add(Attr.REALM, REALM.encode())
-    msg.add(Attr.NONCE, (nonce[:-1] + ("A" if nonce[-1] != "A" else "B") if step == "foreign nonce" else nonce).encode())
+    if step == "foreign nonce":  # one character changed: a nonce this relay did not issue
+        nonce = nonce[:-1] + ("A" if nonce[-1] != "A" else "B")
+    msg.add(Attr.NONCE, nonce.encode())
     password = "wrong" if step == "wrong password" else "secret"
     return msg.encode(integrity_key=long_term_key("alice", REALM, password))
 
