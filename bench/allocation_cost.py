@@ -16,7 +16,12 @@ the client would have it. Thread CPU time per cycle:
 - with ``--thrash-mib N``: N MiB are written over before each request (as
   other work does between the wakeups of a paced server) and each request
   is timed alone; the median per request.
-``--root`` measures another checkout (its C extensions built).
+``--root`` measures another checkout (its C extensions built). With
+``--socket`` each request is sent from a client socket of the cycle's own
+loopback address to the listener's socket and read by its read loop
+(``doRead``: the ``recvmmsg``, what C and Python do with the request, the
+answer's ``sendmmsg``), as a wakeup of the server would read it; only the
+``doRead`` is timed (the client's send and receive are not).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import argparse
 import gc
 import json
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -41,6 +47,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, help="rounds (at most 50)")
     parser.add_argument("--thrash-mib", type=float, default=0.0, help="MiB written over before each request (0: none)")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to measure")
+    parser.add_argument("--socket", action="store_true", help="send each request over loopback and time the "
+                        "listener's doRead (the read loop) instead of its datagramReceived")
     args = parser.parse_args()
     if not 1 <= args.cycles <= 1000 or not 1 <= args.rounds <= 50 or not 0 <= args.thrash_mib <= 256:
         parser.error("--cycles in [1, 1000], --rounds in [1, 50], --thrash-mib in [0, 256]")
@@ -91,23 +99,44 @@ def run(args, listener, reactor, read_pass, Lane, source_ip) -> dict:
             made.append(((ip, 40000), requests))
         return made
 
+    if args.socket:
+        server = listener.transport.socket.getsockname()
+
+        def timed(addr, data) -> int:
+            """Thread CPU ns of the listener's read loop taking data from a client at addr (its answer read)."""
+            client.sendto(data, server)
+            started = time.thread_time_ns()
+            listener.transport.doRead()
+            spent = time.thread_time_ns() - started
+            client.recv(4096)
+            return spent
+    else:
+        def timed(addr, data) -> int:
+            """Thread CPU ns of the listener's datagramReceived taking data from addr in a read pass."""
+            started = time.thread_time_ns()
+            read_pass(lambda: listener.datagramReceived(data, addr))
+            return time.thread_time_ns() - started
+
     per_round, per_request = [], {step: [] for step in STEPS}
+    client = None
     for number in range(args.rounds):
         batch = cycles(number * args.cycles)
         gc.collect()
-        if not junk:
-            started = time.thread_time()
-            for addr, requests in batch:
-                for data in requests:
-                    read_pass(lambda: listener.datagramReceived(data, addr))
-            per_round.append(1e6 * (time.thread_time() - started) / args.cycles)
-        else:
-            for addr, requests in batch:
-                for step, data in zip(STEPS, requests):
+        spent = 0
+        for addr, requests in batch:
+            if args.socket:
+                client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                client.bind(addr)
+                client.settimeout(1.0)
+            for step, data in zip(STEPS, requests):
+                if junk:
                     junk[::64] = stride  # every cache line of junk written
-                    started = time.thread_time_ns()
-                    read_pass(lambda: listener.datagramReceived(data, addr))
-                    per_request[step].append((time.thread_time_ns() - started) / 1000)
+                    per_request[step].append(timed(addr, data) / 1000)
+                else:
+                    spent += timed(addr, data)
+            if client is not None:
+                client.close()
+        per_round.append(spent / 1000 / args.cycles)
         if turn.allocations:
             raise SystemExit(f"{len(turn.allocations)} allocations left: a request failed")
     errors = {name: count for name, count in turn.counters.items() if name.startswith("error")}

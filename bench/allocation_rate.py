@@ -18,7 +18,8 @@ Two measurements per server, and a third with ``--cpu-quota``:
   with), and the server's CPU milliseconds per cycle; with ``--rounds N``
   the servers take turns N times, ``--seconds / N`` each, so that load from
   other work on the machine, which moves the figure by tens of percent at
-  this rate, falls on all of them alike (and the ratio of each round is
+  this rate, falls on all of them alike (each round begins with the next
+  server, so none keeps the first or last place; the ratio of each round is
   given);
 - quota: lanes flat out again with the server held to ``--cpu-quota``
   percent of its core (a cgroup's CFS bandwidth, ``common.CpuQuota``), so
@@ -248,8 +249,9 @@ def paced(servers: list[Running], args) -> dict:
     each round finds the machine (other work on its cores) about the same for all: CPU ms per cycle."""
     totals = {s.kind: {"cycles": 0, "failures": 0, "abandoned_in_flight": 0, "seconds": 0.0, "cpu": 0.0,
                        "per_round_ms": []} for s in servers}
-    for _ in range(args.rounds):
-        for running in servers:
+    for number in range(args.rounds):
+        turn = number % len(servers)  # each round begins with the next server: no place in the order is kept
+        for running in servers[turn:] + servers[:turn]:
             time.sleep(1.0)
             before = running.cpu()
             figures = running.drive(args.lanes, args.seconds / args.rounds, args.rate)

@@ -12,7 +12,10 @@
  * Binding requests the fast path of relay/_binding.c takes, and sends those
  * answers in one sendmmsg, and relays routed ChannelData (relay/_route.c,
  * which also holds Receiver.poll_relays): only the other datagrams become
- * Python objects. Receiver.stay (relay/_stay.c) serves those sockets without
+ * Python objects. Given an answer callable, a TURN request is handed to it
+ * inside the batch and its response sent from C, so a request the TURN
+ * core's fast path answers (relay/server_fast.py) costs one Python call and
+ * no read pass. Receiver.stay (relay/_stay.c) serves those sockets without
  * a turn of the reactor while nothing else is ready.
  *
  * Addresses are what socket.recvfrom gives, cut to (host, port): IPv4 and
@@ -31,6 +34,7 @@
 #include <sys/socket.h>
 
 #include "_binding.h"
+#include "_stun_bytes.h"
 
 #define MAX_BATCH 1024
 
@@ -359,15 +363,56 @@ Receiver_recv(Receiver *self, PyObject *arg)
 }
 
 PyDoc_STRVAR(Receiver_recv_serving_doc,
-"recv_serving(fd, tail, routes) -> (received, answered, list of (bytes, (host, port)))\n\n"
+"recv_serving(fd, tail, routes[, answer]) -> (received, answered, list of (bytes, (host, port)))\n\n"
 "As recv, but what C can serve is served inside the batch. With tail\n"
 "(bytes), the plain STUN Binding requests are answered (relay/_binding.c:\n"
 "XOR-MAPPED-ADDRESS, MAPPED-ADDRESS, then the encoded attributes in tail,\n"
 "then FINGERPRINT when asked) and sent back from fd in one sendmmsg. With\n"
 "routes (a client-facing socket's dict of client address -> Allocation),\n"
 "ChannelData from a routed client is relayed to its peer as\n"
-"Allocation.channel_to_peer would (relay/_route.c). Returns how many\n"
+"Allocation.channel_to_peer would (relay/_route.c). With answer (not None),\n"
+"a STUN request of a method other than Binding is given to answer(data,\n"
+"(host, port)), which returns the response to send from fd (bytes), b\"\"\n"
+"for none, or None to leave the datagram for Python; once one datagram is\n"
+"left, the batch's later requests are left too, in order. Returns how many\n"
 "datagrams were read, how many were answered, and the ones left for Python.");
+
+/* Whether the datagram is a STUN request of a method other than Binding (RFC 8489 §5, §6): a TURN request. */
+static int
+turn_request(const unsigned char *data, size_t length)
+{
+    unsigned int type;
+    if (length < 20 || data[0] >= 0x40)
+        return 0;
+    type = get16(data);
+    return (type & 0x0110) == 0 && type != 0x0001;
+}
+
+/* Ask answer(data, addr) for the response to a TURN request and queue it on sends to fd's client at to.
+ * What sends holds is sent first: the call may close a relay socket whose descriptor a queued datagram
+ * names, and open another with the same number. 1: answered (b"": no answer), 0: for Python (None), -1: error. */
+static int
+answer_request(Sends *sends, int fd, const struct sockaddr_storage *to, socklen_t namelen, PyObject *answer,
+               PyObject *data, PyObject *addr)
+{
+    PyObject *args[2] = {data, addr}, *response;
+    int result = 1;
+    sends_flush(sends);
+    response = PyObject_Vectorcall(answer, args, 2, NULL);
+    if (response == NULL)
+        return -1;
+    if (response == Py_None) {
+        result = 0;
+    } else if (!PyBytes_Check(response)) {
+        PyErr_SetString(PyExc_TypeError, "answer must return bytes or None");
+        result = -1;
+    } else if (PyBytes_GET_SIZE(response) > 0) {
+        size_t size = (size_t)PyBytes_GET_SIZE(response);
+        memcpy(sends_add(sends, fd, to, namelen, size), PyBytes_AS_STRING(response), size);
+    }
+    Py_DECREF(response);
+    return result;
+}
 
 /* The buffers recv_serving's Binding answers are written to, made on first use; -1 on error. */
 static int
@@ -391,10 +436,12 @@ answer_buffers(Receiver *self)
     return 0;
 }
 
-/* One recvmmsg on a client-facing socket served: Binding answers sent, routed datagrams queued, the rest
- * appended to rest as (bytes, addr); *answered grows by the answers. How many were read, or -1 on error. */
+/* One recvmmsg on a client-facing socket served: Binding answers sent, routed datagrams queued, TURN requests
+ * answered through answer (unless None), the rest appended to rest as (bytes, addr); *answered grows by the
+ * Binding answers. How many were read, or -1 on error. */
 int
-serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObject *rest, int *answered)
+serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObject *answer, PyObject *rest,
+            int *answered)
 {
     int received, count = 0, failed = 0;
     if (tail != Py_None && answer_buffers(self) < 0)
@@ -427,10 +474,17 @@ serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObject *
         routed = addr == NULL ? -1 : routes == Py_None ? 0 : route_from_client(self->sends, routes, addr, data, length);
         if (routed == 0) {
             PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)length);
-            PyObject *item = bytes == NULL ? NULL : PyTuple_Pack(2, bytes, addr);
+            if (bytes == NULL)
+                routed = -1;
+            else if (answer != Py_None && PyList_GET_SIZE(rest) == 0 && turn_request(data, length))
+                routed = answer_request(self->sends, fd, &self->addresses[i], self->headers[i].msg_hdr.msg_namelen,
+                                        answer, bytes, addr);
+            if (routed == 0) {
+                PyObject *item = PyTuple_Pack(2, bytes, addr);
+                routed = item == NULL || PyList_Append(rest, item) < 0 ? -1 : 0;
+                Py_XDECREF(item);
+            }
             Py_XDECREF(bytes);
-            routed = item == NULL || PyList_Append(rest, item) < 0 ? -1 : 0;
-            Py_XDECREF(item);
         }
         Py_XDECREF(addr);
         failed = routed < 0;
@@ -444,12 +498,13 @@ serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObject *
 static PyObject *
 Receiver_recv_serving(Receiver *self, PyObject *args)
 {
-    PyObject *fdobj, *tail, *routes, *rest;
+    PyObject *fdobj, *tail, *routes, *answer = Py_None, *rest;
     int fd, received, answered = 0;
-    if (!PyArg_ParseTuple(args, "OOO", &fdobj, &tail, &routes))
+    if (!PyArg_ParseTuple(args, "OOO|O", &fdobj, &tail, &routes, &answer))
         return NULL;
-    if ((tail != Py_None && !PyBytes_Check(tail)) || (routes != Py_None && !PyDict_Check(routes))) {
-        PyErr_SetString(PyExc_TypeError, "tail must be bytes or None and routes a dict or None");
+    if ((tail != Py_None && !PyBytes_Check(tail)) || (routes != Py_None && !PyDict_Check(routes))
+        || (answer != Py_None && !PyCallable_Check(answer))) {
+        PyErr_SetString(PyExc_TypeError, "tail must be bytes or None, routes a dict or None, answer callable or None");
         return NULL;
     }
     fd = PyObject_AsFileDescriptor(fdobj);
@@ -458,7 +513,7 @@ Receiver_recv_serving(Receiver *self, PyObject *args)
     rest = PyList_New(0);
     if (rest == NULL)
         return NULL;
-    received = serve_batch(self, fd, tail, routes, rest, &answered);
+    received = serve_batch(self, fd, tail, routes, answer, rest, &answered);
     sends_flush(self->sends);
     if (received < 0) {
         Py_DECREF(rest);

@@ -55,13 +55,16 @@ int receive_batch(Receiver *self, int fd);
 PyObject *datagram_item(Receiver *self, int i);
 Py_ssize_t send_prepared(int fd, struct mmsghdr *headers, int count);
 /* One recvmmsg on a client-facing socket served (recv_serving); how many were read, or -1 on error. */
-int serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObject *rest, int *answered);
+int serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObject *answer, PyObject *rest,
+                int *answered);
 
 /* relay/_route.c */
 int route_init(PyObject *module);
 Sends *sends_new(void);
 void sends_free(Sends *sends);
 void sends_flush(Sends *sends);
+/* Room for one datagram of size bytes to fd at to (flushing first when full); where to write it. */
+unsigned char *sends_add(Sends *sends, int fd, const struct sockaddr_storage *to, socklen_t namelen, size_t size);
 /* 1: routed (queued on sends, or dropped as the Python path drops it), 0: for Python, -1: error. */
 int route_from_client(Sends *sends, PyObject *routes, PyObject *addr, const unsigned char *data, size_t size);
 int poll_relays_into(Receiver *self, int epoll_fd, PyObject *ports, int batches, PyObject *rest);

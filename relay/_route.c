@@ -209,8 +209,7 @@ sends_flush(Sends *sends)
     sends->used = 0;
 }
 
-/* Room for one datagram of size bytes to fd at to (flushing first when full); where to write it. */
-static unsigned char *
+unsigned char *
 sends_add(Sends *sends, int fd, const struct sockaddr_storage *to, socklen_t namelen, size_t size)
 {
     Queued *item;

@@ -9,7 +9,9 @@
  * descriptor it reports is one of those, serves them and waits again. Anything
  * else ends the stay: another descriptor, a write interest, an error or hang-up,
  * a signal, a call queued from a thread, the next timed call's due time, a
- * datagram left for Python (returned to the caller). The reactor's next poll
+ * timed call scheduled by the Python a TURN request was handed to (the
+ * socket's answer callable), a datagram left for Python (returned to the
+ * caller). The reactor's next poll
  * finds what ended it still ready, since its epoll is level-triggered.
  *
  * A wakeup costs about as much again in the kernel (the switch in and out of
@@ -44,17 +46,18 @@
 enum { SERVE_SOCKET = 0, SERVE_RELAYS = 1 };
 
 const char Receiver_stay_doc[] =
-"stay(epoll_fd, timeout, selectables, served, calls, wakeups, hold) -> None or (fd, rest)\n\n"
+"stay(epoll_fd, timeout, selectables, served, calls, wakeups, hold[, timed]) -> None or (fd, rest)\n\n"
 "Wait on the reactor's epoll epoll_fd for at most timeout seconds (< 0: no\n"
 "limit) and serve in C what it reports while every ready descriptor fd is in\n"
 "served with selectables[fd] (the reactor's) as its entry's first item:\n"
-"(selectable, 0, tail, routes, answered) for a client-facing socket, served as\n"
-"recv_serving(fd, tail, routes) with answered(count) told of its Binding\n"
-"answers when the stay ends;\n"
+"(selectable, 0, tail, routes, answered[, answer]) for a client-facing socket,\n"
+"served as recv_serving(fd, tail, routes, answer) with answered(count) told\n"
+"of its Binding answers when the stay ends;\n"
 "(selectable, 1, ports, batches) for a poller's epoll, served as\n"
 "poll_relays(fd, ports, batches). Returns None when something else needs the\n"
-"reactor, the time is up, calls (its queue of calls from threads) is not\n"
-"empty, or wakeups waits were served; (fd, rest) when serving fd left rest,\n"
+"reactor, the time is up, calls (its queue of calls from threads) or timed\n"
+"(its timed calls not yet scheduled) is not empty, or wakeups waits were\n"
+"served; (fd, rest) when serving fd left rest,\n"
 "recv_serving's or poll_relays' list, for Python. hold (seconds, 0: never)\n"
 "bounds the sleep before a wait that moderates a steady light load.";
 
@@ -147,14 +150,16 @@ serve(Receiver *self, int fd, PyObject *entry, PyObject *rest, Tellers *tellers)
 {
     long kind = PyLong_AsLong(PyTuple_GET_ITEM(entry, 1));
     int answered = 0, result;
-    if (kind == SERVE_SOCKET && PyTuple_GET_SIZE(entry) == 5) {
+    if (kind == SERVE_SOCKET && (PyTuple_GET_SIZE(entry) == 5 || PyTuple_GET_SIZE(entry) == 6)) {
         PyObject *tail = PyTuple_GET_ITEM(entry, 2), *routes = PyTuple_GET_ITEM(entry, 3);
         PyObject *count = PyTuple_GET_ITEM(entry, 4);
-        if ((tail != Py_None && !PyBytes_Check(tail)) || (routes != Py_None && !PyDict_Check(routes))) {
-            PyErr_SetString(PyExc_TypeError, "tail must be bytes or None and routes a dict or None");
+        PyObject *answer = PyTuple_GET_SIZE(entry) == 6 ? PyTuple_GET_ITEM(entry, 5) : Py_None;
+        if ((tail != Py_None && !PyBytes_Check(tail)) || (routes != Py_None && !PyDict_Check(routes))
+            || (answer != Py_None && !PyCallable_Check(answer))) {
+            PyErr_SetString(PyExc_TypeError, "tail must be bytes or None, routes a dict or None, answer callable or None");
             return -1;
         }
-        result = serve_batch(self, fd, tail, routes, rest, &answered);
+        result = serve_batch(self, fd, tail, routes, answer, rest, &answered);
         sends_flush(self->sends);
         if (answered > 0 && count != Py_None)
             count_answers(tellers, count, answered);
@@ -240,7 +245,7 @@ moderate(Moderation *m, double hold, unsigned long count, int held)
 
 static PyObject *
 stay(Receiver *self, int epoll_fd, double timeout, PyObject *selectables, PyObject *served, PyObject *calls,
-     int wakeups, double hold, Tellers *tellers)
+     int wakeups, double hold, PyObject *timed, Tellers *tellers)
 {
     struct epoll_event events[STAY_EVENTS];
     double deadline = timeout < 0 ? -1.0 : monotonic_seconds() + timeout;
@@ -254,7 +259,7 @@ stay(Receiver *self, int epoll_fd, double timeout, PyObject *selectables, PyObje
         if (held)
             hold_wait(&self->moderation, hold, deadline);
         ms = wait_ms(deadline);
-        if (ms == 0 || PyList_GET_SIZE(calls) > 0)
+        if (ms == 0 || PyList_GET_SIZE(calls) > 0 || (timed != NULL && PyList_GET_SIZE(timed) > 0))
             break;
         Py_BEGIN_ALLOW_THREADS
         ready = epoll_wait(epoll_fd, events, STAY_EVENTS, ms);
@@ -294,15 +299,15 @@ stay(Receiver *self, int epoll_fd, double timeout, PyObject *selectables, PyObje
 PyObject *
 Receiver_stay(Receiver *self, PyObject *args)
 {
-    PyObject *selectables, *served, *calls, *result;
+    PyObject *selectables, *served, *calls, *timed = NULL, *result;
     Tellers tellers = {.used = 0};
     double timeout, hold;
     int epoll_fd, wakeups;
 
-    if (!PyArg_ParseTuple(args, "idO!O!O!id", &epoll_fd, &timeout, &PyDict_Type, &selectables, &PyDict_Type, &served,
-                          &PyList_Type, &calls, &wakeups, &hold))
+    if (!PyArg_ParseTuple(args, "idO!O!O!id|O!", &epoll_fd, &timeout, &PyDict_Type, &selectables, &PyDict_Type,
+                          &served, &PyList_Type, &calls, &wakeups, &hold, &PyList_Type, &timed))
         return NULL;
-    result = stay(self, epoll_fd, timeout, selectables, served, calls, wakeups, hold, &tellers);
+    result = stay(self, epoll_fd, timeout, selectables, served, calls, wakeups, hold, timed, &tellers);
     if (result == NULL) {
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);

@@ -213,7 +213,8 @@ class StreamOutbox:
             transport.write(data[sent:])
 
 
-def read_loop(port, handler, binding_tail: bytes | None = None, answered=None, routes: dict | None = None) -> None:
+def read_loop(port, handler, binding_tail: bytes | None = None, answered=None, routes: dict | None = None,
+              answer=None) -> None:
     """Make a listening ``twisted.internet.udp.Port`` (or a ``RelaySocket``: anything with ``socket`` and
     ``addressFamily``) hand datagrams straight to handler(data, addr).
 
@@ -227,18 +228,21 @@ def read_loop(port, handler, binding_tail: bytes | None = None, answered=None, r
     extension, plain STUN Binding requests are answered in C inside each
     batch (relay/_binding.c) and ``answered(count)`` is told how many; with
     ``routes`` (a client-facing socket's client address -> Allocation),
-    routed ChannelData is relayed in C (relay/_route.c). Only the other
-    datagrams reach handler.
+    routed ChannelData is relayed in C (relay/_route.c); with ``answer``
+    (a client-facing socket's ``ServerDatagramProtocol.answer``), a TURN
+    request is handed to answer(data, addr) inside the batch and the
+    response it returns sent from C, with no read pass (relay/_mmsg.c).
+    Only the other datagrams reach handler.
     """
     sock = port.socket
     ipv6 = port.addressFamily == socket.AF_INET6
 
     def take() -> tuple[int, list]:
         """One batch: how many datagrams were read, and those left for handler."""
-        if binding_tail is None and routes is None:
+        if binding_tail is None and routes is None and answer is None:
             batch = _receiver.recv(sock)
             return len(batch), batch
-        received, fast, batch = _receiver.recv_serving(sock, binding_tail, routes)
+        received, fast, batch = _receiver.recv_serving(sock, binding_tail, routes, answer)
         if fast:
             answered(fast)
         return received, batch
@@ -284,10 +288,10 @@ def read_loop(port, handler, binding_tail: bytes | None = None, answered=None, r
         port.doRead = lambda: read_pass(read_one_by_one)
         return
     port.doRead = read_batches
-    if binding_tail is not None or routes is not None:
+    if binding_tail is not None or routes is not None or answer is not None:
         stay = stay_for(getattr(port, "reactor", None))
     if stay is not None:
-        stay.serve(port, (port, _SERVE_SOCKET, binding_tail, routes, answered), lambda rest: handle(0, rest))
+        stay.serve(port, (port, _SERVE_SOCKET, binding_tail, routes, answered, answer), lambda rest: handle(0, rest))
         lost = port.connectionLost
 
         def connection_lost(reason=None) -> None:
@@ -307,7 +311,8 @@ class Stay:
     here, in a read pass, and the wait goes on with the timeout taken again
     (their handlers may have scheduled calls). It returns to the reactor
     when anything else is ready, a timed call is due, a thread queued a
-    call, the reactor was told to stop, or after ``STAY_ROUNDS`` rounds: the
+    call, a TURN request handed to Python in C scheduled a timed call, the
+    reactor was told to stop, or after ``STAY_ROUNDS`` rounds: the
     reactor's next poll finds that event still ready. Only Twisted's epoll
     reactor is waited on (``stay_for``).
     """
@@ -343,7 +348,8 @@ class Stay:
                 return
             try:
                 left = _receiver.stay(self.epoll_fd, -1.0 if timeout is None else timeout, reactor._selectables,
-                                      self.served, reactor.threadCallQueue, STAY_WAKEUPS, self.hold)
+                                      self.served, reactor.threadCallQueue, STAY_WAKEUPS, self.hold,
+                                      reactor._newTimedCalls)
             except Exception:  # out of memory, say: the reactor's next turn reads on
                 log.failure("serving the relay's sockets between reactor turns")
                 return

@@ -69,8 +69,10 @@ class ServerDatagramProtocol(DatagramProtocol):
         binding = self.endpoints.binding
         # Plain Binding requests are answered, and routed ChannelData relayed, in C within the read pass
         # (relay/_binding.c, relay/_route.c).
+        # TURN requests are handed to answer from C, their responses sent from C (relay/_mmsg.c).
+        turn = self.turn is not None
         read_loop(self.transport, self.datagramReceived, binding.plain_answer_tail(self.local),
-                  binding.count_fast_answers, None if self.turn is None else self.routes)
+                  binding.count_fast_answers, self.routes if turn else None, self.answer if turn else None)
 
     def datagramReceived(self, data: bytes, addr) -> None:
         if data and self.turn is not None:
@@ -89,12 +91,22 @@ class ServerDatagramProtocol(DatagramProtocol):
                 return
         self._control(data, addr[:2])
 
+    def answer(self, data: bytes, addr: Address) -> bytes | None:
+        """The response to a TURN request that relay.server_fast answers (b"": none), or None: the request
+        goes on to the TURN core. Read in C, the request is asked here first and the response sent from C
+        (``read_loop``); an exception is logged, and the request not answered, as the read pass would."""
+        try:
+            return answer_fast(self.turn, data, ("udp", addr, self.local), self.outbox.sender)
+        except Exception:
+            log.failure("answering {addr}", addr=addr)
+            return b""
+
     def _control(self, data: bytes, addr: Address) -> None:
         """A STUN message: TURN requests to the TURN core (a live allocation's common ones answered by
         relay.server_fast), the rest to the Binding core."""
         turn = self.turn
         if turn is not None:
-            response = answer_fast(turn, data, ("udp", addr, self.local), self.outbox.sender)
+            response = self.answer(data, addr)
             if response is not None:
                 if response:  # b"": no answer (a rate-limited 401)
                     self.outbox.write(response, addr)

@@ -25,7 +25,9 @@ nonces and credential sources, counted, given its relay socket and
 installed by ``relay.server_allocate``'s functions, and its success
 response written in C (``_requests.sign_allocated``). ``answer`` returns
 None for anything else, and where the extension is not built: the Python
-path then answers.
+path then answers. The UDP listener asks it from inside the C read batch
+(``ServerDatagramProtocol.answer``, relay/_mmsg.c), which sends the
+response itself: a request answered here costs no read pass.
 """
 
 import functools

@@ -263,3 +263,90 @@ def test_read_loop_answers_plain_binding_requests_in_the_batch(pair, monkeypatch
         assert (handled, answered) == (other, [3])
     else:
         assert (handled, answered) == ([plain[0], other[0], plain[1], other[1], plain[2]], [])
+
+
+def turn_request(method, tag: bytes) -> bytes:
+    """A TURN request of method whose transaction id starts with tag."""
+    from rendezvous.stun import Class, Message
+
+    return Message(method, Class.REQUEST, transaction_id=tag.ljust(12, b"-")).encode()
+
+
+def test_recv_serving_hands_turn_requests_to_answer_and_sends_its_responses(pair):
+    """With answer, a TURN request is answered from the socket it reached (b"": not answered); once a datagram
+    is left for Python (None, or not a TURN request: Binding, another class, ChannelData), the batch's later
+    requests are left too, in order."""
+    from rendezvous.stun import Class, Message, Method
+
+    a, b = pair
+    receiver = _mmsg.Receiver(16, 2048)
+    asked = []
+
+    def answer(data, addr):
+        asked.append(data)
+        return {b"s": b"response to " + data[8:20], b"q": b"", b"n": None}[data[8:9]]
+
+    def served(sent):
+        asked.clear()
+        for data in sent:
+            b.sendto(data, a.getsockname())
+        time.sleep(0.05)
+        received, answered, rest = receiver.recv_serving(a, None, None, answer)
+        assert (received, answered) == (len(sent), 0)
+        return asked[:], [data for data, addr in rest if addr == b.getsockname()]
+
+    requests = [turn_request(method, tag) for method, tag in ((Method.REFRESH, b"s1"), (Method.ALLOCATE, b"q2"),
+                (Method.CHANNEL_BIND, b"s3"), (Method.ALLOCATE, b"n4"), (Method.REFRESH, b"s5"))]
+    assert served(requests) == (requests[:4], requests[3:])
+    assert settle(b, 2) == [(b"response to " + requests[i][8:20], a.getsockname()) for i in (0, 2)]
+    for first in (Message(Method.SEND, Class.INDICATION).encode(), Message(Method.BINDING, Class.REQUEST).encode(),
+                  b"\x40\x00\x00\x00"):
+        assert served([first, requests[0]]) == ([], [first, requests[0]])
+    assert receiver.recv(b) == []
+
+
+def test_an_answer_that_fails_or_returns_no_bytes_fails_the_batch(pair):
+    """An exception from answer, or an answer that is not bytes or None, is raised from recv_serving."""
+    from rendezvous.stun import Method
+
+    a, b = pair
+    receiver = _mmsg.Receiver(16, 2048)
+    for answer, error in ((lambda data, addr: 1 / 0, ZeroDivisionError), (lambda data, addr: "text", TypeError)):
+        b.sendto(turn_request(Method.REFRESH, b"x"), a.getsockname())
+        time.sleep(0.05)
+        with pytest.raises(error):
+            receiver.recv_serving(a, None, None, answer)
+    with pytest.raises(TypeError):
+        receiver.recv_serving(a, None, None, "not callable")
+
+
+def test_a_stay_ends_when_an_answer_schedules_a_timed_call(pair):
+    """A timed call scheduled by the Python a TURN request was handed to ends the stay before its next wait:
+    the request sent meanwhile waits for the reactor."""
+    import select
+
+    from rendezvous.stun import Method
+
+    a, b = pair
+    timed, asked = [], []
+
+    def answer(data, addr):
+        asked.append(data)
+        if len(asked) == 1:
+            timed.append("a call due before the stay's deadline")
+            b.sendto(turn_request(Method.REFRESH, b"second"), a.getsockname())
+            time.sleep(0.05)
+        return b"answered"
+
+    poller = select.epoll()
+    try:
+        poller.register(a.fileno(), select.EPOLLIN)
+        selectable = object()
+        served = {a.fileno(): (selectable, 0, None, None, None, answer)}
+        b.sendto(turn_request(Method.REFRESH, b"first"), a.getsockname())
+        stayed = _mmsg.Receiver(16, 2048).stay(poller.fileno(), 5.0, {a.fileno(): selectable}, served, [], 100, 0.0,
+                                               timed)
+    finally:
+        poller.close()
+    assert stayed is None and len(asked) == 1
+    assert [data for data, _ in settle(a, 1)] == [turn_request(Method.REFRESH, b"second")]
