@@ -153,8 +153,9 @@ def main() -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in runs:
         if "error" not in r:
+            rtt = "" if r["rtt_ms"] is None else f"{r['rtt_ms']:.3f}"
             print(f"| {SERVER_LABELS[r['server']]} | {r['mode']} | {r['size']} | {r['round']} | "
-                  f"{r['relayed_pps']:,.0f} | {r['lost']} | {r['rtt_ms']} | {r['server_us_per_packet']:.2f} | "
+                  f"{r['relayed_pps']:,.0f} | {r['lost']} | {rtt} | {r['server_us_per_packet']:.2f} | "
                   f"{100 * r['client_cpu_seconds'] / r['seconds']:.0f} | "
                   f"{100 * r['peer_cpu_seconds'] / r['seconds']:.0f} |")
     if {"ours", "coturn1"} <= set(servers):
