@@ -97,8 +97,9 @@ class FakeReceiver:
         batch.reverse()
         return batch
 
-    def recv_serving(self, sock: FakeSocket, tail: bytes | None, routes: dict | None) -> tuple[int, int, list]:
-        """As recv: the bench sends no Binding requests, so none is answered, and routes nothing in C."""
+    def recv_serving(self, sock: FakeSocket, tail: bytes | None, routes: dict | None,
+                     answer=None) -> tuple[int, int, list]:
+        """As recv: the bench sends no STUN requests, so none is answered, and routes nothing in C."""
         batch = self.recv(sock)
         return len(batch), 0, batch
 

@@ -397,7 +397,7 @@ answer_request(Sends *sends, int fd, const struct sockaddr_storage *to, socklen_
 {
     PyObject *args[2] = {data, addr}, *response;
     int result = 1;
-    sends_flush(sends);
+    sends_settle(sends);
     response = PyObject_Vectorcall(answer, args, 2, NULL);
     if (response == NULL)
         return -1;
@@ -514,7 +514,7 @@ Receiver_recv_serving(Receiver *self, PyObject *args)
     if (rest == NULL)
         return NULL;
     received = serve_batch(self, fd, tail, routes, answer, rest, &answered);
-    sends_flush(self->sends);
+    sends_settle(self->sends);
     if (received < 0) {
         Py_DECREF(rest);
         return NULL;

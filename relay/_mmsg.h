@@ -62,7 +62,9 @@ int serve_batch(Receiver *self, int fd, PyObject *tail, PyObject *routes, PyObje
 int route_init(PyObject *module);
 Sends *sends_new(void);
 void sends_free(Sends *sends);
+/* Send what is queued; what was counted is told to the allocations' counters by sends_settle, before Python runs. */
 void sends_flush(Sends *sends);
+void sends_settle(Sends *sends);
 /* Room for one datagram of size bytes to fd at to (flushing first when full); where to write it. */
 unsigned char *sends_add(Sends *sends, int fd, const struct sockaddr_storage *to, socklen_t namelen, size_t size);
 /* 1: routed (queued on sends, or dropped as the Python path drops it), 0: for Python, -1: error. */

@@ -25,10 +25,14 @@
  *
  * What C relays queues here (copied, so the receive buffers can be reused)
  * and leaves in one sendmmsg per socket when the pass's C part ends; its
- * counts go to the allocations' counters then too, once per allocation.
+ * counts go to the allocations' counters, once per allocation, before any
+ * Python runs (sends_settle): after a poll_relays or recv_serving call,
+ * before a TURN request is handed to Python, when a stay ends.
  */
 #include "_mmsg.h"
 #include "_sendwalk.h"
+
+#include <structmember.h>
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -40,7 +44,8 @@
 #define SENDS_ITEMS 1024
 #define SENDS_BYTES (1024 * 1024)
 #define POLL_EVENTS 256
-#define COUNTED 64
+#define COUNTED 256
+#define COUNTED_PROBES 8
 #define PARSED 64
 
 enum { ERROR = -1, TO_PYTHON = 0, ROUTED = 1 };
@@ -76,7 +81,8 @@ struct Sends {
     char *taken;
     struct mmsghdr headers[64];
     struct iovec vectors[64];
-    Counted counted[COUNTED];
+    Counted counted[COUNTED];          /* by the allocation's address: count */
+    unsigned short used_counted[COUNTED];  /* the entries in use, in the order they were taken */
     int counts;
     Parsed parsed[PARSED];  /* by the tuple's address */
 };
@@ -95,15 +101,28 @@ static PyTypeObject *socket_type;
 
 /* Outbox.write and the Sender class (relay/datagrams.py): the writes C may do itself. */
 static PyObject *outbox_write, *sender_type;
-static PyObject *s_allocation, *s_bucket, *s_channels, *s_permissions, *s_own_hosts, *s_peer_channels,
-    *s_relays, *s_write, *s_send, *s_outbox, *s_addr, *s_socket, *s_family, *s_fileno, *s_packets_out, *s_bytes_out, *s_packets_in,
-    *s_bytes_in;
+static PyObject *s_allocation, *s_write, *s_fileno;
+
+/* An attribute read per datagram: read in place when its object's type holds it as a plain __slots__ member
+ * (Allocation, Outbox, Sender), else through PyObject_GetAttr. A member descriptor is a data descriptor, so with
+ * the generic getattr nothing else can answer for it, and the slot holds what PyObject_GetAttr would return. The
+ * type's version tag changes whenever it or a base is modified, and the member is looked up again. */
+typedef struct {
+    PyObject *name;
+    PyTypeObject *type;    /* a reference: its address cannot be reused while kept */
+    unsigned int version;  /* type's tp_version_tag when looked up; 0: look up each time */
+    Py_ssize_t offset;     /* in an instance of type; 0: not a plain member there */
+} Slot;
+
+static Slot a_bucket, a_channels, a_permissions, a_own_hosts, a_peer_channels, a_relays, a_send, a_outbox, a_addr,
+    a_socket, a_family, a_packets_out, a_bytes_out, a_packets_in, a_bytes_in;
 static uint64_t random_state[2];
 
-static int add_to(PyObject *obj, PyObject *name, Py_ssize_t n);
+static int add_to(PyObject *obj, Slot *name, Py_ssize_t n);
 
 /* Add what was counted to the allocations' counters (Allocation.packets_in and the others), which Python reads
- * only after the pass; an exception pending before is kept, one raised here is reported as unraisable. */
+ * only when it runs next (sends_settle); an exception pending before is kept, one raised here is reported as
+ * unraisable. */
 static void
 counts_flush(Sends *sends)
 {
@@ -112,36 +131,42 @@ counts_flush(Sends *sends)
         return;
     PyErr_Fetch(&type, &value, &traceback);
     for (int i = 0; i < sends->counts; i++) {
-        Counted *c = &sends->counted[i];
-        if (add_to(c->allocation, c->inward ? s_packets_in : s_packets_out, c->packets) < 0
-            || add_to(c->allocation, c->inward ? s_bytes_in : s_bytes_out, c->bytes) < 0)
+        Counted *c = &sends->counted[sends->used_counted[i]];
+        if (add_to(c->allocation, c->inward ? &a_packets_in : &a_packets_out, c->packets) < 0
+            || add_to(c->allocation, c->inward ? &a_bytes_in : &a_bytes_out, c->bytes) < 0)
             PyErr_WriteUnraisable(c->allocation);
-        Py_DECREF(c->allocation);
+        Py_CLEAR(c->allocation);
     }
     sends->counts = 0;
     PyErr_Restore(type, value, traceback);
 }
 
-/* Count one relayed datagram of bytes for allocation, told to its counters when the pass's C part ends. */
+/* Count one relayed datagram of bytes for allocation, told to its counters before Python runs next: the entries
+ * are found by the allocation's address, probing COUNTED_PROBES on, and all told at once when none is free. */
 static void
 count(Sends *sends, PyObject *allocation, int inward, size_t bytes)
 {
-    Counted *c = sends->counted;
-    int i = 0;
-    while (i < sends->counts && (c[i].allocation != allocation || c[i].inward != inward))
-        i++;
-    if (i == COUNTED) {
+    size_t start = (((uintptr_t)allocation >> 4) * 2 + (size_t)inward) % COUNTED;
+    Counted *c = NULL;
+    for (size_t probe = 0; probe < COUNTED_PROBES; probe++) {
+        Counted *entry = &sends->counted[(start + probe) % COUNTED];
+        if (entry->allocation == NULL || (entry->allocation == allocation && entry->inward == inward)) {
+            c = entry;
+            break;
+        }
+    }
+    if (c == NULL) {
         counts_flush(sends);
-        i = 0;
+        c = &sends->counted[start];
     }
-    if (i == sends->counts) {
-        c[i].allocation = Py_NewRef(allocation);
-        c[i].inward = inward;
-        c[i].packets = c[i].bytes = 0;
-        sends->counts++;
+    if (c->allocation == NULL) {
+        c->allocation = Py_NewRef(allocation);
+        c->inward = inward;
+        c->packets = c->bytes = 0;
+        sends->used_counted[sends->counts++] = (unsigned short)(c - sends->counted);
     }
-    c[i].packets++;
-    c[i].bytes += (Py_ssize_t)bytes;
+    c->packets++;
+    c->bytes += (Py_ssize_t)bytes;
 }
 
 Sends *
@@ -174,12 +199,10 @@ sends_free(Sends *sends)
     PyMem_Free(sends);
 }
 
-/* Send what is queued, one sendmmsg per socket (64 datagrams a call), in the order it was queued, and tell the
- * counters. */
+/* Send what is queued, one sendmmsg per socket (64 datagrams a call), in the order it was queued. */
 void
 sends_flush(Sends *sends)
 {
-    counts_flush(sends);
     memset(sends->taken, 0, (size_t)sends->count);
     for (int i = 0; i < sends->count; i++) {
         int fd = sends->items[i].fd, n = 0;
@@ -209,6 +232,14 @@ sends_flush(Sends *sends)
     sends->used = 0;
 }
 
+/* Send what is queued and tell the counters: Python, which reads them, runs next. */
+void
+sends_settle(Sends *sends)
+{
+    sends_flush(sends);
+    counts_flush(sends);
+}
+
 unsigned char *
 sends_add(Sends *sends, int fd, const struct sockaddr_storage *to, socklen_t namelen, size_t size)
 {
@@ -225,11 +256,41 @@ sends_add(Sends *sends, int fd, const struct sockaddr_storage *to, socklen_t nam
     return sends->bytes + item->offset;
 }
 
+static void
+slot_resolve(Slot *slot, PyTypeObject *type)
+{
+    PyObject *descr = _PyType_Lookup(type, slot->name);  /* borrowed; gives the type a version tag */
+    Py_XSETREF(slot->type, (PyTypeObject *)Py_NewRef(type));
+    slot->version = type->tp_version_tag;
+    slot->offset = 0;
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) && type->tp_getattro == PyObject_GenericGetAttr
+        && PyType_IsSubtype(type, PyDescr_TYPE(descr))) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX && !(member->flags & PY_AUDIT_READ))
+            slot->offset = member->offset;
+    }
+}
+
+/* obj's attribute slot->name: a new reference, or NULL with an exception, as PyObject_GetAttr. */
+static PyObject *
+slot_get(PyObject *obj, Slot *slot)
+{
+    PyTypeObject *type = Py_TYPE(obj);
+    if (type != slot->type || type->tp_version_tag != slot->version || slot->version == 0)
+        slot_resolve(slot, type);
+    if (slot->offset > 0) {
+        PyObject *value = *(PyObject **)((char *)obj + slot->offset);
+        if (value != NULL)
+            return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(obj, slot->name);
+}
+
 /* obj.name += n */
 static int
-add_to(PyObject *obj, PyObject *name, Py_ssize_t n)
+add_to(PyObject *obj, Slot *name, Py_ssize_t n)
 {
-    PyObject *old = PyObject_GetAttr(obj, name), *amount, *sum;
+    PyObject *old = slot_get(obj, name), *amount, *sum;
     int result;
     if (old == NULL)
         return -1;
@@ -239,16 +300,16 @@ add_to(PyObject *obj, PyObject *name, Py_ssize_t n)
     Py_XDECREF(amount);
     if (sum == NULL)
         return -1;
-    result = PyObject_SetAttr(obj, name, sum);
+    result = PyObject_SetAttr(obj, name->name, sum);
     Py_DECREF(sum);
     return result;
 }
 
 /* 1 when obj.name is None, 0 when not or when obj has no such attribute, -1 on error. */
 static int
-attribute_is_none(PyObject *obj, PyObject *name)
+attribute_is_none(PyObject *obj, Slot *name)
 {
-    PyObject *value = PyObject_GetAttr(obj, name);
+    PyObject *value = slot_get(obj, name);
     if (value == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError))
             return -1;
@@ -261,9 +322,9 @@ attribute_is_none(PyObject *obj, PyObject *name)
 
 /* 1 when key is in the dict obj.name, 0 when not, -1 on error. */
 static int
-attribute_has(PyObject *obj, PyObject *name, PyObject *key)
+attribute_has(PyObject *obj, Slot *name, PyObject *key)
 {
-    PyObject *table = PyObject_GetAttr(obj, name);
+    PyObject *table = slot_get(obj, name);
     int found;
     if (table == NULL)
         return -1;
@@ -276,7 +337,7 @@ attribute_has(PyObject *obj, PyObject *name, PyObject *key)
 static int
 outbox_target(PyObject *outbox, int *fd, int *family)
 {
-    PyObject *sock = PyObject_GetAttr(outbox, s_socket), *value;
+    PyObject *sock = slot_get(outbox, &a_socket), *value;
     if (sock == NULL)
         return -1;
     if (socket_type != NULL && PyObject_TypeCheck(sock, socket_type)) {
@@ -293,7 +354,7 @@ outbox_target(PyObject *outbox, int *fd, int *family)
     Py_DECREF(value);
     if (*fd == -1 && PyErr_Occurred())
         return -1;
-    value = PyObject_GetAttr(outbox, s_family);
+    value = slot_get(outbox, &a_family);
     if (value == NULL)
         return -1;
     *family = (int)PyLong_AsLong(value);
@@ -338,6 +399,22 @@ destination(Sends *sends, PyObject *outbox, PyObject *addr, int *fd, struct sock
     return 1;
 }
 
+/* The channel numbers' int objects (RFC 8656 §12: 0x4000 through 0x4FFF), made on first use and kept. */
+static PyObject *channel_numbers[0x1000];
+
+/* number as an int: a new reference, or NULL with an exception. */
+static PyObject *
+channel_number(unsigned int number)
+{
+    PyObject **kept;
+    if (number < 0x4000 || number > 0x4FFF)
+        return PyLong_FromLong((long)number);
+    kept = &channel_numbers[number - 0x4000];
+    if (*kept == NULL)
+        *kept = PyLong_FromLong((long)number);
+    return Py_XNewRef(*kept);
+}
+
 /* ChannelData from the client of allocation (Allocation.channel_to_peer). */
 static int
 channel_to_peer(Sends *sends, PyObject *allocation, const unsigned char *data, size_t size)
@@ -351,8 +428,8 @@ channel_to_peer(Sends *sends, PyObject *allocation, const unsigned char *data, s
     if (size < 4)
         return ROUTED;  /* dropped */
     length = (unsigned int)data[2] << 8 | data[3];
-    channels = PyObject_GetAttr(allocation, s_channels);
-    number = PyLong_FromLong((long)data[0] << 8 | data[1]);
+    channels = slot_get(allocation, &a_channels);
+    number = channel_number((unsigned int)data[0] << 8 | data[1]);
     if (channels == NULL || number == NULL || !PyDict_Check(channels)) {
         result = channels != NULL && number != NULL ? TO_PYTHON : ERROR;
         goto done;
@@ -373,7 +450,7 @@ channel_to_peer(Sends *sends, PyObject *allocation, const unsigned char *data, s
     if (!PyMethod_Check(write) || PyMethod_GET_FUNCTION(write) != outbox_write) {
         result = TO_PYTHON;  /* not a relay socket's Outbox */
     } else {
-        int permitted = attribute_has(allocation, s_permissions, PyTuple_GET_ITEM(bound, 2));
+        int permitted = attribute_has(allocation, &a_permissions, PyTuple_GET_ITEM(bound, 2));
         if (permitted <= 0)
             result = permitted < 0 ? ERROR : ROUTED;  /* no permission: dropped */
         else if (destination(sends, PyMethod_GET_SELF(write), PyTuple_GET_ITEM(bound, 0), &fd, &to, &namelen) < 0)
@@ -413,17 +490,17 @@ send_to_peer(Sends *sends, PyObject *allocation, const unsigned char *data, size
     host = PyUnicode_FromStringAndSize(text, format_ipv4(&to.sin_addr, text));
     if (host == NULL)
         return ERROR;
-    permitted = attribute_has(allocation, s_permissions, host);
+    permitted = attribute_has(allocation, &a_permissions, host);
     if (permitted == 0) {
         /* an endpoint of the relay's own already allowed (Allocation._decide_endpoint) */
         PyObject *endpoint = Py_BuildValue("(Oi)", host, (int)ntohs(to.sin_port));
-        permitted = endpoint == NULL ? ERROR : attribute_has(allocation, s_permissions, endpoint);
+        permitted = endpoint == NULL ? ERROR : attribute_has(allocation, &a_permissions, endpoint);
         Py_XDECREF(endpoint);
     }
     Py_DECREF(host);
     if (permitted <= 0)
         return permitted;  /* a host of the relay's own not yet decided, or none: Python decides */
-    relays = PyObject_GetAttr(allocation, s_relays);
+    relays = slot_get(allocation, &a_relays);
     family = PyLong_FromLong(4);
     if (relays == NULL || family == NULL || !PyDict_Check(relays)) {
         result = relays != NULL && family != NULL ? TO_PYTHON : ERROR;
@@ -485,7 +562,7 @@ route_from_client(Sends *sends, PyObject *routes, PyObject *addr, const unsigned
     if (allocation == NULL)
         return PyErr_Occurred() ? ERROR : TO_PYTHON;
     Py_INCREF(allocation);
-    result = attribute_is_none(allocation, s_bucket);  /* a bandwidth limit: Python takes from the bucket */
+    result = attribute_is_none(allocation, &a_bucket);  /* a bandwidth limit: Python takes from the bucket */
     if (result > 0)
         result = channel ? channel_to_peer(sends, allocation, data, size) : send_to_peer(sends, allocation, data, size);
     Py_DECREF(allocation);
@@ -552,7 +629,7 @@ peer_to_client(Sends *sends, PyObject *allocation, PyObject *peer, const struct 
     if (source->ss_family == AF_INET6 && ((const struct sockaddr_in6 *)source)->sin6_scope_id != 0)
         return TO_PYTHON;
     Py_INCREF(allocation);
-    send = PyObject_GetAttr(allocation, s_send);
+    send = slot_get(allocation, &a_send);
     if (send == NULL) {
         /* not an Allocation: its from_peer decides */
         result = PyErr_ExceptionMatches(PyExc_AttributeError) ? (PyErr_Clear(), TO_PYTHON) : ERROR;
@@ -560,19 +637,19 @@ peer_to_client(Sends *sends, PyObject *allocation, PyObject *peer, const struct 
     }
     if ((PyObject *)Py_TYPE(send) != sender_type)
         goto done;  /* a stream client, or a sender C does not know */
-    result = attribute_is_none(allocation, s_bucket);
+    result = attribute_is_none(allocation, &a_bucket);
     if (result <= 0)
         goto done;
-    permitted = attribute_has(allocation, s_permissions, PyTuple_GET_ITEM(peer, 0));
+    permitted = attribute_has(allocation, &a_permissions, PyTuple_GET_ITEM(peer, 0));
     if (permitted == 0)
-        permitted = attribute_has(allocation, s_own_hosts, PyTuple_GET_ITEM(peer, 0));
+        permitted = attribute_has(allocation, &a_own_hosts, PyTuple_GET_ITEM(peer, 0));
     if (permitted <= 0) {
         result = permitted < 0 ? ERROR : ROUTED;  /* no permission: dropped */
         goto done;
     }
-    channels = PyObject_GetAttr(allocation, s_peer_channels);
-    outbox = PyObject_GetAttr(send, s_outbox);
-    client = PyObject_GetAttr(send, s_addr);
+    channels = slot_get(allocation, &a_peer_channels);
+    outbox = slot_get(send, &a_outbox);
+    client = slot_get(send, &a_addr);
     if (channels == NULL || outbox == NULL || client == NULL || !PyDict_Check(channels)) {
         result = channels != NULL && outbox != NULL && client != NULL ? TO_PYTHON : ERROR;
         goto done;
@@ -769,7 +846,7 @@ Receiver_poll_relays(Receiver *self, PyObject *args)
     if (rest == NULL)
         return NULL;
     failed = poll_relays_into(self, epoll_fd, ports, batches, rest) < 0;
-    sends_flush(self->sends);
+    sends_settle(self->sends);
     if (failed)
         Py_CLEAR(rest);
     return rest;
@@ -919,11 +996,12 @@ route_init(PyObject *module)
         PyObject **name;
         const char *text;
     } names[] = {
-        {&s_allocation, "_allocation"}, {&s_bucket, "bucket"}, {&s_channels, "channels"},
-        {&s_permissions, "permissions"}, {&s_own_hosts, "own_hosts"}, {&s_peer_channels, "peer_channels"},
-        {&s_relays, "relays"}, {&s_write, "write"}, {&s_send, "send"}, {&s_outbox, "outbox"}, {&s_addr, "addr"},
-        {&s_socket, "socket"}, {&s_family, "family"}, {&s_fileno, "fileno"}, {&s_packets_out, "packets_out"},
-        {&s_bytes_out, "bytes_out"}, {&s_packets_in, "packets_in"}, {&s_bytes_in, "bytes_in"},
+        {&s_allocation, "_allocation"}, {&s_write, "write"}, {&s_fileno, "fileno"}, {&a_bucket.name, "bucket"},
+        {&a_channels.name, "channels"}, {&a_permissions.name, "permissions"}, {&a_own_hosts.name, "own_hosts"},
+        {&a_peer_channels.name, "peer_channels"}, {&a_relays.name, "relays"}, {&a_send.name, "send"},
+        {&a_outbox.name, "outbox"}, {&a_addr.name, "addr"}, {&a_socket.name, "socket"}, {&a_family.name, "family"},
+        {&a_packets_out.name, "packets_out"}, {&a_bytes_out.name, "bytes_out"}, {&a_packets_in.name, "packets_in"},
+        {&a_bytes_in.name, "bytes_in"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         *names[i].name = PyUnicode_InternFromString(names[i].text);

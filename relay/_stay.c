@@ -308,6 +308,7 @@ Receiver_stay(Receiver *self, PyObject *args)
                           &served, &PyList_Type, &calls, &wakeups, &hold, &PyList_Type, &timed))
         return NULL;
     result = stay(self, epoll_fd, timeout, selectables, served, calls, wakeups, hold, timed, &tellers);
+    sends_settle(self->sends);  /* the counters of what C relayed during the stay, for the Python that runs next */
     if (result == NULL) {
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);

@@ -236,6 +236,40 @@ def test_c_takes_and_drops_a_datagram_for_a_closed_socket():
 
 
 @pytest.mark.skipif(_mmsg is None, reason="relay._mmsg is built on Linux only")
+def test_c_reads_the_attributes_python_would_read_when_a_class_changes():
+    """C reads an Allocation's and a Sender's slots in place, yet what counts is what attribute lookup returns:
+    a subclass's property hiding a slot, or one given to a class after C read its slots, is what C reads, and
+    once it is gone the slot is read again."""
+    world = World({0x4000: 0}, [0], None)
+    frame = channel_datagram(0x4000, 3, b"abc")
+    to_peer = [(world.sockets[1].fileno(), b"abc", PEERS[0])]
+    to_client = [(world.sockets[0].fileno(), channel_datagram(0x4000, 2, b"xy"), CLIENT)]
+    sender_addr = datagrams.Sender.__dict__["addr"]
+
+    class Watched(Allocation):
+        __slots__ = ()
+
+    try:
+        assert _mmsg.route_client(world.routes, frame, CLIENT) == to_peer
+        world.allocation.__class__ = Watched
+        assert _mmsg.route_client(world.routes, frame, CLIENT) == to_peer
+        Watched.channels = property(lambda self: {})
+        assert _mmsg.route_client(world.routes, frame, CLIENT) == []  # no such channel: dropped
+        del Watched.channels
+        assert _mmsg.route_client(world.routes, frame, CLIENT) == to_peer
+        assert _mmsg.route_peer(world.allocation, b"xy", PEERS[0]) == to_client
+        datagrams.Sender.addr = property(lambda self: ("127.0.0.1", 9))
+        assert _mmsg.route_peer(world.allocation, b"xy", PEERS[0]) == [
+            (world.sockets[0].fileno(), channel_datagram(0x4000, 2, b"xy"), ("127.0.0.1", 9))]
+        datagrams.Sender.addr = sender_addr
+        assert _mmsg.route_peer(world.allocation, b"xy", PEERS[0]) == to_client
+        assert world.counters() == (3, 9, 3, 6)
+    finally:
+        datagrams.Sender.addr = sender_addr
+        world.close()
+
+
+@pytest.mark.skipif(_mmsg is None, reason="relay._mmsg is built on Linux only")
 def test_c_relays_a_send_to_an_allowed_endpoint_of_the_relays_own():
     """A Send indication to an endpoint on a host of the relay's own that Python has allowed (its (host, port)
     permission) is relayed in C as Allocation.send_to_peer relays it; one to another port there, not yet
@@ -369,14 +403,15 @@ def test_channels_relay_both_ways_and_count_exactly(batched):
         assert relay.turn.relayed_totals() == (4, 1105, 3, 1004)
 
 
-def test_one_pass_for_many_allocations_counts_each_exactly(batched):
-    """A poller pass that relays for more allocations than C keeps counts for at once (64) tells each
+def test_passes_for_many_allocations_count_each_exactly(batched):
+    """Poller passes that relay for more allocations than C keeps counts for at once (256) tell each
     allocation's counters exactly, with and without the extension."""
     with Relay() as relay:
+        datagrams.set_buffers(relay.client, 1 << 22)
         local, client = relay.listen.getsockname(), relay.client.getsockname()
         allocations = []
         try:
-            for i in range(70):
+            for i in range(300):
                 sock = bound()
                 port = RelaySocket(sock.getsockname(), None, sock)
                 allocation = Allocation(("udp", ("127.0.0.1", 50000 + i), local), os.urandom(12), "user", None,
@@ -389,11 +424,44 @@ def test_one_pass_for_many_allocations_counts_each_exactly(batched):
                 relay.peer.sendto(b"x" * (i + 1), allocation.relays[4].address)
             time.sleep(0.02)
             relay.poller.doRead()
-            assert len(drain(relay.client)) == 70
-            assert [(a.packets_in, a.bytes_in) for a in allocations] == [(1, i + 1) for i in range(70)]
+            relay.poller.doRead()  # a pass takes at most 256 ready sockets (relay/_route.c, POLL_EVENTS)
+            assert len(drain(relay.client)) == 300
+            assert [(a.packets_in, a.bytes_in) for a in allocations] == [(1, i + 1) for i in range(300)]
         finally:
             for allocation in allocations:
                 allocation.close()
+
+
+@pytest.mark.skipif(_mmsg is None, reason="relay._mmsg is built on Linux only")
+def test_python_run_from_a_stay_reads_exact_counters():
+    """What C relays during a stay is counted before any Python runs: a TURN request handed to Python after
+    ChannelData in the same batch finds it counted, and so does the reactor once the stay ends."""
+    import select
+
+    with Relay() as relay:
+        relay.allocation.bind_channel(0x4001, relay.peer.getsockname(), relay.clock.seconds())
+        listen, fd = relay.listen.getsockname(), relay.listen.fileno()
+        seen = []
+
+        def answer(data, addr):
+            seen.append(relay.counted())
+            return b""
+
+        for n in (1, 2, 3):
+            relay.client.sendto(channel_datagram(0x4001, n, b"x" * n), listen)
+        relay.client.sendto(Message(Method.REFRESH, Class.REQUEST).encode(), listen)
+        relay.client.sendto(channel_datagram(0x4001, 4, b"y" * 4), listen)
+        time.sleep(0.02)
+        poller, selectable = select.epoll(), object()
+        try:
+            poller.register(fd, select.EPOLLIN)
+            served = {fd: (selectable, 0, None, {relay.client.getsockname(): relay.allocation}, None, answer)}
+            stayed = _mmsg.Receiver(16, 2048).stay(poller.fileno(), 1.0, {fd: selectable}, served, [], 1, 0.0)
+        finally:
+            poller.close()
+        assert stayed is None and seen == [(3, 6, 0, 0)]
+        assert relay.counted() == (4, 10, 0, 0)
+        assert len(drain(relay.peer)) == 4
 
 
 def test_send_indications_relay_both_ways_and_count_exactly(batched):
